@@ -1,0 +1,150 @@
+"""``python -m captioner``: caption images, convert reference checkpoints, make tiny models.
+
+User errors print one line (``error: code: message``) on stderr and exit non-zero; no
+tracebacks. ``main(argv)`` takes its arguments, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from .errors import AltCapError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from .captioner import Captioner
+    from .config import DecodingSettings
+    from .images import load_image
+
+    settings = DecodingSettings(
+        method=args.decoding,
+        beam_size=args.beam_size,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    ).validate()
+    cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    failed = 0
+    loaded = []
+    for path in args.images:  # decode every image first so one bad file fails alone
+        try:
+            loaded.append((path, load_image(path, max_pixels=cap.max_pixels)))
+        except AltCapError as e:
+            failed += 1
+            _report(path, e, args.json)
+    for start in range(0, len(loaded), args.batch_size):
+        chunk = loaded[start : start + args.batch_size]
+        results = cap.caption([im for _, im in chunk], settings, batch_size=args.batch_size)
+        for (path, _), r in zip(chunk, results, strict=True):
+            if args.json:
+                print(json.dumps({"image": path, **r.to_dict(), "model": cap.model_id}))
+            else:
+                print(f"{path}\t{r.text}" if len(args.images) > 1 else r.text)
+    return EXIT_FAILED if failed else 0
+
+
+def _report(path: str, e: AltCapError, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"image": path, "error": e.to_dict()}))
+    print(f"error: {path}: {e.code}: {e.message}", file=sys.stderr)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer, CLIPVisionModelWithProjection, GPT2Config
+
+    from .checkpoints import convert_reference, load_reference_checkpoint, save_pretrained
+    from .errors import ModelError
+
+    state = load_reference_checkpoint(args.checkpoint)
+    try:
+        vision = CLIPVisionModelWithProjection.from_pretrained(args.image_encoder)
+        text_config = GPT2Config.from_pretrained(args.language_model)
+        tokenizer = AutoTokenizer.from_pretrained(args.language_model)
+    except OSError as e:
+        raise ModelError(
+            f"cannot load the image encoder / language model ({e}); give local directories "
+            "with --image-encoder and --language-model when offline"
+        ) from None
+    model = convert_reference(
+        state,
+        mapping_type=args.mapping,
+        vision=vision,
+        text_config=text_config,
+        prefix_length=args.prefix_length,
+        clip_length=args.clip_length,
+        num_layers=args.num_layers,
+        image_encoder=args.image_encoder,
+        language_model=args.language_model,
+        source=f"converted from {args.checkpoint}",
+    )
+    out = save_pretrained(model, tokenizer, args.out_dir)
+    print(out)
+    return 0
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from .tiny import make_tiny
+
+    print(make_tiny(args.out_dir, args.mapping, seed=args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m captioner", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("caption", help="caption image files")
+    c.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    c.add_argument("--model", default="clipcap-coco", help="model name, directory or Hub id")
+    c.add_argument("--decoding", choices=["greedy", "beam", "nucleus"], default="greedy")
+    c.add_argument("--beam-size", type=int, default=5)
+    c.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass")
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=None, help="nucleus sampling seed")
+    c.add_argument("--max-tokens", type=int, default=67)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.set_defaults(func=_caption)
+
+    v = sub.add_parser("convert-clipcap", help="convert a ClipCap .pt checkpoint to a model dir")
+    v.add_argument("checkpoint", help="the authors' .pt state dict (e.g. coco_weights.pt)")
+    v.add_argument("out_dir")
+    v.add_argument("--mapping", choices=["mlp", "transformer"], required=True)
+    v.add_argument("--prefix-length", type=int, default=10)
+    v.add_argument("--clip-length", type=int, default=10)
+    v.add_argument("--num-layers", type=int, default=8)
+    v.add_argument("--image-encoder", default="openai/clip-vit-base-patch32", help="ID or DIR")
+    v.add_argument("--language-model", default="gpt2", help="ID or DIR (config + tokenizer)")
+    v.set_defaults(func=_convert)
+
+    t = sub.add_parser("make-tiny", help="write a tiny random-weight model directory")
+    t.add_argument("out_dir")
+    t.add_argument("--mapping", choices=["mlp", "transformer"], default="mlp")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_make_tiny)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "batch_size", 1) < 1:
+        print("error: --batch-size must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except AltCapError as e:
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

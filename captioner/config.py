@@ -1,0 +1,126 @@
+"""Configuration dataclasses: what a model is made of, and how to decode with it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import InvalidSettings
+
+MappingType = Literal["mlp", "transformer"]
+DecodingMethod = Literal["greedy", "beam", "nucleus"]
+
+
+@dataclass
+class ClipCapConfig:
+    """Every hyper-parameter of a ClipCap model, saved as the model directory's config.json.
+
+    The vision and text configs are stored in full, so a model directory alone rebuilds its
+    model without any download; ``image_encoder`` / ``language_model`` only record provenance.
+    """
+
+    mapping_type: MappingType = "mlp"  # "mlp" (paper: + fine-tuned GPT-2) or "transformer"
+    prefix_length: int = 10  # number of GPT-2 input embeddings the image becomes
+    clip_length: int = 10  # transformer mapper: tokens the CLIP vector is projected to
+    num_layers: int = 8  # transformer mapper: depth
+    num_heads: int = 8  # transformer mapper: attention heads
+    mlp_ratio: float = 2.0  # transformer mapper: hidden size / model size in its MLP
+    normalize_prefix: bool = False  # L2-normalise the CLIP embedding before mapping
+    image_encoder: str = "openai/clip-vit-base-patch32"  # where the vision tower came from
+    language_model: str = "gpt2"  # where GPT-2 (config, tokenizer) came from
+    image_size: int = 224  # CLIP input resolution
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    vision_config: dict[str, Any] = field(default_factory=dict)  # CLIPVisionConfig.to_dict()
+    text_config: dict[str, Any] = field(default_factory=dict)  # GPT2Config.to_dict()
+    source: str = ""  # free text: how this directory was made (conversion, training run)
+
+    @property
+    def clip_dim(self) -> int:
+        return int(self.vision_config.get("projection_dim", 512))
+
+    @property
+    def gpt_dim(self) -> int:
+        return int(self.text_config.get("n_embd", 768))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_mean"] = list(self.image_mean)
+        d["image_std"] = list(self.image_std)
+        return {"model_type": "clipcap", **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClipCapConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        for k in ("image_mean", "image_std"):
+            if k in kwargs:
+                kwargs[k] = tuple(kwargs[k])
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.mapping_type not in ("mlp", "transformer"):
+            raise InvalidSettings(
+                f"mapping_type must be 'mlp' or 'transformer', not {self.mapping_type!r}"
+            )
+        for name in ("prefix_length", "clip_length", "num_layers", "num_heads", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidSettings(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """How captions are generated. Defaults follow the reference ClipCap notebook."""
+
+    method: DecodingMethod = "greedy"
+    beam_size: int = 5  # beam search width (reference: 5)
+    top_p: float = 0.8  # nucleus sampling: keep the smallest token set with this much mass
+    temperature: float = 1.0  # nucleus sampling (and beam scores, as the reference does)
+    seed: int | None = None  # nucleus sampling: same seed, same image -> same caption
+    max_tokens: int = 67  # stop after this many new tokens (reference: 67)
+    min_tokens: int = 0  # never stop before this many new tokens (benchmarks force a length)
+    stop_token: str | None = "."  # stop once this text is generated; None: never
+    stop_at_eos: bool = True  # stop at the tokenizer's end-of-text token
+
+    def validate(self) -> DecodingSettings:
+        if self.method not in ("greedy", "beam", "nucleus"):
+            raise InvalidSettings(
+                f"decoding method must be greedy, beam or nucleus, not {self.method!r}"
+            )
+        if not 1 <= self.beam_size <= 32:
+            raise InvalidSettings("beam_size must be between 1 and 32")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidSettings("top_p must be in (0, 1]")
+        if not 0.0 < self.temperature <= 10.0:
+            raise InvalidSettings("temperature must be in (0, 10]")
+        if not 1 <= self.max_tokens <= 256:
+            raise InvalidSettings("max_tokens must be between 1 and 256")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidSettings("min_tokens must be between 0 and max_tokens")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that change the output (used in cache keys and API responses)."""
+        d = dataclasses.asdict(self)
+        if self.method != "beam":
+            d.pop("beam_size")
+        if self.method != "nucleus":
+            for k in ("top_p", "seed"):
+                d.pop(k)
+        if self.method == "greedy":
+            d.pop("temperature")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DecodingSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InvalidSettings(f"unknown decoding setting(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**d).validate()
+        except TypeError as e:  # pragma: no cover - dataclass signature errors
+            raise InvalidSettings(str(e)) from None

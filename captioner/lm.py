@@ -1,0 +1,126 @@
+"""A lean GPT-2 forward pass over a preallocated key/value cache.
+
+``transformers``' GPT2LMHeadModel is the source of truth for the weights; this module reads
+its parameters (no copies) and runs the same arithmetic with less machinery: a static cache
+written in place, one fused QKV projection per layer, ``scaled_dot_product_attention``, and
+the vocabulary projection only for the positions that are sampled. ClipCap prompts all have
+the same length (the prefix), so a batch never needs padding or an attention mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer: (layers, batch, heads, max_len, head_dim) each."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0  # positions filled so far
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """Keep (and reorder/duplicate) batch rows: beam reordering, dropping finished rows."""
+        n = self.length
+        k = self.k.new_empty((self.k.shape[0], rows.numel(), *self.k.shape[2:]))
+        v = torch.empty_like(k)
+        k[:, :, :, :n] = self.k[:, rows, :, :n]
+        v[:, :, :, :n] = self.v[:, rows, :, :n]
+        return KVCache(k, v, n)
+
+
+class CachedGPT2:
+    """GPT-2 inference on a static KV cache, sharing the parameters of a GPT2LMHeadModel."""
+
+    def __init__(self, lm: GPT2LMHeadModel) -> None:
+        cfg = lm.config
+        if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"unsupported GPT-2 activation {cfg.activation_function!r}")
+        if cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn:
+            raise ValueError("GPT-2 attention variants are not supported by the cached decoder")
+        if not cfg.scale_attn_weights:
+            raise ValueError("GPT-2 without attention scaling is not supported")
+        t = lm.transformer
+        self.n_head = cfg.n_head
+        self.eps = cfg.layer_norm_epsilon
+        self.max_positions = cfg.n_positions
+        self.wte = t.wte.weight  # (V, C)
+        self.wpe = t.wpe.weight  # (n_positions, C)
+        self.blocks = [
+            (
+                b.ln_1.weight, b.ln_1.bias,
+                b.attn.c_attn.weight, b.attn.c_attn.bias,  # Conv1D: (C, 3C), y = x @ W + b
+                b.attn.c_proj.weight, b.attn.c_proj.bias,
+                b.ln_2.weight, b.ln_2.bias,
+                b.mlp.c_fc.weight, b.mlp.c_fc.bias,
+                b.mlp.c_proj.weight, b.mlp.c_proj.bias,
+            )
+            for b in t.h
+        ]  # fmt: skip
+        self.ln_f = (t.ln_f.weight, t.ln_f.bias)
+        self.lm_head = lm.lm_head.weight  # (V, C), tied to wte in GPT-2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.device
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        if max_len > self.max_positions:
+            raise ValueError(
+                f"sequence of {max_len} exceeds GPT-2's {self.max_positions} positions"
+            )
+        c = self.wte.shape[1]
+        shape = (len(self.blocks), batch_size, self.n_head, max_len, c // self.n_head)
+        k = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return KVCache(k, torch.empty_like(k), 0)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.wte)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run input embeddings (B, T, C) at positions cache.length.. and return the final
+        hidden state of the last position, (B, C), ready for ``logits``.
+
+        T > 1 is only allowed on an empty cache (the prefix); later steps feed one token.
+        """
+        b, t, c = x.shape
+        pos = cache.length
+        if t > 1 and pos != 0:
+            raise ValueError("multi-token steps are only supported at position 0")
+        h, d = self.n_head, c // self.n_head
+        x = x.to(self.dtype) + self.wpe[pos : pos + t]
+        for i, (l1w, l1b, aw, ab, pw, pb, l2w, l2b, fw, fb, f2w, f2b) in enumerate(self.blocks):
+            a = F.layer_norm(x, (c,), l1w, l1b, self.eps)
+            qkv = torch.addmm(ab, a.view(b * t, c), aw).view(b, t, 3, h, d)
+            q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
+            cache.k[i, :, :, pos : pos + t] = qkv[:, :, 1].transpose(1, 2)
+            cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
+            k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
+            v = cache.v[i, :, :, : pos + t]
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)  # (B, H, T, D)
+            y = y.transpose(1, 2).reshape(b * t, c)
+            x = x + torch.addmm(pb, y, pw).view(b, t, c)
+            m = F.layer_norm(x, (c,), l2w, l2b, self.eps).view(b * t, c)
+            m = F.gelu(torch.addmm(fb, m, fw), approximate="tanh")
+            x = x + torch.addmm(f2b, m, f2w).view(b, t, c)
+        cache.length = pos + t
+        return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, C) final hidden states -> (B, V) float32 next-token logits."""
+        return F.linear(hidden, self.lm_head).float()
