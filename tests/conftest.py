@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny model directories built offline through the real code paths."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+# Never reach for the Hub from tests, even by accident.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny MLP-mapper model directory (random weights, trained BPE tokenizer)."""
+    from captioner.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-mlp"), "mlp", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer_dir(tmp_path_factory) -> Path:
+    from captioner.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-transformer"), "transformer", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tiny_dir):
+    from captioner import Captioner
+
+    return Captioner.from_pretrained(str(tiny_dir), device="cpu")
+
+
+def png_bytes(color=(200, 30, 30), size=(64, 48), mode="RGB") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_png():
+    return png_bytes
