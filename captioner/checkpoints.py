@@ -90,7 +90,10 @@ def load_pretrained(model_dir: str | os.PathLike) -> tuple[ClipCapModel, PreTrai
         raise ModelError(f"cannot read {model_dir / WEIGHTS_NAME}: {e}") from None
     _load_checked(model, state, str(model_dir / WEIGHTS_NAME))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        # config= keeps transformers from reading our config.json as a transformers config
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(model_dir), config=GPT2Config(**config.text_config)
+        )
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load the tokenizer from {model_dir}: {e}") from None
     return model.eval(), tokenizer

@@ -81,7 +81,7 @@ def tiny_config(
         prefix_length=prefix_length,
         clip_length=prefix_length,
         num_layers=2,
-        num_heads=4,
+        num_heads=8,  # the reference mapper always has 8
         image_encoder="tiny-random-clip-vision",
         language_model="tiny-random-gpt2",
         image_size=image_size,
