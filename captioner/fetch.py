@@ -1,0 +1,601 @@
+"""SSRF-safe download of images by URL.
+
+The service fetches URLs that strangers send it, from inside someone's network. Without care
+that turns it into a proxy onto that network: ``http://169.254.169.254/`` hands out cloud
+credentials, ``http://127.1:6379/`` talks to a local Redis. So, the way image proxies such as
+go-camo do it:
+
+* the URL is parsed once, here, and only http(s) URLs without credentials get through;
+* the host is resolved once and **every** address it resolves to is checked, so that all the
+  spellings the OS accepts (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``, ``localhost.``)
+  are judged by where they really lead;
+* the connection goes to the checked address itself (no second lookup that DNS rebinding could
+  answer differently), with the original ``Host`` header and, for https, SNI and certificate
+  verification against the original hostname;
+* redirects are followed by hand, each hop checked again;
+* a time limit covers the whole fetch, even against a server that trickles bytes, and the body
+  is read with a byte cap;
+* the bytes must look like an image (magic bytes), whatever the ``Content-Type`` says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+import idna
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from captioner.errors import AltCapError, InvalidSettings
+from captioner.images import ALLOWED_FORMATS, sniff_format
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "BlockedAddress",
+    "CheckedURL",
+    "FetchError",
+    "FetchLimits",
+    "FetchTimeout",
+    "FetchedImage",
+    "InvalidURL",
+    "Resolver",
+    "TooLarge",
+    "TooManyRedirects",
+    "UnsupportedImageType",
+    "check_url",
+    "fetch_image",
+    "system_resolver",
+]
+
+MAX_URL_LENGTH = 2048
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK_SIZE = 64 * 1024
+
+SNIFF_BYTES = 32  # sniff_format needs no more than this
+# Servers that do not know what they serve say one of these (or nothing); then the bytes decide.
+UNTYPED_MEDIA_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+Resolver = Callable[[str, int], Sequence[str]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+class FetchError(AltCapError):
+    """The image could not be downloaded (upstream error, refused connection, TLS failure)."""
+
+    code = "fetch_failed"
+    http_status = 502
+
+
+class InvalidURL(FetchError):
+    code = "invalid_url"
+    http_status = 400
+
+
+class BlockedAddress(FetchError):
+    """The URL leads to an address the service must not reach (loopback, private, metadata…)."""
+
+    code = "blocked_address"
+    http_status = 403
+
+
+class FetchTimeout(FetchError):
+    code = "fetch_timeout"
+    http_status = 504
+
+
+class TooLarge(FetchError):
+    code = "too_large"
+    http_status = 413
+
+
+class TooManyRedirects(FetchError):
+    code = "too_many_redirects"
+    http_status = 502
+
+
+class UnsupportedImageType(FetchError):
+    """The server sent something that is not an image format we accept."""
+
+    code = "unsupported_image"
+    http_status = 415
+
+
+# --- settings and results -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int = 10 * 1024 * 1024  # body cap; bigger bodies fail with too_large
+    connect_timeout: float = 3.0  # seconds to open a TCP connection
+    read_timeout: float = 5.0  # seconds of silence allowed between bytes
+    total_timeout: float = 10.0  # seconds for the whole fetch, redirects included
+    max_redirects: int = 3  # redirects followed, each one checked again
+    allow_private: bool = False  # reach loopback/private networks (intranet deployments, tests)
+    user_agent: str = "AltCap/0.1 (+alt text for images)"
+    ca_certs: str | None = None  # PEM bundle to trust instead of the system store (private CAs)
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_redirects < 0:
+            raise InvalidSettings("max_bytes must be positive and max_redirects not negative")
+        if min(self.connect_timeout, self.read_timeout, self.total_timeout) <= 0:
+            raise InvalidSettings("fetch timeouts must be positive")
+
+
+DEFAULT_LIMITS = FetchLimits()
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    url: str  # the URL asked for
+    final_url: str  # the URL the image came from, after redirects
+    content_type: str  # media type of the bytes as sniffed, e.g. "image/png"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CheckedURL:
+    """A URL that passed every check, with the addresses it may be fetched from."""
+
+    url: str
+    scheme: str  # "http" or "https"
+    host: str  # ASCII hostname (IDNA, no trailing dot) or IP literal without brackets
+    port: int
+    target: str  # request target: percent-encoded path and query, never empty
+    addresses: tuple[str, ...]  # all resolved addresses, all allowed; connect to these only
+
+    @property
+    def host_header(self) -> str:
+        """``Host`` as the origin server expects it: brackets for IPv6, port when not default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+# --- address policy -----------------------------------------------------------------
+
+
+def _networks(*pairs: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
+    return tuple((ipaddress.ip_network(net), reason) for net, reason in pairs)
+
+
+# Blocked even with allow_private: nothing legitimate serves images there, and link-local is
+# where clouds put their metadata services (credentials).
+ALWAYS_BLOCKED = _networks(
+    ("0.0.0.0/8", "unspecified"),
+    ("169.254.0.0/16", "link-local (cloud metadata)"),
+    ("100.100.100.200/32", "cloud metadata"),  # Alibaba Cloud
+    ("192.0.0.192/32", "cloud metadata"),  # Oracle Cloud (legacy)
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),  # includes 255.255.255.255
+    ("::/128", "unspecified"),
+    ("fe80::/10", "link-local"),
+    ("fd00:ec2::/32", "cloud metadata"),  # AWS IMDS over IPv6 (fd00:ec2::254)
+    ("ff00::/8", "multicast"),
+)
+# Blocked unless allow_private: IANA special-purpose ranges that are not globally reachable.
+PRIVATE = _networks(
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared address space"),
+    ("127.0.0.0/8", "loopback"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "reserved"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.88.99.0/24", "reserved"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("::1/128", "loopback"),
+    ("fc00::/7", "private"),
+    ("fec0::/10", "site-local"),
+    ("2001::/23", "reserved"),  # Teredo, benchmarking (2001:2::/48), ORCHID
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
+    ("5f00::/16", "reserved"),
+)
+GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries, which a connection to it may really reach."""
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in NAT64_PREFIX or ip in IPV4_TRANSLATED:
+        return [low32]
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # IPv4-compatible ::a.b.c.d (:: and ::1 are not)
+        return [low32]
+    return []
+
+
+def _blocked_reason(ip: IPAddress, allow_private: bool) -> str | None:
+    """Why ``ip`` must not be fetched from, or None if it may be."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        for inner in _embedded_ipv4(ip):
+            reason = _blocked_reason(inner, allow_private)
+            if reason is not None:
+                return f"{reason}, embedded in an IPv6 address"
+    for network, reason in ALWAYS_BLOCKED:
+        if ip in network:
+            return reason
+    if allow_private:
+        return None
+    for network, reason in PRIVATE:
+        if ip in network:
+            return reason
+    # IPv6 unicast outside 2000::/3 is all special-purpose or unassigned.
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in GLOBAL_UNICAST_V6:
+        return None if _embedded_ipv4(ip) else "reserved"
+    return None
+
+
+# --- URL checks ---------------------------------------------------------------------
+
+# Characters parsers disagree about (urlsplit silently drops tabs and newlines, for one).
+# Spaces are fine in a path (they get percent-encoded); in the host they fail _HOSTNAME.
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+# Characters left as they are when percent-encoding the request target.
+_TARGET_SAFE = "/?:@!$&'()*+,;=%~-._"
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """All the addresses the OS resolves ``host`` to, in its order of preference."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def check_url(
+    url: str, limits: FetchLimits = DEFAULT_LIMITS, *, resolver: Resolver | None = None
+) -> CheckedURL:
+    """Parse ``url``, resolve its host and check every address; raise a ``FetchError`` if unsafe.
+
+    The crawler calls this alone to reject bad links early; ``fetch_image`` calls it for the
+    URL and again for every redirect, and connects only to the addresses it returns.
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidURL("the URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidURL(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if _UNSAFE_CHARS.search(url):
+        raise InvalidURL("the URL contains control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURL(f"the URL is malformed ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidURL("only http and https URLs can be fetched")
+    if "@" in parts.netloc:
+        raise InvalidURL("URLs with credentials (user:password@) are not allowed")
+    if port == 0:
+        raise InvalidURL("port 0 is not a valid port")
+    port = port or (443 if scheme == "https" else 80)
+    host, literal = _normalize_host(parts.netloc, parts.hostname or "")
+    if not limits.allow_private and (host == "localhost" or host.endswith(".localhost")):
+        raise BlockedAddress(f"refusing to fetch from {host}: it is a loopback name")
+
+    addresses = [literal] if literal is not None else _resolve(host, port, resolver)
+    for ip in addresses:
+        reason = _blocked_reason(ip, limits.allow_private)
+        if reason is not None:
+            raise BlockedAddress(f"refusing to fetch from {host}: blocked address ({reason})")
+
+    target = quote(parts.path or "/", safe=_TARGET_SAFE)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_TARGET_SAFE)
+    return CheckedURL(url, scheme, host, port, target, tuple(str(ip) for ip in addresses))
+
+
+def _normalize_host(netloc: str, hostname: str) -> tuple[str, IPAddress | None]:
+    """The host in ASCII form, and the address itself when the host is an IP literal."""
+    if not hostname:
+        raise InvalidURL("the URL has no host")
+    if netloc.startswith("["):
+        try:
+            ip = ipaddress.IPv6Address(unquote(hostname))  # a zone id arrives as %25
+        except ValueError:
+            raise InvalidURL("the URL's IPv6 address is malformed") from None
+        return str(ip), ip
+    host = hostname[:-1] if hostname.endswith(".") else hostname  # "localhost." is localhost
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            raise InvalidURL("the URL's host is not a valid domain name") from None
+    if not _HOSTNAME.fullmatch(host) or len(host) > 253:
+        raise InvalidURL("the URL's host is not a valid domain name")
+    try:
+        return host, ipaddress.IPv4Address(host)
+    except ValueError:
+        return host, None  # a name, or a number spelling only the resolver understands
+
+
+def _resolve(host: str, port: int, resolver: Resolver | None) -> list[IPAddress]:
+    try:
+        answers = (resolver or system_resolver)(host, port)
+        addresses = [ipaddress.ip_address(answer) for answer in answers]
+    except (OSError, UnicodeError, ValueError):
+        raise FetchError(f"could not resolve the host {host}") from None
+    if not addresses:
+        raise FetchError(f"the host {host} has no addresses")
+    return addresses
+
+
+# --- download -----------------------------------------------------------------------
+
+
+class _Deadline:
+    """The fetch's total time limit, enforced by shutting its sockets down when it runs out.
+
+    Socket timeouts only bound the silence between two bytes, so a server sending one byte a
+    second would hold a worker forever; a timer that shuts the socket down unblocks any read,
+    whether in the TLS handshake, the headers or the body. It shuts down duplicates of the
+    sockets (``dup``), which it owns, so it can never touch a reused file descriptor.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expires = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        left = self.expires - time.monotonic()
+        if left <= 0 or self.expired:
+            raise FetchTimeout("the image server took too long")
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock.dup())
+            if self.expired:
+                self._shutdown_all()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._shutdown_all()
+
+    def _shutdown_all(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):  # already closed by the fetch itself
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def release(self) -> None:
+        """Let go of the sockets of a finished request, so their connections really close."""
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self.release()
+
+
+class _WatchedConnection:
+    """Hands every new socket to the fetch's ``_Deadline``."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        self._deadline.watch(sock)
+        return sock
+
+
+class _WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
+def fetch_image(
+    url: str, limits: FetchLimits = DEFAULT_LIMITS, *, resolver: Resolver | None = None
+) -> FetchedImage:
+    """Download the image at ``url`` within ``limits``; raise a ``FetchError`` subclass if not."""
+    deadline = _Deadline(limits.total_timeout)
+    try:
+        current = url
+        for hop in range(limits.max_redirects + 1):
+            try:
+                checked = check_url(current, limits, resolver=resolver)
+            except InvalidURL as exc:
+                if hop == 0:
+                    raise
+                raise FetchError(f"the server redirected to an invalid URL: {exc}") from None
+            deadline.remaining()
+            with _request(checked, limits, deadline) as response:
+                if response.status in REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise FetchError(f"HTTP {response.status} redirect without a Location")
+                    current = urljoin(current, _header_text(location).strip())
+                    continue
+                if response.status != 200:
+                    raise FetchError(f"the image server answered HTTP {response.status}")
+                content_type, data = _read_image(response, limits, deadline)
+                return FetchedImage(url, current, content_type, data)
+        raise TooManyRedirects(f"more than {limits.max_redirects} redirects")
+    finally:
+        deadline.close()
+
+
+@contextlib.contextmanager
+def _request(
+    checked: CheckedURL, limits: FetchLimits, deadline: _Deadline
+) -> Iterator[urllib3.BaseHTTPResponse]:
+    """GET ``checked`` from its first address that accepts a connection."""
+    headers = {
+        "Host": checked.host_header,
+        "User-Agent": limits.user_agent,
+        "Accept": "image/*",
+        "Accept-Encoding": "identity",  # the cap then bounds what we keep: no zip bombs
+        "Connection": "close",
+    }
+    refused: Exception | None = None
+    for address in checked.addresses:
+        remaining = deadline.remaining()
+        timeout = urllib3.Timeout(
+            connect=min(limits.connect_timeout, remaining),
+            read=min(limits.read_timeout, remaining),
+        )
+        pool = _pool(checked, address, timeout, limits, deadline)
+        response = None
+        try:
+            response = pool.urlopen(
+                "GET",
+                checked.target,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+            )
+        except NewConnectionError as exc:  # refused or unreachable: try the next address
+            refused = exc
+            continue
+        except Exception as exc:
+            raise _translate(exc, checked, deadline) from None
+        finally:
+            if response is None:
+                pool.close()
+                deadline.release()
+        try:
+            yield response
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _translate(exc, checked, deadline) from None
+        finally:
+            response.close()
+            pool.close()
+            deadline.release()
+        return
+    if deadline.expired:
+        raise FetchTimeout("the image server took too long")
+    raise FetchError(f"could not connect to {checked.host}") from refused
+
+
+def _pool(
+    checked: CheckedURL,
+    address: str,
+    timeout: urllib3.Timeout,
+    limits: FetchLimits,
+    deadline: _Deadline,
+) -> urllib3.HTTPConnectionPool:
+    """A one-connection pool aimed at ``address`` but speaking to ``checked.host``."""
+    pool: urllib3.HTTPConnectionPool
+    if checked.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            address,
+            checked.port,
+            timeout=timeout,
+            maxsize=1,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=limits.ca_certs,
+            server_hostname=checked.host,  # SNI
+            assert_hostname=checked.host,  # the certificate must name the host, not the IP
+            deadline=deadline,
+        )
+        pool.ConnectionCls = _WatchedHTTPSConnection
+    else:
+        pool = urllib3.HTTPConnectionPool(
+            address, checked.port, timeout=timeout, maxsize=1, retries=False, deadline=deadline
+        )
+        pool.ConnectionCls = _WatchedHTTPConnection
+    return pool
+
+
+def _header_text(value: str) -> str:
+    """A header as sent: http.client decodes bytes as latin-1, servers send UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def _translate(exc: BaseException, checked: CheckedURL, deadline: _Deadline) -> AltCapError:
+    """A transport exception as the user-facing error it amounts to (never a traceback)."""
+    if isinstance(exc, AltCapError):
+        return exc
+    if deadline.expired or isinstance(exc, ConnectTimeoutError | ReadTimeoutError | TimeoutError):
+        return FetchTimeout(f"{checked.host} took too long to answer")
+    if isinstance(exc, SSLError):
+        return FetchError(f"TLS connection to {checked.host} failed (certificate or handshake)")
+    return FetchError(f"the connection to {checked.host} failed")
+
+
+def _read_image(
+    response: urllib3.BaseHTTPResponse, limits: FetchLimits, deadline: _Deadline
+) -> tuple[str, bytes]:
+    """Check the headers, read at most ``max_bytes + 1`` bytes, and check the magic bytes."""
+    media_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if not media_type.startswith("image/") and media_type not in UNTYPED_MEDIA_TYPES:
+        raise UnsupportedImageType(f"the server says this is {media_type}, not an image")
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise FetchError(f"the server sent a compressed body ({encoding}) though asked not to")
+    declared = response.headers.get("Content-Length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise FetchError("the server sent an invalid Content-Length")
+        if int(declared) > limits.max_bytes:
+            raise TooLarge(f"the image is larger than {limits.max_bytes} bytes")
+
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read1(min(CHUNK_SIZE, limits.max_bytes + 1 - size)):
+        if size < SNIFF_BYTES <= size + len(chunk):
+            _image_format(b"".join(chunks) + chunk)  # HTML is refused on its first bytes
+        size += len(chunk)
+        if size > limits.max_bytes:
+            raise TooLarge(f"the image is larger than {limits.max_bytes} bytes")
+        chunks.append(chunk)
+        deadline.remaining()
+    deadline.remaining()  # an expired deadline ends the body early; that is no image
+    data = b"".join(chunks)
+    return f"image/{_image_format(data).lower()}", data
+
+
+def _image_format(head: bytes) -> str:
+    """The PIL format the magic bytes announce, if it is one we accept."""
+    image_format = sniff_format(head)
+    if image_format not in ALLOWED_FORMATS:
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        raise UnsupportedImageType(f"the data is not an image in a supported format ({allowed})")
+    return image_format
