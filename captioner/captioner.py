@@ -19,6 +19,7 @@ from .errors import InvalidSettings
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
 from .lm import CachedGPT2
 from .model import ClipCapModel
+from .packed import can_pack, pack_linears
 from .pretrained import DEFAULT_MODEL, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,8 +80,11 @@ class Captioner:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.packed = can_pack(self.device, self.dtype)
+        if self.packed:  # inference-only from here: the vision tower's weights are frozen anyway
+            pack_linears(self.model.vision)
         self.tokenizer = tokenizer
-        self.lm = CachedGPT2(self.model.lm)
+        self.lm = CachedGPT2(self.model.lm, pack=self.packed)
         self.model_id = model_id
         self.max_pixels = max_pixels
         self.default_settings = DecodingSettings()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
+from .packed import Linear, can_pack
+
 
 @dataclass
 class KVCache:
@@ -41,7 +43,7 @@ class KVCache:
 class CachedGPT2:
     """GPT-2 inference on a static KV cache, sharing the parameters of a GPT2LMHeadModel."""
 
-    def __init__(self, lm: GPT2LMHeadModel) -> None:
+    def __init__(self, lm: GPT2LMHeadModel, pack: bool | None = None) -> None:
         cfg = lm.config
         if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"unsupported GPT-2 activation {cfg.activation_function!r}")
@@ -55,19 +57,25 @@ class CachedGPT2:
         self.max_positions = cfg.n_positions
         self.wte = t.wte.weight  # (V, C)
         self.wpe = t.wpe.weight  # (n_positions, C)
+        if pack is None:
+            pack = can_pack(self.wte.device, self.wte.dtype)
+
+        def conv1d(m) -> Linear:  # GPT-2's Conv1D stores its weight as (in, out)
+            return Linear(m.weight.t(), m.bias, pack)
+
         self.blocks = [
             (
-                b.ln_1.weight, b.ln_1.bias,
-                b.attn.c_attn.weight, b.attn.c_attn.bias,  # Conv1D: (C, 3C), y = x @ W + b
-                b.attn.c_proj.weight, b.attn.c_proj.bias,
-                b.ln_2.weight, b.ln_2.bias,
-                b.mlp.c_fc.weight, b.mlp.c_fc.bias,
-                b.mlp.c_proj.weight, b.mlp.c_proj.bias,
+                (b.ln_1.weight, b.ln_1.bias),
+                conv1d(b.attn.c_attn),  # (C -> 3C): queries, keys, values
+                conv1d(b.attn.c_proj),
+                (b.ln_2.weight, b.ln_2.bias),
+                conv1d(b.mlp.c_fc),
+                conv1d(b.mlp.c_proj),
             )
             for b in t.h
-        ]  # fmt: skip
+        ]
         self.ln_f = (t.ln_f.weight, t.ln_f.bias)
-        self.lm_head = lm.lm_head.weight  # (V, C), tied to wte in GPT-2
+        self.lm_head = Linear(lm.lm_head.weight, None, pack)  # (V, C), tied to wte in GPT-2
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,24 +111,21 @@ class CachedGPT2:
             raise ValueError("multi-token steps are only supported at position 0")
         h, d = self.n_head, c // self.n_head
         x = x.to(self.dtype) + self.wpe[pos : pos + t]
-        for i, (l1w, l1b, aw, ab, pw, pb, l2w, l2b, fw, fb, f2w, f2b) in enumerate(self.blocks):
-            a = F.layer_norm(x, (c,), l1w, l1b, self.eps)
-            qkv = torch.addmm(ab, a.view(b * t, c), aw).view(b, t, 3, h, d)
+        for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
+            qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps)).view(b, t, 3, h, d)
             q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
             cache.k[i, :, :, pos : pos + t] = qkv[:, :, 1].transpose(1, 2)
             cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
             k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
             v = cache.v[i, :, :, : pos + t]
             y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)  # (B, H, T, D)
-            y = y.transpose(1, 2).reshape(b * t, c)
-            x = x + torch.addmm(pb, y, pw).view(b, t, c)
-            m = F.layer_norm(x, (c,), l2w, l2b, self.eps).view(b * t, c)
-            m = F.gelu(torch.addmm(fb, m, fw), approximate="tanh")
-            x = x + torch.addmm(f2b, m, f2w).view(b, t, c)
+            x = x + proj(y.transpose(1, 2).reshape(b, t, c))
+            m = F.gelu(fc(F.layer_norm(x, (c,), *ln2, self.eps)), approximate="tanh")
+            x = x + fc_proj(m)
         cache.length = pos + t
         return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, C) final hidden states -> (B, V) float32 next-token logits."""
-        return F.linear(hidden, self.lm_head).float()
+        return self.lm_head(hidden).float()

@@ -105,3 +105,23 @@ def test_config_round_trip_and_validation():
     with pytest.raises(Exception) as e:
         ClipCapConfig.from_dict({**cfg.to_dict(), "mapping_type": "lstm"})
     assert getattr(e.value, "code", "") == "invalid_settings"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linears_match_plain_ones(dtype):
+    from captioner.packed import can_pack, pack_linears
+
+    if not can_pack(torch.device("cpu"), dtype):
+        pytest.fail("oneDNN weight packing is unavailable in this torch build")
+    _, model = tiny_tokenizer_and_model("mlp", seed=1)
+    model = model.to(dtype).eval()
+    plain, packed = CachedGPT2(model.lm, pack=False), CachedGPT2(model.lm, pack=True)
+    prefix = model.prefix(torch.randn(3, model.config.clip_dim, dtype=dtype))
+    a = plain.logits(plain.forward(prefix, plain.new_cache(3, 8)))
+    b = packed.logits(packed.forward(prefix, packed.new_cache(3, 8)))
+    tol = 0 if dtype == torch.bfloat16 else 1e-5  # bf16 runs the very same oneDNN kernel
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    pixels = torch.randn(2, 3, 32, 32, dtype=dtype)
+    want = model.encode_images(pixels)
+    assert pack_linears(model.vision) == 6 * 2 + 1  # q, k, v, out, fc1, fc2 per layer + proj
+    torch.testing.assert_close(model.encode_images(pixels), want, rtol=tol, atol=tol)
