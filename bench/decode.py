@@ -1,0 +1,247 @@
+"""Decoding benchmark: captions/s end to end from pixel tensors, full-size random weights.
+
+ViT-B/32 + GPT-2 124M + MLP prefix 10 with random weights (cost does not depend on the
+values); every caption is forced to 20 new tokens. One run measures, in the same process:
+
+- naive: the reference ClipCap loop (batch 1, whole sequence re-run each step, no cache);
+- transformers ``generate`` with a KV cache, dynamic and static (the off-the-shelf choice);
+- AltCap (cached GPT-2, prepacked weights on CPU, CUDA graphs on GPU) at several batch sizes;
+
+in float32 and bfloat16, plus single-image latency percentiles and how far bfloat16
+captions drift from float32 ones. Prints a Markdown table (and JSON with --json).
+
+    python bench/decode.py                  # CPU
+    python bench/decode.py --device cuda    # GPU: adds large batches
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from transformers import CLIPVisionConfig, GPT2Config
+
+from captioner.captioner import Captioner
+from captioner.config import ClipCapConfig, DecodingSettings
+from captioner.model import ClipCapModel
+from captioner.reference import reference_greedy
+
+NEW_TOKENS = 20
+FORCED = DecodingSettings(
+    max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS, stop_token=None, stop_at_eos=False
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class IdTokenizer:
+    """Stands in for GPT-2's tokenizer (not downloadable here): decoding is not measured."""
+
+    eos_token_id = 50256
+
+    def encode(self, text: str) -> list[int]:
+        return [13]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))
+
+
+def full_size_model(seed: int = 0) -> ClipCapModel:
+    torch.manual_seed(seed)
+    cfg = ClipCapConfig(
+        vision_config=CLIPVisionConfig(projection_dim=512).to_dict(),  # ViT-B/32
+        text_config=GPT2Config().to_dict(),  # GPT-2 124M
+        prefix_length=10,
+    )
+    return ClipCapModel.from_config(cfg).eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, repeats: int) -> list[float]:
+    fn()  # warm-up (oneDNN primitive creation, CUDA graph capture, allocator)
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def pixels(n: int, device: torch.device, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 224, 224, generator=g).to(device, dtype)
+
+
+def bench_naive(model: ClipCapModel, device, dtype, n_images: int) -> float:
+    """The reference loop, image by image: captions/s."""
+    px = pixels(n_images, device, dtype)
+
+    def run():
+        with torch.inference_mode():
+            for i in range(n_images):
+                prefix = model.prefix(model.encode_images(px[i : i + 1]))
+                reference_greedy(model.lm, prefix, None, NEW_TOKENS, min_tokens=NEW_TOKENS)
+
+    return n_images / statistics.median(timed(run, device, 1))
+
+
+def bench_generate(model: ClipCapModel, device, dtype, batch: int, cache: str) -> float:
+    """transformers ``generate`` on the prefix embeddings (greedy, KV cache): captions/s."""
+    px = pixels(batch, device, dtype)
+    kwargs = dict(
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=50256,
+    )
+    if cache == "static":
+        kwargs["cache_implementation"] = "static"
+
+    def run():
+        with torch.inference_mode():
+            prefix = model.prefix(model.encode_images(px))
+            mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=device)
+            model.lm.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
+
+    return batch / statistics.median(timed(run, device, 2 if batch > 1 else 3))
+
+
+def bench_altcap(cap: Captioner, batch: int, repeats: int) -> tuple[float, list[float]]:
+    px = pixels(batch, cap.device, cap.dtype)
+    times = timed(lambda: cap.caption_pixels(px, FORCED), cap.device, repeats)
+    return batch / statistics.median(times), times
+
+
+def drift(cap32: Captioner, cap16: Captioner, n: int) -> dict[str, float]:
+    """How much bfloat16 changes the output of the same (random-weight) model."""
+    px = pixels(n, cap32.device, torch.float32, seed=7)
+    settings = DecodingSettings(max_tokens=NEW_TOKENS, stop_token=None, stop_at_eos=False)
+    with torch.inference_mode():
+        e32, e16 = cap32.embed(px), cap16.embed(px.to(cap16.dtype))
+        cos = torch.nn.functional.cosine_similarity(e32, e16.float(), dim=-1)
+    a = [r.raw.split() for r in cap32.caption_pixels(px, settings)]
+    b = [r.raw.split() for r in cap16.caption_pixels(px.to(cap16.dtype), settings)]
+    same = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    first = sum(x[0] == y[0] for x, y in zip(a, b, strict=True)) / n
+    common = [
+        next((i for i, (s, t) in enumerate(zip(x, y, strict=False)) if s != t), len(x))
+        for x, y in zip(a, b, strict=True)
+    ]
+    return {
+        "embedding_cosine_min": float(cos.min()),
+        "identical_captions": same,
+        "identical_first_token": first,
+        "mean_common_prefix_tokens": sum(common) / n,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", default=None, help="comma list (default: 1,8,32 / GPU adds more)")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--naive-images", type=int, default=2)
+    p.add_argument("--latency-runs", type=int, default=15)
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--skip-baselines", action="store_true")
+    args = p.parse_args(argv)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    batches = [
+        int(b) for b in (args.batches or ("1,8,32,256,1024,2048" if gpu else "1,8,32")).split(",")
+    ]
+    rows: list[dict] = []
+    info = {
+        "device": torch.cuda.get_device_name(device) if gpu else f"CPU x{torch.get_num_threads()}",
+        "torch": torch.__version__,
+        "new_tokens": NEW_TOKENS,
+    }
+    print(f"# {info['device']}, torch {info['torch']}, {NEW_TOKENS} new tokens forced", flush=True)
+    caps = {}
+    for name in args.dtypes.split(","):
+        dtype = DTYPES[name]
+        base = full_size_model().to(device, dtype)
+        if not args.skip_baselines:
+            naive = bench_naive(base, device, dtype, args.naive_images)
+            rows.append(
+                {"method": "naive (reference loop)", "dtype": name, "batch": 1, "captions_s": naive}
+            )
+            print(rows[-1], flush=True)
+            for b in sorted({1, max(batches)} if gpu else {1, 32}):
+                for cache in ("dynamic", "static"):
+                    r = bench_generate(base, device, dtype, b, cache)
+                    rows.append(
+                        {
+                            "method": f"transformers generate ({cache} cache)",
+                            "dtype": name,
+                            "batch": b,
+                            "captions_s": r,
+                        }
+                    )
+                    print(rows[-1], flush=True)
+        del base
+        cap = Captioner(full_size_model(), IdTokenizer(), device=device, dtype=dtype)
+        caps[name] = cap
+        for b in batches:
+            rate, times = bench_altcap(
+                cap, b, args.latency_runs if b == 1 else (3 if b <= 256 else 5)
+            )
+            row = {"method": "AltCap", "dtype": name, "batch": b, "captions_s": rate}
+            if b == 1:
+                ms = sorted(t * 1e3 for t in times)
+                row["p50_ms"] = statistics.median(ms)
+                row["p90_ms"] = ms[int(0.9 * (len(ms) - 1))]
+            rows.append(row)
+            print(row, flush=True)
+    result = {"info": info, "rows": rows}
+    if "float32" in caps and "bfloat16" in caps:
+        result["bf16_vs_fp32"] = drift(caps["float32"], caps["bfloat16"], 32)
+        print("bf16 vs fp32:", result["bf16_vs_fp32"], flush=True)
+    print()
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def markdown(rows: list[dict]) -> str:
+    naive = {r["dtype"]: r["captions_s"] for r in rows if r["method"].startswith("naive")}
+    gen: dict[tuple[str, int], float] = {}  # best generate (either cache) per dtype and batch
+    for r in rows:
+        if "generate" in r["method"]:
+            key = (r["dtype"], r["batch"])
+            gen[key] = max(gen.get(key, 0.0), r["captions_s"])
+    lines = [
+        "| method | dtype | batch | captions/s | × naive fp32 | × generate (same dtype, batch) "
+        "| p50 / p90 ms |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        xn = f"{r['captions_s'] / naive['float32']:.1f}" if "float32" in naive else "–"
+        key = (r["dtype"], r["batch"])
+        xg = f"{r['captions_s'] / gen[key]:.2f}" if key in gen and r["method"] == "AltCap" else "–"
+        lat = f"{r['p50_ms']:.0f} / {r['p90_ms']:.0f}" if "p50_ms" in r else ""
+        lines.append(
+            f"| {r['method']} | {r['dtype']} | {r['batch']} | {r['captions_s']:.2f} "
+            f"| {xn} | {xg} | {lat} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
