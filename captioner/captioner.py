@@ -16,6 +16,7 @@ from .checkpoints import load_pretrained
 from .config import DecodingSettings
 from .decoding import StopRule, generate
 from .errors import InvalidSettings
+from .graphs import GraphedGreedy
 from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
 from .lm import CachedGPT2
 from .model import ClipCapModel
@@ -85,6 +86,7 @@ class Captioner:
             pack_linears(self.model.vision)
         self.tokenizer = tokenizer
         self.lm = CachedGPT2(self.model.lm, pack=self.packed)
+        self.graphed = GraphedGreedy(self.lm) if self.device.type == "cuda" else None
         self.model_id = model_id
         self.max_pixels = max_pixels
         self.default_settings = DecodingSettings()
@@ -175,7 +177,7 @@ class Captioner:
         prefix = self.model.prefix(self.embed(pixel_values).to(self.dtype))
         sync()
         t1 = time.perf_counter()
-        ids = generate(self.lm, prefix.to(self.dtype), settings, self.stop_rule(settings))
+        ids = generate(self.lm, prefix, settings, self.stop_rule(settings), self.graphed)
         t2 = time.perf_counter()
         timings = {
             "encode_ms": (t1 - t0) * 1e3,

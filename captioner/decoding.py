@@ -8,11 +8,15 @@ interact, and sampling draws each row's noise from its own generator.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .config import DecodingSettings
 from .lm import CachedGPT2
+
+if TYPE_CHECKING:
+    from .graphs import GraphedGreedy
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,19 @@ class StopRule:
 
 
 def generate(
-    lm: CachedGPT2, prefix: torch.Tensor, settings: DecodingSettings, stop: StopRule
+    lm: CachedGPT2,
+    prefix: torch.Tensor,
+    settings: DecodingSettings,
+    stop: StopRule,
+    graphed: GraphedGreedy | None = None,
 ) -> list[list[int]]:
-    """Token ids for each row of ``prefix`` (B, P, C), the stop/EOS token included if hit."""
+    """Token ids for each row of ``prefix`` (B, P, C), the stop/EOS token included if hit.
+
+    ``graphed`` (a ``graphs.GraphedGreedy``, used on GPUs) runs greedy decoding from CUDA
+    graphs; it gives the same tokens as ``sample``.
+    """
+    if settings.method == "greedy" and graphed is not None:
+        return graphed(prefix, settings.max_tokens, stop)
     if settings.method == "beam":
         return beam_search(lm, prefix, settings, stop)
     return sample(lm, prefix, settings, stop)

@@ -126,6 +126,31 @@ class CachedGPT2:
         return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
 
     @torch.inference_mode()
+    def forward_static(
+        self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """One decoding step with every shape fixed, so it can be captured in a CUDA graph.
+
+        x: (B, 1, C) input embeddings; pos: (1,) long tensor, the position written; visible:
+        (max_len,) bool, the cache positions attended to (0..pos). Attention spans the whole
+        cache with masked-out positions instead of a slice that grows each step.
+        """
+        b, _, c = x.shape
+        h, d = self.n_head, c // self.n_head
+        x = x.to(self.dtype) + self.wpe[pos]  # (B, 1, C)
+        mask = visible.view(1, -1)  # (1, S): broadcast over batch and heads
+        for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
+            qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps)).view(b, 1, 3, h, d)
+            q = qkv[:, :, 0].transpose(1, 2)  # (B, H, 1, D)
+            cache.k[i].index_copy_(2, pos, qkv[:, :, 1].transpose(1, 2))
+            cache.v[i].index_copy_(2, pos, qkv[:, :, 2].transpose(1, 2))
+            y = F.scaled_dot_product_attention(q, cache.k[i], cache.v[i], attn_mask=mask)
+            x = x + proj(y.transpose(1, 2).reshape(b, 1, c))
+            m = F.gelu(fc(F.layer_norm(x, (c,), *ln2, self.eps)), approximate="tanh")
+            x = x + fc_proj(m)
+        return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
+
+    @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, C) final hidden states -> (B, V) float32 next-token logits."""
         return self.lm_head(hidden).float()

@@ -112,3 +112,29 @@ def test_nucleus_filter_keeps_the_nucleus():
     kept = torch.isfinite(nucleus_filter(logits, 0.7))
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.8 crosses: keep both
     assert torch.isfinite(nucleus_filter(logits, 1.0)).all()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_graphed_greedy_equals_eager(setup, device):
+    """The static-shape step (CUDA graphs on a GPU; the same code without capture on CPU)
+    gives the tokens of the eager loop, for odd batch sizes (padded to a power of two)."""
+    from captioner.graphs import GraphedGreedy
+
+    model, _, prefix, stop_id, row, pos = setup
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    model = model.to(device, dtype)
+    lm = CachedGPT2(model.lm)
+    prefix = prefix.to(device, dtype)
+    rule = StopRule(stop_id, None)
+    s = DecodingSettings(max_tokens=15)
+    eager = generate(lm, prefix, s, rule)
+    graphed = GraphedGreedy(lm)
+    assert graphed.use_graphs == (device == "cuda")
+    assert generate(lm, prefix, s, rule, graphed) == eager
+    assert generate(lm, prefix[:3], s, rule, graphed) == eager[:3]  # 3 rows, a bucket of 4
+    assert generate(lm, prefix, s, rule, graphed) == eager  # replayed from kept graphs
+    assert eager[row][-1] == stop_id and len(eager[row]) == pos + 1
+    model.to("cpu", torch.float64)
