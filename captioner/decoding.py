@@ -93,9 +93,8 @@ def sample(
     out: list[list[int]] = [[] for _ in range(b)]
     rows = list(range(b))  # original index of each batch row; -1 once it is finished
     for step in range(settings.max_tokens):
-        logits = lm.logits(hidden)  # (batch, V)
         if nucleus:
-            logits = nucleus_filter(logits / settings.temperature, settings.top_p)
+            logits = nucleus_filter(lm.logits(hidden) / settings.temperature, settings.top_p)
             probs = torch.softmax(logits, dim=-1)
             # Exponential race: argmax(p / E) with E ~ Exp(1) is an exact categorical draw;
             # each row's noise comes from its own generator, so batching changes nothing.
@@ -105,7 +104,7 @@ def sample(
                     noise[j].exponential_(generator=gens[r])
             next_ids = torch.argmax(probs / noise, dim=-1)
         else:
-            next_ids = torch.argmax(logits, dim=-1)
+            next_ids = torch.argmax(lm.raw_logits(hidden), dim=-1)
         done = stop.hits(next_ids, step).tolist()
         for j, (r, tok) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
             if r >= 0:

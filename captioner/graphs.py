@@ -43,7 +43,7 @@ class GraphedGreedy:
     def _step(self, g: _Graph) -> None:
         emb = self.lm.embed_tokens(g.ids).unsqueeze(1)
         hidden = self.lm.forward_static(emb, g.cache, g.pos, g.visible)
-        g.ids.copy_(torch.argmax(self.lm.logits(hidden), dim=-1))
+        g.ids.copy_(torch.argmax(self.lm.raw_logits(hidden), dim=-1))
 
     def _get(self, batch: int, max_len: int) -> _Graph:
         key = (batch, max_len)
@@ -52,7 +52,7 @@ class GraphedGreedy:
         dev = self.lm.device
         g = _Graph(
             None,
-            self.lm.new_cache(batch, max_len),
+            self.lm.new_cache(batch, max_len, zeros=True),
             torch.zeros(batch, dtype=torch.long, device=dev),
             torch.zeros(1, dtype=torch.long, device=dev),
             torch.zeros(max_len, dtype=torch.bool, device=dev),
@@ -91,7 +91,7 @@ class GraphedGreedy:
         out = torch.empty(b, max_tokens, dtype=torch.long, device=prefix.device)
         done = torch.zeros(b, dtype=torch.bool, device=prefix.device)
         lengths = torch.full((b,), max_tokens, dtype=torch.long, device=prefix.device)
-        g.ids.copy_(torch.argmax(self.lm.logits(hidden), dim=-1))
+        g.ids.copy_(torch.argmax(self.lm.raw_logits(hidden), dim=-1))
         n = max_tokens
         for step in range(max_tokens):
             out[:, step] = g.ids
