@@ -158,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-runs", type=int, default=15)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--skip-baselines", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the CLIP tower (GPU)")
     args = p.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batches = [
-        int(b) for b in (args.batches or ("1,8,32,256,1024,2048" if gpu else "1,8,32")).split(",")
+        int(b)
+        for b in (args.batches or ("1,8,32,256,1024,2048,4096" if gpu else "1,8,32")).split(",")
     ]
     rows: list[dict] = []
     info = {
@@ -195,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     print(rows[-1], flush=True)
         del base
-        cap = Captioner(full_size_model(), IdTokenizer(), device=device, dtype=dtype)
+        cap = Captioner(
+            full_size_model(), IdTokenizer(), device=device, dtype=dtype, compile=args.compile
+        )
         caps[name] = cap
         for b in batches:
             rate, times = bench_altcap(

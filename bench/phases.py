@@ -22,11 +22,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--profile", action="store_true", help="CUDA kernel profile of decoding")
+    p.add_argument("--compile", action="store_true", help="torch.compile the CLIP tower")
     a = p.parse_args()
     if a.profile:
         profile_decode(a.batch)
         return
-    cap = Captioner(full_size_model(), IdTokenizer(), device=a.device, dtype=a.dtype)
+    cap = Captioner(
+        full_size_model(), IdTokenizer(), device=a.device, dtype=a.dtype, compile=a.compile
+    )
     px = pixels(a.batch, cap.device, cap.dtype)
     sync = torch.cuda.synchronize if cap.device.type == "cuda" else (lambda: None)
     rule = StopRule(None, None, FORCED.min_tokens)
@@ -42,8 +45,8 @@ def main() -> None:
         return out
 
     with torch.inference_mode():
-        emb = phase("clip", lambda: cap.model.encode_images(px))
-        prefix = phase("mapper", lambda: cap.model.prefix(emb))
+        emb = phase("clip", lambda: cap.embed(px))
+        prefix = phase("mapper", lambda: cap.model.prefix(emb.to(cap.dtype)))
         phase("prefill", lambda: cap.lm.forward(prefix, cap.lm.new_cache(a.batch, 30)))
         phase("decode", lambda: generate(cap.lm, prefix, FORCED, rule, cap.graphed))
         phase("total", lambda: cap.caption_pixels(px, FORCED))

@@ -136,3 +136,11 @@ def test_cli_make_tiny_and_convert(tmp_path, capsys):
     argv[4] = "transformer"
     assert main(argv) == 1
     assert "checkpoint_mismatch" in capsys.readouterr().err
+
+
+def test_max_tokens_is_bounded_by_the_model(tiny_captioner):
+    room = tiny_captioner.lm.max_positions - tiny_captioner.config.prefix_length
+    assert tiny_captioner.caption(png_bytes(), max_tokens=room, min_tokens=room)[0].tokens == room
+    with pytest.raises(InvalidSettings) as e:
+        tiny_captioner.caption(png_bytes(), max_tokens=room + 1)
+    assert str(room) in e.value.message

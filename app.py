@@ -1,0 +1,85 @@
+"""AltCap's web service: the application factory, and a development server.
+
+gunicorn builds one application per worker with ``gunicorn "app:create_app()"``; there is
+deliberately no module-level ``app``, because importing this file must not start a model.
+The model loads in the engine's worker thread, started by ``create_app``, so under gunicorn
+it loads after the fork, in each worker (do not set ``preload_app``: a thread started in the
+master does not survive the fork).
+
+``python app.py`` serves on http://127.0.0.1:5000 with Flask's threaded development server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from flask import Flask
+
+from captioner import api
+from captioner.cache import open_cache
+from captioner.engine import Engine
+from captioner.settings import Settings
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the service: settings, cache, engine (model loading in its thread), blueprints.
+
+    Settings come from ``ALTCAP_*`` environment variables; ``test_config`` overrides them
+    by name without the prefix (``{"MODEL": path, "API_KEYS": ["k"]}``) and may also carry
+    Flask settings (``TESTING``) and parts to inject instead of building them:
+
+    - ``LOADER``: a callable returning a ``Captioner``, run by the engine's worker thread;
+    - ``ENGINE``: a whole engine (used as given: start it yourself).
+    """
+    config = dict(test_config or {})
+    settings = Settings.load(os.environ, config)
+    app = Flask(__name__, static_folder=None)  # the page blueprint serves /static
+    app.config.from_mapping(config)
+
+    cache = open_cache(settings.cache_url, settings.data_dir)
+    engine = config.get("ENGINE")
+    own_engine = engine is None
+    if own_engine:
+        engine = Engine(
+            config.get("LOADER") or default_loader(settings),
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+        )
+    api.init_app(app, settings, engine, cache)
+    if own_engine:
+        engine.start()  # last: nothing above can fail and leave a loading thread behind
+    return app
+
+
+def default_loader(settings: Settings) -> Callable[[], Any]:
+    """Load the configured model; called in the engine's thread, never at import."""
+
+    def load() -> Any:
+        from captioner.captioner import Captioner  # torch and transformers: import on use
+
+        return Captioner.from_pretrained(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_pixels=settings.max_image_pixels,
+        )
+
+    return load
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="AltCap development server (not for production)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    create_app().run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main()
