@@ -8,10 +8,13 @@ PIP := $(PY) -m pip
 # TORCH_SPEC (and PIP_EXTRA_INDEX_URL) for another build, e.g. a CUDA one.
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages the test suite drives for real.
-APT_TEST_PACKAGES ?= redis-server
-DEMO_MODEL ?= .cache/tiny-model
+APT_TEST_PACKAGES ?= redis-server chromium
+HOST ?= 127.0.0.1
+PORT ?= 8000
+TINY_MODEL ?= .cache/tiny-model
+GUNICORN := $(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) "app:create_app()"
 
-.PHONY: run test lint bench venv deps-test clean
+.PHONY: run run-tiny test lint bench bench-serve venv deps-test clean
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +25,15 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.stamp
 
-# Until the HTTP service lands, `make run` captions a demo image with a tiny offline model.
+# The service on 127.0.0.1:8000 (HOST=, PORT= to change), serving $$ALTCAP_MODEL (default
+# clipcap-coco, downloaded on first use).
 run: venv
-	test -f $(DEMO_MODEL)/config.json || $(PY) -m captioner make-tiny $(DEMO_MODEL)
-	$(PY) -c "from PIL import Image; Image.new('RGB', (320, 240), (200, 30, 30)).save('.cache/demo.png')"
-	$(PY) -m captioner caption .cache/demo.png --model $(DEMO_MODEL) --json
+	$(GUNICORN)
+
+# The same with a tiny random-weight model that works offline (gibberish captions).
+run-tiny: venv
+	test -f $(TINY_MODEL)/config.json || $(PY) -m captioner make-tiny $(TINY_MODEL)
+	ALTCAP_MODEL=$(TINY_MODEL) $(GUNICORN)
 
 deps-test:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -45,6 +52,9 @@ lint: venv
 
 bench: venv
 	$(PY) bench/decode.py
+
+bench-serve: venv
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
