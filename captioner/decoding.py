@@ -58,9 +58,10 @@ def generate(
 
 
 def _row_generators(n: int, seed: int | None, device: torch.device) -> list[torch.Generator]:
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, ()).item())
-    return [torch.Generator(device=device).manual_seed(seed) for _ in range(n)]
+    """One generator per row: the same seed gives an image the same caption whatever batch it
+    is in; without a seed every row draws its own, so two unseeded rows never share noise."""
+    seeds = [seed] * n if seed is not None else torch.randint(0, 2**62, (n,)).tolist()
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
 def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -138,3 +138,13 @@ def test_static_graphed_greedy_equals_eager(setup, device):
     assert generate(lm, prefix, s, rule, graphed) == eager  # replayed from kept graphs
     assert eager[row][-1] == stop_id and len(eager[row]) == pos + 1
     model.to("cpu", torch.float64)
+
+
+def test_unseeded_rows_draw_their_own_noise(setup):
+    _, lm, prefix, *_ = setup
+    same = prefix[:1].expand(8, *prefix.shape[1:])  # one image eight times in one batch
+    s = DecodingSettings(method="nucleus", top_p=1.0, temperature=3.0, seed=None, max_tokens=8)
+    out = generate(lm, same, s, StopRule(None, None))
+    assert len({tuple(o) for o in out}) > 1
+    seeded = generate(lm, same, DecodingSettings(**{**s.__dict__, "seed": 4}), StopRule(None, None))
+    assert len({tuple(o) for o in seeded}) == 1
