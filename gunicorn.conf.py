@@ -1,0 +1,152 @@
+"""gunicorn settings for AltCap: ``gunicorn -c gunicorn.conf.py "app:create_app()"``.
+
+Each worker process builds its own app, and with it its own engine thread, which loads its
+own copy of the model. That shapes most of what follows: few workers, many threads, no
+``preload_app``, and a generous heartbeat timeout.
+
+Anything here can be overridden on the command line (``--bind``, ``--timeout 300``) or with
+``GUNICORN_CMD_ARGS``; both win over this file. AltCap's own settings stay ``ALTCAP_*``
+environment variables, read by each worker (see the README's configuration table).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def _positive_int(name: str, default: int) -> int:
+    """An ``ALTCAP_*`` count, checked here so a typo stops gunicorn with a clear message."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} is not valid: expected a positive integer")
+    return value
+
+
+# --- sockets ---------------------------------------------------------------------------
+
+# Platforms with a Procfile (Heroku, Dokku, ...) set $PORT and expect 0.0.0.0:$PORT; without
+# it, listen on loopback only, so a bare `gunicorn -c gunicorn.conf.py ...` is not exposed
+# to the network by accident. The Procfile and `make run` pass --bind explicitly anyway.
+bind = [f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"]
+
+# --- workers ---------------------------------------------------------------------------
+
+# Processes. Each holds a model copy (ViT-B/32 + GPT-2: ~1 GB in float32, half that in
+# bfloat16, plus a CUDA context per process on a GPU) and its own engine, so batches never
+# span workers.
+# One worker per container or GPU is the default; scale with more containers, or raise this
+# when requests are cheap to answer without the model (cache hits) and the CPU has cores.
+workers = _positive_int("ALTCAP_WORKERS", 1)
+
+# gthread: a thread per in-flight request. A captioning request spends nearly all its time
+# waiting on the engine's futures (or on a download), not holding the GIL, so threads are
+# what lets concurrent requests meet in one batch: with one-image requests, a batch is never
+# larger than this, so the default matches ALTCAP_MAX_BATCH_SIZE.
+worker_class = "gthread"
+threads = _positive_int("ALTCAP_THREADS", 32)
+
+# Seconds a worker may go without a heartbeat before the master kills it. The heartbeat
+# comes from the worker's main loop, not from request threads: the model loads and computes
+# in the engine thread, so a slow batch or a slow first load does not stop it. 120 s covers
+# importing torch and transformers at boot on a slow disk; a worker stuck longer is broken.
+timeout = 120
+
+# On SIGTERM (or a reload), seconds a worker gets to finish the requests it has before it
+# is killed. A request may take up to ALTCAP_REQUEST_TIMEOUT_S (30 s by default) in all.
+graceful_timeout = 30
+
+# Seconds an idle keep-alive connection stays open. The extension and batch clients send
+# bursts of requests; reusing connections spares a TCP handshake each. Behind a load
+# balancer, set this above the balancer's idle timeout (e.g. 75 for AWS ALB's 60).
+keepalive = 5
+
+# Longest request line (method, path, query). GET /v1/captions?url=... carries an image URL
+# of up to 2,048 characters, which percent-encoding can make three times longer; gunicorn's
+# default (4094) would refuse those with a plain-text 400 before AltCap sees them. 8190 is
+# gunicorn's maximum.
+limit_request_line = 8190
+
+# Never recycle workers after N requests: each restart reloads the model (seconds to
+# minutes), and the service does not leak per request.
+max_requests = 0
+
+# Must stay False. With preload, create_app() would run in the master: its engine thread
+# would not survive the fork and CUDA would initialise in the master, which forked children
+# cannot use. on_starting() below refuses to start if it is turned on.
+preload_app = False
+
+# The heartbeat is a file touched by every worker; in containers, /tmp may be a slow
+# overlay filesystem that stalls it, so use memory when there is some.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# gunicorn >= 25 opens a control socket at one fixed path per user ($XDG_RUNTIME_DIR or
+# ~/.gunicorn/gunicorn.ctl): two instances on one host (tests, benchmarks, blue/green)
+# would take it from each other. AltCap does not use gunicornc; keep it off.
+control_socket_disable = True
+
+# --- logs ------------------------------------------------------------------------------
+
+# Both to the standard streams, where container platforms collect them.
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+
+# Client, time, "METHOD PATH PROTOCOL", status, bytes, milliseconds, user agent. The path is
+# logged without its query string on purpose: GET /v1/captions?url=... carries the address
+# of an image a screen-reader user is looking at, which has no place in an access log.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
+
+
+# --- hooks -----------------------------------------------------------------------------
+
+
+def on_starting(server) -> None:
+    """In the master, before anything is forked: refuse ``--preload`` (see preload_app)."""
+    if server.cfg.preload_app:
+        raise SystemExit(
+            "AltCap must not run with preload_app/--preload: the model has to load in each "
+            "worker after the fork (CUDA cannot be initialised in the gunicorn master)"
+        )
+
+
+def post_fork(server, worker) -> None:
+    """In a new worker, before the app is imported: its logs, and its share of the CPU.
+
+    The ``captioner`` package logs through :mod:`logging` and configures no handler (it is
+    a library); without this its INFO lines ("model ... loaded") would be lost and its
+    errors ("the model could not be loaded") printed unformatted. They go to gunicorn's
+    error log instead, with gunicorn's format and level.
+
+    torch sizes its thread pool from OMP_NUM_THREADS when it is imported (in the worker,
+    since nothing imports it in the master); by default every worker would use every core,
+    and several workers would slow each other down. An explicit OMP_NUM_THREADS wins.
+    """
+    app_log = logging.getLogger("captioner")
+    app_log.setLevel(server.log.error_log.level)
+    for handler in server.log.error_log.handlers:
+        app_log.addHandler(handler)
+    app_log.propagate = False
+
+    if server.cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // server.cfg.workers))
+
+
+def worker_exit(server, worker) -> None:
+    """A worker is exiting (after its graceful shutdown): stop its engine, close its cache.
+
+    Queued images fail with ``model_unavailable`` instead of being dropped silently, the
+    batch being computed finishes, and the SQLite/Redis cache connections are closed.
+    Also called in the master for a worker that vanished: it has no app there, so no-op.
+    """
+    app = getattr(worker, "wsgi", None)
+    service = getattr(app, "extensions", {}).get("altcap")
+    if service is not None:
+        service.close()
