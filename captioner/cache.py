@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from captioner.errors import AltCapError
+from captioner.errors import ConfigError
 
 __all__ = [
     "Cache",
@@ -60,11 +60,8 @@ _CAPTION = "cap:"  # namespaces inside one store; Redis adds its own "altcap:" p
 _URL = "url:"
 
 
-class CacheConfigError(AltCapError):
+class CacheConfigError(ConfigError):
     """The cache URL names something we cannot open: fail at start-up, not per request."""
-
-    code = "invalid_config"
-    http_status = 500
 
 
 # --- keys ---------------------------------------------------------------------------

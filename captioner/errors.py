@@ -81,6 +81,13 @@ class CheckpointMismatch(ModelError):
     code = "checkpoint_mismatch"
 
 
+class ConfigError(AltCapError):
+    """A deployment setting the service cannot run with: stop at start-up, never per request."""
+
+    code = "invalid_config"
+    http_status = 500
+
+
 class InvalidSettings(AltCapError):
     """Decoding or model settings out of range."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from captioner.errors import AltCapError
+from captioner.errors import ConfigError
 from captioner.fetch import FetchLimits
 
 __all__ = ["ENV_PREFIX", "ConfigError", "SettingDoc", "Settings", "markdown_table"]
@@ -30,13 +30,6 @@ __all__ = ["ENV_PREFIX", "ConfigError", "SettingDoc", "Settings", "markdown_tabl
 ENV_PREFIX = "ALTCAP_"
 EXTENSION_ORIGINS = ("chrome-extension://*", "moz-extension://*")
 _OFF = frozenset({"off", "none", "false", "0", "no", "disabled"})
-
-
-class ConfigError(AltCapError):
-    """A setting has a value the service cannot run with: stop at start-up."""
-
-    code = "invalid_config"
-    http_status = 500
 
 
 class SettingDoc(NamedTuple):
