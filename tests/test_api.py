@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import png_bytes
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import png_bytes
 from markupsafe import escape
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import png_bytes, write_reference_parts
+from helpers import png_bytes, write_reference_parts
 from PIL import Image
 
 from captioner import Captioner, DecodingSettings

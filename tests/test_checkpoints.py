@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import write_reference_parts
+from helpers import write_reference_parts
 from transformers import CLIPVisionModelWithProjection, GPT2Config
 
 from captioner.checkpoints import (

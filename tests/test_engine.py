@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import png_bytes
+from helpers import png_bytes
 
 from captioner import DecodingSettings
 from captioner.captioner import CaptionResult

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import png_bytes
+from helpers import png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2

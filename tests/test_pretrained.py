@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import write_reference_parts
+from helpers import write_reference_parts
 
 import captioner.pretrained as pretrained
 from captioner import Captioner

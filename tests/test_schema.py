@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from conftest import png_bytes
+from helpers import png_bytes
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error

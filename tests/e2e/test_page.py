@@ -5,10 +5,6 @@ so does a plain ``http.server`` for the image URLs. The tests check what the Fla
 client cannot: that the JavaScript path announces its result in the live region, that the
 page works from the keyboard alone and without JavaScript, and that focus and text stay
 visible, in light and dark colour schemes.
-
-The fixtures live in this file, not in ``tests/e2e/conftest.py``: pytest imports every
-``conftest.py`` outside a package as the module ``conftest``, so a second one would displace
-``tests/conftest.py`` and break the ``from conftest import png_bytes`` of the other tests.
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import png_bytes
+from helpers import png_bytes
 from werkzeug.serving import make_server
 
 from app import create_app
