@@ -24,6 +24,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+try:  # transformers 5
+    from transformers.initialization import no_init_weights
+except ImportError:  # transformers 4
+    from transformers.modeling_utils import no_init_weights
+
 from .config import ClipCapConfig, MappingType
 from .errors import CheckpointMismatch, ModelError, ModelNotFound
 from .model import ClipCapModel, build_mapper
@@ -83,7 +88,8 @@ def load_pretrained(model_dir: str | os.PathLike) -> tuple[ClipCapModel, PreTrai
     """Load a model directory (local path) into a float32 model on the CPU, in eval mode."""
     model_dir = Path(model_dir)
     config = load_config(model_dir)
-    model = ClipCapModel.from_config(config)
+    with no_init_weights():  # every tensor is loaded below (checked): random init was 95% of it
+        model = ClipCapModel.from_config(config)
     try:
         state = load_file(model_dir / WEIGHTS_NAME)
     except (OSError, SafetensorError) as e:
@@ -114,24 +120,32 @@ def _load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], wha
                 f"{key}: checkpoint has shape {list(tensor.shape)}, "
                 f"model expects {list(expected[key].shape)}"
             )
-    missing = [k for k in expected if k not in state and not _is_tied_alias(model, k, state)]
-    problems += [f"missing tensor {k}" for k in missing]
+    absent = [k for k in expected if k not in state]
+    aliases = [k for k in absent if _is_tied_alias(model, k, state)]
+    problems += [f"missing tensor {k}" for k in absent if k not in aliases]
     if problems:
         shown = "; ".join(problems[:8]) + (
             f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
         )
         raise CheckpointMismatch(f"{what} does not fit the model: {shown}")
-    model.load_state_dict(state, strict=False)
+    state = dict(state)
+    for key in aliases:  # a tied tensor saved once: load it under both names
+        state[key] = state[_TIED[key]]
+    model.load_state_dict(state, strict=True)
     if isinstance(model, ClipCapModel) and model.lm.config.tie_word_embeddings:
         model.lm.tie_weights()
+
+
+_TIED = {
+    "lm.lm_head.weight": "lm.transformer.wte.weight",
+    "lm.transformer.wte.weight": "lm.lm_head.weight",
+}
 
 
 def _is_tied_alias(model: torch.nn.Module, key: str, state: Mapping[str, torch.Tensor]) -> bool:
     if not isinstance(model, ClipCapModel) or not model.lm.config.tie_word_embeddings:
         return False
-    pair = {"lm.lm_head.weight": "lm.transformer.wte.weight"}
-    pair.update({v: k for k, v in pair.items()})
-    return key in pair and pair[key] in state
+    return key in _TIED and _TIED[key] in state
 
 
 # --- the reference ClipCap checkpoints ---------------------------------------------------
