@@ -2,9 +2,56 @@
 
 from __future__ import annotations
 
+import json
 import re
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+Verdict = Literal["missing", "decorative", "meaningless", "ok"]
 
 _SPACES = re.compile(r"\s+")
+_IMAGE_FILE = re.compile(r"\.(jpe?g|png|gif|webp|svg|bmp|tiff?|avif|heic|ico)$", re.IGNORECASE)
+_URL = re.compile(r"^(https?:|data:|//|/\S)", re.IGNORECASE)
+
+
+@cache
+def meaningless_words() -> frozenset[str]:
+    """Alt texts that say nothing ("image", "photo", ...): the data file the extension ships
+    a copy of (``extension/meaningless-alt.json``; a test keeps the two identical)."""
+    text = resources.files("captioner").joinpath("data/meaningless-alt.json").read_text()
+    return frozenset(w.lower() for w in json.loads(text)["words"])
+
+
+def _strip_punctuation(text: str) -> str:
+    start, end = 0, len(text)
+    while start < end and not text[start].isalnum():
+        start += 1
+    while end > start and not text[end - 1].isalnum():
+        end -= 1
+    return text[start:end]
+
+
+def classify_alt(alt: str | None) -> Verdict:
+    """What an ``alt`` attribute tells a screen-reader user.
+
+    ``missing``: no attribute; ``decorative``: empty (the author says: skip it);
+    ``meaningless``: a file name, a URL, only digits or punctuation, or a word from
+    ``meaningless_words``; ``ok``: author text, which is never replaced. The extension's
+    ``detection.js`` implements the same rules; tests/vectors/alttext.json holds both to them.
+    """
+    if alt is None:
+        return "missing"
+    text = _SPACES.sub(" ", alt).strip()
+    if not text:
+        return "decorative"
+    if not any(c.isalpha() for c in text):
+        return "meaningless"
+    if _URL.match(text) or _IMAGE_FILE.search(text):
+        return "meaningless"
+    if _strip_punctuation(text).lower() in meaningless_words():
+        return "meaningless"
+    return "ok"
 
 
 def clean_caption(text: str) -> str:
