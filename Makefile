@@ -44,6 +44,7 @@ deps-test:
 	fi
 
 test: venv deps-test lint
+	node --test extension/tests/*.test.mjs
 	$(PY) -m pytest -q
 
 lint: venv

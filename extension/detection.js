@@ -1,0 +1,242 @@
+/* AltCap detection: which images need a machine description, and how to mark the ones we
+ * describe so that the page can be restored exactly.
+ *
+ * A classic script (no import/export): it is injected before content-script.js, where ES
+ * modules are not allowed, and node tests load it with vm. It only defines
+ * globalThis.AltCapDetection; in a content script that global lives in the extension's
+ * isolated world, so pages never see it. Wrapped in a function so that injecting it twice
+ * (registered script + "describe now") does not redeclare anything.
+ *
+ * classifyAlt() is the twin of captioner/alttext.py classify_alt(); tests/vectors/alttext.json
+ * holds both to the same verdicts. Keep the two in step.
+ */
+(function (root) {
+  "use strict";
+
+  // Python's str.isspace() / re \s set (not JavaScript's \s, which lacks U+001C-U+001F and
+  // U+0085 and adds U+FEFF), so that both implementations collapse the same characters.
+  const SPACES =
+    /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/gu;
+  // Python's re.IGNORECASE also matches U+0130 and U+0131 for "i" (and U+017F for "s", which
+  // the /iu flags give JavaScript too), hence the explicit [iİı].
+  const IMAGE_FILE = /\.(jpe?g|png|g[iİı]f|webp|svg|bmp|t[iİı]ff?|av[iİı]f|he[iİı]c|[iİı]co)$/iu;
+  // After collapsing, a plain space is the only whitespace left, so Python's "/\S" is "/[^ ]".
+  const URL_LIKE = /^(https?:|data:|\/\/|\/[^ ])/iu;
+  const LETTER = /\p{L}/u; // str.isalpha()
+  const LETTER_OR_NUMBER = /[\p{L}\p{N}]/u; // str.isalnum()
+
+  let meaningless = new Set();
+
+  /** Load the word list (extension/meaningless-alt.json's "words"). Until it is loaded only
+   * the structural rules apply, so a missing list can only make AltCap keep author text. */
+  function setMeaninglessWords(words) {
+    meaningless = new Set((Array.isArray(words) ? words : []).map((w) => String(w).toLowerCase()));
+  }
+
+  function stripPunctuation(text) {
+    const chars = Array.from(text); // code points, as Python indexes a str
+    let start = 0;
+    let end = chars.length;
+    while (start < end && !LETTER_OR_NUMBER.test(chars[start])) start++;
+    while (end > start && !LETTER_OR_NUMBER.test(chars[end - 1])) end--;
+    return chars.slice(start, end).join("");
+  }
+
+  /** What an alt attribute tells a screen-reader user: "missing" (null: no attribute),
+   * "decorative" (empty), "meaningless" (a file name, URL, digits/punctuation only, or a word
+   * from the list) or "ok" (author text, never replaced). */
+  function classifyAlt(alt) {
+    if (alt === null || alt === undefined) return "missing";
+    const text = String(alt).replace(SPACES, " ").replace(/^ +| +$/g, "");
+    if (!text) return "decorative";
+    if (!LETTER.test(text)) return "meaningless";
+    if (URL_LIKE.test(text) || IMAGE_FILE.test(text)) return "meaningless";
+    if (meaningless.has(stripPunctuation(text).toLowerCase())) return "meaningless";
+    return "ok";
+  }
+
+  /** True when a label (aria-label, title, labelled-by text) already describes the image. */
+  function saysSomething(text) {
+    return typeof text === "string" && classifyAlt(text) === "ok";
+  }
+
+  // --- elements ---------------------------------------------------------------------------
+
+  function tagOf(el) {
+    return String((el && (el.tagName || el.nodeName)) || "").toUpperCase();
+  }
+
+  function attr(el, name) {
+    const value = el.getAttribute(name);
+    return value === null || value === undefined ? null : String(value);
+  }
+
+  function isImageInput(el) {
+    return tagOf(el) === "INPUT" && (attr(el, "type") || "").trim().toLowerCase() === "image";
+  }
+
+  function isCandidate(el) {
+    return tagOf(el) === "IMG" || isImageInput(el);
+  }
+
+  /** The URL the browser actually shows: currentSrc follows srcset and <picture>. */
+  function imageUrl(el) {
+    if (tagOf(el) === "IMG") return String(el.currentSrc || el.src || "");
+    if (isImageInput(el)) return String(el.src || "");
+    return "";
+  }
+
+  /** "http" | "data" | "blob" | "" (anything else: file:, about:, extension pages...). */
+  function urlKind(url) {
+    const m = /^([a-z][a-z0-9+.-]*):/i.exec(String(url || ""));
+    if (!m) return "";
+    const scheme = m[1].toLowerCase();
+    if (scheme === "http" || scheme === "https") return "http";
+    if (scheme === "data" || scheme === "blob") return scheme;
+    return "";
+  }
+
+  function hiddenFromAssistiveTech(el) {
+    for (let node = el; node; node = node.parentElement) {
+      if (typeof node.getAttribute !== "function") break;
+      if ((attr(node, "aria-hidden") || "").trim().toLowerCase() === "true") return true;
+    }
+    return false;
+  }
+
+  function labelledByText(el) {
+    const ids = (attr(el, "aria-labelledby") || "").split(/\s+/).filter(Boolean);
+    const doc = el.ownerDocument;
+    if (!ids.length || !doc || typeof doc.getElementById !== "function") return "";
+    return ids
+      .map((id) => doc.getElementById(id))
+      .filter(Boolean)
+      .map((node) => String(node.textContent || ""))
+      .join(" ");
+  }
+
+  const MIN_SIDE = 16; // CSS px: smaller renders are icons, bullets, spacers
+  const BANNER_RATIO = 2.5; // long side / short side
+  const BANNER_SHORT_SIDE = 150; // CSS px
+
+  function result(action, reason, url) {
+    return { action, reason, url: url || "" };
+  }
+
+  /** Decide what to do with one element.
+   * action "describe": needs a caption (reason: "missing" | "meaningless"; url set);
+   * action "wait": not loaded yet, look again on its load event;
+   * action "skip": leave it alone (reason says why).
+   * `win` (optional) gives getComputedStyle for visibility:hidden. */
+  function assess(el, win) {
+    if (!el || typeof el.getAttribute !== "function" || !isCandidate(el)) {
+      return result("skip", "not-an-image");
+    }
+    if (el.hasAttribute(MARK)) return result("skip", "already-described");
+    const verdict = classifyAlt(attr(el, "alt"));
+    if (verdict === "decorative") return result("skip", "decorative");
+    if (verdict === "ok") return result("skip", "author-alt");
+    const role = (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0];
+    if (role === "presentation" || role === "none") return result("skip", "presentational");
+    if (hiddenFromAssistiveTech(el)) return result("skip", "aria-hidden");
+    if (saysSomething(attr(el, "aria-label"))) return result("skip", "aria-label");
+    if (saysSomething(labelledByText(el))) return result("skip", "aria-labelledby");
+    if (saysSomething(attr(el, "title"))) return result("skip", "title");
+
+    const isImg = tagOf(el) === "IMG";
+    if (isImg && !el.complete) return result("wait", "loading");
+    const url = imageUrl(el);
+    if (!url) return result("skip", "no-url");
+    if (!urlKind(url)) return result("skip", "unsupported-url");
+    if (isImg) {
+      const nw = Number(el.naturalWidth) || 0;
+      const nh = Number(el.naturalHeight) || 0;
+      if (nw === 0 && nh === 0) return result("skip", "broken");
+      if (nw <= 1 && nh <= 1) return result("skip", "tracking-pixel");
+    }
+    if (win && typeof win.getComputedStyle === "function") {
+      const visibility = win.getComputedStyle(el).visibility;
+      if (visibility === "hidden" || visibility === "collapse") return result("skip", "hidden");
+    }
+    const box = el.getBoundingClientRect();
+    const w = Number(box && box.width) || 0;
+    const h = Number(box && box.height) || 0;
+    // Also catches display:none (0 x 0); the content script looks again when it shows up.
+    if (w < MIN_SIDE || h < MIN_SIDE) return result("skip", "too-small");
+    const short = Math.min(w, h);
+    if (Math.max(w, h) / short > BANNER_RATIO && short < BANNER_SHORT_SIDE) {
+      return result("skip", "banner");
+    }
+    return result("describe", verdict, url);
+  }
+
+  function needsDescription(el, win) {
+    return assess(el, win).action === "describe";
+  }
+
+  // --- marking ----------------------------------------------------------------------------
+  // data-altcap holds the original alt so that the page can be restored exactly:
+  // "__none__" when there was no alt attribute; an original alt that itself starts with
+  // "__none__" or "\" is stored behind one extra "\" so it can never be mistaken for it.
+
+  const MARK = "data-altcap";
+  const NONE = "__none__";
+
+  function encodeOriginal(alt) {
+    if (alt === null) return NONE;
+    return alt.startsWith(NONE) || alt.startsWith("\\") ? "\\" + alt : alt;
+  }
+
+  function decodeOriginal(value) {
+    if (value === NONE) return null;
+    return value.startsWith("\\") ? value.slice(1) : value;
+  }
+
+  /** Write a machine description; remembers the original alt the first time only. */
+  function applyCaption(el, text) {
+    if (!el.hasAttribute(MARK)) el.setAttribute(MARK, encodeOriginal(attr(el, "alt")));
+    el.setAttribute("alt", text);
+  }
+
+  /** Put the original alt back (or remove alt where there was none). False if not ours. */
+  function restoreOriginal(el) {
+    const stored = attr(el, MARK);
+    if (stored === null) return false;
+    const original = decodeOriginal(stored);
+    if (original === null) el.removeAttribute("alt");
+    else el.setAttribute("alt", original);
+    el.removeAttribute(MARK);
+    return true;
+  }
+
+  /** Forget our mark but keep the alt the page now has (the author changed it). */
+  function dropMark(el) {
+    el.removeAttribute(MARK);
+  }
+
+  /** The alt text written: prefix (marks machine text) + caption, one space between. */
+  function captionText(prefix, caption) {
+    const p = String(prefix || "");
+    const c = String(caption || "").trim();
+    if (!p.trim()) return c;
+    return /\s$/.test(p) ? p + c : p + " " + c;
+  }
+
+  root.AltCapDetection = Object.freeze({
+    MARK,
+    NONE,
+    setMeaninglessWords,
+    classifyAlt,
+    assess,
+    needsDescription,
+    imageUrl,
+    urlKind,
+    isCandidate,
+    applyCaption,
+    restoreOriginal,
+    dropMark,
+    captionText,
+    encodeOriginal,
+    decodeOriginal,
+  });
+})(globalThis);

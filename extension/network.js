@@ -1,0 +1,443 @@
+// Talking to the AltCap server: batching, back-off, the caption cache, and sending image
+// bytes when the server cannot fetch an image itself. An ES module used by the service
+// worker only (the one network caller). fetch, sleep and the clock are injected, so node
+// tests drive every path with fakes.
+
+export const MAX_IMAGES_PER_REQUEST = 32; // the server's ALTCAP_MAX_IMAGES_PER_REQUEST default
+export const MAX_BODY_CHARS = 12 * 1024 * 1024; // request bodies stay under the 20 MiB default
+export const MAX_RETRIES = 3; // retries after the first try, on 429/502/503/504 and network errors
+export const MAX_RETRY_WAIT_MS = 30_000; // a longer Retry-After: give up now, pause that long
+export const BACKOFF_BASE_MS = 500; // 0.5 s, 1 s, 2 s (+ up to 25% jitter)
+export const REQUEST_TIMEOUT_MS = 60_000;
+export const UNREACHABLE_PAUSE_MS = 15_000; // after the server could not be reached at all
+export const IMAGE_FETCH_TIMEOUT_MS = 15_000;
+export const MAX_IMAGE_BYTES = 10 * 1024 * 1024; // as the server's ALTCAP_FETCH_MAX_BYTES
+export const CACHE_SIZE = 2000; // captions remembered while the service worker lives
+
+// Server answers meaning "I could not download that image" (private address, login needed,
+// timeout, ...): the browser, which can see it, may send the bytes instead (allowBytes).
+export const SERVER_FETCH_ERRORS = new Set([
+  "fetch_failed",
+  "blocked_address",
+  "invalid_url",
+  "fetch_timeout",
+  "too_many_redirects",
+]);
+
+const RETRY_STATUSES = new Set([429, 502, 503, 504]);
+
+export class CaptionError extends Error {
+  constructor(code, message, { retryAfterMs = null } = {}) {
+    super(message);
+    this.code = code;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** Split items into lists of at most maxCount items and (roughly) maxChars characters. */
+export function chunk(items, maxCount = MAX_IMAGES_PER_REQUEST, maxChars = Infinity, sizeOf) {
+  const size = sizeOf || (() => 0);
+  const out = [];
+  let current = [];
+  let chars = 0;
+  for (const item of items) {
+    const n = size(item);
+    if (current.length && (current.length >= maxCount || chars + n > maxChars)) {
+      out.push(current);
+      current = [];
+      chars = 0;
+    }
+    current.push(item); // an item larger than maxChars travels alone
+    chars += n;
+  }
+  if (current.length) out.push(current);
+  return out;
+}
+
+/** Retry-After (seconds, or an HTTP date) -> milliseconds from now, or null. */
+export function parseRetryAfter(value, now = Date.now()) {
+  if (value === null || value === undefined) return null;
+  const text = String(value).trim();
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  const date = Date.parse(text);
+  if (Number.isNaN(date)) return null;
+  return Math.max(0, date - now);
+}
+
+/** How long to wait before retry number `attempt` (0 = the first retry). The server's
+ * Retry-After wins; otherwise exponential back-off with jitter, so that many tabs do not
+ * come back at the same instant. The caller gives up when this exceeds MAX_RETRY_WAIT_MS. */
+export function retryDelay(attempt, retryAfter = null, { now = Date.now(), random = Math.random } = {}) {
+  const told = parseRetryAfter(retryAfter, now);
+  if (told !== null) return told;
+  return Math.round(BACKOFF_BASE_MS * 2 ** attempt * (1 + 0.25 * random()));
+}
+
+/** Image URLs the server is unlikely to reach (and must not be made to): private addresses
+ * and intranet names. With allowBytes the service worker sends these as bytes directly. */
+export function isIntranetUrl(url) {
+  let host;
+  try {
+    host = new URL(url).hostname.toLowerCase();
+  } catch {
+    return false;
+  }
+  if (!host) return false;
+  if (host.startsWith("[")) return isPrivateV6(host.slice(1, -1));
+  const v4 = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(host); // URL() normalised other spellings
+  if (v4) return isPrivateV4(v4.slice(1).map(Number));
+  if (!host.replace(/\.$/, "").includes(".")) return true; // "localhost", "intranet"
+  return /\.(localhost|local|internal|intranet|lan|home|corp|home\.arpa)\.?$/.test(host);
+}
+
+function isPrivateV4([a, b]) {
+  return (
+    a === 0 ||
+    a === 10 ||
+    a === 127 ||
+    (a === 169 && b === 254) ||
+    (a === 172 && b >= 16 && b <= 31) ||
+    (a === 192 && b === 168) ||
+    (a === 100 && b >= 64 && b <= 127)
+  );
+}
+
+function isPrivateV6(addr) {
+  if (addr === "::1" || addr === "::") return true;
+  if (/^f[cd][0-9a-f]{2}:/.test(addr) || /^fe[89ab][0-9a-f]:/.test(addr)) return true;
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(addr);
+  if (mapped) {
+    const hi = parseInt(mapped[1], 16);
+    return isPrivateV4([hi >> 8, hi & 255]);
+  }
+  return false;
+}
+
+/** "http" | "data" | "blob" | "" */
+export function urlKind(url) {
+  const m = /^([a-z][a-z0-9+.-]*):/i.exec(String(url || ""));
+  if (!m) return "";
+  const scheme = m[1].toLowerCase();
+  if (scheme === "http" || scheme === "https") return "http";
+  return scheme === "data" || scheme === "blob" ? scheme : "";
+}
+
+export function captionsEndpoint(serverUrl) {
+  return serverUrl.replace(/\/+$/, "") + "/v1/captions";
+}
+
+export function toBase64(data) {
+  const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+function errorFromBody(body, status) {
+  const e = body && typeof body === "object" && body.error && typeof body.error === "object" ? body.error : {};
+  const code = typeof e.code === "string" && e.code ? e.code : `http_${status}`;
+  const message = typeof e.message === "string" && e.message ? e.message : `the server answered HTTP ${status}`;
+  return { code, message };
+}
+
+/** One server result -> {caption, cached} | {error: {code, message}}. */
+export function readResult(r) {
+  if (r && typeof r === "object" && typeof r.caption === "string" && r.caption.trim()) {
+    return { caption: r.caption.trim(), cached: r.cached === true };
+  }
+  if (r && typeof r === "object" && r.error && typeof r.error === "object") {
+    return { error: errorFromBody(r, 200) };
+  }
+  return { error: { code: "bad_response", message: "the server sent no caption for this image" } };
+}
+
+async function fetchWithTimeout(fetchImpl, url, init, timeoutMs) {
+  const controller = typeof AbortController === "function" ? new AbortController() : null;
+  const timer = controller ? setTimeout(() => controller.abort(), timeoutMs) : 0;
+  try {
+    return await fetchImpl(url, controller ? { ...init, signal: controller.signal } : init);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * POST /v1/captions with up to 32 payloads ({url} or {data}); returns one readResult() per
+ * payload, in order. Retries 429/502/503/504 and network failures (at most maxRetries times,
+ * honouring Retry-After); throws CaptionError when the whole request fails.
+ */
+export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
+  const fetchImpl = deps.fetch || globalThis.fetch;
+  const sleep = deps.sleep || ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+  const now = deps.now || Date.now;
+  const random = deps.random || Math.random;
+  const maxRetries = deps.maxRetries ?? MAX_RETRIES;
+  const timeoutMs = deps.timeoutMs ?? REQUEST_TIMEOUT_MS;
+
+  const headers = { "Content-Type": "application/json", Accept: "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  const init = {
+    method: "POST",
+    headers,
+    body: JSON.stringify({ images: payloads }),
+    credentials: "omit", // the user's cookies are none of the server's business
+    cache: "no-store",
+  };
+
+  for (let attempt = 0; ; attempt++) {
+    let response;
+    try {
+      response = await fetchWithTimeout(fetchImpl, captionsEndpoint(serverUrl), init, timeoutMs);
+    } catch (err) {
+      if (err && err.name === "AbortError") {
+        throw new CaptionError("server_timeout", `the AltCap server took longer than ${timeoutMs / 1000} s`);
+      }
+      if (attempt < maxRetries) {
+        await sleep(retryDelay(attempt, null, { now: now(), random }));
+        continue;
+      }
+      throw new CaptionError(
+        "server_unreachable",
+        `cannot reach the AltCap server at ${serverUrl} (is it running? is the address right?)`,
+      );
+    }
+
+    if (RETRY_STATUSES.has(response.status)) {
+      const retryAfter = response.headers && response.headers.get("Retry-After");
+      const delay = retryDelay(attempt, retryAfter, { now: now(), random });
+      if (attempt < maxRetries && delay <= MAX_RETRY_WAIT_MS) {
+        await sleep(delay);
+        continue;
+      }
+      const body = await response.json().catch(() => null);
+      const { code, message } = errorFromBody(body, response.status);
+      throw new CaptionError(code, message, { retryAfterMs: delay });
+    }
+
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const { code, message } = errorFromBody(body, response.status);
+      throw new CaptionError(code, message);
+    }
+    const results = body && Array.isArray(body.results) ? body.results : null;
+    if (!results || results.length !== payloads.length) {
+      throw new CaptionError("bad_response", "the AltCap server sent an answer this extension cannot read");
+    }
+    return results.map(readResult);
+  }
+}
+
+/** Download an image from the browser (cookies included: it is the image the user sees) and
+ * return it as base64. Only used with allowBytes. Throws CaptionError. */
+export async function fetchImageBase64(url, deps = {}) {
+  const fetchImpl = deps.fetch || globalThis.fetch;
+  const maxBytes = deps.maxBytes ?? MAX_IMAGE_BYTES;
+  let response;
+  try {
+    response = await fetchWithTimeout(
+      fetchImpl,
+      url,
+      { credentials: "include", redirect: "follow" },
+      deps.timeoutMs ?? IMAGE_FETCH_TIMEOUT_MS,
+    );
+  } catch {
+    throw new CaptionError("image_fetch_failed", "the browser could not download the image");
+  }
+  if (!response.ok) {
+    throw new CaptionError("image_fetch_failed", `the image answered HTTP ${response.status}`);
+  }
+  const type = (response.headers && response.headers.get("Content-Type")) || "";
+  if (/^text\//i.test(type)) {
+    throw new CaptionError("image_fetch_failed", "the image address returned a web page, not an image");
+  }
+  const length = Number(response.headers && response.headers.get("Content-Length"));
+  if (length > maxBytes) throw new CaptionError("too_large", "the image is too large to send");
+  const buffer = await response.arrayBuffer();
+  if (buffer.byteLength > maxBytes) throw new CaptionError("too_large", "the image is too large to send");
+  if (buffer.byteLength === 0) throw new CaptionError("empty_image", "the image is empty");
+  return toBase64(buffer);
+}
+
+function fail(code, message) {
+  return { error: { code, message } };
+}
+
+/**
+ * Captions for a content script's images, with a cache (by server + URL), in-flight
+ * de-duplication, chunking, and the allowBytes fall-backs. describe() never throws: every
+ * image gets {id, caption, cached} or {id, error: {code, message}}.
+ */
+export class CaptionClient {
+  constructor(deps = {}) {
+    this.deps = deps; // {fetch, sleep, now, random, maxRetries, timeoutMs}
+    this.now = deps.now || Date.now;
+    this.cacheSize = deps.cacheSize ?? CACHE_SIZE;
+    this.cache = new Map(); // key -> caption (insertion order = least recently used first)
+    this.inflight = new Map(); // key -> Promise<result>
+    this.pausedUntil = 0;
+    this.pauseError = null;
+  }
+
+  clear() {
+    this.cache.clear();
+  }
+
+  cacheGet(key) {
+    if (!key || !this.cache.has(key)) return undefined;
+    const caption = this.cache.get(key);
+    this.cache.delete(key); // refresh: most recently used last
+    this.cache.set(key, caption);
+    return caption;
+  }
+
+  cacheSet(key, caption) {
+    if (!key) return;
+    this.cache.delete(key);
+    this.cache.set(key, caption);
+    while (this.cache.size > this.cacheSize) this.cache.delete(this.cache.keys().next().value);
+  }
+
+  /** What to do with one image: {error} | {key, payload} | {key, fetchUrl}. */
+  plan(image, settings, scope) {
+    const { url, data } = image;
+    const key = url.length <= 4096 ? `${scope}\n${settings.serverUrl}\n${url}` : null;
+    const kind = urlKind(url);
+    const bytesOff = fail(
+      "bytes_not_allowed",
+      "this image is not at a public address; allow sending image bytes in AltCap's options to describe it",
+    );
+    if (data !== undefined) return settings.allowBytes ? { key, payload: { data } } : bytesOff;
+    if (kind === "data") return settings.allowBytes ? { key, payload: { data: url } } : bytesOff;
+    if (kind === "blob") {
+      // The service worker cannot read a page's blob: URL; the content script will send a
+      // canvas snapshot instead.
+      return settings.allowBytes ? fail("needs_canvas", "send the image as data") : bytesOff;
+    }
+    if (kind !== "http") return fail("unsupported_url", "AltCap describes http(s), data: and blob: images only");
+    if (settings.allowBytes && isIntranetUrl(url)) return { key, fetchUrl: url };
+    return { key, payload: { url } };
+  }
+
+  /** images: [{id, url, data?}]; settings: {serverUrl, apiKey, allowBytes}; scope separates
+   * caches (private windows get their own). */
+  async describe(images, settings, { scope = "normal" } = {}) {
+    const answers = new Map();
+    const fresh = [];
+    const waits = [];
+    for (const image of images) {
+      const plan = this.plan(image, settings, scope);
+      if (plan.error) {
+        answers.set(image.id, plan);
+        continue;
+      }
+      const hit = this.cacheGet(plan.key);
+      if (hit !== undefined) {
+        answers.set(image.id, { caption: hit, cached: true });
+        continue;
+      }
+      let promise = plan.key ? this.inflight.get(plan.key) : undefined;
+      if (!promise) {
+        let resolve;
+        promise = new Promise((r) => (resolve = r));
+        fresh.push({ plan, url: image.url, resolve });
+        if (plan.key) this.inflight.set(plan.key, promise);
+      }
+      waits.push(promise.then((result) => answers.set(image.id, result)));
+    }
+    if (fresh.length) this.run(fresh, settings); // settles every fresh promise, never throws
+    await Promise.all(waits);
+    return images.map((image) => ({ id: image.id, ...answers.get(image.id) }));
+  }
+
+  async run(allJobs, settings) {
+    let jobs = allJobs;
+    const results = new Map(); // job -> result
+    try {
+      if (this.paused() && this.pauseError) {
+        for (const job of jobs) results.set(job, { error: { ...this.pauseError } });
+        jobs = [];
+      }
+      // Intranet images with allowBytes: download here first.
+      await Promise.all(
+        jobs
+          .filter((job) => job.plan.fetchUrl)
+          .map(async (job) => {
+            try {
+              job.plan.payload = { data: await fetchImageBase64(job.plan.fetchUrl, this.deps) };
+            } catch (err) {
+              results.set(job, fail(err.code || "image_fetch_failed", err.message));
+            }
+          }),
+      );
+      let pending = jobs.filter((job) => !results.has(job));
+      await this.send(pending, settings, results);
+
+      // The server could not download some images: try sending their bytes (allowBytes).
+      if (settings.allowBytes) {
+        const retry = pending.filter((job) => {
+          const r = results.get(job);
+          return r.error && SERVER_FETCH_ERRORS.has(r.error.code) && !job.plan.fetchUrl && urlKind(job.url) === "http";
+        });
+        await Promise.all(
+          retry.map(async (job) => {
+            try {
+              job.plan.payload = { data: await fetchImageBase64(job.url, this.deps) };
+            } catch (err) {
+              const first = results.get(job).error;
+              results.set(job, fail(first.code, `${first.message}; the browser could not download it either (${err.message})`));
+              job.failedAgain = true;
+            }
+          }),
+        );
+        pending = retry.filter((job) => !job.failedAgain);
+        if (pending.length) await this.send(pending, settings, results);
+      }
+    } catch (err) {
+      for (const job of allJobs) {
+        if (!results.has(job)) results.set(job, fail("internal_error", String(err && err.message)));
+      }
+    }
+    for (const job of allJobs) {
+      const result = results.get(job) || fail("internal_error", "no result");
+      if (result.caption && job.plan.key) this.cacheSet(job.plan.key, result.caption);
+      if (job.plan.key) this.inflight.delete(job.plan.key);
+      job.resolve(result.caption ? { caption: result.caption, cached: result.cached === true } : result);
+    }
+  }
+
+  /** POST jobs' payloads in chunks; fills `results`. A server-wide failure pauses requests. */
+  async send(jobs, settings, results) {
+    const sizeOf = (job) => (job.plan.payload.data || job.plan.payload.url || "").length + 16;
+    for (const part of chunk(jobs, MAX_IMAGES_PER_REQUEST, MAX_BODY_CHARS, sizeOf)) {
+      if (this.now() < this.pausedUntil && this.pauseError) {
+        for (const job of part) results.set(job, { error: { ...this.pauseError } });
+        continue;
+      }
+      try {
+        const answers = await postCaptions(
+          part.map((job) => job.plan.payload),
+          settings,
+          this.deps,
+        );
+        part.forEach((job, i) => results.set(job, answers[i]));
+      } catch (err) {
+        const error = { code: err.code || "server_error", message: err.message || String(err) };
+        for (const job of part) results.set(job, { error });
+        if (err.code === "server_unreachable") this.pause(UNREACHABLE_PAUSE_MS, error);
+        else if (err.retryAfterMs) this.pause(err.retryAfterMs, error);
+      }
+    }
+  }
+
+  pause(ms, error) {
+    this.pausedUntil = this.now() + ms;
+    this.pauseError = error;
+  }
+
+  /** True while requests are paused (server down or asked us to wait). */
+  paused() {
+    return this.now() < this.pausedUntil;
+  }
+}

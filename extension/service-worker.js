@@ -1,0 +1,322 @@
+// AltCap service worker (Chrome) / background event page (Firefox): the only part of the
+// extension that talks to the network. It validates every message (messages.js), reads the
+// settings (settings.js), asks the AltCap server for captions (network.js), registers the
+// content script for the sites the user allowed, and runs the context menu, the keyboard
+// shortcut and the badge.
+//
+// Listeners are registered at the top level: an MV3 worker may be started just to deliver
+// one event, and it must find its listener there.
+
+import { validate } from "./messages.js";
+import { CaptionClient } from "./network.js";
+import { contentScriptMatches, loadSettings, siteRule } from "./settings.js";
+
+const IDS = { runtimeId: chrome.runtime.id, extensionOrigin: chrome.runtime.getURL("") };
+const SCRIPT_ID = "altcap";
+const SCRIPT_FILES = ["detection.js", "content-script.js"];
+const MENU_ID = "altcap-describe-image";
+const COMMAND = "describe-page";
+
+const client = new CaptionClient({ fetch: (...args) => fetch(...args) });
+
+function errorReply(code, message) {
+  return { error: { code, message } };
+}
+
+function openOptions() {
+  try {
+    Promise.resolve(chrome.runtime.openOptionsPage()).catch(() => {});
+  } catch {
+    // no options page in this context
+  }
+}
+
+// --- settings-derived state -----------------------------------------------------------------
+
+let wordsPromise = null;
+
+/** The meaningless-alt word list, shipped as an extension file and handed to content
+ * scripts in "hello" (they cannot read extension files that are not web-accessible). */
+function meaninglessWords() {
+  if (!wordsPromise) {
+    wordsPromise = fetch(chrome.runtime.getURL("meaningless-alt.json"))
+      .then((r) => r.json())
+      .then((json) => (Array.isArray(json.words) ? json.words.map(String) : []))
+      .catch(() => {
+        wordsPromise = null;
+        return [];
+      });
+  }
+  return wordsPromise;
+}
+
+function hostnameOf(url) {
+  try {
+    const u = new URL(url);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.hostname : "";
+  } catch {
+    return "";
+  }
+}
+
+function incognitoRefused(settings, tab) {
+  return Boolean(tab && tab.incognito) && !settings.allowIncognito;
+}
+
+let lastServer = null;
+
+async function currentSettings() {
+  const settings = await loadSettings();
+  if (settings.serverUrl !== lastServer) {
+    client.clear(); // captions from another server are another model's
+    lastServer = settings.serverUrl;
+  }
+  return settings;
+}
+
+// --- content script registration ------------------------------------------------------------
+
+let syncing = Promise.resolve();
+let registered = { matches: [], excludeMatches: [] }; // what the last sync did
+
+/** (Re)register the content script for the sites the settings and the granted host
+ * permissions allow. Serialised: registering the same id twice at once fails. Resolves to
+ * {matches, excludeMatches} (and {error} if the browser refused). */
+function syncRegistration() {
+  syncing = syncing.then(doSync, doSync);
+  return syncing;
+}
+
+async function doSync() {
+  try {
+    const settings = await loadSettings();
+    const granted = (await chrome.permissions.getAll()).origins || [];
+    const { matches, excludeMatches } = contentScriptMatches(settings, granted);
+    const existing = await chrome.scripting.getRegisteredContentScripts({ ids: [SCRIPT_ID] });
+    if (existing.length) await chrome.scripting.unregisterContentScripts({ ids: [SCRIPT_ID] });
+    if (matches.length) {
+      const script = {
+        id: SCRIPT_ID,
+        js: SCRIPT_FILES,
+        matches,
+        runAt: "document_idle",
+        allFrames: false,
+        persistAcrossSessions: false, // registered again at every start (Firefox-safe)
+      };
+      if (excludeMatches.length) script.excludeMatches = excludeMatches;
+      await chrome.scripting.registerContentScripts([script]);
+    }
+    registered = { matches, excludeMatches };
+  } catch (err) {
+    registered = { matches: [], excludeMatches: [], error: String((err && err.message) || err) };
+  }
+  return registered;
+}
+
+async function setup() {
+  // The API key is in storage.local; content scripts have no use for storage at all, so
+  // close both areas to them where the browser supports it (Chrome with per-area levels).
+  for (const area of [chrome.storage.local, chrome.storage.sync]) {
+    try {
+      await area.setAccessLevel({ accessLevel: "TRUSTED_CONTEXTS" });
+    } catch {
+      // not supported for this area here: nothing reads it from a content script anyway
+    }
+  }
+  try {
+    await chrome.contextMenus.removeAll();
+    chrome.contextMenus.create({
+      id: MENU_ID,
+      title: "Describe this image",
+      contexts: ["image"],
+    });
+  } catch {
+    // menus unavailable: the shortcut and popup still work
+  }
+  try {
+    await chrome.action.setBadgeBackgroundColor({ color: "#1b4f8a" });
+  } catch {
+    // ignore
+  }
+  await syncRegistration();
+}
+
+chrome.runtime.onInstalled.addListener((details) => {
+  setup();
+  // First install: show the options page, where the consent is given.
+  if (details && details.reason === "install") openOptions();
+});
+chrome.runtime.onStartup.addListener(() => setup());
+chrome.storage.onChanged.addListener((changes, area) => {
+  if (area === "sync" && ["consented", "mode", "sitesAlways", "sitesNever"].some((k) => k in changes)) {
+    syncRegistration();
+  }
+});
+chrome.permissions.onAdded.addListener(() => syncRegistration());
+chrome.permissions.onRemoved.addListener(() => syncRegistration());
+
+// --- describing -----------------------------------------------------------------------------
+
+async function hello(sender) {
+  const settings = await currentSettings();
+  const rule = siteRule(settings, hostnameOf(sender.url || (sender.tab && sender.tab.url)));
+  const enabled = settings.consented && rule !== "never" && !incognitoRefused(settings, sender.tab);
+  return {
+    consented: settings.consented,
+    enabled,
+    auto: enabled && (settings.mode === "auto" || rule === "always"),
+    prefix: settings.prefix,
+    words: await meaninglessWords(),
+  };
+}
+
+async function describe(images, sender) {
+  const settings = await currentSettings();
+  let refusal = null;
+  if (!settings.consented) {
+    refusal = errorReply("no_consent", "agree to the privacy notice in AltCap's options first");
+  } else if (incognitoRefused(settings, sender.tab)) {
+    refusal = errorReply("incognito_off", "AltCap is off in private windows (see its options)");
+  }
+  if (refusal) return { results: images.map((image) => ({ id: image.id, ...refusal })) };
+  const scope = sender.tab && sender.tab.incognito ? "incognito" : "normal";
+  return { results: await client.describe(images, settings, { scope }) };
+}
+
+async function setBadge(tabId, described) {
+  try {
+    await chrome.action.setBadgeText({ tabId, text: described > 0 ? String(Math.min(described, 999)) : "" });
+  } catch {
+    // the tab is gone
+  }
+}
+
+/** Make sure the content script runs in a frame of the tab (activeTab or a host permission
+ * is needed; both throw here otherwise). */
+async function ensureContentScript(tabId, frameId = 0) {
+  try {
+    const answer = await chrome.tabs.sendMessage(tabId, { type: "ping" }, { frameId });
+    if (answer && answer.pong) return;
+  } catch {
+    // no content script there yet
+  }
+  await chrome.scripting.executeScript({ target: { tabId, frameIds: [frameId] }, files: SCRIPT_FILES });
+}
+
+/** "Describe images on this page now" (shortcut, popup). */
+async function describeTab(tabId) {
+  const settings = await currentSettings();
+  if (!settings.consented) {
+    openOptions();
+    return { ok: false, ...errorReply("no_consent", "agree to the privacy notice in the options first") };
+  }
+  try {
+    await ensureContentScript(tabId);
+  } catch {
+    return {
+      ok: false,
+      ...errorReply(
+        "no_access",
+        "AltCap cannot read this page. Use the AltCap button or the shortcut on the page itself, or allow the site in the options.",
+      ),
+    };
+  }
+  try {
+    const answer = await chrome.tabs.sendMessage(tabId, { type: "describe-now" }, { frameId: 0 });
+    return answer && typeof answer === "object" ? answer : { ok: false, ...errorReply("no_answer", "the page did not answer") };
+  } catch {
+    return { ok: false, ...errorReply("no_answer", "the page did not answer") };
+  }
+}
+
+async function checkServer() {
+  const settings = await currentSettings();
+  if (!settings.consented) {
+    return { ok: false, message: "Agree to the privacy notice first: until then AltCap contacts no server." };
+  }
+  const headers = settings.apiKey ? { Authorization: `Bearer ${settings.apiKey}` } : {};
+  try {
+    const response = await fetch(settings.serverUrl + "/readyz", { headers, credentials: "omit", cache: "no-store" });
+    if (response.ok) return { ok: true, message: `The AltCap server at ${settings.serverUrl} is ready.` };
+    const body = await response.json().catch(() => null);
+    const detail = body && body.error && body.error.message ? `: ${body.error.message}` : "";
+    return { ok: false, message: `The server answered HTTP ${response.status}${detail}.` };
+  } catch {
+    return {
+      ok: false,
+      message: `Cannot reach ${settings.serverUrl}. Is the server running? If it does not allow this extension's origin (CORS), use "Allow AltCap to reach this server".`,
+    };
+  }
+}
+
+async function handle(message, sender) {
+  switch (message.type) {
+    case "hello":
+      return hello(sender);
+    case "describe":
+      return describe(message.images, sender);
+    case "counts":
+      await setBadge(sender.tab.id, message.described);
+      return { ok: true };
+    case "describe-tab":
+      return describeTab(message.tabId);
+    case "check-server":
+      return checkServer();
+    case "sync":
+      // The options page or popup saved settings: register now and say where AltCap runs,
+      // so that the page can report it (and a test can wait for it).
+      return syncRegistration();
+    default:
+      return errorReply("invalid_message", "unknown message type");
+  }
+}
+
+chrome.runtime.onMessage.addListener((message, sender, sendResponse) => {
+  const checked = validate(message, sender, IDS);
+  if (!checked.ok) {
+    sendResponse(errorReply("invalid_message", checked.error));
+    return false;
+  }
+  handle(checked.message, sender).then(sendResponse, (err) =>
+    sendResponse(errorReply("internal_error", String((err && err.message) || err))),
+  );
+  return true; // the answer comes asynchronously
+});
+
+// --- context menu, shortcut, badge ----------------------------------------------------------
+
+chrome.contextMenus?.onClicked.addListener(async (info, tab) => {
+  if (info.menuItemId !== MENU_ID || !tab || typeof tab.id !== "number") return;
+  const settings = await currentSettings();
+  if (!settings.consented) {
+    openOptions();
+    return;
+  }
+  const srcUrl = String(info.srcUrl || "");
+  // Describe in the frame that holds the image; if AltCap may not run there (a cross-origin
+  // frame), the top frame still captions the URL and announces it.
+  for (const frameId of [info.frameId || 0, 0]) {
+    try {
+      await ensureContentScript(tab.id, frameId);
+      await chrome.tabs.sendMessage(tab.id, { type: "describe-target", srcUrl }, { frameId });
+      return;
+    } catch {
+      // try the top frame next
+    }
+  }
+});
+
+chrome.commands?.onCommand.addListener(async (command, tab) => {
+  if (command !== COMMAND) return;
+  let target = tab;
+  if (!target || typeof target.id !== "number") {
+    [target] = await chrome.tabs.query({ active: true, currentWindow: true });
+  }
+  if (target && typeof target.id === "number") await describeTab(target.id);
+});
+
+// A new page in the tab: its counts start again (changeInfo.url is only visible with host
+// access, so the status alone decides).
+chrome.tabs.onUpdated.addListener((tabId, changeInfo) => {
+  if (changeInfo.status === "loading") setBadge(tabId, 0);
+});

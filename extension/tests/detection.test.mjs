@@ -1,0 +1,193 @@
+// detection.js: classifyAlt against the shared vectors (the Python twin passes the same
+// file), every skip rule of assess(), and exact restoring of the page.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import vm from "node:vm";
+import { fileURLToPath } from "node:url";
+
+import { FakeDocument, FakeElement, WORDS, img, loadDetection } from "./fake-dom.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const VECTORS = JSON.parse(fs.readFileSync(path.join(here, "../../tests/vectors/alttext.json"), "utf8"));
+
+const D = loadDetection();
+D.setMeaninglessWords(WORDS);
+
+test("every shared vector gets the Python verdict", () => {
+  assert.ok(VECTORS.cases.length > 20);
+  for (const { alt, verdict } of VECTORS.cases) {
+    assert.equal(D.classifyAlt(alt), verdict, `alt ${JSON.stringify(alt)}`);
+  }
+});
+
+test("the word list is extension/meaningless-alt.json", () => {
+  for (const word of WORDS) assert.equal(D.classifyAlt(word), "meaningless", word);
+  assert.equal(D.classifyAlt(" Thumbnail! "), "meaningless");
+});
+
+test("Python's whitespace and case rules, not JavaScript's", () => {
+  assert.equal(D.classifyAlt("\x1c\x85"), "decorative"); // str.isspace(), not in JS \s
+  assert.equal(D.classifyAlt("\ufeff"), "meaningless"); // JS \s, but not Python whitespace
+  assert.equal(D.classifyAlt("cat.GIF"), "meaningless");
+  assert.equal(D.classifyAlt("cat.gıf"), "meaningless"); // re.IGNORECASE: ı matches i
+  assert.equal(D.classifyAlt("cat.ſvg"), "meaningless"); // and ſ matches s
+  assert.equal(D.classifyAlt("Ⅻ"), "meaningless"); // a number, not a letter
+  assert.equal(D.classifyAlt("x²"), "ok");
+  assert.equal(D.classifyAlt(undefined), "missing");
+});
+
+test("without the word list only the structural rules apply", () => {
+  const bare = loadDetection();
+  assert.equal(bare.classifyAlt("image"), "ok"); // keeps author text rather than overwrite it
+  assert.equal(bare.classifyAlt("IMG_1.jpg"), "meaningless");
+});
+
+test("detection.js can be injected twice into one world", () => {
+  const context = vm.createContext({});
+  loadDetection(context);
+  assert.doesNotThrow(() => loadDetection(context));
+});
+
+// --- assess / needsDescription ---------------------------------------------------------------
+
+function reason(el, win) {
+  const r = D.assess(el, win);
+  return r.action === "describe" ? `describe:${r.reason}` : `${r.action}:${r.reason}`;
+}
+
+test("images without alt or with meaningless alt are described, with their URL", () => {
+  const el = img();
+  assert.deepEqual({ ...D.assess(el) }, { action: "describe", reason: "missing", url: "https://example.com/cat.jpg" });
+  assert.equal(D.needsDescription(el), true);
+  assert.equal(reason(img({ alt: "photo" })), "describe:meaningless");
+  assert.equal(reason(img({ alt: "IMG_0042.JPG" })), "describe:meaningless");
+});
+
+test("author text and decorative images are kept", () => {
+  assert.equal(reason(img({ alt: "" })), "skip:decorative");
+  assert.equal(reason(img({ alt: "  " })), "skip:decorative");
+  assert.equal(reason(img({ alt: "A dog catching a frisbee" })), "skip:author-alt");
+  assert.equal(D.needsDescription(img({ alt: "Jane Doe" })), false);
+});
+
+test("presentational roles are skipped", () => {
+  assert.equal(reason(img({ role: "presentation" })), "skip:presentational");
+  assert.equal(reason(img({ role: "NONE" })), "skip:presentational");
+  assert.equal(reason(img({ role: "img" })), "describe:missing");
+});
+
+test("aria-hidden on the image or an ancestor skips it", () => {
+  assert.equal(reason(img({ "aria-hidden": "true" })), "skip:aria-hidden");
+  const grandparent = new FakeElement("div", { "aria-hidden": "TRUE" });
+  const parent = new FakeElement("figure", {}, { parent: grandparent });
+  assert.equal(reason(img({}, { parent })), "skip:aria-hidden");
+  assert.equal(reason(img({ "aria-hidden": "false" })), "describe:missing");
+});
+
+test("labels that say something are kept; empty or meaningless ones are not", () => {
+  assert.equal(reason(img({ "aria-label": "Sales chart for 2024" })), "skip:aria-label");
+  assert.equal(reason(img({ "aria-label": "image" })), "describe:missing");
+  assert.equal(reason(img({ "aria-label": "" })), "describe:missing");
+  assert.equal(reason(img({ title: "The team in Lisbon" })), "skip:title");
+  assert.equal(reason(img({ title: "photo.png" })), "describe:missing");
+});
+
+test("aria-labelledby is resolved through the document", () => {
+  const doc = new FakeDocument();
+  doc.add(new FakeElement("span", { id: "cap1" }, { text: "Our new office" }));
+  doc.add(new FakeElement("span", { id: "cap2" }, { text: "picture" }));
+  assert.equal(reason(img({ "aria-labelledby": "cap1" }, { doc })), "skip:aria-labelledby");
+  assert.equal(reason(img({ "aria-labelledby": "missing cap1" }, { doc })), "skip:aria-labelledby");
+  assert.equal(reason(img({ "aria-labelledby": "cap2" }, { doc })), "describe:missing");
+  assert.equal(reason(img({ "aria-labelledby": "nothing-here" }, { doc })), "describe:missing");
+});
+
+test("size rules: tiny renders, tracking pixels, thin banners", () => {
+  assert.equal(reason(img({}, { rect: { width: 15, height: 200 } })), "skip:too-small");
+  assert.equal(reason(img({}, { rect: { width: 0, height: 0 } })), "skip:too-small"); // display:none
+  assert.equal(reason(img({}, { natural: [1, 1], rect: { width: 300, height: 300 } })), "skip:tracking-pixel");
+  assert.equal(reason(img({}, { rect: { width: 728, height: 90 } })), "skip:banner");
+  assert.equal(reason(img({}, { rect: { width: 90, height: 728 } })), "skip:banner");
+  assert.equal(reason(img({}, { rect: { width: 1200, height: 400 } })), "describe:missing"); // tall enough
+  assert.equal(reason(img({}, { rect: { width: 250, height: 100 } })), "describe:missing"); // ratio 2.5
+  assert.equal(reason(img({}, { rect: { width: 16, height: 16 } })), "describe:missing");
+});
+
+test("loading, broken and URL-less images", () => {
+  assert.equal(reason(img({}, { complete: false })), "wait:loading");
+  assert.equal(reason(img({}, { natural: [0, 0] })), "skip:broken");
+  assert.equal(reason(new FakeElement("img", {})), "skip:no-url");
+  assert.equal(reason(img({ src: "file:///home/me/cat.png" })), "skip:unsupported-url");
+  assert.equal(reason(img({ src: "data:image/png;base64,AAAA" })), "describe:missing");
+});
+
+test("srcset / <picture>: the URL is currentSrc", () => {
+  const el = img({ srcset: "cat-2x.jpg 2x" }, { currentSrc: "https://example.com/cat-2x.jpg" });
+  assert.equal(D.imageUrl(el), "https://example.com/cat-2x.jpg");
+  assert.equal(D.assess(el).url, "https://example.com/cat-2x.jpg");
+});
+
+test("input type=image is a candidate; other elements are not", () => {
+  const button = new FakeElement("input", { type: "IMAGE", src: "go.png" }, { rect: { width: 40, height: 40 } });
+  assert.equal(reason(button), "describe:missing");
+  assert.equal(reason(new FakeElement("input", { type: "text" })), "skip:not-an-image");
+  assert.equal(reason(new FakeElement("div", {})), "skip:not-an-image");
+  assert.equal(reason(null), "skip:not-an-image");
+});
+
+test("visibility:hidden is skipped when a window is given", () => {
+  const win = { getComputedStyle: () => ({ visibility: "hidden" }) };
+  assert.equal(reason(img(), win), "skip:hidden");
+  assert.equal(reason(img(), { getComputedStyle: () => ({ visibility: "visible" }) }), "describe:missing");
+});
+
+test("elements already marked data-altcap are left alone", () => {
+  assert.equal(reason(img({ "data-altcap": "__none__", alt: "Appears to be: a cat." })), "skip:already-described");
+});
+
+// --- marking and restoring -------------------------------------------------------------------
+
+test("apply then restore gives back the page exactly", () => {
+  const none = img();
+  D.applyCaption(none, "Appears to be: A cat.");
+  assert.equal(none.getAttribute("alt"), "Appears to be: A cat.");
+  assert.equal(none.getAttribute("data-altcap"), "__none__");
+  D.applyCaption(none, "Appears to be: A black cat."); // a second caption keeps the original
+  assert.equal(none.getAttribute("data-altcap"), "__none__");
+  assert.equal(D.restoreOriginal(none), true);
+  assert.equal(none.hasAttribute("alt"), false);
+  assert.equal(none.hasAttribute("data-altcap"), false);
+
+  for (const original of ["image", "", "__none__", "__none__x", "\\back", "DSC01.jpg"]) {
+    const el = img({ alt: original });
+    D.applyCaption(el, "Appears to be: A cat.");
+    assert.equal(D.restoreOriginal(el), true);
+    assert.equal(el.getAttribute("alt"), original, JSON.stringify(original));
+  }
+  assert.equal(D.restoreOriginal(img({ alt: "kept" })), false); // not ours: untouched
+});
+
+test("encodeOriginal / decodeOriginal round-trip", () => {
+  for (const alt of [null, "", "a", "__none__", "\\", "\\__none__", "__none__\\"]) {
+    assert.equal(D.decodeOriginal(D.encodeOriginal(alt)), alt);
+  }
+  assert.equal(D.encodeOriginal(null), "__none__");
+  assert.equal(D.encodeOriginal("photo"), "photo");
+});
+
+test("captionText joins prefix and caption with one space", () => {
+  assert.equal(D.captionText("Appears to be: ", "A cat."), "Appears to be: A cat.");
+  assert.equal(D.captionText("Appears to be:", " A cat."), "Appears to be: A cat.");
+  assert.equal(D.captionText("", "A cat."), "A cat.");
+});
+
+test("urlKind", () => {
+  assert.equal(D.urlKind("HTTPS://x/y.png"), "http");
+  assert.equal(D.urlKind("data:image/png;base64,AA"), "data");
+  assert.equal(D.urlKind("blob:https://x/123"), "blob");
+  assert.equal(D.urlKind("javascript:alert(1)"), "");
+  assert.equal(D.urlKind("/relative.png"), "");
+});

@@ -1,0 +1,345 @@
+// network.js: chunking, back-off, the server protocol, the cache and the bytes fall-backs,
+// all against a fake fetch (nothing leaves the machine).
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  CaptionClient,
+  MAX_RETRIES,
+  chunk,
+  fetchImageBase64,
+  isIntranetUrl,
+  parseRetryAfter,
+  postCaptions,
+  retryDelay,
+  toBase64,
+} from "../network.js";
+
+const SERVER = { serverUrl: "http://127.0.0.1:8000", apiKey: "" };
+
+function json(status, body, headers = {}) {
+  return new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json", ...headers } });
+}
+
+/** A fake server: answers each POST with a caption per image (or what `respond` says). */
+function fakeServer(respond) {
+  const calls = [];
+  const fetch = async (url, init = {}) => {
+    const body = init.body ? JSON.parse(init.body) : null;
+    calls.push({ url, init, body });
+    return respond({ url, init, body, n: calls.length });
+  };
+  return { calls, fetch };
+}
+
+function captionAll({ body }) {
+  return json(200, {
+    model: "tiny",
+    results: body.images.map((image) => ({
+      caption: `About ${image.url || "bytes " + image.data.slice(0, 8)}.`,
+      tokens: 3,
+      cached: false,
+      source: {},
+    })),
+  });
+}
+
+const noSleep = { sleep: async () => {}, random: () => 0 };
+
+test("chunk: by count and by size, never empty, big items alone", () => {
+  const items = Array.from({ length: 70 }, (_, i) => i);
+  assert.deepEqual(chunk(items, 32).map((c) => c.length), [32, 32, 6]);
+  assert.deepEqual(chunk([], 32), []);
+  const sized = chunk([5, 5, 20, 5], 32, 10, (n) => n);
+  assert.deepEqual(sized, [[5, 5], [20], [5]]);
+});
+
+test("Retry-After as seconds or HTTP date; back-off otherwise", () => {
+  assert.equal(parseRetryAfter("7"), 7000);
+  assert.equal(parseRetryAfter(" 0 "), 0);
+  const now = Date.parse("2025-01-01T00:00:00Z");
+  assert.equal(parseRetryAfter("Wed, 01 Jan 2025 00:00:05 GMT", now), 5000);
+  assert.equal(parseRetryAfter("Tue, 31 Dec 2024 00:00:00 GMT", now), 0); // in the past
+  assert.equal(parseRetryAfter("soon"), null);
+  assert.equal(parseRetryAfter(null), null);
+  assert.equal(retryDelay(0, "3"), 3000);
+  assert.deepEqual([0, 1, 2].map((a) => retryDelay(a, null, { random: () => 0 })), [500, 1000, 2000]);
+  assert.equal(retryDelay(0, null, { random: () => 1 }), 625); // at most 25% jitter
+});
+
+test("intranet URLs", () => {
+  for (const url of [
+    "http://localhost/a.png",
+    "http://intranet/a.png",
+    "http://10.1.2.3/a.png",
+    "http://172.20.0.1/a.png",
+    "http://192.168.1.1/a.png",
+    "http://127.0.0.1:8080/a.png",
+    "http://2130706433/a.png", // 127.0.0.1, as URL() normalises it
+    "http://[::1]/a.png",
+    "http://[fd00::1]/a.png",
+    "http://[::ffff:192.168.0.1]/a.png",
+    "http://wiki.corp/a.png",
+    "http://printer.local/a.png",
+  ]) {
+    assert.equal(isIntranetUrl(url), true, url);
+  }
+  for (const url of ["https://example.com/a.png", "http://8.8.8.8/a.png", "http://172.32.0.1/a", "http://[2001:db8::1]/a", "nonsense"]) {
+    assert.equal(isIntranetUrl(url), false, url);
+  }
+});
+
+test("toBase64", () => {
+  assert.equal(toBase64(new Uint8Array([0, 1, 2, 253, 254, 255])), "AAEC/f7/");
+  const big = new Uint8Array(100_000).fill(65);
+  assert.equal(Buffer.from(toBase64(big), "base64").length, 100_000);
+});
+
+test("postCaptions sends the documented request and reads the results", async () => {
+  const server = fakeServer(({ body }) =>
+    json(200, {
+      results: [
+        { caption: "A cat.", tokens: 3, cached: true, source: {} },
+        { error: { code: "not_an_image", message: "nope" }, source: {} },
+      ],
+    }),
+  );
+  const results = await postCaptions(
+    [{ url: "https://example.com/cat.jpg" }, { data: "AAAA" }],
+    { serverUrl: "http://127.0.0.1:8000/", apiKey: "k1" },
+    { fetch: server.fetch, ...noSleep },
+  );
+  assert.deepEqual(results, [
+    { caption: "A cat.", cached: true },
+    { error: { code: "not_an_image", message: "nope" } },
+  ]);
+  const [call] = server.calls;
+  assert.equal(call.url, "http://127.0.0.1:8000/v1/captions");
+  assert.equal(call.init.method, "POST");
+  assert.equal(call.init.headers.Authorization, "Bearer k1");
+  assert.equal(call.init.credentials, "omit");
+  assert.deepEqual(call.body, { images: [{ url: "https://example.com/cat.jpg" }, { data: "AAAA" }] });
+});
+
+test("429 and 503: wait as Retry-After says, then succeed", async () => {
+  const waits = [];
+  const server = fakeServer(({ body, n }) => {
+    if (n === 1) return json(429, { error: { code: "rate_limited", message: "slow down" } }, { "Retry-After": "2" });
+    if (n === 2) return json(503, { error: { code: "overloaded", message: "busy" } }, { "Retry-After": "1" });
+    return captionAll({ body });
+  });
+  const results = await postCaptions([{ url: "https://x/a.png" }], SERVER, {
+    fetch: server.fetch,
+    sleep: async (ms) => waits.push(ms),
+  });
+  assert.equal(results[0].caption, "About https://x/a.png.");
+  assert.deepEqual(waits, [2000, 1000]);
+});
+
+test("retries are capped, then the server's error is reported", async () => {
+  const waits = [];
+  const server = fakeServer(() => json(503, { error: { code: "overloaded", message: "busy" } }));
+  await assert.rejects(
+    postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch: server.fetch, sleep: async (ms) => waits.push(ms), random: () => 0 }),
+    (err) => err.code === "overloaded" && err.message === "busy",
+  );
+  assert.equal(server.calls.length, MAX_RETRIES + 1);
+  assert.deepEqual(waits, [500, 1000, 2000]);
+});
+
+test("a Retry-After longer than the cap is not waited for", async () => {
+  const server = fakeServer(() => json(429, { error: { code: "rate_limited", message: "later" } }, { "Retry-After": "120" }));
+  await assert.rejects(
+    postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch: server.fetch, ...noSleep }),
+    (err) => err.code === "rate_limited" && err.retryAfterMs === 120_000,
+  );
+  assert.equal(server.calls.length, 1);
+});
+
+test("server down: retried, then server_unreachable", async () => {
+  let tries = 0;
+  const fetch = async () => {
+    tries++;
+    throw new TypeError("Failed to fetch");
+  };
+  await assert.rejects(postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch, ...noSleep }), (err) => err.code === "server_unreachable");
+  assert.equal(tries, MAX_RETRIES + 1);
+});
+
+test("401 and other client errors are not retried", async () => {
+  const server = fakeServer(() => json(401, { error: { code: "unauthorized", message: "enter a valid API key" } }));
+  await assert.rejects(postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch: server.fetch, ...noSleep }), (err) => err.code === "unauthorized");
+  assert.equal(server.calls.length, 1);
+  const html = fakeServer(() => new Response("<html>proxy error</html>", { status: 400 }));
+  await assert.rejects(postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch: html.fetch, ...noSleep }), (err) => err.code === "http_400");
+});
+
+test("a malformed answer is an error, not a crash", async () => {
+  const server = fakeServer(() => json(200, { results: [] }));
+  await assert.rejects(postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch: server.fetch, ...noSleep }), (err) => err.code === "bad_response");
+});
+
+test("fetchImageBase64: bytes with cookies, limits, refusals", async () => {
+  let seen;
+  const ok = async (url, init) => {
+    seen = init;
+    return new Response(new Uint8Array([1, 2, 3]), { headers: { "Content-Type": "image/png" } });
+  };
+  assert.equal(await fetchImageBase64("https://intranet/a.png", { fetch: ok }), "AQID");
+  assert.equal(seen.credentials, "include");
+  const page = async () => new Response("<html>", { headers: { "Content-Type": "text/html" } });
+  await assert.rejects(fetchImageBase64("https://x/a", { fetch: page }), (e) => e.code === "image_fetch_failed");
+  const big = async () => new Response(new Uint8Array(11), { headers: { "Content-Type": "image/png" } });
+  await assert.rejects(fetchImageBase64("https://x/a", { fetch: big, maxBytes: 10 }), (e) => e.code === "too_large");
+  const missing = async () => new Response("", { status: 404 });
+  await assert.rejects(fetchImageBase64("https://x/a", { fetch: missing }), (e) => e.code === "image_fetch_failed");
+  const down = async () => {
+    throw new TypeError("Failed to fetch");
+  };
+  await assert.rejects(fetchImageBase64("https://x/a", { fetch: down }), (e) => e.code === "image_fetch_failed");
+});
+
+// --- CaptionClient ---------------------------------------------------------------------------
+
+const SETTINGS = { serverUrl: "http://127.0.0.1:8000", apiKey: "", allowBytes: false };
+
+test("client: captions in order, one POST per 32 images, cache on the second call", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const images = Array.from({ length: 70 }, (_, i) => ({ id: `i${i}`, url: `https://example.com/${i}.jpg` }));
+  const results = await client.describe(images, SETTINGS);
+  assert.equal(results.length, 70);
+  assert.deepEqual(results[5], { id: "i5", caption: "About https://example.com/5.jpg.", cached: false });
+  assert.deepEqual(server.calls.map((c) => c.body.images.length), [32, 32, 6]);
+  const again = await client.describe([{ id: "x", url: "https://example.com/5.jpg" }], SETTINGS);
+  assert.deepEqual(again, [{ id: "x", caption: "About https://example.com/5.jpg.", cached: true }]);
+  assert.equal(server.calls.length, 3); // no new request
+});
+
+test("client: the same URL twice is asked once", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const url = "https://example.com/same.jpg";
+  const [a, b] = await Promise.all([
+    client.describe([{ id: "a", url }, { id: "b", url }], SETTINGS),
+    client.describe([{ id: "c", url }], SETTINGS),
+  ]);
+  assert.equal(server.calls.length, 1);
+  assert.deepEqual(server.calls[0].body.images, [{ url }]);
+  assert.equal(a[1].caption, b[0].caption);
+});
+
+test("client: another server means another cache entry; incognito has its own", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const image = [{ id: "a", url: "https://example.com/a.jpg" }];
+  await client.describe(image, SETTINGS);
+  await client.describe(image, { ...SETTINGS, serverUrl: "http://other:8000" });
+  await client.describe(image, SETTINGS, { scope: "incognito" });
+  assert.equal(server.calls.length, 3);
+});
+
+test("client: without allowBytes, nothing but URLs leaves", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const results = await client.describe(
+    [
+      { id: "d", url: "data:image/png;base64,AAAA" },
+      { id: "b", url: "blob:https://example.com/1" },
+      { id: "c", url: "blob:https://example.com/2", data: "data:image/jpeg;base64,/9j/" },
+    ],
+    SETTINGS,
+  );
+  assert.deepEqual(results.map((r) => r.error.code), ["bytes_not_allowed", "bytes_not_allowed", "bytes_not_allowed"]);
+  assert.equal(server.calls.length, 0);
+});
+
+test("client: with allowBytes, data: is sent as data and blob: asks for a canvas snapshot", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const settings = { ...SETTINGS, allowBytes: true };
+  const results = await client.describe(
+    [
+      { id: "d", url: "data:image/png;base64,AAAA" },
+      { id: "b", url: "blob:https://example.com/1" },
+    ],
+    settings,
+  );
+  assert.equal(results[0].caption, "About bytes data:ima.");
+  assert.equal(results[1].error.code, "needs_canvas");
+  const snap = await client.describe([{ id: "b", url: "blob:https://example.com/1", data: "data:image/jpeg;base64,/9j/" }], settings);
+  assert.ok(snap[0].caption);
+  assert.deepEqual(server.calls.map((c) => c.body.images), [[{ data: "data:image/png;base64,AAAA" }], [{ data: "data:image/jpeg;base64,/9j/" }]]);
+});
+
+test("client: the server cannot fetch an image -> the browser sends its bytes (allowBytes)", async () => {
+  const server = fakeServer(({ url, body }) => {
+    if (url.endsWith("/v1/captions")) {
+      return json(200, {
+        results: body.images.map((image) =>
+          image.url ? { error: { code: "fetch_failed", message: "the image answered HTTP 403" }, source: {} } : { caption: "A chart.", tokens: 2, cached: false, source: {} },
+        ),
+      });
+    }
+    return new Response(new Uint8Array([9, 9, 9]), { headers: { "Content-Type": "image/png" } }); // the image itself
+  });
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const image = [{ id: "a", url: "https://members.example.com/chart.png" }];
+
+  const off = await client.describe(image, SETTINGS);
+  assert.equal(off[0].error.code, "fetch_failed");
+  assert.equal(server.calls.length, 1);
+
+  const on = await client.describe(image, { ...SETTINGS, allowBytes: true });
+  assert.deepEqual(on, [{ id: "a", caption: "A chart.", cached: false }]);
+  assert.deepEqual(server.calls.slice(1).map((c) => c.url), [
+    "http://127.0.0.1:8000/v1/captions",
+    "https://members.example.com/chart.png",
+    "http://127.0.0.1:8000/v1/captions",
+  ]);
+  assert.deepEqual(server.calls[3].body.images, [{ data: "CQkJ" }]);
+});
+
+test("client: intranet images with allowBytes go as bytes straight away", async () => {
+  const server = fakeServer(({ url, body }) =>
+    url.endsWith("/v1/captions") ? captionAll({ body }) : new Response(new Uint8Array([1, 2, 3]), { headers: { "Content-Type": "image/png" } }),
+  );
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const results = await client.describe([{ id: "a", url: "http://wiki.corp/logo.png" }], { ...SETTINGS, allowBytes: true });
+  assert.ok(results[0].caption);
+  assert.deepEqual(server.calls.map((c) => c.url), ["http://wiki.corp/logo.png", "http://127.0.0.1:8000/v1/captions"]);
+  assert.deepEqual(server.calls[1].body.images, [{ data: "AQID" }]);
+});
+
+test("client: server down -> failures, then a pause without requests, then back", async () => {
+  let now = 1_000_000;
+  let up = false;
+  let tries = 0;
+  const fetch = async (url, init) => {
+    tries++;
+    if (!up) throw new TypeError("Failed to fetch");
+    return captionAll({ body: JSON.parse(init.body) });
+  };
+  const client = new CaptionClient({ fetch, now: () => now, ...noSleep });
+  const first = await client.describe([{ id: "a", url: "https://x/1.png" }], SETTINGS);
+  assert.equal(first[0].error.code, "server_unreachable");
+  assert.equal(tries, MAX_RETRIES + 1);
+
+  const paused = await client.describe([{ id: "b", url: "https://x/2.png" }], SETTINGS);
+  assert.equal(paused[0].error.code, "server_unreachable");
+  assert.equal(tries, MAX_RETRIES + 1); // not even tried
+
+  now += 16_000;
+  up = true;
+  const back = await client.describe([{ id: "c", url: "https://x/1.png" }], SETTINGS);
+  assert.ok(back[0].caption); // failures were not cached
+});
+
+test("client: unsupported URLs fail alone", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const results = await client.describe([{ id: "a", url: "ftp://x/a.png" }, { id: "b", url: "https://x/b.png" }], SETTINGS);
+  assert.equal(results[0].error.code, "unsupported_url");
+  assert.ok(results[1].caption);
+});

@@ -1,0 +1,147 @@
+// settings.js: validation, site lists, match patterns, storage split.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  DEFAULTS,
+  contentScriptMatches,
+  coversAllSites,
+  hostMatches,
+  hostPattern,
+  loadSettings,
+  normalizeHost,
+  normalizeServerUrl,
+  normalizeSettings,
+  originPattern,
+  parseHostList,
+  saveSettings,
+  siteRule,
+  withSite,
+} from "../settings.js";
+
+test("defaults are the documented ones", () => {
+  assert.equal(DEFAULTS.serverUrl, "http://127.0.0.1:8000");
+  assert.equal(DEFAULTS.prefix, "Appears to be: ");
+  assert.equal(DEFAULTS.mode, "auto");
+  assert.equal(DEFAULTS.allowBytes, false);
+  assert.equal(DEFAULTS.consented, false);
+  assert.deepEqual(normalizeSettings({}), { ...DEFAULTS, sitesAlways: [], sitesNever: [] });
+});
+
+test("server URLs", () => {
+  assert.equal(normalizeServerUrl(" http://127.0.0.1:8000/ "), "http://127.0.0.1:8000");
+  assert.equal(normalizeServerUrl("https://altcap.example/base//"), "https://altcap.example/base");
+  assert.equal(normalizeServerUrl("ftp://x"), null);
+  assert.equal(normalizeServerUrl("http://user:pw@x"), null);
+  assert.equal(normalizeServerUrl("http://x/?a=1"), null);
+  assert.equal(normalizeServerUrl("not a url"), null);
+  assert.equal(normalizeServerUrl(""), null);
+});
+
+test("hosts as users type them", () => {
+  assert.equal(normalizeHost("Example.com"), "example.com");
+  assert.equal(normalizeHost("https://www.example.com/page?x"), "www.example.com");
+  assert.equal(normalizeHost("*.example.com"), "example.com");
+  assert.equal(normalizeHost("localhost:8080"), "localhost");
+  assert.equal(normalizeHost("127.0.0.1:5000"), "127.0.0.1");
+  assert.equal(normalizeHost("[::1]:80"), "[::1]");
+  assert.equal(normalizeHost("bücher.de"), "xn--bcher-kva.de");
+  assert.equal(normalizeHost("file:///x"), null);
+  assert.equal(normalizeHost("exa mple"), null);
+  assert.equal(normalizeHost(""), null);
+  assert.deepEqual(parseHostList("example.com\n\n EXAMPLE.com, news.example  bad host!\n"), {
+    hosts: ["example.com", "news.example", "bad"],
+    invalid: ["host!"],
+  });
+  assert.deepEqual(parseHostList("ok.example\nhttp://[zz]").invalid, ["http://[zz]"]);
+});
+
+test("site rules: subdomains count, never wins", () => {
+  const s = { sitesAlways: ["example.com", "127.0.0.1"], sitesNever: ["ads.example.com"] };
+  assert.equal(siteRule(s, "example.com"), "always");
+  assert.equal(siteRule(s, "www.example.com"), "always");
+  assert.equal(siteRule(s, "ads.example.com"), "never");
+  assert.equal(siteRule(s, "x.ads.example.com"), "never");
+  assert.equal(siteRule(s, "notexample.com"), "default");
+  assert.equal(siteRule(s, "127.0.0.1"), "always");
+  assert.equal(hostMatches("1127.0.0.1", "127.0.0.1"), false);
+  assert.equal(hostMatches("a.localhost", "localhost"), false); // as its match pattern
+});
+
+test("match patterns", () => {
+  assert.equal(hostPattern("example.com"), "*://*.example.com/*");
+  assert.equal(hostPattern("127.0.0.1"), "*://127.0.0.1/*");
+  assert.equal(hostPattern("localhost"), "*://localhost/*");
+  assert.equal(hostPattern("[::1]"), "*://[::1]/*");
+  assert.equal(originPattern("http://127.0.0.1:8000/base"), "http://127.0.0.1/*");
+  assert.equal(coversAllSites(["<all_urls>"]), true);
+  assert.equal(coversAllSites(["http://*/*", "https://*/*"]), true);
+  assert.equal(coversAllSites(["*://*.example.com/*"]), false);
+});
+
+test("where the content script is registered", () => {
+  const base = normalizeSettings({ consented: true, sitesAlways: ["example.com"], sitesNever: ["bad.example"] });
+  assert.deepEqual(contentScriptMatches({ ...base, consented: false }, ["<all_urls>"]), { matches: [], excludeMatches: [] });
+  assert.deepEqual(contentScriptMatches(base, ["<all_urls>"]), {
+    matches: ["http://*/*", "https://*/*"],
+    excludeMatches: ["*://*.bad.example/*"],
+  });
+  assert.deepEqual(contentScriptMatches(base, ["http://127.0.0.1/*", "*://*.example.com/*"]).matches, [
+    "*://*.example.com/*",
+    "http://127.0.0.1/*",
+  ]);
+  const onDemand = { ...base, mode: "on-demand" };
+  assert.deepEqual(contentScriptMatches(onDemand, ["<all_urls>"]).matches, ["*://*.example.com/*"]);
+});
+
+test("normalizeSettings drops what it cannot trust", () => {
+  const s = normalizeSettings({
+    serverUrl: "javascript:alert(1)",
+    prefix: 5,
+    mode: "sometimes",
+    sitesAlways: ["Example.com", "example.com", "bad host", 3],
+    allowBytes: "yes",
+    consented: "true",
+  });
+  assert.equal(s.serverUrl, DEFAULTS.serverUrl);
+  assert.equal(s.prefix, DEFAULTS.prefix);
+  assert.equal(s.mode, "auto");
+  assert.deepEqual(s.sitesAlways, ["example.com"]);
+  assert.equal(s.allowBytes, false);
+  assert.equal(s.consented, false);
+  assert.equal(normalizeSettings({ prefix: "x".repeat(500) }).prefix.length, 80);
+});
+
+test("withSite moves a host between the lists", () => {
+  const s = { sitesAlways: ["a.example"], sitesNever: ["b.example"] };
+  assert.deepEqual(withSite(s, "b.example", true), { sitesAlways: ["a.example", "b.example"], sitesNever: [] });
+  assert.deepEqual(withSite(s, "a.example", false), { sitesAlways: [], sitesNever: ["b.example", "a.example"] });
+});
+
+function fakeStorage() {
+  const area = () => {
+    const data = {};
+    return {
+      data,
+      async get(keys) {
+        return Object.fromEntries(keys.filter((k) => k in data).map((k) => [k, data[k]]));
+      },
+      async set(values) {
+        Object.assign(data, values);
+      },
+    };
+  };
+  return { sync: area(), local: area() };
+}
+
+test("the API key is stored locally, never synced", async () => {
+  const storage = fakeStorage();
+  await saveSettings({ serverUrl: "https://altcap.example", apiKey: "s3cret", consented: true, junk: 1 }, storage);
+  assert.deepEqual(storage.sync.data, { serverUrl: "https://altcap.example", consented: true });
+  assert.deepEqual(storage.local.data, { apiKey: "s3cret" });
+  const loaded = await loadSettings(storage);
+  assert.equal(loaded.apiKey, "s3cret");
+  assert.equal(loaded.serverUrl, "https://altcap.example");
+  assert.equal(loaded.consented, true);
+});
