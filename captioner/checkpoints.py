@@ -278,3 +278,45 @@ def convert_reference(
     full.update({f"vision.{k}": v for k, v in vision.state_dict().items()})
     _load_checked(model, full, "the ClipCap checkpoint")
     return model.eval()
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    mapping_type: MappingType,
+    vision_source: str | os.PathLike,
+    text_source: str | os.PathLike,
+    prefix_length: int = 10,
+    clip_length: int = 10,
+    num_layers: int = 8,
+    image_encoder: str = "",
+    language_model: str = "",
+    source: str = "",
+) -> Path:
+    """A reference ``.pt`` file + a CLIP vision model + a GPT-2 config and tokenizer (each a
+    directory or a Hub id) -> a saved model directory. ``image_encoder`` / ``language_model``
+    record where the parts come from when the sources are local copies."""
+    state = load_reference_checkpoint(checkpoint)  # a bad checkpoint fails before any loading
+    try:
+        vision = CLIPVisionModelWithProjection.from_pretrained(vision_source)
+        text_config = GPT2Config.from_pretrained(text_source)
+        tokenizer = AutoTokenizer.from_pretrained(text_source)
+    except OSError as e:
+        raise ModelError(
+            f"cannot load the image encoder / language model ({e}); give local directories "
+            "with --image-encoder and --language-model when offline"
+        ) from None
+    model = convert_reference(
+        state,
+        mapping_type=mapping_type,
+        vision=vision,
+        text_config=text_config,
+        prefix_length=prefix_length,
+        clip_length=clip_length,
+        num_layers=num_layers,
+        image_encoder=image_encoder or str(vision_source),
+        language_model=language_model or str(text_source),
+        source=source or f"converted from {Path(checkpoint).name}",
+    )
+    return save_pretrained(model, tokenizer, out_dir)

@@ -58,34 +58,18 @@ def _report(path: str, e: AltCapError, as_json: bool) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer, CLIPVisionModelWithProjection, GPT2Config
+    from .checkpoints import convert_checkpoint
 
-    from .checkpoints import convert_reference, load_reference_checkpoint, save_pretrained
-    from .errors import ModelError
-
-    state = load_reference_checkpoint(args.checkpoint)
-    try:
-        vision = CLIPVisionModelWithProjection.from_pretrained(args.image_encoder)
-        text_config = GPT2Config.from_pretrained(args.language_model)
-        tokenizer = AutoTokenizer.from_pretrained(args.language_model)
-    except OSError as e:
-        raise ModelError(
-            f"cannot load the image encoder / language model ({e}); give local directories "
-            "with --image-encoder and --language-model when offline"
-        ) from None
-    model = convert_reference(
-        state,
+    out = convert_checkpoint(
+        args.checkpoint,
+        args.out_dir,
         mapping_type=args.mapping,
-        vision=vision,
-        text_config=text_config,
+        vision_source=args.image_encoder,
+        text_source=args.language_model,
         prefix_length=args.prefix_length,
         clip_length=args.clip_length,
         num_layers=args.num_layers,
-        image_encoder=args.image_encoder,
-        language_model=args.language_model,
-        source=f"converted from {args.checkpoint}",
     )
-    out = save_pretrained(model, tokenizer, args.out_dir)
     print(out)
     return 0
 

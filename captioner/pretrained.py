@@ -21,9 +21,9 @@ import huggingface_hub
 from huggingface_hub import constants as hf_constants
 from tqdm.auto import tqdm
 
-from .checkpoints import is_model_dir, load_reference_checkpoint, save_pretrained
+from .checkpoints import convert_checkpoint, is_model_dir
 from .config import MappingType
-from .errors import DownloadFailed, ModelError, ModelNotFound
+from .errors import DownloadFailed, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -102,28 +102,20 @@ def resolve(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> Pa
 
 def fetch_and_convert(name: str, target: Path) -> Path:
     """Download a named model's parts, convert the reference weights, save a model directory."""
-    from transformers import AutoTokenizer, CLIPVisionModelWithProjection, GPT2Config
-
-    from .checkpoints import convert_reference
-
     spec = REGISTRY[name]
-    steps = tqdm(total=4, desc=f"Preparing {name}", unit="step")
+    steps = tqdm(total=3, desc=f"Preparing {name}", unit="step")
     try:
         weights = _download(spec.weights_repo, spec.weights_file)
-        steps.update()
         vision_dir = _snapshot(spec.image_encoder, _VISION_FILES, what="image encoder")
         vision_dir = _ensure_weights(spec.image_encoder, vision_dir)
-        vision = CLIPVisionModelWithProjection.from_pretrained(vision_dir)
-        steps.update()
         text_dir = _snapshot(spec.language_model, _TEXT_FILES, what="language model config")
-        text_config = GPT2Config.from_pretrained(text_dir)
-        tokenizer = AutoTokenizer.from_pretrained(text_dir)
         steps.update()
-        model = convert_reference(
-            load_reference_checkpoint(weights),
+        convert_checkpoint(
+            weights,
+            target,
             mapping_type=spec.mapping_type,
-            vision=vision,
-            text_config=text_config,
+            vision_source=vision_dir,
+            text_source=text_dir,
             prefix_length=spec.prefix_length,
             clip_length=spec.clip_length,
             num_layers=spec.num_layers,
@@ -131,10 +123,7 @@ def fetch_and_convert(name: str, target: Path) -> Path:
             language_model=spec.language_model,
             source=f"converted from {spec.weights_repo}/{spec.weights_file}",
         )
-        save_pretrained(model, tokenizer, target)
-        steps.update()
-    except OSError as e:  # transformers reports unreadable local files as OSError
-        raise ModelError(f"could not prepare {name}: {e}") from None
+        steps.update(2)
     finally:
         steps.close()
     log.info("saved %s to %s", name, target)
