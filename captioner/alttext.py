@@ -59,10 +59,8 @@ def clean_caption(text: str) -> str:
 
     Collapses whitespace, capitalises the first letter and ends with exactly one period
     (the model usually writes one, sometimes several or none, and sometimes a leading space).
-    Drops U+FFFD, which decoding leaves where the model stopped inside a multi-byte character:
-    a screen reader would read it out as "replacement character".
     """
-    text = _SPACES.sub(" ", text.replace("\ufffd", "")).strip()
+    text = _SPACES.sub(" ", text).strip()
     text = text.rstrip(" .")
     if not text:
         return ""
