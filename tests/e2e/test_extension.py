@@ -1,0 +1,491 @@
+"""The browser extension in a real browser: headless Chromium with ``extension/`` loaded.
+
+The service runs for real (the tiny model, werkzeug's threaded server on a free port) and
+counts what reaches it; a plain ``http.server`` serves a test page and its images on
+127.0.0.1. The tests check, end to end, what the extension's node tests can only fake:
+nothing is sent before consent, exactly the images without a useful description get alt
+text (author text and ``alt=""`` are left alone), images that appear later (script, lazy
+loading, a new ``src``) are described too, the popup's toggle puts the page back exactly,
+and a page keeps working when the server is down.
+
+Browsers grant optional host permissions only through a dialog that automation cannot
+click, so the tests load a copy of ``extension/`` whose manifest also asks for
+``*://127.0.0.1/*`` at install (see extension/README.md, Tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import request
+from helpers import png_bytes
+from werkzeug.serving import make_server
+
+from app import create_app
+
+try:
+    from playwright.sync_api import BrowserContext, Page, Worker, expect, sync_playwright
+except ImportError as exc:  # fail, never skip: these tests are part of `make test`
+    raise ImportError("Playwright is missing: `make test` installs it") from exc
+
+EXTENSION = Path(__file__).resolve().parents[2] / "extension"
+TIMEOUT_MS = 20_000  # generous: CI runs this on two cores
+PREFIX = re.compile(r"^Appears to be: \S")
+
+# Every image has a URL of its own, so the server's log says exactly which were sent.
+IMAGES = {
+    "none": (200, 30, 30),
+    "filename": (30, 160, 40),
+    "author": (30, 40, 200),
+    "decorative": (220, 220, 40),
+    "presentation": (200, 40, 200),
+    "hidden": (40, 200, 200),
+    "tiny": (90, 90, 90),
+    "banner": (250, 120, 20),
+    "change1": (120, 20, 250),
+    "change2": (20, 20, 20),
+    "added": (250, 250, 250),
+    "lazy": (120, 70, 20),
+}
+DESCRIBED = {"none", "filename", "change1", "change2", "added", "lazy"}
+
+TEST_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>AltCap extension test page</title></head>
+<body>
+<h1>AltCap extension test page</h1>
+<p id="script-state">the page script did not run</p>
+<button type="button" id="add">Add an image</button>
+<p id="clicks">0</p>
+<img id="none" src="none.png" width="200" height="150">
+<img id="filename" src="filename.png" alt="IMG_0042.jpg" width="200" height="150">
+<img id="author" src="author.png" alt="A red bicycle" width="200" height="150">
+<img id="decorative" src="decorative.png" alt="" width="200" height="150">
+<img id="presentation" src="presentation.png" role="presentation" width="200" height="150">
+<img id="hidden" src="hidden.png" aria-hidden="true" width="200" height="150">
+<img id="tiny" src="tiny.png" width="10" height="10">
+<img id="banner" src="banner.png" width="800" height="40">
+<img id="change" src="change1.png" width="200" height="150">
+<div id="later"></div>
+<div style="height: 9000px"></div>
+<img id="lazy" src="lazy.png" loading="lazy" width="200" height="150">
+<script>
+  document.getElementById("script-state").textContent = "the page script ran";
+  document.getElementById("add").addEventListener("click", () => {
+    const clicks = document.getElementById("clicks");
+    clicks.textContent = String(Number(clicks.textContent) + 1);
+    if (document.getElementById("added")) return;
+    const img = document.createElement("img");
+    img.id = "added";
+    img.src = "added.png";
+    img.width = 200;
+    img.height = 150;
+    document.getElementById("later").append(img);
+  });
+</script>
+</body>
+</html>
+"""
+
+
+@pytest.fixture(autouse=True)
+def expect_timeout() -> Iterator[None]:
+    """Generous expect() timeouts here, without changing them for other modules."""
+    previous = getattr(expect, "_timeout", None)  # test_page.py sets its own at import
+    expect.set_options(timeout=TIMEOUT_MS)
+    yield
+    expect.set_options(timeout=previous)
+
+
+# --- the service, counting what reaches it ---------------------------------------------------
+
+
+@dataclass
+class Service:
+    url: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, agent
+    captions: dict[str, str] = field(default_factory=dict)  # image URL -> caption sent back
+    sent_urls: list[str] = field(default_factory=list)  # every image URL POSTed, in order
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.captions.clear()
+            self.sent_urls.clear()
+
+    def from_browser(self) -> list[tuple[str, str, str]]:
+        with self.lock:
+            return [r for r in self.requests if "Chrom" in r[2]]
+
+    def wait_for_caption(self, url: str) -> str:
+        return wait_until(lambda: self.captions.get(url), f"no caption for {url}")
+
+
+def wait_until(probe: Callable[[], Any], what: str, timeout: float = TIMEOUT_MS / 1000) -> Any:
+    stop = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < stop, what
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The real service on 127.0.0.1 and a free port, with a log of every request."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):  # a developer's exported settings must not leak in
+            if name.startswith("ALTCAP_"):
+                mp.delenv(name)
+        app = create_app(
+            {
+                "MODEL": str(tiny_dir),
+                "DEVICE": "cpu",
+                "DATA_DIR": tmp_path_factory.mktemp("ext-data"),
+                "CACHE_URL": "off",
+                "ALLOW_PRIVATE_NETWORKS": True,  # the test page is on 127.0.0.1
+            }
+        )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    svc = Service(f"http://127.0.0.1:{server.server_port}")
+
+    @app.before_request
+    def log_request() -> None:
+        with svc.lock:
+            svc.requests.append(
+                (request.method, request.path, request.headers.get("User-Agent", ""))
+            )
+        if request.method == "POST" and request.path == "/v1/captions":
+            body = json.loads(request.get_data(cache=True) or b"{}")  # the view reads it again
+            with svc.lock:
+                svc.sent_urls += [i["url"] for i in body.get("images", []) if "url" in i]
+
+    @app.after_request
+    def log_captions(response: Any) -> Any:
+        if request.method == "POST" and request.path == "/v1/captions":
+            body = json.loads(request.get_data(cache=True) or b"{}")
+            answer = response.get_json(silent=True) or {}
+            pairs = zip(body.get("images", []), answer.get("results", []), strict=False)
+            with svc.lock:
+                for image, result in pairs:
+                    if "url" in image and isinstance(result.get("caption"), str):
+                        svc.captions[image["url"]] = result["caption"]
+        return response
+
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        wait_ready(svc.url)
+        yield svc
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.extensions["altcap"].close()
+
+
+def wait_ready(base: str, timeout: float = 60.0) -> None:
+    stop = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as err:  # 503 while the model loads
+            if err.code != 503:
+                raise
+        assert time.monotonic() < stop, "the model did not load"
+        time.sleep(0.05)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test page and its images on 127.0.0.1; yields the page's URL."""
+    root = tmp_path_factory.mktemp("ext-site")
+    (root / "index.html").write_text(TEST_PAGE, encoding="utf-8")
+    for name, colour in IMAGES.items():
+        (root / f"{name}.png").write_bytes(png_bytes(colour))
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/index.html"
+    server.shutdown()
+    server.server_close()
+
+
+def image_url(site: str, name: str) -> str:
+    return site.rsplit("/", 1)[0] + f"/{name}.png"
+
+
+@pytest.fixture(scope="module")
+def extension_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """extension/ with ``*://127.0.0.1/*`` granted at install (no dialog to click)."""
+    target = tmp_path_factory.mktemp("ext-copy") / "extension"
+    shutil.copytree(EXTENSION, target, ignore=shutil.ignore_patterns("tests"))
+    manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+    manifest["host_permissions"] = ["*://127.0.0.1/*"]
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return target
+
+
+@dataclass
+class Browser:
+    context: BrowserContext
+    extension_id: str
+    errors: list[str]  # uncaught errors on the pages opened with open_page()
+
+    @property
+    def worker(self) -> Worker:
+        workers = [w for w in self.context.service_workers if self.extension_id in w.url]
+        if workers:
+            return workers[0]
+        return self.context.wait_for_event("serviceworker", timeout=TIMEOUT_MS)
+
+    def url(self, page: str) -> str:
+        return f"chrome-extension://{self.extension_id}/{page}"
+
+    def open_page(self, url: str) -> Page:
+        page = self.context.new_page()
+        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
+        page.goto(url)
+        return page
+
+    def settings(self) -> dict[str, Any]:
+        return self.worker.evaluate("chrome.storage.sync.get(null)")
+
+    def tab_id(self, url: str) -> int:
+        tabs = self.worker.evaluate("chrome.tabs.query({})")
+        ids = [t["id"] for t in tabs if t.get("url") == url]
+        assert len(ids) == 1, tabs
+        return ids[0]
+
+
+@pytest.fixture
+def browser(extension_copy: Path, tmp_path: Path) -> Iterator[Browser]:
+    """A fresh Chromium profile with the extension installed (not yet agreed to)."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail("Chromium is missing (Debian package `chromium`): `make test` installs it")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            user_data_dir=tmp_path / "profile",
+            executable_path=executable,
+            headless=True,
+            args=[
+                "--headless=new",
+                f"--disable-extensions-except={extension_copy}",
+                f"--load-extension={extension_copy}",
+                "--no-sandbox",  # tests run as root in containers
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        try:
+            context.set_default_timeout(TIMEOUT_MS)
+            workers = context.service_workers or [
+                context.wait_for_event("serviceworker", timeout=TIMEOUT_MS)
+            ]
+            match = re.match(r"^chrome-extension://([a-p]{32})/", workers[0].url)
+            assert match, workers[0].url
+            yield Browser(context, match.group(1), [])
+        finally:
+            context.close()
+
+
+# --- steps -------------------------------------------------------------------------------
+
+
+def open_options(browser: Browser) -> Page:
+    """The options page, once it has filled its form from storage (it would overwrite us)."""
+    options = browser.open_page(browser.url("options.html"))
+    expect(options.get_by_label("AltCap server address")).to_have_value(re.compile("^http"))
+    return options
+
+
+def set_server(options: Page, url: str, *, agree: bool, expect_status: str | None = None) -> None:
+    options.get_by_label("AltCap server address").fill(url)
+    if agree:
+        options.get_by_role("button", name="I agree: save and start describing").click()
+        expect(options.locator("#status")).to_contain_text("Thank you")
+    else:
+        options.get_by_role("button", name="Save", exact=True).click()
+        expect(options.locator("#status")).to_contain_text(expect_status or "Saved.")
+
+
+def open_popup(browser: Browser, tab_id: int) -> Page:
+    popup = browser.open_page(browser.url(f"popup.html?tabId={tab_id}"))
+    expect(popup.locator("#page-state")).not_to_have_text("")
+    return popup
+
+
+def expect_counts(popup: Page, *, found: int, described: int, failed: int) -> None:
+    expect(popup.locator("#found")).to_have_text(str(found))  # the popup renders every second
+    expect(popup.locator("#described")).to_have_text(str(described))
+    expect(popup.locator("#failed")).to_have_text(str(failed))
+
+
+def expect_left_alone(page: Page) -> None:
+    """Author text, alt="" and every image that needs no description are untouched."""
+    expect(page.locator("#author")).to_have_attribute("alt", "A red bicycle")
+    expect(page.locator("#decorative")).to_have_attribute("alt", "")
+    for name in ["presentation", "hidden", "tiny", "banner"]:
+        assert page.locator(f"#{name}").get_attribute("alt") is None, name
+    for name in ["author", "decorative", "presentation", "hidden", "tiny", "banner"]:
+        assert page.locator(f"#{name}").get_attribute("data-altcap") is None, name
+
+
+def expect_described(page: Page, service: Service, site: str, element: str, image: str) -> None:
+    """The element's alt is the prefix and the caption the server gave for that image."""
+    caption = service.wait_for_caption(image_url(site, image))
+    img = page.locator(f"#{element}")
+    expect(img).to_have_attribute("alt", "Appears to be: " + caption.strip())
+    assert PREFIX.match(img.get_attribute("alt") or "")
+
+
+# --- tests -------------------------------------------------------------------------------
+
+
+def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_them(
+    browser: Browser, service: Service, site: str
+) -> None:
+    service.reset()
+
+    # Before consent: the server is known and the user asks twice, but nothing is sent.
+    options = open_options(browser)
+    set_server(options, service.url, agree=False)
+    page = browser.open_page(site)
+    expect(page.locator("#script-state")).to_have_text("the page script ran")
+    tab_id = browser.tab_id(site)
+    popup = open_popup(browser, tab_id)
+    expect(popup.locator("#page-state")).to_contain_text("sends nothing until you agree")
+    popup.get_by_role("button", name="Describe images on this page now").click()
+    expect(popup.locator("#status")).to_contain_text("agree to the privacy notice")
+    options.bring_to_front()
+    options.get_by_role("button", name="Check the server").click()
+    expect(options.locator("#status")).to_contain_text("Agree to the privacy notice first")
+    assert browser.worker.evaluate("chrome.scripting.getRegisteredContentScripts()") == []
+    assert page.locator("[data-altcap]").count() == 0
+    assert browser.settings().get("consented") is not True
+    assert service.from_browser() == [], "the extension contacted the server before consent"
+    popup.close()
+
+    # Consent: the content script is registered for the granted site and runs on new loads.
+    set_server(options, service.url, agree=True)
+    stored = browser.settings()
+    assert stored["consented"] is True and stored["serverUrl"] == service.url, stored
+    scripts = browser.worker.evaluate("chrome.scripting.getRegisteredContentScripts()")
+    assert [s["matches"] for s in scripts] == [["*://127.0.0.1/*"]], scripts
+    page.bring_to_front()
+    page.reload()
+
+    expect_described(page, service, site, "none", "none")
+    expect_described(page, service, site, "filename", "filename")
+    expect_described(page, service, site, "change", "change1")
+    expect(page.locator("#none")).to_have_attribute("data-altcap", "__none__")
+    expect(page.locator("#filename")).to_have_attribute("data-altcap", "IMG_0042.jpg")
+    expect(page.locator("#change")).to_have_attribute("data-altcap", "__none__")
+    expect_left_alone(page)
+    lazy = page.locator("#lazy")
+    assert lazy.get_attribute("alt") is None, "the lazy image was described before it loaded"
+
+    # Later images: added by a script, lazily loaded, and a new src for a described one.
+    page.get_by_role("button", name="Add an image").click()
+    expect_described(page, service, site, "added", "added")
+    lazy.scroll_into_view_if_needed()
+    expect_described(page, service, site, "lazy", "lazy")
+    page.locator("#change").evaluate("(img) => { img.src = 'change2.png'; }")
+    expect_described(page, service, site, "change", "change2")
+    expect(page.locator("#change")).to_have_attribute("data-altcap", "__none__")
+    expect_left_alone(page)
+    with service.lock:
+        sent = sorted(service.sent_urls)
+    assert sent == sorted(image_url(site, n) for n in DESCRIBED), "exactly these, each once"
+    assert ("POST", "/v1/captions") in [r[:2] for r in service.from_browser()]
+
+    # Counts and badge, then the popup's toggle: the page exactly as it was, and back.
+    popup = open_popup(browser, tab_id)
+    expect_counts(popup, found=5, described=5, failed=0)
+    badge = "(tabId) => chrome.action.getBadgeText({tabId})"
+    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "5", "the badge is not 5")
+    popup.get_by_role("button", name="Hide AltCap's descriptions here").click()
+    expect(popup.locator("#status")).to_contain_text("The page's own text is back")
+    expect(page.locator("[data-altcap]")).to_have_count(0)
+    for name in ["none", "change", "added", "lazy"]:
+        assert page.locator(f"#{name}").get_attribute("alt") is None, name
+    expect(page.locator("#filename")).to_have_attribute("alt", "IMG_0042.jpg")
+    expect_left_alone(page)
+    expect(popup.get_by_role("button", name="Show AltCap's descriptions here")).to_be_visible()
+    popup.get_by_role("button", name="Show AltCap's descriptions here").click()
+    expect(popup.locator("#status")).to_contain_text("AltCap's descriptions are shown")
+    for element, image in [
+        ("none", "none"),
+        ("filename", "filename"),
+        ("change", "change2"),
+        ("added", "added"),
+        ("lazy", "lazy"),
+    ]:
+        expect_described(page, service, site, element, image)
+    expect(page.locator("#filename")).to_have_attribute("data-altcap", "IMG_0042.jpg")
+    expect_left_alone(page)
+    with service.lock:
+        assert sorted(service.sent_urls) == sent, "showing again uses the captions it has"
+    assert browser.errors == []
+
+
+def test_the_page_keeps_working_when_the_server_is_down(
+    browser: Browser, service: Service, site: str
+) -> None:
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    # Agreeing to one server does not cover another: changing it withdraws consent.
+    options = open_options(browser)
+    set_server(options, service.url, agree=True)
+    set_server(options, dead, agree=False, expect_status="agree again")
+    stored = browser.settings()
+    assert stored["consented"] is False and stored["serverUrl"] == dead, stored
+    set_server(options, dead, agree=True)
+    assert browser.settings()["consented"] is True
+
+    page = browser.open_page(site)
+    expect(page.locator("#script-state")).to_have_text("the page script ran")
+    popup = open_popup(browser, browser.tab_id(site))
+    # none, filename, change1: failed after the worker's retries (about 4 s of back-off)
+    expect_counts(popup, found=3, described=0, failed=3)
+    page.bring_to_front()
+    page.get_by_role("button", name="Add an image").click()
+    expect(page.locator("#clicks")).to_have_text("1")
+    expect(page.locator("#added")).to_be_visible()
+    expect_counts(popup, found=4, described=0, failed=4)
+    page.get_by_role("button", name="Add an image").click()
+    expect(page.locator("#clicks")).to_have_text("2")
+    expect(page.locator("[data-altcap]")).to_have_count(0)
+    assert page.locator("#none").get_attribute("alt") is None
+    expect(page.locator("#filename")).to_have_attribute("alt", "IMG_0042.jpg")
+    expect_left_alone(page)
+    assert browser.errors == []
