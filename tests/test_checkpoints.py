@@ -123,6 +123,7 @@ class _Exploit:
         return (os.system, ("touch /tmp/altcap-pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_reference_loader_refuses_pickled_code(tmp_path):
     import os
 
