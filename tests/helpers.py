@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -40,3 +48,37 @@ def write_reference_parts(out: Path, mapping: str = "mlp", seed: int = 0):
     model.lm.config.save_pretrained(lm_dir)
     tokenizer.save_pretrained(lm_dir)
     return pt, vision_dir, lm_dir, model
+
+
+def wait_ready(base: str, timeout: float = 60.0) -> None:
+    """Poll ``/readyz`` of a service at ``base`` until the model is loaded."""
+    stop = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as err:  # 503 while the model loads
+            if err.code != 503:
+                raise
+        assert time.monotonic() < stop, "the model did not load"
+        time.sleep(0.05)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on 127.0.0.1 (a free port); yields the base URL."""
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -15,7 +15,6 @@ click, so the tests load a copy of ``extension/`` whose manifest also asks for
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -23,17 +22,14 @@ import shutil
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import request
-from helpers import png_bytes
+from helpers import png_bytes, serve_directory, wait_ready
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -200,25 +196,6 @@ def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         app.extensions["altcap"].close()
 
 
-def wait_ready(base: str, timeout: float = 60.0) -> None:
-    stop = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except urllib.error.HTTPError as err:  # 503 while the model loads
-            if err.code != 503:
-                raise
-        assert time.monotonic() < stop, "the model did not load"
-        time.sleep(0.05)
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The test page and its images on 127.0.0.1; yields the page's URL."""
@@ -226,13 +203,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "index.html").write_text(TEST_PAGE, encoding="utf-8")
     for name, colour in IMAGES.items():
         (root / f"{name}.png").write_bytes(png_bytes(colour))
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/index.html"
-    server.shutdown()
-    server.server_close()
+    with serve_directory(root) as base:
+        yield f"{base}/index.html"
 
 
 def image_url(site: str, name: str) -> str:

@@ -10,22 +10,19 @@ visible, in light and dark colour schemes.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import re
 import shutil
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import png_bytes
+from helpers import png_bytes, serve_directory, wait_ready
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -80,37 +77,13 @@ def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         app.extensions["altcap"].close()
 
 
-def wait_ready(base: str, timeout: float = 60.0) -> None:
-    stop = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except urllib.error.HTTPError as err:  # 503 while the model loads
-            if err.code != 503:
-                raise
-        assert time.monotonic() < stop, "the model did not load"
-        time.sleep(0.05)
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def image_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a PNG served by ``http.server`` from a temporary directory."""
     root = tmp_path_factory.mktemp("e2e-images")
     (root / "red.png").write_bytes(RED)
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/red.png"
-    server.shutdown()
-    server.server_close()
+    with serve_directory(root) as base:
+        yield f"{base}/red.png"
 
 
 @pytest.fixture(scope="module")
