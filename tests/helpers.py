@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import threading
 import time
 import urllib.error
@@ -82,3 +83,27 @@ def serve_directory(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def tiny_service_app(model_dir: Path, data_dir: Path):
+    """The real Flask app serving the tiny model, with the cache off (every request runs the
+    model) and private networks allowed (test pages and images live on 127.0.0.1).
+
+    A developer's exported ALTCAP_* settings are kept out while the app reads its settings."""
+    import pytest
+
+    from app import create_app
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("ALTCAP_"):
+                mp.delenv(name)
+        return create_app(
+            {
+                "MODEL": str(model_dir),
+                "DEVICE": "cpu",
+                "DATA_DIR": data_dir,
+                "CACHE_URL": "off",
+                "ALLOW_PRIVATE_NETWORKS": True,
+            }
+        )

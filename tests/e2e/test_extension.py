@@ -16,7 +16,6 @@ click, so the tests load a copy of ``extension/`` whose manifest also asks for
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -29,10 +28,8 @@ from typing import Any
 
 import pytest
 from flask import request
-from helpers import png_bytes, serve_directory, wait_ready
+from helpers import png_bytes, serve_directory, tiny_service_app, wait_ready
 from werkzeug.serving import make_server
-
-from app import create_app
 
 try:
     from playwright.sync_api import BrowserContext, Page, Worker, expect, sync_playwright
@@ -146,19 +143,7 @@ def wait_until(probe: Callable[[], Any], what: str, timeout: float = TIMEOUT_MS 
 @pytest.fixture(scope="module")
 def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The real service on 127.0.0.1 and a free port, with a log of every request."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):  # a developer's exported settings must not leak in
-            if name.startswith("ALTCAP_"):
-                mp.delenv(name)
-        app = create_app(
-            {
-                "MODEL": str(tiny_dir),
-                "DEVICE": "cpu",
-                "DATA_DIR": tmp_path_factory.mktemp("ext-data"),
-                "CACHE_URL": "off",
-                "ALLOW_PRIVATE_NETWORKS": True,  # the test page is on 127.0.0.1
-            }
-        )
+    app = tiny_service_app(tiny_dir, tmp_path_factory.mktemp("ext-data"))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     svc = Service(f"http://127.0.0.1:{server.server_port}")
 

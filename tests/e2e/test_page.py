@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import threading
@@ -22,10 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import png_bytes, serve_directory, wait_ready
+from helpers import png_bytes, serve_directory, tiny_service_app, wait_ready
 from werkzeug.serving import make_server
-
-from app import create_app
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -51,19 +48,7 @@ expect.set_options(timeout=TIMEOUT_MS)
 @pytest.fixture(scope="module")
 def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real service on 127.0.0.1 and a free port; yields its base URL once it is ready."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):  # a developer's exported settings must not leak in
-            if name.startswith("ALTCAP_"):
-                mp.delenv(name)
-        app = create_app(
-            {
-                "MODEL": str(tiny_dir),
-                "DEVICE": "cpu",
-                "DATA_DIR": tmp_path_factory.mktemp("e2e-data"),
-                "CACHE_URL": "off",  # every submission runs the model
-                "ALLOW_PRIVATE_NETWORKS": True,  # the image server is on 127.0.0.1
-            }
-        )
+    app = tiny_service_app(tiny_dir, tmp_path_factory.mktemp("e2e-data"))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
