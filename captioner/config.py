@@ -104,7 +104,9 @@ class DecodingSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings that change the output (used in cache keys and API responses)."""
-        d = dataclasses.asdict(self)
+        # every field is a scalar: a plain read, not asdict's recursive deep copy (this runs
+        # several times per request, cache hits included)
+        d = {f.name: getattr(self, f.name) for f in _DECODING_FIELDS}
         if self.method != "beam":
             d.pop("beam_size")
         if self.method != "nucleus":
@@ -124,3 +126,6 @@ class DecodingSettings:
             return cls(**d).validate()
         except TypeError as e:  # pragma: no cover - dataclass signature errors
             raise InvalidSettings(str(e)) from None
+
+
+_DECODING_FIELDS = dataclasses.fields(DecodingSettings)
