@@ -9,6 +9,8 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages the test suite drives for real.
 APT_TEST_PACKAGES ?= redis-server chromium
+# METEOR (pycocoevalcap) runs Java: any installed JRE will do, else Debian's default one.
+JAVA_PACKAGE ?= default-jre-headless
 HOST ?= 127.0.0.1
 PORT ?= 8000
 TINY_MODEL ?= .cache/tiny-model
@@ -16,7 +18,7 @@ GUNICORN := $(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) "app
 
 .PHONY: run run-tiny test lint bench bench-serve venv deps-test clean
 
-$(VENV)/.stamp: requirements.txt requirements-dev.txt
+$(VENV)/.stamp: requirements.txt requirements-dev.txt requirements-train.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
@@ -37,6 +39,7 @@ run-tiny: venv
 
 deps-test:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v java >/dev/null || missing="$$missing $(JAVA_PACKAGE)"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
