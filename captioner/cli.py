@@ -10,7 +10,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import AltCapError
 
@@ -116,7 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mapping", choices=["mlp", "transformer"], default="mlp")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_make_tiny)
+
+    for register in _more_subcommands():
+        register(sub)
     return p
+
+
+def _more_subcommands() -> list[Callable[[Any], None]]:
+    """Subcommands defined next to their code: each module's ``register(subparsers)`` adds
+    its parser with ``set_defaults(func=...)`` (a function taking the args, returning the exit
+    status)."""
+    return []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
