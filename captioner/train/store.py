@@ -56,6 +56,9 @@ class EncoderInfo:
     image_size: int
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
+    # sha256 of the vision weights: two CLIP models of one architecture (OpenAI vs LAION
+    # ViT-B/32) differ only here. "" = unknown; compared only when both sides know it.
+    weights_sha: str = ""
 
     @classmethod
     def from_config(cls, config: ClipCapConfig) -> EncoderInfo:
@@ -69,6 +72,27 @@ class EncoderInfo:
         )
 
     @classmethod
+    def from_vision(
+        cls,
+        vision: torch.nn.Module,
+        *,
+        image_encoder: str,
+        image_size: int,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+    ) -> EncoderInfo:
+        """The encoder info of a loaded ``CLIPVisionModelWithProjection``, weights included."""
+        return cls(
+            image_encoder=image_encoder,
+            vision_sha=vision_sha(vision.config.to_dict()),
+            clip_dim=int(vision.config.projection_dim),
+            image_size=int(image_size),
+            image_mean=tuple(float(x) for x in image_mean),
+            image_std=tuple(float(x) for x in image_std),
+            weights_sha=weights_sha(vision),
+        )
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderInfo:
         return cls(
             image_encoder=str(d["image_encoder"]),
@@ -77,6 +101,7 @@ class EncoderInfo:
             image_size=int(d["image_size"]),
             image_mean=tuple(float(x) for x in d["image_mean"]),
             image_std=tuple(float(x) for x in d["image_std"]),
+            weights_sha=str(d.get("weights_sha", "")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +116,8 @@ class EncoderInfo:
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
                 out.append(f"{name}: {a} vs {b}")
+        if self.weights_sha and other.weights_sha and self.weights_sha != other.weights_sha:
+            out.append("weights_sha: the vision weights differ")
         return out
 
     def check(self, other: EncoderInfo, what: str) -> None:
@@ -102,11 +129,41 @@ class EncoderInfo:
             )
 
 
+# The CLIPVisionConfig fields that change what the tower computes. Provenance, dropout and
+# initialisation fields are left out, and missing ones take their defaults: a tiny config that
+# lists only its overrides and the full ``to_dict()`` of the same model hash the same.
+_VISION_ARCH_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "projection_dim",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "hidden_act",
+    "layer_norm_eps",
+)
+
+
 def vision_sha(vision_config: dict[str, Any]) -> str:
-    """A stable fingerprint of a vision config (keys that only record provenance ignored)."""
-    ignored = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"}
-    canon = {k: v for k, v in vision_config.items() if k not in ignored}
+    """A stable fingerprint of a vision architecture (defaults filled in, provenance ignored)."""
+    from transformers import CLIPVisionConfig
+
+    defaults = CLIPVisionConfig().to_dict()
+    canon = {k: vision_config.get(k, defaults.get(k)) for k in _VISION_ARCH_KEYS}
     return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def weights_sha(module: torch.nn.Module) -> str:
+    """sha256 over a module's tensors (names, shapes, float32 values): the same weights give the
+    same hash whatever dtype or device they are loaded in."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -206,6 +263,8 @@ class EmbeddingStore:
             raise StoreError(f"no embedding store at {p} (run `embed` first)") from None
         except (OSError, ValueError) as e:
             raise StoreError(f"cannot read {p / INDEX_NAME}: {e}") from None
+        if not isinstance(d, dict):
+            raise StoreError(f"damaged index {p / INDEX_NAME}: not a JSON object")
         try:
             return cls(p, StoreIndex.from_dict(d))
         except (KeyError, TypeError, ValueError) as e:
@@ -261,6 +320,11 @@ class EmbeddingStore:
                 records = json.loads((f.metadata() or {})["records"])
         except (OSError, KeyError, ValueError, Exception) as e:  # safetensors raises its own
             raise StoreError(f"cannot read shard {path}: {e}") from None
+        if embeds.ndim != 2 or embeds.shape[1] != self.encoder.clip_dim:
+            raise StoreError(
+                f"shard {path} holds {list(embeds.shape)} embeddings, not (rows, "
+                f"{self.encoder.clip_dim})"
+            )
         if embeds.shape[0] != shard.rows or len(records) != shard.rows:
             raise StoreError(
                 f"shard {path} holds {embeds.shape[0]} rows, the index says {shard.rows}"
