@@ -26,6 +26,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,13 +52,17 @@ __all__ = [
     "FetchError",
     "FetchLimits",
     "FetchTimeout",
+    "FetchedDocument",
     "FetchedImage",
+    "HTTPStatusError",
     "InvalidURL",
     "Resolver",
     "TooLarge",
     "TooManyRedirects",
+    "UnsupportedDocument",
     "UnsupportedImageType",
     "check_url",
+    "fetch_document",
     "fetch_image",
     "system_resolver",
 ]
@@ -119,6 +124,24 @@ class UnsupportedImageType(FetchError):
     http_status = 415
 
 
+class HTTPStatusError(FetchError):
+    """The server answered with an HTTP status other than 200 (``status`` says which)."""
+
+    code = "fetch_failed"
+    http_status = 502
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UnsupportedDocument(FetchError):
+    """A document (page, sitemap) of a media type the caller did not ask for."""
+
+    code = "unsupported_document"
+    http_status = 415
+
+
 # --- settings and results -----------------------------------------------------------
 
 
@@ -149,6 +172,15 @@ class FetchedImage:
     final_url: str  # the URL the image came from, after redirects
     content_type: str  # media type of the bytes as sniffed, e.g. "image/png"
     data: bytes
+
+
+@dataclass(frozen=True)
+class FetchedDocument:
+    url: str  # the URL asked for
+    final_url: str  # the URL the document came from, after redirects (the base for links)
+    content_type: str  # media type as the server declared it, lower case ("" when absent)
+    charset: str | None  # the Content-Type's charset parameter, if any
+    data: bytes  # the body, gunzipped when it was gzip
 
 
 @dataclass(frozen=True)
@@ -455,15 +487,132 @@ def fetch_image(
         deadline.close()
 
 
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def fetch_document(
+    url: str,
+    limits: FetchLimits = DEFAULT_LIMITS,
+    *,
+    max_bytes: int,
+    accept: Sequence[str] | None = HTML_TYPES,
+    resolver: Resolver | None = None,
+) -> FetchedDocument:
+    """Download a page, sitemap or robots.txt at ``url`` with the same SSRF checks as images.
+
+    ``accept`` lists the media types wanted (``""`` for a response without one); ``None``
+    takes anything. ``max_bytes`` caps the body both as sent and, for gzip (a ``.xml.gz``
+    sitemap or ``Content-Encoding: gzip``), once decompressed: a gzip bomb fails with
+    ``too_large`` after ``max_bytes + 1`` bytes, whatever it would expand to. A status other
+    than 200 raises ``HTTPStatusError`` carrying it (robots.txt rules depend on it).
+    """
+    if max_bytes <= 0:
+        raise InvalidSettings("max_bytes must be positive")
+    wanted = ", ".join(t for t in accept if t) if accept else ""
+    deadline = _Deadline(limits.total_timeout)
+    try:
+        current = url
+        for hop in range(limits.max_redirects + 1):
+            try:
+                checked = check_url(current, limits, resolver=resolver)
+            except InvalidURL as exc:
+                if hop == 0:
+                    raise
+                raise FetchError(f"the server redirected to an invalid URL: {exc}") from None
+            deadline.remaining()
+            with _request(checked, limits, deadline, accept=wanted or "*/*") as response:
+                if response.status in REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise FetchError(f"HTTP {response.status} redirect without a Location")
+                    current = urljoin(current, _header_text(location).strip())
+                    continue
+                if response.status != 200:
+                    raise HTTPStatusError(
+                        f"the server answered HTTP {response.status}", status=response.status
+                    )
+                media_type, charset, data = _read_document(response, accept, max_bytes, deadline)
+                return FetchedDocument(url, current, media_type, charset, data)
+        raise TooManyRedirects(f"more than {limits.max_redirects} redirects")
+    finally:
+        deadline.close()
+
+
+def _read_document(
+    response: urllib3.BaseHTTPResponse,
+    accept: Sequence[str] | None,
+    max_bytes: int,
+    deadline: _Deadline,
+) -> tuple[str, str | None, bytes]:
+    """Check the type, read at most ``max_bytes + 1`` bytes, gunzip within the same cap."""
+    header = _header_text(response.headers.get("Content-Type") or "")
+    media_type, _, params = header.partition(";")
+    media_type = media_type.strip().lower()
+    charset = None
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip(" \"'"):
+            charset = value.strip(" \"'")
+    if accept is not None and media_type not in accept:
+        raise UnsupportedDocument(
+            f"expected {' or '.join(a for a in accept if a)}, got {media_type or 'no Content-Type'}"
+        )
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise FetchError(f"the server sent a compressed body ({encoding}) though asked not to")
+    declared = response.headers.get("Content-Length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise FetchError("the server sent an invalid Content-Length")
+        if int(declared) > max_bytes:
+            raise TooLarge(f"the document is larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read1(min(CHUNK_SIZE, max_bytes + 1 - size)):
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"the document is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+        deadline.remaining()
+    deadline.remaining()  # an expired deadline ends the body early: never half a document
+    data = b"".join(chunks)
+    if encoding != "identity" or data.startswith(GZIP_MAGIC):
+        data = _gunzip(data, max_bytes)
+    return media_type, charset, data
+
+
+def _gunzip(data: bytes, max_bytes: int) -> bytes:
+    """Decompress gzip ``data`` (all its members) to at most ``max_bytes`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = inflater.decompress(data, max_bytes + 1 - size)
+        except zlib.error:
+            raise FetchError("the gzip data is corrupt") from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"the document decompresses to more than {max_bytes} bytes")
+        out.append(chunk)
+        if not inflater.eof:
+            raise FetchError("the gzip data is truncated")
+        data = inflater.unused_data
+        if not data.strip(b"\0"):  # some servers pad the last member with zeros
+            break
+    return b"".join(out)
+
+
 @contextlib.contextmanager
 def _request(
-    checked: CheckedURL, limits: FetchLimits, deadline: _Deadline
+    checked: CheckedURL, limits: FetchLimits, deadline: _Deadline, accept: str = "image/*"
 ) -> Iterator[urllib3.BaseHTTPResponse]:
     """GET ``checked`` from its first address that accepts a connection."""
     headers = {
         "Host": checked.host_header,
         "User-Agent": limits.user_agent,
-        "Accept": "image/*",
+        "Accept": accept,
         "Accept-Encoding": "identity",  # the cap then bounds what we keep: no zip bombs
         "Connection": "close",
     }

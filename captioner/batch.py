@@ -1,0 +1,447 @@
+"""Batch captioning without a server: ``python -m captioner batch``.
+
+A site owner points it at image URLs, pages or a sitemap and gets a report of the images that
+lack useful alt text, each with a suggested description, and optionally patched copies of the
+pages. The steps are the jobs API's, as plain functions the jobs queue reuses:
+
+    source ──page_urls──▶ pages ──plan──▶ rows (pending / skipped / failed)
+           ──caption_rows──▶ rows done or failed ──patched_pages──▶ HTML with alt filled in
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config import DecodingSettings
+from .errors import AltCapError, InvalidSettings
+from .fetch import FetchLimits, Resolver, fetch_image
+from .images import load_image
+from .pages import MODES, Crawler, find_images, needs_caption, patch_html
+from .reports import FORMATS, format_for_path, make_row, write_rows
+
+__all__ = [
+    "DEFAULT_MAX_IMAGES",
+    "DEFAULT_MAX_PAGES",
+    "InvalidSource",
+    "PageResult",
+    "Plan",
+    "Source",
+    "caption_rows",
+    "page_urls",
+    "patched_name",
+    "patched_pages",
+    "plan",
+    "register",
+    "run",
+]
+
+DEFAULT_MAX_PAGES = 100
+DEFAULT_MAX_IMAGES = 1000
+PENDING = "pending"  # a row waiting for its caption; never in a finished report
+DOWNLOAD_WORKERS = 4  # images downloaded at once while the model works on a batch
+
+Progress = Callable[[int], None]  # called with the number of items just finished
+
+
+class InvalidSource(AltCapError):
+    code = "invalid_source"
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to caption: exactly one of image URLs, page URLs or a sitemap URL."""
+
+    images: tuple[str, ...] = ()
+    pages: tuple[str, ...] = ()
+    sitemap: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [bool(self.images), bool(self.pages), bool(self.sitemap)]
+        if sum(given) != 1:
+            raise InvalidSource("give exactly one of images, pages or sitemap")
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Source:
+        """The source part of a job's JSON body: ``{"images": [...]}``, ``{"pages": [...]}``
+        or ``{"sitemap": "..."}`` (other keys are the caller's to check)."""
+        kinds = [k for k in ("images", "pages", "sitemap") if body.get(k) not in (None, [], "")]
+        if len(kinds) != 1:
+            raise InvalidSource("give exactly one of images, pages or sitemap")
+        kind = kinds[0]
+        value = body[kind]
+        if kind == "sitemap":
+            if not isinstance(value, str):
+                raise InvalidSource("sitemap must be a URL string")
+            return cls(sitemap=value)
+        if not isinstance(value, list) or not all(isinstance(u, str) and u for u in value):
+            raise InvalidSource(f"{kind} must be a list of URL strings")
+        return cls(**{kind: tuple(value)})
+
+
+@dataclass
+class PageResult:
+    """One crawled page of a job. ``index`` (1-based) names its patched copy."""
+
+    index: int
+    url: str
+    final_url: str | None = None
+    html: str | None = None
+    encoding: str = "utf-8"
+    error: AltCapError | None = None
+
+
+@dataclass
+class Plan:
+    pages: list[PageResult] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # reports.RESULT_FIELDS each
+
+    @property
+    def todo(self) -> list[str]:
+        """The distinct image URLs still to caption, in report order."""
+        return list(dict.fromkeys(r["image_url"] for r in self.rows if r["status"] == PENDING))
+
+
+# --- planning -----------------------------------------------------------------------
+
+
+def page_urls(
+    source: Source, crawler: Crawler, max_pages: int = DEFAULT_MAX_PAGES
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The pages to crawl (at most ``max_pages``, deduplicated), and a failed row for each
+    sitemap of an index that could not be read. A broken top sitemap raises its error."""
+    if source.sitemap:
+        crawl = crawler.crawl_sitemap(source.sitemap, max_pages)
+        failed = [
+            make_row(page_url=url, image_url=None, status="failed", error=err)
+            for url, err in crawl.errors
+        ]
+        return crawl.pages, failed
+    return list(dict.fromkeys(source.pages))[:max_pages], []
+
+
+def plan(
+    source: Source,
+    crawler: Crawler,
+    *,
+    mode: str = "missing",
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    progress: Progress | None = None,
+) -> Plan:
+    """Crawl the source's pages and decide, row by row, what needs a caption.
+
+    Rows of images that need one are ``pending``; others are ``skipped``; a page that
+    cannot be fetched is one ``failed`` row without an image. One image on several pages
+    is one caption but a row per page. Past ``max_images`` distinct images to caption,
+    new ones are ``skipped`` with ``error_code`` ``max_images``.
+    """
+    if mode not in MODES:
+        raise InvalidSettings(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if max_pages < 1 or max_images < 1:
+        raise InvalidSettings("max_pages and max_images must be >= 1")
+    result = Plan()
+    wanted: set[str] = set()
+
+    def add(page_url: str | None, image_url: str, alt: str | None, verdict: str | None) -> None:
+        fields = dict(page_url=page_url, image_url=image_url, alt=alt, verdict=verdict)
+        if not needs_caption(verdict, mode):
+            result.rows.append(make_row(**fields, status="skipped"))
+        elif image_url in wanted or len(wanted) < max_images:
+            wanted.add(image_url)
+            result.rows.append(make_row(**fields, status=PENDING))
+        else:
+            message = f"the job already has {max_images} images to caption (max_images)"
+            result.rows.append(
+                make_row(**fields, status="skipped", error_code="max_images", error_message=message)
+            )
+
+    if source.images:
+        for url in dict.fromkeys(source.images):
+            add(None, url, None, None)
+        return result
+
+    urls, failed = page_urls(source, crawler, max_pages)
+    result.rows.extend(failed)
+    for index, url in enumerate(urls, start=1):
+        page = PageResult(index, url)
+        result.pages.append(page)
+        try:
+            fetched = crawler.fetch_page(url)
+            page.final_url, page.html, page.encoding = (
+                fetched.final_url,
+                fetched.html,
+                fetched.encoding,
+            )
+        except AltCapError as exc:
+            page.error = exc
+            result.rows.append(make_row(page_url=url, image_url=None, status="failed", error=exc))
+        else:
+            for image in find_images(fetched.html, fetched.final_url):
+                add(url, image.image_url, image.alt, image.verdict)
+        if progress:
+            progress(1)
+    return result
+
+
+# --- captioning ---------------------------------------------------------------------
+
+
+def _download(url: str, limits: FetchLimits, resolver: Resolver | None, max_pixels: int):
+    """A decoded image, or the error that stopped it (kept for the report)."""
+    try:
+        return load_image(fetch_image(url, limits, resolver=resolver).data, max_pixels=max_pixels)
+    except AltCapError as exc:
+        return exc
+
+
+def caption_rows(
+    rows: Sequence[dict[str, Any]],
+    captioner: Any,
+    settings: DecodingSettings | None = None,
+    *,
+    limits: FetchLimits,
+    batch_size: int = 32,
+    resolver: Resolver | None = None,
+    progress: Progress | None = None,
+) -> dict[str, str]:
+    """Download and caption every distinct image of the ``pending`` rows, and finish those
+    rows (``done`` with a caption, or ``failed`` with the download or decode error) in place.
+
+    Images are fetched with the service's SSRF-safe ``fetch_image`` a few at a time, the
+    next batch while the model captions this one, and captioned in batches of
+    ``batch_size``. Returns image URL -> caption of those done, what ``patch_html`` takes.
+    """
+    if batch_size < 1:
+        raise InvalidSettings("batch_size must be >= 1")
+    by_url: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == PENDING:
+            by_url.setdefault(row["image_url"], []).append(row)
+    captions: dict[str, str] = {}
+    urls = list(by_url)
+    max_pixels = getattr(captioner, "max_pixels", 40_000_000)
+    chunks = [urls[i : i + batch_size] for i in range(0, len(urls), batch_size)]
+    with ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="altcap-download") as pool:
+
+        def fetch(chunk: list[str]) -> list[Future]:
+            return [pool.submit(_download, u, limits, resolver, max_pixels) for u in chunk]
+
+        ahead = fetch(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            loaded = [f.result() for f in ahead]
+            # the next batch downloads while the model works on this one
+            ahead = fetch(chunks[k + 1]) if k + 1 < len(chunks) else []
+            good = []
+            for url, outcome in zip(chunk, loaded, strict=True):
+                if isinstance(outcome, AltCapError):
+                    _finish(by_url[url], status="failed", error=outcome)
+                else:
+                    good.append((url, outcome))
+            if good:
+                try:
+                    pixels = captioner.preprocess([im for _, im in good])
+                    results = captioner.caption_pixels(pixels, settings)
+                except AltCapError as exc:  # the whole batch shares the failure
+                    for url, _ in good:
+                        _finish(by_url[url], status="failed", error=exc)
+                else:
+                    for (url, _), result in zip(good, results, strict=True):
+                        captions[url] = result.text
+                        _finish(by_url[url], status="done", caption=result.text)
+            if progress:
+                progress(len(chunk))
+    return captions
+
+
+def _finish(rows: Iterable[dict[str, Any]], **outcome: Any) -> None:
+    error = outcome.pop("error", None)
+    for row in rows:
+        row.update(outcome)
+        if error is not None:
+            row["error_code"], row["error_message"] = error.code, error.message
+
+
+# --- patched pages ------------------------------------------------------------------
+
+
+def patched_name(index: int, url: str) -> str:
+    """``<n>-<slug>.html`` for a page: the number keeps names unique, the slug readable."""
+    path = urlsplit(url).path
+    path = re.sub(r"\.(s?html?|php|aspx?)$", "", path, flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")[:60].strip("-")
+    return f"{index}-{slug or 'index'}.html"
+
+
+def patched_pages(
+    pages: Iterable[PageResult], captions: Mapping[str, str]
+) -> Iterator[tuple[PageResult, str]]:
+    """(page, its HTML with the suggested alt filled in) for every page that was fetched."""
+    for page in pages:
+        if page.html is not None and page.final_url is not None:
+            yield page, patch_html(page.html, page.final_url, captions)
+
+
+# --- the CLI ------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``batch`` to ``python -m captioner``."""
+    p = subparsers.add_parser(
+        "batch",
+        help="report images without useful alt text on pages, a sitemap or a URL list",
+        description=__doc__.splitlines()[0],
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="FILE", help="file of image URLs, one a line (- stdin)")
+    src.add_argument("--pages", nargs="+", metavar="URL", help="pages to crawl")
+    src.add_argument("--sitemap", metavar="URL", help="sitemap or sitemap index (.xml, .xml.gz)")
+    p.add_argument("--model", default="clipcap-coco", help="model name, directory or Hub id")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="missing",
+        help="missing: images with missing or meaningless alt; all: every image "
+        "but decorative ones",
+    )
+    p.add_argument("--out", default="-", help="report file (.csv, .json, .jsonl); - stdout")
+    p.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default=None,
+        help="report format (default: from --out's suffix, else csv)",
+    )
+    p.add_argument("--patched-dir", metavar="DIR", help="write DIR/<n>-<slug>.html per page")
+    p.add_argument("--max-pages", type=int, default=DEFAULT_MAX_PAGES)
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=DEFAULT_MAX_IMAGES,
+        help="distinct images captioned at most",
+    )
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=1.0,
+        help="seconds between two requests to one host (pages, sitemaps)",
+    )
+    p.add_argument("--ignore-robots", action="store_true", help="do not read robots.txt")
+    p.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="allow loopback and private addresses (intranet sites)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--decoding", choices=["greedy", "beam", "nucleus"], default="greedy")
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="nucleus sampling seed")
+    p.add_argument("--max-tokens", type=int, default=67)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.set_defaults(func=run)
+
+
+def _read_url_list(path: str) -> tuple[str, ...]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSource(f"cannot read the image list {path}: {exc}") from None
+    lines = (line.strip() for line in text.splitlines())
+    urls = tuple(line for line in lines if line and not line.startswith("#"))
+    if not urls:
+        raise InvalidSource(f"the image list {path} has no URLs")
+    return urls
+
+
+def _write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
+    """Write through a temp file and rename: a report is never half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, errors="xmlcharrefreplace", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``batch`` subcommand: crawl, caption, report. Failed images are report rows, not
+    a failed command; only a source that cannot be used at all exits non-zero."""
+    import io
+
+    from tqdm import tqdm
+
+    from .captioner import Captioner
+
+    if args.max_pages < 1 or args.max_images < 1:
+        raise InvalidSettings("--max-pages and --max-images must be >= 1")
+    if args.delay < 0:
+        raise InvalidSettings("--delay must not be negative")
+    if args.images:
+        source = Source(images=_read_url_list(args.images))
+    else:
+        source = Source(pages=tuple(args.pages or ()), sitemap=args.sitemap)
+    fmt = args.format or format_for_path(args.out)
+    settings = DecodingSettings(
+        method=args.decoding,
+        beam_size=args.beam_size,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    ).validate()
+    out_dir = Path(args.patched_dir) if args.patched_dir else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    limits = FetchLimits(allow_private=args.allow_private)
+    crawler = Crawler(limits, delay_s=args.delay, respect_robots=not args.ignore_robots)
+    quiet = True if args.no_progress else None  # None: tqdm shows bars on a terminal only
+
+    with tqdm(desc="pages", unit="page", disable=True if source.images else quiet) as bar:
+        job = plan(
+            source,
+            crawler,
+            mode=args.mode,
+            max_pages=args.max_pages,
+            max_images=args.max_images,
+            progress=bar.update,
+        )
+    with tqdm(total=len(job.todo), desc="images", unit="img", disable=quiet) as bar:
+        captions = caption_rows(
+            job.rows,
+            cap,
+            settings,
+            limits=limits,
+            batch_size=args.batch_size,
+            progress=bar.update,
+        )
+
+    buf = io.StringIO()
+    write_rows(job.rows, fmt, buf)
+    if args.out == "-":
+        sys.stdout.write(buf.getvalue())
+    else:
+        _write_text(Path(args.out), buf.getvalue())
+    if out_dir is not None:
+        for page, text in patched_pages(job.pages, captions):
+            _write_text(out_dir / patched_name(page.index, page.url), text, page.encoding)
+
+    counts = {s: sum(r["status"] == s for r in job.rows) for s in ("done", "failed", "skipped")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    print(f"{len(job.rows)} rows: {summary}", file=sys.stderr)
+    return 0

@@ -1,0 +1,670 @@
+"""Find the images on web pages, judge their alt text, and write suggested alt back into HTML.
+
+Batch jobs and ``python -m captioner batch`` crawl a site owner's pages (given one by one or
+through a sitemap) and need, per page, the images a screen-reader user meets and whether
+their ``alt`` says anything. The rules are those of the browser extension
+(``extension/detection.js``) as far as they can be known from HTML alone: the same
+``alttext.classify_alt`` verdicts, and images marked ``role=presentation``/``none`` or inside
+``aria-hidden=true`` count as decorative, while one labelled by ``aria-label``,
+``aria-labelledby`` or ``title`` counts as described (``ok``).
+
+HTML is parsed with beautifulsoup4 on the standard library's ``html.parser`` (no lxml). That
+parser records where each tag starts, which is what lets ``patch_html`` edit the original text
+in place: only the alt attributes it sets change, never the author's formatting.
+
+Fetching goes through ``captioner.fetch`` (the service's SSRF-safe downloader), asks
+robots.txt first, and waits a politeness delay between two requests to the same host.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import logging
+import re
+import threading
+import time
+import urllib.robotparser
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from html.parser import attrfind_tolerant, tagfind_tolerant
+from typing import Literal
+from urllib.parse import urldefrag, urljoin, urlsplit
+from xml.parsers import expat
+
+from bs4 import BeautifulSoup, Tag
+from bs4.dammit import UnicodeDammit
+
+from .alttext import Verdict, classify_alt
+from .errors import AltCapError, InvalidSettings
+from .fetch import (
+    DEFAULT_LIMITS,
+    HTML_TYPES,
+    FetchLimits,
+    HTTPStatusError,
+    Resolver,
+    TooLarge,
+    UnsupportedDocument,
+    check_url,
+    fetch_document,
+)
+from .images import ALLOWED_FORMATS
+
+__all__ = [
+    "MODES",
+    "CrawlError",
+    "Crawler",
+    "InvalidSitemap",
+    "NotHTML",
+    "Page",
+    "PageImage",
+    "RobotsDisallowed",
+    "SitemapCrawl",
+    "decode_html",
+    "find_images",
+    "needs_caption",
+    "parse_sitemap",
+    "parse_srcset",
+    "patch_html",
+]
+
+log = logging.getLogger(__name__)
+
+MODES = ("missing", "all")
+Element = Literal["img", "source", "input"]
+
+# Lazy-loading scripts keep the real image here and a placeholder in src/srcset.
+LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset")
+LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original")
+# <picture><source type=...>: only the types we can decode are worth fetching.
+DECODABLE_TYPES = frozenset({f"image/{f.lower()}" for f in ALLOWED_FORMATS} | {"image/jpg"})
+# Tags whose content a browser never renders as images.
+INERT_PARENTS = frozenset({"template", "textarea", "title", "xmp", "noembed", "noframes"})
+# Several occurrences of one image: keep the verdict that most needs a caption.
+_URGENCY = {"missing": 0, "meaningless": 1, "ok": 2, "decorative": 3}
+_URL_SPACES = re.compile(r"[\t\n\r]")  # browsers drop these anywhere in a URL
+
+
+# --- errors -------------------------------------------------------------------------
+
+
+class CrawlError(AltCapError):
+    """A page or sitemap could not be used."""
+
+    code = "crawl_failed"
+    http_status = 422
+
+
+class RobotsDisallowed(CrawlError):
+    """robots.txt asks crawlers to keep out of this URL (or could not be read: RFC 9309)."""
+
+    code = "robots_disallowed"
+    http_status = 403
+
+
+class NotHTML(CrawlError):
+    code = "not_html"
+    http_status = 415
+
+
+class InvalidSitemap(CrawlError):
+    code = "invalid_sitemap"
+
+
+# --- finding images -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageImage:
+    image_url: str  # absolute URL of the chosen candidate (srcset: largest)
+    alt: str | None  # the author's alt as written; None when the attribute is absent
+    verdict: Verdict  # missing | decorative | meaningless | ok
+    element: Element  # "img", "source" (the URL came from <picture><source>) or "input"
+
+
+def decode_html(data: str | bytes, charset: str | None = None) -> str:
+    """Bytes to text the way a browser would: the HTTP charset, else BOM / ``<meta>`` / guess."""
+    return data if isinstance(data, str) else _decode(data, charset)[0]
+
+
+def _decode(data: bytes, charset: str | None) -> tuple[str, str]:
+    """(text, encoding): the encoding is the one to write an edited copy back in."""
+    known = [charset] if charset else []
+    dammit = UnicodeDammit(data, known_definite_encodings=known, is_html=True)
+    if dammit.unicode_markup is None or not dammit.original_encoding:
+        return data.decode("utf-8", "replace"), "utf-8"
+    return dammit.unicode_markup, dammit.original_encoding
+
+
+def _soup(text: str) -> BeautifulSoup:
+    # Browsers keep the first of two same-named attributes; bs4's default keeps the last.
+    return BeautifulSoup(text, "html.parser", on_duplicate_attribute="ignore")
+
+
+def _attr(tag: Tag, name: str) -> str | None:
+    value = tag.get(name)
+    if isinstance(value, list):  # bs4 splits a few attributes (class, rel) into lists
+        return " ".join(value)
+    return value
+
+
+def _resolve(base: str, raw: str | None) -> str | None:
+    """An absolute http(s) URL without fragment, or None (empty, data:, javascript:, ...)."""
+    if raw is None:
+        return None
+    raw = _URL_SPACES.sub("", raw).strip(" \f\v")
+    if not raw:
+        return None
+    try:
+        url = urldefrag(urljoin(base, raw)).url
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:  # e.g. a malformed IPv6 host
+        return None
+    return url if scheme in ("http", "https") else None
+
+
+def parse_srcset(value: str) -> list[tuple[str, float, str]]:
+    """``srcset`` as (url, size, kind) with kind ``"w"`` or ``"x"``, following the HTML
+    spec's splitting rules (URLs may contain commas; descriptors may not)."""
+    out: list[tuple[str, float, str]] = []
+    pos, n = 0, len(value)
+    while pos < n:
+        while pos < n and (value[pos].isspace() or value[pos] == ","):
+            pos += 1
+        start = pos
+        while pos < n and not value[pos].isspace():
+            pos += 1
+        url = value[start:pos]
+        if not url:
+            break
+        descriptors = ""
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:
+            depth, start = 0, pos
+            while pos < n and (value[pos] != "," or depth > 0):
+                depth += {"(": 1, ")": -1}.get(value[pos], 0)
+                pos += 1
+            descriptors = value[start:pos]
+        size, kind = 1.0, "x"
+        for d in descriptors.split():
+            try:
+                if d[-1:] in ("w", "x") and float(d[:-1]) > 0:
+                    size, kind = float(d[:-1]), d[-1]
+            except ValueError:
+                continue  # h descriptors and junk change nothing
+        if url:
+            out.append((url, size, kind))
+    return out
+
+
+def _largest(srcset: str | None) -> str | None:
+    """The candidate with the most pixels: width descriptors win over density ones."""
+    if not srcset:
+        return None
+    candidates = parse_srcset(srcset)
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda c: (c[2] == "w", c[1]))  # first of equals wins
+    return best[0]
+
+
+def _img_url(tag: Tag, base: str) -> str | None:
+    """The URL a loaded page shows for an <img>/<input>: lazy attributes first, since the
+    plain ones then hold a placeholder; srcset's largest before src."""
+    if tag.name == "input":
+        return _resolve(base, _attr(tag, "src"))
+    for name in LAZY_SRCSET_ATTRS:
+        if url := _resolve(base, _largest(_attr(tag, name))):
+            return url
+    for name in LAZY_SRC_ATTRS:
+        if url := _resolve(base, _attr(tag, name)):
+            return url
+    return _resolve(base, _largest(_attr(tag, "srcset"))) or _resolve(base, _attr(tag, "src"))
+
+
+def _picture_url(img: Tag, base: str) -> str | None:
+    """The first decodable <source> of the <picture> around ``img``, as browsers try them."""
+    picture = img.parent
+    if not isinstance(picture, Tag) or picture.name != "picture":
+        return None
+    for source in picture.find_all("source", recursive=False):
+        media_type = (_attr(source, "type") or "").split(";")[0].strip().lower()
+        if media_type and media_type not in DECODABLE_TYPES:
+            continue
+        for name in (*LAZY_SRCSET_ATTRS, "srcset"):
+            if url := _resolve(base, _largest(_attr(source, name))):
+                return url
+    return None
+
+
+def _says_something(text: str | None) -> bool:
+    return text is not None and classify_alt(text) == "ok"
+
+
+def _verdict(tag: Tag, soup: BeautifulSoup) -> Verdict:
+    verdict = classify_alt(_attr(tag, "alt"))
+    if verdict not in ("missing", "meaningless"):
+        return verdict  # author text and alt="" are the author's word, as in the extension
+    role = (_attr(tag, "role") or "").strip().lower().split()
+    if role and role[0] in ("presentation", "none"):
+        return "decorative"
+    for node in (tag, *tag.parents):
+        if (_attr(node, "aria-hidden") or "").strip().lower() == "true":
+            return "decorative"
+    ids = (_attr(tag, "aria-labelledby") or "").split()
+    labels = [soup.find(id=i) for i in ids]
+    labelled_by = " ".join(el.get_text(" ") for el in labels if el is not None)
+    if any(_says_something(t) for t in (_attr(tag, "aria-label"), labelled_by or None)):
+        return "ok"
+    if _says_something(_attr(tag, "title")):
+        return "ok"
+    return verdict
+
+
+def _base_url(soup: BeautifulSoup, page_url: str) -> str:
+    base = soup.find("base", href=True)
+    if isinstance(base, Tag):
+        return _resolve(page_url, _attr(base, "href")) or page_url
+    return page_url
+
+
+def _walk(soup: BeautifulSoup, page_url: str) -> Iterator[tuple[Tag, PageImage]]:
+    """Every image a reader meets, with the tag that carries its alt, in document order."""
+    base = _base_url(soup, page_url)
+    for tag in soup.find_all(["img", "input"]):
+        if tag.name == "input" and (_attr(tag, "type") or "").strip().lower() != "image":
+            continue
+        if any(p.name in INERT_PARENTS for p in tag.parents):
+            continue
+        element: Element = "input" if tag.name == "input" else "img"
+        url = _picture_url(tag, base) if element == "img" else None
+        if url is not None:
+            element = "source"
+        else:
+            url = _img_url(tag, base)
+        if url is None:
+            continue  # data: and javascript: URLs, or nothing at all
+        yield tag, PageImage(url, _attr(tag, "alt"), _verdict(tag, soup), element)
+
+
+def find_images(html: str | bytes, page_url: str) -> list[PageImage]:
+    """The page's images, one per resolved URL, in order of first appearance.
+
+    ``page_url`` is the URL the page was served from (after redirects): relative URLs
+    resolve against it, or against ``<base href>``. Where one image appears several times,
+    the occurrence that most needs a caption (missing, then meaningless, ok, decorative)
+    speaks for it, since ``patch_html`` fills every occurrence that needs one.
+    """
+    merged: dict[str, PageImage] = {}
+    for _, image in _walk(_soup(decode_html(html)), page_url):
+        seen = merged.get(image.image_url)
+        if seen is None or _URGENCY[image.verdict] < _URGENCY[seen.verdict]:
+            merged[image.image_url] = image
+    return list(merged.values())
+
+
+def needs_caption(verdict: str | None, mode: str = "missing") -> bool:
+    """Whether an image with ``verdict`` gets a suggested caption in ``mode``.
+
+    ``missing``: images without useful alt (missing or meaningless); ``all``: every image
+    except decorative ones. An image URL given without a page (verdict None) always does.
+    """
+    if mode not in MODES:
+        raise InvalidSettings(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if verdict is None:
+        return True
+    if mode == "all":
+        return verdict != "decorative"
+    return verdict in ("missing", "meaningless")
+
+
+# --- patching -----------------------------------------------------------------------
+
+
+def _line_starts(text: str) -> list[int]:
+    # html.parser counts lines by "\n" alone, so must we.
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
+def _alt_edit(text: str, start: int, tag: Tag, caption: str) -> tuple[int, int, str] | None:
+    """(start, end, replacement) that sets alt in the start tag at ``start``, or None when the
+    text there is not what the parser saw (then the tag is left alone)."""
+    match = tagfind_tolerant.match(text, start + 1) if text.startswith("<", start) else None
+    if match is None or match.group(1).lower() != tag.name:
+        return None
+    new = f'alt="{html_lib.escape(caption, quote=True)}"'
+    pos = match.end()
+    while m := attrfind_tolerant.match(text, pos):  # the very loop html.parser runs
+        if m.end() == pos:
+            break
+        name, rest, value = m.group(1, 2, 3)
+        if name.lower() == "alt":
+            if rest:
+                if value[:1] in "'\"" and value[:1] == value[-1:] and len(value) > 1:
+                    value = value[1:-1]
+                value = html_lib.unescape(value)
+            if (value if rest else "") != _attr(tag, "alt"):
+                return None
+            return m.start(1), m.end(2) if rest else m.end(1), new
+        pos = m.end()
+    if _attr(tag, "alt") is not None:
+        return None
+    return match.end(1), match.end(1), " " + new
+
+
+def patch_html(html: str | bytes, page_url: str, captions: Mapping[str, str]) -> str:
+    """The page with ``captions`` (image URL -> text) filled in as alt where it is missing or
+    meaningless, on ``<img>`` and ``<input type=image>``.
+
+    Every other character of the document stays as it was: the edits are made in the
+    original text at the positions the parser reports, not by re-serialising the tree.
+    A new alt goes right after the tag name; a meaningless one is replaced where it stands.
+    """
+    text = decode_html(html)
+    soup = _soup(text)
+    starts = _line_starts(text)
+    edits: list[tuple[int, int, str]] = []
+    for tag, image in _walk(soup, page_url):
+        caption = captions.get(image.image_url)
+        if not caption or image.verdict not in ("missing", "meaningless"):
+            continue
+        if tag.sourceline is None or tag.sourcepos is None:
+            continue
+        start = starts[tag.sourceline - 1] + tag.sourcepos
+        edit = _alt_edit(text, start, tag, caption)
+        if edit is None:
+            log.warning(
+                "could not patch the <%s> at line %s of %s", tag.name, tag.sourceline, page_url
+            )
+            continue
+        edits.append(edit)
+    pieces, done = [], 0
+    for begin, end, replacement in sorted(edits):
+        pieces += [text[done:begin], replacement]
+        done = end
+    return "".join([*pieces, text[done:]])
+
+
+# --- sitemaps -----------------------------------------------------------------------
+
+
+class _Enough(Exception):
+    """Stops the XML parser once enough URLs are in."""
+
+
+def parse_sitemap(data: bytes, limit: int | None = None) -> tuple[str, list[str]]:
+    """(``"urlset"`` or ``"sitemapindex"``, the ``<loc>`` URLs) of a sitemap document.
+
+    XML goes through expat with document type declarations refused outright (as defusedxml's
+    ``forbid_dtd``): sitemaps never need one, and without a DTD there are no entities to
+    expand (billion laughs) and no external ones to fetch. A text sitemap (one URL a line,
+    which sitemaps.org also allows) is read as a urlset.
+    """
+    if not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
+        urls = [line for line in lines if line]
+        if not urls or not all(u.lower().startswith(("http://", "https://")) for u in urls):
+            raise InvalidSitemap("the sitemap is neither XML nor a list of URLs")
+        return "urlset", urls[:limit]
+
+    parser = expat.ParserCreate(namespace_separator=" ")
+    stack: list[str] = []
+    roots: list[str] = []
+    locs: list[str] = []
+    text: list[str] = []
+
+    def refuse(*_: object) -> None:
+        raise InvalidSitemap("the sitemap declares a DTD or entities, which sitemaps never do")
+
+    def start(name: str, _attrs: object) -> None:
+        local = name.rsplit(" ", 1)[-1]
+        if not stack:
+            roots.append(local)
+            if local not in ("urlset", "sitemapindex"):
+                raise InvalidSitemap(f"expected <urlset> or <sitemapindex>, found <{local}>")
+        stack.append(local)
+        text.clear()
+
+    def end(_name: str) -> None:
+        if len(stack) == 3 and stack[2] == "loc" and stack[1] in ("url", "sitemap"):
+            if loc := "".join(text).strip():
+                locs.append(loc)
+            if limit is not None and len(locs) >= limit:
+                raise _Enough
+        stack.pop()
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.ExternalEntityRefHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = text.append
+    try:
+        parser.Parse(data, True)
+    except _Enough:
+        pass
+    except expat.ExpatError as exc:
+        raise InvalidSitemap(f"the sitemap is not well-formed XML ({exc})") from None
+    return roots[0], locs
+
+
+# --- crawling -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str  # the URL asked for
+    final_url: str  # after redirects: the base for the page's relative links
+    html: str
+    encoding: str = "utf-8"  # the page's own encoding, to write a patched copy in
+
+
+@dataclass
+class SitemapCrawl:
+    pages: list[str] = field(default_factory=list)  # page URLs, deduplicated, in order
+    errors: list[tuple[str, AltCapError]] = field(default_factory=list)  # (sitemap, why)
+
+
+class Crawler:
+    """Fetches pages and sitemaps politely and safely.
+
+    Safe: every fetch goes through ``captioner.fetch`` (resolved addresses checked, redirects
+    re-checked, time and size limits). Polite: robots.txt is asked first (per RFC 9309, a
+    robots.txt that answers 4xx allows everything, one that cannot be fetched disallows
+    everything) and two requests to one host are ``delay_s`` apart, or the robots.txt
+    ``Crawl-delay`` if longer (at most ``MAX_CRAWL_DELAY``). Safe to share between threads.
+    ``clock`` and ``sleep`` are injectable so tests need not wait.
+    """
+
+    MAX_CRAWL_DELAY = 30.0
+    ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309 asks parsers to read at least 500 KiB
+    SITEMAP_TYPES = (
+        "application/xml",
+        "text/xml",
+        "application/gzip",
+        "application/x-gzip",
+        "application/octet-stream",
+        "text/plain",
+        "",
+    )
+
+    def __init__(
+        self,
+        limits: FetchLimits | None = None,
+        *,
+        delay_s: float = 1.0,
+        user_agent: str = "AltCap",
+        respect_robots: bool = True,
+        resolver: Resolver | None = None,
+        max_page_bytes: int = 5 * 1024 * 1024,
+        max_sitemap_bytes: int = 50 * 1024 * 1024,  # the sitemaps.org limit, uncompressed
+        max_sitemap_depth: int = 2,  # index -> index -> urlset; the protocol allows 1
+        max_sitemaps: int = 100,  # sitemap files read per crawl
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if delay_s < 0:
+            raise InvalidSettings("the politeness delay must not be negative")
+        self.limits = limits or DEFAULT_LIMITS
+        self.delay_s = delay_s
+        self.user_agent = user_agent
+        self.respect_robots = respect_robots
+        self.resolver = resolver
+        self.max_page_bytes = max_page_bytes
+        self.max_sitemap_bytes = max_sitemap_bytes
+        self.max_sitemap_depth = max_sitemap_depth
+        self.max_sitemaps = max_sitemaps
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_slot: dict[str, float] = {}  # origin -> earliest time of the next request
+        self._delays: dict[str, float] = {}  # origin -> delay (robots.txt Crawl-delay)
+        # origin -> (rules, why they disallow everything, the error if the host did not answer)
+        self._robots: dict[str, tuple[urllib.robotparser.RobotFileParser, str, Exception | None]]
+        self._robots = {}
+
+    # politeness ---------------------------------------------------------------------
+
+    @staticmethod
+    def _origin(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+    def wait_turn(self, url: str) -> None:
+        """Sleep until a request to ``url``'s host is polite; reserves that slot."""
+        origin = self._origin(url)
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_slot.get(origin, now))
+            self._next_slot[origin] = slot + self._delays.get(origin, self.delay_s)
+        if slot > now:
+            self._sleep(slot - now)
+
+    def _robots_for(
+        self, url: str
+    ) -> tuple[urllib.robotparser.RobotFileParser, str, Exception | None]:
+        origin = self._origin(url)
+        with self._lock:
+            cached = self._robots.get(origin)
+        if cached is not None:
+            return cached
+        robots_url = origin + "/robots.txt"
+        parser = urllib.robotparser.RobotFileParser(robots_url)
+        why = ""
+        unreachable: AltCapError | None = None
+        self.wait_turn(robots_url)
+        try:
+            doc = fetch_document(
+                robots_url,
+                self.limits,
+                max_bytes=self.ROBOTS_MAX_BYTES,
+                accept=None,
+                resolver=self.resolver,
+            )
+            parser.parse(doc.data.decode("utf-8", "replace").splitlines())  # RFC 9309: UTF-8
+        except HTTPStatusError as exc:
+            if 400 <= exc.status < 500:
+                parser.allow_all = True
+            else:
+                parser.disallow_all = True
+                why = f"its robots.txt answered HTTP {exc.status}, which means keep out"
+        except TooLarge:
+            parser.disallow_all = True
+            why = f"its robots.txt is larger than {self.ROBOTS_MAX_BYTES} bytes"
+        except AltCapError as exc:  # no answer at all: the host's pages would fail alike
+            parser.disallow_all = True
+            unreachable = exc
+        parser.modified()
+        delay = parser.crawl_delay(self.user_agent)
+        with self._lock:
+            if delay is not None:
+                self._delays[origin] = max(self.delay_s, min(float(delay), self.MAX_CRAWL_DELAY))
+            return self._robots.setdefault(origin, (parser, why, unreachable))
+
+    def check_robots(self, url: str) -> None:
+        """Raise ``RobotsDisallowed`` if robots.txt keeps this crawler out of ``url``."""
+        if not self.respect_robots:
+            return
+        parser, why, unreachable = self._robots_for(url)
+        if unreachable is not None:
+            raise unreachable.with_traceback(None)
+        if not parser.can_fetch(self.user_agent, url):
+            raise RobotsDisallowed(f"robots.txt disallows {url}" + (f": {why}" if why else ""))
+
+    # fetching -----------------------------------------------------------------------
+
+    def _fetch(self, url: str, *, max_bytes: int, accept: tuple[str, ...]):
+        check_url(url, self.limits, resolver=self.resolver)  # a blocked host says so first
+        self.check_robots(url)
+        self.wait_turn(url)
+        doc = fetch_document(
+            url, self.limits, max_bytes=max_bytes, accept=accept, resolver=self.resolver
+        )
+        if doc.final_url != url:
+            self.check_robots(doc.final_url)  # a redirect into a disallowed path
+        return doc
+
+    def fetch_page(self, url: str) -> Page:
+        """Fetch an HTML page; raise an ``AltCapError`` (``not_html``, ``robots_disallowed``,
+        or a ``captioner.fetch`` code) if it cannot be used."""
+        try:
+            doc = self._fetch(url, max_bytes=self.max_page_bytes, accept=HTML_TYPES)
+        except UnsupportedDocument as exc:
+            raise NotHTML(f"{url} is not an HTML page: {exc.message}") from None
+        text, encoding = _decode(doc.data, doc.charset)
+        return Page(url, doc.final_url, text, encoding)
+
+    def crawl_sitemap(self, url: str, max_pages: int) -> SitemapCrawl:
+        """Page URLs from a sitemap or sitemap index (gzip or not), at most ``max_pages``.
+
+        The sitemap given must work, else its error is raised; a broken sitemap listed in an
+        index is recorded in ``errors`` and the others still count.
+        """
+        result = SitemapCrawl()
+        seen_pages: set[str] = set()
+        seen_maps: set[str] = set()
+        queue: deque[tuple[str, int]] = deque([(url, 0)])
+        while queue and len(result.pages) < max_pages:
+            sitemap, depth = queue.popleft()
+            if sitemap in seen_maps:
+                continue
+            seen_maps.add(sitemap)
+            if len(seen_maps) > self.max_sitemaps:
+                err = InvalidSitemap(f"more than {self.max_sitemaps} sitemap files; stopped")
+                result.errors.append((sitemap, err))
+                break
+            try:
+                kind, locs = self._read_sitemap(sitemap, depth)
+            except AltCapError as exc:
+                if depth == 0:
+                    raise
+                result.errors.append((sitemap, exc))
+                continue
+            for loc in locs:
+                absolute = _resolve(sitemap, loc)
+                if absolute is None:
+                    continue
+                if kind == "sitemapindex":
+                    queue.append((absolute, depth + 1))
+                elif absolute not in seen_pages and len(result.pages) < max_pages:
+                    seen_pages.add(absolute)
+                    result.pages.append(absolute)
+        return result
+
+    def _read_sitemap(self, url: str, depth: int) -> tuple[str, list[str]]:
+        try:
+            doc = self._fetch(url, max_bytes=self.max_sitemap_bytes, accept=self.SITEMAP_TYPES)
+        except UnsupportedDocument as exc:
+            raise InvalidSitemap(f"{url} is not a sitemap: {exc.message}") from None
+        kind, locs = parse_sitemap(doc.data, limit=None)
+        if kind == "sitemapindex" and depth >= self.max_sitemap_depth:
+            raise InvalidSitemap(
+                f"{url} is a sitemap index nested {depth} deep (at most "
+                f"{self.max_sitemap_depth} levels are read)"
+            )
+        return kind, locs
+
+    def sitemap_pages(self, url: str, max_pages: int) -> list[str]:
+        """The page URLs of ``crawl_sitemap``, for callers that need no per-sitemap errors."""
+        return self.crawl_sitemap(url, max_pages).pages

@@ -1,0 +1,248 @@
+"""``python -m captioner batch`` end to end: the test site, the tiny model, real reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+from bs4 import BeautifulSoup
+from testsite import INDEX_HTML, LATIN1_HTML, serve_site
+
+from captioner.batch import patched_name
+from captioner.cli import main
+
+ALT_ATTR = re.compile(r"""\s+alt\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
+METADATA_URL = "http://169.254.169.254/latest/logo.png"
+FIELDS = [
+    "page_url",
+    "image_url",
+    "alt",
+    "verdict",
+    "status",
+    "caption",
+    "error_code",
+    "error_message",
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    with serve_site(tmp_path_factory.mktemp("site")) as site:
+        yield site
+
+
+@pytest.fixture(scope="module")
+def caption_of(site, tiny_captioner):
+    """The tiny model's caption of a site image, computed apart from the batch code."""
+    cache: dict[str, str] = {}
+
+    def caption(path: str) -> str:
+        if path not in cache:
+            cache[path] = tiny_captioner.caption(site.image_bytes(path))[0].text
+        return cache[path]
+
+    return caption
+
+
+def neutral(value: str | None) -> str:
+    """A value as a CSV cell: empty for None, formulas behind a quote mark."""
+    if value is None:
+        return ""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def batch(tiny_dir, *args: str) -> int:
+    return main(["batch", "--model", str(tiny_dir), "--device", "cpu", "--no-progress", *args])
+
+
+def test_sitemap_to_csv_report_and_patched_pages(site, tiny_dir, caption_of, tmp_path) -> None:
+    out, patched = tmp_path / "report.csv", tmp_path / "patched"
+    rc = batch(
+        tiny_dir,
+        "--sitemap",
+        site.url("sitemap_index.xml"),
+        "--allow-private",
+        "--delay",
+        "0",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--patched-dir",
+        str(patched),
+    )
+    assert rc == 0
+    index, post, secret, latin, notes, gone = (
+        site.url(p)
+        for p in [
+            "index.html",
+            "blog/post.html",
+            "private/secret.html",
+            "latin1.html",
+            "notes.txt",
+            "gone.html",
+        ]
+    )
+
+    def done(page, path, alt, verdict):
+        return [page, site.url(path), alt, verdict, "done", caption_of(path), None, None]
+
+    def skipped(page, path, alt, verdict):
+        return [page, site.url(path), alt, verdict, "skipped", None, None, None]
+
+    def failed(page, image, code, message, verdict="missing"):
+        return [page, image, None, verdict if image else None, "failed", None, code, message]
+
+    red = "A red square on a white wall"
+    expected = [
+        failed(site.url("sitemap-broken.xml"), None, "fetch_failed",
+               "the server answered HTTP 404"),
+        done(index, "img/missing.png", None, "missing"),
+        skipped(index, "img/empty.png", "", "decorative"),
+        done(index, "img/word.png", "image", "meaningless"),
+        done(index, "img/filename.png", "IMG_1234.jpg", "meaningless"),
+        done(index, "img/photo.png", "photo", "meaningless"),
+        skipped(index, "img/good.png", red, "ok"),
+        skipped(index, "img/presentation.png", None, "decorative"),
+        skipped(index, "img/hidden.png", None, "decorative"),
+        skipped(index, "img/labelled.png", None, "ok"),
+        done(index, "img/w-large.png", None, "missing"),
+        done(index, "img/x2.png", "picture", "meaningless"),
+        done(index, "img/lazy.png", None, "missing"),
+        done(index, "img/pic-large.png", None, "missing"),
+        done(index, "img/go.png", None, "missing"),
+        failed(index, site.url("img/broken.png"), "fetch_failed",
+               "the image server answered HTTP 404"),
+        failed(index, METADATA_URL, "blocked_address",
+               "refusing to fetch from 169.254.169.254: blocked address "
+               "(link-local (cloud metadata))"),
+        failed(index, site.url("img/notanimage.png"), "unsupported_image",
+               "the data is not an image in a supported format (BMP, GIF, JPEG, PNG, TIFF, WEBP)"),
+        done(post, "assets/cat.png", None, "missing"),
+        skipped(post, "img/good.png", red, "ok"),
+        done(post, "img/missing.png", None, "missing"),  # captioned once, reported per page
+        done(post, "assets/dog.png", "spacer", "meaningless"),
+        failed(secret, None, "robots_disallowed", f"robots.txt disallows {secret}"),
+        done(latin, "latin/caf.png", None, "missing"),
+        failed(notes, None, "not_html",
+               f"{notes} is not an HTML page: expected text/html or application/xhtml+xml, "
+               "got text/plain"),
+        failed(gone, None, "fetch_failed", "the server answered HTTP 404"),
+    ]  # fmt: skip
+    with out.open(newline="", encoding="utf-8") as f:
+        table = list(csv.reader(f))
+    assert table[0] == FIELDS
+    assert table[1:] == [[neutral(v) for v in row] for row in expected]
+
+    # Patched copies of the pages that could be fetched, named <n>-<slug>.html.
+    assert sorted(p.name for p in patched.iterdir()) == [
+        "1-index.html",
+        "2-blog-post.html",
+        "4-latin1.html",
+    ]
+    page = (patched / "1-index.html").read_text(encoding="utf-8")
+    assert ALT_ATTR.sub("", page) == ALT_ATTR.sub("", INDEX_HTML)
+    c = caption_of
+    alts = [
+        t.get("alt")
+        for t in BeautifulSoup(page, "html.parser").find_all(["img", "input"])
+        if t.get("type") != "text"
+    ]
+    assert alts == [
+        c("img/missing.png"), "", c("img/word.png"), c("img/filename.png"), c("img/photo.png"),
+        red, None, None, None, c("img/w-large.png"), c("img/x2.png"), c("img/lazy.png"),
+        c("img/pic-large.png"), c("img/go.png"), "", c("img/word.png"),
+        None, None, None, None, None, None,  # data:, javascript:, the three failures, template
+    ]  # fmt: skip
+
+    raw = (patched / "4-latin1.html").read_bytes()  # still ISO-8859-1, as its <meta> says
+    text = raw.decode("iso-8859-1")
+    assert ALT_ATTR.sub("", text) == LATIN1_HTML
+    assert BeautifulSoup(text, "html.parser").img["alt"] == c("latin/caf.png")
+
+
+def test_image_list_to_json(site, tiny_dir, caption_of, tmp_path) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text(
+        "# images to describe\n"
+        f"{site.url('img/good.png')}\n\n"
+        f"  {site.url('assets/cat.png')}  \n"
+        f"{site.url('img/good.png')}\n"
+        f"{site.url('nope.png')}\n"
+        "ftp://example.com/a.png\n"
+    )
+    out = tmp_path / "report.json"
+    assert batch(tiny_dir, "--images", str(urls), "--allow-private", "--out", str(out)) == 0
+    rows = json.loads(out.read_text())
+    assert [list(r.values()) for r in rows] == [
+        [None, site.url("img/good.png"), None, None, "done", caption_of("img/good.png"), None,
+         None],
+        [None, site.url("assets/cat.png"), None, None, "done", caption_of("assets/cat.png"), None,
+         None],
+        [None, site.url("nope.png"), None, None, "failed", None, "fetch_failed",
+         "the image server answered HTTP 404"],
+        [None, "ftp://example.com/a.png", None, None, "failed", None, "invalid_url",
+         "only http and https URLs can be fetched"],
+    ]  # fmt: skip
+    assert all(list(r) == FIELDS for r in rows)
+
+
+def test_private_addresses_are_refused_unless_allowed(site, tiny_dir, capsys) -> None:
+    site.requests.clear()
+    assert batch(tiny_dir, "--pages", site.url("index.html"), "--format", "jsonl") == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (row["page_url"], row["status"], row["error_code"]) == (
+        site.url("index.html"),
+        "failed",
+        "blocked_address",
+    )
+    assert site.requests == []
+
+
+def test_csv_neutralises_formulas_from_page_authors(site, tiny_dir, tmp_path, capsys) -> None:
+    site.routes["/formula.html"] = (
+        200,
+        {"Content-Type": "text/html; charset=utf-8"},
+        b"<img src='/img/good.png' alt='=HYPERLINK(\"http://evil.test\",\"x\")'>"
+        b"<img src='/img/empty.png' alt='@SUM(A1:A2) total'>",
+    )
+    args = ["--pages", site.url("formula.html"), "--allow-private", "--delay", "0"]
+    assert batch(tiny_dir, *args) == 0
+    table = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert [row[2] for row in table[1:]] == [
+        '\'=HYPERLINK("http://evil.test","x")',
+        "'@SUM(A1:A2) total",
+    ]
+    assert [row[4] for row in table[1:]] == ["skipped", "skipped"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--pages", "http://127.0.0.1:1/", "--max-pages", "0"], "invalid_settings"),
+        (["--pages", "http://127.0.0.1:1/", "--delay", "-1"], "invalid_settings"),
+        (["--images", "/nonexistent/urls.txt"], "invalid_source"),
+        (["--pages", "http://127.0.0.1:1/", "--max-tokens", "0"], "invalid_settings"),
+        (["--sitemap", "http://127.0.0.1:1/sitemap.xml", "--allow-private"], "fetch_failed"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(tiny_dir, capsys, args, code) -> None:
+    assert batch(tiny_dir, *args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {code}: ")
+
+
+def test_a_source_is_required(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["batch", "--out", "x.csv"])
+    assert info.value.code == 2
+    assert "one of the arguments --images --pages --sitemap is required" in capsys.readouterr().err
+
+
+def test_patched_names() -> None:
+    assert patched_name(1, "https://a.test/") == "1-index.html"
+    assert patched_name(7, "https://a.test/Blog/My Post.HTML?x=1") == "7-blog-my-post.html"
+    assert patched_name(3, "https://a.test/a/b.php") == "3-a-b.html"
+    assert len(patched_name(12, "https://a.test/" + "x" * 500)) <= len("12-.html") + 60
