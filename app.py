@@ -19,14 +19,16 @@ from typing import Any
 
 from flask import Flask
 
-from captioner import api
+from captioner import api, jobs_api
 from captioner.cache import open_cache
 from captioner.engine import Engine
+from captioner.jobs import EngineBackend, JobQueue
 from captioner.settings import Settings
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the service: settings, cache, engine (model loading in its thread), blueprints.
+    """Build the service: settings, cache, engine (model loading in its thread), blueprints,
+    and the batch-job consumer threads (``ALTCAP_JOB_WORKERS``, fed through the engine).
 
     Settings come from ``ALTCAP_*`` environment variables; ``test_config`` overrides them
     by name without the prefix (``{"MODEL": path, "API_KEYS": ["k"]}``) and may also carry
@@ -51,8 +53,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             max_queue=settings.max_queue,
         )
     api.init_app(app, settings, engine, cache)
+    queue = JobQueue(settings)  # batch jobs: SQLite in DATA_DIR, or ALTCAP_QUEUE_URL's Redis
+    jobs_api.init_app(app, queue)
     if own_engine:
         engine.start()  # last: nothing above can fail and leave a loading thread behind
+    if settings.job_workers:  # job consumer threads, after the fork too (like the engine's)
+        backend = EngineBackend(engine, settings.max_image_pixels)
+        queue.start_consumer(backend, workers=settings.job_workers, cache=cache)
     return app
 
 

@@ -91,7 +91,9 @@ OPEN_ENDPOINTS = frozenset(
     {"ops.healthz", "ops.readyz", "ops.openapi", "page.index", "page.static", "page.caption_form"}
 )
 # Endpoints that spend model time: the only ones rate limits apply to.
-LIMITED_ENDPOINTS = frozenset({"api.captions_get", "api.captions_post", "page.caption_form"})
+LIMITED_ENDPOINTS = frozenset(
+    {"api.captions_get", "api.captions_post", "page.caption_form", "jobs.create_job"}
+)
 # Endpoints whose errors are shown as the HTML page rather than as JSON.
 HTML_ENDPOINTS = frozenset({"page.caption_form"})
 
@@ -216,9 +218,14 @@ class ServiceState:
     cache: Cache
     metrics: Metrics
     limiter: Any = None  # flask_limiter.Limiter when a rate limit is set
+    jobs: Any = None  # captioner.jobs.JobQueue, set by jobs_api.init_app
+    # Blueprints registered elsewhere add their paths to /openapi.json: f(doc, settings).
+    openapi_parts: list[Callable[[dict[str, Any], Settings], None]] = field(default_factory=list)
 
     def close(self) -> None:
-        """Stop the engine and release the cache (tests; a clean shutdown)."""
+        """Stop the job consumer and the engine, release the cache (tests; a clean shutdown)."""
+        if self.jobs is not None:
+            self.jobs.close()  # first: its chunks in flight still need the engine
         self.engine.close()
         self.cache.close()
 
@@ -615,7 +622,11 @@ def metrics() -> Response:
 
 @ops.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(build_openapi(state().settings))
+    st = state()
+    doc = build_openapi(st.settings)
+    for part in st.openapi_parts:
+        part(doc, st.settings)
+    return jsonify(doc)
 
 
 # --- the page ------------------------------------------------------------------------------
@@ -721,8 +732,10 @@ def _cors_preflight() -> Response | None:
     response = make_response("", 204)
     origin = request.headers.get("Origin", "")
     if _origin_allowed(origin):
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Content-Type, Idempotency-Key"
+        )
         response.headers["Access-Control-Max-Age"] = "600"
     return response  # without Access-Control-Allow-Origin (added below) the browser refuses
 
@@ -731,7 +744,7 @@ def _cors_headers(response: Response) -> Response:
     origin = request.headers.get("Origin", "")
     if _origin_allowed(origin):
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "ETag, Retry-After"
+        response.headers["Access-Control-Expose-Headers"] = "ETag, Retry-After, Location"
         response.vary.add("Origin")
     return response
 

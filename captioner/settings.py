@@ -164,6 +164,14 @@ def _storage_url(value: str) -> str:
     return value
 
 
+def _queue_url(value: str) -> str:
+    if value.lower() in ("sqlite", "sqlite://") or value.lower().startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        return value
+    raise ValueError("empty (SQLite in the data directory), sqlite, or redis://host:6379/0")
+
+
 def _path(value: str) -> Path:
     return Path(value).expanduser()
 
@@ -209,7 +217,7 @@ class Settings:
         "Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16",
     )
     data_dir: Path = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
-        Path("data"), _path, "Directory for the service's files (the SQLite caption cache)"
+        Path("data"), _path, "Directory for the service's files (SQLite caption cache, batch jobs)"
     )
     max_batch_size: int = _setting(32, _int(1), "Most images the engine captions at once")
     max_wait_ms: float = _setting(
@@ -296,6 +304,35 @@ class Settings:
         0,
         _int(0),
         "Reverse proxies in front of the service whose X-Forwarded-For/-Proto are trusted",
+    )
+    queue_url: str = _setting(
+        "",
+        _queue_url,
+        "Batch jobs' queue and store: empty = SQLite files in ALTCAP_DATA_DIR (one machine),"
+        " redis://host:6379/0 (shared by `python -m captioner worker` processes anywhere)",
+        secret=True,
+    )
+    job_workers: int = _setting(
+        2,
+        _int(0),
+        "Threads consuming batch jobs inside each service process (0: leave jobs to workers)",
+    )
+    job_chunk_size: int = _setting(
+        32, _int(1), "Images per unit of batch-job work: captioned together, retried together"
+    )
+    job_max_images: int = _setting(10_000, _int(1), "Most images in one batch job")
+    job_max_pages: int = _setting(500, _int(1), "Most pages one batch job crawls")
+    job_lease_s: float = _setting(
+        60.0,
+        _seconds(allow_zero=False),
+        "Seconds a consumer may go silent before its chunk of a job is given to another",
+        shown="60",
+    )
+    crawl_delay_s: float = _setting(
+        1.0,
+        _seconds(allow_zero=True),
+        "Seconds between two requests to the same host when crawling pages and sitemaps",
+        shown="1",
     )
 
     # --- loading ---------------------------------------------------------------------

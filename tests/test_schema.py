@@ -59,6 +59,9 @@ def api_schema(tiny_dir, tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
                 "DATA_DIR": tmp_path_factory.mktemp("schema-data"),
                 "MAX_IMAGES_PER_REQUEST": 4,  # keeps the worst generated request cheap
                 "REQUEST_TIMEOUT_S": 120,
+                "JOB_WORKERS": 0,  # generated jobs are stored and queued, never run here
+                "JOB_MAX_IMAGES": 8,
+                "JOB_MAX_PAGES": 4,
             }
         )
         engine = app.extensions["altcap"].engine
@@ -81,6 +84,11 @@ OPERATIONS = [
     ("GET", "/metrics", False),
     ("GET", "/", False),
     ("POST", "/caption-form", True),
+    ("POST", "/v1/jobs", True),
+    ("GET", "/v1/jobs/{job_id}", True),
+    ("DELETE", "/v1/jobs/{job_id}", True),
+    ("GET", "/v1/jobs/{job_id}/results", True),
+    ("GET", "/v1/jobs/{job_id}/pages/{n}/patched", True),
 ]
 CASES = [
     pytest.param(method, path, mode, id=f"{method} {path} {mode.value}")

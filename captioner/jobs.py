@@ -1,0 +1,984 @@
+"""Batch jobs: image URLs, pages or a sitemap captioned in the background, on huey.
+
+A job goes through three steps, each run by whichever consumer gets to it first:
+
+1. **submit** (the API, in the request): the job is validated and stored as ``queued``, and
+   one huey message, a *wake-up* for the job, is enqueued.
+2. **plan** (a consumer): pages are crawled, images found and judged (``batch.plan``, the
+   same code as ``python -m captioner batch``), and the images to caption are split into
+   chunks of ``ALTCAP_JOB_CHUNK_SIZE``. The plan is stored in one atomic write, then more
+   wake-ups are enqueued so that other consumers join in.
+3. **chunks** (consumers): a consumer woken for a job claims chunk after chunk until none
+   is left; each chunk is downloaded, captioned in one batch and written back with its done
+   mark atomically. The last chunk finishes the job, which sends the webhook if there is one.
+
+huey messages are only wake-ups: losing one (a consumer killed right after taking it from
+the queue, which huey does not re-deliver) loses no work, because the work itself is in the
+job store (``captioner.jobstore``) under leases. Each consumer process renews the leases of
+the units it works on every few seconds; a lease that is not renewed expires after
+``ALTCAP_JOB_LEASE_S``, and its unit becomes claimable again by any consumer: by the next
+claim of a consumer already working on the job, or by the *sweep* each consumer process
+runs every ``lease/2`` seconds (and at start), which wakes up jobs that have claimable work
+but no recent activity. So a ``kill -9`` costs at most one lease of delay and the re-run of
+the chunk that was in flight; completion marks make sure its rows are written once.
+
+Queue and store: SQLite files in ``ALTCAP_DATA_DIR`` by default (the service's own threads,
+one machine), or one Redis for both with ``ALTCAP_QUEUE_URL=redis://...`` (any number of
+``python -m captioner worker`` processes, on any machines).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from captioner import fetch
+from captioner.cache import Cache, NullCache, cache_key, sha256_hex
+from captioner.config import DecodingSettings
+from captioner.errors import AltCapError
+from captioner.images import load_image
+from captioner.jobstore import (
+    ACTIVE_STATES,
+    FINISHED,
+    RECORDED,
+    Claim,
+    JobStore,
+    Plan,
+    is_redis_url,
+    open_job_store,
+)
+from captioner.settings import Settings
+
+if TYPE_CHECKING:
+    from huey import Huey
+    from PIL import Image
+
+    from captioner.captioner import Captioner, CaptionResult
+    from captioner.engine import Engine
+
+__all__ = [
+    "CaptionBackend",
+    "CaptionerBackend",
+    "EngineBackend",
+    "IdempotencyConflict",
+    "InvalidJob",
+    "JobConsumer",
+    "JobFinished",
+    "JobNotFound",
+    "JobQueue",
+    "PageNotFound",
+    "QueueUnavailable",
+    "RetryLater",
+    "make_huey",
+    "parse_job",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+QUEUE_FILE = "jobs-queue.sqlite3"
+HUEY_NAME = "altcap"
+FETCH_THREADS = 8  # downloads of one chunk in parallel
+MAX_ATTEMPTS = 5  # a chunk whose consumer died this many times fails (a poison image)
+MAX_FANOUT = 32  # wake-ups enqueued once a job is planned: at most this many consumers join
+RETRY_DELAY_S = 5.0  # the model is loading or overloaded: look at the job again after this
+ENGINE_TIMEOUT_S = 600.0  # the most a chunk waits for the service's engine
+WEBHOOK_ATTEMPTS = 4
+WEBHOOK_TIMEOUT_S = 10.0
+MAX_IDEMPOTENCY_KEY = 255
+JOB_FIELDS = frozenset(
+    {
+        "images",
+        "pages",
+        "sitemap",
+        "mode",
+        "decoding",
+        "idempotency_key",
+        "webhook",
+        "max_pages",
+        "max_images",
+    }
+)
+MODES = ("missing", "all")
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class InvalidJob(AltCapError):
+    """The job request cannot be run: no source, two sources, bad URLs, limits exceeded."""
+
+    code = "invalid_job"
+    http_status = 400
+
+
+class JobNotFound(AltCapError):
+    code = "job_not_found"
+    http_status = 404
+
+
+class PageNotFound(AltCapError):
+    code = "page_not_found"
+    http_status = 404
+
+
+class JobFinished(AltCapError):
+    """Cancelling a job that is already done or failed."""
+
+    code = "job_finished"
+    http_status = 409
+
+
+class IdempotencyConflict(AltCapError):
+    """An idempotency key sent again with another job: a client bug, never a silent reuse."""
+
+    code = "idempotency_conflict"
+    http_status = 409
+
+
+class QueueUnavailable(AltCapError):
+    """The job store or queue cannot be reached (Redis down, SQLite locked for too long)."""
+
+    code = "queue_unavailable"
+    http_status = 503
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        import redis
+    except ImportError:  # pragma: no cover (installed with the service)
+        pass
+    else:
+        errors.append(redis.RedisError)
+    return tuple(errors)
+
+
+def _translating(method: Callable[..., T]) -> Callable[..., T]:
+    """Store and queue failures reach API clients as ``queue_unavailable`` (503), not 500."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except _store_errors() as exc:
+            log.warning("job store or queue unavailable: %s: %s", type(exc).__name__, exc)
+            raise QueueUnavailable(
+                "the job queue is unavailable right now; retry shortly"
+            ) from None
+
+    return wrapper
+
+
+class RetryLater(Exception):
+    """Not the chunk's fault (the model is loading, the engine is full or shutting down):
+    give the chunk back and try again in a while."""
+
+
+# --- job requests ---------------------------------------------------------------------------
+
+
+def _check_url(url: object, where: str) -> str:
+    """A syntax check only: the SSRF checks run at fetch time, where DNS answers count."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidJob(f"{where} must be a non-empty URL string")
+    url = url.strip()
+    if len(url) > fetch.MAX_URL_LENGTH:
+        raise InvalidJob(f"{where} is longer than {fetch.MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise InvalidJob(f"{where} is not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise InvalidJob(f"{where} must be an absolute http(s) URL")
+    return url
+
+
+def _limit(body: Mapping[str, Any], name: str, most: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return most
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise InvalidJob(f"{name} must be an integer between 1 and {most}")
+    return value
+
+
+def parse_job(
+    body: object, settings: Settings, decoding: DecodingSettings | None = None
+) -> dict[str, Any]:
+    """A job's JSON body as a spec (plain JSON data, stored with the job), or ``InvalidJob``.
+
+    ``decoding`` is the already-parsed ``"decoding"`` object (the API parses it the way
+    ``POST /v1/captions`` does); without it, the field is read here.
+    """
+    if not isinstance(body, dict):
+        raise InvalidJob("the body must be a JSON object with images, pages or sitemap")
+    unknown = set(body) - JOB_FIELDS
+    if unknown:
+        raise InvalidJob(f"unknown field(s): {', '.join(sorted(unknown))}")
+    kinds = [k for k in ("images", "pages", "sitemap") if k in body]
+    if len(kinds) != 1:
+        raise InvalidJob("give exactly one of images, pages or sitemap")
+    kind = kinds[0]
+    source: dict[str, Any]
+    if kind == "sitemap":
+        source = {"sitemap": _check_url(body["sitemap"], "sitemap")}
+    else:
+        urls = body[kind]
+        most = settings.job_max_images if kind == "images" else settings.job_max_pages
+        if not isinstance(urls, list) or not urls:
+            raise InvalidJob(f"{kind} must be a non-empty list of URLs")
+        if len(urls) > most:
+            raise InvalidJob(f"too many {kind}: {len(urls)} (at most {most} per job)")
+        source = {kind: [_check_url(u, f"{kind}[{i}]") for i, u in enumerate(urls)]}
+    mode = body.get("mode", "missing")
+    if mode not in MODES:
+        raise InvalidJob(f"mode must be one of {', '.join(MODES)}")
+    if decoding is None:
+        raw = body.get("decoding") or {}
+        if not isinstance(raw, dict):
+            raise InvalidJob("decoding must be an object")
+        decoding = DecodingSettings.from_dict(raw)
+    webhook = body.get("webhook")
+    return {
+        "source": source,
+        "mode": mode,
+        "decoding": decoding.to_dict(),
+        "webhook": _check_url(webhook, "webhook") if webhook is not None else None,
+        "max_pages": _limit(body, "max_pages", settings.job_max_pages),
+        "max_images": _limit(body, "max_images", settings.job_max_images),
+    }
+
+
+def idempotency_key(key: object) -> str:
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidJob(f"the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(ts, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- huey -----------------------------------------------------------------------------------
+
+
+def make_huey(settings: Settings) -> Huey:
+    """The queue: SQLite next to the job store, or the Redis of ``ALTCAP_QUEUE_URL``.
+
+    Results are off: tasks return nothing, all state is in the job store.
+    """
+    from huey import RedisHuey, SqliteHuey
+
+    if is_redis_url(settings.queue_url):
+        return RedisHuey(HUEY_NAME, url=settings.queue_url.strip(), results=False, read_timeout=1)
+    path = Path(settings.data_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey(HUEY_NAME, filename=str(path / QUEUE_FILE), results=False, timeout=30)
+
+
+# --- captioning backends ----------------------------------------------------------------------
+
+
+class CaptionBackend(Protocol):
+    """What captions a chunk's decoded images: the service's engine, or a worker's model."""
+
+    max_pixels: int
+
+    def wait_ready(self, timeout: float) -> bool: ...
+
+    def caption(
+        self, images: Sequence[Image.Image], decoding: DecodingSettings
+    ) -> list[CaptionResult | AltCapError]: ...
+
+
+class EngineBackend:
+    """Through the service's ``Engine``: job images share batches with API requests."""
+
+    def __init__(self, engine: Engine, max_pixels: int) -> None:
+        self.engine = engine
+        self.max_pixels = max_pixels
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.engine.wait_ready(timeout)
+
+    def caption(
+        self, images: Sequence[Image.Image], decoding: DecodingSettings
+    ) -> list[CaptionResult | AltCapError]:
+        try:
+            # A finite timeout: with none, Engine's futures wait on math.inf, which
+            # Condition.wait refuses (OverflowError). A chunk waiting this long is retried.
+            outcomes = self.engine.caption_images(images, decoding, timeout_s=ENGINE_TIMEOUT_S)
+        except AltCapError as exc:
+            if exc.http_status >= 500:  # loading, shutting down: not the images' fault
+                raise RetryLater(exc.message) from None
+            return [exc] * len(images)
+        for outcome in outcomes:
+            if isinstance(outcome, AltCapError) and outcome.http_status >= 500:
+                raise RetryLater(outcome.message)  # overloaded: the whole chunk again later
+        return outcomes
+
+
+class CaptionerBackend:
+    """A model of its own (``python -m captioner worker``), one batch at a time."""
+
+    def __init__(self, captioner: Captioner) -> None:
+        self.captioner = captioner
+        self.max_pixels = captioner.max_pixels
+        self._lock = threading.Lock()  # one batch at a time; downloads run beside it
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
+    def caption(
+        self, images: Sequence[Image.Image], decoding: DecodingSettings
+    ) -> list[CaptionResult | AltCapError]:
+        cap = self.captioner
+        try:
+            settings = cap.settings(decoding)
+        except AltCapError as exc:  # e.g. max_tokens beyond this model's positions
+            return [exc] * len(images)
+        with self._lock:
+            pixels = cap.preprocess(list(images))
+            return list(cap.caption_pixels(pixels, settings))
+
+
+# --- the queue: submitting and reading ------------------------------------------------------
+
+
+class JobQueue:
+    """Jobs as the API sees them (submit, read, cancel) and the huey tasks that run them.
+
+    Every process that submits or consumes builds one; consuming needs ``start_consumer``.
+    """
+
+    def __init__(
+        self, settings: Settings, *, store: JobStore | None = None, huey: Huey | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_job_store(settings.queue_url, settings.data_dir)
+        self.huey = huey or make_huey(settings)
+        self.consumer: JobConsumer | None = None
+        self._drain_task = self.huey.task(name="altcap.jobs.drain")(self._drain)
+        self._webhook_task = self.huey.task(name="altcap.jobs.webhook")(self._webhook)
+
+    # --- producing ---------------------------------------------------------------------
+
+    @_translating
+    def submit(
+        self, spec: Mapping[str, Any], key: str | None = None, scope: str = ""
+    ) -> tuple[dict[str, Any], bool]:
+        """Store and enqueue a job; ``(status, created)``. A known idempotency ``key`` (per
+        ``scope``, e.g. per API key) returns its job, or ``IdempotencyConflict`` if that job
+        was another one."""
+        fingerprint = _sha(json.dumps(spec, sort_keys=True, separators=(",", ":")))
+        idem = _sha(f"{scope}\0{idempotency_key(key)}") if key is not None else None
+        job_id, created = self.store.create(uuid.uuid4().hex, spec, idem, fingerprint)
+        job = self.store.get(job_id)
+        if job is None:  # pragma: no cover (just written)
+            raise JobNotFound(f"job {job_id} vanished")
+        if not created and job["fingerprint"] != fingerprint:
+            raise IdempotencyConflict(
+                "this idempotency key was used for another job; use a new key for a new job"
+            )
+        if created:
+            self.wake(job_id)
+        return self.summary(job), created
+
+    def wake(self, job_id: str, copies: int = 1, delay: float | None = None) -> None:
+        """Enqueue wake-ups for a job (a lost one is made up for by the sweep)."""
+        for _ in range(copies):
+            if delay:
+                self._drain_task.schedule(args=(job_id,), delay=delay)
+            else:
+                self._drain_task(job_id)
+
+    def notify(self, job_id: str) -> None:
+        """The job ended: send its webhook, if it has one (``_webhook`` checks)."""
+        self._webhook_task(job_id, 1)
+
+    # --- reading -----------------------------------------------------------------------
+
+    @_translating
+    def get(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get(job_id) if _plausible_id(job_id) else None
+        if job is None:
+            raise JobNotFound(f"there is no job {job_id[:64]!r}")
+        return job
+
+    @_translating
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self.summary(self.get(job_id))
+
+    def summary(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        """A job as the API shows it (and as its webhook sends it)."""
+        spec = job["spec"]
+        source = spec["source"]
+        kind = next(iter(source))
+        shown: dict[str, Any] = {"kind": kind}
+        if kind == "sitemap":
+            shown["url"] = source["sitemap"]
+        else:
+            shown["count"] = len(source[kind])
+        finished = job["done"] + job["failed"] + job["skipped"]
+        total = job["total"] or 0
+        empty_done = 1.0 if job["state"] == "done" else 0.0  # nothing to do, and it is done
+        progress = finished / total if total else empty_done
+        base = f"/v1/jobs/{job['id']}"
+        pages = [
+            {
+                "n": p["n"],
+                "url": p["url"],
+                "final_url": p.get("final_url"),
+                "error": p.get("error"),
+                "patched_url": f"{base}/pages/{p['n']}/patched" if not p.get("error") else None,
+            }
+            for p in (self.store.pages(job["id"]) if job["planned"] and kind != "images" else [])
+        ]
+        return {
+            "id": job["id"],
+            "url": base,
+            "results_url": f"{base}/results",
+            "state": job["state"],
+            "source": shown,
+            "mode": spec["mode"],
+            "decoding": spec["decoding"],
+            "webhook": spec.get("webhook"),
+            "counts": {
+                "total": total,
+                "done": job["done"],
+                "failed": job["failed"],
+                "skipped": job["skipped"],
+            },
+            "progress": round(min(1.0, progress), 4),
+            "planned": job["planned"],
+            "limited": job["limited"],
+            "error": job["error"],
+            "created": _iso(job["created"]),
+            "started": _iso(job["started"]),
+            "finished": _iso(job["finished"]),
+            "pages": pages,
+        }
+
+    @_translating
+    def rows(self, job_id: str) -> list[dict[str, Any]]:
+        self.get(job_id)
+        return self.store.rows(job_id)
+
+    @_translating
+    def patched_page(self, job_id: str, n: int) -> str:
+        """Page ``n`` (1-based, as in ``pages``) with the job's captions filled in as alt."""
+        from captioner.pages import patch_html
+
+        self.get(job_id)
+        page = self.store.page_html(job_id, n)
+        if page is None:
+            raise PageNotFound(f"job {job_id} has no fetched page {n}")
+        captions = {
+            row["image_url"]: row["caption"]
+            for row in self.store.rows(job_id)
+            if row.get("status") == "done" and row.get("page_url") == page["url"]
+        }
+        return patch_html(page["html"], page["final_url"] or page["url"], captions)
+
+    @_translating
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job: chunks not started are never captioned (a chunk
+        being captioned right now still writes its rows). Cancelling twice is fine."""
+        job = self.get(job_id)
+        if job["state"] in ("done", "failed"):
+            raise JobFinished(f"job {job_id} is already {job['state']}")
+        if self.store.cancel(job_id):
+            self.notify(job_id)
+        return self.status(job_id)
+
+    # --- consuming ---------------------------------------------------------------------
+
+    def start_consumer(
+        self,
+        backend: CaptionBackend,
+        *,
+        workers: int,
+        cache: Cache | None = None,
+        embedded: bool = True,
+    ) -> JobConsumer:
+        """Start consuming in this process: ``workers`` huey threads, plus a keeper thread
+        for heartbeats and sweeps. ``embedded``: inside another program (the web service),
+        so leave signal handling to it."""
+        if self.consumer is not None:
+            raise RuntimeError("this JobQueue already has a consumer")
+        self.consumer = JobConsumer(self, backend, workers=workers, cache=cache)
+        if embedded:
+            self.consumer.start()
+        return self.consumer
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the consumer (if any), then release the store and the queue's connection."""
+        if self.consumer is not None:
+            self.consumer.stop(timeout)
+        self.store.close()
+        storage_close = getattr(self.huey.storage, "close", None)
+        if storage_close is not None:
+            try:
+                storage_close()
+            except Exception:  # already closed, or Redis gone: nothing left to release
+                log.debug("closing the queue storage failed", exc_info=True)
+
+    # the tasks: thin, so that they find the consumer of this process
+
+    def _drain(self, job_id: str) -> None:
+        if self.consumer is None:
+            log.error("job %s: a task ran in a process without a consumer", job_id)
+            return
+        self.consumer.drain(job_id)
+
+    def _webhook(self, job_id: str, attempt: int) -> None:
+        job = self.store.get(job_id)
+        if job is None or job["webhook_state"] != "pending" or not job["spec"].get("webhook"):
+            return
+        url = job["spec"]["webhook"]
+        body = json.dumps({"event": "job." + job["state"], "job": self.summary(job)})
+        try:
+            post_json(url, body.encode("utf-8"), self.settings.fetch_limits())
+        except AltCapError as exc:
+            if attempt < WEBHOOK_ATTEMPTS:
+                delay = 10.0 * 3 ** (attempt - 1)  # 10 s, 30 s, 90 s
+                log.warning(
+                    "job %s: webhook failed (%s: %s); retrying in %.0f s",
+                    job_id,
+                    exc.code,
+                    exc.message,
+                    delay,
+                )
+                self.store.set_webhook(job_id, "pending")
+                self._webhook_task.schedule(args=(job_id, attempt + 1), delay=delay)
+            else:
+                log.warning("job %s: webhook failed %d times; giving up", job_id, attempt)
+                self.store.set_webhook(job_id, "failed")
+            return
+        self.store.set_webhook(job_id, "sent")
+
+
+def _plausible_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
+def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
+    """POST ``body`` to ``url`` with the fetcher's SSRF rules: the URL's addresses are checked
+    and connected to directly (no second DNS lookup), no redirects followed. Returns the
+    status; raises ``FetchError`` for a connection failure or a status that is not 2xx."""
+    import urllib3
+
+    checked = fetch.check_url(url, limits)
+    headers = {
+        "Host": checked.host_header,
+        "User-Agent": limits.user_agent,
+        "Content-Type": "application/json",
+    }
+    timeout = urllib3.Timeout(connect=limits.connect_timeout, read=WEBHOOK_TIMEOUT_S)
+    last: Exception | None = None
+    for address in checked.addresses:
+        pool: urllib3.HTTPConnectionPool
+        if checked.scheme == "https":
+            pool = urllib3.HTTPSConnectionPool(
+                address,
+                checked.port,
+                timeout=timeout,
+                retries=False,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=limits.ca_certs,
+                server_hostname=checked.host,
+                assert_hostname=checked.host,
+            )
+        else:
+            pool = urllib3.HTTPConnectionPool(address, checked.port, timeout=timeout, retries=False)
+        try:
+            response = pool.urlopen(
+                "POST", checked.target, body=body, headers=headers, redirect=False, retries=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            last = exc
+            continue
+        finally:
+            pool.close()
+        if not 200 <= response.status < 300:
+            raise fetch.FetchError(f"the webhook answered HTTP {response.status}")
+        return response.status
+    raise fetch.FetchError(f"could not deliver the webhook to {checked.host}") from last
+
+
+# --- consuming ------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Planning interrupted: the job was cancelled, or this consumer is stopping."""
+
+
+class JobConsumer:
+    """Runs the jobs of one ``JobQueue`` in this process: huey worker threads that plan jobs
+    and caption chunks, and one keeper thread that renews this process's leases and sweeps
+    for abandoned work."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        backend: CaptionBackend,
+        *,
+        workers: int,
+        cache: Cache | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("a consumer needs at least one worker thread")
+        self.queue = queue
+        self.store = queue.store
+        self.settings = queue.settings
+        self.backend = backend
+        self.cache = cache or NullCache()
+        self.lease_s = self.settings.job_lease_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held: set[tuple[str, int | str]] = set()
+        self._held_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._started = False
+        self.huey_consumer = _consumer(queue.huey, workers)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Threads only: call after any fork (gunicorn runs ``create_app`` in the worker)."""
+        self._keeper = threading.Thread(target=self._keep, name="altcap-jobs-keeper", daemon=True)
+        self._keeper.start()
+        self._started = True
+        self.huey_consumer.start()
+
+    def run(self) -> None:
+        """Consume in the foreground until SIGINT or SIGTERM (``python -m captioner worker``)."""
+        self._keeper = threading.Thread(target=self._keep, name="altcap-jobs-keeper", daemon=True)
+        self._keeper.start()
+        try:
+            self.huey_consumer.run()  # returns after a graceful stop (it waits for the threads)
+        finally:
+            self._stopping.set()
+            self._give_back()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work; wait up to ``timeout`` for the chunks in flight, then give back
+        whatever is still held so other consumers can take it at once."""
+        self._stopping.set()
+        if self._started:
+            self.huey_consumer.shutdown_timeout = timeout
+            self.huey_consumer.stop(graceful=True)
+        self._give_back()
+        if self._keeper is not None:
+            self._keeper.join(timeout=2)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set() or self.huey_consumer.stop_flag.is_set()
+
+    def _give_back(self) -> None:
+        with self._held_lock:
+            held = list(self._held)
+        for job_id, unit in held:
+            try:
+                self.store.release(job_id, unit, self.owner)
+            except Exception:  # the store is gone: the lease will simply expire
+                log.warning("could not release %s of job %s", unit, job_id, exc_info=True)
+
+    # --- leases ------------------------------------------------------------------------
+
+    @contextmanager
+    def holding(self, job_id: str, unit: int | str) -> Iterator[None]:
+        key = (job_id, unit)
+        with self._held_lock:
+            self._held.add(key)
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._held.discard(key)
+
+    def _keep(self) -> None:
+        """Heartbeats every lease/4 (at most 5 s); a sweep at start and every lease/2."""
+        beat = min(self.lease_s / 4, 5.0)
+        sweep_every = self.lease_s / 2
+        next_sweep = 0.0
+        while not self._stopping.wait(0 if next_sweep == 0.0 else beat):
+            try:
+                with self._held_lock:
+                    held = sorted(self._held, key=str)
+                self.store.renew(self.owner, held, self.lease_s)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    self.sweep()
+            except Exception:  # Redis restarting, SQLite locked: try again next beat
+                log.warning("job heartbeat or sweep failed", exc_info=True)
+
+    def sweep(self) -> list[str]:
+        """Wake up jobs with abandoned work; resend stale webhooks. Returns the jobs woken."""
+        jobs, hooks = self.store.sweep(self.lease_s)
+        for job_id in jobs:
+            log.info("job %s: abandoned work found, waking it up", job_id)
+            self.queue.wake(job_id)
+        for job_id in hooks:
+            self.queue.notify(job_id)
+        return jobs
+
+    # --- the work ----------------------------------------------------------------------
+
+    def drain(self, job_id: str) -> None:
+        """Plan the job if nobody has, then caption its chunks until none is left."""
+        if not self.backend.wait_ready(timeout=RETRY_DELAY_S):
+            self.queue.wake(job_id, delay=RETRY_DELAY_S)
+            return
+        while not self.stopping:
+            job = self.store.get(job_id)
+            if job is None or job["state"] not in ACTIVE_STATES:
+                return
+            if not job["planned"]:
+                if not self.store.claim_plan(job_id, self.owner, self.lease_s):
+                    return  # another consumer plans it, and will wake others when done
+                with self.holding(job_id, "plan"):
+                    self.plan(job)
+                continue
+            claim = self.store.claim_chunk(job_id, self.owner, self.lease_s)
+            if claim is None:
+                return
+            with self.holding(job_id, claim.n):
+                try:
+                    rows = self.run_chunk(job, claim)
+                except RetryLater as exc:
+                    log.info("job %s chunk %d: %s; retrying later", job_id, claim.n, exc)
+                    self.store.release(job_id, claim.n, self.owner)
+                    self.queue.wake(job_id, delay=RETRY_DELAY_S)
+                    return
+                if self.store.complete_chunk(job_id, claim.n, rows) == FINISHED:
+                    log.info("job %s finished", job_id)
+                    self.queue.notify(job_id)
+
+    def plan(self, job: Mapping[str, Any]) -> None:
+        """Crawl and judge (``batch.plan``), split into chunks, store it all at once."""
+        from captioner import batch
+        from captioner.pages import Crawler
+
+        job_id, spec = job["id"], job["spec"]
+        last_check = [time.monotonic()]
+
+        def still_wanted(_: int) -> None:  # batch.plan's progress hook, once per page
+            if self.stopping:
+                raise _Stop
+            if time.monotonic() - last_check[0] > 1.0:
+                last_check[0] = time.monotonic()
+                current = self.store.get(job_id)
+                if current is None or current["state"] not in ACTIVE_STATES:
+                    raise _Stop
+
+        try:
+            crawler = Crawler(self.settings.fetch_limits(), delay_s=self.settings.crawl_delay_s)
+            found = batch.plan(
+                batch.Source.from_dict(spec["source"]),
+                crawler,
+                mode=spec["mode"],
+                max_pages=spec["max_pages"],
+                max_images=spec["max_images"],
+                progress=still_wanted,
+            )
+        except _Stop:
+            self.store.release(job_id, "plan", self.owner)
+            return
+        except AltCapError as exc:  # e.g. the sitemap itself cannot be read
+            log.info("job %s failed: %s: %s", job_id, exc.code, exc.message)
+            if self.store.fail(job_id, exc.code, exc.message):
+                self.queue.notify(job_id)
+            return
+        except Exception:
+            log.exception("job %s: planning failed", job_id)
+            if self.store.fail(job_id, "internal_error", "planning the job failed; it was logged"):
+                self.queue.notify(job_id)
+            return
+        plan = build_plan(found, self.settings.job_chunk_size)
+        outcome = self.store.commit_plan(job_id, plan)
+        log.info(
+            "job %s planned: %d rows, %d chunks (%s)", job_id, plan.total, len(plan.chunks), outcome
+        )
+        if outcome == FINISHED:
+            self.queue.notify(job_id)
+        elif outcome == RECORDED and len(plan.chunks) > 1:
+            self.queue.wake(job_id, copies=min(len(plan.chunks) - 1, MAX_FANOUT))
+
+    def run_chunk(self, job: Mapping[str, Any], claim: Claim) -> dict[int, dict[str, Any]]:
+        """Download, decode and caption one chunk: its result rows by seq.
+
+        Errors stay with their image (a failed row); only ``RetryLater`` gives the whole
+        chunk back. A chunk whose consumers kept dying fails rather than loop forever.
+        """
+        if claim.attempts > MAX_ATTEMPTS:
+            error = AltCapError(
+                f"gave up after {MAX_ATTEMPTS} attempts: the consumer stopped each time",
+                code="chunk_failed",
+            )
+            return _rows(claim.items, {item["url"]: error for item in claim.items})
+        try:
+            return self._caption_chunk(job, claim)
+        except RetryLater:
+            raise
+        except Exception:
+            log.exception("job %s chunk %d failed", job["id"], claim.n)
+            error = AltCapError(
+                "captioning failed on the server; it was logged", code="internal_error"
+            )
+            return _rows(claim.items, {item["url"]: error for item in claim.items})
+
+    def _caption_chunk(self, job: Mapping[str, Any], claim: Claim) -> dict[int, dict[str, Any]]:
+        decoding = DecodingSettings.from_dict(job["spec"]["decoding"])
+        settings = decoding.to_dict()
+        model = self.settings.model
+        limits = self.settings.fetch_limits()
+        urls = [item["url"] for item in claim.items]
+        outcomes: dict[str, str | AltCapError] = {}
+
+        def prepare(url: str) -> tuple[str, Any, str | None]:
+            """(url, a caption from the cache / a decoded image / an error, image sha)."""
+            try:
+                data = fetch.fetch_image(url, limits).data
+                sha = sha256_hex(data)
+                hit = self.cache.get(cache_key(model, settings, sha))
+                if hit is not None and isinstance(hit.get("caption"), str):
+                    return url, hit["caption"], sha
+                return url, load_image(data, max_pixels=self.backend.max_pixels), sha
+            except AltCapError as exc:
+                return url, exc, None
+
+        with ThreadPoolExecutor(min(FETCH_THREADS, len(urls)), "altcap-job-fetch") as pool:
+            prepared = list(pool.map(prepare, urls))
+        todo = []
+        for url, value, sha in prepared:
+            if isinstance(value, (str, AltCapError)):
+                outcomes[url] = value
+            else:
+                todo.append((url, value, sha))
+        if todo:
+            results = self.backend.caption([image for _, image, _ in todo], decoding)
+            for (url, _, sha), result in zip(todo, results, strict=True):
+                if isinstance(result, AltCapError):
+                    outcomes[url] = result
+                    continue
+                outcomes[url] = result.text
+                value = {"caption": result.text, "tokens": result.tokens}
+                self.cache.set(cache_key(model, settings, str(sha)), value)
+        return _rows(claim.items, outcomes)
+
+
+def _rows(
+    items: Sequence[Mapping[str, Any]], outcomes: Mapping[str, str | AltCapError]
+) -> dict[int, dict[str, Any]]:
+    """The finished rows of a chunk: every occurrence of every image, by seq."""
+    out: dict[int, dict[str, Any]] = {}
+    for item in items:
+        outcome = outcomes[item["url"]]
+        for seq, template in item["rows"]:
+            row = dict(template)
+            if isinstance(outcome, AltCapError):
+                row.update(status="failed", error_code=outcome.code, error_message=outcome.message)
+            else:
+                row.update(status="done", caption=outcome)
+            out[seq] = row
+    return out
+
+
+def build_plan(found: Any, chunk_size: int) -> Plan:
+    """A ``batch.Plan`` (rows in report order, pending ones to caption) as stored chunks.
+
+    Each distinct pending image URL is captioned once, in the chunk of its first row; its
+    item lists every row it fills (one per page it is on).
+    """
+    from captioner.batch import PENDING
+
+    rows: dict[int, dict[str, Any]] = {}
+    items: dict[str, dict[str, Any]] = {}
+    for seq, row in enumerate(found.rows):
+        if row["status"] == PENDING:
+            item = items.setdefault(row["image_url"], {"url": row["image_url"], "rows": []})
+            item["rows"].append([seq, {**row, "status": None}])
+        else:
+            rows[seq] = row
+    ordered = list(items.values())
+    chunks = [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
+    pages = [
+        {
+            "n": page.index,
+            "url": page.url,
+            "final_url": page.final_url,
+            "html": page.html,
+            "error": page.error.to_dict() if page.error is not None else None,
+        }
+        for page in found.pages
+    ]
+    return Plan(
+        chunks=chunks, rows=rows, pages=pages, total=len(found.rows), limited=_limited(found)
+    )
+
+
+def _limited(found: Any) -> bool:
+    return any(row.get("error_code") == "max_images" for row in found.rows)
+
+
+def _consumer(huey: Huey, workers: int) -> Any:
+    """A huey consumer of ``workers`` threads that leaves signals alone when embedded.
+
+    Idle threads poll SQLite every 0.1 s at first, backing off to once a second (Redis
+    blocks on BRPOP instead); health checks restart a worker thread that died.
+    """
+    from huey.consumer import Consumer
+
+    class _Consumer(Consumer):
+        embedded = True
+
+        def _set_signal_handlers(self) -> None:
+            if not self.embedded:  # run() in the foreground: SIGINT/SIGTERM stop gracefully
+                super()._set_signal_handlers()
+
+        def run(self) -> None:
+            self.embedded = False
+            super().run()
+
+    return _Consumer(
+        huey,
+        workers=workers,
+        periodic=False,
+        initial_delay=0.1,
+        backoff=1.5,
+        max_delay=1.0,
+        worker_type="thread",
+        graceful_signal="TERM",
+        shutdown_timeout=30.0,
+    )
+
+
+def consume_forever(queue: JobQueue, backend: CaptionBackend, workers: int, cache: Cache) -> None:
+    """Run a standalone consumer in the foreground (the ``worker`` subcommand)."""
+    consumer = queue.start_consumer(backend, workers=workers, cache=cache, embedded=False)
+    consumer.run()

@@ -1,0 +1,301 @@
+"""``/v1/jobs``: batch captioning over HTTP (a Flask blueprint over ``captioner.jobs``).
+
+Auth, CORS, rate limits, metrics and the error format are the app's (``captioner.api``):
+the blueprint only adds its views, a counter, and its part of ``/openapi.json``.
+
+    POST   /v1/jobs                          202 + Location (200: same idempotency key)
+    GET    /v1/jobs/<id>                     state, counts, progress, timestamps, pages
+    GET    /v1/jobs/<id>/results?format=     json (default) | jsonl | csv, in report order
+    GET    /v1/jobs/<id>/pages/<n>/patched   the page's HTML with suggested alt filled in
+    DELETE /v1/jobs/<id>                     cancel
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from prometheus_client import Counter
+
+from captioner import api, reports
+from captioner.jobs import InvalidJob, JobQueue, parse_job
+from captioner.settings import Settings
+
+__all__ = ["JobsState", "init_app", "jobs", "openapi_part"]
+
+jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+# Third-party HTML served from this origin must not run here: no scripts, no forms, no
+# plugins, an opaque origin (so it cannot read the API key a page of ours may keep).
+PATCHED_CSP = "sandbox; default-src 'none'; img-src * data:; style-src * 'unsafe-inline'"
+
+
+@dataclass
+class JobsState:
+    queue: JobQueue
+    created: Counter  # jobs created, idempotent repeats not counted
+
+
+def _jobs() -> JobsState:
+    return current_app.extensions["altcap_jobs"]
+
+
+def _queue() -> JobQueue:
+    return _jobs().queue
+
+
+def _scope() -> str:
+    """Idempotency keys are per API key, so two clients cannot collide on one key."""
+    token = api._bearer()  # already checked by the app's auth hook when keys are set
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:32] if token else ""
+
+
+def _json_body() -> Any:
+    mimetype = request.mimetype
+    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+        raise api.UnsupportedMediaType("send the job as application/json")
+    try:
+        return json.loads(request.get_data())
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJob(f"the body is not valid JSON: {str(exc)[:200]}") from None
+
+
+@jobs.post("")
+def create_job() -> tuple[Response, int, dict[str, str]]:
+    st = api.state()
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise InvalidJob("the body must be a JSON object with images, pages or sitemap")
+    decoding = api.parse_decoding(body.get("decoding"))
+    api.check_model_limits(st.engine, decoding)
+    spec = parse_job(body, st.settings, decoding)
+    header_key = request.headers.get("Idempotency-Key")
+    body_key = body.get("idempotency_key")
+    if header_key is not None and body_key is not None and header_key != body_key:
+        raise InvalidJob("the Idempotency-Key header and idempotency_key differ")
+    job, created = _queue().submit(
+        spec, header_key if header_key is not None else body_key, _scope()
+    )
+    if created:
+        _jobs().created.inc()
+    return jsonify(job), 202 if created else 200, {"Location": job["url"]}
+
+
+@jobs.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    return jsonify(_queue().status(job_id))
+
+
+@jobs.delete("/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    return jsonify(_queue().cancel(job_id))
+
+
+@jobs.get("/<job_id>/results")
+def job_results(job_id: str) -> Response:
+    fmt = request.args.get("format", "json")
+    content_type = reports.content_type(fmt)  # invalid_format for anything else
+    rows = _queue().rows(job_id)
+    out = io.StringIO()
+    reports.write_rows(rows, fmt, out)
+    response = Response(out.getvalue(), content_type=content_type)
+    if fmt == "csv":
+        response.headers["Content-Disposition"] = f'attachment; filename="altcap-{job_id}.csv"'
+    return response
+
+
+@jobs.get("/<job_id>/pages/<int:n>/patched")
+def patched_page(job_id: str, n: int) -> Response:
+    response = Response(_queue().patched_page(job_id, n), content_type="text/html; charset=utf-8")
+    response.headers["Content-Security-Policy"] = PATCHED_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def init_app(app: Flask, queue: JobQueue) -> None:
+    """Register the blueprint on an app already set up by ``api.init_app``."""
+    st: api.ServiceState = app.extensions["altcap"]
+    st.jobs = queue  # closed with the service: the consumer stops before the engine
+    st.openapi_parts.append(openapi_part)
+    created = Counter(
+        "altcap_jobs_created",
+        "Batch jobs created (idempotent repeats not counted)",
+        registry=st.metrics.registry,
+    )
+    app.extensions["altcap_jobs"] = JobsState(queue, created)
+    app.register_blueprint(jobs)
+
+
+# --- OpenAPI -----------------------------------------------------------------------------------
+
+
+def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
+    """Add the jobs endpoints to the service's OpenAPI document."""
+    ref = api._ref
+    error = {"description": "An error (see the code)", "content": api._json(ref("Error"))}
+    url = {"type": "string", "maxLength": 2048}
+    schemas = doc["components"]["schemas"]
+    schemas["JobRequest"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Exactly one of images, pages or sitemap",
+        "properties": {
+            "images": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": settings.job_max_images,
+                "items": url,
+            },
+            "pages": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": settings.job_max_pages,
+                "items": url,
+            },
+            "sitemap": url,
+            "mode": {"type": "string", "enum": ["missing", "all"]},
+            "decoding": ref("Decoding"),
+            "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
+            "webhook": url,
+            "max_pages": {"type": "integer", "minimum": 1, "maximum": settings.job_max_pages},
+            "max_images": {"type": "integer", "minimum": 1, "maximum": settings.job_max_images},
+        },
+    }
+    nullable_time = {"type": "string", "format": "date-time", "nullable": True}
+    schemas["Job"] = {
+        "type": "object",
+        "required": ["id", "url", "state", "counts", "progress", "created"],
+        "properties": {
+            "id": {"type": "string"},
+            "url": {"type": "string"},
+            "results_url": {"type": "string"},
+            "state": {
+                "type": "string",
+                "enum": ["queued", "running", "done", "failed", "cancelled"],
+            },
+            "source": {"type": "object"},
+            "mode": {"type": "string"},
+            "decoding": {"type": "object"},
+            "webhook": {"type": "string", "nullable": True},
+            "counts": {
+                "type": "object",
+                "required": ["total", "done", "failed", "skipped"],
+                "properties": {
+                    k: {"type": "integer", "minimum": 0}
+                    for k in ("total", "done", "failed", "skipped")
+                },
+            },
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "planned": {"type": "boolean"},
+            "limited": {"type": "boolean"},
+            "error": {"allOf": [ref("ErrorBody")], "nullable": True},
+            "created": {"type": "string", "format": "date-time"},
+            "started": nullable_time,
+            "finished": nullable_time,
+            "pages": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    nullable = {"type": "string", "nullable": True}
+    schemas["ResultRow"] = {
+        "type": "object",
+        "required": list(reports.RESULT_FIELDS),
+        "properties": {
+            **{name: nullable for name in reports.RESULT_FIELDS},
+            "status": {"type": "string", "enum": list(reports.STATUSES)},
+        },
+    }
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    }
+    job = {"description": "The job", "content": api._json(ref("Job"))}
+    doc["paths"]["/v1/jobs"] = {
+        "post": {
+            "operationId": "createJob",
+            "summary": "Start a batch job: image URLs, pages or a sitemap",
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                }
+            ],
+            "requestBody": {"required": True, "content": api._json(ref("JobRequest"))},
+            "responses": {
+                "202": {**job, "description": "Created and queued (Location: the job)"},
+                "200": {**job, "description": "The job this idempotency key already started"},
+                "default": error,
+            },
+        }
+    }
+    doc["paths"]["/v1/jobs/{job_id}"] = {
+        "get": {
+            "operationId": "getJob",
+            "summary": "A job's state, counts, progress and pages",
+            "parameters": [job_id],
+            "responses": {"200": job, "default": error},
+        },
+        "delete": {
+            "operationId": "cancelJob",
+            "summary": "Cancel a job (chunks not yet started are never captioned)",
+            "parameters": [job_id],
+            "responses": {"200": job, "default": error},
+        },
+    }
+    doc["paths"]["/v1/jobs/{job_id}/results"] = {
+        "get": {
+            "operationId": "getJobResults",
+            "summary": "One row per image, in a stable order",
+            "parameters": [
+                job_id,
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": list(reports.FORMATS)},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The rows (JSON array, JSON Lines or CSV)",
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "array", "items": ref("ResultRow")}
+                        },
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                "default": error,
+            },
+        }
+    }
+    doc["paths"]["/v1/jobs/{job_id}/pages/{n}/patched"] = {
+        "get": {
+            "operationId": "getPatchedPage",
+            "summary": "A crawled page with the suggested alt filled in where it was missing",
+            "parameters": [
+                job_id,
+                {
+                    "name": "n",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+                "default": error,
+            },
+        }
+    }

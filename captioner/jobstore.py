@@ -1,0 +1,941 @@
+"""Where batch jobs live: their state, their units of work and their results.
+
+The queue (huey) only carries wake-up calls; everything a job *is* lives here, in SQLite
+(one machine, the default) or in Redis (consumers on several machines). Splitting it this
+way is what makes the results exactly-once:
+
+- A job is planned once (its pages crawled, its images split into *chunks*), and the plan is
+  written in one atomic step: pages, chunks and the rows of images that need no caption.
+- A consumer *claims* a chunk with a lease (an expiry time) before working on it, and keeps
+  the lease alive with heartbeats. A chunk whose lease ran out, because its consumer was
+  killed, is claimable again: huey does not re-deliver a message a dead consumer had taken,
+  but any later claim (or the periodic sweep) picks the chunk up.
+- A finished chunk's result rows and its done mark are written in one atomic step (an SQLite
+  transaction, a Redis Lua script), keyed by the rows' positions. A chunk that is re-run
+  after a crash, or twice because a slow consumer lost its lease, therefore writes its rows
+  at most once: the second completion sees the mark and is discarded.
+
+Rows are plain dicts (see ``captioner.reports.RESULT_FIELDS``) stored by ``seq``, their
+position in the job's report, so results come back in the same order every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from captioner.errors import ConfigError
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "Claim",
+    "JobStore",
+    "Plan",
+    "RedisJobStore",
+    "SQLiteJobStore",
+    "open_job_store",
+]
+
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("done", "failed", "cancelled")
+STORE_FILE = "jobs.sqlite3"
+WEBHOOK_STALE_S = 600.0  # a webhook pending this long (its consumer died) is sent again
+
+# Outcomes of the writes that may finish a job (the caller sends the webhook on FINISHED).
+RECORDED, FINISHED, DUPLICATE, INACTIVE = "recorded", "finished", "duplicate", "inactive"
+
+
+@dataclass
+class Plan:
+    """Everything planning a job found, written in one step by ``commit_plan``."""
+
+    chunks: list[list[dict[str, Any]]]  # units of work: lists of items (JSON data)
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> row known already
+    pages: list[dict[str, Any]] = field(default_factory=list)  # {n, url, final_url, html, error}
+    total: int = 0  # rows the report will have
+    limited: bool = False  # a page or image limit cut the job short
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A chunk leased to one consumer."""
+
+    n: int
+    items: list[dict[str, Any]]
+    attempts: int  # including this one
+
+
+def _counts(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, int, int]:
+    statuses = [row.get("status") for row in rows.values()]
+    return statuses.count("done"), statuses.count("failed"), statuses.count("skipped")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class JobStore(ABC):
+    """The operations the API and the consumers need; each one atomic."""
+
+    @abstractmethod
+    def create(
+        self, job_id: str, spec: Mapping[str, Any], idem: str | None, fingerprint: str
+    ) -> tuple[str, bool]:
+        """Store a new queued job; with an idempotency key already used, its job instead.
+
+        Returns ``(job_id, created)``."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job record (see ``_record``), or None."""
+
+    @abstractmethod
+    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Lease the planning of an active, unplanned job (it becomes running)."""
+
+    @abstractmethod
+    def commit_plan(self, job_id: str, plan: Plan) -> str:
+        """Write a plan once: RECORDED, FINISHED (nothing to caption), DUPLICATE, INACTIVE."""
+
+    @abstractmethod
+    def fail(self, job_id: str, code: str, message: str) -> bool:
+        """Mark an active job failed as a whole (e.g. its sitemap is invalid)."""
+
+    @abstractmethod
+    def claim_chunk(self, job_id: str, owner: str, lease_s: float) -> Claim | None:
+        """Lease the next pending (or abandoned) chunk of an active job."""
+
+    @abstractmethod
+    def complete_chunk(self, job_id: str, n: int, rows: Mapping[int, Mapping[str, Any]]) -> str:
+        """Write a chunk's rows with its done mark: RECORDED, FINISHED or DUPLICATE."""
+
+    @abstractmethod
+    def release(self, job_id: str, unit: int | str, owner: str) -> None:
+        """Give a leased unit (a chunk number, or "plan") back without results, to be run
+        again; the attempt does not count (it was not a crash)."""
+
+    @abstractmethod
+    def renew(self, owner: str, units: Sequence[tuple[str, int | str]], lease_s: float) -> None:
+        """Heartbeat: extend the leases ``owner`` holds on ``(job_id, unit)`` pairs."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> bool:
+        """Cancel an active job; False if it was already final (or does not exist)."""
+
+    @abstractmethod
+    def rows(self, job_id: str) -> list[dict[str, Any]]:
+        """The rows written so far, in report order."""
+
+    @abstractmethod
+    def pages(self, job_id: str) -> list[dict[str, Any]]:
+        """The crawled pages without their HTML: ``{n, url, final_url, error}``."""
+
+    @abstractmethod
+    def page_html(self, job_id: str, n: int) -> dict[str, Any] | None:
+        """One crawled page with its HTML: ``{n, url, final_url, html}``."""
+
+    @abstractmethod
+    def sweep(self, lease_s: float) -> tuple[list[str], list[str]]:
+        """Jobs with abandoned work and no recent activity (to wake up), and jobs whose
+        webhook has been pending too long (to send again). Marks them as handled."""
+
+    @abstractmethod
+    def set_webhook(self, job_id: str, state: str) -> None:
+        """Record a webhook attempt (``pending``) or its outcome (``sent``, ``failed``)."""
+
+    def close(self) -> None:  # noqa: B027 (optional)
+        """Release connections."""
+
+
+def _record(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A job record with typed fields, whatever the backend stored them as."""
+
+    def num(name: str) -> float | None:
+        value = raw.get(name)
+        return float(value) if value not in (None, "") else None
+
+    def count(name: str) -> int:
+        value = raw.get(name)
+        return int(float(value)) if value not in (None, "") else 0
+
+    error = None
+    if raw.get("error_code"):
+        error = {"code": raw["error_code"], "message": raw.get("error_message") or ""}
+    total = raw.get("total")
+    return {
+        "id": raw["id"],
+        "spec": json.loads(raw["spec"]),
+        "fingerprint": raw.get("fingerprint") or "",
+        "state": raw["state"],
+        "created": float(raw["created"]),
+        "started": num("started"),
+        "finished": num("finished"),
+        "planned": bool(count("planned")),
+        "total": int(float(total)) if total not in (None, "") else None,
+        "done": count("done"),
+        "failed": count("failed"),
+        "skipped": count("skipped"),
+        "chunks": count("chunks"),
+        "chunks_done": count("chunks_done"),
+        "limited": bool(count("limited")),
+        "error": error,
+        "webhook_state": raw.get("webhook_state") or None,
+    }
+
+
+# --- SQLite -------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS altcap_jobs (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,                 -- JSON: what to caption and how
+    idem TEXT UNIQUE,                   -- scoped idempotency key (hashed), NULL if none
+    fingerprint TEXT NOT NULL,          -- hash of spec: same key, other body = a conflict
+    state TEXT NOT NULL,                -- queued | running | done | failed | cancelled
+    created REAL NOT NULL,              -- unix seconds
+    started REAL,
+    finished REAL,
+    planned INTEGER NOT NULL DEFAULT 0,
+    plan_owner TEXT,
+    plan_lease REAL,                    -- planning lease expiry (unix seconds)
+    total INTEGER,                      -- rows the report will have, once planned
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    chunks_done INTEGER NOT NULL DEFAULT 0,
+    limited INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    activity REAL NOT NULL,             -- last claim, heartbeat or completion
+    woken REAL NOT NULL DEFAULT 0,      -- last wake-up sent by a sweep
+    webhook INTEGER NOT NULL DEFAULT 0,
+    webhook_state TEXT,                 -- pending | sent | failed
+    webhook_at REAL
+);
+CREATE INDEX IF NOT EXISTS altcap_jobs_active ON altcap_jobs (state)
+    WHERE state IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS altcap_job_chunks (
+    job_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    items TEXT NOT NULL,                -- JSON list
+    state TEXT NOT NULL,                -- pending | leased | done
+    owner TEXT,
+    lease REAL,                         -- lease expiry (unix seconds)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS altcap_job_rows (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    row TEXT NOT NULL,                  -- JSON object
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS altcap_job_pages (
+    job_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    final_url TEXT,
+    html TEXT,
+    error TEXT,                         -- JSON {code, message} when the page failed
+    PRIMARY KEY (job_id, n)
+) WITHOUT ROWID;
+"""
+
+_JOB_COLUMNS = (
+    "id, spec, fingerprint, state, created, started, finished, planned, total, done, failed,"
+    " skipped, chunks, chunks_done, limited, error_code, error_message, webhook_state"
+)
+
+
+class SQLiteJobStore(JobStore):
+    """Jobs in one SQLite file (WAL), shared by the threads and processes of one machine.
+
+    Every write is one ``BEGIN IMMEDIATE`` transaction, so it is atomic across processes and
+    survives a ``kill -9`` of any of them (``synchronous=NORMAL`` in WAL mode: a power cut may
+    lose the last commits, a crashed process loses nothing committed).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"cannot open the job store {self.path}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (a fresh one after a fork: connections must not cross it)."""
+        if self._pid != os.getpid():
+            self._local, self._all, self._pid = threading.local(), [], os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # another thread's, in use
+                conn.close()
+        self._local = threading.local()
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def create(
+        self, job_id: str, spec: Mapping[str, Any], idem: str | None, fingerprint: str
+    ) -> tuple[str, bool]:
+        now = time.time()
+        with self._tx() as conn:
+            if idem is not None:
+                row = conn.execute("SELECT id FROM altcap_jobs WHERE idem = ?", (idem,)).fetchone()
+                if row:
+                    return row[0], False
+            conn.execute(
+                "INSERT INTO altcap_jobs (id, spec, idem, fingerprint, state, created, activity,"
+                " webhook) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (job_id, _dumps(spec), idem, fingerprint, now, now, int(bool(spec.get("webhook")))),
+            )
+        return job_id, True
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        query = f"SELECT {_JOB_COLUMNS} FROM altcap_jobs WHERE id = ?"
+        cur = self._conn().execute(query, (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return _record(dict(zip([d[0] for d in cur.description], row, strict=True)))
+
+    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE altcap_jobs SET plan_owner = ?, plan_lease = ?, state = 'running',"
+                " started = COALESCE(started, ?), activity = ?"
+                " WHERE id = ? AND state IN ('queued', 'running') AND planned = 0"
+                " AND (plan_lease IS NULL OR plan_lease <= ?)",
+                (owner, now + lease_s, now, now, job_id, now),
+            )
+            return cur.rowcount == 1
+
+    def commit_plan(self, job_id: str, plan: Plan) -> str:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT state, planned FROM altcap_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None or row[0] not in ACTIVE_STATES:
+                return INACTIVE
+            if row[1]:
+                return DUPLICATE
+            conn.executemany(
+                "INSERT INTO altcap_job_pages (job_id, n, url, final_url, html, error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job_id,
+                        p["n"],
+                        p["url"],
+                        p.get("final_url"),
+                        p.get("html"),
+                        _dumps(p["error"]) if p.get("error") else None,
+                    )
+                    for p in plan.pages
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO altcap_job_chunks (job_id, n, items, state)"
+                " VALUES (?, ?, ?, 'pending')",
+                [(job_id, n, _dumps(items)) for n, items in enumerate(plan.chunks)],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO altcap_job_rows (job_id, seq, row) VALUES (?, ?, ?)",
+                [(job_id, seq, _dumps(r)) for seq, r in plan.rows.items()],
+            )
+            counts = _counts(plan.rows)
+            finished = not plan.chunks
+            conn.execute(
+                "UPDATE altcap_jobs SET planned = 1, plan_owner = NULL, plan_lease = NULL,"
+                " total = ?, chunks = ?, done = ?, failed = ?, skipped = ?, limited = ?,"
+                " activity = ? WHERE id = ?",
+                (plan.total, len(plan.chunks), *counts, int(plan.limited), now, job_id),
+            )
+            if finished:
+                self._finish(conn, job_id, "done", now)
+        return FINISHED if finished else RECORDED
+
+    @staticmethod
+    def _finish(
+        conn: sqlite3.Connection,
+        job_id: str,
+        state: str,
+        now: float,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        code, message = error or (None, None)
+        conn.execute(
+            "UPDATE altcap_jobs SET state = ?, finished = ?, error_code = ?, error_message = ?,"
+            " webhook_state = CASE WHEN webhook = 1 THEN 'pending' END,"
+            " webhook_at = CASE WHEN webhook = 1 THEN ? END WHERE id = ?",
+            (state, now, code, message, now, job_id),
+        )
+
+    def fail(self, job_id: str, code: str, message: str) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute("SELECT state FROM altcap_jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] not in ACTIVE_STATES:
+                return False
+            self._finish(conn, job_id, "failed", now, (code, message))
+            return True
+
+    def cancel(self, job_id: str) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute("SELECT state FROM altcap_jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] not in ACTIVE_STATES:
+                return False
+            self._finish(conn, job_id, "cancelled", now)
+            return True
+
+    # --- chunks -----------------------------------------------------------------------
+
+    def claim_chunk(self, job_id: str, owner: str, lease_s: float) -> Claim | None:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT state, planned FROM altcap_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None or row[0] not in ACTIVE_STATES or not row[1]:
+                return None
+            chunk = conn.execute(
+                "SELECT n, items, attempts FROM altcap_job_chunks WHERE job_id = ?"
+                " AND (state = 'pending' OR (state = 'leased' AND lease <= ?)) ORDER BY n LIMIT 1",
+                (job_id, now),
+            ).fetchone()
+            if chunk is None:
+                return None
+            n, items, attempts = chunk
+            conn.execute(
+                "UPDATE altcap_job_chunks SET state = 'leased', owner = ?, lease = ?,"
+                " attempts = attempts + 1 WHERE job_id = ? AND n = ?",
+                (owner, now + lease_s, job_id, n),
+            )
+            conn.execute("UPDATE altcap_jobs SET activity = ? WHERE id = ?", (now, job_id))
+        return Claim(n, json.loads(items), attempts + 1)
+
+    def complete_chunk(self, job_id: str, n: int, rows: Mapping[int, Mapping[str, Any]]) -> str:
+        now = time.time()
+        with self._tx() as conn:
+            chunk = conn.execute(
+                "SELECT state FROM altcap_job_chunks WHERE job_id = ? AND n = ?", (job_id, n)
+            ).fetchone()
+            if chunk is None or chunk[0] == "done":
+                return DUPLICATE
+            conn.executemany(
+                "INSERT OR IGNORE INTO altcap_job_rows (job_id, seq, row) VALUES (?, ?, ?)",
+                [(job_id, seq, _dumps(r)) for seq, r in rows.items()],
+            )
+            conn.execute(
+                "UPDATE altcap_job_chunks SET state = 'done', owner = NULL, lease = NULL"
+                " WHERE job_id = ? AND n = ?",
+                (job_id, n),
+            )
+            done, failed, skipped = _counts(rows)
+            conn.execute(
+                "UPDATE altcap_jobs SET done = done + ?, failed = failed + ?,"
+                " skipped = skipped + ?, chunks_done = chunks_done + 1, activity = ? WHERE id = ?",
+                (done, failed, skipped, now, job_id),
+            )
+            state, planned, chunks, chunks_done = conn.execute(
+                "SELECT state, planned, chunks, chunks_done FROM altcap_jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if state in ACTIVE_STATES and planned and chunks_done >= chunks:
+                self._finish(conn, job_id, "done", now)
+                return FINISHED
+        return RECORDED
+
+    def release(self, job_id: str, unit: int | str, owner: str) -> None:
+        with self._tx() as conn:
+            if unit == "plan":
+                conn.execute(
+                    "UPDATE altcap_jobs SET plan_lease = NULL WHERE id = ? AND plan_owner = ?",
+                    (job_id, owner),
+                )
+            else:
+                conn.execute(
+                    "UPDATE altcap_job_chunks SET state = 'pending', owner = NULL, lease = NULL,"
+                    " attempts = MAX(attempts - 1, 0)"
+                    " WHERE job_id = ? AND n = ? AND state = 'leased' AND owner = ?",
+                    (job_id, unit, owner),
+                )
+
+    def renew(self, owner: str, units: Sequence[tuple[str, int | str]], lease_s: float) -> None:
+        if not units:
+            return
+        now = time.time()
+        with self._tx() as conn:
+            for job_id, unit in units:
+                if unit == "plan":
+                    conn.execute(
+                        "UPDATE altcap_jobs SET plan_lease = ? WHERE id = ? AND plan_owner = ?"
+                        " AND planned = 0",
+                        (now + lease_s, job_id, owner),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE altcap_job_chunks SET lease = ? WHERE job_id = ? AND n = ?"
+                        " AND state = 'leased' AND owner = ?",
+                        (now + lease_s, job_id, unit, owner),
+                    )
+                conn.execute("UPDATE altcap_jobs SET activity = ? WHERE id = ?", (now, job_id))
+
+    # --- reading ----------------------------------------------------------------------
+
+    def rows(self, job_id: str) -> list[dict[str, Any]]:
+        cur = self._conn().execute(
+            "SELECT row FROM altcap_job_rows WHERE job_id = ? ORDER BY seq", (job_id,)
+        )
+        return [json.loads(r[0]) for r in cur]
+
+    def pages(self, job_id: str) -> list[dict[str, Any]]:
+        cur = self._conn().execute(
+            "SELECT n, url, final_url, error FROM altcap_job_pages WHERE job_id = ? ORDER BY n",
+            (job_id,),
+        )
+        return [
+            {"n": n, "url": url, "final_url": final, "error": json.loads(err) if err else None}
+            for n, url, final, err in cur
+        ]
+
+    def page_html(self, job_id: str, n: int) -> dict[str, Any] | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT url, final_url, html FROM altcap_job_pages WHERE job_id = ? AND n = ?",
+                (job_id, n),
+            )
+            .fetchone()
+        )
+        if row is None or row[2] is None:
+            return None
+        return {"n": n, "url": row[0], "final_url": row[1], "html": row[2]}
+
+    # --- recovery ---------------------------------------------------------------------
+
+    def sweep(self, lease_s: float) -> tuple[list[str], list[str]]:
+        now = time.time()
+        quiet = now - lease_s
+        with self._tx() as conn:
+            jobs = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM altcap_jobs j WHERE state IN ('queued', 'running')"
+                    " AND activity <= ? AND woken <= ? AND ("
+                    "   (planned = 0 AND (plan_lease IS NULL OR plan_lease <= ?))"
+                    "   OR EXISTS (SELECT 1 FROM altcap_job_chunks c WHERE c.job_id = j.id"
+                    "     AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease <= ?))))",
+                    (quiet, quiet, now, now),
+                )
+            ]
+            conn.executemany(
+                "UPDATE altcap_jobs SET woken = ? WHERE id = ?", [(now, j) for j in jobs]
+            )
+            hooks = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM altcap_jobs"
+                    " WHERE webhook_state = 'pending' AND webhook_at <= ?",
+                    (now - WEBHOOK_STALE_S,),
+                )
+            ]
+            conn.executemany(
+                "UPDATE altcap_jobs SET webhook_at = ? WHERE id = ?", [(now, j) for j in hooks]
+            )
+        return jobs, hooks
+
+    def set_webhook(self, job_id: str, state: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE altcap_jobs SET webhook_state = ?, webhook_at = ? WHERE id = ?",
+                (state, time.time(), job_id),
+            )
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+# Every script reads the clock of the Redis server (TIME), so the leases of consumers on
+# different machines are compared on one clock. Keys are built inside the scripts from the
+# prefix and the job id: fine on one Redis server (or a primary with replicas), not on a
+# Redis Cluster.
+_LUA_HEAD = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function active(jk)
+  local st = redis.call('HGET', jk, 'state')
+  return st == 'queued' or st == 'running'
+end
+local function finish(p, id, state, t, code, msg)
+  local jk = p .. id
+  redis.call('HSET', jk, 'state', state, 'finished', t)
+  if code then redis.call('HSET', jk, 'error_code', code, 'error_message', msg) end
+  redis.call('SREM', p .. 'active', id)
+  if redis.call('HGET', jk, 'webhook') == '1' then
+    redis.call('HSET', jk, 'webhook_state', 'pending')
+    redis.call('ZADD', p .. 'webhooks', t, id)
+  end
+end
+"""
+
+_CREATE = """
+local p, id, spec, idem, fp, hook = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if idem ~= '' then
+  local existing = redis.call('GET', p .. 'idem:' .. idem)
+  if existing then return {existing, 0} end
+end
+local t = now()
+redis.call('HSET', p .. id, 'id', id, 'spec', spec, 'fingerprint', fp, 'state', 'queued',
+  'created', t, 'planned', 0, 'activity', t, 'woken', 0, 'webhook', hook)
+redis.call('SADD', p .. 'active', id)
+if idem ~= '' then redis.call('SET', p .. 'idem:' .. idem, id) end
+return {id, 1}
+"""
+
+_CLAIM_PLAN = """
+local p, id, owner, lease = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local jk = p .. id
+if not active(jk) or redis.call('HGET', jk, 'planned') == '1' then return 0 end
+local t = now()
+if tonumber(redis.call('HGET', jk, 'plan_lease') or '0') > t then return 0 end
+redis.call('HSET', jk, 'plan_owner', owner, 'plan_lease', t + lease, 'state', 'running',
+  'activity', t)
+redis.call('HSETNX', jk, 'started', t)
+return 1
+"""
+
+# ARGV: p, id, total, limited, done, failed, skipped, n_pages, n_chunks, then n_pages pairs
+# (page number, metadata JSON), n_pages pairs (page number, JSON with the HTML or ""),
+# n_chunks chunk JSONs, then seq/row pairs.
+_COMMIT_PLAN = """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. id
+if not active(jk) then return 'inactive' end
+if redis.call('HGET', jk, 'planned') == '1' then return 'duplicate' end
+local npages, nchunks = tonumber(ARGV[8]), tonumber(ARGV[9])
+local i = 10
+for _ = 1, npages do
+  redis.call('HSET', jk .. ':pagemeta', ARGV[i], ARGV[i + 1]); i = i + 2
+end
+for _ = 1, npages do
+  if ARGV[i + 1] ~= '' then redis.call('HSET', jk .. ':pages', ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+for n = 0, nchunks - 1 do
+  redis.call('HSET', jk .. ':chunks', n, ARGV[i]); i = i + 1
+  redis.call('ZADD', jk .. ':open', 0, n)
+end
+while i < #ARGV do
+  redis.call('HSETNX', jk .. ':rows', ARGV[i], ARGV[i + 1]); i = i + 2
+end
+local t = now()
+redis.call('HSET', jk, 'planned', 1, 'total', ARGV[3], 'limited', ARGV[4], 'done', ARGV[5],
+  'failed', ARGV[6], 'skipped', ARGV[7], 'chunks', nchunks, 'chunks_done', 0, 'activity', t)
+redis.call('HDEL', jk, 'plan_owner', 'plan_lease')
+if nchunks == 0 then finish(p, id, 'done', t); return 'finished' end
+return 'recorded'
+"""
+
+_FAIL = """
+local p, id, code, msg = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if not active(p .. id) then return 0 end
+finish(p, id, 'failed', now(), code, msg)
+return 1
+"""
+
+_CANCEL = """
+local p, id = ARGV[1], ARGV[2]
+if not active(p .. id) then return 0 end
+finish(p, id, 'cancelled', now())
+return 1
+"""
+
+_CLAIM_CHUNK = """
+local p, id, owner, lease = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local jk = p .. id
+if not active(jk) or redis.call('HGET', jk, 'planned') ~= '1' then return false end
+local t = now()
+local found = redis.call('ZRANGEBYSCORE', jk .. ':open', '-inf', t, 'LIMIT', 0, 1)
+if #found == 0 then return false end
+local n = found[1]
+redis.call('ZADD', jk .. ':open', t + lease, n)
+redis.call('HSET', jk .. ':owner', n, owner)
+local attempts = redis.call('HINCRBY', jk .. ':attempts', n, 1)
+redis.call('HSET', jk, 'activity', t)
+return {n, redis.call('HGET', jk .. ':chunks', n), attempts}
+"""
+
+# ARGV: p, id, n, done, failed, skipped, then seq/row pairs.
+_COMPLETE = """
+local p, id, n = ARGV[1], ARGV[2], ARGV[3]
+local jk = p .. id
+if redis.call('HEXISTS', jk .. ':chunks', n) == 0 then return 'duplicate' end
+if redis.call('SADD', jk .. ':done', n) == 0 then return 'duplicate' end
+for i = 7, #ARGV, 2 do redis.call('HSETNX', jk .. ':rows', ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', jk .. ':open', n)
+redis.call('HDEL', jk .. ':owner', n)
+redis.call('HINCRBY', jk, 'done', ARGV[4])
+redis.call('HINCRBY', jk, 'failed', ARGV[5])
+redis.call('HINCRBY', jk, 'skipped', ARGV[6])
+local chunks_done = redis.call('HINCRBY', jk, 'chunks_done', 1)
+local t = now()
+redis.call('HSET', jk, 'activity', t)
+if active(jk) and redis.call('HGET', jk, 'planned') == '1'
+    and chunks_done >= tonumber(redis.call('HGET', jk, 'chunks')) then
+  finish(p, id, 'done', t)
+  return 'finished'
+end
+return 'recorded'
+"""
+
+_RELEASE = """
+local p, id, unit, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local jk = p .. id
+if unit == 'plan' then
+  if redis.call('HGET', jk, 'plan_owner') == owner then redis.call('HDEL', jk, 'plan_lease') end
+elseif redis.call('HGET', jk .. ':owner', unit) == owner then
+  redis.call('HDEL', jk .. ':owner', unit)
+  redis.call('ZADD', jk .. ':open', 'XX', 0, unit)
+  redis.call('HINCRBY', jk .. ':attempts', unit, -1)
+end
+return 1
+"""
+
+# ARGV: p, owner, lease, then job/unit pairs.
+_RENEW = """
+local p, owner, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = now()
+for i = 4, #ARGV, 2 do
+  local jk, unit = p .. ARGV[i], ARGV[i + 1]
+  if unit == 'plan' then
+    if redis.call('HGET', jk, 'plan_owner') == owner and redis.call('HGET', jk, 'planned') ~= '1'
+    then redis.call('HSET', jk, 'plan_lease', t + lease) end
+  elseif redis.call('HGET', jk .. ':owner', unit) == owner then
+    redis.call('ZADD', jk .. ':open', 'XX', t + lease, unit)
+  end
+  if redis.call('EXISTS', jk) == 1 then redis.call('HSET', jk, 'activity', t) end
+end
+return 1
+"""
+
+_SWEEP = """
+local p, lease, stale = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = now()
+local quiet = t - lease
+local jobs = {}
+for _, id in ipairs(redis.call('SMEMBERS', p .. 'active')) do
+  local jk = p .. id
+  if not active(jk) then
+    redis.call('SREM', p .. 'active', id)
+  elseif tonumber(redis.call('HGET', jk, 'activity') or '0') <= quiet
+      and tonumber(redis.call('HGET', jk, 'woken') or '0') <= quiet then
+    local stuck
+    if redis.call('HGET', jk, 'planned') ~= '1' then
+      stuck = tonumber(redis.call('HGET', jk, 'plan_lease') or '0') <= t
+    else
+      stuck = redis.call('ZCOUNT', jk .. ':open', '-inf', t) > 0
+    end
+    if stuck then
+      redis.call('HSET', jk, 'woken', t)
+      table.insert(jobs, id)
+    end
+  end
+end
+local hooks = redis.call('ZRANGEBYSCORE', p .. 'webhooks', '-inf', t - stale)
+for _, id in ipairs(hooks) do redis.call('ZADD', p .. 'webhooks', t, id) end
+return {jobs, hooks}
+"""
+
+_SET_WEBHOOK = """
+local p, id, state = ARGV[1], ARGV[2], ARGV[3]
+redis.call('HSET', p .. id, 'webhook_state', state)
+if state == 'pending' then
+  redis.call('ZADD', p .. 'webhooks', now(), id)
+else
+  redis.call('ZREM', p .. 'webhooks', id)
+end
+return 1
+"""
+
+
+class RedisJobStore(JobStore):
+    """Jobs in Redis, shared by consumers on any number of machines.
+
+    Keys, under ``altcap:jobs:``: ``<id>`` (a hash: state, counts, timestamps), and for each
+    job ``<id>:chunks`` (items), ``<id>:open`` (a sorted set of unfinished chunks scored by
+    lease expiry, 0 when pending), ``<id>:owner``, ``<id>:attempts``, ``<id>:done`` (chunk
+    marks), ``<id>:rows`` (seq -> row), ``<id>:pages`` and ``<id>:pagemeta``; plus ``active``
+    (ids of unfinished jobs), ``webhooks`` and ``idem:<key>``. Each operation is one Lua
+    script, which Redis runs atomically. Use a Redis that persists (AOF ``appendfsync
+    everysec`` or better) if jobs must survive a restart of Redis itself.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "altcap:jobs:") -> None:
+        import redis
+
+        self.prefix = prefix
+        try:
+            self._client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        except ValueError as exc:
+            raise ConfigError(f"bad Redis URL for the job store: {exc}") from exc
+        register = self._client.register_script
+        self._create = register(_LUA_HEAD + _CREATE)
+        self._claim_plan = register(_LUA_HEAD + _CLAIM_PLAN)
+        self._commit_plan = register(_LUA_HEAD + _COMMIT_PLAN)
+        self._fail = register(_LUA_HEAD + _FAIL)
+        self._cancel = register(_LUA_HEAD + _CANCEL)
+        self._claim_chunk = register(_LUA_HEAD + _CLAIM_CHUNK)
+        self._complete = register(_LUA_HEAD + _COMPLETE)
+        self._release = register(_LUA_HEAD + _RELEASE)
+        self._renew = register(_LUA_HEAD + _RENEW)
+        self._sweep = register(_LUA_HEAD + _SWEEP)
+        self._set_webhook = register(_LUA_HEAD + _SET_WEBHOOK)
+
+    def close(self) -> None:
+        self._client.close()
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def create(
+        self, job_id: str, spec: Mapping[str, Any], idem: str | None, fingerprint: str
+    ) -> tuple[str, bool]:
+        hook = "1" if spec.get("webhook") else "0"
+        args = [self.prefix, job_id, _dumps(spec), idem or "", fingerprint, hook]
+        found, created = self._create(args=args)
+        return self._text(found), bool(created)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self._client.hgetall(self.prefix + job_id)
+        if not raw:
+            return None
+        return _record({self._text(k): self._text(v) for k, v in raw.items()})
+
+    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> bool:
+        return bool(self._claim_plan(args=[self.prefix, job_id, owner, lease_s]))
+
+    def commit_plan(self, job_id: str, plan: Plan) -> str:
+        done, failed, skipped = _counts(plan.rows)
+        args: list[Any] = [self.prefix, job_id, plan.total, int(plan.limited)]
+        args += [done, failed, skipped, len(plan.pages), len(plan.chunks)]
+        for page in plan.pages:
+            meta = {"n": page["n"], "url": page["url"], "final_url": page.get("final_url")}
+            args += [page["n"], _dumps({**meta, "error": page.get("error")})]
+        for page in plan.pages:
+            html = page.get("html")
+            meta = {"n": page["n"], "url": page["url"], "final_url": page.get("final_url")}
+            args += [page["n"], _dumps({**meta, "html": html}) if html is not None else ""]
+        args += [_dumps(items) for items in plan.chunks]
+        for seq, row in plan.rows.items():
+            args += [seq, _dumps(row)]
+        return self._text(self._commit_plan(args=args))
+
+    def fail(self, job_id: str, code: str, message: str) -> bool:
+        return bool(self._fail(args=[self.prefix, job_id, code, message]))
+
+    def cancel(self, job_id: str) -> bool:
+        return bool(self._cancel(args=[self.prefix, job_id]))
+
+    def claim_chunk(self, job_id: str, owner: str, lease_s: float) -> Claim | None:
+        found = self._claim_chunk(args=[self.prefix, job_id, owner, lease_s])
+        if not found:
+            return None
+        n, items, attempts = found
+        return Claim(int(self._text(n)), json.loads(self._text(items)), int(attempts))
+
+    def complete_chunk(self, job_id: str, n: int, rows: Mapping[int, Mapping[str, Any]]) -> str:
+        args: list[Any] = [self.prefix, job_id, n, *_counts(rows)]
+        for seq, row in rows.items():
+            args += [seq, _dumps(row)]
+        return self._text(self._complete(args=args))
+
+    def release(self, job_id: str, unit: int | str, owner: str) -> None:
+        self._release(args=[self.prefix, job_id, unit, owner])
+
+    def renew(self, owner: str, units: Sequence[tuple[str, int | str]], lease_s: float) -> None:
+        if not units:
+            return
+        args: list[Any] = [self.prefix, owner, lease_s]
+        for job_id, unit in units:
+            args += [job_id, unit]
+        self._renew(args=args)
+
+    def rows(self, job_id: str) -> list[dict[str, Any]]:
+        raw = self._client.hgetall(f"{self.prefix}{job_id}:rows")
+        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    def pages(self, job_id: str) -> list[dict[str, Any]]:
+        raw = self._client.hgetall(f"{self.prefix}{job_id}:pagemeta")
+        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    def page_html(self, job_id: str, n: int) -> dict[str, Any] | None:
+        raw = self._client.hget(f"{self.prefix}{job_id}:pages", str(n))
+        return None if raw is None else json.loads(raw)
+
+    def sweep(self, lease_s: float) -> tuple[list[str], list[str]]:
+        jobs, hooks = self._sweep(args=[self.prefix, lease_s, WEBHOOK_STALE_S])
+        return [self._text(j) for j in jobs], [self._text(h) for h in hooks]
+
+    def set_webhook(self, job_id: str, state: str) -> None:
+        self._set_webhook(args=[self.prefix, job_id, state])
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def is_redis_url(url: str) -> bool:
+    return url.strip().lower().startswith(("redis://", "rediss://", "unix://"))
+
+
+def open_job_store(queue_url: str, data_dir: str | os.PathLike[str]) -> JobStore:
+    """The store that goes with ``ALTCAP_QUEUE_URL``: Redis for redis://, else SQLite."""
+    if is_redis_url(queue_url):
+        return RedisJobStore(queue_url.strip())
+    return SQLiteJobStore(Path(data_dir) / STORE_FILE)

@@ -1,0 +1,85 @@
+"""``python -m captioner worker``: a batch-job consumer with its own model and no HTTP.
+
+The web service consumes jobs in its own threads (``ALTCAP_JOB_WORKERS``). To scale out,
+point the service and any number of workers, on any machines, at one Redis
+(``ALTCAP_QUEUE_URL=redis://...``) and start this on each machine (the Procfile's
+``worker:`` line). With the default SQLite queue, workers share the machine (and its
+``ALTCAP_DATA_DIR``) with the service.
+
+Settings are the service's ``ALTCAP_*`` variables (model, device, queue, cache, fetch
+limits, chunk size, lease). SIGTERM stops gracefully (the chunks in flight finish, up to
+``--shutdown-timeout``); SIGINT stops at once and gives its chunks back; ``kill -9`` loses
+nothing either: another consumer re-runs the chunk once its lease expires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``worker`` to ``python -m captioner``."""
+    p = subparsers.add_parser(
+        "worker",
+        help="consume batch jobs (huey) with a model of its own",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="consumer threads: one captions while another downloads (default 2)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds SIGTERM waits for chunks in flight (default 30)",
+    )
+    p.add_argument("--verbose", action="store_true", help="log every task")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from captioner.cache import open_cache
+    from captioner.captioner import Captioner
+    from captioner.errors import InvalidSettings
+    from captioner.jobs import CaptionerBackend, JobQueue
+    from captioner.settings import Settings
+
+    if args.threads < 1:
+        raise InvalidSettings("--threads must be >= 1")
+    if args.shutdown_timeout < 0:
+        raise InvalidSettings("--shutdown-timeout must not be negative")
+    logging.getLogger().setLevel(logging.INFO)  # cli.main configured the handler
+    logging.getLogger("huey").setLevel(logging.INFO if args.verbose else logging.WARNING)
+
+    settings = Settings.load(os.environ)
+    # The model first: a worker that cannot caption must fail now, not per chunk.
+    captioner = Captioner.from_pretrained(
+        settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_pixels=settings.max_image_pixels,
+    )
+    log.info("model %r loaded; consuming jobs with %d threads", settings.model, args.threads)
+    cache = open_cache(settings.cache_url, settings.data_dir)
+    queue = JobQueue(settings)
+    consumer = queue.start_consumer(
+        CaptionerBackend(captioner), workers=args.threads, cache=cache, embedded=False
+    )
+    consumer.huey_consumer.shutdown_timeout = args.shutdown_timeout
+    try:
+        consumer.run()
+    finally:
+        queue.close(timeout=0)
+        cache.close()
+    log.info("worker stopped")
+    return 0

@@ -1,0 +1,649 @@
+"""Batch jobs without HTTP: the job store's guarantees (SQLite and a real Redis), and the
+consumer planning and captioning jobs against a local site with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import redis
+from helpers import png_bytes, serve_directory
+from redis_server import RedisServer
+
+from captioner import jobs
+from captioner.errors import AltCapError
+from captioner.jobs import (
+    CaptionerBackend,
+    IdempotencyConflict,
+    InvalidJob,
+    JobFinished,
+    JobNotFound,
+    JobQueue,
+    PageNotFound,
+    RetryLater,
+    parse_job,
+)
+from captioner.jobstore import (
+    DUPLICATE,
+    FINISHED,
+    INACTIVE,
+    RECORDED,
+    Claim,
+    JobStore,
+    Plan,
+    RedisJobStore,
+    SQLiteJobStore,
+)
+from captioner.settings import Settings
+
+FAST = {"max_tokens": 4}  # short captions: the tiny model's time goes to the point
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path: Path) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        made: JobStore = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        redis.Redis.from_url(server.url).flushdb()
+        made = RedisJobStore(server.url)
+    yield made
+    made.close()
+
+
+def settings(tmp_path: Path, **overrides: Any) -> Settings:
+    base = {
+        "DATA_DIR": tmp_path / "data",
+        "ALLOW_PRIVATE_NETWORKS": True,
+        "JOB_CHUNK_SIZE": 4,
+        "JOB_LEASE_S": 2,
+        "CRAWL_DELAY_S": 0,
+        "MODEL": "tiny",
+    }
+    return Settings.load({}, {**base, **overrides})
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local site: 10 distinct PNGs, a text file that is no image, and pages."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for i in range(10):
+        (root / f"{i}.png").write_bytes(png_bytes((20 * i, 40, 60)))
+    (root / "not-an-image.png").write_bytes(b"hello, I am text")
+    (root / "one.html").write_text(
+        "<!doctype html><html><body>\n"
+        '<img src="0.png">\n'
+        '<img src="1.png" alt="A red square on a white table">\n'
+        '<img src="2.png" alt="">\n'
+        '<img src="3.png" alt="image">\n'
+        '<p>Shared:</p><img src="/9.png" >\n'
+        "</body></html>\n"
+    )
+    (root / "two.html").write_text('<html><body><IMG SRC="9.png" Alt=""></body></html>')
+    (root / "three.html").write_text('<html><body><img src="9.png"><img src=8.png></body></html>')
+    with serve_directory(root) as base:
+        yield base, root
+
+
+@pytest.fixture
+def make_queue(tmp_path: Path) -> Iterator[Callable[..., JobQueue]]:
+    made: list[JobQueue] = []
+
+    def make(backend: Any = None, workers: int = 1, **overrides: Any) -> JobQueue:
+        queue = JobQueue(settings(tmp_path, **overrides))
+        if backend is not None:
+            queue.start_consumer(backend, workers=workers)
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        queue.close(timeout=5)
+
+
+def wait_for(
+    queue: JobQueue, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 30
+) -> dict[str, Any]:
+    stop = time.monotonic() + timeout
+    while True:
+        status = queue.status(job_id)
+        if status["state"] in states:
+            return status
+        assert time.monotonic() < stop, f"job stuck: {status}"
+        time.sleep(0.02)
+
+
+class Result:
+    def __init__(self, text: str) -> None:
+        self.text, self.tokens = text, 3
+
+
+class FakeBackend:
+    """Captions by image size, counts its calls; ``gate`` (if set) holds every batch."""
+
+    max_pixels = 40_000_000
+
+    def __init__(self, gate: threading.Event | None = None, fail_first: int = 0) -> None:
+        self.gate = gate
+        self.fail_first = fail_first
+        self.calls = 0
+        self.entered = threading.Event()
+        self.lock = threading.Lock()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
+    def caption(self, images, decoding):
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+        self.entered.set()
+        if call <= self.fail_first:
+            raise RetryLater("the model is busy")
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        return [Result(f"An image of {im.size[0]}x{im.size[1]} pixels.") for im in images]
+
+
+# --- parsing requests ---------------------------------------------------------------------
+
+
+def test_parse_job_gives_a_complete_spec(tmp_path: Path) -> None:
+    s = settings(tmp_path, JOB_MAX_IMAGES=5)
+    spec = parse_job({"images": ["http://a.example/x.png"], "decoding": FAST}, s)
+    assert spec["source"] == {"images": ["http://a.example/x.png"]}
+    assert spec["mode"] == "missing" and spec["webhook"] is None
+    assert spec["decoding"]["max_tokens"] == 4
+    assert (spec["max_images"], spec["max_pages"]) == (5, s.job_max_pages)
+    spec = parse_job({"sitemap": "https://a.example/sitemap.xml", "mode": "all"}, s)
+    assert spec["source"] == {"sitemap": "https://a.example/sitemap.xml"} and spec["mode"] == "all"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {},
+        {"images": []},
+        {"images": "http://a.example/x.png"},
+        {"images": ["http://a.example/x.png"], "pages": ["http://a.example/"]},
+        {"images": ["ftp://a.example/x.png"]},
+        {"images": ["/relative.png"]},
+        {"images": [42]},
+        {"images": ["http://a.example/" + "x" * 2100]},
+        {"images": [f"http://a.example/{i}.png" for i in range(6)]},
+        {"pages": ["http://a.example/"], "mode": "some"},
+        {"pages": ["http://a.example/"], "max_pages": 0},
+        {"pages": ["http://a.example/"], "max_images": True},
+        {"sitemap": ["http://a.example/s.xml"]},
+        {"sitemap": "http://a.example/s.xml", "webhook": "javascript:alert(1)"},
+        {"sitemap": "http://a.example/s.xml", "colour": "blue"},
+    ],
+)
+def test_parse_job_refuses_bad_requests(tmp_path: Path, body: Any) -> None:
+    with pytest.raises(InvalidJob) as info:
+        parse_job(body, settings(tmp_path, JOB_MAX_IMAGES=5))
+    assert info.value.code == "invalid_job" and info.value.http_status == 400
+
+
+def test_parse_job_checks_decoding(tmp_path: Path) -> None:
+    with pytest.raises(AltCapError) as info:
+        parse_job(
+            {"images": ["http://a.example/x.png"], "decoding": {"beam": 3}}, settings(tmp_path)
+        )
+    assert info.value.code == "invalid_settings"
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+def _job(store: JobStore, idem: str | None = None, webhook: str | None = None) -> str:
+    spec = {"source": {"images": ["http://x/1.png"]}, "webhook": webhook}
+    job_id, _ = store.create(f"{time.time_ns():032x}"[-32:], spec, idem, "fp")
+    return job_id
+
+
+def _row(seq: int, status: str = "done") -> dict[str, Any]:
+    return {"image_url": f"http://x/{seq}.png", "status": status, "caption": f"c{seq}"}
+
+
+def _plan(n_chunks: int, skipped: int = 1) -> Plan:
+    chunks = [[{"url": f"http://x/{n}.png", "rows": [[n + skipped, {}]]}] for n in range(n_chunks)]
+    rows = {i: _row(i, "skipped") for i in range(skipped)}
+    return Plan(chunks=chunks, rows=rows, total=n_chunks + skipped)
+
+
+def test_store_idempotency_keys_return_the_first_job(store: JobStore) -> None:
+    first = _job(store, idem="k")
+    again, created = store.create("f" * 32, {"source": {}}, "k", "other")
+    assert (again, created) == (first, False)
+    assert store.get("f" * 32) is None
+    job = store.get(first)
+    assert job is not None and job["state"] == "queued" and job["fingerprint"] == "fp"
+
+
+def test_store_runs_a_job_to_the_end_exactly_once(store: JobStore) -> None:
+    job_id = _job(store)
+    assert store.claim_chunk(job_id, "a", 10) is None  # nothing before the plan
+    assert store.claim_plan(job_id, "a", 10)
+    assert not store.claim_plan(job_id, "b", 10)  # leased
+    assert store.get(job_id)["state"] == "running"
+    assert store.commit_plan(job_id, _plan(3)) == RECORDED
+    assert store.commit_plan(job_id, _plan(3)) == DUPLICATE
+    claims = [store.claim_chunk(job_id, "a", 10) for _ in range(4)]
+    assert [c.n if c else None for c in claims] == [0, 1, 2, None]
+    assert claims[0].items == [{"url": "http://x/0.png", "rows": [[1, {}]]}]
+    assert store.complete_chunk(job_id, 1, {2: _row(2)}) == RECORDED
+    assert store.complete_chunk(job_id, 1, {2: _row(2, "failed")}) == DUPLICATE
+    assert store.complete_chunk(job_id, 0, {1: _row(1, "failed")}) == RECORDED
+    assert store.get(job_id)["state"] == "running"
+    assert store.complete_chunk(job_id, 2, {3: _row(3)}) == FINISHED
+    job = store.get(job_id)
+    assert job["state"] == "done" and job["finished"] >= job["started"] >= job["created"]
+    assert (job["total"], job["done"], job["failed"], job["skipped"]) == (4, 2, 1, 1)
+    rows = store.rows(job_id)
+    assert [r["image_url"] for r in rows] == [f"http://x/{i}.png" for i in range(4)]
+    assert [r["status"] for r in rows] == ["skipped", "failed", "done", "done"]
+    assert store.complete_chunk(job_id, 2, {3: _row(3)}) == DUPLICATE
+    assert len(store.rows(job_id)) == 4
+
+
+def test_store_gives_an_abandoned_chunk_to_another_consumer(store: JobStore) -> None:
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    store.commit_plan(job_id, _plan(2))
+    first = store.claim_chunk(job_id, "dead", 0.3)
+    assert first.n == 0 and first.attempts == 1
+    assert store.claim_chunk(job_id, "b", 10).n == 1  # chunk 0 is still leased
+    assert store.claim_chunk(job_id, "b", 10) is None
+    time.sleep(0.4)
+    again = store.claim_chunk(job_id, "b", 10)
+    assert again == Claim(0, first.items, 2)
+    # the dead consumer's lease cannot be renewed or released any more
+    store.renew("dead", [(job_id, 0)], 10)
+    store.release(job_id, 0, "dead")
+    assert store.claim_chunk(job_id, "c", 10) is None
+
+
+def test_store_release_gives_a_chunk_back_without_counting_an_attempt(store: JobStore) -> None:
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    store.commit_plan(job_id, _plan(1))
+    assert store.claim_chunk(job_id, "a", 10).attempts == 1
+    store.release(job_id, 0, "a")
+    assert store.claim_chunk(job_id, "b", 10).attempts == 1
+
+
+def test_store_heartbeats_keep_a_lease(store: JobStore) -> None:
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    store.commit_plan(job_id, _plan(1))
+    store.claim_chunk(job_id, "a", 0.3)
+    for _ in range(3):
+        time.sleep(0.15)
+        store.renew("a", [(job_id, 0)], 0.3)
+        assert store.claim_chunk(job_id, "b", 10) is None
+
+
+def test_store_plan_lease_expires_too(store: JobStore) -> None:
+    job_id = _job(store)
+    assert store.claim_plan(job_id, "dead", 0.2)
+    time.sleep(0.3)
+    assert store.claim_plan(job_id, "b", 10)
+
+
+def test_store_cancel_stops_claims(store: JobStore) -> None:
+    job_id = _job(store, webhook="http://hook/")
+    store.claim_plan(job_id, "a", 10)
+    store.commit_plan(job_id, _plan(3))
+    in_flight = store.claim_chunk(job_id, "a", 10)
+    assert store.cancel(job_id)
+    assert not store.cancel(job_id)
+    assert store.claim_chunk(job_id, "a", 10) is None
+    assert store.complete_chunk(job_id, in_flight.n, {1: _row(1)}) == RECORDED  # paid for
+    job = store.get(job_id)
+    assert job["state"] == "cancelled" and job["done"] == 1 and job["webhook_state"] == "pending"
+    assert store.commit_plan(job_id, _plan(3)) == INACTIVE
+    assert not store.fail(job_id, "x", "y")
+
+
+def test_store_sweep_finds_quiet_jobs_with_claimable_work(store: JobStore) -> None:
+    waiting = _job(store)  # never planned: its wake-up was lost
+    working = _job(store)
+    store.claim_plan(working, "a", 10)
+    store.commit_plan(working, _plan(1))
+    store.claim_chunk(working, "a", 10)  # leased and alive
+    finished = _job(store)
+    store.claim_plan(finished, "a", 10)
+    store.commit_plan(finished, _plan(0))
+    assert store.get(finished)["state"] == "done"
+    assert store.sweep(5) == ([], [])  # everything had activity just now
+    time.sleep(0.25)
+    assert store.sweep(0.2)[0] == [waiting]
+    assert store.sweep(0.2)[0] == []  # woken once per quiet period
+    time.sleep(0.25)
+    assert store.sweep(0.2)[0] == [waiting]
+
+
+def test_store_pages_keep_their_html(store: JobStore) -> None:
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    plan = _plan(1)
+    plan.pages = [
+        {
+            "n": 1,
+            "url": "http://x/",
+            "final_url": "http://x/home",
+            "html": "<p>é</p>",
+            "error": None,
+        },
+        {"n": 2, "url": "http://x/gone", "error": {"code": "fetch_failed", "message": "404"}},
+    ]
+    store.commit_plan(job_id, plan)
+    assert [p["n"] for p in store.pages(job_id)] == [1, 2]
+    assert store.pages(job_id)[1]["error"]["code"] == "fetch_failed"
+    assert store.page_html(job_id, 1)["html"] == "<p>é</p>"
+    assert store.page_html(job_id, 2) is None
+    assert store.page_html(job_id, 3) is None
+
+
+# --- the consumer ---------------------------------------------------------------------------
+
+
+def test_an_image_job_captions_every_image_once_in_order(make_queue, site, tiny_captioner) -> None:
+    base, _ = site
+    queue = make_queue(CaptionerBackend(tiny_captioner), workers=2)
+    urls = [f"{base}/{i}.png" for i in range(10)]
+    urls += [f"{base}/missing.png", f"{base}/not-an-image.png", f"{base}/3.png"]
+    spec = parse_job({"images": urls, "decoding": FAST}, queue.settings)
+    job, created = queue.submit(spec)
+    assert created and job["state"] == "queued" and job["counts"]["total"] == 0
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "done" and status["progress"] == 1.0
+    assert status["counts"] == {"total": 12, "done": 10, "failed": 2, "skipped": 0}
+    rows = queue.rows(job["id"])
+    assert [r["image_url"] for r in rows] == urls[:12]  # one row per distinct URL, in order
+    assert all(r["status"] == "done" and r["caption"] for r in rows[:10])
+    assert all(r["page_url"] is None and r["verdict"] is None for r in rows)
+    assert (rows[10]["error_code"], rows[11]["error_code"]) == ("fetch_failed", "unsupported_image")
+    direct = tiny_captioner.caption([png_bytes((0, 40, 60))], max_tokens=4)[0].text
+    assert rows[0]["caption"] == direct  # the same model, the same caption
+
+
+def test_a_page_job_reports_every_image_and_patches_pages(make_queue, site) -> None:
+    base, root = site
+    backend = FakeBackend()
+    queue = make_queue(backend)
+    pages = [f"{base}/one.html", f"{base}/two.html", f"{base}/gone.html", f"{base}/three.html"]
+    job, _ = queue.submit(parse_job({"pages": pages}, queue.settings))
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "done"
+    rows = queue.rows(job["id"])
+    table = [
+        (r["page_url"].rsplit("/", 1)[1], r["image_url"], r["verdict"], r["status"]) for r in rows
+    ]
+    assert [(p, (u or "").rsplit("/", 1)[-1], v, s) for p, u, v, s in table] == [
+        ("one.html", "0.png", "missing", "done"),
+        ("one.html", "1.png", "ok", "skipped"),
+        ("one.html", "2.png", "decorative", "skipped"),
+        ("one.html", "3.png", "meaningless", "done"),
+        ("one.html", "9.png", "missing", "done"),
+        ("two.html", "9.png", "decorative", "skipped"),
+        ("gone.html", "", None, "failed"),
+        ("three.html", "9.png", "missing", "done"),
+        ("three.html", "8.png", "missing", "done"),
+    ]
+    assert rows[6]["error_code"] == "fetch_failed" and rows[6]["image_url"] is None
+    assert rows[4]["caption"] == rows[7]["caption"] == "An image of 64x48 pixels."
+    assert backend.calls == 1  # 4 distinct images (9.png once for 2 pages): one chunk
+    assert status["counts"] == {"total": 9, "done": 5, "failed": 1, "skipped": 3}
+    shown = {p["n"]: p for p in status["pages"]}
+    assert shown[3]["error"]["code"] == "fetch_failed" and shown[3]["patched_url"] is None
+    assert shown[1]["patched_url"] == f"/v1/jobs/{job['id']}/pages/1/patched"
+
+    original = (root / "one.html").read_text()
+    patched = queue.patched_page(job["id"], 1)
+    caption = 'alt="An image of 64x48 pixels."'
+    assert patched == (
+        original.replace('<img src="0.png">', f'<img {caption} src="0.png">')
+        .replace('alt="image"', caption)
+        .replace('<img src="/9.png" >', f'<img {caption} src="/9.png" >')
+    )
+    assert queue.patched_page(job["id"], 2) == (root / "two.html").read_text()  # alt="" kept
+    with pytest.raises(PageNotFound):
+        queue.patched_page(job["id"], 3)
+    with pytest.raises(PageNotFound):
+        queue.patched_page(job["id"], 99)
+
+
+def test_mode_all_captions_images_with_alt_too(make_queue, site) -> None:
+    base, _ = site
+    queue = make_queue(FakeBackend())
+    job, _ = queue.submit(parse_job({"pages": [f"{base}/one.html"], "mode": "all"}, queue.settings))
+    wait_for(queue, job["id"])
+    statuses = [r["status"] for r in queue.rows(job["id"])]
+    assert statuses == ["done", "done", "skipped", "done", "done"]  # decorative stays skipped
+
+
+def test_a_sitemap_that_cannot_be_read_fails_the_job(make_queue, site) -> None:
+    base, _ = site
+    queue = make_queue(FakeBackend())
+    job, _ = queue.submit(parse_job({"sitemap": f"{base}/one.html"}, queue.settings))
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "failed" and status["error"]["code"] == "invalid_sitemap"
+    assert status["finished"] is not None and queue.rows(job["id"]) == []
+
+
+def test_a_sitemap_job_crawls_the_pages_it_lists(make_queue, site) -> None:
+    base, root = site
+    (root / "sitemap.xml").write_text(
+        '<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        f"<url><loc>{base}/two.html</loc></url><url><loc>{base}/three.html</loc></url></urlset>"
+    )
+    queue = make_queue(FakeBackend())
+    job, _ = queue.submit(parse_job({"sitemap": f"{base}/sitemap.xml"}, queue.settings))
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "done" and [p["url"] for p in status["pages"]] == [
+        f"{base}/two.html",
+        f"{base}/three.html",
+    ]
+    assert status["counts"] == {"total": 3, "done": 2, "failed": 0, "skipped": 1}
+
+
+def test_idempotency_key_returns_the_same_job(make_queue) -> None:
+    queue = make_queue()  # no consumer: the job stays queued
+    spec = parse_job({"images": ["http://a.example/1.png"]}, queue.settings)
+    first, created = queue.submit(spec, "key-1", scope="client-a")
+    again, created_again = queue.submit(spec, "key-1", scope="client-a")
+    assert created and not created_again and again["id"] == first["id"]
+    other, created_other = queue.submit(spec, "key-1", scope="client-b")  # keys are per client
+    assert created_other and other["id"] != first["id"]
+    changed = parse_job({"images": ["http://a.example/2.png"]}, queue.settings)
+    with pytest.raises(IdempotencyConflict):
+        queue.submit(changed, "key-1", scope="client-a")
+    with pytest.raises(InvalidJob):
+        queue.submit(spec, "")
+
+
+def test_unknown_jobs_are_not_found(make_queue) -> None:
+    queue = make_queue()
+    for job_id in ("0" * 32, "nope", "../../etc/passwd", "A" * 32):
+        with pytest.raises(JobNotFound) as info:
+            queue.status(job_id)
+        assert info.value.http_status == 404
+
+
+def test_cancel_stops_chunks_that_have_not_started(make_queue, site) -> None:
+    base, _ = site
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    queue = make_queue(backend, workers=1, JOB_CHUNK_SIZE=2)
+    job, _ = queue.submit(
+        parse_job({"images": [f"{base}/{i}.png" for i in range(8)]}, queue.settings)
+    )
+    assert backend.entered.wait(20)  # the first chunk is being captioned
+    status = queue.cancel(job["id"])
+    assert status["state"] == "cancelled" and status["finished"] is not None
+    assert queue.cancel(job["id"])["state"] == "cancelled"  # cancelling again is fine
+    gate.set()
+    deadline = time.monotonic() + 10
+    while queue.status(job["id"])["counts"]["done"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert backend.calls == 1  # chunks 2 to 4 were never captioned
+    assert len(queue.rows(job["id"])) == 2
+    assert queue.status(job["id"])["state"] == "cancelled"
+
+
+def test_a_finished_job_cannot_be_cancelled(make_queue, site) -> None:
+    base, _ = site
+    queue = make_queue(FakeBackend())
+    job, _ = queue.submit(parse_job({"images": [f"{base}/1.png"]}, queue.settings))
+    wait_for(queue, job["id"])
+    with pytest.raises(JobFinished) as info:
+        queue.cancel(job["id"])
+    assert info.value.http_status == 409
+
+
+def test_a_busy_model_gives_the_chunk_back_for_later(make_queue, site, monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "RETRY_DELAY_S", 0.2)
+    base, _ = site
+    backend = FakeBackend(fail_first=2)
+    queue = make_queue(backend)
+    job, _ = queue.submit(
+        parse_job({"images": [f"{base}/{i}.png" for i in range(3)]}, queue.settings)
+    )
+    status = wait_for(queue, job["id"])
+    assert status["counts"]["done"] == 3 and backend.calls == 3
+    assert len(queue.rows(job["id"])) == 3
+
+
+def test_work_of_a_dead_consumer_is_picked_up_once(make_queue, site) -> None:
+    """A consumer died holding the plan's lease... then another holding a chunk's: the
+    next consumer waits out the leases and finishes the job, every image once."""
+    base, _ = site
+    producer = make_queue(JOB_LEASE_S=0.5)
+    urls = [f"{base}/{i}.png" for i in range(10)]
+    job, _ = producer.submit(parse_job({"images": urls}, producer.settings))
+    store = producer.store
+    assert store.claim_plan(job["id"], "dead-1", 0.5)  # died while planning
+    backend = FakeBackend()
+    consumer = make_queue(backend, JOB_LEASE_S=0.5)
+    time.sleep(0.2)
+    assert store.get(job["id"])["planned"] is False  # waits for the lease
+    status = wait_for(consumer, job["id"], timeout=20)
+    assert status["state"] == "done" and status["counts"]["done"] == 10
+    rows = consumer.rows(job["id"])
+    assert sorted(r["image_url"] for r in rows) == sorted(urls) and len(rows) == 10
+
+
+def test_a_chunk_that_keeps_killing_its_consumer_fails(make_queue) -> None:
+    queue = make_queue()
+    consumer = jobs.JobConsumer(queue, FakeBackend(), workers=1)
+    items = [{"url": "http://x/1.png", "rows": [[0, {"image_url": "http://x/1.png"}]]}]
+    job = {"id": "0" * 32, "spec": {"decoding": {}}}
+    rows = consumer.run_chunk(job, Claim(0, items, jobs.MAX_ATTEMPTS + 1))
+    assert rows[0]["status"] == "failed" and rows[0]["error_code"] == "chunk_failed"
+
+
+class HookHandler(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+    answer = 204
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(self.answer)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hook_server() -> Iterator[tuple[str, type[HookHandler]]]:
+    handler = type("Hook", (HookHandler,), {"received": [], "answer": 204})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_webhook_gets_the_summary_when_the_job_ends(make_queue, site, hook_server) -> None:
+    base, _ = site
+    url, handler = hook_server
+    queue = make_queue(FakeBackend())
+    body = {"images": [f"{base}/1.png"], "webhook": url}
+    job, _ = queue.submit(parse_job(body, queue.settings))
+    wait_for(queue, job["id"])
+    deadline = time.monotonic() + 10
+    while queue.store.get(job["id"])["webhook_state"] != "sent":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (payload,) = handler.received
+    assert payload["event"] == "job.done"
+    assert payload["job"]["id"] == job["id"] and payload["job"]["counts"]["done"] == 1
+
+
+def test_a_failing_webhook_is_retried_then_given_up(make_queue, site, hook_server, monkeypatch):
+    base, _ = site
+    url, handler = hook_server
+    handler.answer = 500
+    scheduled: list[tuple] = []
+    queue = make_queue()
+    monkeypatch.setattr(
+        queue._webhook_task, "schedule", lambda args, delay: scheduled.append((args, delay))
+    )
+    job, _ = queue.submit(parse_job({"images": [f"{base}/1.png"], "webhook": url}, queue.settings))
+    queue.store.cancel(job["id"])
+    queue._webhook(job["id"], 1)
+    assert scheduled == [((job["id"], 2), 10.0)]
+    assert queue.store.get(job["id"])["webhook_state"] == "pending"
+    queue._webhook(job["id"], jobs.WEBHOOK_ATTEMPTS)
+    assert queue.store.get(job["id"])["webhook_state"] == "failed"
+    assert len(handler.received) == 2
+    queue._webhook(job["id"], 1)  # no longer pending: nothing sent
+    assert len(handler.received) == 2
+
+
+def test_webhooks_to_blocked_addresses_are_not_sent(tmp_path: Path) -> None:
+    limits = settings(tmp_path, ALLOW_PRIVATE_NETWORKS=False).fetch_limits()
+    with pytest.raises(AltCapError) as info:
+        jobs.post_json("http://127.0.0.1:9/hook", b"{}", limits)
+    assert info.value.code == "blocked_address"
+    with pytest.raises(AltCapError) as info:
+        jobs.post_json("http://169.254.169.254/latest", b"{}", limits)
+    assert info.value.code == "blocked_address"
+
+
+def test_redis_queue_and_store_run_a_job(tmp_path: Path, redis_server, site) -> None:
+    redis.Redis.from_url(redis_server.url).flushdb()
+    base, _ = site
+    queue = JobQueue(settings(tmp_path, QUEUE_URL=redis_server.url))
+    assert isinstance(queue.store, RedisJobStore)
+    queue.start_consumer(FakeBackend(), workers=2)
+    try:
+        job, _ = queue.submit(parse_job({"pages": [f"{base}/one.html"]}, queue.settings))
+        status = wait_for(queue, job["id"])
+        assert status["counts"] == {"total": 5, "done": 3, "failed": 0, "skipped": 2}
+        assert "An image of" in queue.patched_page(job["id"], 1)
+    finally:
+        queue.close(timeout=5)

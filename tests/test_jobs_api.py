@@ -1,0 +1,291 @@
+"""``/v1/jobs`` through Flask's test client: the real app, the tiny model, a local site."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from helpers import png_bytes, serve_directory
+
+from app import create_app
+
+EXTENSION = "chrome-extension://abcdefghijklmnop"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ALTCAP_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("site")
+    for i in range(6):
+        (root / f"{i}.png").write_bytes(png_bytes((40 * i, 90, 10)))
+    (root / "page.html").write_text(
+        '<html><head><script>alert("hi")</script></head><body><img src="0.png">'
+        '<img src="1.png" alt="A yellow square">\n<img src="2.png" alt="photo"></body></html>'
+    )
+    with serve_directory(root) as base:
+        yield base
+
+
+@pytest.fixture
+def make_app(tiny_dir, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    made: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        base = {
+            "TESTING": True,
+            "MODEL": str(tiny_dir),
+            "DEVICE": "cpu",
+            "DATA_DIR": tmp_path / f"data{len(made)}",
+            "CACHE_URL": "off",
+            "ALLOW_PRIVATE_NETWORKS": True,
+            "JOB_WORKERS": 1,
+            "JOB_CHUNK_SIZE": 4,
+            "CRAWL_DELAY_S": 0,
+        }
+        app = create_app({**base, **config})
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["altcap"].close()
+
+
+@pytest.fixture
+def client(make_app) -> FlaskClient:
+    return make_app().test_client()
+
+
+def submit(client: FlaskClient, body: dict[str, Any], **headers: str):
+    return client.post("/v1/jobs", json=body, headers=headers)
+
+
+def wait_done(client: FlaskClient, url: str, headers: dict[str, str] | None = None) -> dict:
+    stop = time.monotonic() + 30
+    while True:
+        response = client.get(url, headers=headers or {})
+        assert response.status_code == 200, response.get_json()
+        job = response.get_json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < stop, job
+        time.sleep(0.05)
+
+
+def assert_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    assert body["error"]["message"] and "Traceback" not in response.get_data(as_text=True)
+
+
+def test_an_image_job_from_submission_to_reports(client: FlaskClient, site: str) -> None:
+    urls = [f"{site}/{i}.png" for i in range(6)] + [f"{site}/nothing.png"]
+    response = submit(client, {"images": urls, "decoding": {"max_tokens": 3}})
+    assert response.status_code == 202
+    job = response.get_json()
+    assert response.headers["Location"] == job["url"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] in ("queued", "running") and job["source"] == {"kind": "images", "count": 7}
+    assert job["created"].endswith("Z") and job["decoding"]["max_tokens"] == 3
+
+    done = wait_done(client, job["url"])
+    assert done["state"] == "done" and done["progress"] == 1.0
+    assert done["counts"] == {"total": 7, "done": 6, "failed": 1, "skipped": 0}
+    assert done["started"] >= done["created"] and done["finished"] >= done["started"]
+
+    rows = client.get(f"{job['url']}/results").get_json()
+    assert [r["image_url"] for r in rows] == urls
+    assert [r["status"] for r in rows] == ["done"] * 6 + ["failed"]
+    assert rows[6]["error_code"] == "fetch_failed" and rows[6]["caption"] is None
+    assert list(rows[0]) == [
+        "page_url",
+        "image_url",
+        "alt",
+        "verdict",
+        "status",
+        "caption",
+        "error_code",
+        "error_message",
+    ]
+    again = client.get(f"{job['url']}/results?format=json").get_json()
+    assert again == rows  # a stable order
+
+    jsonl = client.get(f"{job['url']}/results?format=jsonl")
+    assert jsonl.mimetype == "application/x-ndjson"
+    assert [json.loads(line) for line in jsonl.get_data(as_text=True).splitlines()] == rows
+
+    response = client.get(f"{job['url']}/results?format=csv")
+    assert (
+        response.mimetype == "text/csv" and "attachment" in response.headers["Content-Disposition"]
+    )
+    table = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [r["caption"] for r in table] == [r["caption"] or "" for r in rows]
+
+    assert_error(client.get(f"{job['url']}/results?format=xml"), 400, "invalid_format")
+
+
+def test_a_page_job_serves_the_patched_page_safely(client: FlaskClient, site: str) -> None:
+    job = submit(client, {"pages": [f"{site}/page.html", f"{site}/missing.html"]}).get_json()
+    done = wait_done(client, job["url"])
+    assert done["counts"] == {"total": 4, "done": 2, "failed": 1, "skipped": 1}
+    assert [p["n"] for p in done["pages"]] == [1, 2]
+    assert done["pages"][1]["patched_url"] is None
+    response = client.get(done["pages"][0]["patched_url"])
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert response.headers["Content-Security-Policy"].startswith("sandbox")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    rows = client.get(f"{job['url']}/results").get_json()
+    html = response.get_data(as_text=True)
+    assert f'<img alt="{rows[0]["caption"]}" src="0.png">' in html
+    assert f'alt="{rows[2]["caption"]}"' in html and 'alt="photo"' not in html
+    assert 'alt="A yellow square"' in html
+    assert_error(client.get(f"{job['url']}/pages/2/patched"), 404, "page_not_found")
+    assert_error(client.get(f"{job['url']}/pages/7/patched"), 404, "page_not_found")
+
+
+def test_idempotency_keys(client: FlaskClient) -> None:
+    body = {"images": ["http://img.example/a.png"]}
+    first = submit(client, body, **{"Idempotency-Key": "order-17"})
+    assert first.status_code == 202
+    again = submit(client, body, **{"Idempotency-Key": "order-17"})
+    assert again.status_code == 200 and again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    in_body = submit(client, {**body, "idempotency_key": "order-17"})
+    assert in_body.status_code == 200 and in_body.get_json()["id"] == first.get_json()["id"]
+    other = {"images": ["http://img.example/b.png"]}
+    assert_error(
+        submit(client, other, **{"Idempotency-Key": "order-17"}), 409, "idempotency_conflict"
+    )
+    mixed = submit(client, {**body, "idempotency_key": "x"}, **{"Idempotency-Key": "y"})
+    assert_error(mixed, 400, "invalid_job")
+
+
+def test_cancel(make_app, site: str) -> None:
+    client = make_app(JOB_WORKERS=0).test_client()  # nobody consumes: the job stays queued
+    job = submit(client, {"images": [f"{site}/1.png"]}).get_json()
+    response = client.delete(job["url"])
+    assert response.status_code == 200 and response.get_json()["state"] == "cancelled"
+    assert client.delete(job["url"]).get_json()["state"] == "cancelled"
+    assert client.get(f"{job['url']}/results").get_json() == []
+    assert_error(client.delete("/v1/jobs/" + "0" * 32), 404, "job_not_found")
+
+
+def test_a_finished_job_cannot_be_cancelled(client: FlaskClient, site: str) -> None:
+    job = submit(client, {"images": [f"{site}/1.png"]}).get_json()
+    wait_done(client, job["url"])
+    assert_error(client.delete(job["url"]), 409, "job_finished")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b"{not json", "application/json", 400, "invalid_job"),
+        (b'["http://a.example/x.png"]', "application/json", 400, "invalid_job"),
+        (b'{"images": ["http://a.example/x.png"]}', "text/plain", 415, "unsupported_media_type"),
+        (b'{"images": [], "pages": []}', "application/json", 400, "invalid_job"),
+        (b'{"sitemap": "file:///etc/passwd"}', "application/json", 400, "invalid_job"),
+        (b'{"images": ["http://a/x.png"], "extra": 1}', "application/json", 400, "invalid_job"),
+        (
+            b'{"images": ["http://a/x.png"], "decoding": {"beam": 1}}',
+            "application/json",
+            400,
+            "invalid_settings",
+        ),
+        (
+            b'{"images": ["http://a/x.png"], "decoding": {"max_tokens": "9"}}',
+            "application/json",
+            400,
+            "invalid_request",
+        ),
+    ],
+)
+def test_bad_requests_get_typed_errors(
+    client: FlaskClient, body: bytes, content_type: str, status: int, code: str
+) -> None:
+    assert_error(client.post("/v1/jobs", data=body, content_type=content_type), status, code)
+
+
+def test_unknown_jobs_are_404(client: FlaskClient) -> None:
+    for path in (
+        "/v1/jobs/nope",
+        "/v1/jobs/" + "a" * 32 + "/results",
+        "/v1/jobs/x/pages/1/patched",
+    ):
+        assert_error(client.get(path), 404, "job_not_found")
+    assert_error(client.put("/v1/jobs/" + "a" * 32), 405, "method_not_allowed")
+
+
+def test_jobs_need_the_api_key_and_keys_scope_idempotency(make_app, site: str) -> None:
+    client = make_app(API_KEYS=["k1", "k2"], JOB_WORKERS=0).test_client()
+    body = {"images": [f"{site}/1.png"]}
+    assert_error(submit(client, body), 401, "unauthorized")
+    one = submit(client, body, Authorization="Bearer k1", **{"Idempotency-Key": "same"})
+    assert one.status_code == 202
+    url = one.get_json()["url"]
+    for response in (
+        client.get(url),
+        client.get(f"{url}/results"),
+        client.get(f"{url}/pages/1/patched"),
+        client.delete(url),
+    ):
+        assert_error(response, 401, "unauthorized")
+    assert client.get(url, headers={"Authorization": "Bearer k1"}).status_code == 200
+    two = submit(client, body, Authorization="Bearer k2", **{"Idempotency-Key": "same"})
+    assert two.status_code == 202 and two.get_json()["id"] != one.get_json()["id"]
+
+
+def test_cors_and_metrics_cover_jobs(make_app) -> None:
+    client = make_app(JOB_WORKERS=0).test_client()
+    preflight = client.options(
+        "/v1/jobs/" + "a" * 32,
+        headers={"Origin": EXTENSION, "Access-Control-Request-Method": "DELETE"},
+    )
+    assert preflight.status_code == 204
+    assert "DELETE" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Idempotency-Key" in preflight.headers["Access-Control-Allow-Headers"]
+    response = client.post(
+        "/v1/jobs", json={"images": ["http://a.example/1.png"]}, headers={"Origin": EXTENSION}
+    )
+    assert response.headers["Access-Control-Allow-Origin"] == EXTENSION
+    assert "Location" in response.headers["Access-Control-Expose-Headers"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "altcap_jobs_created_total 1.0" in metrics
+    assert 'endpoint="/v1/jobs",method="POST",status="202"' in metrics
+
+
+def test_job_creation_is_rate_limited(make_app) -> None:
+    client = make_app(RATE_LIMIT="2/minute", JOB_WORKERS=0).test_client()
+    codes = [submit(client, {"images": ["http://a.example/1.png"]}).status_code for _ in range(3)]
+    assert codes == [202, 202, 429]
+    assert client.get("/v1/jobs/" + "a" * 32).status_code == 404  # reading is not limited
+
+
+def test_openapi_describes_the_jobs_endpoints(make_app) -> None:
+    doc = make_app(JOB_WORKERS=0, JOB_MAX_IMAGES=50).test_client().get("/openapi.json").get_json()
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results"} <= set(doc["paths"])
+    assert set(doc["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}
+    images = doc["components"]["schemas"]["JobRequest"]["properties"]["images"]
+    assert images["maxItems"] == 50
+
+
+def test_an_unreachable_queue_is_a_503_not_a_crash(make_app) -> None:
+    from redis_server import free_port
+
+    client = make_app(QUEUE_URL=f"redis://127.0.0.1:{free_port()}/0", JOB_WORKERS=0).test_client()
+    assert_error(submit(client, {"images": ["http://a.example/1.png"]}), 503, "queue_unavailable")
+    assert_error(client.get("/v1/jobs/" + "a" * 32), 503, "queue_unavailable")
