@@ -113,8 +113,9 @@ class CaptionFuture(Future["CaptionResult"]):
     def result(self, timeout: float | None = None) -> CaptionResult:
         remaining = self.deadline - time.monotonic()
         capped = timeout is None or timeout >= remaining
-        try:
-            return super().result(timeout=max(0.0, remaining) if capped else timeout)
+        wait = max(0.0, remaining) if capped else timeout
+        try:  # math.inf: no deadline, wait as long as it takes (Condition.wait rejects inf)
+            return super().result(timeout=None if wait == math.inf else wait)
         except FutureTimeout:
             if capped:
                 raise DeadlineExceeded("the caption was not ready before the deadline") from None

@@ -431,6 +431,12 @@ def test_caption_images_reports_deadline_per_image(make_engine, spy, images, pix
     assert [type(r) for r in results] == [DeadlineExceeded] * 3
 
 
+def test_caption_images_without_a_deadline_waits(make_engine, tiny_captioner, images):
+    engine = make_engine()  # no timeout: the future waits as long as it takes (was OverflowError)
+    results = engine.caption_images(images[:2], GREEDY)
+    assert [r.raw for r in results] == direct(tiny_captioner, images[:2], GREEDY)
+
+
 def test_bad_requests_are_refused_in_the_caller(make_engine, spy, pixels):
     engine = make_engine()
     with pytest.raises(InvalidSettings):
