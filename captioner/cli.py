@@ -127,7 +127,13 @@ def _more_subcommands() -> list[Callable[[Any], None]]:
     """Subcommands defined next to their code: each module's ``register(subparsers)`` adds
     its parser with ``set_defaults(func=...)`` (a function taking the args, returning the exit
     status)."""
-    return []
+    from .batch import register as batch
+    from .train.embed import register as embed
+    from .train.evaluate import register as evaluate
+    from .train.train import register as train
+    from .worker import register as worker
+
+    return [embed, batch, train, evaluate, worker]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,396 @@
+"""``python -m captioner evaluate MODEL ANNOTATIONS``: caption a captioned image set and score it.
+
+The standard COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr) from pycocoevalcap, with
+its Stanford PTB tokenizer, so figures compare with published ones (the ClipCap paper reports
+COCO Karpathy-test numbers). The tokenizer and METEOR run Java programs; without ``java`` the
+evaluation still runs: a simple tokenizer stands in (figures then differ slightly from
+published ones) and METEOR is reported as unavailable, with the reason, instead of failing.
+
+Writes a JSON report (metrics, model, decoding settings, counts, timings, skipped images) and
+the captions in the COCO results format (``[{"image_id", "caption"}]``). Images that cannot be
+read are reported and skipped; the scores cover the images that were captioned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import DecodingSettings
+from ..errors import AltCapError
+from .data import Item, read_dataset
+
+METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+NO_JAVA = (
+    "java not found: install a Java runtime (Debian/Ubuntu: apt-get install "
+    "default-jre-headless) for METEOR and the PTB tokenizer"
+)
+# what pycocoevalcap's PTBTokenizer drops after tokenising
+_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-"}
+_PUNCTUATION |= {".", "?", "!", ",", ":", "-", "--", "...", ";"}
+
+
+class EvaluationError(AltCapError):
+    code = "evaluation_failed"
+
+
+def java_path() -> str | None:
+    """The ``java`` executable, or None (tests patch this to take the no-Java path)."""
+    return shutil.which("java")
+
+
+# --- tokenisation ----------------------------------------------------------------------
+
+Captions = dict[Any, list[str]]
+
+
+def ptb_tokenize(captions: Captions, java: str) -> Captions:
+    """pycocoevalcap's PTBTokenizer (Stanford CoreNLP 3.4.1, lower-cased, punctuation
+    dropped), run on a temp file of ours rather than one written inside site-packages."""
+    import pycocoevalcap.tokenizer.ptbtokenizer as ptb
+
+    jar = Path(ptb.__file__).with_name(ptb.STANFORD_CORENLP_3_4_1_JAR)
+    keys = [k for k, caps in captions.items() for _ in caps]
+    text = "\n".join(c.replace("\n", " ") for caps in captions.values() for c in caps)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        f.write(text)
+    try:
+        cmd = [java, "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer"]
+        proc = subprocess.run(
+            [*cmd, "-preserveLines", "-lowerCase", f.name],
+            capture_output=True,
+            check=False,
+            timeout=600,
+        )
+    finally:
+        os.unlink(f.name)
+    lines = proc.stdout.decode("utf-8", errors="replace").split("\n")
+    if proc.returncode != 0 or len(lines) < len(keys):
+        err = proc.stderr.decode("utf-8", errors="replace").strip().splitlines()
+        raise EvaluationError(
+            f"the PTB tokenizer failed (exit {proc.returncode}): {err[0] if err else 'no output'}"
+        )
+    out: Captions = {}
+    for k, line in zip(keys, lines, strict=False):
+        words = [w for w in line.rstrip().split(" ") if w and w not in _PUNCTUATION]
+        out.setdefault(k, []).append(" ".join(words))
+    return out
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def simple_tokenize(captions: Captions) -> Captions:
+    """Lower-case words and numbers, punctuation dropped: close to the PTB tokenizer on
+    ordinary captions (it differs on contractions and hyphens)."""
+    return {k: [" ".join(_WORD.findall(c.lower())) for c in caps] for k, caps in captions.items()}
+
+
+# --- scoring ---------------------------------------------------------------------------
+
+
+def score(
+    references: Captions, candidates: dict[Any, str], *, java: str | None = None
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """COCO caption metrics of ``candidates`` (one caption per key) against ``references``.
+
+    Returns (metrics, notes): a metric that could not be computed is None, and ``notes``
+    says why and which tokenizer ran."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    keys = [k for k in references if k in candidates]
+    if not keys:
+        raise EvaluationError("nothing to score: no image has both references and a caption")
+    gts = {k: list(references[k]) for k in keys}
+    res = {k: [candidates[k]] for k in keys}
+    notes: dict[str, Any] = {"tokenizer": "ptb", "unavailable": {}}
+    if java:
+        try:
+            gts, res = ptb_tokenize(gts, java), ptb_tokenize(res, java)
+        except (EvaluationError, OSError, subprocess.SubprocessError) as e:
+            notes["tokenizer"] = "simple"
+            notes["tokenizer_note"] = f"{e}; a simple tokenizer was used instead"
+            java = None  # METEOR runs the same Java: do not try it either
+            notes["unavailable"]["METEOR"] = str(e)
+    else:
+        notes["tokenizer"] = "simple"
+        notes["tokenizer_note"] = f"{NO_JAVA}; a simple tokenizer was used instead"
+        notes["unavailable"]["METEOR"] = NO_JAVA
+    if notes["tokenizer"] == "simple":
+        gts, res = simple_tokenize(gts), simple_tokenize(res)
+
+    metrics: dict[str, float | None] = dict.fromkeys(METRICS)
+    with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its internals
+        bleu, _ = Bleu(4).compute_score(gts, res)
+    for i, value in enumerate(bleu):
+        metrics[f"Bleu_{i + 1}"] = float(value)
+    metrics["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    metrics["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    if java:
+        try:
+            metrics["METEOR"] = _meteor(gts, res)
+        except Exception as e:  # the JVM failed to start, ran out of memory, died: say so
+            notes["unavailable"]["METEOR"] = f"METEOR failed: {type(e).__name__}: {e}"
+    return metrics, notes
+
+
+def _meteor(gts: Captions, res: Captions) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()  # runs `java` from PATH (java_path() finds the same one)
+    try:
+        value, _ = meteor.compute_score(gts, res)
+    finally:
+        with contextlib.suppress(Exception):
+            meteor.meteor_p.kill()
+            meteor.meteor_p.wait(timeout=10)
+        # a failure inside compute_score leaves its lock held, and Meteor.__del__ takes that
+        # lock: release it, or garbage collection would hang the process
+        if meteor.lock.locked():
+            meteor.lock.release()
+    return float(value)
+
+
+# --- captioning ------------------------------------------------------------------------
+
+
+def coco_image_id(item: Item) -> int | str:
+    """COCO results use integer image ids; other sets keep their own."""
+    return int(item.id) if str(item.id).isdigit() else str(item.id)
+
+
+def caption_items(
+    captioner,
+    items: Sequence[Item],
+    settings: DecodingSettings,
+    *,
+    batch_size: int = 32,
+    workers: int = 4,
+    progress: bool = True,
+) -> tuple[dict[int | str, str], list[dict[str, str]]]:
+    """Caption every readable image: ({image id: caption}, [skipped images with the reason]).
+    Images are decoded in a thread pool while the model works on the previous batch."""
+    from ..images import load_image
+
+    def load(item: Item):
+        try:
+            return item, load_image(item.image, max_pixels=captioner.max_pixels), None
+        except AltCapError as e:
+            return item, None, e
+        except OSError as e:
+            return item, None, EvaluationError(f"cannot read {item.image}: {e}", code="not_found")
+
+    captions: dict[int | str, str] = {}
+    skipped: list[dict[str, str]] = []
+    bar = tqdm(total=len(items), desc="captioning", unit="img", disable=not progress)
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pending = pool.map(lambda chunk: [load(it) for it in chunk], chunks)
+        for loaded in pending:
+            ok = []
+            for item, image, err in loaded:
+                if err is None:
+                    ok.append((item, image))
+                else:
+                    skipped.append(
+                        {"image": str(item.image), "code": err.code, "message": err.message}
+                    )
+            if ok:
+                pixels = captioner.preprocess([im for _, im in ok])
+                for (item, _), r in zip(
+                    ok, captioner.caption_pixels(pixels, settings), strict=True
+                ):
+                    captions[coco_image_id(item)] = r.text
+            bar.update(len(loaded))
+    bar.close()
+    return captions, skipped
+
+
+def evaluate(
+    model: str,
+    annotations: str,
+    *,
+    image_root: str | None = None,
+    split: str | None = None,
+    settings: DecodingSettings | None = None,
+    batch_size: int = 32,
+    limit: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    workers: int = 4,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Caption a set and score it: (report, captions in the COCO results format)."""
+    from ..captioner import Captioner
+
+    t0 = time.perf_counter()
+    items = read_dataset(annotations, image_root=image_root, split=split)
+    if limit is not None:
+        items = items[:limit]
+    captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
+    settings = captioner.settings(settings)
+    t1 = time.perf_counter()
+    captions, skipped = caption_items(
+        captioner, items, settings, batch_size=batch_size, workers=workers, progress=progress
+    )
+    if not captions:
+        raise EvaluationError(
+            f"none of the {len(items)} images could be read (first: "
+            f"{skipped[0]['image']}: {skipped[0]['message']}); check --image-root"
+        )
+    t2 = time.perf_counter()
+    references = {coco_image_id(it): list(it.captions) for it in items}
+    metrics, notes = score(references, captions, java=java_path())
+    t3 = time.perf_counter()
+    report = {
+        "model": model,
+        "model_source": captioner.config.source,
+        "annotations": str(annotations),
+        "split": split,
+        "settings": settings.to_dict(),
+        "device": str(captioner.device),
+        "dtype": str(captioner.dtype).removeprefix("torch."),
+        "metrics": metrics,
+        **notes,
+        "counts": {
+            "images": len(items),
+            "captioned": len(captions),
+            "skipped": len(skipped),
+            "references": sum(len(references[k]) for k in captions),
+        },
+        "skipped": skipped,
+        "time_s": {
+            "load": round(t1 - t0, 3),
+            "captioning": round(t2 - t1, 3),
+            "scoring": round(t3 - t2, 3),
+            "total": round(t3 - t0, 3),
+        },
+        "images_per_s": round(len(captions) / max(t2 - t1, 1e-9), 2),
+    }
+    results = [{"image_id": k, "caption": v} for k, v in captions.items()]
+    return report, results
+
+
+def _write_json(path: str, data: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, p)
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="caption a COCO-format set and compute BLEU, METEOR, ROUGE-L, CIDEr",
+        description=__doc__.splitlines()[0].strip("`"),
+    )
+    p.add_argument("model", help="model name, directory (e.g. OUT_DIR/final) or Hub id")
+    p.add_argument(
+        "annotations",
+        help="official COCO captions_*.json (or Karpathy dataset_coco.json with --split, "
+        "a .csv/.jsonl, a captioned folder)",
+    )
+    p.add_argument(
+        "--image-root",
+        metavar="DIR",
+        default=None,
+        help="where the images are (COCO: the val2014/ folder; default: found next to the file)",
+    )
+    p.add_argument("--split", default=None, help="Karpathy split to evaluate (e.g. test)")
+    d = p.add_argument_group("decoding (as `caption`)")
+    d.add_argument(
+        "--decoding", choices=["greedy", "beam", "nucleus"], default="greedy", help="(greedy)"
+    )
+    d.add_argument("--beam-size", type=int, default=5, help="beam search width (5)")
+    d.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (0.8)")
+    d.add_argument("--temperature", type=float, default=1.0, help="(1.0)")
+    d.add_argument("--seed", type=int, default=None, help="nucleus sampling seed")
+    d.add_argument("--max-tokens", type=int, default=67, help="new tokens at most (67)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--workers", type=int, default=4, help="image-decoding threads (4)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="(auto)"
+    )
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--captions-out", default=None, help="write the captions (COCO results)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise EvaluationError("--limit must be >= 1", code="invalid_settings")
+    if args.workers < 1:
+        raise EvaluationError("--workers must be >= 1", code="invalid_settings")
+    settings = DecodingSettings(
+        method=args.decoding,
+        beam_size=args.beam_size,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    ).validate()
+    report, results = evaluate(
+        args.model,
+        args.annotations,
+        image_root=args.image_root,
+        split=args.split,
+        settings=settings,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        dtype=args.dtype,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    if args.out:
+        _write_json(args.out, report)
+    if args.captions_out:
+        _write_json(args.captions_out, results)
+    for s in report["skipped"][:10]:
+        print(f"skipped {s['image']}: {s['code']}: {s['message']}", file=sys.stderr)
+    if len(report["skipped"]) > 10:
+        print(f"... and {len(report['skipped']) - 10} more skipped", file=sys.stderr)
+    for name, why in report["unavailable"].items():
+        print(f"note: {name} unavailable: {why}", file=sys.stderr)
+    if report.get("tokenizer_note"):
+        print(f"note: {report['tokenizer_note']}", file=sys.stderr)
+    c = report["counts"]
+    print(f"{c['captioned']} of {c['images']} images captioned ({c['skipped']} skipped)")
+    for name in METRICS:
+        value = report["metrics"][name]
+        print(f"{name:8s} {'n/a' if value is None else f'{value:.4f}'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..cli import main as cli_main
+
+    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

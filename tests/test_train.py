@@ -1,0 +1,392 @@
+"""`train`: both regimes, padding labels, checkpoints, exact resume, DDP, CLI errors.
+
+Tiny model directories (conftest) and embedding stores filled here with clustered random
+vectors (12 classes, one caption template each), made for the tiny model's own image encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import png_bytes
+from safetensors.torch import load_file
+
+from captioner import Captioner
+from captioner.checkpoints import load_pretrained
+from captioner.cli import main
+from captioner.errors import InvalidSettings
+from captioner.tiny import make_tiny
+from captioner.train import train as T
+from captioner.train.embed import load_encoder
+from captioner.train.store import EmbeddingStore
+
+REPO = Path(__file__).resolve().parent.parent
+COLOURS = ["red", "green", "blue", "yellow"]
+SHAPES = ["circle", "square", "star"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread than on two of a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_store(path: Path, model_dir: Path, n: int = 48, seed: int = 0) -> Path:
+    """``n`` images in 12 classes: embeddings near a class prototype, captions of two
+    lengths (so batches have padding) that name the class."""
+    info = load_encoder(str(model_dir), device="cpu").info
+    store = EmbeddingStore.create(path, info, {"source": "test", "seed": seed}, shard_items=16)
+    g = torch.Generator().manual_seed(seed)
+    proto = 3 * torch.randn(12, info.clip_dim, generator=g)
+    embeds = torch.stack(
+        [proto[i % 12] + 0.1 * torch.randn(info.clip_dim, generator=g) for i in range(n)]
+    )
+    records = []
+    for i in range(n):
+        c, s = COLOURS[(i % 12) // 3], SHAPES[i % 3]
+        cap = f"a {c} {s} on a white background." if i % 2 else f"a {c} {s}."
+        records.append({"image": f"img-{i:03d}.png", "captions": [cap]})
+    for start in range(0, n, 16):
+        rows = slice(start, start + 16)
+        store.append_shard(embeds[rows], records[rows], items=len(records[rows]))
+    store.mark_complete()
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_dir) -> Path:
+    return make_store(tmp_path_factory.mktemp("store") / "emb", tiny_dir)
+
+
+def options(store: Path, out: Path, init: Path, **kw) -> T.TrainOptions:
+    base = {
+        "embeddings": str(store),
+        "out_dir": str(out),
+        "init": str(init),
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "warmup_steps": 2,
+        "workers": 0,
+        "log_every": 1,
+        "samples": 1,
+        "val_fraction": 0.1,
+        "save_every": 0,
+    }
+    base.update(kw)
+    return T.TrainOptions(**base)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / T.LOG_NAME).read_text().splitlines()]
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> bool:
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys and set(keys) == {k for k in b if k.startswith(prefix)}
+    return all(torch.equal(a[k], b[k]) for k in keys)
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def test_batches_ignore_padding_never_label_it_zero(store, tiny_dir, tmp_path):
+    trainer = T.Trainer(options(store, tmp_path / "run", tiny_dir))
+    trainer.setup()
+    eos = trainer.tokenizer.eos_token_id
+    assert eos == 0  # the tiny tokenizer's end-of-text is id 0: padding with 0 labels would hurt
+    batch = next(iter(trainer.loader))
+    mask = batch["attention_mask"].bool()
+    labels, ids = batch["labels"], batch["input_ids"]
+    assert (~mask).any(), "captions of two lengths: this batch must hold padding"
+    assert (labels[~mask] == T.IGNORE).all()
+    assert (labels[mask] == ids[mask]).all()
+    # every caption ends with a scored end-of-text, the only 0 label of its row
+    last = labels[torch.arange(len(labels)), mask.sum(1) - 1]
+    assert (last == eos).all()
+    assert ((labels == 0).sum(1) == 1).all()
+    assert batch["embeds"].shape == (len(labels), 24)
+
+
+def test_tokenize_appends_eos_and_cuts(tiny_dir):
+    _, tok = load_pretrained(tiny_dir)
+    full, cut = T.tokenize_captions(tok, ["a red circle.", "a red circle."], 40)[0], None
+    assert full[-1].item() == tok.eos_token_id and len(full) > 3
+    cut = T.tokenize_captions(tok, ["a red circle on a white background."], 3)[0]
+    assert len(cut) == 3 and tok.eos_token_id not in cut.tolist()  # cut: no false ending
+
+
+def test_validation_is_split_by_image():
+    records = [{"image": f"im{i // 3}", "captions": ["x"]} for i in range(60)]  # 3 rows/image
+    train, val = T.split_by_image(records, 0.25, seed=1)
+    assert sorted(train + val) == list(range(60))
+    train_images = {records[i]["image"] for i in train}
+    val_images = {records[i]["image"] for i in val}
+    assert not train_images & val_images
+    assert len(val_images) == 5  # 25% of 20 images
+    assert T.split_by_image(records, 0.0, seed=1)[1] == []
+
+
+# --- the two regimes -------------------------------------------------------------------
+
+
+def test_mlp_regime_loss_falls_and_output_serves(store, tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    final = T.train(options(store, out, tiny_dir, epochs=6, lr=3e-3))
+    assert final == out / T.FINAL
+    log = read_log(out)
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert sum(losses[-5:]) < 0.75 * sum(losses[:5])
+    epochs = [r for r in log if r.get("epoch_done")]
+    assert len(epochs) == 6 and epochs[-1]["val_loss"] < epochs[0]["val_loss"]
+    assert epochs[-1]["samples"][0]["caption"]  # a sample caption was logged
+    assert log[-1]["done"] is True
+
+    init, trained = weights(tiny_dir), weights(final)
+    assert same(init, trained, "vision.")  # the image encoder never trains
+    assert not same(init, trained, "lm.")  # GPT-2 is fine-tuned in this regime
+    assert not same(init, trained, "mapper.")
+
+    cap = Captioner.from_pretrained(str(final), device="cpu")
+    assert cap.config.source.startswith("trained with `python -m captioner train`")
+    assert cap.config.mapping_type == "mlp"
+    assert cap.caption(png_bytes())[0].text
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_transformer_regime_keeps_gpt2_frozen(tiny_transformer_dir, tmp_path, finetune):
+    emb = make_store(tmp_path / "emb", tiny_transformer_dir)
+    out = tmp_path / "run"
+    opts = options(emb, out, tiny_transformer_dir, epochs=4, lr=3e-3, finetune_lm=finetune)
+    if not finetune:
+        opts.finetune_lm = None  # the regime's default: frozen
+    final = T.train(opts)
+    init, trained = weights(tiny_transformer_dir), weights(final)
+    assert same(init, trained, "vision.")
+    assert same(init, trained, "lm.") is (not finetune)
+    assert not same(init, trained, "mapper.")
+    losses = [r["loss"] for r in read_log(out) if "loss" in r]
+    assert sum(losses[-3:]) < sum(losses[:3])
+    assert load_pretrained(final)[0].config.mapping_type == "transformer"
+
+
+def test_keep_mapper_starts_from_the_init_mapper(store, tiny_dir, tmp_path):
+    info = EmbeddingStore.open(store).encoder
+    kept, _, _ = T.build_model(options(store, tmp_path, tiny_dir, keep_mapper=True), info)
+    fresh, _, _ = T.build_model(options(store, tmp_path, tiny_dir), info)
+    init = weights(tiny_dir)
+    mapper = {f"mapper.{k}": v for k, v in kept.mapper.state_dict().items()}
+    assert all(torch.equal(v, init[k]) for k, v in mapper.items())
+    w = "mapper.model.0.weight"
+    assert not torch.equal(fresh.mapper.state_dict()[w.removeprefix("mapper.")], init[w])
+    with pytest.raises(InvalidSettings, match="prefix_length"):
+        T.build_model(options(store, tmp_path, tiny_dir, keep_mapper=True, prefix_length=6), info)
+
+
+def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_path):
+    """--image-encoder / --language-model: Hugging Face directories (or Hub ids)."""
+    model, tok = load_pretrained(tiny_dir)
+    model.vision.save_pretrained(tmp_path / "clip")
+    model.lm.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    opts = options(store, tmp_path / "run", tiny_dir, max_steps=2, mapping="transformer")
+    opts.init, opts.image_encoder, opts.language_model = (
+        None,
+        str(tmp_path / "clip"),
+        str(tmp_path / "gpt2"),
+    )
+    final = T.train(opts)
+    cfg = load_pretrained(final)[0].config
+    assert cfg.image_encoder == str(tmp_path / "clip") and cfg.mapping_type == "transformer"
+    assert cfg.language_model == str(tmp_path / "gpt2") and cfg.prefix_length == 10
+    assert same(weights(tiny_dir), weights(final), "lm.")  # transformer regime: frozen
+
+
+# --- checkpoints and resume ------------------------------------------------------------
+
+
+def test_checkpoints_keep_the_newest_k(store, tiny_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    T.train(options(store, out, tiny_dir, epochs=3, save_every=2, keep=2))
+    ckpts = T.checkpoint_dirs(out)
+    total = read_log(out)[-1]["step"]
+    assert [p.name for p in ckpts] == [f"step-{s:08d}" for s in (total - 2, total)]
+    assert not [p for p in (out / T.CHECKPOINTS).iterdir() if p.name.startswith(".")]
+    meta, state = T.read_checkpoint(ckpts[-1])  # weights_only load
+    assert meta["step"] == total and meta["epoch"] == 3 and meta["batch"] == 0
+    assert set(state) == {"optimizer", "scheduler", "scaler", "rng"} and len(state["rng"]) == 1
+    assert load_pretrained(ckpts[0])[0].config.prefix_length == 4  # a servable model dir
+
+    # a crash while writing a checkpoint leaves the others intact and no debris
+    model, tok = load_pretrained(ckpts[-1])
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        T.save_checkpoint(out, model, tok, state, {**meta, "step": total + 1}, keep=2)
+    assert T.checkpoint_dirs(out) == ckpts
+    assert sorted(p.name for p in (out / T.CHECKPOINTS).iterdir()) == [p.name for p in ckpts]
+
+
+def test_max_steps_ends_the_run(store, tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    T.train(options(store, out, tiny_dir, epochs=5, max_steps=4))
+    log = read_log(out)
+    assert log[-1] == {"step": 4, "done": True, "final": str(out / T.FINAL)}
+    assert max(r["step"] for r in log) == 4
+    meta, _ = T.read_checkpoint(T.checkpoint_dirs(out)[-1])
+    assert (meta["step"], meta["epoch"], meta["batch"], meta["total_steps"]) == (4, 0, 4, 4)
+
+
+@pytest.mark.parametrize(("crash_at", "workers"), [(10, 0), (5, 2), (3, 0)])
+def test_resume_gives_the_uninterrupted_weights(
+    store, tiny_dir, tmp_path, monkeypatch, crash_at, workers
+):
+    """Dropout is on (tiny GPT-2: 0.1), so the RNG states must be restored too. Crashes: in
+    epoch 2 (after the step-8 checkpoint), in epoch 1 with loader workers, and before any
+    checkpoint (the resumed run starts afresh)."""
+    kw = {"epochs": 3, "save_every": 4, "workers": workers}
+    a, b = tmp_path / "a", tmp_path / "b"
+    T.train(options(store, a, tiny_dir, **kw))
+
+    real_step, calls = T.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(options(store, b, tiny_dir, **kw))
+    monkeypatch.setattr(T, "train_step", real_step)
+    assert not (b / T.FINAL).exists()
+    T.train(options(store, b, tiny_dir, resume=True, **kw))
+
+    assert same(weights(a / T.FINAL), weights(b / T.FINAL))
+    # the logged losses match step by step (the interrupted run's extra lines were dropped)
+    steps = lambda out: [(r["step"], r["loss"]) for r in read_log(out) if "loss" in r]  # noqa: E731
+    assert steps(a) == steps(b)
+
+
+def test_resume_refuses_other_settings_and_reruns_need_resume(store, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    T.train(options(store, out, tiny_dir, max_steps=2))
+    capsys.readouterr()
+    base = ["train", str(store), str(out), "--init", str(tiny_dir), "--workers", "0"]
+    assert main([*base, "--batch-size", "8", "--lr", "0.002", "--warmup-steps", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: output_exists:") and "--resume" in err
+    assert main([*base, "--resume", "--lr", "0.5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: resume_mismatch:") and "lr" in err and "\n" not in err
+
+
+# --- DDP -------------------------------------------------------------------------------
+
+
+def test_torchrun_two_processes_on_cpu(store, tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = (
+        [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    )
+    cmd = [
+        *launcher,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "captioner",
+        "train",
+        str(store),
+        str(out),
+        "--init",
+        str(tiny_dir),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--save-every",
+        "3",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+        "--lr",
+        "0.002",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "x 2 processes" in r.stderr
+    assert r.stdout.strip().splitlines() == [str(out / T.FINAL)]  # rank 0 alone prints
+    log = read_log(out)
+    steps = [x["step"] for x in log if "loss" in x]
+    assert steps == list(range(1, len(steps) + 1))  # one line per step: only rank 0 logs
+    # 43 training captions over 2 ranks of batch 4: 6 steps an epoch
+    assert steps[-1] == 12
+    meta, state = T.read_checkpoint(T.checkpoint_dirs(out)[-1])
+    assert meta["identity"]["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    cap = Captioner.from_pretrained(str(out / T.FINAL), device="cpu")
+    assert cap.caption(png_bytes())[0].text
+
+
+# --- CLI errors ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_dir(tmp_path_factory) -> Path:
+    """A tiny model whose image encoder has other weights than tiny_dir's."""
+    return make_tiny(tmp_path_factory.mktemp("other"), "mlp", seed=1)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        (["--epochs", "0"], "invalid_settings"),
+        (["--precision", "fp16", "--device", "cpu"], "invalid_settings"),
+        (["--val-fraction", "1.5"], "invalid_settings"),
+        (["--keep-mapper", "--image-encoder", "x"], "invalid_settings"),
+        (["--init", "OTHER"], "encoder_mismatch"),
+        (["--image-encoder", "/nonexistent/clip"], "model_unavailable"),
+        (["--init", "/nonexistent/model"], "model_not_found"),
+    ],
+)
+def test_cli_user_errors_are_one_line(store, tiny_dir, other_dir, tmp_path, capsys, extra, code):
+    extra = [str(other_dir) if a == "OTHER" else a for a in extra]
+    init = (
+        [] if any(a in ("--init", "--image-encoder") for a in extra) else ["--init", str(tiny_dir)]
+    )
+    rc = main(["train", str(store), str(tmp_path / "run"), *init, *extra, "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert err.startswith(f"error: {code}:"), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_missing_store_is_one_line(tiny_dir, tmp_path, capsys):
+    rc = main(["train", str(tmp_path / "none"), str(tmp_path / "run"), "--init", str(tiny_dir)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("error: invalid_embeddings:") and "embed" in err
+    assert len(err.splitlines()) == 1
