@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from .config import DecodingSettings
 from .errors import AltCapError, InvalidSettings
 from .fetch import FetchLimits, Resolver, fetch_image
@@ -341,14 +342,8 @@ def register(subparsers: Any) -> None:
         help="allow loopback and private addresses (intranet sites)",
     )
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--decoding", choices=["greedy", "beam", "nucleus"], default="greedy")
-    p.add_argument("--beam-size", type=int, default=5)
-    p.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None, help="nucleus sampling seed")
-    p.add_argument("--max-tokens", type=int, default=67)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    add_decoding_arguments(p)
+    add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
 
@@ -395,14 +390,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = Source(pages=tuple(args.pages or ()), sitemap=args.sitemap)
     fmt = args.format or format_for_path(args.out)
-    settings = DecodingSettings(
-        method=args.decoding,
-        beam_size=args.beam_size,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
-    ).validate()
+    settings = decoding_from_args(args)
     out_dir = Path(args.patched_dir) if args.patched_dir else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

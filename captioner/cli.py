@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from .errors import AltCapError
 
 EXIT_USAGE = 2
@@ -21,17 +22,9 @@ EXIT_FAILED = 1
 
 def _caption(args: argparse.Namespace) -> int:
     from .captioner import Captioner
-    from .config import DecodingSettings
     from .images import load_image
 
-    settings = DecodingSettings(
-        method=args.decoding,
-        beam_size=args.beam_size,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
-    ).validate()
+    settings = decoding_from_args(args)
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     failed = 0
     loaded = []
@@ -89,15 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("caption", help="caption image files")
     c.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     c.add_argument("--model", default="clipcap-coco", help="model name, directory or Hub id")
-    c.add_argument("--decoding", choices=["greedy", "beam", "nucleus"], default="greedy")
-    c.add_argument("--beam-size", type=int, default=5)
-    c.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass")
-    c.add_argument("--temperature", type=float, default=1.0)
-    c.add_argument("--seed", type=int, default=None, help="nucleus sampling seed")
-    c.add_argument("--max-tokens", type=int, default=67)
+    add_decoding_arguments(c)
     c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    add_device_arguments(c)
     c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.set_defaults(func=_caption)
 

@@ -64,6 +64,7 @@ __all__ = [
     "check_url",
     "fetch_document",
     "fetch_image",
+    "pinned_pool",
     "system_resolver",
 ]
 
@@ -462,27 +463,11 @@ def fetch_image(
     """Download the image at ``url`` within ``limits``; raise a ``FetchError`` subclass if not."""
     deadline = _Deadline(limits.total_timeout)
     try:
-        current = url
-        for hop in range(limits.max_redirects + 1):
-            try:
-                checked = check_url(current, limits, resolver=resolver)
-            except InvalidURL as exc:
-                if hop == 0:
-                    raise
-                raise FetchError(f"the server redirected to an invalid URL: {exc}") from None
-            deadline.remaining()
-            with _request(checked, limits, deadline) as response:
-                if response.status in REDIRECT_STATUSES:
-                    location = response.headers.get("Location")
-                    if not location:
-                        raise FetchError(f"HTTP {response.status} redirect without a Location")
-                    current = urljoin(current, _header_text(location).strip())
-                    continue
-                if response.status != 200:
-                    raise FetchError(f"the image server answered HTTP {response.status}")
-                content_type, data = _read_image(response, limits, deadline)
-                return FetchedImage(url, current, content_type, data)
-        raise TooManyRedirects(f"more than {limits.max_redirects} redirects")
+        with _follow(url, limits, deadline, resolver=resolver) as (final_url, response):
+            if response.status != 200:
+                raise FetchError(f"the image server answered HTTP {response.status}")
+            content_type, data = _read_image(response, limits, deadline)
+            return FetchedImage(url, final_url, content_type, data)
     finally:
         deadline.close()
 
@@ -512,29 +497,16 @@ def fetch_document(
     wanted = ", ".join(t for t in accept if t) if accept else ""
     deadline = _Deadline(limits.total_timeout)
     try:
-        current = url
-        for hop in range(limits.max_redirects + 1):
-            try:
-                checked = check_url(current, limits, resolver=resolver)
-            except InvalidURL as exc:
-                if hop == 0:
-                    raise
-                raise FetchError(f"the server redirected to an invalid URL: {exc}") from None
-            deadline.remaining()
-            with _request(checked, limits, deadline, accept=wanted or "*/*") as response:
-                if response.status in REDIRECT_STATUSES:
-                    location = response.headers.get("Location")
-                    if not location:
-                        raise FetchError(f"HTTP {response.status} redirect without a Location")
-                    current = urljoin(current, _header_text(location).strip())
-                    continue
-                if response.status != 200:
-                    raise HTTPStatusError(
-                        f"the server answered HTTP {response.status}", status=response.status
-                    )
-                media_type, charset, data = _read_document(response, accept, max_bytes, deadline)
-                return FetchedDocument(url, current, media_type, charset, data)
-        raise TooManyRedirects(f"more than {limits.max_redirects} redirects")
+        with _follow(url, limits, deadline, resolver=resolver, accept=wanted or "*/*") as (
+            final_url,
+            response,
+        ):
+            if response.status != 200:
+                raise HTTPStatusError(
+                    f"the server answered HTTP {response.status}", status=response.status
+                )
+            media_type, charset, data = _read_document(response, accept, max_bytes, deadline)
+            return FetchedDocument(url, final_url, media_type, charset, data)
     finally:
         deadline.close()
 
@@ -605,6 +577,42 @@ def _gunzip(data: bytes, max_bytes: int) -> bytes:
 
 
 @contextlib.contextmanager
+def _follow(
+    url: str,
+    limits: FetchLimits,
+    deadline: _Deadline,
+    *,
+    resolver: Resolver | None,
+    accept: str = "image/*",
+) -> Iterator[tuple[str, urllib3.BaseHTTPResponse]]:
+    """GET ``url``, following redirects, and yield the final URL and its response (any status
+    but a redirect's), open for reading.
+
+    Every hop's URL goes through ``check_url`` again, so a redirect cannot lead to a private
+    address; the body is read inside the ``with``, where ``_request`` still turns transport
+    errors into ``FetchError``s."""
+    current = url
+    for hop in range(limits.max_redirects + 1):
+        try:
+            checked = check_url(current, limits, resolver=resolver)
+        except InvalidURL as exc:
+            if hop == 0:
+                raise
+            raise FetchError(f"the server redirected to an invalid URL: {exc}") from None
+        deadline.remaining()
+        with _request(checked, limits, deadline, accept=accept) as response:
+            if response.status in REDIRECT_STATUSES:
+                location = response.headers.get("Location")
+                if not location:
+                    raise FetchError(f"HTTP {response.status} redirect without a Location")
+                current = urljoin(current, _header_text(location).strip())
+                continue
+            yield current, response
+            return
+    raise TooManyRedirects(f"more than {limits.max_redirects} redirects")
+
+
+@contextlib.contextmanager
 def _request(
     checked: CheckedURL, limits: FetchLimits, deadline: _Deadline, accept: str = "image/*"
 ) -> Iterator[urllib3.BaseHTTPResponse]:
@@ -623,7 +631,7 @@ def _request(
             connect=min(limits.connect_timeout, remaining),
             read=min(limits.read_timeout, remaining),
         )
-        pool = _pool(checked, address, timeout, limits, deadline)
+        pool = pinned_pool(checked, address, timeout, limits, deadline)
         response = None
         try:
             response = pool.urlopen(
@@ -659,15 +667,19 @@ def _request(
     raise FetchError(f"could not connect to {checked.host}") from refused
 
 
-def _pool(
+def pinned_pool(
     checked: CheckedURL,
     address: str,
     timeout: urllib3.Timeout,
     limits: FetchLimits,
-    deadline: _Deadline,
+    deadline: _Deadline | None = None,
 ) -> urllib3.HTTPConnectionPool:
-    """A one-connection pool aimed at ``address`` but speaking to ``checked.host``."""
+    """A one-connection pool aimed at ``address`` (one of ``checked.addresses``) but speaking
+    to ``checked.host``: connecting to the address ``check_url`` approved, with no second DNS
+    lookup, is what makes the SSRF check hold. The webhook sender uses it too. With a
+    ``deadline``, every socket it opens is handed to it."""
     pool: urllib3.HTTPConnectionPool
+    watched: dict[str, Any] = {} if deadline is None else {"deadline": deadline}
     if checked.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
             address,
@@ -679,14 +691,16 @@ def _pool(
             ca_certs=limits.ca_certs,
             server_hostname=checked.host,  # SNI
             assert_hostname=checked.host,  # the certificate must name the host, not the IP
-            deadline=deadline,
+            **watched,
         )
-        pool.ConnectionCls = _WatchedHTTPSConnection
+        if deadline is not None:
+            pool.ConnectionCls = _WatchedHTTPSConnection
     else:
         pool = urllib3.HTTPConnectionPool(
-            address, checked.port, timeout=timeout, maxsize=1, retries=False, deadline=deadline
+            address, checked.port, timeout=timeout, maxsize=1, retries=False, **watched
         )
-        pool.ConnectionCls = _WatchedHTTPConnection
+        if deadline is not None:
+            pool.ConnectionCls = _WatchedHTTPConnection
     return pool
 
 

@@ -600,20 +600,7 @@ def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
     timeout = urllib3.Timeout(connect=limits.connect_timeout, read=WEBHOOK_TIMEOUT_S)
     last: Exception | None = None
     for address in checked.addresses:
-        pool: urllib3.HTTPConnectionPool
-        if checked.scheme == "https":
-            pool = urllib3.HTTPSConnectionPool(
-                address,
-                checked.port,
-                timeout=timeout,
-                retries=False,
-                cert_reqs="CERT_REQUIRED",
-                ca_certs=limits.ca_certs,
-                server_hostname=checked.host,
-                assert_hostname=checked.host,
-            )
-        else:
-            pool = urllib3.HTTPConnectionPool(address, checked.port, timeout=timeout, retries=False)
+        pool = fetch.pinned_pool(checked, address, timeout, limits)
         try:
             response = pool.urlopen(
                 "POST", checked.target, body=body, headers=headers, redirect=False, retries=False

@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from ..config import DecodingSettings
 from ..errors import AltCapError
 from .data import Item, read_dataset
@@ -318,22 +319,11 @@ def register(subparsers: Any) -> None:
         help="where the images are (COCO: the val2014/ folder; default: found next to the file)",
     )
     p.add_argument("--split", default=None, help="Karpathy split to evaluate (e.g. test)")
-    d = p.add_argument_group("decoding (as `caption`)")
-    d.add_argument(
-        "--decoding", choices=["greedy", "beam", "nucleus"], default="greedy", help="(greedy)"
-    )
-    d.add_argument("--beam-size", type=int, default=5, help="beam search width (5)")
-    d.add_argument("--top-p", type=float, default=0.8, help="nucleus sampling mass (0.8)")
-    d.add_argument("--temperature", type=float, default=1.0, help="(1.0)")
-    d.add_argument("--seed", type=int, default=None, help="nucleus sampling seed")
-    d.add_argument("--max-tokens", type=int, default=67, help="new tokens at most (67)")
+    add_decoding_arguments(p.add_argument_group("decoding (as `caption`)"))
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--workers", type=int, default=4, help="image-decoding threads (4)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    p.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="(auto)"
-    )
+    add_device_arguments(p)
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--captions-out", default=None, help="write the captions (COCO results)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -345,14 +335,7 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError("--limit must be >= 1", code="invalid_settings")
     if args.workers < 1:
         raise EvaluationError("--workers must be >= 1", code="invalid_settings")
-    settings = DecodingSettings(
-        method=args.decoding,
-        beam_size=args.beam_size,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
-    ).validate()
+    settings = decoding_from_args(args)
     report, results = evaluate(
         args.model,
         args.annotations,
