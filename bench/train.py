@@ -34,14 +34,9 @@ from transformers import CLIPVisionConfig, GPT2Config, get_linear_schedule_with_
 
 from captioner.config import ClipCapConfig
 from captioner.model import ClipCapModel
-from captioner.train.train import (
-    IGNORE,
-    make_optimizer,
-    resolve_precision,
-    set_trainable,
-    train_mode,
-    train_step,
-)
+from captioner.train.dataset import IGNORE
+from captioner.train.parts import set_trainable, train_mode
+from captioner.train.train import make_optimizer, resolve_precision, train_step
 
 COCO_CAPTIONS = 566_747  # COCO 2014 train + val captions, as ClipCap trains on them
 REGIMES = {"mlp": ("mlp", True), "transformer": ("transformer", False)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -42,8 +42,10 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename: never a half-written file."""
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Write through a temp file in the same folder, then rename: never a half-written file.
+
+    ``write(tmp)`` fills the temp file (given by name: safetensors and torch want a path)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -65,9 +67,9 @@ def save_pretrained(
         tokenizer.save_pretrained(tmp)
         for f in Path(tmp).iterdir():
             os.replace(f, out / f.name)
-    _atomic_write(out / WEIGHTS_NAME, lambda t: save_model(model, t, metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_NAME, lambda t: save_model(model, t, metadata={"format": "pt"}))
     text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / CONFIG_NAME, lambda t: Path(t).write_text(text))
+    atomic_write(out / CONFIG_NAME, lambda t: Path(t).write_text(text))
     return out
 
 

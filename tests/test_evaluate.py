@@ -14,20 +14,12 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from captioner.cli import main
 from captioner.train import evaluate as E
 from captioner.train.synthetic import make_shapes
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two of a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
 
 
 REFS = {

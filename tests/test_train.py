@@ -20,10 +20,19 @@ from safetensors.torch import load_file
 from captioner import Captioner
 from captioner.checkpoints import load_pretrained
 from captioner.cli import main
-from captioner.errors import InvalidSettings
+from captioner.errors import InvalidSettings, ModelError
 from captioner.tiny import make_tiny
 from captioner.train import train as T
+from captioner.train.checkpoint import (
+    CHECKPOINTS,
+    FINAL,
+    checkpoint_dirs,
+    read_checkpoint,
+    save_checkpoint,
+)
+from captioner.train.dataset import IGNORE, split_by_image, tokenize_captions
 from captioner.train.embed import load_encoder
+from captioner.train.parts import build_model
 from captioner.train.store import EmbeddingStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,13 +40,7 @@ COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "star"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two of a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
 
 
 def make_store(path: Path, model_dir: Path, n: int = 48, seed: int = 0) -> Path:
@@ -112,7 +115,7 @@ def test_batches_ignore_padding_never_label_it_zero(store, tiny_dir, tmp_path):
     mask = batch["attention_mask"].bool()
     labels, ids = batch["labels"], batch["input_ids"]
     assert (~mask).any(), "captions of two lengths: this batch must hold padding"
-    assert (labels[~mask] == T.IGNORE).all()
+    assert (labels[~mask] == IGNORE).all()
     assert (labels[mask] == ids[mask]).all()
     # every caption ends with a scored end-of-text, the only 0 label of its row
     last = labels[torch.arange(len(labels)), mask.sum(1) - 1]
@@ -123,21 +126,21 @@ def test_batches_ignore_padding_never_label_it_zero(store, tiny_dir, tmp_path):
 
 def test_tokenize_appends_eos_and_cuts(tiny_dir):
     _, tok = load_pretrained(tiny_dir)
-    full, cut = T.tokenize_captions(tok, ["a red circle.", "a red circle."], 40)[0], None
+    full, cut = tokenize_captions(tok, ["a red circle.", "a red circle."], 40)[0], None
     assert full[-1].item() == tok.eos_token_id and len(full) > 3
-    cut = T.tokenize_captions(tok, ["a red circle on a white background."], 3)[0]
+    cut = tokenize_captions(tok, ["a red circle on a white background."], 3)[0]
     assert len(cut) == 3 and tok.eos_token_id not in cut.tolist()  # cut: no false ending
 
 
 def test_validation_is_split_by_image():
     records = [{"image": f"im{i // 3}", "captions": ["x"]} for i in range(60)]  # 3 rows/image
-    train, val = T.split_by_image(records, 0.25, seed=1)
+    train, val = split_by_image(records, 0.25, seed=1)
     assert sorted(train + val) == list(range(60))
     train_images = {records[i]["image"] for i in train}
     val_images = {records[i]["image"] for i in val}
     assert not train_images & val_images
     assert len(val_images) == 5  # 25% of 20 images
-    assert T.split_by_image(records, 0.0, seed=1)[1] == []
+    assert split_by_image(records, 0.0, seed=1)[1] == []
 
 
 # --- the two regimes -------------------------------------------------------------------
@@ -146,7 +149,7 @@ def test_validation_is_split_by_image():
 def test_mlp_regime_loss_falls_and_output_serves(store, tiny_dir, tmp_path):
     out = tmp_path / "run"
     final = T.train(options(store, out, tiny_dir, epochs=6, lr=3e-3))
-    assert final == out / T.FINAL
+    assert final == out / FINAL
     log = read_log(out)
     losses = [r["loss"] for r in log if "loss" in r]
     assert sum(losses[-5:]) < 0.75 * sum(losses[:5])
@@ -185,15 +188,15 @@ def test_transformer_regime_keeps_gpt2_frozen(tiny_transformer_dir, tmp_path, fi
 
 def test_keep_mapper_starts_from_the_init_mapper(store, tiny_dir, tmp_path):
     info = EmbeddingStore.open(store).encoder
-    kept, _, _ = T.build_model(options(store, tmp_path, tiny_dir, keep_mapper=True), info)
-    fresh, _, _ = T.build_model(options(store, tmp_path, tiny_dir), info)
+    kept, _, _ = build_model(options(store, tmp_path, tiny_dir, keep_mapper=True), info)
+    fresh, _, _ = build_model(options(store, tmp_path, tiny_dir), info)
     init = weights(tiny_dir)
     mapper = {f"mapper.{k}": v for k, v in kept.mapper.state_dict().items()}
     assert all(torch.equal(v, init[k]) for k, v in mapper.items())
     w = "mapper.model.0.weight"
     assert not torch.equal(fresh.mapper.state_dict()[w.removeprefix("mapper.")], init[w])
     with pytest.raises(InvalidSettings, match="prefix_length"):
-        T.build_model(options(store, tmp_path, tiny_dir, keep_mapper=True, prefix_length=6), info)
+        build_model(options(store, tmp_path, tiny_dir, keep_mapper=True, prefix_length=6), info)
 
 
 def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_path):
@@ -214,6 +217,13 @@ def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_p
     assert cfg.language_model == str(tmp_path / "gpt2") and cfg.prefix_length == 10
     assert same(weights(tiny_dir), weights(final), "lm.")  # transformer regime: frozen
 
+    # a language model that cannot be loaded: one typed line that says what to give
+    opts.language_model = str(tmp_path / "nonexistent-gpt2")
+    with pytest.raises(ModelError, match="--language-model") as e:
+        build_model(opts, EmbeddingStore.open(store).encoder)
+    assert e.value.code == "model_unavailable" and "\n" not in e.value.message
+    assert "cannot load the language model" in e.value.message
+
 
 # --- checkpoints and resume ------------------------------------------------------------
 
@@ -221,11 +231,11 @@ def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_p
 def test_checkpoints_keep_the_newest_k(store, tiny_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     T.train(options(store, out, tiny_dir, epochs=3, save_every=2, keep=2))
-    ckpts = T.checkpoint_dirs(out)
+    ckpts = checkpoint_dirs(out)
     total = read_log(out)[-1]["step"]
     assert [p.name for p in ckpts] == [f"step-{s:08d}" for s in (total - 2, total)]
-    assert not [p for p in (out / T.CHECKPOINTS).iterdir() if p.name.startswith(".")]
-    meta, state = T.read_checkpoint(ckpts[-1])  # weights_only load
+    assert not [p for p in (out / CHECKPOINTS).iterdir() if p.name.startswith(".")]
+    meta, state = read_checkpoint(ckpts[-1])  # weights_only load
     assert meta["step"] == total and meta["epoch"] == 3 and meta["batch"] == 0
     assert set(state) == {"optimizer", "scheduler", "scaler", "rng"} and len(state["rng"]) == 1
     assert load_pretrained(ckpts[0])[0].config.prefix_length == 4  # a servable model dir
@@ -238,18 +248,18 @@ def test_checkpoints_keep_the_newest_k(store, tiny_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        T.save_checkpoint(out, model, tok, state, {**meta, "step": total + 1}, keep=2)
-    assert T.checkpoint_dirs(out) == ckpts
-    assert sorted(p.name for p in (out / T.CHECKPOINTS).iterdir()) == [p.name for p in ckpts]
+        save_checkpoint(out, model, tok, state, {**meta, "step": total + 1}, keep=2)
+    assert checkpoint_dirs(out) == ckpts
+    assert sorted(p.name for p in (out / CHECKPOINTS).iterdir()) == [p.name for p in ckpts]
 
 
 def test_max_steps_ends_the_run(store, tiny_dir, tmp_path):
     out = tmp_path / "run"
     T.train(options(store, out, tiny_dir, epochs=5, max_steps=4))
     log = read_log(out)
-    assert log[-1] == {"step": 4, "done": True, "final": str(out / T.FINAL)}
+    assert log[-1] == {"step": 4, "done": True, "final": str(out / FINAL)}
     assert max(r["step"] for r in log) == 4
-    meta, _ = T.read_checkpoint(T.checkpoint_dirs(out)[-1])
+    meta, _ = read_checkpoint(checkpoint_dirs(out)[-1])
     assert (meta["step"], meta["epoch"], meta["batch"], meta["total_steps"]) == (4, 0, 4, 4)
 
 
@@ -276,10 +286,10 @@ def test_resume_gives_the_uninterrupted_weights(
     with pytest.raises(KeyboardInterrupt):
         T.train(options(store, b, tiny_dir, **kw))
     monkeypatch.setattr(T, "train_step", real_step)
-    assert not (b / T.FINAL).exists()
+    assert not (b / FINAL).exists()
     T.train(options(store, b, tiny_dir, resume=True, **kw))
 
-    assert same(weights(a / T.FINAL), weights(b / T.FINAL))
+    assert same(weights(a / FINAL), weights(b / FINAL))
     # the logged losses match step by step (the interrupted run's extra lines were dropped)
     steps = lambda out: [(r["step"], r["loss"]) for r in read_log(out) if "loss" in r]  # noqa: E731
     assert steps(a) == steps(b)
@@ -339,16 +349,16 @@ def test_torchrun_two_processes_on_cpu(store, tiny_dir, tmp_path):
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "x 2 processes" in r.stderr
-    assert r.stdout.strip().splitlines() == [str(out / T.FINAL)]  # rank 0 alone prints
+    assert r.stdout.strip().splitlines() == [str(out / FINAL)]  # rank 0 alone prints
     log = read_log(out)
     steps = [x["step"] for x in log if "loss" in x]
     assert steps == list(range(1, len(steps) + 1))  # one line per step: only rank 0 logs
     # 43 training captions over 2 ranks of batch 4: 6 steps an epoch
     assert steps[-1] == 12
-    meta, state = T.read_checkpoint(T.checkpoint_dirs(out)[-1])
+    meta, state = read_checkpoint(checkpoint_dirs(out)[-1])
     assert meta["identity"]["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
-    cap = Captioner.from_pretrained(str(out / T.FINAL), device="cpu")
+    cap = Captioner.from_pretrained(str(out / FINAL), device="cpu")
     assert cap.caption(png_bytes())[0].text
 
 

@@ -22,14 +22,7 @@ from captioner.model import ClipCapModel
 from captioner.tiny import tiny_config, train_tokenizer
 from captioner.train.synthetic import make_shapes, shape_vocabulary
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two of a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
 
 
 def shape_model(out: Path) -> Path:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..errors import AltCapError, CheckpointMismatch, ModelError
 from ..images import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, load_image, preprocess
 from .data import FORMATS, Item, detect_format, read_dataset
+from .parts import first_line, load_part
 from .store import INDEX_NAME, EmbeddingStore, EncoderInfo, StoreError, weights_sha
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,8 @@ def _load_model_vision(name: str | None):
     try:
         vision.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:300]
         raise CheckpointMismatch(
-            f"the vision tower in {path} does not fit its config: {first}"
+            f"the vision tower in {path} does not fit its config: {first_line(e)}"
         ) from None
     info = EncoderInfo.from_config(config)
     return vision, dataclasses.replace(info, weights_sha=weights_sha(vision))
@@ -129,13 +129,12 @@ def _load_clip_vision(source: str):
     from transformers import CLIPVisionModelWithProjection
     from transformers.utils import cached_file
 
-    try:
-        vision = CLIPVisionModelWithProjection.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"cannot load the image encoder {source!r} ({str(e).splitlines()[0][:200]}); "
-            "give a local directory with config.json and model weights when offline"
-        ) from None
+    vision = load_part(
+        CLIPVisionModelWithProjection.from_pretrained,
+        source,
+        "image encoder",
+        "give a local directory with config.json and model weights when offline",
+    )
     size, mean, std = int(vision.config.image_size), CLIP_MEAN, CLIP_STD
     try:
         proc = cached_file(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..checkpoints import atomic_write
 from ..config import ClipCapConfig
 from ..errors import AltCapError
 
@@ -217,17 +217,6 @@ class StoreIndex:
         )
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class EmbeddingStore:
     """Read and append shards. ``create`` / ``open`` build one; ``load`` returns everything."""
 
@@ -276,7 +265,7 @@ class EmbeddingStore:
 
     def _write_index(self) -> None:
         text = json.dumps(self.index.to_dict(), indent=1)
-        _atomic(self.path / INDEX_NAME, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(self.path / INDEX_NAME, lambda tmp: Path(tmp).write_text(text))
 
     def append_shard(
         self,
@@ -302,7 +291,7 @@ class EmbeddingStore:
         shard = Shard(f"shard-{len(self.index.shards):05d}.safetensors", int(items), len(records))
         tensors = {"embeds": embeds.detach().to("cpu", torch.float32).contiguous()}
         meta = {"records": json.dumps(list(records))}
-        _atomic(self.path / shard.file, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(self.path / shard.file, lambda tmp: save_file(tensors, tmp, metadata=meta))
         self.index.shards.append(shard)
         self.index.skipped.extend(dict(s) for s in skipped)
         self._write_index()

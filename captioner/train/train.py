@@ -24,18 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import itertools
 import json
 import logging
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,38 +44,35 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from ..checkpoints import load_pretrained, save_pretrained
-from ..config import ClipCapConfig, DecodingSettings
+from ..checkpoints import load_pretrained
+from ..config import DecodingSettings
 from ..decoding import StopRule, generate
-from ..errors import AltCapError, InvalidSettings, ModelError
+from ..errors import InvalidSettings
 from ..lm import CachedGPT2
-from ..model import ClipCapModel, build_mapper
-from .store import EmbeddingStore, EncoderInfo, weights_sha
+from ..model import ClipCapModel
+from .checkpoint import (
+    CHECKPOINTS,
+    CKPT_FORMAT,
+    FINAL,
+    OutputExists,
+    ResumeMismatch,
+    TrainingError,
+    checkpoint_dirs,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_final,
+    set_rng_state,
+)
+from .dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
+from .distributed import init_distributed
+from .parts import build_model, set_trainable, train_mode
+from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
 LOG_NAME = "log.jsonl"
-STATE_NAME = "trainer_state.pt"
-META_NAME = "trainer.json"
-CKPT_FORMAT = "altcap-train-checkpoint"
-IGNORE = -100  # label of positions the loss skips (never 0: that is a real token id)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-class TrainingError(AltCapError):
-    """Training cannot start or continue as asked."""
-
-    code = "training_failed"
-
-
-class OutputExists(TrainingError):
-    code = "output_exists"
-
-
-class ResumeMismatch(TrainingError):
-    code = "resume_mismatch"
 
 
 @dataclass
@@ -154,260 +147,6 @@ class TrainOptions:
             if not ok:
                 raise InvalidSettings(message)
         return self
-
-
-# --- data ------------------------------------------------------------------------------
-
-
-class CaptionSet(Dataset):
-    """One item per caption: (the image's CLIP embedding, the caption's token ids).
-
-    The token ids live in one flat tensor with offsets, not a Python list of small tensors:
-    COCO's 566k captions then take ~30 MB, and forked loader workers share them instead of
-    copying pages that reference counting touches."""
-
-    def __init__(self, embeds: torch.Tensor, rows: Sequence[int], tokens: Sequence[torch.Tensor]):
-        self.embeds = embeds  # (N_images, clip_dim) float32
-        self.rows = torch.as_tensor(list(rows), dtype=torch.long)  # image row of each caption
-        lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
-        self.offsets = torch.zeros(len(tokens) + 1, dtype=torch.long)
-        self.offsets[1:] = lengths.cumsum(0)
-        self.flat = torch.cat(list(tokens)) if len(tokens) else torch.empty(0, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.offsets[i].item(), self.offsets[i + 1].item()
-        return self.embeds[self.rows[i]], self.flat[start:end]
-
-
-class Collate:
-    """Right-pads a batch. Padding gets label -100 so the loss never scores it; causal
-    attention with right padding means real tokens never see the pads either."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        b, n = len(items), max(len(t) for _, t in items)
-        ids = torch.full((b, n), self.pad_id, dtype=torch.long)
-        labels = torch.full((b, n), IGNORE, dtype=torch.long)
-        mask = torch.zeros((b, n), dtype=torch.long)
-        for i, (_, t) in enumerate(items):
-            ids[i, : len(t)] = t
-            labels[i, : len(t)] = t
-            mask[i, : len(t)] = 1
-        embeds = torch.stack([e for e, _ in items])  # (B, clip_dim)
-        return {"embeds": embeds, "input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def tokenize_captions(
-    tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_length: int
-) -> list[torch.Tensor]:
-    """Token ids of each caption + end-of-text, cut at ``max_length`` (a cut caption loses its
-    end-of-text rather than teaching the model to stop mid-sentence)."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ModelError("the tokenizer has no end-of-text token; captions could never end")
-    out = []
-    chunk = 4096
-    for start in range(0, len(captions), chunk):
-        batch = tokenizer(list(captions[start : start + chunk]), add_special_tokens=False)
-        for ids in batch["input_ids"]:
-            out.append(torch.tensor([*ids, eos][:max_length], dtype=torch.long))
-    return out
-
-
-def split_by_image(
-    records: Sequence[dict[str, Any]], val_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Row indices for training and validation. Held out by image (all captions of an image
-    go to the same side), so the validation loss measures images the model never saw."""
-    images = sorted({str(r["image"]) for r in records})
-    n_val = round(len(images) * val_fraction)
-    if val_fraction > 0 and len(images) > 1:
-        n_val = min(max(n_val, 1), len(images) - 1)
-    random.Random(seed).shuffle(images)
-    held = set(images[:n_val])
-    train = [i for i, r in enumerate(records) if str(r["image"]) not in held]
-    val = [i for i, r in enumerate(records) if str(r["image"]) in held]
-    return train, val
-
-
-def caption_set(
-    embeds: torch.Tensor,
-    records: Sequence[dict[str, Any]],
-    rows: Sequence[int],
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int,
-) -> CaptionSet:
-    pairs = [
-        (r, c.strip())
-        for r in rows
-        for c in records[r].get("captions", [])
-        if isinstance(c, str) and c.strip()
-    ]
-    tokens = tokenize_captions(tokenizer, [c for _, c in pairs], max_length)
-    return CaptionSet(embeds, [r for r, _ in pairs], tokens)
-
-
-class ResumableSampler(Sampler[int]):
-    """A DistributedSampler (shuffled by seed + epoch, one shard per rank) that can start an
-    epoch part-way: the indices a resumed run skips are those the interrupted run consumed."""
-
-    def __init__(self, inner: DistributedSampler) -> None:
-        self.inner = inner
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.inner.set_epoch(epoch)
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.inner), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.inner) - self.skip)
-
-
-# --- model -----------------------------------------------------------------------------
-
-_ARCH_DEFAULTS = {
-    "mapping_type": "mlp",
-    "prefix_length": 10,
-    "clip_length": 10,
-    "num_layers": 8,
-    "normalize_prefix": False,
-}
-
-
-def architecture(opts: TrainOptions, base: ClipCapConfig | None) -> dict[str, Any]:
-    """Mapper options: given ones win, then the init model's, then the paper's."""
-    given = {
-        "mapping_type": opts.mapping,
-        "prefix_length": opts.prefix_length,
-        "clip_length": opts.clip_length,
-        "num_layers": opts.num_layers,
-        "normalize_prefix": opts.normalize_prefix,
-    }
-    out = {}
-    for key, value in given.items():
-        if value is None:
-            value = getattr(base, key) if base is not None else _ARCH_DEFAULTS[key]
-        out[key] = value
-    out["num_heads"] = base.num_heads if base is not None else 8
-    out["mlp_ratio"] = base.mlp_ratio if base is not None else 2.0
-    return out
-
-
-def _load_language_model(language_model: str):
-    from transformers import AutoTokenizer, GPT2LMHeadModel
-
-    try:
-        lm = GPT2LMHeadModel.from_pretrained(language_model)
-        tokenizer = AutoTokenizer.from_pretrained(language_model)
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"cannot load the language model {language_model!r} ({_first_line(e)}); give a "
-            "GPT-2 directory (weights + tokenizer) or Hub id with --language-model"
-        ) from None
-    return lm, tokenizer
-
-
-def build_model(
-    opts: TrainOptions, encoder: EncoderInfo
-) -> tuple[ClipCapModel, PreTrainedTokenizerBase, str]:
-    """The model to train (mapper fresh unless --keep-mapper), its tokenizer, and a line
-    saying where its parts came from. Refuses a vision tower other than the one that made
-    the embeddings."""
-    if opts.init:
-        from ..pretrained import resolve
-
-        base, tokenizer = load_pretrained(resolve(opts.init))
-        config = ClipCapConfig(
-            **architecture(opts, base.config),
-            image_encoder=base.config.image_encoder,
-            language_model=base.config.language_model,
-            image_size=base.config.image_size,
-            image_mean=base.config.image_mean,
-            image_std=base.config.image_std,
-            vision_config=dict(base.config.vision_config),
-            text_config=dict(base.config.text_config),
-        )
-        vision, lm, origin = base.vision, base.lm, f"init from {opts.init}"
-        info = EncoderInfo.from_config(config)
-        info = dataclasses.replace(info, weights_sha=weights_sha(vision))
-    else:
-        from .embed import load_encoder  # the loader `embed` used: same preprocessing read
-
-        image_encoder = opts.image_encoder or encoder.image_encoder
-        language_model = opts.language_model or "gpt2"
-        clip = load_encoder(image_encoder=image_encoder, device="cpu", dtype="float32")
-        vision, info = clip.vision, clip.info
-        lm, tokenizer = _load_language_model(language_model)
-        base = None
-        config = ClipCapConfig(
-            **architecture(opts, None),
-            image_encoder=image_encoder,
-            language_model=language_model,
-            image_size=info.image_size,
-            image_mean=info.image_mean,
-            image_std=info.image_std,
-            vision_config=vision.config.to_dict(),
-            text_config=lm.config.to_dict(),
-        )
-        origin = f"image encoder {image_encoder}, language model {language_model}"
-    config.validate()
-    what = f"--init {opts.init}" if opts.init else f"--image-encoder {config.image_encoder}"
-    encoder.check(info, what)
-    if config.mapping_type == "transformer" and config.gpt_dim % config.num_heads:
-        raise InvalidSettings(
-            f"the transformer mapper's {config.num_heads} heads do not divide GPT-2's width "
-            f"{config.gpt_dim}"
-        )
-    if tokenizer.eos_token_id is None or len(tokenizer) > lm.config.vocab_size:
-        raise ModelError(
-            f"the tokenizer ({len(tokenizer)} tokens) does not fit the language model "
-            f"({lm.config.vocab_size}) or has no end-of-text token"
-        )
-    if opts.keep_mapper:
-        mapper = _kept_mapper(base, config)
-        origin += ", mapper kept"
-    else:
-        mapper = build_mapper(config)
-    return ClipCapModel(config, vision, mapper, lm), tokenizer, origin
-
-
-def _kept_mapper(base: ClipCapModel, config: ClipCapConfig) -> nn.Module:
-    keys = ["mapping_type", "prefix_length", "normalize_prefix"]
-    if config.mapping_type == "transformer":
-        keys += ["clip_length", "num_layers", "num_heads", "mlp_ratio"]
-    diff = [
-        f"{k} {getattr(base.config, k)} vs {getattr(config, k)}"
-        for k in keys
-        if getattr(base.config, k) != getattr(config, k)
-    ]
-    if diff:
-        raise InvalidSettings(
-            "--keep-mapper: the init model's mapper does not fit the options: " + "; ".join(diff)
-        )
-    return base.mapper
-
-
-def set_trainable(model: ClipCapModel, finetune_lm: bool) -> None:
-    """The mapper always trains, the vision tower never does, GPT-2 as the regime says."""
-    model.vision.requires_grad_(False)
-    model.mapper.requires_grad_(True)
-    model.lm.requires_grad_(finetune_lm)
-
-
-def train_mode(model: ClipCapModel, finetune_lm: bool) -> None:
-    """As the reference ClipCapPrefix: a frozen GPT-2 stays in eval mode (no dropout)."""
-    model.train()
-    model.vision.eval()
-    if not finetune_lm:
-        model.lm.eval()
 
 
 # --- optimisation ----------------------------------------------------------------------
@@ -522,146 +261,6 @@ def sample_captions(
         model.train(was_training)
 
 
-# --- distributed -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def on(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
-    """Single process, or one of ``torchrun``'s (RANK/WORLD_SIZE/LOCAL_RANK): nccl on CUDA,
-    gloo on the CPU."""
-    from ..captioner import pick_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), pick_device(device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and (device or "auto") not in ("cpu",)
-    if cuda:
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, world, local), dev
-
-
-# --- checkpoints -----------------------------------------------------------------------
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """Every RNG the run draws from, as tensors and plain values (loadable weights-only)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "python": {"version": version, "state": torch.tensor(py_state), "gauss": py_gauss},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def checkpoint_dirs(out_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint only appears under its final name)."""
-    root = out_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.startswith("step-") and (p / META_NAME).is_file():
-            with contextlib.suppress(ValueError):
-                found.append((int(p.name.removeprefix("step-")), p))
-    return [p for _, p in sorted(found)]
-
-
-def save_checkpoint(
-    out_dir: Path,
-    model: ClipCapModel,
-    tokenizer: PreTrainedTokenizerBase,
-    state: dict[str, Any],
-    meta: dict[str, Any],
-    keep: int,
-) -> Path:
-    """Write ``checkpoints/step-N`` through a temp folder renamed into place (a crash leaves
-    the previous checkpoints intact), then drop all but the newest ``keep``."""
-    root = out_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{meta['step']:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
-    try:
-        save_pretrained(model, tokenizer, tmp)
-        torch.save(state, tmp / STATE_NAME)
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=1) + "\n")
-        if final.exists():  # the same step saved again (e.g. a resumed run that re-finishes)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    for old in checkpoint_dirs(out_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(meta, state) of a checkpoint; the state is read with ``weights_only=True``."""
-    try:
-        meta = json.loads((path / META_NAME).read_text())
-        if meta.get("format") != CKPT_FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}")
-        state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged or foreign checkpoint: say which and why
-        raise TrainingError(f"cannot read the checkpoint {path}: {_first_line(e)}") from None
-    return meta, state
-
-
-def _save_final(out_dir: Path, model: ClipCapModel, tokenizer: PreTrainedTokenizerBase) -> Path:
-    """OUT_DIR/final, swapped in whole: a model directory is either the old one or the new."""
-    final = out_dir / FINAL
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-final-"))
-    try:
-        save_pretrained(model, tokenizer, tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 # Options that define the run: a resumed run must have the same ones to continue exactly.
 _IDENTITY = (
     "init",
@@ -774,7 +373,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"][self.dist.rank], dev)
+            set_rng_state(state["rng"][self.dist.rank], dev)
             self.step, self.epoch, self.batch = (
                 self.meta["step"],
                 self.meta["epoch"],
@@ -964,7 +563,7 @@ class Trainer:
         final = self.out / FINAL
         if main:
             self.model.config.source = self._source()
-            final = _save_final(self.out, self.model, self.tokenizer)
+            final = save_final(self.out, self.model, self.tokenizer)
             self._log({"step": self.step, "done": True, "final": str(final)})
             print(f"saved the trained model to {final}", file=sys.stderr)
         self._barrier()
@@ -1013,7 +612,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """All ranks hand in their RNG states; rank 0 writes."""
-        rng = _rng_state(self.device)
+        rng = rng_state(self.device)
         if self.dist.on:
             gathered: list[Any] = [None] * self.dist.world
             dist.all_gather_object(gathered, rng)
@@ -1066,11 +665,6 @@ def train(opts: TrainOptions) -> Path:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
 
 
 # --- CLI -------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""The model a run trains: its parts, its mapper options, and which weights learn.
+
+The vision tower and GPT-2 come from an AltCap model (``--init``) or from Hugging Face parts
+(``--image-encoder`` / ``--language-model``); the mapper is new unless ``--keep-mapper``. The
+vision tower must be the one that made the embeddings, or the served model would see other
+vectors than it was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..checkpoints import load_pretrained
+from ..config import ClipCapConfig
+from ..errors import InvalidSettings, ModelError
+from ..model import ClipCapModel, build_mapper
+from .store import EncoderInfo, weights_sha
+
+if TYPE_CHECKING:
+    from .train import TrainOptions
+
+T = TypeVar("T")
+
+_ARCH_DEFAULTS = {
+    "mapping_type": "mlp",
+    "prefix_length": 10,
+    "clip_length": 10,
+    "num_layers": 8,
+    "normalize_prefix": False,
+}
+
+
+def architecture(opts: TrainOptions, base: ClipCapConfig | None) -> dict[str, Any]:
+    """Mapper options: given ones win, then the init model's, then the paper's."""
+    given = {
+        "mapping_type": opts.mapping,
+        "prefix_length": opts.prefix_length,
+        "clip_length": opts.clip_length,
+        "num_layers": opts.num_layers,
+        "normalize_prefix": opts.normalize_prefix,
+    }
+    out = {}
+    for key, value in given.items():
+        if value is None:
+            value = getattr(base, key) if base is not None else _ARCH_DEFAULTS[key]
+        out[key] = value
+    out["num_heads"] = base.num_heads if base is not None else 8
+    out["mlp_ratio"] = base.mlp_ratio if base is not None else 2.0
+    return out
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error, cut short: enough for a one-line CLI message."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def load_part(load: Callable[[str], T], source: str, what: str, hint: str) -> T:
+    """``load(source)`` for a Hugging Face part given as a Hub id or a directory.
+
+    transformers says "not found", "offline" or "bad config" with OSError or ValueError and
+    pages of text; the user gets one ModelError line naming the part and what to give."""
+    try:
+        return load(source)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the {what} {source!r} ({first_line(e)}); {hint}") from None
+
+
+def _load_language_model(language_model: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    return load_part(
+        lambda s: (GPT2LMHeadModel.from_pretrained(s), AutoTokenizer.from_pretrained(s)),
+        language_model,
+        "language model",
+        "give a GPT-2 directory (weights + tokenizer) or Hub id with --language-model",
+    )
+
+
+def build_model(
+    opts: TrainOptions, encoder: EncoderInfo
+) -> tuple[ClipCapModel, PreTrainedTokenizerBase, str]:
+    """The model to train (mapper fresh unless --keep-mapper), its tokenizer, and a line
+    saying where its parts came from. Refuses a vision tower other than the one that made
+    the embeddings."""
+    if opts.init:
+        from ..pretrained import resolve
+
+        base, tokenizer = load_pretrained(resolve(opts.init))
+        config = ClipCapConfig(
+            **architecture(opts, base.config),
+            image_encoder=base.config.image_encoder,
+            language_model=base.config.language_model,
+            image_size=base.config.image_size,
+            image_mean=base.config.image_mean,
+            image_std=base.config.image_std,
+            vision_config=dict(base.config.vision_config),
+            text_config=dict(base.config.text_config),
+        )
+        vision, lm, origin = base.vision, base.lm, f"init from {opts.init}"
+        info = EncoderInfo.from_config(config)
+        info = dataclasses.replace(info, weights_sha=weights_sha(vision))
+    else:
+        from .embed import load_encoder  # the loader `embed` used: same preprocessing read
+
+        image_encoder = opts.image_encoder or encoder.image_encoder
+        language_model = opts.language_model or "gpt2"
+        clip = load_encoder(image_encoder=image_encoder, device="cpu", dtype="float32")
+        vision, info = clip.vision, clip.info
+        lm, tokenizer = _load_language_model(language_model)
+        base = None
+        config = ClipCapConfig(
+            **architecture(opts, None),
+            image_encoder=image_encoder,
+            language_model=language_model,
+            image_size=info.image_size,
+            image_mean=info.image_mean,
+            image_std=info.image_std,
+            vision_config=vision.config.to_dict(),
+            text_config=lm.config.to_dict(),
+        )
+        origin = f"image encoder {image_encoder}, language model {language_model}"
+    config.validate()
+    what = f"--init {opts.init}" if opts.init else f"--image-encoder {config.image_encoder}"
+    encoder.check(info, what)
+    if config.mapping_type == "transformer" and config.gpt_dim % config.num_heads:
+        raise InvalidSettings(
+            f"the transformer mapper's {config.num_heads} heads do not divide GPT-2's width "
+            f"{config.gpt_dim}"
+        )
+    if tokenizer.eos_token_id is None or len(tokenizer) > lm.config.vocab_size:
+        raise ModelError(
+            f"the tokenizer ({len(tokenizer)} tokens) does not fit the language model "
+            f"({lm.config.vocab_size}) or has no end-of-text token"
+        )
+    if opts.keep_mapper:
+        mapper = _kept_mapper(base, config)
+        origin += ", mapper kept"
+    else:
+        mapper = build_mapper(config)
+    return ClipCapModel(config, vision, mapper, lm), tokenizer, origin
+
+
+def _kept_mapper(base: ClipCapModel, config: ClipCapConfig) -> nn.Module:
+    keys = ["mapping_type", "prefix_length", "normalize_prefix"]
+    if config.mapping_type == "transformer":
+        keys += ["clip_length", "num_layers", "num_heads", "mlp_ratio"]
+    diff = [
+        f"{k} {getattr(base.config, k)} vs {getattr(config, k)}"
+        for k in keys
+        if getattr(base.config, k) != getattr(config, k)
+    ]
+    if diff:
+        raise InvalidSettings(
+            "--keep-mapper: the init model's mapper does not fit the options: " + "; ".join(diff)
+        )
+    return base.mapper
+
+
+def set_trainable(model: ClipCapModel, finetune_lm: bool) -> None:
+    """The mapper always trains, the vision tower never does, GPT-2 as the regime says."""
+    model.vision.requires_grad_(False)
+    model.mapper.requires_grad_(True)
+    model.lm.requires_grad_(finetune_lm)
+
+
+def train_mode(model: ClipCapModel, finetune_lm: bool) -> None:
+    """As the reference ClipCapPrefix: a frozen GPT-2 stays in eval mode (no dropout)."""
+    model.train()
+    model.vision.eval()
+    if not finetune_lm:
+        model.lm.eval()
