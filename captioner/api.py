@@ -1,7 +1,9 @@
 """The HTTP service: Flask blueprints for captions, health, metrics, OpenAPI and a small page.
 
-Everything that knows about Flask lives here (and in ``app.py``); the core underneath only
-sees bytes, PIL images and typed errors. ``init_app`` wires one application:
+This module is the Flask glue; the parts it wires live in modules of their own, free of
+Flask: ``service`` (per-app state, running a request's images through cache, download and
+model), ``parsing`` (request bodies), ``metrics`` (Prometheus) and ``openapi`` (the
+document). ``init_app`` wires one application:
 
 - ``api`` (``/v1/captions``): JSON or multipart in, one result or one error per image out,
   in order, so one broken image never costs the others their captions;
@@ -20,17 +22,12 @@ the workers one by one, or run one worker per container (the default of ``gunico
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -45,25 +42,29 @@ from flask import (
     render_template,
     request,
 )
-from PIL import Image
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from werkzeug.datastructures import FileStorage
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from captioner import fetch, images
-from captioner.cache import Cache, cache_key, sha256_hex
+from captioner import parsing
+from captioner.cache import Cache, cache_key
 from captioner.config import DecodingSettings
-from captioner.engine import DeadlineExceeded, Engine, ModelUnavailable
-from captioner.errors import AltCapError, InvalidSettings
-from captioner.settings import ConfigError, Settings
+from captioner.engine import Engine, ModelUnavailable
+from captioner.errors import AltCapError, ConfigError
+from captioner.metrics import Metrics
+from captioner.openapi import build_openapi
+from captioner.service import (
+    InvalidRequest,
+    Item,
+    Job,
+    ServiceState,
+    Unauthorized,
+    UnsupportedMediaType,
+    check_model_limits,
+    lookup_url_memo,
+    run_job,
+)
+from captioner.settings import Settings
 
 __all__ = [
     "InvalidRequest",
@@ -97,31 +98,6 @@ LIMITED_ENDPOINTS = frozenset(
 # Endpoints whose errors are shown as the HTML page rather than as JSON.
 HTML_ENDPOINTS = frozenset({"page.caption_form"})
 
-FETCH_THREADS = 8  # URLs of one request downloaded in parallel
-MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; stay in the signed range
-MAX_STOP_TOKEN = 64  # characters: a stop "token" is a short piece of text
-
-
-# --- errors ------------------------------------------------------------------------------
-
-
-class InvalidRequest(AltCapError):
-    """The request itself is malformed: bad JSON, wrong types, too many images, bad base64."""
-
-    code = "invalid_request"
-    http_status = 400
-
-
-class UnsupportedMediaType(InvalidRequest):
-    code = "unsupported_media_type"
-    http_status = 415
-
-
-class Unauthorized(AltCapError):
-    code = "unauthorized"
-    http_status = 401
-
-
 # Stable codes for the HTTP errors Flask and werkzeug raise on their own.
 HTTP_CODES = {
     400: "invalid_request",
@@ -137,371 +113,19 @@ HTTP_CODES = {
 }
 
 
-# --- per-app state -----------------------------------------------------------------------
-
-
-class Metrics:
-    """Prometheus metrics in a registry of their own (one per app: tests build many apps)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "altcap_http_requests",
-            "HTTP requests by endpoint (URL rule), method and status",
-            ["endpoint", "method", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "altcap_http_request_duration_seconds",
-            "Time to answer an HTTP request",
-            ["endpoint"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "altcap_batch_size",
-            "Images per batch computed by the engine",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-            registry=r,
-        )
-        self.batch_seconds = Histogram(
-            "altcap_batch_duration_seconds",
-            "Time the model took for one batch",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=r,
-        )
-        self.queue_depth = Gauge("altcap_queue_depth", "Images waiting for the model", registry=r)
-        self.queue_depth.set_function(lambda: _queue_depth(engine))
-        self.model_ready = Gauge("altcap_model_ready", "1 once the model is loaded", registry=r)
-        self.model_ready.set_function(lambda: 1.0 if engine.ready else 0.0)
-        self.cache_hits = Counter(
-            "altcap_cache_hits",
-            "Cache lookups that found an entry (kind: caption or url)",
-            ["kind"],
-            registry=r,
-        )
-        self.cache_misses = Counter(
-            "altcap_cache_misses",
-            "Cache lookups that found nothing (kind: caption or url)",
-            ["kind"],
-            registry=r,
-        )
-        self.images = Counter(
-            "altcap_images",
-            "Images answered, by outcome (captioned, cached, error)",
-            ["outcome"],
-            registry=r,
-        )
-
-    def observe_batch(self, size: int, seconds: float) -> None:
-        """The engine's ``on_batch`` hook (runs in its worker thread: keep it quick)."""
-        self.batch_size.observe(size)
-        self.batch_seconds.observe(seconds)
-
-    def cache_lookup(self, kind: str, hit: bool) -> None:
-        (self.cache_hits if hit else self.cache_misses).labels(kind).inc()
-
-
-def _queue_depth(engine: Engine) -> float:
-    stats = engine.stats()
-    depth = stats["queue_depth"] if isinstance(stats, dict) else stats.queue_depth
-    return float(depth)
-
-
-@dataclass
-class ServiceState:
-    """What the views of one app share; kept in ``app.extensions["altcap"]``."""
-
-    settings: Settings
-    engine: Engine
-    cache: Cache
-    metrics: Metrics
-    limiter: Any = None  # flask_limiter.Limiter when a rate limit is set
-    jobs: Any = None  # captioner.jobs.JobQueue, set by jobs_api.init_app
-    # Blueprints registered elsewhere add their paths to /openapi.json: f(doc, settings).
-    openapi_parts: list[Callable[[dict[str, Any], Settings], None]] = field(default_factory=list)
-
-    def close(self) -> None:
-        """Stop the job consumer and the engine, release the cache (tests; a clean shutdown)."""
-        if self.jobs is not None:
-            self.jobs.close()  # first: its chunks in flight still need the engine
-        self.engine.close()
-        self.cache.close()
-
-
 def state() -> ServiceState:
     return current_app.extensions["altcap"]
 
 
-# --- one image on its way through a request ----------------------------------------------
-
-
-@dataclass
-class Item:
-    """One image of a request, from input to result. Exactly one of result/error at the end."""
-
-    source: dict[str, Any]  # echoed to the client: {"kind": "url", "url": ...} and the like
-    url: str | None = None
-    data: bytes | None = None
-    sha: str | None = None  # SHA-256 of the image bytes, once known
-    memo_checked: bool = False  # the URL memo was already consulted
-    image: Image.Image | None = None  # decoded, waiting for the model
-    result: dict[str, Any] | None = None  # {"caption", "tokens"}
-    cached: bool = False
-    error: AltCapError | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        source = dict(self.source)
-        if self.sha:
-            source["sha256"] = self.sha
-        if self.error is not None or self.result is None:
-            error = self.error or InvalidRequest("the image was not processed")
-            return {"error": error.to_dict(), "source": source}
-        return {
-            "caption": self.result["caption"],
-            "tokens": self.result["tokens"],
-            "cached": self.cached,
-            "source": source,
-        }
-
-
-@dataclass
-class Job:
-    """A captioning request: its images, its decoding settings and its deadline."""
-
-    items: list[Item]
-    decoding: DecodingSettings = field(default_factory=DecodingSettings)
-    deadline: float = math.inf  # time.monotonic()
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-
-def run_job(st: ServiceState, job: Job) -> None:
-    """Fill in every item's result or error; raise only for the whole request.
-
-    Order of work: the URL memo and the caption cache first (a repeated URL is answered
-    without downloading anything), then downloads and decoding (in parallel threads when
-    there are several images), then one call to the engine for whatever is left, whose
-    images can share batches with other requests'.
-    """
-    settings = job.decoding.to_dict()
-    todo = [item for item in job.items if item.error is None and item.result is None]
-    if len(todo) > 1:
-        with ThreadPoolExecutor(min(FETCH_THREADS, len(todo)), "altcap-fetch") as pool:
-            list(pool.map(lambda item: _prepare(st, job, settings, item), todo))
-    else:
-        for item in todo:
-            _prepare(st, job, settings, item)
-
-    waiting = [item for item in todo if item.image is not None]
-    if waiting:
-        remaining = job.remaining()
-        if remaining <= 0:
-            raise DeadlineExceeded("the request ran out of time before captioning")
-        outcomes = st.engine.caption_images(
-            [item.image for item in waiting], job.decoding, timeout_s=remaining
-        )
-        for item, outcome in zip(waiting, outcomes, strict=True):
-            item.image = None
-            if isinstance(outcome, AltCapError):
-                if outcome.http_status >= 500:  # the service, not this image: fail the request
-                    raise outcome
-                item.error = outcome
-                continue
-            item.result = {"caption": outcome.text, "tokens": outcome.tokens}
-            st.cache.set(cache_key(st.settings.model, settings, str(item.sha)), item.result)
-
-    for item in job.items:
-        outcome = "error" if item.error else "cached" if item.cached else "captioned"
-        st.metrics.images.labels(outcome).inc()
-
-
-def lookup_url_memo(st: ServiceState, item: Item) -> None:
-    """Fill ``item.sha`` from the URL memo, if it remembers the URL."""
-    if item.url is None or item.memo_checked or st.settings.url_ttl_s <= 0:
-        return
-    item.memo_checked = True
-    item.sha = st.cache.get_url_hash(item.url)
-    st.metrics.cache_lookup("url", item.sha is not None)
-
-
-def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -> None:
-    """Cache lookups, download and decoding for one item; errors stay with the item."""
-    try:
-        model = st.settings.model
-        lookup_url_memo(st, item)
-        if item.sha is not None and _from_cache(st, item, cache_key(model, settings, item.sha)):
-            return
-        if item.data is None and item.url is not None:
-            remaining = job.remaining()
-            if remaining <= 0:
-                raise DeadlineExceeded("the request ran out of time before the download")
-            limits = st.settings.fetch_limits()
-            if remaining < limits.total_timeout:
-                limits = replace(
-                    limits,
-                    total_timeout=remaining,
-                    connect_timeout=min(limits.connect_timeout, remaining),
-                    read_timeout=min(limits.read_timeout, remaining),
-                )
-            item.data = fetch.fetch_image(item.url, limits).data
-        data = item.data or b""
-        known = item.sha
-        item.sha = sha256_hex(data)
-        if item.url is not None and st.settings.url_ttl_s > 0:
-            st.cache.set_url_hash(item.url, item.sha, st.settings.url_ttl_s)
-        if item.sha != known and _from_cache(st, item, cache_key(model, settings, item.sha)):
-            return
-        item.image = images.load_image(data, max_pixels=st.settings.max_image_pixels)
-        item.data = None  # the decoded image is all that is needed from here on
-    except AltCapError as exc:
-        item.error = exc
-
-
-def _from_cache(st: ServiceState, item: Item, key: str) -> bool:
-    value = st.cache.get(key)
-    valid = (
-        value is not None
-        and isinstance(value.get("caption"), str)
-        and isinstance(value.get("tokens"), int)
-    )
-    st.metrics.cache_lookup("caption", valid)
-    if valid:
-        item.result, item.cached, item.data = value, True, None
-    return valid
-
-
-# --- request parsing ---------------------------------------------------------------------
-
-_NUMBER = (int, float)
-# decoding field -> (accepted JSON types, how to say so)
-_DECODING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "method": ((str,), "a string"),
-    "beam_size": ((int,), "an integer"),
-    "top_p": (_NUMBER, "a number"),
-    "temperature": (_NUMBER, "a number"),
-    "seed": ((int, type(None)), "an integer or null"),
-    "max_tokens": ((int,), "an integer"),
-    "min_tokens": ((int,), "an integer"),
-    "stop_token": ((str, type(None)), "a string or null"),
-    "stop_at_eos": ((bool,), "true or false"),
-}
-
-
-def parse_decoding(value: object) -> DecodingSettings:
-    """Decoding settings from request JSON; types are checked here, ranges by the dataclass."""
-    if value is None:
-        return DecodingSettings()
-    if not isinstance(value, dict):
-        raise InvalidRequest("decoding must be an object")
-    for key, v in value.items():
-        if key not in _DECODING_TYPES:
-            raise InvalidSettings(f"unknown decoding setting {key!r}")
-        types, expected = _DECODING_TYPES[key]
-        # bool is an int in Python, but true is not a beam size.
-        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-            raise InvalidRequest(f"decoding.{key} must be {expected}")
-    if value.get("seed") is not None and not 0 <= value["seed"] <= MAX_SEED:
-        raise InvalidSettings(f"seed must be between 0 and {MAX_SEED}")
-    stop = value.get("stop_token")
-    if isinstance(stop, str) and len(stop) > MAX_STOP_TOKEN:
-        raise InvalidSettings(f"stop_token must be at most {MAX_STOP_TOKEN} characters")
-    return DecodingSettings.from_dict(value)
-
-
-def decode_base64(text: str) -> bytes:
-    """Standard or URL-safe base64, whitespace ignored, ``data:...;base64,`` prefix allowed."""
-    if text.startswith("data:") and "," in text:
-        header, text = text.split(",", 1)
-        if not header.endswith(";base64"):
-            raise InvalidRequest("a data: URL must be base64-encoded (data:image/png;base64,...)")
-    compact = "".join(text.split()).replace("-", "+").replace("_", "/")
-    try:
-        return base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("data is not valid base64") from None
-
-
-def parse_json_request(max_images: int) -> tuple[list[Item], DecodingSettings]:
-    try:
-        body = json.loads(request.get_data())
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-        raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object with an images list")
-    unknown = set(body) - {"images", "decoding"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    raw_items = body.get("images")
-    if not isinstance(raw_items, list):
-        raise InvalidRequest("images must be a list of {url} or {data} objects")
-    _check_count(len(raw_items), max_images)
-    items = []
-    for i, raw in enumerate(raw_items):
-        if not isinstance(raw, dict) or len(raw) != 1 or not set(raw) <= {"url", "data"}:
-            raise InvalidRequest(f"images[{i}] must be an object with one field: url or data")
-        ((kind, value),) = raw.items()
-        if not isinstance(value, str):
-            raise InvalidRequest(f"images[{i}].{kind} must be a string")
-        if kind == "url":
-            items.append(Item({"kind": "url", "url": value}, url=value))
-            continue
-        item = Item({"kind": "data"})
-        try:
-            item.data = decode_base64(value)
-        except InvalidRequest as exc:
-            item.error = InvalidRequest(f"images[{i}].{exc.message}")
-        items.append(item)
-    return items, parse_decoding(body.get("decoding"))
-
-
-def parse_form_request(max_images: int) -> tuple[list[Item], DecodingSettings]:
-    """Multipart uploads (``image``, several allowed) and ``url`` fields, in that order."""
-    items = [_upload_item(f) for f in request.files.getlist("image") if not _empty_upload(f)]
-    items += [
-        Item({"kind": "url", "url": u.strip()}, url=u.strip())
-        for u in request.form.getlist("url")
-        if u.strip()
-    ]
-    _check_count(len(items), max_images)
-    decoding_text = request.form.get("decoding", "").strip()
-    decoding = None
-    if decoding_text:
-        try:
-            decoding = json.loads(decoding_text)
-        except (ValueError, RecursionError):
-            raise InvalidRequest("the decoding field must be a JSON object") from None
-    return items, parse_decoding(decoding)
-
-
-def _upload_item(upload: FileStorage) -> Item:
-    return Item({"kind": "upload", "filename": upload.filename or ""}, data=upload.read())
-
-
-def _empty_upload(upload: FileStorage) -> bool:
-    """A browser sends an empty, nameless part for a file input left empty."""
-    if upload.filename:
-        return False
-    head = upload.stream.read(1)
-    upload.stream.seek(0)
-    return not head
-
-
-def _check_count(n: int, max_images: int) -> None:
-    if n == 0:
-        raise InvalidRequest("no images: send at least one image or URL")
-    if n > max_images:
-        raise InvalidRequest(f"too many images: {n} (at most {max_images} per request)")
+# --- from the request to a job ------------------------------------------------------------
 
 
 def parse_request(max_images: int) -> tuple[list[Item], DecodingSettings]:
     mimetype = request.mimetype
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        return parse_json_request(max_images)
+        return parsing.parse_json(request.get_data(), max_images)
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return parse_form_request(max_images)
+        return parsing.parse_form(request.files, request.form, max_images)
     raise UnsupportedMediaType(
         "send application/json or multipart/form-data"
         + (f", not {mimetype}" if mimetype else " with a Content-Type header")
@@ -512,21 +136,6 @@ def new_job(items: list[Item], decoding: DecodingSettings) -> Job:
     st = state()
     check_model_limits(st.engine, decoding)
     return Job(items, decoding, time.monotonic() + st.settings.request_timeout_s)
-
-
-def check_model_limits(engine: Engine, decoding: DecodingSettings) -> None:
-    """Refuse a ``max_tokens`` the loaded model has no positions for (a 400, not a 500).
-
-    ``DecodingSettings`` allows up to 256 new tokens, which GPT-2 (1024 positions) always
-    has room for, but a smaller language model may not.
-    """
-    captioner = engine.captioner
-    positions = getattr(getattr(captioner, "lm", None), "max_positions", None)
-    if captioner is None or not isinstance(positions, int):
-        return
-    room = positions - captioner.config.prefix_length
-    if decoding.max_tokens > room:
-        raise InvalidSettings(f"max_tokens must be at most {room} with this model")
 
 
 # --- /v1/captions ------------------------------------------------------------------------
@@ -641,12 +250,12 @@ def index() -> str:
 def caption_form() -> tuple[str, int]:
     """The no-JavaScript path: the form posts here and gets the page back with the result."""
     st = state()
-    if st.settings.api_keys and not _valid_key(_form_value("api_key") or _bearer()):
+    if st.settings.api_keys and not _valid_key(_form_value("api_key") or bearer_token()):
         raise Unauthorized("enter a valid API key")
     upload = request.files.get("image")
     url = request.form.get("url", "").strip()
-    if upload is not None and not _empty_upload(upload):
-        item = _upload_item(upload)
+    if upload is not None and not parsing.empty_upload(upload):
+        item = parsing.upload_item(upload)
     elif url:
         item = Item({"kind": "url", "url": url}, url=url)
     else:
@@ -674,7 +283,7 @@ def render_page(
 # --- cross-cutting: auth, CORS, rate limits, metrics, errors -------------------------------
 
 
-def _bearer() -> str:
+def bearer_token() -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
@@ -695,17 +304,17 @@ def _check_api_key() -> None:
         return
     if request.endpoint is None or request.endpoint in OPEN_ENDPOINTS:
         return  # unknown URLs get their 404; the form checks its own key field
-    if not _valid_key(_bearer()):
+    if not _valid_key(bearer_token()):
         raise Unauthorized(
             "this server needs an API key: send Authorization: Bearer <key>"
-            if not _bearer()
+            if not bearer_token()
             else "the API key is not valid"
         )
 
 
 def _rate_limit_key() -> str:
     """Clients with a valid key are limited per key; everyone else per address."""
-    token = _bearer() or _form_value("api_key")
+    token = bearer_token() or _form_value("api_key")
     if token and _valid_key(token):
         return "key:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:24]
     return "addr:" + (request.remote_addr or "unknown")
@@ -884,297 +493,3 @@ def init_app(app: Flask, settings: Settings, engine: Engine, cache: Cache) -> Se
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
     return st
-
-
-# --- OpenAPI -------------------------------------------------------------------------------
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def build_openapi(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI 3 description of this service, with this deployment's limits in it."""
-    error = {"description": "An error (see the code)", "content": _json(_ref("Error"))}
-    html = {"text/html": {"schema": {"type": "string"}}}
-    decoding = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "method": {"type": "string", "enum": ["greedy", "beam", "nucleus"]},
-            "beam_size": {"type": "integer", "minimum": 1, "maximum": 32},
-            "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
-            "temperature": {
-                "type": "number",
-                "minimum": 0,
-                "exclusiveMinimum": True,
-                "maximum": 10,
-            },
-            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True},
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": 256},
-            "min_tokens": {"type": "integer", "minimum": 0, "maximum": 256},
-            "stop_token": {"type": "string", "maxLength": MAX_STOP_TOKEN, "nullable": True},
-            "stop_at_eos": {"type": "boolean"},
-        },
-    }
-    schemas = {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": _ref("ErrorBody")},
-        },
-        "ErrorBody": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string", "example": "invalid_request"},
-                "message": {"type": "string"},
-            },
-        },
-        "Decoding": decoding,
-        "ImageInput": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "required": ["url"],
-                    "additionalProperties": False,
-                    "properties": {"url": {"type": "string", "format": "uri"}},
-                },
-                {
-                    "type": "object",
-                    "required": ["data"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "data": {
-                            "type": "string",
-                            "format": "byte",
-                            "description": "Base64 image bytes (a data: URL also works)",
-                        }
-                    },
-                },
-            ]
-        },
-        "CaptionsRequest": {
-            "type": "object",
-            "required": ["images"],
-            "additionalProperties": False,
-            "properties": {
-                "images": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": settings.max_images_per_request,
-                    "items": _ref("ImageInput"),
-                },
-                "decoding": _ref("Decoding"),
-            },
-        },
-        "Source": {
-            "type": "object",
-            "required": ["kind"],
-            "properties": {
-                "kind": {"type": "string", "enum": ["url", "upload", "data"]},
-                "url": {"type": "string"},
-                "filename": {"type": "string"},
-                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            },
-        },
-        "Caption": {
-            "type": "object",
-            "required": ["caption", "tokens", "cached", "source"],
-            "properties": {
-                "caption": {"type": "string"},
-                "tokens": {"type": "integer", "minimum": 0},
-                "cached": {"type": "boolean"},
-                "source": _ref("Source"),
-            },
-        },
-        "ImageError": {
-            "type": "object",
-            "required": ["error", "source"],
-            "properties": {
-                "error": _ref("ErrorBody"),
-                "source": _ref("Source"),
-            },
-        },
-        "CaptionsResponse": {
-            "type": "object",
-            "required": ["model", "decoding", "results"],
-            "properties": {
-                "model": {"type": "string"},
-                "decoding": {"type": "object"},
-                "results": {
-                    "type": "array",
-                    "items": {"anyOf": [_ref("Caption"), _ref("ImageError")]},
-                },
-            },
-        },
-    }
-    captions_ok = {
-        "description": "One result per image, in order",
-        "content": _json(_ref("CaptionsResponse")),
-    }
-    paths = {
-        "/v1/captions": {
-            "post": {
-                "operationId": "createCaptions",
-                "summary": "Caption images given as URLs, base64 data or uploads",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        **_json(_ref("CaptionsRequest")),
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "image": {
-                                        "type": "array",
-                                        "items": {"type": "string", "format": "binary"},
-                                    },
-                                    "url": {"type": "array", "items": {"type": "string"}},
-                                    "decoding": {
-                                        "type": "string",
-                                        "description": "Decoding settings as JSON text",
-                                    },
-                                },
-                            }
-                        },
-                    },
-                },
-                "responses": {"200": captions_ok, "default": error},
-            },
-            "get": {
-                "operationId": "getCaption",
-                "summary": "Caption one image by URL (cacheable: ETag, Cache-Control)",
-                "parameters": [
-                    {
-                        "name": "url",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "maxLength": fetch.MAX_URL_LENGTH},
-                    }
-                ],
-                "responses": {
-                    "200": captions_ok,
-                    "304": {"description": "Not modified (If-None-Match matched the ETag)"},
-                    "default": error,
-                },
-            },
-        },
-        "/healthz": {
-            "get": {
-                "operationId": "healthz",
-                "summary": "Liveness",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "Alive",
-                        "content": _json(
-                            {
-                                "type": "object",
-                                "required": ["status"],
-                                "properties": {"status": {"type": "string"}},
-                            }
-                        ),
-                    }
-                },
-            }
-        },
-        "/readyz": {
-            "get": {
-                "operationId": "readyz",
-                "summary": "Readiness: 200 once the model is loaded",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "Ready",
-                        "content": _json(
-                            {
-                                "type": "object",
-                                "required": ["status", "model"],
-                                "properties": {
-                                    "status": {"type": "string"},
-                                    "model": {"type": "string"},
-                                },
-                            }
-                        ),
-                    },
-                    "503": {"description": "Not ready", "content": _json(_ref("Error"))},
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics of this worker process",
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    "default": error,
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "summary": "This document",
-                "security": [],
-                "responses": {
-                    "200": {"description": "OpenAPI 3", "content": _json({"type": "object"})}
-                },
-            }
-        },
-        "/": {
-            "get": {
-                "operationId": "page",
-                "summary": "A page to caption one image by hand",
-                "security": [],
-                "responses": {"200": {"description": "HTML", "content": html}},
-            }
-        },
-        "/caption-form": {
-            "post": {
-                "operationId": "captionForm",
-                "summary": "The page's form without JavaScript: renders the page with the result",
-                "security": [],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "image": {"type": "string", "format": "binary"},
-                                    "url": {"type": "string"},
-                                    "api_key": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "200": {"description": "The page with the caption", "content": html},
-                    "default": {"description": "The page with the error", "content": html},
-                },
-            }
-        },
-    }
-    doc: dict[str, Any] = {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "AltCap",
-            "version": "1",
-            "description": "Alt text for images: a ClipCap captioning model behind a small API.",
-        },
-        "paths": paths,
-        "components": {"schemas": schemas},
-    }
-    if settings.api_keys:
-        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        doc["security"] = [{"bearer": []}]
-    return doc

@@ -22,6 +22,10 @@ runs every ``lease/2`` seconds (and at start), which wakes up jobs that have cla
 but no recent activity. So a ``kill -9`` costs at most one lease of delay and the re-run of
 the chunk that was in flight; completion marks make sure its rows are written once.
 
+Jobs do not stay forever: the same sweep deletes the jobs that ended more than
+``ALTCAP_JOB_RETENTION_S`` ago, with everything stored for them (``JobStore.purge``), and
+``DELETE /v1/jobs/<id>`` deletes an ended job at once (``JobQueue.cancel_or_delete``).
+
 Queue and store: SQLite files in ``ALTCAP_DATA_DIR`` by default (the service's own threads,
 one machine), or one Redis for both with ``ALTCAP_QUEUE_URL=redis://...`` (any number of
 ``python -m captioner worker`` processes, on any machines).
@@ -54,6 +58,7 @@ from captioner.errors import AltCapError
 from captioner.images import load_image
 from captioner.jobstore import (
     ACTIVE_STATES,
+    FINAL_STATES,
     FINISHED,
     RECORDED,
     Claim,
@@ -138,7 +143,8 @@ class PageNotFound(AltCapError):
 
 
 class JobFinished(AltCapError):
-    """Cancelling a job that is already done or failed."""
+    """Cancelling a job that is already done or failed (``JobQueue.cancel``; the API's
+    DELETE deletes such a job instead)."""
 
     code = "job_finished"
     http_status = 409
@@ -479,8 +485,17 @@ class JobQueue:
             "created": _iso(job["created"]),
             "started": _iso(job["started"]),
             "finished": _iso(job["finished"]),
+            "expires": _iso(self.expires(job)),
             "pages": pages,
         }
+
+    def expires(self, job: Mapping[str, Any]) -> float | None:
+        """When the retention sweep may delete this job (unix seconds): None while it runs,
+        or when jobs are kept forever (``ALTCAP_JOB_RETENTION_S=0``)."""
+        retention = self.settings.job_retention_s
+        if retention <= 0 or job["state"] not in FINAL_STATES or job["finished"] is None:
+            return None
+        return job["finished"] + retention
 
     @_translating
     def rows(self, job_id: str) -> list[dict[str, Any]]:
@@ -513,6 +528,24 @@ class JobQueue:
         if self.store.cancel(job_id):
             self.notify(job_id)
         return self.status(job_id)
+
+    @_translating
+    def cancel_or_delete(self, job_id: str) -> dict[str, Any] | None:
+        """What ``DELETE /v1/jobs/<id>`` does: cancel a queued or running job (its status is
+        returned, and it can still be read), delete a job that has ended with everything
+        stored for it (None is returned; the job is then not found).
+
+        One call never does both: a job cancelled by a first DELETE is deleted by a second.
+        A job that ends between the read and the cancel is returned as it ended."""
+        job = self.get(job_id)
+        if job["state"] in ACTIVE_STATES:
+            if self.store.cancel(job_id):
+                self.notify(job_id)
+            return self.status(job_id)
+        if not self.store.delete(job_id):  # deleted meanwhile, by another DELETE or the sweep
+            raise JobNotFound(f"there is no job {job_id[:64]!r}")
+        log.info("job %s deleted on request", job_id)
+        return None
 
     # --- consuming ---------------------------------------------------------------------
 
@@ -724,14 +757,24 @@ class JobConsumer:
             except Exception:  # Redis restarting, SQLite locked: try again next beat
                 log.warning("job heartbeat or sweep failed", exc_info=True)
 
-    def sweep(self) -> list[str]:
-        """Wake up jobs with abandoned work; resend stale webhooks. Returns the jobs woken."""
+    def sweep(self, *, now: float | None = None) -> list[str]:
+        """Wake up jobs with abandoned work; resend stale webhooks; delete the jobs that
+        ended more than ``ALTCAP_JOB_RETENTION_S`` ago. Returns the jobs woken.
+
+        Every consumer process sweeps, so with several of them the deletions race: harmless,
+        each one is atomic and deleting twice deletes nothing more. ``now`` replaces the
+        store's clock for the retention (tests)."""
         jobs, hooks = self.store.sweep(self.lease_s)
         for job_id in jobs:
             log.info("job %s: abandoned work found, waking it up", job_id)
             self.queue.wake(job_id)
         for job_id in hooks:
             self.queue.notify(job_id)
+        retention = self.settings.job_retention_s
+        if retention > 0:
+            deleted = self.store.purge(retention, now=now)
+            if deleted:
+                log.info("deleted %d job(s) ended over %.0f s ago", len(deleted), retention)
         return jobs
 
     # --- the work ----------------------------------------------------------------------

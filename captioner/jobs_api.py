@@ -7,7 +7,7 @@ the blueprint only adds its views, a counter, and its part of ``/openapi.json``.
     GET    /v1/jobs/<id>                     state, counts, progress, timestamps, pages
     GET    /v1/jobs/<id>/results?format=     json (default) | jsonl | csv, in report order
     GET    /v1/jobs/<id>/pages/<n>/patched   the page's HTML with suggested alt filled in
-    DELETE /v1/jobs/<id>                     cancel
+    DELETE /v1/jobs/<id>                     cancel (200 + job); once ended: delete (204)
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from prometheus_client import Counter
 
 from captioner import api, reports
 from captioner.jobs import InvalidJob, JobQueue, parse_job
+from captioner.openapi import json_content, schema_ref
+from captioner.parsing import parse_decoding
+from captioner.service import ServiceState, UnsupportedMediaType, check_model_limits
 from captioner.settings import Settings
 
 __all__ = ["JobsState", "init_app", "jobs", "openapi_part"]
@@ -50,14 +53,14 @@ def _queue() -> JobQueue:
 
 def _scope() -> str:
     """Idempotency keys are per API key, so two clients cannot collide on one key."""
-    token = api._bearer()  # already checked by the app's auth hook when keys are set
+    token = api.bearer_token()  # already checked by the app's auth hook when keys are set
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:32] if token else ""
 
 
 def _json_body() -> Any:
     mimetype = request.mimetype
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
-        raise api.UnsupportedMediaType("send the job as application/json")
+        raise UnsupportedMediaType("send the job as application/json")
     try:
         return json.loads(request.get_data())
     except (ValueError, RecursionError) as exc:
@@ -70,8 +73,8 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     body = _json_body()
     if not isinstance(body, dict):
         raise InvalidJob("the body must be a JSON object with images, pages or sitemap")
-    decoding = api.parse_decoding(body.get("decoding"))
-    api.check_model_limits(st.engine, decoding)
+    decoding = parse_decoding(body.get("decoding"))
+    check_model_limits(st.engine, decoding)
     spec = parse_job(body, st.settings, decoding)
     header_key = request.headers.get("Idempotency-Key")
     body_key = body.get("idempotency_key")
@@ -91,8 +94,15 @@ def get_job(job_id: str) -> Response:
 
 
 @jobs.delete("/<job_id>")
-def cancel_job(job_id: str) -> Response:
-    return jsonify(_queue().cancel(job_id))
+def delete_job(job_id: str) -> Response:
+    """Cancel a queued or running job; delete one that has ended (site owners can remove a
+    report without waiting for ``ALTCAP_JOB_RETENTION_S``)."""
+    status = _queue().cancel_or_delete(job_id)
+    if status is not None:
+        return jsonify(status)
+    response = Response(status=204)
+    del response.headers["Content-Type"]  # no body, so no type
+    return response
 
 
 @jobs.get("/<job_id>/results")
@@ -118,7 +128,7 @@ def patched_page(job_id: str, n: int) -> Response:
 
 def init_app(app: Flask, queue: JobQueue) -> None:
     """Register the blueprint on an app already set up by ``api.init_app``."""
-    st: api.ServiceState = app.extensions["altcap"]
+    st: ServiceState = app.extensions["altcap"]
     st.jobs = queue  # closed with the service: the consumer stops before the engine
     st.openapi_parts.append(openapi_part)
     created = Counter(
@@ -135,8 +145,8 @@ def init_app(app: Flask, queue: JobQueue) -> None:
 
 def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
     """Add the jobs endpoints to the service's OpenAPI document."""
-    ref = api._ref
-    error = {"description": "An error (see the code)", "content": api._json(ref("Error"))}
+    ref = schema_ref
+    error = {"description": "An error (see the code)", "content": json_content(ref("Error"))}
     url = {"type": "string", "maxLength": 2048}
     schemas = doc["components"]["schemas"]
     schemas["JobRequest"] = {
@@ -196,6 +206,11 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
             "created": {"type": "string", "format": "date-time"},
             "started": nullable_time,
             "finished": nullable_time,
+            "expires": {
+                **nullable_time,
+                "description": "When the ended job will be deleted (null: running, or kept"
+                " forever)",
+            },
             "pages": {"type": "array", "items": {"type": "object"}},
         },
     }
@@ -214,7 +229,7 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
         "required": True,
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     }
-    job = {"description": "The job", "content": api._json(ref("Job"))}
+    job = {"description": "The job", "content": json_content(ref("Job"))}
     doc["paths"]["/v1/jobs"] = {
         "post": {
             "operationId": "createJob",
@@ -227,7 +242,7 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 }
             ],
-            "requestBody": {"required": True, "content": api._json(ref("JobRequest"))},
+            "requestBody": {"required": True, "content": json_content(ref("JobRequest"))},
             "responses": {
                 "202": {**job, "description": "Created and queued (Location: the job)"},
                 "200": {**job, "description": "The job this idempotency key already started"},
@@ -243,10 +258,18 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
             "responses": {"200": job, "default": error},
         },
         "delete": {
-            "operationId": "cancelJob",
-            "summary": "Cancel a job (chunks not yet started are never captioned)",
+            "operationId": "deleteJob",
+            "summary": "Cancel a queued or running job; delete a job that has ended",
+            "description": "A queued or running job is cancelled (chunks not yet started are"
+            " never captioned) and returned. A job that is done, failed or cancelled is deleted"
+            " with its results and pages; it is then 404 job_not_found, and its idempotency key"
+            " can start a new job.",
             "parameters": [job_id],
-            "responses": {"200": job, "default": error},
+            "responses": {
+                "200": {**job, "description": "Cancelled: the job"},
+                "204": {"description": "Deleted: the job had ended"},
+                "default": error,
+            },
         },
     }
     doc["paths"]["/v1/jobs/{job_id}/results"] = {

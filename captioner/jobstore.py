@@ -14,6 +14,11 @@ way is what makes the results exactly-once:
   transaction, a Redis Lua script), keyed by the rows' positions. A chunk that is re-run
   after a crash, or twice because a slow consumer lost its lease, therefore writes its rows
   at most once: the second completion sees the mark and is discarded.
+- A job that has ended can be deleted (by its owner, or by the retention sweep once it has
+  been finished long enough) with everything stored for it, in one atomic step. Deletion
+  never touches a queued or running job, and every write that may come late (a chunk that
+  was in flight, a heartbeat, a webhook outcome) only updates what still exists, so nothing
+  of a deleted job is ever written back.
 
 Rows are plain dicts (see ``captioner.reports.RESULT_FIELDS``) stored by ``seq``, their
 position in the job's report, so results come back in the same order every time.
@@ -51,6 +56,7 @@ ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("done", "failed", "cancelled")
 STORE_FILE = "jobs.sqlite3"
 WEBHOOK_STALE_S = 600.0  # a webhook pending this long (its consumer died) is sent again
+PURGE_BATCH = 100  # jobs deleted per transaction or script: a backlog never blocks for long
 
 # Outcomes of the writes that may finish a job (the caller sends the webhook on FINISHED).
 RECORDED, FINISHED, DUPLICATE, INACTIVE = "recorded", "finished", "duplicate", "inactive"
@@ -154,6 +160,18 @@ class JobStore(ABC):
     def set_webhook(self, job_id: str, state: str) -> None:
         """Record a webhook attempt (``pending``) or its outcome (``sent``, ``failed``)."""
 
+    @abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Delete a job that has ended, with its chunks, rows, pages and idempotency key.
+
+        False (and nothing deleted) if the job is still queued or running, or is gone."""
+
+    @abstractmethod
+    def purge(self, retention_s: float, *, now: float | None = None) -> list[str]:
+        """Delete every job that ended more than ``retention_s`` seconds ago (as ``delete``);
+        ``retention_s <= 0`` keeps everything. ``now`` replaces the store's clock (tests).
+        Returns the ids deleted."""
+
     def close(self) -> None:  # noqa: B027 (optional)
         """Release connections."""
 
@@ -226,6 +244,8 @@ CREATE TABLE IF NOT EXISTS altcap_jobs (
 );
 CREATE INDEX IF NOT EXISTS altcap_jobs_active ON altcap_jobs (state)
     WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS altcap_jobs_finished ON altcap_jobs (finished)
+    WHERE finished IS NOT NULL;
 CREATE TABLE IF NOT EXISTS altcap_job_chunks (
     job_id TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -596,6 +616,45 @@ class SQLiteJobStore(JobStore):
                 (state, time.time(), job_id),
             )
 
+    # --- deleting ---------------------------------------------------------------------
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+        """Every row of these jobs, in the caller's transaction (the idempotency key is a
+        column of the job's row, so it goes with it)."""
+        ids = [(job_id,) for job_id in job_ids]
+        for table in ("altcap_job_chunks", "altcap_job_rows", "altcap_job_pages"):
+            conn.executemany(f"DELETE FROM {table} WHERE job_id = ?", ids)
+        conn.executemany("DELETE FROM altcap_jobs WHERE id = ?", ids)
+
+    def delete(self, job_id: str) -> bool:
+        with self._tx() as conn:
+            row = conn.execute("SELECT state FROM altcap_jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] not in FINAL_STATES:
+                return False
+            self._delete(conn, [job_id])
+            return True
+
+    def purge(self, retention_s: float, *, now: float | None = None) -> list[str]:
+        if retention_s <= 0:
+            return []
+        cutoff = (time.time() if now is None else now) - retention_s
+        deleted: list[str] = []
+        while True:
+            with self._tx() as conn:
+                batch = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM altcap_jobs WHERE finished IS NOT NULL AND finished <= ?"
+                        " AND state IN ('done', 'failed', 'cancelled') LIMIT ?",
+                        (cutoff, PURGE_BATCH),
+                    )
+                ]
+                self._delete(conn, batch)
+            deleted += batch
+            if len(batch) < PURGE_BATCH:
+                return deleted
+
 
 # --- Redis ----------------------------------------------------------------------------------
 
@@ -617,6 +676,7 @@ local function finish(p, id, state, t, code, msg)
   redis.call('HSET', jk, 'state', state, 'finished', t)
   if code then redis.call('HSET', jk, 'error_code', code, 'error_message', msg) end
   redis.call('SREM', p .. 'active', id)
+  redis.call('ZADD', p .. 'finished', t, id)
   if redis.call('HGET', jk, 'webhook') == '1' then
     redis.call('HSET', jk, 'webhook_state', 'pending')
     redis.call('ZADD', p .. 'webhooks', t, id)
@@ -628,13 +688,17 @@ _CREATE = """
 local p, id, spec, idem, fp, hook = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if idem ~= '' then
   local existing = redis.call('GET', p .. 'idem:' .. idem)
-  if existing then return {existing, 0} end
+  -- a key whose job was deleted (or lost) is free again
+  if existing and redis.call('EXISTS', p .. existing) == 1 then return {existing, 0} end
 end
 local t = now()
 redis.call('HSET', p .. id, 'id', id, 'spec', spec, 'fingerprint', fp, 'state', 'queued',
   'created', t, 'planned', 0, 'activity', t, 'woken', 0, 'webhook', hook)
 redis.call('SADD', p .. 'active', id)
-if idem ~= '' then redis.call('SET', p .. 'idem:' .. idem, id) end
+if idem ~= '' then
+  redis.call('HSET', p .. id, 'idem', idem)
+  redis.call('SET', p .. 'idem:' .. idem, id)
+end
 return {id, 1}
 """
 
@@ -794,6 +858,7 @@ return {jobs, hooks}
 
 _SET_WEBHOOK = """
 local p, id, state = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', p .. id) == 0 then return 0 end  -- deleted meanwhile: write nothing
 redis.call('HSET', p .. id, 'webhook_state', state)
 if state == 'pending' then
   redis.call('ZADD', p .. 'webhooks', now(), id)
@@ -801,6 +866,46 @@ else
   redis.call('ZREM', p .. 'webhooks', id)
 end
 return 1
+"""
+
+# Deleting a job: every key of it, its entries in the indexes, its idempotency key (only if
+# that still points at this job). Never an active job. Idempotent: deleting twice, or a job
+# half gone, only removes what is left.
+_LUA_DELETE = """
+local function delete_job(p, id)
+  local jk = p .. id
+  local st = redis.call('HGET', jk, 'state')
+  if st == 'queued' or st == 'running' then return 0 end
+  local idem = redis.call('HGET', jk, 'idem')
+  if idem and redis.call('GET', p .. 'idem:' .. idem) == id then
+    redis.call('DEL', p .. 'idem:' .. idem)
+  end
+  redis.call('UNLINK', jk, jk .. ':chunks', jk .. ':open', jk .. ':owner', jk .. ':attempts',
+    jk .. ':done', jk .. ':rows', jk .. ':pages', jk .. ':pagemeta')
+  redis.call('SREM', p .. 'active', id)
+  redis.call('ZREM', p .. 'webhooks', id)
+  redis.call('ZREM', p .. 'finished', id)
+  if st then return 1 end
+  return 0
+end
+"""
+
+_DELETE = """
+return delete_job(ARGV[1], ARGV[2])
+"""
+
+# ARGV: p, retention, batch size, now ('' = the server's clock).
+_PURGE = """
+local p, retention, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = now()
+if ARGV[4] ~= '' then t = tonumber(ARGV[4]) end
+local ids = redis.call('ZRANGEBYSCORE', p .. 'finished', '-inf', t - retention, 'LIMIT', 0, limit)
+local gone = {}
+for _, id in ipairs(ids) do
+  if delete_job(p, id) == 1 then table.insert(gone, id) end
+  redis.call('ZREM', p .. 'finished', id)  -- also an entry of a job that is active again
+end
+return {#ids, gone}
 """
 
 
@@ -811,8 +916,9 @@ class RedisJobStore(JobStore):
     job ``<id>:chunks`` (items), ``<id>:open`` (a sorted set of unfinished chunks scored by
     lease expiry, 0 when pending), ``<id>:owner``, ``<id>:attempts``, ``<id>:done`` (chunk
     marks), ``<id>:rows`` (seq -> row), ``<id>:pages`` and ``<id>:pagemeta``; plus ``active``
-    (ids of unfinished jobs), ``webhooks`` and ``idem:<key>``. Each operation is one Lua
-    script, which Redis runs atomically. Use a Redis that persists (AOF ``appendfsync
+    (ids of unfinished jobs), ``finished`` (ended jobs by end time, for the retention sweep),
+    ``webhooks`` and ``idem:<key>``. Each operation is one Lua script, which Redis runs
+    atomically. Use a Redis that persists (AOF ``appendfsync
     everysec`` or better) if jobs must survive a restart of Redis itself.
     """
 
@@ -836,6 +942,8 @@ class RedisJobStore(JobStore):
         self._renew = register(_LUA_HEAD + _RENEW)
         self._sweep = register(_LUA_HEAD + _SWEEP)
         self._set_webhook = register(_LUA_HEAD + _SET_WEBHOOK)
+        self._delete = register(_LUA_HEAD + _LUA_DELETE + _DELETE)
+        self._purge = register(_LUA_HEAD + _LUA_DELETE + _PURGE)
 
     def close(self) -> None:
         self._client.close()
@@ -925,6 +1033,20 @@ class RedisJobStore(JobStore):
 
     def set_webhook(self, job_id: str, state: str) -> None:
         self._set_webhook(args=[self.prefix, job_id, state])
+
+    def delete(self, job_id: str) -> bool:
+        return bool(self._delete(args=[self.prefix, job_id]))
+
+    def purge(self, retention_s: float, *, now: float | None = None) -> list[str]:
+        if retention_s <= 0:
+            return []
+        deleted: list[str] = []
+        while True:
+            args = [self.prefix, retention_s, PURGE_BATCH, "" if now is None else now]
+            seen, gone = self._purge(args=args)
+            deleted += [self._text(job_id) for job_id in gone]
+            if int(seen) < PURGE_BATCH:
+                return deleted
 
 
 # --- configuration ----------------------------------------------------------------------------

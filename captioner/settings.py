@@ -328,6 +328,13 @@ class Settings:
         "Seconds a consumer may go silent before its chunk of a job is given to another",
         shown="60",
     )
+    job_retention_s: float = _setting(
+        7 * 86400.0,
+        _seconds(allow_zero=True),
+        "Seconds a finished batch job and its results are kept (604800 = 7 days), then deleted"
+        " by the consumers' sweep (0: kept forever)",
+        shown="604800",
+    )
     crawl_delay_s: float = _setting(
         1.0,
         _seconds(allow_zero=True),

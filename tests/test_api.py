@@ -493,12 +493,12 @@ def test_engine_failures_fail_the_request(make_app, outcome, status: int, code: 
 
 
 def test_a_bug_is_a_500_without_details(client: FlaskClient, monkeypatch) -> None:
-    import captioner.api
+    import captioner.service
 
     def broken(*args: Any, **kwargs: Any) -> Image.Image:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(captioner.api.images, "load_image", broken)
+    monkeypatch.setattr(captioner.service.images, "load_image", broken)
     response = client.post("/v1/captions", json={"images": [{"data": b64(BLUE)}]})
     assert response.status_code == 500
     error = error_of(response)

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,20 +176,46 @@ def test_idempotency_keys(client: FlaskClient) -> None:
     assert_error(mixed, 400, "invalid_job")
 
 
-def test_cancel(make_app, site: str) -> None:
+def test_delete_cancels_a_queued_job_then_deletes_it(make_app, site: str) -> None:
     client = make_app(JOB_WORKERS=0).test_client()  # nobody consumes: the job stays queued
     job = submit(client, {"images": [f"{site}/1.png"]}).get_json()
+    assert job["expires"] is None  # not ended yet
     response = client.delete(job["url"])
     assert response.status_code == 200 and response.get_json()["state"] == "cancelled"
-    assert client.delete(job["url"]).get_json()["state"] == "cancelled"
+    assert response.get_json()["expires"] > response.get_json()["finished"]
     assert client.get(f"{job['url']}/results").get_json() == []
+    response = client.delete(job["url"])  # cancelled: it has ended, so it goes
+    assert response.status_code == 204 and response.get_data() == b""
+    assert_error(client.get(job["url"]), 404, "job_not_found")
+    assert_error(client.get(f"{job['url']}/results"), 404, "job_not_found")
+    assert_error(client.delete(job["url"]), 404, "job_not_found")
     assert_error(client.delete("/v1/jobs/" + "0" * 32), 404, "job_not_found")
 
 
-def test_a_finished_job_cannot_be_cancelled(client: FlaskClient, site: str) -> None:
+def test_deleting_a_finished_job_removes_it_and_frees_its_key(client: FlaskClient, site: str):
+    key = {"Idempotency-Key": "audit-1"}
+    job = submit(client, {"images": [f"{site}/1.png"]}, **key).get_json()
+    done = wait_done(client, job["url"])
+    assert done["state"] == "done"
+    finished = datetime.fromisoformat(done["finished"].replace("Z", "+00:00"))
+    expires = datetime.fromisoformat(done["expires"].replace("Z", "+00:00"))
+    assert expires - finished == timedelta(days=7)  # the default retention
+    assert len(client.get(f"{job['url']}/results").get_json()) == 1
+    response = client.delete(job["url"])
+    assert response.status_code == 204 and not response.get_data()
+    assert "Content-Type" not in response.headers
+    assert_error(client.get(job["url"]), 404, "job_not_found")
+    assert_error(client.get(f"{job['url']}/results"), 404, "job_not_found")
+    assert_error(client.delete(job["url"]), 404, "job_not_found")
+    again = submit(client, {"images": [f"{site}/2.png"]}, **key)  # the key starts a new job
+    assert again.status_code == 202 and again.get_json()["id"] != job["id"]
+
+
+def test_retention_zero_keeps_jobs_forever(make_app, site: str) -> None:
+    client = make_app(JOB_RETENTION_S=0).test_client()
     job = submit(client, {"images": [f"{site}/1.png"]}).get_json()
-    wait_done(client, job["url"])
-    assert_error(client.delete(job["url"]), 409, "job_finished")
+    done = wait_done(client, job["url"])
+    assert done["state"] == "done" and done["expires"] is None
 
 
 @pytest.mark.parametrize(
@@ -279,6 +306,12 @@ def test_openapi_describes_the_jobs_endpoints(make_app) -> None:
     doc = make_app(JOB_WORKERS=0, JOB_MAX_IMAGES=50).test_client().get("/openapi.json").get_json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results"} <= set(doc["paths"])
     assert set(doc["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}
+    assert set(doc["paths"]["/v1/jobs/{job_id}"]["delete"]["responses"]) == {
+        "200",
+        "204",
+        "default",
+    }
+    assert "expires" in doc["components"]["schemas"]["Job"]["properties"]
     images = doc["components"]["schemas"]["JobRequest"]["properties"]["images"]
     assert images["maxItems"] == 50
 
