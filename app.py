@@ -22,6 +22,7 @@ from flask import Flask
 from captioner import api, jobs_api
 from captioner.cache import open_cache
 from captioner.engine import Engine
+from captioner.identity import ModelChanged, ModelIdentity, model_identity
 from captioner.jobs import EngineBackend, JobQueue
 from captioner.settings import Settings
 
@@ -43,38 +44,54 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(config)
 
     cache = open_cache(settings.cache_url, settings.data_dir)
+    # Once, before the model loads: the public name and the cache identity of ALTCAP_MODEL
+    # (a local path is neither; see captioner/identity.py). Views and job consumers share it.
+    model = model_identity(settings.model)
     engine = config.get("ENGINE")
     own_engine = engine is None
     if own_engine:
         engine = Engine(
-            config.get("LOADER") or default_loader(settings),
+            config.get("LOADER") or default_loader(settings, model),
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
         )
-    api.init_app(app, settings, engine, cache)
+    api.init_app(app, settings, engine, cache, model)
     queue = JobQueue(settings)  # batch jobs: SQLite in DATA_DIR, or ALTCAP_QUEUE_URL's Redis
     jobs_api.init_app(app, queue)
     if own_engine:
         engine.start()  # last: nothing above can fail and leave a loading thread behind
     if settings.job_workers:  # job consumer threads, after the fork too (like the engine's)
         backend = EngineBackend(engine, settings.max_image_pixels)
-        queue.start_consumer(backend, workers=settings.job_workers, cache=cache)
+        queue.start_consumer(backend, workers=settings.job_workers, cache=cache, model=model)
     return app
 
 
-def default_loader(settings: Settings) -> Callable[[], Any]:
-    """Load the configured model; called in the engine's thread, never at import."""
+def default_loader(settings: Settings, model: ModelIdentity | None = None) -> Callable[[], Any]:
+    """Load the configured model; called in the engine's thread, never at import.
+
+    ``model`` is the identity the app computed at start-up. If the model directory changed
+    since (a training run saving into it), the weights just loaded are not the ones that
+    identity names, and caching their captions under it would serve them as the other
+    model's: refuse (``/readyz`` says why) rather than serve them. A restart picks them up.
+    """
 
     def load() -> Any:
         from captioner.captioner import Captioner  # torch and transformers: import on use
 
-        return Captioner.from_pretrained(
+        captioner = Captioner.from_pretrained(
             settings.model,
             device=settings.device,
             dtype=settings.dtype,
             max_pixels=settings.max_image_pixels,
         )
+        now = model_identity(settings.model) if model is not None else None
+        if now is not None and now != model:
+            raise ModelChanged(
+                f"the model directory changed while the service started ({model.name} is now "
+                f"{now.name}); restart the service to serve it"
+            )
+        return captioner
 
     return load
 

@@ -11,9 +11,6 @@ from typing import Literal
 Verdict = Literal["missing", "decorative", "meaningless", "ok"]
 
 _SPACES = re.compile(r"\s+")
-# U+FFFD (a multi-byte character cut by the end of decoding, or bytes that never formed one)
-# and control characters: a byte-level tokenizer can decode to them; alt text has no use for them.
-_NOT_TEXT = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _IMAGE_FILE = re.compile(r"\.(jpe?g|png|gif|webp|svg|bmp|tiff?|avif|heic|ico)$", re.IGNORECASE)
 _URL = re.compile(r"^(https?:|data:|//|/\S)", re.IGNORECASE)
 
@@ -62,9 +59,8 @@ def clean_caption(text: str) -> str:
 
     Collapses whitespace, capitalises the first letter and ends with exactly one period
     (the model usually writes one, sometimes several or none, and sometimes a leading space).
-    Replacement and control characters are dropped, so the result may be empty.
     """
-    text = _SPACES.sub(" ", _NOT_TEXT.sub("", text)).strip()
+    text = _SPACES.sub(" ", text).strip()
     text = text.rstrip(" .")
     if not text:
         return ""

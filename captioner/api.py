@@ -51,6 +51,7 @@ from captioner.cache import Cache, cache_key
 from captioner.config import DecodingSettings
 from captioner.engine import Engine, ModelUnavailable
 from captioner.errors import AltCapError, ConfigError
+from captioner.identity import ModelIdentity, model_identity, redact_model_path
 from captioner.metrics import Metrics
 from captioner.openapi import build_openapi
 from captioner.service import (
@@ -163,13 +164,13 @@ def captions_get() -> Response:
     settings = job.decoding.to_dict()
     lookup_url_memo(st, item)
     if item.sha is not None:  # answer a revalidation without downloading or captioning
-        etag = cache_key(st.settings.model, settings, item.sha)
+        etag = cache_key(st.model.cache_id, settings, item.sha)
         if request.if_none_match.contains_weak(etag):
             return _not_modified(st, etag)
     run_job(st, job)
     if item.error is not None:
         raise item.error
-    etag = cache_key(st.settings.model, settings, str(item.sha))  # set: the image was read
+    etag = cache_key(st.model.cache_id, settings, str(item.sha))  # set: the image was read
     if request.if_none_match.contains_weak(etag):
         return _not_modified(st, etag)
     response = jsonify(_envelope(st, job))
@@ -180,7 +181,7 @@ def captions_get() -> Response:
 
 def _envelope(st: ServiceState, job: Job) -> dict[str, Any]:
     return {
-        "model": st.settings.model,
+        "model": st.model.name,
         "decoding": job.decoding.to_dict(),
         "results": [item.to_json() for item in job.items],
     }
@@ -214,12 +215,13 @@ def readyz() -> Response | tuple[Response, int, dict[str, str]]:
     """Ready: the model is loaded. Load balancers send traffic only to ready workers."""
     st = state()
     if st.engine.ready:
-        return jsonify({"status": "ready", "model": st.settings.model})
+        return jsonify({"status": "ready", "model": st.model.name})
     error = st.engine.load_error
     if error is None:
         body = ModelUnavailable("the model is still loading").to_dict()
         return jsonify({"error": body}), 503, {"Retry-After": "5"}
-    message = f"the model could not be loaded: {error.message}"
+    reason = redact_model_path(error.message, st.settings.model, st.model.name)
+    message = f"the model could not be loaded: {reason}"
     return jsonify({"error": ModelUnavailable(message).to_dict()}), 503, {}
 
 
@@ -276,7 +278,7 @@ def render_page(
         error=error,
         url=url,
         keys_required=bool(st.settings.api_keys),
-        model=st.settings.model,
+        model=st.model.name,
     )
 
 
@@ -398,7 +400,9 @@ def handle_altcap_error(exc: AltCapError) -> Response:
     if isinstance(exc, Unauthorized):
         headers.append(("WWW-Authenticate", 'Bearer realm="AltCap"'))
     status = exc.http_status if 400 <= exc.http_status <= 599 else 500
-    return error_response(exc.code, exc.message, status, headers)
+    st = state()
+    message = redact_model_path(exc.message, st.settings.model, st.model.name)  # load errors
+    return error_response(exc.code, message, status, headers)
 
 
 def handle_http_error(exc: HTTPException) -> Response:
@@ -466,9 +470,19 @@ def _new_limiter(app: Flask, settings: Settings) -> Any:
     )
 
 
-def init_app(app: Flask, settings: Settings, engine: Engine, cache: Cache) -> ServiceState:
-    """Attach the service to ``app``: state, hooks (in order), blueprints, error handlers."""
-    st = ServiceState(settings, engine, cache, Metrics(engine))
+def init_app(
+    app: Flask,
+    settings: Settings,
+    engine: Engine,
+    cache: Cache,
+    model: ModelIdentity | None = None,
+) -> ServiceState:
+    """Attach the service to ``app``: state, hooks (in order), blueprints, error handlers.
+
+    ``model`` is the served model's identity (``captioner.identity``), computed here from
+    ``settings.model`` unless the caller (``create_app``) already has it."""
+    model = model or model_identity(settings.model)
+    st = ServiceState(settings, engine, cache, Metrics(engine), model)
     app.extensions["altcap"] = st
     engine.on_batch = st.metrics.observe_batch
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length

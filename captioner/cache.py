@@ -79,7 +79,8 @@ def cache_key(model_id: str, settings: Mapping[str, object], image_sha256: str) 
     integral floats are written as ints (``1.0`` and ``1`` compare equal in Python, so they
     must name the same entry). Pass settings as plain data (``dataclasses.asdict``): an
     unknown type raises ``TypeError`` rather than being stringified into a key that might
-    collide. ``model_id`` must change whenever the weights do.
+    collide. ``model_id`` must change whenever the weights do: pass
+    ``captioner.identity.model_identity(...).cache_id``, never a model path as written.
     """
     if not isinstance(model_id, str) or not model_id:
         raise ValueError("model_id must be a non-empty string")

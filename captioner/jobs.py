@@ -55,6 +55,7 @@ from captioner import fetch
 from captioner.cache import Cache, NullCache, cache_key, sha256_hex
 from captioner.config import DecodingSettings
 from captioner.errors import AltCapError
+from captioner.identity import ModelIdentity, model_identity
 from captioner.images import load_image
 from captioner.jobstore import (
     ACTIVE_STATES,
@@ -556,13 +557,14 @@ class JobQueue:
         workers: int,
         cache: Cache | None = None,
         embedded: bool = True,
+        model: ModelIdentity | None = None,
     ) -> JobConsumer:
         """Start consuming in this process: ``workers`` huey threads, plus a keeper thread
         for heartbeats and sweeps. ``embedded``: inside another program (the web service),
-        so leave signal handling to it."""
+        so leave signal handling to it. ``model``: see ``JobConsumer``."""
         if self.consumer is not None:
             raise RuntimeError("this JobQueue already has a consumer")
-        self.consumer = JobConsumer(self, backend, workers=workers, cache=cache)
+        self.consumer = JobConsumer(self, backend, workers=workers, cache=cache, model=model)
         if embedded:
             self.consumer.start()
         return self.consumer
@@ -668,6 +670,7 @@ class JobConsumer:
         *,
         workers: int,
         cache: Cache | None = None,
+        model: ModelIdentity | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("a consumer needs at least one worker thread")
@@ -676,6 +679,10 @@ class JobConsumer:
         self.settings = queue.settings
         self.backend = backend
         self.cache = cache or NullCache()
+        # Cache keys use the model's identity, not ALTCAP_MODEL as written: a model directory
+        # retrained in place must not be answered from the old model's captions. The service
+        # passes the identity it computed at start-up; a worker computes its own here.
+        self.model = model or model_identity(self.settings.model)
         self.lease_s = self.settings.job_lease_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: set[tuple[str, int | str]] = set()
@@ -885,7 +892,7 @@ class JobConsumer:
     def _caption_chunk(self, job: Mapping[str, Any], claim: Claim) -> dict[int, dict[str, Any]]:
         decoding = DecodingSettings.from_dict(job["spec"]["decoding"])
         settings = decoding.to_dict()
-        model = self.settings.model
+        model = self.model.cache_id
         limits = self.settings.fetch_limits()
         urls = [item["url"] for item in claim.items]
         outcomes: dict[str, str | AltCapError] = {}

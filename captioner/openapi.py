@@ -16,6 +16,13 @@ from captioner.settings import Settings
 
 __all__ = ["build_openapi", "json_content", "schema_ref"]
 
+MODEL_DESCRIPTION = (
+    "The model's public name: a registry name or Hub repo id as configured; for a local model "
+    "directory, its last two path components and a fingerprint of its content "
+    "(`photos/final@1a2b3c4d`), never the server's path. The fingerprint changes when the "
+    "model is retrained."
+)
+
 
 def json_content(schema: dict[str, Any]) -> dict[str, Any]:
     """A JSON ``content`` map: ``{"application/json": {"schema": schema}}``."""
@@ -134,7 +141,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "type": "object",
             "required": ["model", "decoding", "results"],
             "properties": {
-                "model": {"type": "string"},
+                "model": {"type": "string", "description": MODEL_DESCRIPTION},
                 "decoding": {"type": "object"},
                 "results": {
                     "type": "array",
@@ -227,7 +234,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                                 "required": ["status", "model"],
                                 "properties": {
                                     "status": {"type": "string"},
-                                    "model": {"type": "string"},
+                                    "model": {
+                                        "type": "string",
+                                        "description": MODEL_DESCRIPTION,
+                                    },
                                 },
                             }
                         ),

@@ -7,13 +7,15 @@
   directory under the AltCap cache;
 - anything else that looks like ``owner/name`` is a Hub repo holding a model directory, fetched
   through the Hugging Face cache (``HF_HOME``, ``HF_HUB_OFFLINE`` and tokens apply).
+
+What clients are told about the model, and what the caption cache keys on, is
+``captioner.identity``: a local path is neither.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 from .checkpoints import convert_checkpoint, is_model_dir
 from .config import MappingType
 from .errors import DownloadFailed, ModelNotFound
+from .identity import HUB_ID
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,6 @@ REGISTRY: dict[str, PretrainedSpec] = {
     ),
 }
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _VISION_FILES = ["config.json", "preprocessor_config.json"]
 _TEXT_FILES = ["config.json", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"]
 _MODEL_DIR_FILES = ["*.json", "*.txt", "model.safetensors"]
@@ -89,7 +91,7 @@ def resolve(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> Pa
         if not is_model_dir(target):
             fetch_and_convert(name_or_path, target)
         return target
-    if _REPO_ID.match(name_or_path):
+    if HUB_ID.match(name_or_path):
         local = _snapshot(name_or_path, _MODEL_DIR_FILES, what="model directory")
         if not is_model_dir(local):
             raise ModelNotFound(f"Hub repo {name_or_path} holds no AltCap model directory")

@@ -22,6 +22,7 @@ from captioner.cache import Cache, cache_key, sha256_hex
 from captioner.config import DecodingSettings
 from captioner.engine import DeadlineExceeded, Engine
 from captioner.errors import AltCapError, InvalidSettings
+from captioner.identity import ModelIdentity
 from captioner.metrics import Metrics
 from captioner.settings import Settings
 
@@ -71,6 +72,7 @@ class ServiceState:
     engine: Engine
     cache: Cache
     metrics: Metrics
+    model: ModelIdentity  # the public name in answers; the cache identity in keys and ETags
     limiter: Any = None  # flask_limiter.Limiter when a rate limit is set
     jobs: Any = None  # captioner.jobs.JobQueue, set by jobs_api.init_app
     # Blueprints registered elsewhere add their paths to /openapi.json: f(doc, settings).
@@ -176,7 +178,7 @@ def run_job(st: ServiceState, job: Job) -> None:
                 item.error = outcome
                 continue
             item.result = {"caption": outcome.text, "tokens": outcome.tokens}
-            st.cache.set(cache_key(st.settings.model, settings, str(item.sha)), item.result)
+            st.cache.set(cache_key(st.model.cache_id, settings, str(item.sha)), item.result)
 
     for item in job.items:
         outcome = "error" if item.error else "cached" if item.cached else "captioned"
@@ -195,7 +197,7 @@ def lookup_url_memo(st: ServiceState, item: Item) -> None:
 def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -> None:
     """Cache lookups, download and decoding for one item; errors stay with the item."""
     try:
-        model = st.settings.model
+        model = st.model.cache_id
         lookup_url_memo(st, item)
         if item.sha is not None and _from_cache(st, item, cache_key(model, settings, item.sha)):
             return

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from captioner.cache import open_cache
     from captioner.captioner import Captioner
     from captioner.errors import InvalidSettings
+    from captioner.identity import ModelChanged, model_identity
     from captioner.jobs import CaptionerBackend, JobQueue
     from captioner.settings import Settings
 
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("huey").setLevel(logging.INFO if args.verbose else logging.WARNING)
 
     settings = Settings.load(os.environ)
+    # The identity before the weights: if the directory changes while loading, the weights
+    # are not the ones the identity names (see app.default_loader).
+    model = model_identity(settings.model)
     # The model first: a worker that cannot caption must fail now, not per chunk.
     captioner = Captioner.from_pretrained(
         settings.model,
@@ -69,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
         dtype=settings.dtype,
         max_pixels=settings.max_image_pixels,
     )
+    if model_identity(settings.model) != model:
+        raise ModelChanged("the model directory changed while it was loading; start again")
     log.info("model %r loaded; consuming jobs with %d threads", settings.model, args.threads)
     cache = open_cache(settings.cache_url, settings.data_dir)
     queue = JobQueue(settings)
     consumer = queue.start_consumer(
-        CaptionerBackend(captioner), workers=args.threads, cache=cache, embedded=False
+        CaptionerBackend(captioner), workers=args.threads, cache=cache, embedded=False, model=model
     )
     consumer.huey_consumer.shutdown_timeout = args.shutdown_timeout
     try:

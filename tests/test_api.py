@@ -217,7 +217,11 @@ def test_healthz_and_readyz(client: FlaskClient, tiny_dir) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json() == {"status": "ready", "model": str(tiny_dir)}
+    body = ready.get_json()
+    assert body["status"] == "ready" and set(body) == {"status", "model"}
+    # the public name, not the server's path: "<parent>/<dir>@<fingerprint>"
+    assert body["model"].startswith(f"{tiny_dir.parent.name}/{tiny_dir.name}@")
+    assert str(tiny_dir) not in ready.get_data(as_text=True)
 
 
 def test_not_ready_until_the_model_has_loaded(make_app, tiny_dir) -> None:
@@ -701,3 +705,78 @@ def test_the_form_asks_for_a_key_when_the_server_has_keys(make_app) -> None:
     assert refused.status_code == 401 and refused.mimetype == "text/html"
     upload = {"image": (io.BytesIO(RED), "red.png"), "api_key": "sesame"}
     assert client.post("/caption-form", data=upload).status_code == 200
+
+
+# --- model identity: a model retrained in place, and no local paths in answers -------------
+
+
+def test_a_model_retrained_in_place_is_not_answered_from_the_old_cache(
+    make_app, tmp_path, server: ImageServer
+) -> None:
+    from captioner.tiny import make_tiny
+
+    model_dir = make_tiny(tmp_path / "runs" / "photos" / "final", seed=0)
+
+    def restart_and_caption() -> tuple[dict[str, Any], str]:
+        """A new app on the same model directory and the same SQLite cache file."""
+        client = make_app(MODEL=str(model_dir), ALLOW_PRIVATE_NETWORKS=True).test_client()
+        posted = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()
+        got = client.get("/v1/captions", query_string={"url": server.url("/blue.png")})
+        return posted, got.headers["ETag"]
+
+    first, etag = restart_and_caption()
+    assert first["results"][0]["cached"] is False
+    again, etag_again = restart_and_caption()  # same weights: the cache survives the restart
+    assert again["results"][0]["cached"] is True
+    assert (again["model"], etag_again) == (first["model"], etag)
+
+    make_tiny(model_dir, seed=1)  # `train ... runs/photos` writes runs/photos/final again
+    retrained, etag_retrained = restart_and_caption()
+    assert retrained["results"][0]["cached"] is False
+    assert retrained["model"] != first["model"]
+    assert retrained["model"].startswith("photos/final@") and etag_retrained != etag
+
+
+def test_answers_never_show_the_local_model_path(make_app, tiny_dir, server: ImageServer) -> None:
+    client = make_app(ALLOW_PRIVATE_NETWORKS=True).test_client()
+    answers = [
+        client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}),
+        client.get("/v1/captions", query_string={"url": server.url("/blue.png")}),
+        client.get("/readyz"),
+        client.get("/"),
+        client.post("/caption-form", data={"image": (io.BytesIO(RED), "red.png"), "url": ""}),
+        client.get("/openapi.json"),
+    ]
+    public = client.get("/readyz").get_json()["model"]
+    assert client.post("/v1/captions", json={"images": []}).status_code == 400
+    for response in answers:
+        assert response.status_code == 200
+        text = response.get_data(as_text=True)
+        assert str(tiny_dir) not in text and str(tiny_dir.parent) not in text
+    assert answers[0].get_json()["model"] == public
+    assert answers[1].get_json()["model"] == public
+    assert public in answers[3].get_data(as_text=True)  # the page names the model too
+
+
+def test_a_model_that_fails_to_load_does_not_show_its_path(make_app, tmp_path) -> None:
+    folder = tmp_path / "srv" / "customer-x" / "final"
+    folder.mkdir(parents=True)  # a folder, but no model directory in it
+    client = make_app(wait=False, MODEL=str(folder)).test_client()
+    stop = time.monotonic() + 30
+    while "could not be loaded" not in (ready := client.get("/readyz")).get_data(as_text=True):
+        assert time.monotonic() < stop, "the load error never showed"
+        time.sleep(0.02)
+    posted = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]})
+    for response in (ready, posted):
+        assert response.status_code == 503
+        error = error_of(response)
+        assert error["code"] == "model_unavailable"
+        assert "customer-x/final" in error["message"] and str(tmp_path) not in error["message"]
+
+
+@pytest.mark.parametrize("name", ["clipcap-coco", "someone/altcap-tiny"])
+def test_names_and_hub_ids_are_reported_as_given(make_app, tiny_captioner, name: str) -> None:
+    client = make_app(MODEL=name, LOADER=lambda: tiny_captioner).test_client()
+    assert client.get("/readyz").get_json() == {"status": "ready", "model": name}
+    posted = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()
+    assert posted["model"] == name

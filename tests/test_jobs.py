@@ -4,6 +4,7 @@ consumer planning and captioning jobs against a local site with the tiny model."
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -561,6 +562,33 @@ def test_a_chunk_that_keeps_killing_its_consumer_fails(make_queue) -> None:
     job = {"id": "0" * 32, "spec": {"decoding": {}}}
     rows = consumer.run_chunk(job, Claim(0, items, jobs.MAX_ATTEMPTS + 1))
     assert rows[0]["status"] == "failed" and rows[0]["error_code"] == "chunk_failed"
+
+
+def test_job_captions_are_cached_by_model_identity(make_queue, site, tiny_dir, tmp_path) -> None:
+    """A shared cache answers a consumer of the same model directory after a restart, and
+    not one of the same directory retrained in place (the path alone is the same)."""
+    from captioner.cache import SQLiteCache
+    from captioner.tiny import make_tiny
+
+    base, _ = site
+    model_dir = shutil.copytree(tiny_dir, tmp_path / "runs" / "final")
+    urls = [f"{base}/{i}.png" for i in range(3)]
+    runs = iter(range(10))
+
+    def captioned_by_the_model() -> int:
+        """A new consumer (its own queue) on the shared cache: how many model calls."""
+        backend = FakeBackend()
+        queue = make_queue(DATA_DIR=tmp_path / f"data-{next(runs)}", MODEL=str(model_dir))
+        queue.start_consumer(backend, workers=1, cache=cache)
+        job, _ = queue.submit(parse_job({"images": urls}, queue.settings))
+        assert wait_for(queue, job["id"])["counts"]["done"] == 3
+        return backend.calls
+
+    with SQLiteCache(tmp_path / "cache.sqlite3") as cache:
+        assert captioned_by_the_model() == 1  # one chunk of three images
+        assert captioned_by_the_model() == 0  # all three from the cache
+        make_tiny(model_dir, seed=1)
+        assert captioned_by_the_model() == 1
 
 
 class HookHandler(BaseHTTPRequestHandler):
