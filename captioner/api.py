@@ -14,16 +14,18 @@ document). ``init_app`` wires one application:
 
 Cross-cutting rules apply to all of them: every error is ``{"error": {"code", "message"}}``
 with a stable code and never a traceback; optional API keys (``Authorization: Bearer``,
-compared in constant time); rate limits by Flask-Limiter keyed by API key or address; CORS
-for the browser extension's origins only; metrics in a registry owned by the app, so test
-apps never share counters. Under gunicorn each worker process has its own metrics: scrape
-the workers one by one, or run one worker per container (the default of ``gunicorn.conf.py``).
+compared in constant time); rate limits by Flask-Limiter keyed by API key or address and
+counted in images (``RATE_LIMIT_COSTS``); CORS for the browser extension's origins only;
+metrics in a registry owned by the app, so test apps never share counters. Under gunicorn
+each worker process has its own metrics: scrape the workers one by one, or run one worker
+per container (the default of ``gunicorn.conf.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import math
 import time
@@ -96,6 +98,9 @@ OPEN_ENDPOINTS = frozenset(
 LIMITED_ENDPOINTS = frozenset(
     {"api.captions_get", "api.captions_post", "page.caption_form", "jobs.create_job"}
 )
+# What a request costs of the rate-limit budget, by endpoint (any other limited one costs 1):
+# the limit guards model time, so a request pays per image. ``jobs_api`` adds job creation.
+RATE_LIMIT_COSTS: dict[str, Callable[[], int]] = {}
 # Endpoints whose errors are shown as the HTML page rather than as JSON.
 HTML_ENDPOINTS = frozenset({"page.caption_form"})
 
@@ -332,6 +337,61 @@ def _form_value(name: str) -> str:
         return ""
 
 
+def _request_cost() -> int:
+    """This request's cost for the rate limit (``RATE_LIMIT_COSTS``), at least 1.
+
+    Flask-Limiter asks once per limit, so the answer is kept in ``g``. It never raises: an
+    exception here would make Flask-Limiter take its storage for dead and fall back to memory.
+    """
+    cost = g.get("altcap_cost")
+    if cost is None:
+        count = RATE_LIMIT_COSTS.get(request.endpoint or "")
+        try:
+            cost = max(1, count()) if count is not None else 1
+        except HTTPException:  # e.g. 413: the view reports it
+            cost = 1
+        except Exception:
+            log.exception("could not count the images of %s %s", request.method, request.path)
+            cost = 1
+        g.altcap_cost = cost
+    return cost
+
+
+def json_for_cost() -> Any:
+    """The JSON body for a cost function, or None when it is not JSON or does not parse.
+
+    ``get_data`` caches the bytes, so the view still reads them (and reports what is wrong)."""
+    mimetype = request.mimetype
+    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+        return None
+    try:
+        return json.loads(request.get_data())
+    except (ValueError, RecursionError):
+        return None
+
+
+def list_cost(value: object, most: int) -> int:
+    """A list's length as a cost; 1 for what the view refuses whole before any model work
+    (not a list, empty, longer than ``most``)."""
+    n = len(value) if isinstance(value, list) else 0
+    return n if 1 <= n <= most else 1
+
+
+def _captions_cost() -> int:
+    """POST /v1/captions: one per image, counted the way ``parsing`` counts them. werkzeug
+    caches the parsed multipart fields, and ``empty_upload`` puts back the byte it peeks."""
+    most = state().settings.max_images_per_request
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        files = [f for f in request.files.getlist("image") if not parsing.empty_upload(f)]
+        urls = [u for u in request.form.getlist("url") if u.strip()]
+        return list_cost(files + urls, most)
+    body = json_for_cost()
+    return list_cost(body.get("images") if isinstance(body, dict) else None, most)
+
+
+RATE_LIMIT_COSTS["api.captions_post"] = _captions_cost
+
+
 def _origin_allowed(origin: str) -> bool:
     return bool(origin) and any(fnmatchcase(origin, p) for p in state().settings.cors_origins)
 
@@ -419,7 +479,7 @@ def handle_http_error(exc: HTTPException) -> Response:
     ]
     if status == 429:
         headers.append(("Retry-After", str(_retry_after_rate_limit())))
-        message = f"rate limit exceeded ({exc.description}); retry later"
+        message = _rate_limited_message(str(exc.description))
     return error_response(code, message, status, headers)
 
 
@@ -429,6 +489,20 @@ def handle_unexpected(exc: Exception) -> Response:
     return error_response(
         "internal_error", "an unexpected error happened on the server; it was logged", 500
     )
+
+
+def _rate_limited_message(limit: str) -> str:
+    """Say what the request cost, and whether waiting can ever help."""
+    cost = g.get("altcap_cost", 1)
+    limiter = state().limiter
+    current = limiter.current_limit if limiter is not None else None
+    if current is not None and cost > current.limit.amount:
+        return (
+            f"this request costs {cost} (one per image) but the whole rate limit is {limit}:"
+            " split it into smaller requests"
+        )
+    spent = f"; this request costs {cost}" if cost > 1 else ""
+    return f"rate limit exceeded ({limit}{spent}); retry later"
 
 
 def _retry_after_rate_limit() -> int:
@@ -463,6 +537,7 @@ def _new_limiter(app: Flask, settings: Settings) -> Any:
         app=app,
         storage_uri=settings.ratelimit_storage,
         application_limits=[settings.rate_limit],  # one budget shared by the limited endpoints
+        application_limits_cost=_request_cost,  # counted in images, not requests
         headers_enabled=False,  # Retry-After is set on 429 answers only, by handle_http_error
         strategy="fixed-window",
         swallow_errors=True,  # a dead Redis must not turn every request into a 500

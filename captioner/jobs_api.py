@@ -67,6 +67,20 @@ def _json_body() -> Any:
         raise InvalidJob(f"the body is not valid JSON: {str(exc)[:200]}") from None
 
 
+def _creation_cost() -> int:
+    """What creating a job costs of the rate limit: one per image URL of an ``images`` job,
+    one per listed page of a ``pages`` job, 1 for a sitemap (how many images a crawl finds
+    is not known when the job is submitted). An idempotent repeat is charged again: telling
+    one apart would need a look-up the job store does not offer."""
+    body = api.json_for_cost()
+    if not isinstance(body, dict) or "sitemap" in body:
+        return 1
+    settings = api.state().settings
+    if "images" in body:
+        return api.list_cost(body["images"], settings.job_max_images)
+    return api.list_cost(body.get("pages"), settings.job_max_pages)
+
+
 @jobs.post("")
 def create_job() -> tuple[Response, int, dict[str, str]]:
     st = api.state()
@@ -137,6 +151,7 @@ def init_app(app: Flask, queue: JobQueue) -> None:
         registry=st.metrics.registry,
     )
     app.extensions["altcap_jobs"] = JobsState(queue, created)
+    api.RATE_LIMIT_COSTS["jobs.create_job"] = _creation_cost
     app.register_blueprint(jobs)
 
 

@@ -271,7 +271,8 @@ class Settings:
     rate_limit: str = _setting(
         "",
         _rate_limit,
-        "Captioning requests allowed per API key (else per client address), e.g. 120/minute;"
+        "Images captioned per API key (else per client address), e.g. 120/minute: a request"
+        " costs one per image, a batch job one per image URL or page (a sitemap: 1);"
         " empty = no limit",
     )
     ratelimit_storage_url: str = _setting(

@@ -550,6 +550,64 @@ def test_rate_limit(make_app) -> None:
     assert all(client.get("/healthz").status_code == 200 for _ in range(5))
 
 
+def test_the_rate_limit_counts_images_not_requests(make_app) -> None:
+    client = make_app(RATE_LIMIT="6/minute").test_client()
+    five = {"images": [{"data": b64(c)} for c in (RED, BLUE, GREEN, RED, BLUE)]}
+    one = {"images": [{"data": b64(GREEN)}]}
+    answered = client.post("/v1/captions", json=five)
+    assert answered.status_code == 200 and len(answered.get_json()["results"]) == 5
+    assert client.post("/v1/captions", json=one).status_code == 200  # 6 of 6
+    limited = client.post("/v1/captions", json=one)  # the third request, the 7th image
+    assert limited.status_code == 429
+    assert error_of(limited)["code"] == "rate_limited"
+    assert "6 per 1 minute" in error_of(limited)["message"]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 61
+
+
+def test_a_request_over_the_whole_budget_is_refused_clearly(make_app) -> None:
+    client = make_app(RATE_LIMIT="10/minute").test_client()
+    eleven = {"images": [{"data": b64(RED)}] * 11}
+    limited = client.post("/v1/captions", json=eleven)
+    assert limited.status_code == 429
+    error = error_of(limited)
+    assert error["code"] == "rate_limited"
+    assert "costs 11" in error["message"] and "split it" in error["message"]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 61
+
+
+def test_a_body_refused_whole_costs_one(make_app) -> None:
+    client = make_app(RATE_LIMIT="4/minute", MAX_IMAGES_PER_REQUEST=3, MAX_CONTENT_LENGTH=2000)
+    client = client.test_client()
+    one = {"images": [{"data": b64(RED)}]}
+    bad = client.post("/v1/captions", data="{not json", content_type="application/json")
+    assert bad.status_code == 400 and error_of(bad)["code"] == "invalid_request"
+    too_many = client.post("/v1/captions", json={"images": one["images"] * 4})
+    assert too_many.status_code == 400 and "too many images" in error_of(too_many)["message"]
+    huge = client.post("/v1/captions", json={"images": [{"data": "A" * 4000}]})
+    assert huge.status_code == 413 and error_of(huge)["code"] == "too_large"
+    assert client.post("/v1/captions", json=one).status_code == 200  # 4 of 4
+    assert client.post("/v1/captions", json=one).status_code == 429
+
+
+def test_multipart_images_the_form_and_get_share_the_image_budget(make_app) -> None:
+    client = make_app(RATE_LIMIT="5/minute").test_client()
+    upload = {
+        "image": [(io.BytesIO(RED), "red.png"), (io.BytesIO(BLUE), "blue.png")],
+        "url": "http://127.0.0.1/x.png",  # blocked here: that image's error, still an image
+    }
+    results = client.post("/v1/captions", data=upload).get_json()["results"]
+    assert [r.get("caption") is not None for r in results] == [True, True, False]  # 3 of 5
+    form = {"image": (io.BytesIO(GREEN), "green.png"), "url": ""}
+    assert client.post("/caption-form", data=form).status_code == 200  # 4 of 5
+    got = client.get("/v1/captions", query_string={"url": "http://127.0.0.1/x.png"})
+    assert got.status_code == 403  # 5 of 5: refused per image, but it was asked for
+    form = {"image": (io.BytesIO(GREEN), "green.png"), "url": ""}
+    limited = client.post("/caption-form", data=form)
+    assert limited.status_code == 429 and limited.mimetype == "text/html"
+    assert "rate limit exceeded" in limited.get_data(as_text=True)
+    assert "Retry-After" in limited.headers
+
+
 def test_behind_a_proxy_clients_are_told_apart_by_x_forwarded_for(make_app) -> None:
     client = make_app(RATE_LIMIT="1/minute", TRUSTED_PROXIES=1).test_client()
     request = {"images": [{"data": b64(RED)}]}
@@ -566,14 +624,15 @@ def test_workers_share_cache_and_limits_through_redis(make_app) -> None:
     from redis_server import RedisServer
 
     with RedisServer() as redis:  # started on entry
-        config = {"CACHE_URL": redis.url, "RATE_LIMIT": "3/minute"}
+        config = {"CACHE_URL": redis.url, "RATE_LIMIT": "4/minute"}
         one, two = make_app(**config).test_client(), make_app(**config).test_client()
         request = {"images": [{"data": b64(RED)}]}
         first = one.post("/v1/captions", json=request).get_json()["results"][0]
         second = two.post("/v1/captions", json=request).get_json()["results"][0]
         assert (first["cached"], second["cached"]) == (False, True)
-        assert one.post("/v1/captions", json=request).status_code == 200
-        assert two.post("/v1/captions", json=request).status_code == 429  # 4th of 3 in all
+        two_images = {"images": request["images"] * 2}
+        assert one.post("/v1/captions", json=two_images).status_code == 200  # 4 of 4 in all
+        assert two.post("/v1/captions", json=request).status_code == 429
 
 
 def test_cors_for_extension_origins_only(client: FlaskClient) -> None:

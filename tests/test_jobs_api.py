@@ -302,6 +302,30 @@ def test_job_creation_is_rate_limited(make_app) -> None:
     assert client.get("/v1/jobs/" + "a" * 32).status_code == 404  # reading is not limited
 
 
+def test_a_job_costs_its_images_pages_or_one_sitemap(make_app) -> None:
+    client = make_app(RATE_LIMIT="6/minute", JOB_WORKERS=0).test_client()
+    images = [f"http://a.example/{i}.png" for i in range(3)]
+    pages = ["http://a.example/a.html", "http://a.example/b.html"]
+    assert submit(client, {"images": images}).status_code == 202  # 3 of 6
+    assert submit(client, {"pages": pages}).status_code == 202  # 5 of 6
+    assert submit(client, {"sitemap": "http://a.example/sitemap.xml"}).status_code == 202
+    limited = submit(client, {"images": images[:1]})  # the 4th job, the 7th unit
+    assert_error(limited, 429, "rate_limited")
+    assert "Retry-After" in limited.headers
+
+
+def test_a_job_over_the_whole_budget_is_refused_clearly(make_app) -> None:
+    client = make_app(RATE_LIMIT="4/minute", JOB_WORKERS=0, JOB_MAX_IMAGES=10).test_client()
+    images = [f"http://a.example/{i}.png" for i in range(5)]
+    limited = submit(client, {"images": images})
+    assert_error(limited, 429, "rate_limited")
+    assert "costs 5" in limited.get_json()["error"]["message"]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 61
+    other = make_app(RATE_LIMIT="2/minute", JOB_WORKERS=0, JOB_MAX_IMAGES=3).test_client()
+    assert_error(submit(other, {"images": images}), 400, "invalid_job")  # refused whole: 1
+    assert submit(other, {"images": images[:1]}).status_code == 202  # 2 of 2
+
+
 def test_openapi_describes_the_jobs_endpoints(make_app) -> None:
     doc = make_app(JOB_WORKERS=0, JOB_MAX_IMAGES=50).test_client().get("/openapi.json").get_json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results"} <= set(doc["paths"])
