@@ -33,6 +33,7 @@ from .reports import FORMATS, format_for_path, make_row, write_rows
 __all__ = [
     "DEFAULT_MAX_IMAGES",
     "DEFAULT_MAX_PAGES",
+    "InvalidOutput",
     "InvalidSource",
     "PageResult",
     "Plan",
@@ -56,6 +57,12 @@ Progress = Callable[[int], None]  # called with the number of items just finishe
 
 class InvalidSource(AltCapError):
     code = "invalid_source"
+
+
+class InvalidOutput(AltCapError):
+    """The report or the patched pages cannot be written where the user asked."""
+
+    code = "invalid_output"
 
 
 @dataclass(frozen=True)
@@ -178,16 +185,17 @@ def plan(
         result.pages.append(page)
         try:
             fetched = crawler.fetch_page(url)
+            images = find_images(fetched.html, fetched.final_url)  # invalid_html: this page only
+        except AltCapError as exc:
+            page.error = exc
+            result.rows.append(make_row(page_url=url, image_url=None, status="failed", error=exc))
+        else:
             page.final_url, page.html, page.encoding = (
                 fetched.final_url,
                 fetched.html,
                 fetched.encoding,
             )
-        except AltCapError as exc:
-            page.error = exc
-            result.rows.append(make_row(page_url=url, image_url=None, status="failed", error=exc))
-        else:
-            for image in find_images(fetched.html, fetched.final_url):
+            for image in images:
                 add(url, image.image_url, image.alt, image.verdict)
         if progress:
             progress(1)
@@ -360,13 +368,42 @@ def _read_url_list(path: str) -> tuple[str, ...]:
     return urls
 
 
+def _output_dir(path: Path, what: str) -> None:
+    """Create ``path`` (a directory, with its parents) or say in one line why not.
+
+    Called at start-up for the report's folder and ``--patched-dir``, so a typo costs
+    nothing instead of a whole crawl and captioning run."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidOutput(f"cannot create the {what} directory {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidOutput(f"the {what} directory {path} is not writable")
+
+
+def _check_out(out: str) -> None:
+    """``--out`` must be writable before any work: its folder is created (as
+    ``--patched-dir`` is) and it must not be a directory itself."""
+    if out == "-":
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise InvalidOutput(f"--out {out} is a directory, not a report file")
+    _output_dir(path.parent, "report")
+
+
 def _write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
     """Write through a temp file and rename: a report is never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InvalidOutput(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding=encoding, errors="xmlcharrefreplace", newline="") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise InvalidOutput(f"cannot write {path}: {exc.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -391,9 +428,10 @@ def run(args: argparse.Namespace) -> int:
         source = Source(pages=tuple(args.pages or ()), sitemap=args.sitemap)
     fmt = args.format or format_for_path(args.out)
     settings = decoding_from_args(args)
+    _check_out(args.out)  # before any work: a bad path must not cost a whole crawl
     out_dir = Path(args.patched_dir) if args.patched_dir else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _output_dir(out_dir, "--patched-dir")
 
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     limits = FetchLimits(allow_private=args.allow_private)

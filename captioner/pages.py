@@ -26,6 +26,7 @@ import time
 import urllib.robotparser
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import attrfind_tolerant, tagfind_tolerant
 from typing import Literal
@@ -34,6 +35,7 @@ from xml.parsers import expat
 
 from bs4 import BeautifulSoup, Tag
 from bs4.dammit import UnicodeDammit
+from bs4.exceptions import ParserRejectedMarkup
 
 from .alttext import Verdict, classify_alt
 from .errors import AltCapError, InvalidSettings
@@ -54,6 +56,7 @@ __all__ = [
     "MODES",
     "CrawlError",
     "Crawler",
+    "InvalidHTML",
     "InvalidSitemap",
     "NotHTML",
     "Page",
@@ -111,6 +114,13 @@ class InvalidSitemap(CrawlError):
     code = "invalid_sitemap"
 
 
+class InvalidHTML(CrawlError):
+    """A page bs4 refuses to parse (``<![foo``) or too deep to walk: one failed page, not a
+    crash of the whole job."""
+
+    code = "invalid_html"
+
+
 # --- finding images -----------------------------------------------------------------
 
 
@@ -139,6 +149,19 @@ def _decode(data: bytes, charset: str | None) -> tuple[str, str]:
 def _soup(text: str) -> BeautifulSoup:
     # Browsers keep the first of two same-named attributes; bs4's default keeps the last.
     return BeautifulSoup(text, "html.parser", on_duplicate_attribute="ignore")
+
+
+@contextmanager
+def _html_errors(page_url: str) -> Iterator[None]:
+    """Turn bs4's own failures on hostile markup into ``InvalidHTML``: html.parser asserts
+    on some marked sections (``<![foo``), which bs4 re-raises as ``ParserRejectedMarkup``,
+    and any tree walk could in principle hit the recursion limit."""
+    try:
+        yield
+    except ParserRejectedMarkup:
+        raise InvalidHTML(f"{page_url} is HTML the parser cannot read") from None
+    except RecursionError:
+        raise InvalidHTML(f"{page_url} is nested too deeply to read") from None
 
 
 def _attr(tag: Tag, name: str) -> str | None:
@@ -242,18 +265,64 @@ def _says_something(text: str | None) -> bool:
     return text is not None and classify_alt(text) == "ok"
 
 
-def _verdict(tag: Tag, soup: BeautifulSoup) -> Verdict:
+class _Context:
+    """What ``_verdict`` and ``_walk`` ask of the whole document, each worked out once.
+
+    Looking up an ``aria-labelledby`` id with ``soup.find(id=...)``, or walking every
+    ancestor of every image, is a scan per image: quadratic on a large page (2,000 labelled
+    images took 45 s). The id map is built in one pass on first use, and whether a node sits
+    inside an inert parent or ``aria-hidden=true`` is memoised per node, so each ancestor is
+    visited once for the whole page.
+    """
+
+    def __init__(self, soup: BeautifulSoup) -> None:
+        self.soup = soup
+        self._ids: dict[str, Tag] | None = None
+        self._flags: dict[int, tuple[bool, bool]] = {}  # id(node) -> (inert, hidden)
+
+    def by_id(self, element_id: str) -> Tag | None:
+        """The first element in document order with this id, as ``soup.find(id=...)``."""
+        if self._ids is None:
+            self._ids = {}
+            for tag in self.soup.find_all(id=True):
+                self._ids.setdefault(_attr(tag, "id") or "", tag)
+        return self._ids.get(element_id)
+
+    def flags(self, node: Tag) -> tuple[bool, bool]:
+        """(inert, hidden): ``node`` or an ancestor is an ``INERT_PARENTS`` tag, or has
+        ``aria-hidden=true``."""
+        chain: list[Tag] = []
+        known: tuple[bool, bool] = (False, False)
+        current: Tag | None = node
+        while current is not None:
+            cached = self._flags.get(id(current))
+            if cached is not None:
+                known = cached
+                break
+            chain.append(current)
+            current = current.parent
+        inert, hidden = known
+        for tag in reversed(chain):  # from the top down
+            inert = inert or tag.name in INERT_PARENTS
+            hidden = hidden or (_attr(tag, "aria-hidden") or "").strip().lower() == "true"
+            self._flags[id(tag)] = (inert, hidden)
+        return inert, hidden
+
+    def inert_parent(self, tag: Tag) -> bool:
+        return tag.parent is not None and self.flags(tag.parent)[0]
+
+
+def _verdict(tag: Tag, context: _Context) -> Verdict:
     verdict = classify_alt(_attr(tag, "alt"))
     if verdict not in ("missing", "meaningless"):
         return verdict  # author text and alt="" are the author's word, as in the extension
     role = (_attr(tag, "role") or "").strip().lower().split()
     if role and role[0] in ("presentation", "none"):
         return "decorative"
-    for node in (tag, *tag.parents):
-        if (_attr(node, "aria-hidden") or "").strip().lower() == "true":
-            return "decorative"
+    if context.flags(tag)[1]:  # aria-hidden=true on the tag or an ancestor
+        return "decorative"
     ids = (_attr(tag, "aria-labelledby") or "").split()
-    labels = [soup.find(id=i) for i in ids]
+    labels = [context.by_id(i) for i in ids]
     labelled_by = " ".join(el.get_text(" ") for el in labels if el is not None)
     if any(_says_something(t) for t in (_attr(tag, "aria-label"), labelled_by or None)):
         return "ok"
@@ -272,10 +341,11 @@ def _base_url(soup: BeautifulSoup, page_url: str) -> str:
 def _walk(soup: BeautifulSoup, page_url: str) -> Iterator[tuple[Tag, PageImage]]:
     """Every image a reader meets, with the tag that carries its alt, in document order."""
     base = _base_url(soup, page_url)
+    context = _Context(soup)
     for tag in soup.find_all(["img", "input"]):
         if tag.name == "input" and (_attr(tag, "type") or "").strip().lower() != "image":
             continue
-        if any(p.name in INERT_PARENTS for p in tag.parents):
+        if context.inert_parent(tag):
             continue
         element: Element = "input" if tag.name == "input" else "img"
         url = _picture_url(tag, base) if element == "img" else None
@@ -285,7 +355,7 @@ def _walk(soup: BeautifulSoup, page_url: str) -> Iterator[tuple[Tag, PageImage]]
             url = _img_url(tag, base)
         if url is None:
             continue  # data: and javascript: URLs, or nothing at all
-        yield tag, PageImage(url, _attr(tag, "alt"), _verdict(tag, soup), element)
+        yield tag, PageImage(url, _attr(tag, "alt"), _verdict(tag, context), element)
 
 
 def find_images(html: str | bytes, page_url: str) -> list[PageImage]:
@@ -294,13 +364,15 @@ def find_images(html: str | bytes, page_url: str) -> list[PageImage]:
     ``page_url`` is the URL the page was served from (after redirects): relative URLs
     resolve against it, or against ``<base href>``. Where one image appears several times,
     the occurrence that most needs a caption (missing, then meaningless, ok, decorative)
-    speaks for it, since ``patch_html`` fills every occurrence that needs one.
+    speaks for it, since ``patch_html`` fills every occurrence that needs one. Markup the
+    parser rejects raises ``InvalidHTML`` (``invalid_html``), like ``patch_html``.
     """
     merged: dict[str, PageImage] = {}
-    for _, image in _walk(_soup(decode_html(html)), page_url):
-        seen = merged.get(image.image_url)
-        if seen is None or _URGENCY[image.verdict] < _URGENCY[seen.verdict]:
-            merged[image.image_url] = image
+    with _html_errors(page_url):
+        for _, image in _walk(_soup(decode_html(html)), page_url):
+            seen = merged.get(image.image_url)
+            if seen is None or _URGENCY[image.verdict] < _URGENCY[seen.verdict]:
+                merged[image.image_url] = image
     return list(merged.values())
 
 
@@ -362,6 +434,11 @@ def patch_html(html: str | bytes, page_url: str, captions: Mapping[str, str]) ->
     A new alt goes right after the tag name; a meaningless one is replaced where it stands.
     """
     text = decode_html(html)
+    with _html_errors(page_url):
+        return _patched(text, page_url, captions)
+
+
+def _patched(text: str, page_url: str, captions: Mapping[str, str]) -> str:
     soup = _soup(text)
     starts = _line_starts(text)
     edits: list[tuple[int, int, str]] = []

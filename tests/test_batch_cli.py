@@ -218,6 +218,57 @@ def test_csv_neutralises_formulas_from_page_authors(site, tiny_dir, tmp_path, ca
     assert [row[4] for row in table[1:]] == ["skipped", "skipped"]
 
 
+def test_a_page_the_parser_rejects_is_one_failed_row(site, tiny_dir, caption_of, tmp_path) -> None:
+    # Review finding: bs4's ParserRejectedMarkup escaped as a traceback and lost the run.
+    site.routes["/malformed.html"] = (
+        200,
+        {"Content-Type": "text/html; charset=utf-8"},
+        b"<p>Hello</p><![foo <img src=/img/missing.png>",
+    )
+    site.routes["/fine.html"] = (
+        200,
+        {"Content-Type": "text/html; charset=utf-8"},
+        b"<p>Fine</p><img src=/img/photo.png alt=photo>",
+    )
+    bad, fine = site.url("malformed.html"), site.url("fine.html")
+    out, patched = tmp_path / "report.jsonl", tmp_path / "patched"
+    args = ["--pages", bad, fine, "--allow-private", "--delay", "0", "--out", str(out)]
+    assert batch(tiny_dir, *args, "--patched-dir", str(patched)) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["page_url"], r["image_url"], r["status"], r["error_code"]) for r in rows] == [
+        (bad, None, "failed", "invalid_html"),
+        (fine, site.url("img/photo.png"), "done", None),
+    ]
+    assert rows[0]["error_message"] == f"{bad} is HTML the parser cannot read"
+    assert rows[1]["caption"] == caption_of("img/photo.png")
+    assert sorted(p.name for p in patched.iterdir()) == ["2-fine.html"]
+
+
+def test_the_report_folder_is_created_up_front(site, tiny_dir, tmp_path) -> None:
+    out = tmp_path / "new" / "deeper" / "report.csv"
+    args = ["--pages", site.url("fine-too.html"), "--allow-private", "--delay", "0"]
+    assert batch(tiny_dir, *args, "--out", str(out)) == 0
+    table = list(csv.reader(out.read_text().splitlines()))
+    assert table[1][:5] == [site.url("fine-too.html"), "", "", "", "failed"]
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-directory", "patched-under-a-file"])
+def test_an_unusable_output_fails_before_any_work(site, tiny_dir, tmp_path, capsys, where) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    out = {
+        "under-a-file": ["--out", str(tmp_path / "file" / "report.csv")],
+        "a-directory": ["--out", str(tmp_path)],
+        "patched-under-a-file": ["--patched-dir", str(tmp_path / "file" / "patched")],
+    }[where]
+    site.requests.clear()
+    args = ["--pages", site.url("index.html"), "--allow-private", "--delay", "0", *out]
+    # a model that does not exist: the output check must come before loading it
+    assert main(["batch", "--model", str(tmp_path / "no-model"), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: invalid_output: ")
+    assert site.requests == []
+
+
 @pytest.mark.parametrize(
     ("args", "code"),
     [

@@ -10,16 +10,20 @@ import gzip
 import html
 import json
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, POST_HTML, serve_site, sitemapindex, urlset
 
+from captioner import pages
 from captioner.batch import PENDING, Source, caption_rows, plan
 from captioner.fetch import FetchLimits, fetch_document
 from captioner.pages import (
     Crawler,
+    CrawlError,
     PageImage,
     find_images,
     needs_caption,
@@ -180,6 +184,107 @@ def test_alt_verdicts_follow_the_shared_vectors() -> None:
 def test_what_the_extension_skips_is_known_from_html(markup: str, verdict: str) -> None:
     (image,) = find_images(markup, BASE)
     assert image.verdict == verdict
+
+
+def test_labels_and_hidden_ancestors_resolve_as_before() -> None:
+    # The id map and the memoised ancestry must answer what soup.find and a walk up would:
+    # the first element with an id wins, labels may come after the image, and hidden or
+    # inert ancestors count however far up they are.
+    markup = (
+        '<img src="a.png" aria-labelledby="later">'
+        '<p id="dup">image</p><p id="dup">A long description</p>'
+        '<img src="b.png" aria-labelledby="dup">'
+        '<div aria-hidden="true"><div><div><img src="c.png"></div></div>'
+        '<img src="d.png"></div><div><div><img src="e.png"></div></div>'
+        '<template><div><img src="f.png"></div></template><img src="g.png">'
+        '<span id="later">The harbour at dusk</span><span id="">x</span>'
+        '<img src="h.png" aria-labelledby="">'
+    )
+    assert [(im.image_url.rsplit("/", 1)[-1], im.verdict) for im in find_images(markup, BASE)] == [
+        ("a.png", "ok"),
+        ("b.png", "missing"),  # the first #dup says nothing; the second is not looked at
+        ("c.png", "decorative"),
+        ("d.png", "decorative"),
+        ("e.png", "missing"),
+        ("g.png", "missing"),
+        ("h.png", "missing"),
+    ]
+
+
+def _labelled_page(n: int) -> str:
+    """n images, each labelled by an element and by an id that does not exist."""
+    return (
+        "<main>"
+        + "".join(
+            f'<p id="l{i}">A label</p>'
+            f'<div><img src="/i{i}.png" aria-labelledby="l{i} gone{i}"></div>'
+            for i in range(n)
+        )
+        + "</main>"
+    )
+
+
+def _nested_page(n: int) -> str:
+    """n images at the bottom of n nested divs."""
+    return "<div>" * n + "".join(f'<img src="/n{i}.png">' for i in range(n)) + "</div>" * n
+
+
+def _calls(work: Callable[[], object]) -> int:
+    """Python and C function calls made by ``work``: a measure of work done, not of time."""
+    count = 0
+
+    def profile(_frame: object, event: str, _arg: object) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize("page", [_labelled_page, _nested_page])
+def test_find_images_does_linear_work(page: Callable[[int], str]) -> None:
+    # Review finding: aria-labelledby ids were looked up by scanning the whole tree, and
+    # every image walked all its ancestors, so work grew with n^2 (2,000 labelled images:
+    # 45 s). Twice the images must now cost about twice the calls (quadratic gives ~3.6-3.9).
+    n = 150
+    small, large = page(n), page(2 * n)
+    images = find_images(large, BASE)
+    assert len(images) == 2 * n
+    want = "ok" if page is _labelled_page else "missing"
+    assert {im.verdict for im in images} == {want}
+    ratio = _calls(lambda: find_images(large, BASE)) / _calls(lambda: find_images(small, BASE))
+    assert ratio < 2.5
+    ratio = _calls(lambda: patch_html(large, BASE, {})) / _calls(
+        lambda: patch_html(small, BASE, {})
+    )
+    assert ratio < 2.5
+
+
+@pytest.mark.parametrize(
+    "markup", ["<![foo <img src=a.png>", "<![\x00", b"<p>caf\xe9 <![bar <img src=a.png>"]
+)
+def test_markup_the_parser_rejects_is_a_typed_crawl_error(markup: str | bytes) -> None:
+    for call in (lambda: find_images(markup, BASE), lambda: patch_html(markup, BASE, {})):
+        with pytest.raises(CrawlError) as info:
+            call()
+        assert info.value.code == "invalid_html"
+        assert BASE in info.value.message
+
+
+def test_recursion_while_reading_a_page_is_a_typed_crawl_error(monkeypatch) -> None:
+    def too_deep(*_args: object, **_kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(pages, "_walk", too_deep)
+    for call in (lambda: find_images("<img src=a.png>", BASE), lambda: patch_html("", BASE, {})):
+        with pytest.raises(CrawlError) as info:
+            call()
+        assert info.value.code == "invalid_html"
 
 
 def test_needs_caption_by_mode() -> None:
