@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "BlockedAddress",
     "CheckedURL",
+    "Deadline",
     "FetchError",
     "FetchLimits",
     "FetchTimeout",
@@ -434,6 +435,9 @@ class _Deadline:
     def close(self) -> None:
         self._timer.cancel()
         self.release()
+
+
+Deadline = _Deadline  # public name: the webhook sender bounds its whole POST with one too
 
 
 class _WatchedConnection:

@@ -101,11 +101,16 @@ QUEUE_FILE = "jobs-queue.sqlite3"
 HUEY_NAME = "altcap"
 FETCH_THREADS = 8  # downloads of one chunk in parallel
 MAX_ATTEMPTS = 5  # a chunk whose consumer died this many times fails (a poison image)
+MAX_PLAN_ATTEMPTS = 3  # planning that died this many times (OOM, a store write refused) fails
+MAX_PAGE_NUMBER = 2**31 - 1  # far beyond any job's max_pages; larger n are simply not found
+MAX_JOB_HTML = 50 * 1024 * 1024  # HTML kept per job for patched pages; later pages keep none
+HTML_NOT_KEPT = "html_not_kept"  # the error of a page whose HTML was past MAX_JOB_HTML
 MAX_FANOUT = 32  # wake-ups enqueued once a job is planned: at most this many consumers join
 RETRY_DELAY_S = 5.0  # the model is loading or overloaded: look at the job again after this
 ENGINE_TIMEOUT_S = 600.0  # the most a chunk waits for the service's engine
 WEBHOOK_ATTEMPTS = 4
-WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_TIMEOUT_S = 10.0  # the most silence between two bytes of the answer
+WEBHOOK_DEADLINE_S = 30.0  # the most one delivery may take in all, however the receiver trickles
 MAX_IDEMPOTENCY_KEY = 255
 JOB_FIELDS = frozenset(
     {
@@ -339,13 +344,22 @@ class EngineBackend:
             # Condition.wait refuses (OverflowError). A chunk waiting this long is retried.
             outcomes = self.engine.caption_images(images, decoding, timeout_s=ENGINE_TIMEOUT_S)
         except AltCapError as exc:
-            if exc.http_status >= 500:  # loading, shutting down: not the images' fault
+            if _transient(exc):  # loading, shutting down, full: not the images' fault
                 raise RetryLater(exc.message) from None
             return [exc] * len(images)
         for outcome in outcomes:
-            if isinstance(outcome, AltCapError) and outcome.http_status >= 500:
+            if isinstance(outcome, AltCapError) and _transient(outcome):
                 raise RetryLater(outcome.message)  # overloaded: the whole chunk again later
-        return outcomes
+        return outcomes  # other errors (a model crash on an image) are that image's failed row
+
+
+def _transient(error: AltCapError) -> bool:
+    """Worth retrying the chunk for, without counting an attempt: the engine is busy,
+    loading or stopping. Anything else, an ``InternalError`` (500) above all, is the image's
+    own failure: retrying it without counting would loop forever on a poison image."""
+    from captioner.engine import DeadlineExceeded, ModelUnavailable, Overloaded
+
+    return isinstance(error, Overloaded | ModelUnavailable | DeadlineExceeded)
 
 
 class CaptionerBackend:
@@ -509,8 +523,13 @@ class JobQueue:
         from captioner.pages import patch_html
 
         self.get(job_id)
-        page = self.store.page_html(job_id, n)
+        # n comes from the URL: past any page number, it must not reach the store (an
+        # integer SQLite cannot bind is an OverflowError, a 500)
+        page = self.store.page_html(job_id, n) if 1 <= n <= MAX_PAGE_NUMBER else None
         if page is None:
+            kept = [p for p in self.store.pages(job_id) if p["n"] == n and p.get("error")]
+            if kept and kept[0]["error"].get("code") == HTML_NOT_KEPT:
+                raise PageNotFound(f"job {job_id} page {n}: {kept[0]['error']['message']}")
             raise PageNotFound(f"job {job_id} has no fetched page {n}")
         captions = {
             row["image_url"]: row["caption"]
@@ -623,7 +642,12 @@ def _plausible_id(job_id: str) -> bool:
 def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
     """POST ``body`` to ``url`` with the fetcher's SSRF rules: the URL's addresses are checked
     and connected to directly (no second DNS lookup), no redirects followed. Returns the
-    status; raises ``FetchError`` for a connection failure or a status that is not 2xx."""
+    status; raises ``FetchError`` for a connection failure or a status that is not 2xx, and
+    ``FetchTimeout`` past ``WEBHOOK_DEADLINE_S`` in all.
+
+    Only the status matters, so the answer's body is never read: a receiver that streams an
+    endless body costs nothing, and one that answers a byte at a time is cut off by the
+    total deadline (socket timeouts alone only bound the silence between two bytes)."""
     import urllib3
 
     checked = fetch.check_url(url, limits)
@@ -631,24 +655,53 @@ def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
         "Host": checked.host_header,
         "User-Agent": limits.user_agent,
         "Content-Type": "application/json",
+        "Connection": "close",
     }
-    timeout = urllib3.Timeout(connect=limits.connect_timeout, read=WEBHOOK_TIMEOUT_S)
+    deadline = fetch.Deadline(WEBHOOK_DEADLINE_S)
     last: Exception | None = None
-    for address in checked.addresses:
-        pool = fetch.pinned_pool(checked, address, timeout, limits)
-        try:
-            response = pool.urlopen(
-                "POST", checked.target, body=body, headers=headers, redirect=False, retries=False
+    try:
+        for address in checked.addresses:
+            remaining = _webhook_time_left(deadline, checked.host)
+            timeout = urllib3.Timeout(
+                connect=min(limits.connect_timeout, remaining),
+                read=min(WEBHOOK_TIMEOUT_S, remaining),
             )
-        except urllib3.exceptions.HTTPError as exc:
-            last = exc
-            continue
-        finally:
-            pool.close()
-        if not 200 <= response.status < 300:
-            raise fetch.FetchError(f"the webhook answered HTTP {response.status}")
-        return response.status
+            pool = fetch.pinned_pool(checked, address, timeout, limits, deadline)
+            try:
+                response = pool.urlopen(
+                    "POST",
+                    checked.target,
+                    body=body,
+                    headers=headers,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,  # the status line and headers only
+                    decode_content=False,
+                )
+                status = response.status
+                response.close()  # unread: the connection closes, nothing more is received
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                last = exc
+                continue
+            finally:
+                pool.close()
+                deadline.release()
+            if not 200 <= status < 300:
+                raise fetch.FetchError(f"the webhook answered HTTP {status}")
+            return status
+        _webhook_time_left(deadline, checked.host)
+    finally:
+        deadline.close()
     raise fetch.FetchError(f"could not deliver the webhook to {checked.host}") from last
+
+
+def _webhook_time_left(deadline: fetch.Deadline, host: str) -> float:
+    try:
+        return deadline.remaining()
+    except fetch.FetchTimeout:
+        raise fetch.FetchTimeout(
+            f"the webhook receiver {host} took longer than {WEBHOOK_DEADLINE_S:.0f} s"
+        ) from None
 
 
 # --- consuming ------------------------------------------------------------------------------
@@ -796,8 +849,12 @@ class JobConsumer:
             if job is None or job["state"] not in ACTIVE_STATES:
                 return
             if not job["planned"]:
-                if not self.store.claim_plan(job_id, self.owner, self.lease_s):
+                attempt = self.store.claim_plan(job_id, self.owner, self.lease_s)
+                if not attempt:
                     return  # another consumer plans it, and will wake others when done
+                if attempt > MAX_PLAN_ATTEMPTS:
+                    self._give_up_planning(job_id)
+                    return
                 with self.holding(job_id, "plan"):
                     self.plan(job)
                 continue
@@ -815,6 +872,17 @@ class JobConsumer:
                 if self.store.complete_chunk(job_id, claim.n, rows) == FINISHED:
                     log.info("job %s finished", job_id)
                     self.queue.notify(job_id)
+
+    def _give_up_planning(self, job_id: str) -> None:
+        """Planning died ``MAX_PLAN_ATTEMPTS`` times (its consumer killed, its plan refused
+        by the store): fail the job rather than crawl the site again every lease, forever."""
+        message = (
+            f"gave up planning after {MAX_PLAN_ATTEMPTS} attempts: the consumer stopped or the"
+            " plan could not be stored each time (a site too large for one job?)"
+        )
+        log.warning("job %s failed: plan_failed", job_id)
+        if self.store.fail(job_id, "plan_failed", message):
+            self.queue.notify(job_id)
 
     def plan(self, job: Mapping[str, Any]) -> None:
         """Crawl and judge (``batch.plan``), split into chunks, store it all at once."""
@@ -856,7 +924,7 @@ class JobConsumer:
             if self.store.fail(job_id, "internal_error", "planning the job failed; it was logged"):
                 self.queue.notify(job_id)
             return
-        plan = build_plan(found, self.settings.job_chunk_size)
+        plan = build_plan(found, self.settings.job_chunk_size, spec)
         outcome = self.store.commit_plan(job_id, plan)
         log.info(
             "job %s planned: %d rows, %d chunks (%s)", job_id, plan.total, len(plan.chunks), outcome
@@ -946,11 +1014,14 @@ def _rows(
     return out
 
 
-def build_plan(found: Any, chunk_size: int) -> Plan:
+def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = None) -> Plan:
     """A ``batch.Plan`` (rows in report order, pending ones to caption) as stored chunks.
 
     Each distinct pending image URL is captioned once, in the chunk of its first row; its
-    item lists every row it fills (one per page it is on).
+    item lists every row it fills (one per page it is on). Pages keep their HTML (for their
+    patched copies) up to ``MAX_JOB_HTML`` in all: the plan is written in one step, and a
+    site of huge pages must not make that write too large for the store. ``spec`` (the
+    job's) tells whether ``max_pages`` cut the job short.
     """
     from captioner.batch import PENDING
 
@@ -964,23 +1035,45 @@ def build_plan(found: Any, chunk_size: int) -> Plan:
             rows[seq] = row
     ordered = list(items.values())
     chunks = [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
-    pages = [
-        {
-            "n": page.index,
-            "url": page.url,
-            "final_url": page.final_url,
-            "html": page.html,
-            "error": page.error.to_dict() if page.error is not None else None,
-        }
-        for page in found.pages
-    ]
+    pages = []
+    kept = 0
+    for page in found.pages:
+        html = page.html
+        error = page.error.to_dict() if page.error is not None else None
+        if html is not None:
+            kept += len(html.encode("utf-8", "surrogatepass"))
+            if kept > MAX_JOB_HTML:
+                html = None
+                message = (
+                    f"its patched copy was not kept: the job's pages exceed "
+                    f"{MAX_JOB_HTML // (1024 * 1024)} MiB of HTML in all (its images are "
+                    "still captioned)"
+                )
+                error = {"code": HTML_NOT_KEPT, "message": message}
+        meta = {"n": page.index, "url": page.url, "final_url": page.final_url}
+        pages.append({**meta, "html": html, "error": error})
     return Plan(
-        chunks=chunks, rows=rows, pages=pages, total=len(found.rows), limited=_limited(found)
+        chunks=chunks,
+        rows=rows,
+        pages=pages,
+        total=len(found.rows),
+        limited=_limited(found, spec),
     )
 
 
-def _limited(found: Any) -> bool:
-    return any(row.get("error_code") == "max_images" for row in found.rows)
+def _limited(found: Any, spec: Mapping[str, Any] | None) -> bool:
+    """A limit cut the job short: ``max_images`` skipped images, or ``max_pages`` left pages
+    out (of a page list, exactly; of a sitemap, when the crawl stopped at the limit)."""
+    if any(row.get("error_code") == "max_images" for row in found.rows):
+        return True
+    if spec is None:
+        return False
+    source, max_pages = spec["source"], spec["max_pages"]
+    if "pages" in source:
+        return len(dict.fromkeys(source["pages"])) > max_pages
+    if "sitemap" in source:
+        return len(found.pages) >= max_pages
+    return False
 
 
 def _consumer(huey: Huey, workers: int) -> Any:

@@ -107,8 +107,10 @@ class JobStore(ABC):
         """The job record (see ``_record``), or None."""
 
     @abstractmethod
-    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> bool:
-        """Lease the planning of an active, unplanned job (it becomes running)."""
+    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> int:
+        """Lease the planning of an active, unplanned job (it becomes running): the attempt
+        this is (1 the first time; a planner that died counts, a ``release`` does not), or
+        0 if it cannot be claimed. Like a chunk's, so that planning cannot loop forever."""
 
     @abstractmethod
     def commit_plan(self, job_id: str, plan: Plan) -> str:
@@ -227,6 +229,7 @@ CREATE TABLE IF NOT EXISTS altcap_jobs (
     planned INTEGER NOT NULL DEFAULT 0,
     plan_owner TEXT,
     plan_lease REAL,                    -- planning lease expiry (unix seconds)
+    plan_attempts INTEGER NOT NULL DEFAULT 0,
     total INTEGER,                      -- rows the report will have, once planned
     done INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
@@ -299,8 +302,20 @@ class SQLiteJobStore(JobStore):
             conn = self._conn()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            self._migrate(conn)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the job store {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Columns added since a store file was created (``CREATE TABLE IF NOT EXISTS``
+        leaves an existing table as it was)."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(altcap_jobs)")}
+        if "plan_attempts" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                conn.execute(
+                    "ALTER TABLE altcap_jobs ADD COLUMN plan_attempts INTEGER NOT NULL DEFAULT 0"
+                )
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (a fresh one after a fork: connections must not cross it)."""
@@ -360,17 +375,23 @@ class SQLiteJobStore(JobStore):
             return None
         return _record(dict(zip([d[0] for d in cur.description], row, strict=True)))
 
-    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> bool:
+    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> int:
         now = time.time()
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE altcap_jobs SET plan_owner = ?, plan_lease = ?, state = 'running',"
-                " started = COALESCE(started, ?), activity = ?"
+                " started = COALESCE(started, ?), activity = ?,"
+                " plan_attempts = plan_attempts + 1"
                 " WHERE id = ? AND state IN ('queued', 'running') AND planned = 0"
                 " AND (plan_lease IS NULL OR plan_lease <= ?)",
                 (owner, now + lease_s, now, now, job_id, now),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return 0
+            row = conn.execute(
+                "SELECT plan_attempts FROM altcap_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            return int(row[0])
 
     def commit_plan(self, job_id: str, plan: Plan) -> str:
         now = time.time()
@@ -514,7 +535,9 @@ class SQLiteJobStore(JobStore):
         with self._tx() as conn:
             if unit == "plan":
                 conn.execute(
-                    "UPDATE altcap_jobs SET plan_lease = NULL WHERE id = ? AND plan_owner = ?",
+                    "UPDATE altcap_jobs SET plan_lease = NULL,"
+                    " plan_attempts = MAX(plan_attempts - 1, 0)"
+                    " WHERE id = ? AND plan_owner = ? AND plan_lease IS NOT NULL AND planned = 0",
                     (job_id, owner),
                 )
             else:
@@ -711,7 +734,7 @@ if tonumber(redis.call('HGET', jk, 'plan_lease') or '0') > t then return 0 end
 redis.call('HSET', jk, 'plan_owner', owner, 'plan_lease', t + lease, 'state', 'running',
   'activity', t)
 redis.call('HSETNX', jk, 'started', t)
-return 1
+return redis.call('HINCRBY', jk, 'plan_attempts', 1)
 """
 
 # ARGV: p, id, total, limited, done, failed, skipped, n_pages, n_chunks, then n_pages pairs
@@ -802,7 +825,10 @@ _RELEASE = """
 local p, id, unit, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local jk = p .. id
 if unit == 'plan' then
-  if redis.call('HGET', jk, 'plan_owner') == owner then redis.call('HDEL', jk, 'plan_lease') end
+  if redis.call('HGET', jk, 'plan_owner') == owner and redis.call('HGET', jk, 'planned') ~= '1'
+      and redis.call('HDEL', jk, 'plan_lease') == 1 then
+    redis.call('HINCRBY', jk, 'plan_attempts', -1)
+  end
 elseif redis.call('HGET', jk .. ':owner', unit) == owner then
   redis.call('HDEL', jk .. ':owner', unit)
   redis.call('ZADD', jk .. ':open', 'XX', 0, unit)
@@ -966,8 +992,8 @@ class RedisJobStore(JobStore):
             return None
         return _record({self._text(k): self._text(v) for k, v in raw.items()})
 
-    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> bool:
-        return bool(self._claim_plan(args=[self.prefix, job_id, owner, lease_s]))
+    def claim_plan(self, job_id: str, owner: str, lease_s: float) -> int:
+        return int(self._claim_plan(args=[self.prefix, job_id, owner, lease_s]) or 0)
 
     def commit_plan(self, job_id: str, plan: Plan) -> str:
         done, failed, skipped = _counts(plan.rows)

@@ -342,6 +342,37 @@ def test_store_sweep_finds_quiet_jobs_with_claimable_work(store: JobStore) -> No
     assert store.sweep(0.2)[0] == [waiting]
 
 
+def test_store_counts_planning_attempts_like_chunk_attempts(store: JobStore) -> None:
+    job_id = _job(store)
+    assert store.claim_plan(job_id, "dead", 0.2) == 1
+    assert store.claim_plan(job_id, "b", 10) == 0  # leased
+    time.sleep(0.3)
+    assert store.claim_plan(job_id, "b", 10) == 2  # the dead planner's attempt counts
+    store.release(job_id, "plan", "b")
+    store.release(job_id, "plan", "b")  # released twice: still one attempt given back
+    assert store.claim_plan(job_id, "c", 10) == 2
+    store.commit_plan(job_id, _plan(1))
+    assert store.claim_plan(job_id, "d", 10) == 0  # planned
+
+
+def test_an_older_sqlite_store_gains_the_plan_attempts_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from captioner import jobstore
+
+    path = tmp_path / "old.sqlite3"
+    old_schema = jobstore._SCHEMA.replace("    plan_attempts INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old_schema != jobstore._SCHEMA
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+    store = SQLiteJobStore(path)
+    try:
+        job_id = _job(store)
+        assert store.claim_plan(job_id, "a", 10) == 1
+    finally:
+        store.close()
+
+
 def test_store_pages_keep_their_html(store: JobStore) -> None:
     job_id = _job(store)
     store.claim_plan(job_id, "a", 10)
@@ -414,6 +445,7 @@ def test_a_page_job_reports_every_image_and_patches_pages(make_queue, site) -> N
     assert rows[4]["caption"] == rows[7]["caption"] == "An image of 64x48 pixels."
     assert backend.calls == 1  # 4 distinct images (9.png once for 2 pages): one chunk
     assert status["counts"] == {"total": 9, "done": 5, "failed": 1, "skipped": 3}
+    assert status["limited"] is False
     shown = {p["n"]: p for p in status["pages"]}
     assert shown[3]["error"]["code"] == "fetch_failed" and shown[3]["patched_url"] is None
     assert shown[1]["patched_url"] == f"/v1/jobs/{job['id']}/pages/1/patched"
@@ -431,6 +463,8 @@ def test_a_page_job_reports_every_image_and_patches_pages(make_queue, site) -> N
         queue.patched_page(job["id"], 3)
     with pytest.raises(PageNotFound):
         queue.patched_page(job["id"], 99)
+    with pytest.raises(PageNotFound):  # past any SQLite integer: not an OverflowError
+        queue.patched_page(job["id"], 99999999999999999999)
 
 
 def test_mode_all_captions_images_with_alt_too(make_queue, site) -> None:
@@ -465,6 +499,25 @@ def test_a_sitemap_job_crawls_the_pages_it_lists(make_queue, site) -> None:
         f"{base}/three.html",
     ]
     assert status["counts"] == {"total": 3, "done": 2, "failed": 0, "skipped": 1}
+    assert status["limited"] is False
+
+    job, _ = queue.submit(
+        parse_job({"sitemap": f"{base}/sitemap.xml", "max_pages": 1}, queue.settings)
+    )
+    status = wait_for(queue, job["id"])
+    assert [p["url"] for p in status["pages"]] == [f"{base}/two.html"]
+    assert status["limited"] is True  # the crawl stopped at max_pages
+
+
+def test_max_pages_cutting_a_page_list_marks_the_job_limited(make_queue, site) -> None:
+    base, _ = site
+    queue = make_queue(FakeBackend())
+    pages = [f"{base}/two.html", f"{base}/three.html", f"{base}/two.html"]
+    cut, _ = queue.submit(parse_job({"pages": pages, "max_pages": 1}, queue.settings))
+    whole, _ = queue.submit(parse_job({"pages": pages, "max_pages": 2}, queue.settings))
+    cut, whole = wait_for(queue, cut["id"]), wait_for(queue, whole["id"])
+    assert len(cut["pages"]) == 1 and cut["limited"] is True
+    assert len(whole["pages"]) == 2 and whole["limited"] is False  # the duplicate is no page
 
 
 def test_idempotency_key_returns_the_same_job(make_queue) -> None:
@@ -564,6 +617,108 @@ def test_a_chunk_that_keeps_killing_its_consumer_fails(make_queue) -> None:
     assert rows[0]["status"] == "failed" and rows[0]["error_code"] == "chunk_failed"
 
 
+def test_planning_that_keeps_dying_fails_the_job(make_queue, monkeypatch) -> None:
+    """A planner killed each time (OOM, a plan the store refuses) must not re-crawl the
+    site every lease forever: past MAX_PLAN_ATTEMPTS the job fails with plan_failed."""
+    queue = make_queue()
+    job, _ = queue.submit(parse_job({"pages": ["http://x.example/"]}, queue.settings))
+    for n in range(jobs.MAX_PLAN_ATTEMPTS):
+        assert queue.store.claim_plan(job["id"], f"dead-{n}", 0.01)
+        time.sleep(0.02)
+    consumer = jobs.JobConsumer(queue, FakeBackend(), workers=1)
+    monkeypatch.setattr(consumer, "plan", lambda job: pytest.fail("planned again"))
+    consumer.drain(job["id"])
+    status = queue.status(job["id"])
+    assert status["state"] == "failed" and status["error"]["code"] == "plan_failed"
+
+
+def test_a_plan_the_store_refuses_is_retried_then_fails(make_queue, site, monkeypatch) -> None:
+    base, _ = site
+    queue = make_queue(JOB_LEASE_S=0.05)
+    job, _ = queue.submit(parse_job({"pages": [f"{base}/one.html"]}, queue.settings))
+    consumer = jobs.JobConsumer(queue, FakeBackend(), workers=1)
+
+    def refuse(job_id: str, plan: Plan) -> str:
+        raise redis.ResponseError("query buffer limit")
+
+    monkeypatch.setattr(queue.store, "commit_plan", refuse)
+    for _ in range(jobs.MAX_PLAN_ATTEMPTS):
+        with pytest.raises(redis.ResponseError):
+            consumer.drain(job["id"])
+        time.sleep(0.1)  # the lease of the "dead" planner runs out
+    consumer.drain(job["id"])
+    assert queue.status(job["id"])["error"]["code"] == "plan_failed"
+
+
+def test_pages_past_the_html_budget_keep_no_html_and_say_why(make_queue, site, monkeypatch):
+    base, root = site
+    size = len((root / "one.html").read_bytes())
+    monkeypatch.setattr(jobs, "MAX_JOB_HTML", size + 10)  # one.html fits, three.html does not
+    queue = make_queue(FakeBackend())
+    pages = [f"{base}/one.html", f"{base}/three.html"]
+    job, _ = queue.submit(parse_job({"pages": pages}, queue.settings))
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "done" and status["counts"]["done"] == 5  # still captioned
+    assert status["pages"][0]["patched_url"] and status["pages"][0]["error"] is None
+    assert status["pages"][1]["patched_url"] is None
+    assert status["pages"][1]["error"]["code"] == jobs.HTML_NOT_KEPT
+    assert "An image of" in queue.patched_page(job["id"], 1)
+    with pytest.raises(PageNotFound, match="not kept"):
+        queue.patched_page(job["id"], 2)
+
+
+class FakeEngine:
+    """``Engine.caption_images``: one outcome per image, or one error for the call."""
+
+    def __init__(self, outcomes: list[Any] | None = None, error: AltCapError | None = None):
+        self.outcomes, self.error = outcomes, error
+
+    def caption_images(self, images, decoding, timeout_s):
+        if self.error is not None:
+            raise self.error
+        return self.outcomes
+
+
+def test_the_engine_backend_retries_only_a_busy_engine() -> None:
+    from captioner.engine import DeadlineExceeded, InternalError, ModelUnavailable, Overloaded
+
+    images = [object(), object()]
+    crash = InternalError("the model crashed on this image")
+    ok = Result("A caption.")
+    outcomes = jobs.EngineBackend(FakeEngine([ok, crash]), 100).caption(images, None)
+    assert outcomes == [ok, crash]  # a poison image fails its row, never loops forever
+    whole = jobs.EngineBackend(FakeEngine(error=crash), 100).caption(images, None)
+    assert whole == [crash, crash]
+    for busy in (Overloaded("full"), ModelUnavailable("loading"), DeadlineExceeded("late")):
+        with pytest.raises(RetryLater):
+            jobs.EngineBackend(FakeEngine([ok, busy]), 100).caption(images, None)
+        with pytest.raises(RetryLater):
+            jobs.EngineBackend(FakeEngine(error=busy), 100).caption(images, None)
+
+
+def test_an_internal_error_on_one_image_fails_its_row_and_ends_the_job(make_queue, site):
+    """Before the fix, any 5xx outcome gave the chunk back uncounted: a poison image looped."""
+    from captioner.engine import InternalError
+
+    base, _ = site
+    calls: list[int] = []
+
+    def crash_on_the_first(images, decoding, timeout_s):
+        calls.append(len(images))
+        return [InternalError("boom"), *(Result("A caption.") for _ in images[1:])]
+
+    engine = FakeEngine()
+    engine.caption_images = crash_on_the_first
+    engine.wait_ready = lambda timeout: True
+    queue = make_queue(jobs.EngineBackend(engine, 40_000_000))
+    urls = [f"{base}/{i}.png" for i in range(3)]
+    job, _ = queue.submit(parse_job({"images": urls}, queue.settings))
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "done" and calls == [3]
+    assert status["counts"] == {"total": 3, "done": 2, "failed": 1, "skipped": 0}
+    assert queue.rows(job["id"])[0]["error_code"] == "internal_error"
+
+
 def test_job_captions_are_cached_by_model_identity(make_queue, site, tiny_dir, tmp_path) -> None:
     """A shared cache answers a consumer of the same model directory after a restart, and
     not one of the same directory retrained in place (the path alone is the same)."""
@@ -652,6 +807,83 @@ def test_a_failing_webhook_is_retried_then_given_up(make_queue, site, hook_serve
     assert len(handler.received) == 2
 
 
+class EndlessHandler(BaseHTTPRequestHandler):
+    """Answers 200, then streams up to 100 MB (``trickle``: headers a byte at a time)."""
+
+    protocol_version = "HTTP/1.1"
+    sent: ClassVar[list[int]] = []
+    trickle = False
+    done: ClassVar[threading.Event]
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        sent = 0
+        try:
+            if self.trickle:
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 10_000:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    sent += 1
+                    time.sleep(0.2)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", str(100 * 2**20))
+                self.end_headers()
+                block = b"x" * 2**16
+                while sent < 100 * 2**20:
+                    self.wfile.write(block)
+                    sent += len(block)
+        except OSError:  # the client hung up: what we want
+            pass
+        finally:
+            type(self).sent.append(sent)
+            self.close_connection = True
+            type(self).done.set()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(params=[False, True], ids=["endless-body", "trickled-headers"])
+def endless_server(request) -> Iterator[tuple[str, type[EndlessHandler]]]:
+    attrs = {"sent": [], "trickle": request.param, "done": threading.Event()}
+    handler = type("Endless", (EndlessHandler,), attrs)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_webhook_receiver_cannot_hold_or_flood_the_sender(tmp_path, endless_server, monkeypatch):
+    """Only the status is read, and the whole POST has a deadline: an endless body is not
+    downloaded, headers sent a byte at a time (each within the read timeout) are cut off."""
+    url, handler = endless_server
+    monkeypatch.setattr(jobs, "WEBHOOK_DEADLINE_S", 1.0)
+    limits = settings(tmp_path).fetch_limits()
+    outcome: list[Any] = []
+
+    def send() -> None:
+        try:
+            outcome.append(jobs.post_json(url, b"{}", limits))
+        except AltCapError as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    sender.join(timeout=20)  # generous: the old code read 100 MB or waited forever
+    assert not sender.is_alive(), "post_json is still reading"
+    assert handler.done.wait(20)  # the server noticed the sender hung up
+    (sent,) = handler.sent
+    if handler.trickle:
+        assert isinstance(outcome[0], AltCapError) and outcome[0].code == "fetch_timeout"
+        assert sent < 100
+    else:
+        assert outcome == [200]
+        assert sent < 32 * 2**20  # a few socket buffers at most, never the 100 MB
+
+
 def test_webhooks_to_blocked_addresses_are_not_sent(tmp_path: Path) -> None:
     limits = settings(tmp_path, ALLOW_PRIVATE_NETWORKS=False).fetch_limits()
     with pytest.raises(AltCapError) as info:
@@ -673,5 +905,7 @@ def test_redis_queue_and_store_run_a_job(tmp_path: Path, redis_server, site) -> 
         status = wait_for(queue, job["id"])
         assert status["counts"] == {"total": 5, "done": 3, "failed": 0, "skipped": 2}
         assert "An image of" in queue.patched_page(job["id"], 1)
+        with pytest.raises(PageNotFound):
+            queue.patched_page(job["id"], 99999999999999999999)
     finally:
         queue.close(timeout=5)

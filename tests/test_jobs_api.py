@@ -157,6 +157,8 @@ def test_a_page_job_serves_the_patched_page_safely(client: FlaskClient, site: st
     assert 'alt="A yellow square"' in html
     assert_error(client.get(f"{job['url']}/pages/2/patched"), 404, "page_not_found")
     assert_error(client.get(f"{job['url']}/pages/7/patched"), 404, "page_not_found")
+    huge = f"{job['url']}/pages/99999999999999999999/patched"  # an OverflowError in SQLite
+    assert_error(client.get(huge), 404, "page_not_found")
 
 
 def test_idempotency_keys(client: FlaskClient) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,6 +252,45 @@ def test_checkpoints_keep_the_newest_k(store, tiny_dir, tmp_path, monkeypatch):
         save_checkpoint(out, model, tok, state, {**meta, "step": total + 1}, keep=2)
     assert checkpoint_dirs(out) == ckpts
     assert sorted(p.name for p in (out / CHECKPOINTS).iterdir()) == [p.name for p in ckpts]
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))}
+
+
+def test_save_final_never_leaves_the_run_without_a_final_dir(tiny_dir, tmp_path, monkeypatch):
+    """The old final is renamed aside, not deleted, before the new one is renamed in: a
+    failure between the two puts it back; a crash there leaves it for the next save."""
+    from captioner.train import checkpoint
+
+    out = tmp_path / "run"
+    out.mkdir()
+    model, tok = load_pretrained(tiny_dir)
+    final = checkpoint.save_final(out, model, tok)
+    before = _tree(final)
+    assert "config.json" in before and load_pretrained(final)[0] is not None
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src).name.startswith(f".tmp-{FINAL}-"):  # the new final's rename
+            raise OSError("crash at the swap")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="crash at the swap"):
+        checkpoint.save_final(out, model, tok)
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert _tree(out / FINAL) == before  # the complete old one, still in place
+    assert sorted(p.name for p in out.iterdir()) == [FINAL]  # no temp or aside debris
+
+    # killed between the renames: the old final waits aside; the next save cleans up
+    real_replace(out / FINAL, out / f".old-{FINAL}")
+    checkpoint.save_final(out, model, tok)
+    assert set(_tree(out / FINAL)) == set(before)  # a complete new one (same files)
+    assert sorted(p.name for p in out.iterdir()) == [FINAL]
+    shutil.copytree(out / FINAL, out / f".old-{FINAL}")  # killed after the second rename
+    checkpoint.save_final(out, model, tok)
+    assert sorted(p.name for p in out.iterdir()) == [FINAL]
 
 
 def test_max_steps_ends_the_run(store, tiny_dir, tmp_path):

@@ -95,18 +95,48 @@ def checkpoint_dirs(out_dir: Path) -> list[Path]:
 
 
 def _replace_dir(final: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a temp folder beside ``final``, then rename it into place: ``final`` is always
-    the old folder or the new one, never half of one, and a crash leaves no debris."""
+    """Fill a temp folder beside ``final``, then swap it into place: ``final`` is always
+    the old folder or the new one, never half of one, and a failed save leaves no debris.
+
+    A folder cannot be renamed over a non-empty one, so the old ``final`` is first renamed
+    aside, the new one renamed in, and only then the old one deleted: a failure between the
+    two renames puts the old one back, and a crash there (the process killed) leaves it
+    aside, whole, for the next save to restore or remove (``_recover_aside``).
+    """
+    aside = _aside(final)
+    _recover_aside(final, aside)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         write(tmp)
         if final.exists():  # the same step saved again (e.g. a resumed run that re-finishes)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if aside.exists() and not final.exists():
+                os.replace(aside, final)  # the old folder back: never no final at all
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _aside(final: Path) -> Path:
+    """Where the old ``final`` waits during a swap (hidden: never taken for a checkpoint)."""
+    return final.with_name(f".old-{final.name}")
+
+
+def _recover_aside(final: Path, aside: Path) -> None:
+    """A save killed between its two renames left the old folder aside: put it back if
+    ``final`` is missing, else (``final`` is the new one) delete it."""
+    if not aside.exists():
+        return
+    if final.exists():
+        shutil.rmtree(aside)
+    else:
+        os.replace(aside, final)
 
 
 def save_checkpoint(
