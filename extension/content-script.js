@@ -7,12 +7,18 @@
  * network: only the service worker does. It never throws into the page and logs nothing:
  * every entry point is wrapped in guard().
  *
+ * Where it looks: the document and every open shadow root in it (web components), nested
+ * ones too, each watched by the same MutationObserver as soon as it is found. Closed shadow
+ * roots are out of reach: a page closes them so that no script can look inside. Iframes get
+ * a copy of this script of their own (registered with allFrames): each frame describes and
+ * counts its own images, and the service worker adds the frames up.
+ *
  * Messages it sends (chrome.runtime.sendMessage, to the service worker):
  *   {type: "hello"} -> {consented, enabled, auto, prefix, words}
  *   {type: "describe", images: [{id, url, data?}]} -> {results: [{id, caption} | {id, error}]}
  *   {type: "counts", found, described, failed}
- * Messages it answers (from the service worker or the popup, same extension only):
- *   ping, status, describe-now, describe-target {srcUrl}, toggle, restore
+ * Messages it answers (from the service worker, same extension only):
+ *   ping, status, describe-now {quiet?}, describe-target {srcUrl}, toggle {showing?}, restore
  */
 (function () {
   "use strict";
@@ -32,6 +38,12 @@
   const PRIORITY = { focused: 0, visible: 1, other: 2 };
   const SELECTOR = 'img, input[type="image" i]';
   const WATCHED = ["src", "srcset", "sizes", "alt", "aria-label", "aria-labelledby", "aria-hidden", "role", "title"];
+  const OBSERVE = { childList: true, subtree: true, attributes: true, attributeFilter: WATCHED };
+  // A custom element inserted before its definition loads gets its shadow root later, and
+  // nothing in the document changes when that happens: look at such elements again a few
+  // times (cheap: one property read each) for this long after they appear.
+  const PENDING_CHECK_MS = 500;
+  const PENDING_FOR_MS = 15000;
 
   let config = { consented: false, enabled: false, auto: false, prefix: "Appears to be: " };
   let started = false; // observers attached
@@ -46,6 +58,10 @@
   let mutations = null;
   let visibility = null;
   let observed = new WeakSet();
+  let watchedRoots = new WeakSet(); // shadow roots the mutation observer covers (per start)
+  const listenedRoots = new WeakSet(); // shadow roots with our load/focus listeners
+  const pending = new Map(); // custom element without a shadow root yet -> give up at (ms)
+  let pendingTimer = 0;
 
   const state = new WeakMap(); // element -> {status, url, rewrites}
   const written = new WeakMap(); // element -> the alt text we wrote
@@ -142,11 +158,82 @@
     scheduleFlush(priority === PRIORITY.focused ? 0 : FLUSH_DELAY_MS);
   }
 
-  function scan(root, priority) {
-    if (!root || root.nodeType !== 1) return;
-    if (D.isCandidate(root)) consider(root, priority);
-    if (typeof root.querySelectorAll === "function") {
-      for (const el of root.querySelectorAll(SELECTOR)) consider(el, priority);
+  /** `node` (a document, element or shadow root) and every open shadow root inside it,
+   * nested ones included: the trees a selector has to be run in, since querySelectorAll
+   * stops at shadow boundaries. Custom elements still waiting for their shadow root are
+   * noted for a later look. */
+  function trees(node) {
+    const found = [node];
+    for (let i = 0; i < found.length; i++) {
+      const tree = found[i];
+      if (tree.nodeType === 1) hostOf(tree, found);
+      if (typeof tree.querySelectorAll !== "function") continue;
+      for (const el of tree.querySelectorAll("*")) hostOf(el, found);
+    }
+    return found;
+  }
+
+  function hostOf(el, found) {
+    const root = el.shadowRoot; // null for closed roots: those stay out of reach
+    if (root) found.push(root);
+    else if (started && String(el.tagName).includes("-")) notePending(el);
+  }
+
+  /** querySelectorAll over the document and its open shadow roots (watching any root not
+   * seen before: one attached late to a plain element, found when the user asks). */
+  function deepQueryAll(selector) {
+    const out = [];
+    for (const tree of trees(document)) {
+      if (tree.nodeType === 11) watchRoot(tree);
+      out.push(...tree.querySelectorAll(selector));
+    }
+    return out;
+  }
+
+  /** Watch a shadow root as the document is watched: DOM changes (same observer), and load
+   * and focus events, which do not leave a shadow tree or arrive retargeted to its host. */
+  function watchRoot(root) {
+    if (!mutations || watchedRoots.has(root)) return;
+    watchedRoots.add(root);
+    mutations.observe(root, OBSERVE);
+    if (!listenedRoots.has(root) && typeof root.addEventListener === "function") {
+      listenedRoots.add(root);
+      root.addEventListener("load", onLoad, true); // no-ops once stopped
+      root.addEventListener("focusin", onFocus, true);
+    }
+  }
+
+  function notePending(el) {
+    if (!pending.has(el)) pending.set(el, Date.now() + PENDING_FOR_MS);
+    if (!pendingTimer) pendingTimer = setTimeout(guard(checkPending), PENDING_CHECK_MS);
+  }
+
+  function checkPending() {
+    pendingTimer = 0;
+    if (!started) {
+      pending.clear();
+      return;
+    }
+    const now = Date.now();
+    for (const [el, until] of pending) {
+      if (el.shadowRoot) {
+        pending.delete(el);
+        scan(el, PRIORITY.other);
+      } else if (!el.isConnected || now > until) {
+        pending.delete(el);
+      }
+    }
+    if (pending.size) pendingTimer = setTimeout(guard(checkPending), PENDING_CHECK_MS);
+  }
+
+  function scan(node, priority) {
+    if (!node || (node.nodeType !== 1 && node.nodeType !== 11)) return;
+    for (const tree of trees(node)) {
+      if (tree.nodeType === 11) watchRoot(tree);
+      else if (D.isCandidate(tree)) consider(tree, priority);
+      if (typeof tree.querySelectorAll === "function") {
+        for (const el of tree.querySelectorAll(SELECTOR)) consider(el, priority);
+      }
     }
   }
 
@@ -177,7 +264,7 @@
 
   /** Put every alt we wrote back as the page had it. */
   function restoreAll() {
-    for (const el of document.querySelectorAll("[" + D.MARK + "]")) {
+    for (const el of deepQueryAll("[" + D.MARK + "]")) {
       if (!written.has(el)) continue;
       written.delete(el);
       D.restoreOriginal(el);
@@ -193,7 +280,7 @@
   function showCaptions() {
     showing = true;
     if (!started) return;
-    for (const el of document.querySelectorAll(SELECTOR)) {
+    for (const el of deepQueryAll(SELECTOR)) {
       const s = state.get(el);
       if (s && s.status === "described") {
         const caption = captions.get(s.url);
@@ -215,8 +302,10 @@
 
   function priorityOf(item) {
     const focused = document.activeElement;
-    if (focused && (item.el === focused || (focused.contains && focused.contains(item.el)))) {
-      return PRIORITY.focused;
+    // The focused element, or an image inside it (through shadow roots: focus inside one is
+    // reported on its host).
+    for (let node = item.el; focused && node; node = node.parentNode || node.host) {
+      if (node === focused) return PRIORITY.focused;
     }
     if (visible.has(item.el)) return Math.min(item.priority, PRIORITY.visible);
     return item.priority;
@@ -409,11 +498,16 @@
   });
 
   const onFocus = guard((event) => {
-    const el = event.target;
+    // The element itself, not its shadow host (focusin is retargeted at shadow boundaries).
+    const path = typeof event.composedPath === "function" ? event.composedPath() : [];
+    const el = path[0] || event.target;
     if (!el || el.nodeType !== 1) return;
     if (D.isCandidate(el)) consider(el, PRIORITY.focused);
-    else if (typeof el.querySelectorAll === "function") {
-      for (const img of el.querySelectorAll(SELECTOR)) consider(img, PRIORITY.focused);
+    else {
+      for (const tree of trees(el)) {
+        if (typeof tree.querySelectorAll !== "function") continue;
+        for (const img of tree.querySelectorAll(SELECTOR)) consider(img, PRIORITY.focused);
+      }
     }
   });
 
@@ -430,17 +524,12 @@
 
   function start() {
     if (started) return;
-    started = true;
-    showing = true;
+    started = true; // `showing` stays as it is: a frame may start hidden (see "hello")
     visibility = new IntersectionObserver(onVisibility, { rootMargin: "256px" });
     observed = new WeakSet();
+    watchedRoots = new WeakSet();
     mutations = new MutationObserver(onMutations);
-    mutations.observe(document.documentElement, {
-      childList: true,
-      subtree: true,
-      attributes: true,
-      attributeFilter: WATCHED,
-    });
+    mutations.observe(document.documentElement, OBSERVE);
     document.addEventListener("load", onLoad, true); // load does not bubble; capture sees it
     document.addEventListener("focusin", onFocus, true);
     scan(document.documentElement, PRIORITY.other);
@@ -452,6 +541,9 @@
     if (mutations) mutations.disconnect();
     if (visibility) visibility.disconnect();
     mutations = visibility = null;
+    pending.clear();
+    clearTimeout(pendingTimer);
+    pendingTimer = 0;
     document.removeEventListener("load", onLoad, true);
     document.removeEventListener("focusin", onFocus, true);
     for (const item of queue.values()) setStatus(item.el, null);
@@ -472,9 +564,12 @@
     };
   }
 
-  async function describeNow() {
+  /** `quiet`: another frame of the tab, asked along with the top frame, whose announcements
+   * are the ones the user hears. */
+  async function describeNow(quiet = false) {
     await ready;
     if (!config.consented) {
+      if (quiet) return { ok: false, error: "no_consent" };
       announce("AltCap: nothing was sent. Agree to the privacy notice in AltCap's options first.");
       return { ok: false, error: "no_consent" };
     }
@@ -482,13 +577,14 @@
     start();
     if (!wasShowing) showCaptions();
     // Try the failures again: the server may be back.
-    for (const el of document.querySelectorAll(SELECTOR)) {
+    for (const el of deepQueryAll(SELECTOR)) {
       const s = state.get(el);
       if (s && s.status === "failed") setStatus(el, null);
       consider(el, visible.has(el) ? PRIORITY.visible : PRIORITY.other);
     }
     const waiting = queue.size;
-    summaryPending = true;
+    summaryPending = !quiet;
+    if (quiet) return { ok: true, ...status() };
     if (waiting) announce(`AltCap: describing ${plural(waiting, "image")}.`);
     else if (!inFlight) {
       summaryPending = false;
@@ -504,7 +600,7 @@
   function findImage(srcUrl) {
     const matches = (el) => el && el.isConnected && (D.imageUrl(el) === srcUrl || el.src === srcUrl);
     if (matches(lastContextTarget)) return lastContextTarget;
-    for (const el of document.querySelectorAll(SELECTOR)) if (matches(el)) return el;
+    for (const el of deepQueryAll(SELECTOR)) if (matches(el)) return el;
     return null;
   }
 
@@ -546,7 +642,7 @@
   function restorePage() {
     hideCaptions();
     stop();
-    for (const el of document.querySelectorAll(SELECTOR)) {
+    for (const el of deepQueryAll(SELECTOR)) {
       const s = state.get(el);
       if (s && s.status) setStatus(el, null);
     }
@@ -554,9 +650,13 @@
     summaryPending = false;
   }
 
-  function toggle() {
-    if (showing) hideCaptions();
-    else showCaptions();
+  /** `want`: true/false switches to that state (the service worker keeps every frame of a
+   * tab the same); anything else flips it. */
+  function toggle(want) {
+    const show = typeof want === "boolean" ? want : !showing;
+    if (show === showing) return showing;
+    if (show) showCaptions();
+    else hideCaptions();
     return showing;
   }
 
@@ -576,12 +676,12 @@
           sendResponse(status());
           return false;
         case "describe-now":
-          return reply(describeNow());
+          return reply(describeNow(message.quiet === true));
         case "describe-target":
           if (typeof message.srcUrl !== "string") return false;
           return reply(describeTarget(message.srcUrl));
         case "toggle":
-          sendResponse({ showing: toggle(), ...status() });
+          sendResponse({ showing: toggle(message.showing), ...status() });
           return false;
         case "restore":
           restorePage();
@@ -603,11 +703,27 @@
     true,
   );
 
+  // A frame that is removed (or a page put in the back/forward cache) stops counting in the
+  // tab's totals; a page taken back out of that cache counts again.
+  if (typeof globalThis.addEventListener === "function") {
+    globalThis.addEventListener(
+      "pagehide",
+      guard(() => send({ type: "counts", found: 0, described: 0, failed: 0 })),
+    );
+    globalThis.addEventListener(
+      "pageshow",
+      guard((event) => {
+        if (event && event.persisted) send({ type: "counts", ...counts });
+      }),
+    );
+  }
+
   const ready = send({ type: "hello" }).then(
     guard((answer) => {
       if (!answer || typeof answer !== "object" || answer.error) return;
       config = { ...config, ...answer };
       D.setMeaninglessWords(answer.words);
+      if (answer.showing === false) showing = false; // hidden in this tab's other frames
       if (config.auto) start();
     }),
   );

@@ -96,8 +96,16 @@
     return "";
   }
 
+  /** The parent, or the host when `node` is at the top of a shadow tree: aria-hidden on a
+   * web component hides what its shadow root renders too. */
+  function composedParent(node) {
+    if (node.parentElement) return node.parentElement;
+    const parent = node.parentNode;
+    return parent && parent.nodeType === 11 && parent.host ? parent.host : null;
+  }
+
   function hiddenFromAssistiveTech(el) {
-    for (let node = el; node; node = node.parentElement) {
+    for (let node = el; node; node = composedParent(node)) {
       if (typeof node.getAttribute !== "function") break;
       if ((attr(node, "aria-hidden") || "").trim().toLowerCase() === "true") return true;
     }
@@ -106,7 +114,8 @@
 
   function labelledByText(el) {
     const ids = (attr(el, "aria-labelledby") || "").split(/\s+/).filter(Boolean);
-    const doc = el.ownerDocument;
+    // The ids name elements of the image's own tree: its shadow root, if it is in one.
+    const doc = typeof el.getRootNode === "function" ? el.getRootNode() : el.ownerDocument;
     if (!ids.length || !doc || typeof doc.getElementById !== "function") return "";
     return ids
       .map((id) => doc.getElementById(id))

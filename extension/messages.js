@@ -3,7 +3,8 @@
 //
 // Who may send what:
 //   content script (a page's tab) -> "hello", "describe", "counts"
-//   extension page (popup, options) -> "describe-tab", "check-server", "sync"
+//   extension page (popup, options) -> "describe-tab", "tab-status", "tab-toggle",
+//                                      "tab-restore", "check-server", "sync"
 // Pages themselves cannot reach chrome.runtime.onMessage at all (no "externally_connectable"),
 // and a content script cannot pretend to be an extension page: sender.url is set by the
 // browser, not by the message.
@@ -16,14 +17,15 @@ export const MAX_DATA_LENGTH = 14 * 1024 * 1024;
 export const MAX_COUNT = 1_000_000;
 
 const FROM_CONTENT = new Set(["hello", "describe", "counts"]);
-const FROM_EXTENSION_PAGE = new Set(["describe-tab", "check-server", "sync"]);
+const TAB_TYPES = ["describe-tab", "tab-status", "tab-toggle", "tab-restore"]; // {type, tabId}
+const FROM_EXTENSION_PAGE = new Set([...TAB_TYPES, "check-server", "sync"]);
 export const KNOWN_TYPES = new Set([...FROM_CONTENT, ...FROM_EXTENSION_PAGE]);
 
 const ALLOWED_KEYS = {
   hello: ["type"],
   describe: ["type", "images"],
   counts: ["type", "found", "described", "failed"],
-  "describe-tab": ["type", "tabId"],
+  ...Object.fromEntries(TAB_TYPES.map((type) => [type, ["type", "tabId"]])),
   "check-server": ["type"],
   sync: ["type"],
 };
@@ -123,7 +125,10 @@ export function validate(message, sender, ids) {
       if (![found, described, failed].every(isCount)) return fail("counts must be integers >= 0");
       return { ok: true, message: { type, found, described, failed } };
     }
-    case "describe-tab": {
+    case "describe-tab":
+    case "tab-status":
+    case "tab-toggle":
+    case "tab-restore": {
       const { tabId } = message;
       if (!Number.isInteger(tabId) || tabId < 0) return fail("tabId must be an integer >= 0");
       return { ok: true, message: { type, tabId } };

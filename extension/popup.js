@@ -31,9 +31,11 @@ async function findTab() {
   return tab;
 }
 
+/** The page's counts, all its frames added up (the service worker asks each frame). */
 async function pageStatus() {
   try {
-    return await chrome.tabs.sendMessage(tabId, { type: "status" }, { frameId: 0 });
+    const answer = await chrome.runtime.sendMessage({ type: "tab-status", tabId });
+    return answer && answer.ok ? answer : null;
   } catch {
     return null; // no content script on this page (yet)
   }
@@ -86,7 +88,7 @@ $("site-toggle").addEventListener("change", () => {
     .then(async ([granted]) => {
       settings = await loadSettings();
       if (!on) {
-        await chrome.tabs.sendMessage(tabId, { type: "restore" }, { frameId: 0 }).catch(() => null);
+        await chrome.runtime.sendMessage({ type: "tab-restore", tabId }).catch(() => null);
         say(`AltCap is off on ${host}; the page's own text is back.`);
       } else if (granted) {
         await chrome.runtime.sendMessage({ type: "sync" }).catch(() => null);
@@ -101,8 +103,10 @@ $("site-toggle").addEventListener("change", () => {
 
 $("toggle-captions").addEventListener("click", async () => {
   try {
-    const answer = await chrome.tabs.sendMessage(tabId, { type: "toggle" }, { frameId: 0 });
-    say(answer && answer.showing ? "AltCap's descriptions are shown." : "The page's own text is back.");
+    // Through the service worker, which switches every frame of the page the same way.
+    const answer = await chrome.runtime.sendMessage({ type: "tab-toggle", tabId });
+    if (!answer || !answer.ok) say("AltCap is not running on this page.");
+    else say(answer.showing ? "AltCap's descriptions are shown." : "The page's own text is back.");
   } catch {
     say("AltCap is not running on this page.");
   }

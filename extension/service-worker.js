@@ -4,18 +4,24 @@
 // content script for the sites the user allowed, and runs the context menu, the keyboard
 // shortcut and the badge.
 //
+// The content script runs in every frame AltCap may access (iframes too), and each frame
+// counts its own images: tab-state.js keeps the frames of each tab, so that the badge and the
+// popup show the sums and the popup's toggle reaches every frame.
+//
 // Listeners are registered at the top level: an MV3 worker may be started just to deliver
 // one event, and it must find its listener there.
 
 import { validate } from "./messages.js";
 import { CaptionClient } from "./network.js";
 import { contentScriptMatches, loadSettings, siteRule } from "./settings.js";
+import { TabFrames, combineStatus } from "./tab-state.js";
 
 const IDS = { runtimeId: chrome.runtime.id, extensionOrigin: chrome.runtime.getURL("") };
 const SCRIPT_ID = "altcap";
 const SCRIPT_FILES = ["detection.js", "content-script.js"];
 const MENU_ID = "altcap-describe-image";
 const COMMAND = "describe-page";
+const TAB_STATE_KEY = "tabFrames"; // in chrome.storage.session
 
 const client = new CaptionClient({ fetch: (...args) => fetch(...args) });
 
@@ -59,6 +65,19 @@ function hostnameOf(url) {
   }
 }
 
+/** The host whose site rules apply to a frame: its own URL's; for about:blank, srcdoc and
+ * blob: frames, the origin they inherit (Chrome says it in sender.origin); the tab's URL is
+ * the last resort, for the top frame only. */
+function senderHost(sender) {
+  const fromOrigin = sender.origin && sender.origin !== "null" ? hostnameOf(sender.origin) : "";
+  const top = !sender.frameId && sender.tab ? hostnameOf(sender.tab.url) : "";
+  return hostnameOf(sender.url) || fromOrigin || top;
+}
+
+function frameOf(sender) {
+  return Number.isInteger(sender.frameId) && sender.frameId >= 0 ? sender.frameId : 0;
+}
+
 function incognitoRefused(settings, tab) {
   return Boolean(tab && tab.incognito) && !settings.allowIncognito;
 }
@@ -100,7 +119,10 @@ async function doSync() {
         js: SCRIPT_FILES,
         matches,
         runAt: "document_idle",
-        allFrames: false,
+        // Iframes too: each frame is matched by its own URL (so its own site needs access,
+        // as any page), and about:blank / srcdoc / blob: frames by the origin they inherit.
+        allFrames: true,
+        matchOriginAsFallback: true,
         persistAcrossSessions: false, // registered again at every start (Firefox-safe)
       };
       if (excludeMatches.length) script.excludeMatches = excludeMatches;
@@ -157,14 +179,104 @@ chrome.permissions.onRemoved.addListener(() => syncRegistration());
 
 // --- describing -----------------------------------------------------------------------------
 
+// --- tabs and their frames -------------------------------------------------------------------
+
+let tabState = null; // TabFrames, loaded from storage.session on first use
+let tabChain = Promise.resolve();
+
+/** Run fn(state) on the tab state, one change at a time, and save it afterwards (the worker
+ * may be stopped between two messages). Resolves to fn's result. */
+function withTabs(fn) {
+  const run = async () => {
+    const session = chrome.storage.session;
+    if (!tabState) {
+      let saved = null;
+      try {
+        saved = session ? (await session.get(TAB_STATE_KEY))[TAB_STATE_KEY] : null;
+      } catch {
+        // no session storage here: keep the state in memory only
+      }
+      tabState = TabFrames.fromJSON(saved);
+    }
+    const result = fn(tabState);
+    try {
+      if (session) await session.set({ [TAB_STATE_KEY]: tabState.toJSON() });
+    } catch {
+      // ignore: the state is still in memory
+    }
+    return result;
+  };
+  tabChain = tabChain.then(run, run);
+  return tabChain;
+}
+
+async function updateBadge(tabId) {
+  const { described } = await withTabs((state) => state.totals(tabId));
+  await setBadge(tabId, described);
+}
+
+/** Send a message to one frame of a tab; null when nothing answers there (and the frame is
+ * forgotten: its document is gone or never ran the content script). */
+async function toFrame(tabId, frameId, message) {
+  try {
+    const answer = await chrome.tabs.sendMessage(tabId, message, { frameId });
+    if (answer && typeof answer === "object") return answer;
+  } catch {
+    // no content script in that frame (any more)
+  }
+  if (frameId !== 0) await withTabs((state) => state.removeFrame(tabId, frameId));
+  return null;
+}
+
+/** Send a message to every frame of the tab that runs the content script; answers in the
+ * order of frameIds() (top frame first, null where none came). */
+async function toFrames(tabId, message) {
+  const frameIds = await withTabs((state) => state.frameIds(tabId));
+  return Promise.all(frameIds.map((frameId) => toFrame(tabId, frameId, message)));
+}
+
+const NO_PAGE = () => ({ ok: false, ...errorReply("no_content_script", "AltCap is not running on this page") });
+
+/** The popup's numbers for a tab: every frame's counts added up. */
+async function tabStatus(tabId) {
+  const status = combineStatus(await toFrames(tabId, { type: "status" }));
+  return status ? { ok: true, ...status } : NO_PAGE();
+}
+
+/** Hide or show AltCap's descriptions in every frame of the tab: all frames end up in the
+ * same state (the top frame's, switched), and frames that load later follow it. */
+async function tabToggle(tabId) {
+  const before = combineStatus(await toFrames(tabId, { type: "status" }));
+  if (!before) return NO_PAGE();
+  const showing = !before.showing;
+  await withTabs((state) => state.setHidden(tabId, !showing));
+  const status = combineStatus(await toFrames(tabId, { type: "toggle", showing }));
+  return status ? { ok: true, ...status, showing } : NO_PAGE();
+}
+
+/** The site was switched off in the popup: every frame puts its page back and stops. */
+async function tabRestore(tabId) {
+  const status = combineStatus(await toFrames(tabId, { type: "restore" }));
+  await withTabs((state) => state.setHidden(tabId, false));
+  await updateBadge(tabId);
+  return status ? { ok: true, ...status } : NO_PAGE();
+}
+
 async function hello(sender) {
   const settings = await currentSettings();
-  const rule = siteRule(settings, hostnameOf(sender.url || (sender.tab && sender.tab.url)));
+  const rule = siteRule(settings, senderHost(sender));
   const enabled = settings.consented && rule !== "never" && !incognitoRefused(settings, sender.tab);
+  const tabId = sender.tab.id;
+  const hidden = await withTabs((state) => {
+    state.hello(tabId, frameOf(sender));
+    return state.isHidden(tabId);
+  });
+  await updateBadge(tabId);
   return {
     consented: settings.consented,
     enabled,
     auto: enabled && (settings.mode === "auto" || rule === "always"),
+    showing: !hidden, // a frame that loads after "hide" starts hidden too
     prefix: settings.prefix,
     words: await meaninglessWords(),
   };
@@ -203,6 +315,17 @@ async function ensureContentScript(tabId, frameId = 0) {
   await chrome.scripting.executeScript({ target: { tabId, frameIds: [frameId] }, files: SCRIPT_FILES });
 }
 
+/** Best effort: the content script in every other frame of the tab that this activeTab grant
+ * or a host permission covers (frames the browser refuses are skipped). Their frame ids. */
+async function injectSubframes(tabId) {
+  try {
+    const results = await chrome.scripting.executeScript({ target: { tabId, allFrames: true }, files: SCRIPT_FILES });
+    return (results || []).map((r) => r && r.frameId).filter((id) => Number.isInteger(id) && id !== 0);
+  } catch {
+    return [];
+  }
+}
+
 /** "Describe images on this page now" (shortcut, popup). */
 async function describeTab(tabId) {
   const settings = await currentSettings();
@@ -221,12 +344,17 @@ async function describeTab(tabId) {
       ),
     };
   }
+  // The other frames describe quietly: the top frame's announcements are the ones heard.
+  const subframes = new Set([...(await injectSubframes(tabId)), ...(await withTabs((state) => state.frameIds(tabId)))]);
+  subframes.delete(0);
+  let answer = null;
   try {
-    const answer = await chrome.tabs.sendMessage(tabId, { type: "describe-now" }, { frameId: 0 });
-    return answer && typeof answer === "object" ? answer : { ok: false, ...errorReply("no_answer", "the page did not answer") };
+    answer = await chrome.tabs.sendMessage(tabId, { type: "describe-now" }, { frameId: 0 });
   } catch {
-    return { ok: false, ...errorReply("no_answer", "the page did not answer") };
+    answer = null;
   }
+  await Promise.all([...subframes].map((frameId) => toFrame(tabId, frameId, { type: "describe-now", quiet: true })));
+  return answer && typeof answer === "object" ? answer : { ok: false, ...errorReply("no_answer", "the page did not answer") };
 }
 
 async function checkServer() {
@@ -256,10 +384,17 @@ async function handle(message, sender) {
     case "describe":
       return describe(message.images, sender);
     case "counts":
-      await setBadge(sender.tab.id, message.described);
+      await withTabs((state) => state.setCounts(sender.tab.id, frameOf(sender), message));
+      await updateBadge(sender.tab.id);
       return { ok: true };
     case "describe-tab":
       return describeTab(message.tabId);
+    case "tab-status":
+      return tabStatus(message.tabId);
+    case "tab-toggle":
+      return tabToggle(message.tabId);
+    case "tab-restore":
+      return tabRestore(message.tabId);
     case "check-server":
       return checkServer();
     case "sync":
@@ -318,5 +453,8 @@ chrome.commands?.onCommand.addListener(async (command, tab) => {
 // A new page in the tab: its counts start again (changeInfo.url is only visible with host
 // access, so the status alone decides).
 chrome.tabs.onUpdated.addListener((tabId, changeInfo) => {
-  if (changeInfo.status === "loading") setBadge(tabId, 0);
+  if (changeInfo.status !== "loading") return;
+  setBadge(tabId, 0);
+  withTabs((state) => state.newPage(tabId));
 });
+chrome.tabs.onRemoved?.addListener((tabId) => withTabs((state) => state.closeTab(tabId)));

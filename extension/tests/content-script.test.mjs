@@ -1,6 +1,7 @@
 // content-script.js in a fake page: finds the right images, sends one batch, writes
 // "prefix + caption" with data-altcap, toggles back to the exact page, follows DOM changes,
-// and never throws when the service worker is gone.
+// follows open shadow roots (nested, added later, attached late), keeps a frame in step with
+// its tab (hidden, quiet), and never throws when the service worker is gone.
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -15,9 +16,10 @@ const RUNTIME_ID = "altcap-test";
 const code = (name) => fs.readFileSync(path.join(EXTENSION_DIR, name), "utf8");
 
 /** A page with the content script injected. `worker(message)` plays the service worker. */
-function page({ elements = [], worker, auto = true } = {}) {
+function page({ elements = [], worker, auto = true, hello = {}, setup } = {}) {
   const document = new FakeDocument();
   for (const el of elements) document.add(el);
+  if (setup) setup(document);
   const sent = [];
   let onMessage = null;
   const observers = { mutation: [], intersection: [] };
@@ -27,7 +29,7 @@ function page({ elements = [], worker, auto = true } = {}) {
       async sendMessage(message) {
         sent.push(message);
         if (message.type === "hello") {
-          return { consented: true, enabled: true, auto, prefix: "Appears to be: ", words: WORDS };
+          return { consented: true, enabled: true, auto, prefix: "Appears to be: ", words: WORDS, ...hello };
         }
         return worker ? worker(message) : { ok: true };
       },
@@ -37,15 +39,20 @@ function page({ elements = [], worker, auto = true } = {}) {
   const context = vm.createContext({
     chrome,
     document,
-    setTimeout,
+    // Unref'd: a page's timers (e.g. a custom element it keeps looking at) must not keep the
+    // test process alive after the last test.
+    setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
     clearTimeout,
     getComputedStyle: () => ({ visibility: "visible" }),
     MutationObserver: class {
       constructor(callback) {
         this.callback = callback;
+        this.targets = [];
         observers.mutation.push(this);
       }
-      observe() {}
+      observe(target) {
+        this.targets.push(target);
+      }
       disconnect() {}
     },
     IntersectionObserver: class {
@@ -293,4 +300,135 @@ test("a content script whose extension is gone stays quiet", async () => {
   vm.runInContext(code("detection.js"), context);
   assert.doesNotThrow(() => vm.runInContext(code("content-script.js"), context));
   await sleep(50);
+});
+
+// --- shadow roots and frames -------------------------------------------------------------
+
+/** <x-card> with an open shadow root: a bare image, an author-described one, and a nested
+ * <x-badge> whose own shadow root holds another bare image. */
+function webComponents(document) {
+  const card = document.add(new FakeElement("x-card"));
+  const outer = card.attachShadow({ mode: "open" });
+  const inner = outer.add(img({ src: "https://example.com/shadow.jpg" }));
+  const author = outer.add(img({ src: "https://example.com/kept.jpg", alt: "Our shop in Porto" }));
+  const badge = outer.add(new FakeElement("x-badge"));
+  const nestedRoot = badge.attachShadow({ mode: "open" });
+  const nested = nestedRoot.add(img({ src: "https://example.com/nested.jpg" }));
+  const locked = document.add(new FakeElement("x-locked"));
+  const closed = locked.attachShadow({ mode: "closed" }).add(img({ src: "https://example.com/closed.jpg" }));
+  return { card, outer, inner, author, nestedRoot, nested, closed };
+}
+
+test("images in open shadow roots, nested ones too, are described and restored by the toggle", async () => {
+  let dom;
+  const top = img({ src: "https://example.com/top.jpg" });
+  const p = page({ elements: [top], worker: captionEach, setup: (d) => (dom = webComponents(d)) });
+  await sleep(120);
+
+  const urls = describes(p.sent).flatMap((m) => Array.from(m.images, (i) => i.url));
+  assert.deepEqual(urls.sort(), ["https://example.com/nested.jpg", "https://example.com/shadow.jpg", "https://example.com/top.jpg"]);
+  assert.equal(dom.inner.getAttribute("alt"), "Appears to be: A picture of shadow.jpg.");
+  assert.equal(dom.inner.getAttribute("data-altcap"), "__none__");
+  assert.equal(dom.nested.getAttribute("alt"), "Appears to be: A picture of nested.jpg.");
+  assert.equal(dom.author.getAttribute("alt"), "Our shop in Porto");
+  assert.equal(dom.author.hasAttribute("data-altcap"), false);
+  assert.equal(dom.closed.hasAttribute("alt"), false); // a closed root stays out of reach
+  // Each open root is watched by the page's observer, and for load events.
+  const [mutations] = p.observers.mutation;
+  assert.ok(mutations.targets.includes(dom.outer) && mutations.targets.includes(dom.nestedRoot));
+  assert.equal(dom.outer.listeners.load.length, 1);
+  assert.equal((await p.message({ type: "status" })).described, 3);
+
+  const off = await p.message({ type: "toggle" });
+  assert.equal(off.showing, false);
+  for (const el of [top, dom.inner, dom.nested]) {
+    assert.equal(el.hasAttribute("alt"), false);
+    assert.equal(el.hasAttribute("data-altcap"), false);
+  }
+  assert.equal(dom.author.getAttribute("alt"), "Our shop in Porto");
+  await p.message({ type: "toggle" });
+  assert.equal(dom.nested.getAttribute("alt"), "Appears to be: A picture of nested.jpg.");
+  assert.equal(describes(p.sent).length, 1); // shown again from the page's cache
+});
+
+test("images added inside a shadow root later, or loading late there, are described", async () => {
+  let dom;
+  const p = page({ worker: captionEach, setup: (d) => (dom = webComponents(d)) });
+  await sleep(120);
+  const [mutations] = p.observers.mutation;
+
+  const added = dom.outer.add(img({ src: "https://example.com/added.jpg" }));
+  mutations.callback([{ type: "childList", target: dom.outer, addedNodes: [added] }]);
+  const lazy = dom.nestedRoot.add(img({ src: "https://example.com/lazy.jpg" }, { complete: false }));
+  mutations.callback([{ type: "childList", target: dom.nestedRoot, addedNodes: [lazy] }]);
+  await sleep(120);
+  assert.equal(added.getAttribute("alt"), "Appears to be: A picture of added.jpg.");
+  assert.equal(lazy.hasAttribute("alt"), false);
+  lazy.complete = true;
+  dom.nestedRoot.dispatch("load", lazy); // load does not leave a shadow tree
+  await sleep(120);
+  assert.equal(lazy.getAttribute("alt"), "Appears to be: A picture of lazy.jpg.");
+
+  // A component added later with its shadow root already attached (defined elements).
+  const widget = new FakeElement("x-widget");
+  const widgetImg = widget.attachShadow({ mode: "open" }).add(img({ src: "https://example.com/widget.jpg" }));
+  p.document.add(widget);
+  mutations.callback([{ type: "childList", target: p.document.body, addedNodes: [widget] }]);
+  await sleep(120);
+  assert.equal(widgetImg.getAttribute("alt"), "Appears to be: A picture of widget.jpg.");
+});
+
+test("a custom element that gets its shadow root after insertion is looked at again", async () => {
+  const late = new FakeElement("x-late");
+  const p = page({ elements: [late], worker: captionEach });
+  await sleep(120);
+  assert.equal(describes(p.sent).length, 0);
+  // Its definition loads: the root is attached and filled, and nothing in the document changes.
+  const inside = late.attachShadow({ mode: "open" }).add(img({ src: "https://example.com/late.jpg" }));
+  await sleep(700);
+  assert.equal(inside.getAttribute("alt"), "Appears to be: A picture of late.jpg.");
+  assert.ok(p.observers.mutation[0].targets.includes(late.shadowRoot));
+});
+
+test("aria-hidden on a shadow host hides its images; labels resolve in the shadow tree", async () => {
+  const host = new FakeElement("x-hidden", { "aria-hidden": "true" });
+  const hidden = host.attachShadow({ mode: "open" }).add(img({ src: "https://example.com/h.jpg" }));
+  const labelled = new FakeElement("x-labelled");
+  const root = labelled.attachShadow({ mode: "open" });
+  root.add(new FakeElement("p", { id: "cap" }, { text: "The harbour at dawn" }));
+  const named = root.add(img({ src: "https://example.com/l.jpg", "aria-labelledby": "cap" }));
+  named.getRootNode = () => root;
+  const p = page({ elements: [host, labelled], worker: captionEach });
+  await sleep(120);
+  assert.equal(describes(p.sent).length, 0);
+  assert.equal(hidden.hasAttribute("alt"), false);
+  assert.equal(named.hasAttribute("alt"), false);
+});
+
+test("a frame that loads after the tab hid the descriptions starts hidden", async () => {
+  const el = img({ src: "https://example.com/a.jpg" });
+  const p = page({ elements: [el], worker: captionEach, hello: { showing: false } });
+  await sleep(120);
+  assert.equal(describes(p.sent).length, 0);
+  assert.equal((await p.message({ type: "status" })).showing, false);
+  // The service worker sets every frame to the same state: asking for the current one is a
+  // no-op, the other one switches.
+  assert.equal((await p.message({ type: "toggle", showing: false })).showing, false);
+  assert.equal(el.hasAttribute("alt"), false);
+  assert.equal((await p.message({ type: "toggle", showing: true })).showing, true);
+  await sleep(120);
+  assert.equal(el.getAttribute("alt"), "Appears to be: A picture of a.jpg.");
+  assert.equal((await p.message({ type: "toggle", showing: true })).showing, true);
+  assert.equal(el.getAttribute("alt"), "Appears to be: A picture of a.jpg.");
+});
+
+test("describe-now in another frame of the tab describes quietly", async () => {
+  const el = img({ src: "https://example.com/a.jpg" });
+  const p = page({ elements: [el], worker: captionEach, auto: false });
+  await sleep(50);
+  const answer = await p.message({ type: "describe-now", quiet: true });
+  assert.equal(answer.ok, true);
+  await sleep(350);
+  assert.equal(el.getAttribute("alt"), "Appears to be: A picture of a.jpg.");
+  assert.equal(p.document.elements.some((e) => e.hasAttribute("data-altcap-live")), false);
 });

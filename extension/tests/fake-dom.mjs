@@ -1,6 +1,7 @@
 // Just enough of the DOM for detection.js and content-script.js to run in node: elements
-// with attributes, layout boxes and natural sizes, a document that finds them, and
-// observers whose callbacks the tests call by hand.
+// with attributes, layout boxes and natural sizes, a document that finds them, shadow roots
+// (open or closed) that hold elements of their own, and observers whose callbacks the tests
+// call by hand.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -16,6 +17,8 @@ export class FakeElement {
     this.nodeType = 1;
     this.attrs = new Map(Object.entries(attrs).map(([k, v]) => [k, String(v)]));
     this.parentElement = opts.parent || null;
+    this.parentNode = this.parentElement;
+    this.shadowRoot = null; // set by attachShadow({mode: "open"}) only, as in browsers
     this.ownerDocument = opts.doc || null;
     this.rect = opts.rect || { width: 300, height: 200 };
     this.naturalWidth = opts.natural ? opts.natural[0] : 600;
@@ -55,6 +58,57 @@ export class FakeElement {
   querySelectorAll() {
     return [];
   }
+  attachShadow({ mode }) {
+    const root = new FakeShadowRoot(this);
+    if (mode === "open") this.shadowRoot = root;
+    return root;
+  }
+}
+
+/** What the fake trees answer to the selectors the extension uses. */
+function select(elements, selector) {
+  if (selector === "*") return [...elements];
+  if (selector.startsWith("[data-altcap")) return elements.filter((e) => e.hasAttribute("data-altcap"));
+  return elements.filter(
+    (e) => e.tagName === "IMG" || (e.tagName === "INPUT" && (e.getAttribute("type") || "").toLowerCase() === "image"),
+  );
+}
+
+class EventTarget_ {
+  addEventListener(type, fn) {
+    (this.listeners[type] ||= []).push(fn);
+  }
+  removeEventListener(type, fn) {
+    this.listeners[type] = (this.listeners[type] || []).filter((f) => f !== fn);
+  }
+  dispatch(type, target, extra = {}) {
+    for (const fn of this.listeners[type] || []) fn({ type, target, ...extra });
+  }
+}
+
+/** A shadow root: its elements are not the document's (querySelectorAll on the document
+ * does not find them), as in browsers. */
+export class FakeShadowRoot extends EventTarget_ {
+  constructor(host) {
+    super();
+    this.nodeType = 11;
+    this.host = host;
+    this.elements = [];
+    this.listeners = {};
+  }
+  add(el) {
+    el.ownerDocument = this.host.ownerDocument;
+    el.parentElement = null;
+    el.parentNode = this;
+    this.elements.push(el);
+    return el;
+  }
+  querySelectorAll(selector) {
+    return select(this.elements, selector);
+  }
+  getElementById(id) {
+    return this.elements.find((e) => e.getAttribute("id") === id) || null;
+  }
 }
 
 export function img(attrs = {}, opts = {}) {
@@ -69,8 +123,9 @@ export function loadDetection(context = vm.createContext({})) {
   return context.AltCapDetection;
 }
 
-export class FakeDocument {
+export class FakeDocument extends EventTarget_ {
   constructor() {
+    super();
     this.elements = [];
     this.listeners = {};
     this.activeElement = null;
@@ -85,16 +140,12 @@ export class FakeDocument {
   }
   add(el) {
     el.ownerDocument = this;
-    if (!el.parentElement) el.parentElement = this.body;
+    if (!el.parentElement) el.parentElement = el.parentNode = this.body;
     this.elements.push(el);
     return el;
   }
   querySelectorAll(selector) {
-    if (selector.startsWith("[data-altcap")) return this.elements.filter((e) => e.hasAttribute("data-altcap"));
-    return this.elements.filter(
-      (e) =>
-        e.tagName === "IMG" || (e.tagName === "INPUT" && (e.getAttribute("type") || "").toLowerCase() === "image"),
-    );
+    return select(this.elements, selector);
   }
   getElementById(id) {
     return this.elements.find((e) => e.getAttribute("id") === id) || null;
@@ -103,14 +154,5 @@ export class FakeDocument {
     const el = new FakeElement(tag, {}, { doc: this, connected: false });
     el.getContext = () => null; // no canvas here
     return el;
-  }
-  addEventListener(type, fn) {
-    (this.listeners[type] ||= []).push(fn);
-  }
-  removeEventListener(type, fn) {
-    this.listeners[type] = (this.listeners[type] || []).filter((f) => f !== fn);
-  }
-  dispatch(type, target) {
-    for (const fn of this.listeners[type] || []) fn({ type, target });
   }
 }

@@ -81,3 +81,12 @@ test("counts and describe-tab need integers", () => {
   assert.equal(ok({ type: "describe-tab", tabId: "7" }, POPUP).ok, false);
   assert.equal(ok({ type: "describe-tab", tabId: -1 }, POPUP).ok, false);
 });
+
+test("the popup's per-tab messages: from extension pages only, with a tab id", () => {
+  for (const type of ["tab-status", "tab-toggle", "tab-restore"]) {
+    assert.deepEqual(ok({ type, tabId: 7 }, POPUP), { ok: true, message: { type, tabId: 7 } });
+    assert.equal(ok({ type, tabId: 7 }, CONTENT).ok, false); // a frame cannot switch its tab
+    assert.equal(ok({ type }, POPUP).ok, false);
+    assert.equal(ok({ type, tabId: 7, showing: true }, POPUP).ok, false);
+  }
+});

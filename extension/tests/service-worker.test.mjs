@@ -1,6 +1,7 @@
 // service-worker.js wired to a fake `chrome` and a fake fetch: the consent gate (nothing
 // reaches the server before consent), message validation, captions, badge, registration
-// of the content script, the shortcut and the context menu.
+// of the content script, the shortcut and the context menu, and a tab's frames added up
+// (badge, popup status, toggle).
 
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -35,6 +36,9 @@ function area() {
 const log = { server: [], badge: [], registered: [], executed: [], tabMessages: [], optionsOpened: 0, menus: [] };
 let granted = [];
 let contentScriptPresent = false;
+// Frames of tab 7 that run the content script: frameId -> {showing, found, described, failed}.
+const tab7 = new Map();
+let injectableFrames = [0]; // what executeScript({allFrames}) reaches
 
 const chrome = {
   runtime: {
@@ -48,7 +52,7 @@ const chrome = {
       log.optionsOpened++;
     },
   },
-  storage: { sync: area(), local: area(), onChanged: event() },
+  storage: { sync: area(), local: area(), session: area(), onChanged: event() },
   permissions: { getAll: async () => ({ origins: granted, permissions: [] }), onAdded: event(), onRemoved: event() },
   scripting: {
     scripts: [],
@@ -65,7 +69,8 @@ const chrome = {
     async executeScript(details) {
       log.executed.push(details);
       contentScriptPresent = true;
-      return [];
+      if (details.target.allFrames) return injectableFrames.map((frameId) => ({ frameId, result: null }));
+      return details.target.frameIds.map((frameId) => ({ frameId, result: null }));
     },
   },
   contextMenus: {
@@ -81,14 +86,26 @@ const chrome = {
   tabs: {
     onUpdated: event(),
     query: async () => [{ id: 5 }],
+    onRemoved: event(),
     async sendMessage(tabId, message, options) {
       log.tabMessages.push({ tabId, message, options });
+      if (tabId === 7) return frameAnswer(options.frameId, message);
       if (!contentScriptPresent) throw new Error("Could not establish connection. Receiving end does not exist.");
       if (message.type === "ping") return { pong: true };
       return { ok: true, found: 1, described: 0, failed: 0 };
     },
   },
 };
+
+/** A content script in frame `frameId` of tab 7, as far as the service worker can tell. */
+function frameAnswer(frameId, message) {
+  const frame = tab7.get(frameId);
+  if (!frame) throw new Error("Could not establish connection. Receiving end does not exist.");
+  if (message.type === "toggle") frame.showing = message.showing;
+  if (message.type === "restore") Object.assign(frame, { showing: true, found: 0, described: 0, failed: 0 });
+  const { showing, found, described, failed } = frame;
+  return { running: true, showing, consented: true, found, described, failed };
+}
 
 globalThis.chrome = chrome;
 globalThis.fetch = async (url, init = {}) => {
@@ -182,6 +199,8 @@ test("registration follows consent, mode, lists and granted sites", async () => 
   assert.deepEqual(registration.matches, ["*://*.news.example/*", "http://127.0.0.1/*"]);
   const [script] = chrome.scripting.scripts;
   assert.deepEqual(script.js, ["detection.js", "content-script.js"]);
+  assert.equal(script.allFrames, true); // iframes, each matched by its own URL
+  assert.equal(script.matchOriginAsFallback, true); // about:blank / srcdoc by their origin
   assert.deepEqual(script.excludeMatches, ["*://*.ads.example/*"]);
 
   chrome.storage.sync.data.consented = false;
@@ -196,7 +215,9 @@ test("describe-tab injects through activeTab, then asks the page", async () => {
   log.tabMessages.length = 0;
   const answer = await send({ type: "describe-tab", tabId: 5 }, POPUP);
   assert.equal(answer.ok, true);
-  assert.deepEqual(log.executed.at(-1), { target: { tabId: 5, frameIds: [0] }, files: ["detection.js", "content-script.js"] });
+  const files = ["detection.js", "content-script.js"];
+  assert.deepEqual(log.executed.at(-2), { target: { tabId: 5, frameIds: [0] }, files });
+  assert.deepEqual(log.executed.at(-1), { target: { tabId: 5, allFrames: true }, files }); // iframes
   assert.deepEqual(log.tabMessages.map((m) => m.message.type), ["ping", "describe-now"]);
 });
 
@@ -224,4 +245,104 @@ test("the context menu describes the clicked image in its frame", async () => {
 test("a new page in the tab clears its badge", () => {
   chrome.tabs.onUpdated.fire(5, { status: "loading", url: "https://example.com/next" });
   assert.deepEqual(log.badge.at(-1), { tabId: 5, text: "" });
+});
+
+// --- a tab's frames ----------------------------------------------------------------------
+
+const frame = (frameId, url = "https://example.com/page") => ({ id: ID, tab: { id: 7, incognito: false }, frameId, url });
+/** A fresh tab 7: no frames in the fake page, none remembered by the worker. */
+async function resetTab7() {
+  tab7.clear();
+  await Promise.all(chrome.tabs.onRemoved.fire(7));
+}
+const badgeOf = (tabId) => log.badge.filter((b) => b.tabId === tabId).at(-1).text;
+
+test("the badge adds up the frames of a tab; a frame that loads again counts from zero", async () => {
+  await consent();
+  await resetTab7();
+  await send({ type: "hello" }, frame(0));
+  await send({ type: "hello" }, frame(3, "https://widgets.example/embed"));
+  await send({ type: "counts", found: 2, described: 2, failed: 0 }, frame(0));
+  await send({ type: "counts", found: 4, described: 3, failed: 1 }, frame(3));
+  assert.equal(badgeOf(7), "5");
+  await send({ type: "counts", found: 2, described: 1, failed: 0 }, frame(0)); // replaces, not adds
+  assert.equal(badgeOf(7), "4");
+  await send({ type: "hello" }, frame(3)); // the iframe navigated
+  assert.equal(badgeOf(7), "1");
+  // Saved for a worker that is stopped and started again.
+  const saved = chrome.storage.session.data.tabFrames;
+  assert.deepEqual(saved[7].frames[0], { found: 2, described: 1, failed: 0 });
+  chrome.tabs.onRemoved.fire(7);
+  await sleep(10);
+  assert.equal(chrome.storage.session.data.tabFrames[7], undefined);
+});
+
+test("popup status sums every frame; frames that stopped answering are dropped", async () => {
+  await consent();
+  await resetTab7();
+  tab7.set(0, { showing: true, found: 2, described: 2, failed: 0 });
+  tab7.set(4, { showing: true, found: 3, described: 1, failed: 2 });
+  for (const frameId of [0, 4, 9]) await send({ type: "hello" }, frame(frameId));
+  const status = await send({ type: "tab-status", tabId: 7 }, POPUP);
+  assert.deepEqual(
+    { ...status },
+    { ok: true, running: true, showing: true, consented: true, frames: 2, found: 5, described: 3, failed: 2 },
+  );
+  log.tabMessages.length = 0;
+  await send({ type: "tab-status", tabId: 7 }, POPUP);
+  assert.deepEqual(log.tabMessages.map((m) => m.options.frameId), [0, 4]); // frame 9 is gone
+
+  tab7.clear();
+  assert.equal((await send({ type: "tab-status", tabId: 7 }, POPUP)).error.code, "no_content_script");
+});
+
+test("the toggle switches every frame the same way, and a frame loaded later follows", async () => {
+  await consent();
+  await resetTab7();
+  tab7.set(0, { showing: true, found: 1, described: 1, failed: 0 });
+  tab7.set(2, { showing: true, found: 1, described: 1, failed: 0 });
+  for (const frameId of [0, 2]) await send({ type: "hello" }, frame(frameId));
+
+  log.tabMessages.length = 0;
+  const hidden = await send({ type: "tab-toggle", tabId: 7 }, POPUP);
+  assert.equal(hidden.showing, false);
+  const toggles = log.tabMessages.filter((m) => m.message.type === "toggle");
+  assert.deepEqual(toggles.map((m) => [m.options.frameId, m.message.showing]), [[0, false], [2, false]]);
+  assert.equal((await send({ type: "hello" }, frame(5))).showing, false); // a new iframe starts hidden
+  tab7.set(5, { showing: false, found: 0, described: 0, failed: 0 });
+
+  const shown = await send({ type: "tab-toggle", tabId: 7 }, POPUP);
+  assert.equal(shown.showing, true);
+  assert.deepEqual([...tab7.values()].map((f) => f.showing), [true, true, true]);
+  assert.equal((await send({ type: "hello" }, frame(6))).showing, true);
+
+  // Switching the site off puts every frame back.
+  await send({ type: "tab-restore", tabId: 7 }, POPUP);
+  assert.deepEqual([...tab7.values()].map((f) => f.described), [0, 0, 0]);
+  // A new page in the tab: descriptions show again, counts start from zero.
+  await send({ type: "tab-toggle", tabId: 7 }, POPUP);
+  chrome.tabs.onUpdated.fire(7, { status: "loading" });
+  assert.equal((await send({ type: "hello" }, frame(8))).showing, true);
+});
+
+test("describe-tab reaches the iframes too, quietly", async () => {
+  await consent();
+  await resetTab7();
+  tab7.set(0, { showing: true, found: 0, described: 0, failed: 0 });
+  tab7.set(11, { showing: true, found: 0, described: 0, failed: 0 });
+  injectableFrames = [0, 11];
+  log.tabMessages.length = 0;
+  await send({ type: "describe-tab", tabId: 7 }, POPUP);
+  const asked = log.tabMessages.filter((m) => m.message.type === "describe-now");
+  assert.deepEqual(asked.map((m) => [m.options.frameId, m.message.quiet === true]), [[0, false], [11, true]]);
+  injectableFrames = [0];
+});
+
+test("each frame's own site decides: never sites, and about:blank frames by their origin", async () => {
+  await consent({ sitesNever: ["ads.example"] });
+  assert.equal((await send({ type: "hello" }, frame(3, "https://ads.example/slot"))).enabled, false);
+  const blank = { ...frame(4, "about:blank"), origin: "https://ads.example" };
+  assert.equal((await send({ type: "hello" }, blank)).enabled, false);
+  assert.equal((await send({ type: "hello" }, frame(5, "https://news.example/"))).enabled, true);
+  chrome.storage.sync.data.sitesNever = [];
 });

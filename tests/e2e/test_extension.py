@@ -5,8 +5,9 @@ counts what reaches it; a plain ``http.server`` serves a test page and its image
 127.0.0.1. The tests check, end to end, what the extension's node tests can only fake:
 nothing is sent before consent, exactly the images without a useful description get alt
 text (author text and ``alt=""`` are left alone), images that appear later (script, lazy
-loading, a new ``src``) are described too, the popup's toggle puts the page back exactly,
-and a page keeps working when the server is down.
+loading, a new ``src``) are described too, so are images inside open shadow roots (web
+components) and iframes, the popup's toggle puts the page back exactly, and a page keeps
+working when the server is down.
 
 Browsers grant optional host permissions only through a dialog that automation cannot
 click, so the tests load a copy of ``extension/`` whose manifest also asks for
@@ -32,7 +33,15 @@ from helpers import png_bytes, serve_directory, tiny_service_app, wait_ready
 from werkzeug.serving import make_server
 
 try:
-    from playwright.sync_api import BrowserContext, Page, Worker, expect, sync_playwright
+    from playwright.sync_api import (
+        BrowserContext,
+        FrameLocator,
+        Locator,
+        Page,
+        Worker,
+        expect,
+        sync_playwright,
+    )
 except ImportError as exc:  # fail, never skip: these tests are part of `make test`
     raise ImportError("Playwright is missing: `make test` installs it") from exc
 
@@ -91,6 +100,92 @@ TEST_PAGE = """<!doctype html>
     document.getElementById("later").append(img);
   });
 </script>
+</body>
+</html>
+"""
+
+
+# Web components and iframes: every image here has its own URL too.
+COMPONENT_IMAGES = {
+    "shadow": (10, 90, 160),  # in an open shadow root
+    "kettle": (10, 160, 90),  # there too, with author alt
+    "nested": (160, 10, 90),  # in a shadow root inside a shadow root
+    "shadow-added": (90, 160, 10),  # added to a shadow root by a click
+    "late": (60, 60, 160),  # in an element whose definition arrives after the page loaded
+    "closed": (160, 60, 60),  # in a closed shadow root: out of reach
+    "framed": (60, 160, 60),  # in a same-origin iframe
+    "door": (200, 100, 150),  # there too, with author alt
+    "srcdoc": (100, 200, 150),  # in a srcdoc iframe (runs with its parent's origin)
+}
+COMPONENTS_DESCRIBED = {"shadow", "nested", "shadow-added", "late", "framed", "srcdoc"}
+
+COMPONENTS_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Web components and frames</title></head>
+<body>
+<p id="script-state">the page script did not run</p>
+<button type="button" id="add">Add an image to the card</button>
+<x-card></x-card>
+<x-late></x-late>
+<x-closed></x-closed>
+<iframe id="frame" src="frame.html" width="400" height="400" title="A frame"></iframe>
+<iframe id="srcdoc" width="400" height="300" title="A srcdoc frame"
+  srcdoc="<img id='srcdoc-img' src='srcdoc.png' width='200' height='150'>"></iframe>
+<script>
+  const picture = (id, alt) => {
+    const img = document.createElement("img");
+    img.id = id;
+    img.src = id + ".png";
+    img.width = 200;
+    img.height = 150;
+    if (alt !== undefined) img.alt = alt;
+    return img;
+  };
+  customElements.define("x-badge", class extends HTMLElement {
+    constructor() {
+      super();
+      this.attachShadow({ mode: "open" }).append(picture("nested"));
+    }
+  });
+  customElements.define("x-card", class extends HTMLElement {
+    constructor() {
+      super();
+      const root = this.attachShadow({ mode: "open" });
+      root.append(picture("shadow"), picture("kettle", "A green kettle"));
+      root.append(document.createElement("x-badge"));
+    }
+  });
+  customElements.define("x-closed", class extends HTMLElement {
+    constructor() {
+      super();
+      window.closedImage = picture("closed");
+      this.attachShadow({ mode: "closed" }).append(window.closedImage);
+    }
+  });
+  document.getElementById("add").addEventListener("click", () => {
+    const root = document.querySelector("x-card").shadowRoot;
+    if (!root.getElementById("shadow-added")) root.append(picture("shadow-added"));
+  });
+  // A component library that arrives late: the element is in the page, undefined, first.
+  setTimeout(() => {
+    customElements.define("x-late", class extends HTMLElement {
+      connectedCallback() {
+        if (!this.shadowRoot) this.attachShadow({ mode: "open" }).append(picture("late"));
+      }
+    });
+  }, 1000);
+  document.getElementById("script-state").textContent = "the page script ran";
+</script>
+</body>
+</html>
+"""
+
+FRAME_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>A frame</title></head>
+<body>
+<img id="framed" src="framed.png" width="200" height="150">
+<img id="door" src="door.png" alt="A blue door" width="200" height="150">
 </body>
 </html>
 """
@@ -186,7 +281,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The test page and its images on 127.0.0.1; yields the page's URL."""
     root = tmp_path_factory.mktemp("ext-site")
     (root / "index.html").write_text(TEST_PAGE, encoding="utf-8")
-    for name, colour in IMAGES.items():
+    (root / "components.html").write_text(COMPONENTS_PAGE, encoding="utf-8")
+    (root / "frame.html").write_text(FRAME_PAGE, encoding="utf-8")
+    for name, colour in (IMAGES | COMPONENT_IMAGES).items():
         (root / f"{name}.png").write_bytes(png_bytes(colour))
     with serve_directory(root) as base:
         yield f"{base}/index.html"
@@ -268,6 +365,17 @@ def browser(extension_copy: Path, tmp_path: Path) -> Iterator[Browser]:
             ]
             match = re.match(r"^chrome-extension://([a-p]{32})/", workers[0].url)
             assert match, workers[0].url
+            # The install opens the options page by itself (that is where consent is given).
+            # Wait for it to load: while it is loading, Chrome may send it to a tab a test
+            # has just opened on the options page, interrupting that navigation.
+            options_url = f"chrome-extension://{match.group(1)}/options.html"
+
+            def options_page() -> list[Page]:
+                workers[0].evaluate("0")  # lets Playwright take in the browser's events
+                return [p for p in context.pages if p.url.startswith(options_url)]
+
+            opened = wait_until(options_page, "the options page did not open at install")
+            opened[0].wait_for_load_state()
             yield Browser(context, match.group(1), [])
         finally:
             context.close()
@@ -315,12 +423,24 @@ def expect_left_alone(page: Page) -> None:
         assert page.locator(f"#{name}").get_attribute("data-altcap") is None, name
 
 
-def expect_described(page: Page, service: Service, site: str, element: str, image: str) -> None:
-    """The element's alt is the prefix and the caption the server gave for that image."""
+def expect_described(
+    page: Page | FrameLocator, service: Service, site: str, element: str, image: str
+) -> None:
+    """The element's alt is the prefix and the caption the server gave for that image (CSS
+    locators look inside open shadow roots; a FrameLocator inside its frame)."""
     caption = service.wait_for_caption(image_url(site, image))
     img = page.locator(f"#{element}")
     expect(img).to_have_attribute("alt", "Appears to be: " + caption.strip())
     assert PREFIX.match(img.get_attribute("alt") or "")
+
+
+def expect_untouched(img: Locator, alt: str | None) -> None:
+    """As the page wrote it: the author's alt (or none), and no mark of ours."""
+    if alt is None:
+        expect(img).not_to_have_attribute("alt", re.compile(".*"))
+    else:
+        expect(img).to_have_attribute("alt", alt)
+    expect(img).not_to_have_attribute("data-altcap", re.compile(".*"))
 
 
 # --- tests -------------------------------------------------------------------------------
@@ -445,4 +565,60 @@ def test_the_page_keeps_working_when_the_server_is_down(
     assert page.locator("#none").get_attribute("alt") is None
     expect(page.locator("#filename")).to_have_attribute("alt", "IMG_0042.jpg")
     expect_left_alone(page)
+    assert browser.errors == []
+
+
+def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
+    browser: Browser, service: Service, site: str
+) -> None:
+    service.reset()
+    options = open_options(browser)
+    set_server(options, service.url, agree=True)
+    url = site.rsplit("/", 1)[0] + "/components.html"
+    page = browser.open_page(url)
+    expect(page.locator("#script-state")).to_have_text("the page script ran")
+    frame = page.frame_locator("#frame")
+    srcdoc = page.frame_locator("#srcdoc")
+
+    # Open shadow roots (nested too, and one attached after the page loaded) and both frames.
+    for name in ["shadow", "nested", "late"]:
+        expect_described(page, service, site, name, name)
+    expect_described(frame, service, site, "framed", "framed")
+    expect_described(srcdoc, service, site, "srcdoc-img", "srcdoc")
+    page.get_by_role("button", name="Add an image to the card").click()
+    expect_described(page, service, site, "shadow-added", "shadow-added")
+    for name in ["shadow", "nested", "late", "shadow-added"]:
+        expect(page.locator(f"#{name}")).to_have_attribute("data-altcap", "__none__")
+    expect(frame.locator("#framed")).to_have_attribute("data-altcap", "__none__")
+    expect_untouched(page.locator("#kettle"), "A green kettle")
+    expect_untouched(frame.locator("#door"), "A blue door")
+    assert page.evaluate("window.closedImage.getAttribute('alt')") is None  # out of reach
+    with service.lock:
+        sent = sorted(service.sent_urls)
+    assert sent == sorted(image_url(site, n) for n in COMPONENTS_DESCRIBED), "these, each once"
+
+    # The popup and the badge add up the frames; the toggle reaches every frame.
+    tab_id = browser.tab_id(url)
+    popup = open_popup(browser, tab_id)
+    expect_counts(popup, found=6, described=6, failed=0)
+    badge = "(tabId) => chrome.action.getBadgeText({tabId})"
+    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "6", "the badge is not 6")
+    popup.get_by_role("button", name="Hide AltCap's descriptions here").click()
+    expect(popup.locator("#status")).to_contain_text("The page's own text is back")
+    for img in [
+        *(page.locator(f"#{name}") for name in ["shadow", "nested", "late", "shadow-added"]),
+        frame.locator("#framed"),
+        srcdoc.locator("#srcdoc-img"),
+    ]:
+        expect_untouched(img, None)
+    expect_untouched(page.locator("#kettle"), "A green kettle")
+    expect_untouched(frame.locator("#door"), "A blue door")
+    popup.get_by_role("button", name="Show AltCap's descriptions here").click()
+    expect(popup.locator("#status")).to_contain_text("AltCap's descriptions are shown")
+    for name in ["shadow", "nested", "late", "shadow-added"]:
+        expect_described(page, service, site, name, name)
+    expect_described(frame, service, site, "framed", "framed")
+    expect_described(srcdoc, service, site, "srcdoc-img", "srcdoc")
+    with service.lock:
+        assert sorted(service.sent_urls) == sent, "showing again uses the captions it has"
     assert browser.errors == []
