@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import math
 import time
@@ -126,10 +125,29 @@ def state() -> ServiceState:
 # --- from the request to a job ------------------------------------------------------------
 
 
+def is_json_request() -> bool:
+    mimetype = request.mimetype
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def request_json() -> Any:
+    """The request's JSON body, parsed once per request: the rate-limit cost and the view
+    both read it. Raises ``InvalidRequest`` (every time it is asked) when it does not parse."""
+    if "altcap_json" not in g:
+        try:
+            g.altcap_json = (parsing.load_json(request.get_data()), None)
+        except InvalidRequest as exc:
+            g.altcap_json = (None, exc)
+    body, error = g.altcap_json
+    if error is not None:
+        raise error
+    return body
+
+
 def parse_request(max_images: int) -> tuple[list[Item], DecodingSettings]:
     mimetype = request.mimetype
-    if mimetype == "application/json" or mimetype.endswith("+json"):
-        return parsing.parse_json(request.get_data(), max_images)
+    if is_json_request():
+        return parsing.parse_json(request_json(), max_images)
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return parsing.parse_form(request.files, request.form, max_images)
     raise UnsupportedMediaType(
@@ -358,15 +376,13 @@ def _request_cost() -> int:
 
 
 def json_for_cost() -> Any:
-    """The JSON body for a cost function, or None when it is not JSON or does not parse.
-
-    ``get_data`` caches the bytes, so the view still reads them (and reports what is wrong)."""
-    mimetype = request.mimetype
-    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+    """The JSON body for a cost function, or None when it is not JSON or does not parse
+    (the view then reports what is wrong)."""
+    if not is_json_request():
         return None
     try:
-        return json.loads(request.get_data())
-    except (ValueError, RecursionError):
+        return request_json()
+    except InvalidRequest:
         return None
 
 

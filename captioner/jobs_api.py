@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,12 @@ from captioner import api, reports
 from captioner.jobs import InvalidJob, JobQueue, parse_job
 from captioner.openapi import json_content, schema_ref
 from captioner.parsing import parse_decoding
-from captioner.service import ServiceState, UnsupportedMediaType, check_model_limits
+from captioner.service import (
+    InvalidRequest,
+    ServiceState,
+    UnsupportedMediaType,
+    check_model_limits,
+)
 from captioner.settings import Settings
 
 __all__ = ["JobsState", "init_app", "jobs", "openapi_part"]
@@ -58,13 +62,12 @@ def _scope() -> str:
 
 
 def _json_body() -> Any:
-    mimetype = request.mimetype
-    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+    if not api.is_json_request():
         raise UnsupportedMediaType("send the job as application/json")
     try:
-        return json.loads(request.get_data())
-    except (ValueError, RecursionError) as exc:
-        raise InvalidJob(f"the body is not valid JSON: {str(exc)[:200]}") from None
+        return api.request_json()  # parsed once: the rate-limit cost read it already
+    except InvalidRequest as exc:
+        raise InvalidJob(exc.message) from None
 
 
 def _creation_cost() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from captioner.config import DecodingSettings
 from captioner.errors import InvalidSettings
@@ -25,6 +25,7 @@ __all__ = [
     "check_count",
     "decode_base64",
     "empty_upload",
+    "load_json",
     "parse_decoding",
     "parse_form",
     "parse_json",
@@ -83,16 +84,21 @@ def decode_base64(text: str) -> bytes:
         raise InvalidRequest("data is not valid base64") from None
 
 
-def parse_json(body_bytes: bytes, max_images: int) -> tuple[list[Item], DecodingSettings]:
-    """``{"images": [{"url"} | {"data"}, ...], "decoding": {...}}``.
+def load_json(body_bytes: bytes) -> Any:
+    """A request body as JSON, or ``InvalidRequest`` saying why it is not."""
+    try:
+        return json.loads(body_bytes)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def parse_json(body: Any, max_images: int) -> tuple[list[Item], DecodingSettings]:
+    """``{"images": [{"url"} | {"data"}, ...], "decoding": {...}}``, already parsed
+    (``load_json``).
 
     Bad base64 in one image is that image's error, not the request's: the others still
     get their captions.
     """
-    try:
-        body = json.loads(body_bytes)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
-        raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object with an images list")
     unknown = set(body) - {"images", "decoding"}
