@@ -85,6 +85,24 @@ def serve_directory(root: Path) -> Iterator[str]:
         server.server_close()
 
 
+@contextmanager
+def serve_app(app) -> Iterator[str]:
+    """Serve a Flask app with werkzeug's threaded server on 127.0.0.1 (a free port); yields
+    its base URL once the model is loaded, and closes the app's state (engine, cache) after."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        wait_ready(base)
+        yield base
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.extensions["altcap"].close()
+
+
 def tiny_service_app(model_dir: Path, data_dir: Path):
     """The real Flask app serving the tiny model, with the cache off (every request runs the
     model) and private networks allowed (test pages and images live on 127.0.0.1).

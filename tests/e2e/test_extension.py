@@ -29,8 +29,7 @@ from typing import Any
 
 import pytest
 from flask import request
-from helpers import png_bytes, serve_directory, tiny_service_app, wait_ready
-from werkzeug.serving import make_server
+from helpers import png_bytes, serve_app, serve_directory, tiny_service_app
 
 try:
     from playwright.sync_api import (
@@ -239,8 +238,7 @@ def wait_until(probe: Callable[[], Any], what: str, timeout: float = TIMEOUT_MS 
 def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The real service on 127.0.0.1 and a free port, with a log of every request."""
     app = tiny_service_app(tiny_dir, tmp_path_factory.mktemp("ext-data"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    svc = Service(f"http://127.0.0.1:{server.server_port}")
+    svc = Service("")  # its URL once it serves
 
     @app.before_request
     def log_request() -> None:
@@ -265,15 +263,9 @@ def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                         svc.captions[image["url"]] = result["caption"]
         return response
 
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        wait_ready(svc.url)
+    with serve_app(app) as url:
+        svc.url = url
         yield svc
-    finally:
-        server.shutdown()
-        server.server_close()
-        app.extensions["altcap"].close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import base64
 import json
 import re
 import shutil
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import png_bytes, serve_directory, tiny_service_app, wait_ready
-from werkzeug.serving import make_server
+from helpers import png_bytes, serve_app, serve_directory, tiny_service_app
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -49,17 +47,8 @@ expect.set_options(timeout=TIMEOUT_MS)
 def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real service on 127.0.0.1 and a free port; yields its base URL once it is ready."""
     app = tiny_service_app(tiny_dir, tmp_path_factory.mktemp("e2e-data"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    try:
-        wait_ready(base)
+    with serve_app(app) as base:
         yield base
-    finally:
-        server.shutdown()
-        server.server_close()
-        app.extensions["altcap"].close()
 
 
 @pytest.fixture(scope="module")
