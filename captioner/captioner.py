@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
+from . import cpu_kernel
 from .alttext import clean_caption
 from .checkpoints import load_pretrained
 from .config import DecodingSettings
@@ -82,11 +83,15 @@ class Captioner:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        # inference-only from here: linear layers are packed for the CPU where possible
         self.packed = can_pack(self.device, self.dtype)
-        if self.packed:  # inference-only from here: the vision tower's weights are frozen anyway
+        self.kernel = cpu_kernel.available(self.device, self.dtype)
+        if self.packed:  # CLIP: many rows per image, oneDNN's large-matrix kernels
             pack_linears(self.model.vision)
+        if self.kernel:  # a few rows per image: the batch-invariant kernel (cpu_kernel.py)
+            pack_linears(self.model.mapper, kernel=True)
         self.tokenizer = tokenizer
-        self.lm = CachedGPT2(self.model.lm, pack=self.packed)
+        self.lm = CachedGPT2(self.model.lm, pack=self.packed, kernel=self.kernel)
         cuda = self.device.type == "cuda"
         self.graphed = GraphedGreedy(self.lm) if cuda else None
         self._encode = self.model.encode_images

@@ -2,7 +2,7 @@
 
 ``transformers``' GPT2LMHeadModel is the source of truth for the weights; this module reads
 its parameters (no copies) and runs the same arithmetic with less machinery: a static cache
-written in place, one fused QKV projection per layer, ``scaled_dot_product_attention``, and
+written in place, one fused QKV projection per layer, fused attention for the prefix, and
 the vocabulary projection only for the positions that are sampled. ClipCap prompts all have
 the same length (the prefix), so a batch never needs padding or an attention mask.
 """
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
+from . import cpu_kernel
 from .packed import Linear, can_pack
 
 
@@ -40,10 +41,32 @@ class KVCache:
         return KVCache(k, v, n)
 
 
+def attend_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of one query per row, q (B, H, 1, D), over k, v (B, H, S, D); ``bias`` (S,)
+    is added to the scores (-inf masks a position).
+
+    Two batched matrix-vector products: the fused kernels are built for long queries and lose
+    here (cuDNN's took 0.25 ms a layer at batch 2048 on an H100; on a 2-core CPU the flash
+    kernel took 3.3x as long at batch 32). On CPUs in float32: bfloat16 batched products were
+    slower there (66 vs 42 us at batch 1). Softmax in float32.
+    """
+    dtype = q.dtype
+    if q.device.type == "cpu":
+        q, k, v = q.float(), k.float(), v.float()
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v).to(dtype)
+
+
 class CachedGPT2:
     """GPT-2 inference on a static KV cache, sharing the parameters of a GPT2LMHeadModel."""
 
-    def __init__(self, lm: GPT2LMHeadModel, pack: bool | None = None) -> None:
+    def __init__(
+        self, lm: GPT2LMHeadModel, pack: bool | None = None, kernel: bool | None = None
+    ) -> None:
         cfg = lm.config
         if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"unsupported GPT-2 activation {cfg.activation_function!r}")
@@ -59,8 +82,13 @@ class CachedGPT2:
         self.wpe = t.wpe.weight  # (n_positions, C)
         if pack is None:
             pack = can_pack(self.wte.device, self.wte.dtype)
+        if kernel is None:  # bfloat16 on an AVX512-BF16 CPU: see cpu_kernel.py
+            kernel = cpu_kernel.available(self.wte.device, self.wte.dtype)
+        self.kernel = kernel
 
-        def conv1d(m) -> Linear:  # GPT-2's Conv1D stores its weight as (in, out)
+        def conv1d(m) -> Linear | cpu_kernel.KernelLinear:  # Conv1D's weight is (in, out)
+            if kernel:
+                return cpu_kernel.KernelLinear(m.weight.t(), m.bias)
             return Linear(m.weight.t(), m.bias, pack)
 
         self.blocks = [
@@ -82,7 +110,10 @@ class CachedGPT2:
             # 2048 on an H100); zero rows pad it and the logits are sliced back.
             pad = head.new_zeros(64 - self.vocab_size % 64, head.shape[1])
             head = torch.cat((head, pad))
-        self.lm_head = Linear(head, None, pack)
+        if kernel:  # float32 logits straight from the accumulators: a faster, finer argmax
+            self.lm_head = cpu_kernel.KernelLinear(head, None, out_dtype=torch.float32)
+        else:
+            self.lm_head = Linear(head, None, pack)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -127,7 +158,10 @@ class CachedGPT2:
             cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
             k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
             v = cache.v[i, :, :, : pos + t]
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)  # (B, H, T, D)
+            if t == 1:
+                y = attend_one(q, k, v)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
             x = x + proj(y.transpose(1, 2).reshape(b, t, c))
             m = F.gelu(fc(F.layer_norm(x, (c,), *ln2, self.eps)), approximate="tanh")
             x = x + fc_proj(m)
@@ -149,16 +183,12 @@ class CachedGPT2:
         x = x.to(self.dtype) + self.wpe[pos]  # (B, 1, C)
         # additive mask over the whole cache (masked slots hold zeros, never NaN garbage)
         bias = torch.zeros(visible.shape, device=x.device).masked_fill_(~visible, float("-inf"))
-        scale = d**-0.5
         for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
             qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps)).view(b, 1, 3, h, d)
             q = qkv[:, :, 0].transpose(1, 2)  # (B, H, 1, D)
             cache.k[i].index_copy_(2, pos, qkv[:, :, 1].transpose(1, 2))
             cache.v[i].index_copy_(2, pos, qkv[:, :, 2].transpose(1, 2))
-            # one query per row: two batched matrix-vector products beat the fused kernels,
-            # which are built for long queries (cuDNN's took 0.25 ms a layer at batch 2048)
-            scores = torch.matmul(q, cache.k[i].transpose(-1, -2)).float() * scale + bias
-            y = torch.matmul(torch.softmax(scores, dim=-1).to(x.dtype), cache.v[i])
+            y = attend_one(q, cache.k[i], cache.v[i], bias)
             x = x + proj(y.transpose(1, 2).reshape(b, 1, c))
             m = F.gelu(fc(F.layer_norm(x, (c,), *ln2, self.eps)), approximate="tanh")
             x = x + fc_proj(m)
@@ -171,6 +201,6 @@ class CachedGPT2:
 
     @torch.inference_mode()
     def raw_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits in the model's dtype: enough for an argmax (upcasting is exact, so the
-        argmax is the same) without writing a float32 copy of (B, V)."""
+        """Logits in the model's dtype (float32 from the CPU kernel): enough for an argmax
+        (upcasting is exact, so the argmax is the same) without a float32 copy of (B, V)."""
         return self.lm_head(hidden)[:, : self.vocab_size]

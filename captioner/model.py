@@ -177,7 +177,9 @@ class ClipCapModel(nn.Module):
 
     @property
     def mapper_dtype(self) -> torch.dtype:
-        return next(self.mapper.parameters()).dtype
+        # an inference copy whose linear layers are packed (packed.py) may have no parameters
+        first = next(self.mapper.parameters(), None)
+        return self.lm.dtype if first is None else first.dtype
 
     def forward(
         self,

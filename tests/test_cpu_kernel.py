@@ -1,0 +1,187 @@
+"""The bfloat16 CPU kernel: exact against float64, batch-invariant, built once, and a clean
+fallback to oneDNN where it cannot be used."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+
+from captioner import cpu_kernel
+from captioner.lm import CachedGPT2
+from captioner.tiny import tiny_tokenizer_and_model
+
+needs_cpu = pytest.mark.skipif(
+    not cpu_kernel.cpu_supported(), reason="this CPU has no AVX512-BF16 (CI's has: see below)"
+)
+
+
+def test_ci_machines_run_the_kernel():
+    """CI's machines have AVX512-BF16: the kernel tests below must not be skipped there."""
+    if os.environ.get("CI") == "true":
+        assert cpu_kernel.cpu_supported()
+        assert cpu_kernel.library() is not None
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    y = x.double() @ w.double().T
+    return y if b is None else y + b.double()
+
+
+@needs_cpu
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (15, 31), (16, 32), (17, 33), (64, 64), (130, 100)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_float64_and_rounds_like_torch(n, k, bias):
+    g = torch.Generator().manual_seed(n * 1000 + k)
+    w = torch.randn(n, k, generator=g).to(torch.bfloat16)
+    b = torch.randn(n, generator=g).to(torch.bfloat16) if bias else None
+    x = torch.randn(13, k, generator=g).to(torch.bfloat16)
+    y32 = cpu_kernel.KernelLinear(w, b, out_dtype=torch.float32)(x)
+    # products of bf16 are exact in float32; only the float32 sums round
+    torch.testing.assert_close(y32.double(), reference(x, w, b), rtol=1e-5, atol=1e-5 * k)
+    y16 = cpu_kernel.KernelLinear(w, b)(x)
+    assert y16.dtype == torch.bfloat16
+    assert torch.equal(y16, y32.to(torch.bfloat16))  # round to nearest even, as torch does
+
+
+@needs_cpu
+def test_every_row_is_computed_alone():
+    """Batch invariance: a row's result does not depend on the rows beside it."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(200, 96, generator=g).to(torch.bfloat16)
+    b = torch.randn(200, generator=g).to(torch.bfloat16)
+    lin = cpu_kernel.KernelLinear(w, b)
+    x = torch.randn(40, 96, generator=g).to(torch.bfloat16)
+    full = lin(x)
+    for m in (1, 2, 5, 6, 7, 13, 39):
+        assert torch.equal(lin(x[:m]), full[:m])
+    assert torch.equal(torch.cat([lin(x[i : i + 1]) for i in range(40)]), full)
+    strided = torch.randn(40, 2, 96, generator=g).to(torch.bfloat16)[:, 1]  # rows 192 apart
+    assert torch.equal(lin(strided), lin(strided.contiguous()))
+    batched = lin(x.view(4, 10, 96))  # leading dimensions are kept
+    assert batched.shape == (4, 10, 200) and torch.equal(batched.view(40, 200), full)
+
+
+@needs_cpu
+def test_gpt2_step_logits_do_not_depend_on_the_batch():
+    """A decoding step at GPT-2's real widths, attention over the cache included."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=768, n_layer=1, n_head=12, vocab_size=512, n_positions=16)
+    cfg.bos_token_id = cfg.eos_token_id = 0
+    lm = CachedGPT2(GPT2LMHeadModel(cfg).to(torch.bfloat16).eval(), kernel=True)
+    prefix = torch.randn(6, 4, 768, dtype=torch.bfloat16)
+    token = torch.randn(6, 1, 768, dtype=torch.bfloat16)
+
+    def step_logits(rows: slice) -> torch.Tensor:
+        cache = lm.new_cache(rows.stop - rows.start, 8)
+        lm.forward(prefix[rows], cache)
+        return lm.raw_logits(lm.forward(token[rows], cache))
+
+    alone = torch.cat([step_logits(slice(i, i + 1)) for i in range(6)])
+    assert torch.equal(step_logits(slice(0, 6)), alone)
+
+
+@needs_cpu
+def test_full_size_mapper_does_not_depend_on_the_batch():
+    """ClipCap's MLP mapper (512 -> 3840 -> 7680): plain and oneDNN-packed layers round a lone
+    row differently from a batch of 8 (this test fails with ``kernel=False``), which made
+    bfloat16 captions change with their batch-mates."""
+    from captioner.model import MLPMapper
+    from captioner.packed import pack_linears
+
+    torch.manual_seed(0)
+    mapper = MLPMapper(512, 768, 10).to(torch.bfloat16).eval()
+    assert pack_linears(mapper, kernel=True) == 2
+    x = torch.randn(8, 512, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        alone = torch.cat([mapper(x[i : i + 1]) for i in range(8)])
+        assert torch.equal(mapper(x), alone)
+
+
+@needs_cpu
+def test_rejects_what_it_cannot_compute():
+    w = torch.randn(8, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError):
+        cpu_kernel.KernelLinear(w.float(), None)
+    with pytest.raises(ValueError):
+        cpu_kernel.KernelLinear(w, None, out_dtype=torch.float16)
+    lin = cpu_kernel.KernelLinear(w, None)
+    with pytest.raises(ValueError):
+        lin(torch.randn(2, 16))  # float32 input
+    with pytest.raises(ValueError):
+        lin(torch.randn(2, 15, dtype=torch.bfloat16))
+
+
+@needs_cpu
+def test_cached_gpt2_on_the_kernel_matches_onednn():
+    _, model = tiny_tokenizer_and_model("mlp", seed=1)
+    model = model.to(torch.bfloat16).eval()
+    prefix = model.prefix(torch.randn(3, model.config.clip_dim, dtype=torch.bfloat16))
+    onednn, kern = CachedGPT2(model.lm, kernel=False), CachedGPT2(model.lm, kernel=True)
+    a = onednn.logits(onednn.forward(prefix, onednn.new_cache(3, 8)))
+    b = kern.logits(kern.forward(prefix, kern.new_cache(3, 8)))
+    assert kern.raw_logits(kern.forward(prefix, kern.new_cache(3, 8))).dtype == torch.float32
+    # the same bf16 arithmetic up to summation order and the final logits' rounding
+    torch.testing.assert_close(b, a, rtol=0.02, atol=0.05)
+
+
+@needs_cpu
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+def test_bf16_captions_do_not_depend_on_the_batch(tiny_dir, tiny_transformer_dir, decoding):
+    from captioner import Captioner
+
+    for model_dir in (tiny_dir, tiny_transformer_dir):
+        cap = Captioner.from_pretrained(str(model_dir), device="cpu", dtype="bfloat16")
+        assert cap.kernel
+        pixels = torch.randn(6, 3, *[cap.config.image_size] * 2, generator=torch.Generator())
+        settings = cap.settings(method=decoding, max_tokens=12)
+        together = [r.raw for r in cap.caption_pixels(pixels, settings)]
+        alone = [cap.caption_pixels(pixels[i : i + 1], settings)[0].raw for i in range(6)]
+        assert together == alone
+
+
+@needs_cpu
+def test_built_once_per_source(tmp_path, monkeypatch):
+    first = cpu_kernel.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert cpu_kernel.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
+
+
+def test_compiler_failure_falls_back_to_onednn(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("ALTCAP_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(cpu_kernel, "cpu_supported", lambda: True)
+    cpu_kernel.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="captioner.cpu_kernel"):
+            assert cpu_kernel.library() is None
+        assert "oneDNN instead" in caplog.text and "false failed" in caplog.text
+        assert not cpu_kernel.available(torch.device("cpu"), torch.bfloat16)
+        assert not list((tmp_path / "kernels").glob("*.so"))
+        _, model = tiny_tokenizer_and_model("mlp", seed=1)
+        lm = CachedGPT2(model.to(torch.bfloat16).lm)
+        assert not lm.kernel  # and it still decodes
+        hidden = lm.forward(torch.randn(1, 2, model.config.gpt_dim), lm.new_cache(1, 4))
+        assert lm.logits(hidden).shape == (1, model.config.text_config["vocab_size"])
+    finally:
+        cpu_kernel.library.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["off", "0"])
+def test_switched_off(monkeypatch, value):
+    monkeypatch.setenv(cpu_kernel.ENV, value)
+    cpu_kernel.library.cache_clear()
+    try:
+        assert cpu_kernel.library() is None
+    finally:
+        cpu_kernel.library.cache_clear()
+
+
+def test_only_for_bfloat16_on_the_cpu():
+    assert not cpu_kernel.available(torch.device("cpu"), torch.float32)
+    assert not cpu_kernel.available(torch.device("meta"), torch.bfloat16)
