@@ -85,10 +85,13 @@ class CachedGPT2:
         if kernel is None:  # bfloat16 on an AVX512-BF16 CPU: see cpu_kernel.py
             kernel = cpu_kernel.available(self.wte.device, self.wte.dtype)
         self.kernel = kernel
+        # With the kernel, attention runs in float32 (see attend_one) and the cache is kept in
+        # float32: converting the growing cache at every step cost more than the writes.
+        self.cache_dtype = torch.float32 if kernel else self.dtype
 
-        def conv1d(m) -> Linear | cpu_kernel.KernelLinear:  # Conv1D's weight is (in, out)
+        def conv1d(m, out=None) -> Linear | cpu_kernel.KernelLinear:  # Conv1D: (in, out)
             if kernel:
-                return cpu_kernel.KernelLinear(m.weight.t(), m.bias)
+                return cpu_kernel.KernelLinear(m.weight.t(), m.bias, out or self.dtype)
             return Linear(m.weight.t(), m.bias, pack)
 
         self.blocks = [
@@ -97,7 +100,7 @@ class CachedGPT2:
                 conv1d(b.attn.c_attn),  # (C -> 3C): queries, keys, values
                 conv1d(b.attn.c_proj),
                 (b.ln_2.weight, b.ln_2.bias),
-                conv1d(b.mlp.c_fc),
+                conv1d(b.mlp.c_fc, torch.float32),  # GELU on unrounded values (kernel)
                 conv1d(b.mlp.c_proj),
             )
             for b in t.h
@@ -132,8 +135,8 @@ class CachedGPT2:
         shape = (len(self.blocks), batch_size, self.n_head, max_len, c // self.n_head)
         # zeros where masked positions are read (static shapes): 0 * NaN garbage would be NaN
         alloc = torch.zeros if zeros else torch.empty
-        k = alloc(shape, dtype=self.dtype, device=self.device)
-        return KVCache(k, alloc(shape, dtype=self.dtype, device=self.device), 0)
+        k = alloc(shape, dtype=self.cache_dtype, device=self.device)
+        return KVCache(k, alloc(shape, dtype=self.cache_dtype, device=self.device), 0)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.wte)
@@ -161,10 +164,10 @@ class CachedGPT2:
             if t == 1:
                 y = attend_one(q, k, v)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
-            x = x + proj(y.transpose(1, 2).reshape(b, t, c))
+                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=True)
+            x = x + proj(y.to(x.dtype).transpose(1, 2).reshape(b, t, c))  # y: (B, H, T, D)
             m = F.gelu(fc(F.layer_norm(x, (c,), *ln2, self.eps)), approximate="tanh")
-            x = x + fc_proj(m)
+            x = x + fc_proj(m.to(x.dtype))
         cache.length = pos + t
         return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
 
