@@ -11,6 +11,8 @@ TORCH_SPEC ?= torch==2.13.0
 APT_TEST_PACKAGES ?= redis-server chromium
 # METEOR (pycocoevalcap) runs Java: any installed JRE will do, else Debian's default one.
 JAVA_PACKAGE ?= default-jre-headless
+# The bfloat16 CPU kernel (captioner/kernels/) is compiled on first use: any C compiler.
+CC_PACKAGE ?= gcc
 HOST ?= 127.0.0.1
 PORT ?= 8000
 TINY_MODEL ?= .cache/tiny-model
@@ -40,6 +42,7 @@ run-tiny: venv
 deps-test:
 	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v java >/dev/null || missing="$$missing $(JAVA_PACKAGE)"; \
+	command -v $${CC:-cc} >/dev/null || missing="$$missing $(CC_PACKAGE)"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

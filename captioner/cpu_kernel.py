@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -54,8 +55,11 @@ def cpu_supported() -> bool:
     return False
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def _compiler() -> list[str] | None:
+    if os.environ.get("CC", "").strip():
+        return shlex.split(os.environ["CC"])  # e.g. "ccache gcc"
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
 
 
 def _cache_dir() -> Path:
@@ -70,7 +74,7 @@ def build(cache_dir: Path | None = None) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join([*cc, *FLAGS]).encode()).hexdigest()[:16]
     out_dir = cache_dir or _cache_dir()
     lib = out_dir / f"linear_bf16-{key}.so"
     if lib.is_file():
@@ -80,10 +84,10 @@ def build(cache_dir: Path | None = None) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
+            [*cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
         )
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-500:]}")
         os.replace(tmp, lib)
     finally:
         Path(tmp).unlink(missing_ok=True)
