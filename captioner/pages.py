@@ -23,7 +23,6 @@ import logging
 import re
 import threading
 import time
-import urllib.robotparser
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from xml.parsers import expat
 from bs4 import BeautifulSoup, Tag
 from bs4.dammit import UnicodeDammit
 from bs4.exceptions import ParserRejectedMarkup
+from protego import Protego
 
 from .alttext import Verdict, classify_alt
 from .errors import AltCapError, InvalidSettings
@@ -543,6 +543,19 @@ class SitemapCrawl:
     errors: list[tuple[str, AltCapError]] = field(default_factory=list)  # (sitemap, why)
 
 
+@dataclass
+class _Robots:
+    """One host's robots.txt: its rules, or (``rules`` None) allow or keep out everything."""
+
+    rules: Protego | None
+    allow: bool  # without rules: a 4xx robots.txt allows all, 5xx or too large none
+    why: str = ""  # said when keeping out without rules
+    unreachable: AltCapError | None = None  # no answer: fail the page with this error
+
+    def can_fetch(self, url: str, user_agent: str) -> bool:
+        return self.rules.can_fetch(url, user_agent) if self.rules is not None else self.allow
+
+
 class Crawler:
     """Fetches pages and sitemaps politely and safely.
 
@@ -598,8 +611,7 @@ class Crawler:
         self._next_slot: dict[str, float] = {}  # origin -> earliest time of the next request
         self._delays: dict[str, float] = {}  # origin -> delay (robots.txt Crawl-delay)
         # origin -> (rules, why they disallow everything, the error if the host did not answer)
-        self._robots: dict[str, tuple[urllib.robotparser.RobotFileParser, str, Exception | None]]
-        self._robots = {}
+        self._robots: dict[str, _Robots] = {}  # origin -> its robots.txt, read once
 
     # politeness ---------------------------------------------------------------------
 
@@ -618,18 +630,14 @@ class Crawler:
         if slot > now:
             self._sleep(slot - now)
 
-    def _robots_for(
-        self, url: str
-    ) -> tuple[urllib.robotparser.RobotFileParser, str, Exception | None]:
+    def _robots_for(self, url: str) -> _Robots:
         origin = self._origin(url)
         with self._lock:
             cached = self._robots.get(origin)
         if cached is not None:
             return cached
         robots_url = origin + "/robots.txt"
-        parser = urllib.robotparser.RobotFileParser(robots_url)
-        why = ""
-        unreachable: AltCapError | None = None
+        robots = _Robots(None, allow=False)
         self.wait_turn(robots_url)
         try:
             doc = fetch_document(
@@ -639,35 +647,33 @@ class Crawler:
                 accept=None,
                 resolver=self.resolver,
             )
-            parser.parse(doc.data.decode("utf-8", "replace").splitlines())  # RFC 9309: UTF-8
+            # RFC 9309: UTF-8; the most specific (longest) matching rule wins, Allow on a tie
+            robots.rules = Protego.parse(doc.data.decode("utf-8", "replace"))
         except HTTPStatusError as exc:
             if 400 <= exc.status < 500:
-                parser.allow_all = True
+                robots.allow = True
             else:
-                parser.disallow_all = True
-                why = f"its robots.txt answered HTTP {exc.status}, which means keep out"
+                robots.why = f"its robots.txt answered HTTP {exc.status}, which means keep out"
         except TooLarge:
-            parser.disallow_all = True
-            why = f"its robots.txt is larger than {self.ROBOTS_MAX_BYTES} bytes"
+            robots.why = f"its robots.txt is larger than {self.ROBOTS_MAX_BYTES} bytes"
         except AltCapError as exc:  # no answer at all: the host's pages would fail alike
-            parser.disallow_all = True
-            unreachable = exc
-        parser.modified()
-        delay = parser.crawl_delay(self.user_agent)
+            robots.unreachable = exc
+        delay = robots.rules.crawl_delay(self.user_agent) if robots.rules is not None else None
         with self._lock:
             if delay is not None:
                 self._delays[origin] = max(self.delay_s, min(float(delay), self.MAX_CRAWL_DELAY))
-            return self._robots.setdefault(origin, (parser, why, unreachable))
+            return self._robots.setdefault(origin, robots)
 
     def check_robots(self, url: str) -> None:
         """Raise ``RobotsDisallowed`` if robots.txt keeps this crawler out of ``url``."""
         if not self.respect_robots:
             return
-        parser, why, unreachable = self._robots_for(url)
-        if unreachable is not None:
-            raise unreachable.with_traceback(None)
-        if not parser.can_fetch(self.user_agent, url):
-            raise RobotsDisallowed(f"robots.txt disallows {url}" + (f": {why}" if why else ""))
+        robots = self._robots_for(url)
+        if robots.unreachable is not None:
+            raise robots.unreachable.with_traceback(None)
+        if not robots.can_fetch(url, self.user_agent):
+            why = f": {robots.why}" if robots.why else ""
+            raise RobotsDisallowed(f"robots.txt disallows {url}{why}")
 
     # fetching -----------------------------------------------------------------------
 

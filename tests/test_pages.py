@@ -430,6 +430,34 @@ def test_robots_txt_groups_by_user_agent(site) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("private/secret.html", False),  # Allow: / comes first, but Disallow is longer
+        ("private/open.html", True),  # the longest match: Allow /private/open
+        ("index.html", True),
+        ("files/report.pdf", False),  # wildcard and end anchor
+        ("files/report.pdf.html", True),
+    ],
+)
+def test_robots_txt_longest_match_and_wildcards_of_rfc_9309(site, path, allowed) -> None:
+    rules = (
+        b"User-agent: *\nAllow: /\nDisallow: /private/\nAllow: /private/open\n"
+        b"Disallow: /*.pdf$\n"
+    )
+    site.routes["/robots.txt"] = (200, {"Content-Type": "text/plain"}, rules)
+    page = (200, {"Content-Type": "text/html"}, b"<html><body><img src='/a.png'></body></html>")
+    site.routes["/files/report.pdf.html"] = site.routes["/private/open.html"] = page
+    c = crawler()
+    if allowed:
+        assert c.fetch_page(site.url(path)).html
+    else:
+        with pytest.raises(Exception) as info:
+            c.fetch_page(site.url(path))
+        assert info.value.code == "robots_disallowed"
+        assert f"/{path}" not in site.requests
+
+
+@pytest.mark.parametrize(
     ("status", "allowed"), [(404, True), (410, True), (503, False), (500, False)]
 )
 def test_robots_txt_status_rules_of_rfc_9309(site, status: int, allowed: bool) -> None:
