@@ -441,8 +441,7 @@ def test_robots_txt_groups_by_user_agent(site) -> None:
 )
 def test_robots_txt_longest_match_and_wildcards_of_rfc_9309(site, path, allowed) -> None:
     rules = (
-        b"User-agent: *\nAllow: /\nDisallow: /private/\nAllow: /private/open\n"
-        b"Disallow: /*.pdf$\n"
+        b"User-agent: *\nAllow: /\nDisallow: /private/\nAllow: /private/open\nDisallow: /*.pdf$\n"
     )
     site.routes["/robots.txt"] = (200, {"Content-Type": "text/plain"}, rules)
     page = (200, {"Content-Type": "text/html"}, b"<html><body><img src='/a.png'></body></html>")
