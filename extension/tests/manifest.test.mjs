@@ -20,6 +20,13 @@ test("Manifest V3 for Chrome and Firefox", () => {
   assert.deepEqual(manifest.background.scripts, ["service-worker.js"]); // Firefox (event page)
   assert.equal(manifest.background.type, "module");
   assert.match(manifest.browser_specific_settings.gecko.id, /^[^@\s]+@[^@\s]+$/);
+  // Firefox's store requires the data an extension transmits to be declared (since Nov 2025):
+  // the images of the pages you visit go to the AltCap server you chose. Firefox 127 and
+  // older reject the key, hence 128 as the minimum.
+  assert.deepEqual(manifest.browser_specific_settings.gecko.data_collection_permissions, {
+    required: ["websiteContent"],
+  });
+  assert.ok(Number.parseFloat(manifest.browser_specific_settings.gecko.strict_min_version) >= 128);
 });
 
 test("minimal permissions; no host access at install", () => {
