@@ -137,7 +137,12 @@ def job_results(job_id: str) -> Response:
 
 @jobs.get("/<job_id>/pages/<int:n>/patched")
 def patched_page(job_id: str, n: int) -> Response:
-    response = Response(_queue().patched_page(job_id, n), content_type="text/html; charset=utf-8")
+    from captioner.pages import declared_encoding  # bs4: imported on use, as jobs.py does
+
+    html = _queue().patched_page(job_id, n)
+    charset = declared_encoding(html)  # the page's own <meta charset>: saved copies stay right
+    body = html.encode(charset, "xmlcharrefreplace")  # a caption it cannot spell: &#NNN;
+    response = Response(body, content_type=f"text/html; charset={charset}")
     response.headers["Content-Security-Policy"] = PATCHED_CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

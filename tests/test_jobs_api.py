@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bs4 import BeautifulSoup
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import png_bytes, serve_directory
@@ -37,6 +38,10 @@ def site(tmp_path_factory) -> Iterator[str]:
     (root / "page.html").write_text(
         '<html><head><script>alert("hi")</script></head><body><img src="0.png">'
         '<img src="1.png" alt="A yellow square">\n<img src="2.png" alt="photo"></body></html>'
+    )
+    (root / "latin.html").write_bytes(
+        '<html><head><meta charset="iso-8859-1"><title>Café</title></head>'
+        '<body><p>Crème brûlée</p><img src="3.png"></body></html>'.encode("iso-8859-1")
     )
     with serve_directory(root) as base:
         yield base
@@ -159,6 +164,25 @@ def test_a_page_job_serves_the_patched_page_safely(client: FlaskClient, site: st
     assert_error(client.get(f"{job['url']}/pages/7/patched"), 404, "page_not_found")
     huge = f"{job['url']}/pages/99999999999999999999/patched"  # an OverflowError in SQLite
     assert_error(client.get(huge), 404, "page_not_found")
+
+
+def test_a_patched_page_keeps_the_encoding_its_meta_declares(
+    client: FlaskClient, site: str
+) -> None:
+    """Served as UTF-8 under a <meta charset="iso-8859-1">, a copy saved to disk showed
+    garbled accents: the bytes, the <meta> and the HTTP charset must agree."""
+    job = submit(client, {"pages": [f"{site}/latin.html"]}).get_json()
+    done = wait_done(client, job["url"])
+    caption = client.get(f"{job['url']}/results").get_json()[0]["caption"]
+    assert caption
+    response = client.get(done["pages"][0]["patched_url"])
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/html; charset=iso-8859-1"
+    body = response.get_data()
+    assert b"<p>Cr\xe8me br\xfbl\xe9e</p>" in body  # ISO-8859-1 bytes, as the page had them
+    saved = BeautifulSoup(body, "html.parser")  # what a browser opening the saved file sees
+    assert saved.title.string == "Café"
+    assert saved.img["alt"] == caption  # characters outside latin-1 arrive as &#NNN;
 
 
 def test_idempotency_keys(client: FlaskClient) -> None:
