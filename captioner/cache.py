@@ -45,6 +45,8 @@ __all__ = [
     "RedisCache",
     "SQLiteCache",
     "cache_key",
+    "caption_value",
+    "get_caption",
     "open_cache",
     "sha256_hex",
 ]
@@ -92,6 +94,21 @@ def cache_key(model_id: str, settings: Mapping[str, object], image_sha256: str) 
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return sha256_hex(text.encode("utf-8"))
+
+
+def caption_value(text: str, tokens: int) -> dict[str, Any]:
+    """What is stored under a ``cache_key``: the service and batch jobs share entries."""
+    return {"caption": text, "tokens": tokens}
+
+
+def get_caption(cache: Cache, key: str) -> dict[str, Any] | None:
+    """The caption result under ``key``, or None when there is none or the stored value does
+    not have the shape ``caption_value`` gives (an entry from elsewhere is never served)."""
+    value = cache.get(key)
+    if value is None or not isinstance(value.get("caption"), str):
+        return None
+    tokens = value.get("tokens")
+    return value if isinstance(tokens, int) and not isinstance(tokens, bool) else None
 
 
 def _canonical(obj: object, where: str) -> object:

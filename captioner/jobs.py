@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from captioner import fetch
-from captioner.cache import Cache, NullCache, cache_key, sha256_hex
+from captioner.cache import Cache, NullCache, cache_key, caption_value, get_caption, sha256_hex
 from captioner.config import DecodingSettings
 from captioner.errors import AltCapError
 from captioner.identity import ModelIdentity, model_identity
@@ -970,8 +970,8 @@ class JobConsumer:
             try:
                 data = fetch.fetch_image(url, limits).data
                 sha = sha256_hex(data)
-                hit = self.cache.get(cache_key(model, settings, sha))
-                if hit is not None and isinstance(hit.get("caption"), str):
+                hit = get_caption(self.cache, cache_key(model, settings, sha))
+                if hit is not None:
                     return url, hit["caption"], sha
                 return url, load_image(data, max_pixels=self.backend.max_pixels), sha
             except AltCapError as exc:
@@ -992,7 +992,7 @@ class JobConsumer:
                     outcomes[url] = result
                     continue
                 outcomes[url] = result.text
-                value = {"caption": result.text, "tokens": result.tokens}
+                value = caption_value(result.text, result.tokens)
                 self.cache.set(cache_key(model, settings, str(sha)), value)
         return _rows(claim.items, outcomes)
 

@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from captioner import fetch, images
-from captioner.cache import Cache, cache_key, sha256_hex
+from captioner.cache import Cache, cache_key, caption_value, get_caption, sha256_hex
 from captioner.config import DecodingSettings
 from captioner.engine import DeadlineExceeded, Engine
 from captioner.errors import AltCapError, InvalidSettings
@@ -177,7 +177,7 @@ def run_job(st: ServiceState, job: Job) -> None:
                     raise outcome
                 item.error = outcome
                 continue
-            item.result = {"caption": outcome.text, "tokens": outcome.tokens}
+            item.result = caption_value(outcome.text, outcome.tokens)
             st.cache.set(cache_key(st.model.cache_id, settings, str(item.sha)), item.result)
 
     for item in job.items:
@@ -228,13 +228,8 @@ def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -
 
 
 def _from_cache(st: ServiceState, item: Item, key: str) -> bool:
-    value = st.cache.get(key)
-    valid = (
-        value is not None
-        and isinstance(value.get("caption"), str)
-        and isinstance(value.get("tokens"), int)
-    )
-    st.metrics.cache_lookup("caption", valid)
-    if valid:
+    value = get_caption(st.cache, key)
+    st.metrics.cache_lookup("caption", value is not None)
+    if value is not None:
         item.result, item.cached, item.data = value, True, None
-    return valid
+    return value is not None

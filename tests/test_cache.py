@@ -21,6 +21,8 @@ from captioner.cache import (
     RedisCache,
     SQLiteCache,
     cache_key,
+    caption_value,
+    get_caption,
     open_cache,
     sha256_hex,
 )
@@ -171,6 +173,17 @@ def test_round_trip_and_overwrite(cache: Cache) -> None:
         "url_hits": 0,
         "url_misses": 0,
     }
+
+
+def test_get_caption_serves_only_caption_results(cache: Cache) -> None:
+    """The service and batch jobs share entries; one of another shape is never served."""
+    key = cache_key("m", {}, SHA_A)
+    assert get_caption(cache, key) is None
+    cache.set(key, caption_value("A dog.", 3))
+    assert get_caption(cache, key) == {"caption": "A dog.", "tokens": 3}
+    for wrong in ({"caption": "A"}, {"caption": 7, "tokens": 3}, {"caption": "A", "tokens": True}):
+        cache.set(key, wrong)
+        assert get_caption(cache, key) is None
 
 
 def test_miss(cache: Cache) -> None:

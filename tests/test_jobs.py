@@ -746,6 +746,28 @@ def test_job_captions_are_cached_by_model_identity(make_queue, site, tiny_dir, t
         assert captioned_by_the_model() == 1
 
 
+def test_a_job_never_serves_a_cache_entry_of_another_shape(make_queue, site, tmp_path) -> None:
+    """Entries are shared with the service; one without its token count is not a caption
+    result (the service already refused it, jobs served its ``caption``)."""
+    from captioner.cache import SQLiteCache, cache_key, sha256_hex
+    from captioner.config import DecodingSettings
+    from captioner.identity import model_identity
+
+    base, root = site
+    queue = make_queue(DATA_DIR=tmp_path / "data")
+    backend = FakeBackend()
+    with SQLiteCache(tmp_path / "cache.sqlite3") as cache:
+        sha = sha256_hex((root / "0.png").read_bytes())
+        model = model_identity(queue.settings.model).cache_id
+        key = cache_key(model, DecodingSettings().to_dict(), sha)
+        cache.set(key, {"caption": "stale"})
+        queue.start_consumer(backend, workers=1, cache=cache)
+        job, _ = queue.submit(parse_job({"images": [f"{base}/0.png"]}, queue.settings))
+        assert wait_for(queue, job["id"])["counts"]["done"] == 1
+    assert backend.calls == 1
+    assert queue.rows(job["id"])[0]["caption"] != "stale"
+
+
 class HookHandler(BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
     answer = 204
