@@ -78,6 +78,7 @@ def build(cache_dir: Path | None = None) -> Path:
     out_dir = cache_dir or _cache_dir()
     lib = out_dir / f"linear_bf16-{key}.so"
     if lib.is_file():
+        _check_private(lib)
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build-", suffix=".so")
@@ -92,6 +93,13 @@ def build(cache_dir: Path | None = None) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return lib
+
+
+def _check_private(lib: Path) -> None:
+    """Code to be loaded must be ours and writable only by us (the cache is a shared path)."""
+    st = lib.stat()
+    if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o022:
+        raise RuntimeError(f"{lib} is not owned by this user or is writable by others")
 
 
 @cache

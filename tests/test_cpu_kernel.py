@@ -150,6 +150,9 @@ def test_built_once_per_source(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert cpu_kernel.build(tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
+    first.chmod(0o666)  # someone else could have replaced it: never load it
+    with pytest.raises(RuntimeError, match="writable by others"):
+        cpu_kernel.build(tmp_path)
 
 
 def test_compiler_failure_falls_back_to_onednn(tmp_path, monkeypatch, caplog):
