@@ -414,6 +414,8 @@ class JobQueue:
         """Store and enqueue a job; ``(status, created)``. A known idempotency ``key`` (per
         ``scope``, e.g. per API key) returns its job, or ``IdempotencyConflict`` if that job
         was another one."""
+        if scope:  # the API key's hash: only that key can read the job (jobs_api._owned)
+            spec = {**spec, "owner": scope}
         fingerprint = _sha(json.dumps(spec, sort_keys=True, separators=(",", ":")))
         idem = _sha(f"{scope}\0{idempotency_key(key)}") if key is not None else None
         job_id, created = self.store.create(uuid.uuid4().hex, spec, idem, fingerprint)

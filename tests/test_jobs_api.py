@@ -300,6 +300,18 @@ def test_jobs_need_the_api_key_and_keys_scope_idempotency(make_app, site: str) -
     assert client.get(url, headers={"Authorization": "Bearer k1"}).status_code == 200
     two = submit(client, body, Authorization="Bearer k2", **{"Idempotency-Key": "same"})
     assert two.status_code == 202 and two.get_json()["id"] != one.get_json()["id"]
+    # another key cannot tell k1's job from one that does not exist
+    k2 = {"Authorization": "Bearer k2"}
+    for response in (
+        client.get(url, headers=k2),
+        client.get(f"{url}/results", headers=k2),
+        client.get(f"{url}/pages/1/patched", headers=k2),
+        client.delete(url, headers=k2),
+    ):
+        assert_error(response, 404, "job_not_found")
+        assert one.get_json()["id"] in response.get_json()["error"]["message"]
+    assert client.get(url, headers={"Authorization": "Bearer k1"}).get_json()["state"] == "queued"
+    assert client.delete(url, headers={"Authorization": "Bearer k1"}).status_code == 200
 
 
 def test_cors_and_metrics_cover_jobs(make_app) -> None:
