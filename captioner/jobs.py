@@ -283,6 +283,11 @@ def idempotency_key(key: object) -> str:
     return key
 
 
+def _idem(key: object, scope: str) -> str:
+    """How an idempotency key is stored: hashed, with the scope (API key) it belongs to."""
+    return _sha(f"{scope}\0{idempotency_key(key)}")
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -417,7 +422,7 @@ class JobQueue:
         if scope:  # the API key's hash: only that key can read the job (jobs_api._owned)
             spec = {**spec, "owner": scope}
         fingerprint = _sha(json.dumps(spec, sort_keys=True, separators=(",", ":")))
-        idem = _sha(f"{scope}\0{idempotency_key(key)}") if key is not None else None
+        idem = _idem(key, scope) if key is not None else None
         job_id, created = self.store.create(uuid.uuid4().hex, spec, idem, fingerprint)
         job = self.store.get(job_id)
         if job is None:  # pragma: no cover (just written)
@@ -429,6 +434,11 @@ class JobQueue:
         if created:
             self.wake(job_id)
         return self.summary(job), created
+
+    @_translating
+    def find_idempotent(self, key: str, scope: str = "") -> str | None:
+        """The job an idempotency key (per ``scope``) already started, or None."""
+        return self.store.find_idempotent(_idem(key, scope))
 
     def wake(self, job_id: str, copies: int = 1, delay: float | None = None) -> None:
         """Enqueue wake-ups for a job (a lost one is made up for by the sweep)."""

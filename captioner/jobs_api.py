@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import Counter
 
 from captioner import api, reports
+from captioner.errors import AltCapError
 from captioner.jobs import InvalidJob, JobNotFound, JobQueue, parse_job
 from captioner.openapi import json_content, schema_ref
 from captioner.parsing import parse_decoding
@@ -84,15 +85,26 @@ def _json_body() -> Any:
 def _creation_cost() -> int:
     """What creating a job costs of the rate limit: one per image URL of an ``images`` job,
     one per listed page of a ``pages`` job, 1 for a sitemap (how many images a crawl finds
-    is not known when the job is submitted). An idempotent repeat is charged again: telling
-    one apart would need a look-up the job store does not offer."""
+    is not known when the job is submitted). A repeat of an idempotency key that already
+    started a job costs 1, like any request: it is a client retrying after a lost answer,
+    and it starts nothing."""
     body = api.json_for_cost()
-    if not isinstance(body, dict) or "sitemap" in body:
+    if not isinstance(body, dict) or "sitemap" in body or _is_repeat(body):
         return 1
     settings = api.state().settings
     if "images" in body:
         return api.list_cost(body["images"], settings.job_max_images)
     return api.list_cost(body.get("pages"), settings.job_max_pages)
+
+
+def _is_repeat(body: dict[str, Any]) -> bool:
+    key = request.headers.get("Idempotency-Key", body.get("idempotency_key"))
+    if key is None:
+        return False
+    try:
+        return _queue().find_idempotent(key, _scope()) is not None
+    except AltCapError:  # a malformed key (the view says so) or the store away: full price
+        return False
 
 
 @jobs.post("")

@@ -103,6 +103,10 @@ class JobStore(ABC):
         Returns ``(job_id, created)``."""
 
     @abstractmethod
+    def find_idempotent(self, idem: str) -> str | None:
+        """The id of the job a (scoped, hashed) idempotency key started, or None."""
+
+    @abstractmethod
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job record (see ``_record``), or None."""
 
@@ -366,6 +370,10 @@ class SQLiteJobStore(JobStore):
                 (job_id, _dumps(spec), idem, fingerprint, now, now, int(bool(spec.get("webhook")))),
             )
         return job_id, True
+
+    def find_idempotent(self, idem: str) -> str | None:
+        row = self._conn().execute("SELECT id FROM altcap_jobs WHERE idem = ?", (idem,)).fetchone()
+        return None if row is None else str(row[0])
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         query = f"SELECT {_JOB_COLUMNS} FROM altcap_jobs WHERE id = ?"
@@ -985,6 +993,10 @@ class RedisJobStore(JobStore):
         args = [self.prefix, job_id, _dumps(spec), idem or "", fingerprint, hook]
         found, created = self._create(args=args)
         return self._text(found), bool(created)
+
+    def find_idempotent(self, idem: str) -> str | None:
+        found = self._client.get(self.prefix + "idem:" + idem)
+        return None if found is None else self._text(found)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self._client.hgetall(self.prefix + job_id)

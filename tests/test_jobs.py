@@ -237,6 +237,8 @@ def test_store_idempotency_keys_return_the_first_job(store: JobStore) -> None:
     assert store.get("f" * 32) is None
     job = store.get(first)
     assert job is not None and job["state"] == "queued" and job["fingerprint"] == "fp"
+    assert store.find_idempotent("k") == first  # read-only: what the rate limit asks
+    assert store.find_idempotent("never used") is None
 
 
 def test_store_runs_a_job_to_the_end_exactly_once(store: JobStore) -> None:

@@ -352,6 +352,19 @@ def test_a_job_costs_its_images_pages_or_one_sitemap(make_app) -> None:
     assert "Retry-After" in limited.headers
 
 
+def test_an_idempotent_repeat_costs_one_not_its_images_again(make_app) -> None:
+    """A client retrying after a lost answer is not charged the job's images twice."""
+    client = make_app(RATE_LIMIT="5/minute", JOB_WORKERS=0).test_client()
+    body = {"images": [f"http://a.example/{i}.png" for i in range(3)], "idempotency_key": "k"}
+    first = submit(client, body)  # 3 of 5
+    assert first.status_code == 202
+    again = submit(client, body)  # 4 of 5 (it was 6: refused)
+    assert again.status_code == 200 and again.get_json()["id"] == first.get_json()["id"]
+    header = submit(client, {"images": body["images"]}, **{"Idempotency-Key": "k"})  # 5 of 5
+    assert header.status_code == 200
+    assert_error(submit(client, body), 429, "rate_limited")  # the budget still holds
+
+
 def test_a_job_over_the_whole_budget_is_refused_clearly(make_app) -> None:
     client = make_app(RATE_LIMIT="4/minute", JOB_WORKERS=0, JOB_MAX_IMAGES=10).test_client()
     images = [f"http://a.example/{i}.png" for i in range(5)]

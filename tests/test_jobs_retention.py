@@ -257,6 +257,7 @@ def test_an_idempotency_key_is_free_again_once_its_job_is_deleted(store: JobStor
     again, created = store.create(uuid.uuid4().hex, {"source": {}}, "order-17", "fp")
     assert (again, created) == (first, False)
     assert store.delete(first)
+    assert store.find_idempotent("order-17") is None
     new_id = uuid.uuid4().hex
     assert store.create(new_id, {"source": {}}, "order-17", "other") == (new_id, True)
     assert store.create(uuid.uuid4().hex, {"source": {}}, "order-17", "x") == (new_id, False)
