@@ -151,7 +151,7 @@ class KernelLinear:
         w = weight.detach().contiguous()
         self.packed = torch.empty(
             lib.altcap_packed_size(*weight.shape), dtype=torch.bfloat16
-        )  # (panels, K/2, 64, 2)
+        )  # (panels, K/2, 32, 2)
         lib.altcap_pack_bf16(w.data_ptr(), w.stride(0), *w.shape, self.packed.data_ptr())
         self.bias = None if bias is None else bias.detach().to(torch.bfloat16).contiguous()
         self.out_dtype = out_dtype

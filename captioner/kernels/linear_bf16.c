@@ -8,8 +8,8 @@
  * over k in the same order, whatever the number of rows, the block an element falls in or the
  * thread that computes it. So a caption does not depend on the images it was batched with.
  *
- * Layout. w is packed once by `altcap_pack_bf16` into panels of PANEL = 64 output rows: for
- * each pair of k, the 64 rows' two weights, so a panel is read as one sequential stream and
+ * Layout. w is packed once by `altcap_pack_bf16` into panels of PANEL = 32 output rows: for
+ * each pair of k, the 32 rows' two weights, so a panel is read as one sequential stream and
  * each 512-bit load feeds 16 outputs (`vdpbf16ps` multiplies bf16 pairs and adds both products
  * to one float32 lane; x's pair is broadcast to every lane). N is padded to a whole panel and
  * K to an even number, with zeros.
@@ -21,10 +21,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#define VECS 4           /* 512-bit vectors of outputs per panel */
+#define VECS 2           /* 512-bit vectors of outputs per panel */
 #define PANEL (16 * VECS) /* output rows per panel */
-#define MB 6             /* input rows per block: VECS * MB = 24 accumulators */
-#define AHEAD 16         /* k pairs to prefetch ahead (4 KB of a panel) */
+#define MB 12            /* input rows per block: VECS * MB = 24 accumulators */
+#define AHEAD 16         /* k pairs to prefetch ahead (2 KB of a panel) */
 
 long altcap_packed_size(long N, long K) { /* in bf16 elements */
     return (N + PANEL - 1) / PANEL * PANEL * ((K + 1) / 2 * 2);
@@ -99,6 +99,7 @@ static void block_any(const uint16_t *x, long ldx, const uint16_t *panel, long K
     switch (mb) {
 #define CASE(m) \
     case m: block(x, ldx, panel, K, bias, n0, N, y, ldy, out_bf16, m); break;
+        CASE(12) CASE(11) CASE(10) CASE(9) CASE(8) CASE(7)
         CASE(6) CASE(5) CASE(4) CASE(3) CASE(2) CASE(1)
 #undef CASE
     }

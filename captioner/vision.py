@@ -1,0 +1,100 @@
+"""A lean forward pass of the CLIP vision tower for CPU inference.
+
+``transformers``' CLIPVisionModelWithProjection holds the weights (its linear layers usually
+packed by ``packed.pack_linears``); this runs the same arithmetic with less waste, which took
+the full-size tower from ~900 to ~700 ms for 32 images on two Zen 4 cores in bfloat16:
+
+- QuickGELU as ``sigmoid(1.702 h)`` multiplied into itself in place: the same values as
+  ``h * sigmoid(1.702 * h)`` without two temporaries the size of the MLP's activations;
+- the patch embedding as one matrix product over unfolded patches, not a convolution;
+- only the class token in the last layer: ClipCap reads ``image_embeds``, the projection of
+  that token alone, so the other 49 tokens need keys and values there and nothing else
+  (~5% of the tower). Its few rows go through ``cpu_kernel`` where it is used, so an
+  image's embedding does not depend on its batch (as GPT-2's steps do not).
+
+The results equal the module's own forward up to rounding (tested against it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionModelWithProjection
+
+from . import cpu_kernel
+from .lm import attend_one
+from .packed import Linear, can_pack
+
+
+class LeanVision:
+    """``image_embeds`` of a CLIPVisionModelWithProjection, for inference."""
+
+    def __init__(self, model: CLIPVisionModelWithProjection, kernel: bool = False) -> None:
+        vm = model.vision_model
+        cfg = model.config
+        if cfg.hidden_act != "quick_gelu":
+            raise ValueError(f"unsupported CLIP activation {cfg.hidden_act!r}")
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        if vm.encoder.layers[0].self_attn.scale != head_dim**-0.5:  # attend_one's scale
+            raise ValueError("CLIP attention with a non-standard scale is not supported")
+        conv = vm.embeddings.patch_embedding
+        if conv.bias is not None or conv.kernel_size != conv.stride or conv.padding != (0, 0):
+            raise ValueError("the patch embedding must be a bias-free, non-overlapping conv")
+        weight = conv.weight.detach()
+        self.patch = conv.kernel_size[0]
+        pack = can_pack(weight.device, weight.dtype)
+        self.embed_patches = Linear(weight.reshape(weight.shape[0], -1), None, pack)
+        self.class_embedding = vm.embeddings.class_embedding
+        self.positions = vm.embeddings.position_embedding.weight
+        self.pre_layrnorm, self.post_layernorm = vm.pre_layrnorm, vm.post_layernorm
+        self.layers = list(vm.encoder.layers)
+        last = self.layers[-1]
+
+        def rows(m: nn.Module) -> nn.Module | cpu_kernel.KernelLinear:
+            """The last layer's class-token rows: one per image (see the module docstring)."""
+            if kernel and isinstance(m, nn.Linear):
+                return cpu_kernel.KernelLinear(m.weight, m.bias)
+            return m
+
+        self.cls_out = rows(last.self_attn.out_proj)
+        self.cls_fc1, self.cls_fc2 = rows(last.mlp.fc1), rows(last.mlp.fc2)
+        self.projection = rows(model.visual_projection)
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) pixels -> (B, projection_dim) image embeddings."""
+        b, p = pixel_values.shape[0], self.patch
+        patches = pixel_values.unfold(2, p, p).unfold(3, p, p)  # (B, 3, S/p, S/p, p, p)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 3 * p * p)
+        x = self.embed_patches(patches)  # (B, N, C)
+        c = x.shape[-1]
+        cls = self.class_embedding.to(x.dtype).expand(b, 1, c)
+        x = self.pre_layrnorm(torch.cat((cls, x), dim=1) + self.positions)  # (B, 1 + N, C)
+        for layer in self.layers[:-1]:
+            a = layer.self_attn
+            h = layer.layer_norm1(x)
+            q, k, v = (_heads(proj(h), a.num_heads) for proj in (a.q_proj, a.k_proj, a.v_proj))
+            y = F.scaled_dot_product_attention(q, k, v, scale=a.scale)  # (B, H, T, D)
+            x = x + a.out_proj(y.transpose(1, 2).reshape(b, -1, c))
+            x = x + layer.mlp.fc2(_quick_gelu(layer.mlp.fc1(layer.layer_norm2(x))))
+        layer = self.layers[-1]
+        a = layer.self_attn
+        h = layer.layer_norm1(x)
+        q = _heads(a.q_proj(h[:, :1]), a.num_heads)  # the class token's query only
+        k, v = _heads(a.k_proj(h), a.num_heads), _heads(a.v_proj(h), a.num_heads)
+        y = attend_one(q, k, v)  # (B, H, 1, D); the scale is D^-0.5, checked at init
+        x = x[:, :1] + self.cls_out(y.transpose(1, 2).reshape(b, 1, c))
+        x = x + self.cls_fc2(_quick_gelu(self.cls_fc1(layer.layer_norm2(x))))
+        return self.projection(self.post_layernorm(x[:, 0]))
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, C) -> (B, H, T, C / H)."""
+    b, t, c = x.shape
+    return x.view(b, t, heads, c // heads).transpose(1, 2)
+
+
+def _quick_gelu(h: torch.Tensor) -> torch.Tensor:
+    """CLIP's ``h * sigmoid(1.702 * h)``, with one temporary instead of three."""
+    return torch.sigmoid(h * 1.702).mul_(h)
