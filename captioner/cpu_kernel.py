@@ -2,7 +2,8 @@
 
 GPT-2 decoding on a CPU streams every weight matrix from memory at each step; oneDNN's
 kernels reach about half the memory bandwidth on those shapes (a few rows against a large
-matrix), so ``kernels/linear_bf16.c`` does it instead: ~1.9x faster for one row, ~1.1x for 32,
+matrix), so ``kernels/linear_bf16.c`` does it instead (and ``kernels/attend_one.c`` the
+attention of the new token over the cache): ~1.9x faster for one row, ~1.1x for 32,
 and every output element is computed the same way whatever the batch, so batched captions
 equal single ones (with oneDNN they did not: its one-row path rounds differently).
 
@@ -30,7 +31,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels") / "linear_bf16.c"
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = [KERNELS / "linear_bf16.c", KERNELS / "attend_one.c"]
 # explicit ISA flags, not -march=native: a cache shared between machines must not hold code
 # for a newer CPU than the one that loads it (the CPU is checked before loading)
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
@@ -73,7 +75,7 @@ def build(cache_dir: Path | None = None) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join([*cc, *FLAGS]).encode()).hexdigest()[:16]
     out_dir = cache_dir or _cache_dir()
     lib = out_dir / f"linear_bf16-{key}.so"
@@ -85,7 +87,10 @@ def build(cache_dir: Path | None = None) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [*cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
+            [*cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-500:]}")
@@ -119,20 +124,53 @@ def library() -> ctypes.CDLL | None:
     lib.altcap_packed_size.restype = _c_long
     lib.altcap_pack_bf16.argtypes = [_ptr, _c_long, _c_long, _c_long, _ptr]
     lib.altcap_pack_bf16.restype = None
-    lib.altcap_linear_bf16.argtypes = [_ptr, _c_long, _ptr, _ptr, _ptr, _c_long, _int]
+    lib.altcap_linear_bf16.argtypes = [_ptr, _c_long, _ptr, _ptr, _ptr, _c_long, _int, _int]
     lib.altcap_linear_bf16.argtypes += [_c_long, _c_long, _c_long, _int]
     lib.altcap_linear_bf16.restype = _int
+    lib.altcap_attend_one.argtypes = [_ptr, _c_long, _c_long, _ptr, _ptr, _c_long, _c_long]
+    lib.altcap_attend_one.argtypes += [_c_long, _ptr, _c_long, _c_long, _c_long, _c_long]
+    lib.altcap_attend_one.argtypes += [ctypes.c_float, _int]
+    lib.altcap_attend_one.restype = _int
     return lib
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``lm.attend_one`` through the kernel: q (B, H, 1, D), k and v (B, H, S, D) float32
+    (GPT-2's cache) -> (B, H * D) bfloat16, the heads side by side for the output projection.
+    Scores scaled by D^-0.5, softmax and sums in float32; each (row, head) alone."""
+    lib = library()
+    if lib is None:
+        raise ValueError("the CPU kernel is not available")
+    b, h, _, d = q.shape
+    s = k.shape[2]
+    q = q.float()
+    if k.dtype != torch.float32 or v.dtype != torch.float32 or k.stride() != v.stride():
+        raise ValueError("keys and values must be float32 views of one cache layout")
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("the head dimension must be contiguous")
+    y = torch.empty((b, h * d), dtype=torch.bfloat16)
+    failed = lib.altcap_attend_one(
+        q.data_ptr(), q.stride(0), q.stride(1),
+        k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
+        y.data_ptr(), b, h, s, d, d**-0.5, torch.get_num_threads(),
+    )  # fmt: skip
+    if failed:
+        raise ValueError(f"attention over {s} positions is not supported by the kernel")
+    return y
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.bfloat16 and library() is not None
 
 
+ACTIVATIONS = {None: 0, "gelu_tanh": 1}  # the kernel's ``act`` codes
+
+
 class KernelLinear:
     """``y = x @ weight.T + bias`` for bfloat16 CPU tensors through the kernel.
 
-    ``out_dtype`` float32 keeps the accumulators unrounded (logits for an argmax).
+    ``out_dtype`` float32 keeps the accumulators unrounded (logits for an argmax);
+    ``activation="gelu_tanh"`` applies GPT-2's GELU to them before rounding.
     """
 
     def __init__(
@@ -140,12 +178,16 @@ class KernelLinear:
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         out_dtype: torch.dtype = torch.bfloat16,
+        activation: str | None = None,
     ) -> None:
         lib = library()
         if lib is None or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
             raise ValueError("the bfloat16 CPU kernel is not available for this weight")
         if out_dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"unsupported output dtype {out_dtype}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unsupported activation {activation!r}")
+        self.act = ACTIVATIONS[activation]
         self.lib = lib
         self.out_features, self.in_features = weight.shape
         w = weight.detach().contiguous()
@@ -172,6 +214,7 @@ class KernelLinear:
             y.data_ptr(),
             n,
             int(self.out_dtype == torch.bfloat16),
+            self.act,
             rows.shape[0],
             n,
             k,

@@ -9,6 +9,7 @@ the same length (the prefix), so a batch never needs padding or an attention mas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -89,10 +90,13 @@ class CachedGPT2:
         # float32: converting the growing cache at every step cost more than the writes.
         self.cache_dtype = torch.float32 if kernel else self.dtype
 
-        def conv1d(m, out=None) -> Linear | cpu_kernel.KernelLinear:  # Conv1D: (in, out)
-            if kernel:
-                return cpu_kernel.KernelLinear(m.weight.t(), m.bias, out or self.dtype)
-            return Linear(m.weight.t(), m.bias, pack)
+        def conv1d(m, gelu: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+            """GPT-2's Conv1D (its weight is (in, out)), with the MLP's GELU if ``gelu``."""
+            if kernel:  # the kernel applies GELU to its float32 sums before rounding
+                act = "gelu_tanh" if gelu else None
+                return cpu_kernel.KernelLinear(m.weight.t(), m.bias, activation=act)
+            linear = Linear(m.weight.t(), m.bias, pack)
+            return (lambda h: F.gelu(linear(h), approximate="tanh")) if gelu else linear
 
         self.blocks = [
             (
@@ -100,7 +104,7 @@ class CachedGPT2:
                 conv1d(b.attn.c_attn),  # (C -> 3C): queries, keys, values
                 conv1d(b.attn.c_proj),
                 (b.ln_2.weight, b.ln_2.bias),
-                conv1d(b.mlp.c_fc, torch.float32),  # GELU on unrounded values (kernel)
+                conv1d(b.mlp.c_fc, gelu=True),  # (C -> 4C), GELU included
                 conv1d(b.mlp.c_proj),
             )
             for b in t.h
@@ -161,13 +165,15 @@ class CachedGPT2:
             cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
             k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
             v = cache.v[i, :, :, : pos + t]
-            if t == 1:
-                y = attend_one(q, k, v)
+            if t == 1 and self.kernel:
+                y = cpu_kernel.attend_one(q, k, v).view(b, 1, c)
+            elif t == 1:
+                y = attend_one(q, k, v).transpose(1, 2).reshape(b, t, c)
             else:
                 y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=True)
-            x = x + proj(y.to(x.dtype).transpose(1, 2).reshape(b, t, c))  # y: (B, H, T, D)
-            m = F.gelu(fc(F.layer_norm(x, (c,), *ln2, self.eps)), approximate="tanh")
-            x = x + fc_proj(m.to(x.dtype))
+                y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, D) -> (B, T, C)
+            x = x + proj(y.to(x.dtype))
+            x = x + fc_proj(fc(F.layer_norm(x, (c,), *ln2, self.eps)))
         cache.length = pos + t
         return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
 
@@ -193,8 +199,7 @@ class CachedGPT2:
             cache.v[i].index_copy_(2, pos, qkv[:, :, 2].transpose(1, 2))
             y = attend_one(q, cache.k[i], cache.v[i], bias)
             x = x + proj(y.transpose(1, 2).reshape(b, 1, c))
-            m = F.gelu(fc(F.layer_norm(x, (c,), *ln2, self.eps)), approximate="tanh")
-            x = x + fc_proj(m)
+            x = x + fc_proj(fc(F.layer_norm(x, (c,), *ln2, self.eps)))
         return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
 
     @torch.inference_mode()

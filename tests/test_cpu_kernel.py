@@ -47,6 +47,41 @@ def test_matches_float64_and_rounds_like_torch(n, k, bias):
 
 
 @needs_cpu
+def test_gelu_is_applied_to_the_float32_sums():
+    g = torch.Generator().manual_seed(5)
+    w = (torch.randn(100, 64, generator=g) / 4).to(torch.bfloat16)
+    b = torch.randn(100, generator=g).to(torch.bfloat16)
+    x = torch.randn(7, 64, generator=g).to(torch.bfloat16)
+    plain = cpu_kernel.KernelLinear(w, b, out_dtype=torch.float32)(x)
+    fused = cpu_kernel.KernelLinear(w, b, out_dtype=torch.float32, activation="gelu_tanh")(x)
+    want = torch.nn.functional.gelu(plain.double(), approximate="tanh")
+    torch.testing.assert_close(fused.double(), want, rtol=1e-6, atol=1e-6)
+    assert fused.min() < -0.1 and fused.max() > 3  # both tails of GELU were exercised
+    with pytest.raises(ValueError):
+        cpu_kernel.KernelLinear(w, b, activation="relu")
+
+
+@needs_cpu
+@pytest.mark.parametrize(("s", "d"), [(1, 64), (11, 64), (30, 64), (7, 20)])
+def test_attention_of_one_token_matches_torch(s, d):
+    from captioner.lm import attend_one
+
+    g = torch.Generator().manual_seed(s)
+    q = torch.randn(5, 3, 1, d, generator=g).to(torch.bfloat16)
+    cache_k = torch.randn(5, 3, 40, d, generator=g)  # a float32 cache longer than S
+    cache_v = torch.randn(5, 3, 40, d, generator=g)
+    k, v = cache_k[:, :, :s], cache_v[:, :, :s]
+    got = cpu_kernel.attend_one(q, k, v)
+    assert got.shape == (5, 3 * d) and got.dtype == torch.bfloat16
+    want = attend_one(q.float(), k, v).transpose(1, 2).reshape(5, 3 * d)
+    torch.testing.assert_close(got.float(), want, rtol=0.01, atol=0.01)  # bf16 output
+    alone = torch.cat(
+        [cpu_kernel.attend_one(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(5)]
+    )
+    assert torch.equal(got, alone)
+
+
+@needs_cpu
 def test_every_row_is_computed_alone():
     """Batch invariance: a row's result does not depend on the rows beside it."""
     g = torch.Generator().manual_seed(0)
