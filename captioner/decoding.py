@@ -105,7 +105,7 @@ def sample(
                     noise[j].exponential_(generator=gens[r])
             next_ids = torch.argmax(probs / noise, dim=-1)
         else:
-            next_ids = torch.argmax(lm.raw_logits(hidden), dim=-1)
+            next_ids = lm.greedy(hidden)
         done = stop.hits(next_ids, step).tolist()
         for j, (r, tok) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
             if r >= 0:

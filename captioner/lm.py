@@ -159,18 +159,20 @@ class CachedGPT2:
         h, d = self.n_head, c // self.n_head
         x = x.to(self.dtype) + self.wpe[pos : pos + t]
         for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
-            qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps)).view(b, t, 3, h, d)
-            q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
-            cache.k[i, :, :, pos : pos + t] = qkv[:, :, 1].transpose(1, 2)
-            cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
-            k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
-            v = cache.v[i, :, :, : pos + t]
-            if t == 1 and self.kernel:
-                y = cpu_kernel.attend_one(q, k, v).view(b, 1, c)
-            elif t == 1:
-                y = attend_one(q, k, v).transpose(1, 2).reshape(b, t, c)
+            qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps))  # (B, T, 3C)
+            if t == 1 and self.kernel:  # stores the new key and value, then attends
+                y = cpu_kernel.attend_step(qkv, cache.k[i], cache.v[i], pos).view(b, 1, c)
             else:
-                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=True)
+                qkv = qkv.view(b, t, 3, h, d)
+                q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
+                cache.k[i, :, :, pos : pos + t] = qkv[:, :, 1].transpose(1, 2)
+                cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
+                k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
+                v = cache.v[i, :, :, : pos + t]
+                if t == 1:
+                    y = attend_one(q, k, v)
+                else:
+                    y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=True)
                 y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, D) -> (B, T, C)
             x = x + proj(y.to(x.dtype))
             x = x + fc_proj(fc(F.layer_norm(x, (c,), *ln2, self.eps)))
@@ -206,6 +208,14 @@ class CachedGPT2:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, C) final hidden states -> (B, V) float32 next-token logits."""
         return self.raw_logits(hidden).float()
+
+    @torch.inference_mode()
+    def greedy(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, C) final hidden states -> (B,) the most likely next tokens."""
+        logits = self.raw_logits(hidden)
+        if self.kernel:
+            return cpu_kernel.argmax_rows(logits)
+        return torch.argmax(logits, dim=-1)
 
     @torch.inference_mode()
     def raw_logits(self, hidden: torch.Tensor) -> torch.Tensor:

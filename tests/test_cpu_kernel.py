@@ -62,23 +62,43 @@ def test_gelu_is_applied_to_the_float32_sums():
 
 
 @needs_cpu
-@pytest.mark.parametrize(("s", "d"), [(1, 64), (11, 64), (30, 64), (7, 20)])
-def test_attention_of_one_token_matches_torch(s, d):
+@pytest.mark.parametrize(("pos", "d"), [(0, 64), (10, 64), (29, 64), (6, 20)])
+def test_attention_step_matches_torch(pos, d):
     from captioner.lm import attend_one
 
-    g = torch.Generator().manual_seed(s)
-    q = torch.randn(5, 3, 1, d, generator=g).to(torch.bfloat16)
-    cache_k = torch.randn(5, 3, 40, d, generator=g)  # a float32 cache longer than S
+    g = torch.Generator().manual_seed(pos)
+    qkv = torch.randn(5, 1, 3 * 3 * d, generator=g).to(torch.bfloat16)  # 3 heads
+    cache_k = torch.randn(5, 3, 40, d, generator=g)  # float32, longer than pos + 1
     cache_v = torch.randn(5, 3, 40, d, generator=g)
-    k, v = cache_k[:, :, :s], cache_v[:, :, :s]
-    got = cpu_kernel.attend_one(q, k, v)
+    k, v = cache_k.clone(), cache_v.clone()
+    got = cpu_kernel.attend_step(qkv, k, v, pos)
     assert got.shape == (5, 3 * d) and got.dtype == torch.bfloat16
-    want = attend_one(q.float(), k, v).transpose(1, 2).reshape(5, 3 * d)
+    q, new_k, new_v = qkv.view(5, 1, 3, 3, d).float().unbind(2)  # (B, 1, H, D) each
+    assert torch.equal(k[:, :, pos], new_k[:, 0]) and torch.equal(v[:, :, pos], new_v[:, 0])
+    assert torch.equal(k[:, :, pos + 1 :], cache_k[:, :, pos + 1 :])  # the rest untouched
+    want = attend_one(q.transpose(1, 2), k[:, :, : pos + 1], v[:, :, : pos + 1])
+    want = want.transpose(1, 2).reshape(5, 3 * d)
     torch.testing.assert_close(got.float(), want, rtol=0.01, atol=0.01)  # bf16 output
-    alone = torch.cat(
-        [cpu_kernel.attend_one(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(5)]
-    )
-    assert torch.equal(got, alone)
+    alone = []
+    for i in range(5):
+        k1, v1 = cache_k[i : i + 1].clone(), cache_v[i : i + 1].clone()
+        alone.append(cpu_kernel.attend_step(qkv[i : i + 1], k1, v1, pos))
+    assert torch.equal(got, torch.cat(alone))
+
+
+@needs_cpu
+def test_argmax_rows_is_torchs_argmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 50257, generator=g)
+    logits[1, 7] = logits[1, 9000] = 100.0  # a tie: the first index
+    logits[2, :] = float("-inf")
+    logits[3, 500] = float("nan")  # torch counts NaN as the largest
+    logits[4, 50256] = 100.0  # the last index, past the last whole vector
+    got = cpu_kernel.argmax_rows(logits)
+    assert got.dtype == torch.long
+    assert got.tolist() == torch.argmax(logits, dim=-1).tolist()
+    assert got[:5].tolist()[1:] == [7, 0, 500, 50256]
+    assert cpu_kernel.argmax_rows(logits[:, :13]).tolist() == logits[:, :13].argmax(-1).tolist()
 
 
 @needs_cpu
