@@ -1,15 +1,17 @@
-"""A batch-invariant bfloat16 linear layer for CPUs with AVX512-BF16, built on first use.
+"""AltCap's CPU kernels for bfloat16 on AVX512-BF16 CPUs, built on first use.
 
 GPT-2 decoding on a CPU streams every weight matrix from memory at each step; oneDNN's
 kernels reach about half the memory bandwidth on those shapes (a few rows against a large
-matrix), so ``kernels/linear_bf16.c`` does it instead (and ``kernels/attend_step.c`` the
-attention of the new token over the cache): ~1.9x faster for one row, ~1.1x for 32,
-and every output element is computed the same way whatever the batch, so batched captions
-equal single ones (with oneDNN they did not: its one-row path rounds differently).
+matrix), so ``kernels/linear_bf16.c`` does the linear layers instead: ~1.9x faster for one
+row, ~1.1x for 32, with GPT-2's GELU fused in. ``attend_step.c`` stores a step's new key and
+value and attends over the cache, and picks greedy tokens; ``quick_gelu.c`` is CLIP's
+activation in one pass. Every output element is computed the same way whatever the batch,
+so batched captions equal single ones (with oneDNN they did not: its one-row path rounds
+differently).
 
-The C file is compiled once per machine with the system C compiler into
+The C files are compiled once per machine with the system C compiler into
 ``$ALTCAP_CACHE/kernels`` (atomic rename, so concurrent workers are safe) and loaded with
-ctypes; it shares torch's OpenMP runtime and thread count. Without a compiler, on other CPUs
+ctypes; they share torch's OpenMP runtime and thread count. Without a compiler, on other CPUs
 or with ``ALTCAP_CPU_KERNEL=off`` everything runs on oneDNN as before.
 """
 
@@ -32,7 +34,7 @@ import torch
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = [KERNELS / "linear_bf16.c", KERNELS / "attend_step.c"]
+SOURCES = sorted(KERNELS.glob("*.c"))  # linear_bf16, attend_step, quick_gelu; + vecmath.h
 # explicit ISA flags, not -march=native: a cache shared between machines must not hold code
 # for a newer CPU than the one that loads it (the CPU is checked before loading)
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
@@ -75,7 +77,7 @@ def build(cache_dir: Path | None = None) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    source = b"\0".join(path.read_bytes() for path in SOURCES)
+    source = b"\0".join(p.read_bytes() for p in sorted(KERNELS.glob("*.[ch]")))
     key = hashlib.sha256(source + " ".join([*cc, *FLAGS]).encode()).hexdigest()[:16]
     out_dir = cache_dir or _cache_dir()
     lib = out_dir / f"linear_bf16-{key}.so"
@@ -133,6 +135,8 @@ def library() -> ctypes.CDLL | None:
     lib.altcap_attend_step.restype = _int
     lib.altcap_argmax_rows.argtypes = [_ptr, _c_long, _c_long, _c_long, _ptr, _int]
     lib.altcap_argmax_rows.restype = _int
+    lib.altcap_quick_gelu_bf16.argtypes = [_ptr, _c_long, _int]
+    lib.altcap_quick_gelu_bf16.restype = _int
     return lib
 
 
@@ -176,6 +180,15 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
         logits.data_ptr(), logits.stride(0), rows, n, out.data_ptr(), torch.get_num_threads()
     )
     return out
+
+
+def quick_gelu_(h: torch.Tensor) -> torch.Tensor:
+    """CLIP's ``h * sigmoid(1.702 * h)`` in place on a contiguous bfloat16 CPU tensor."""
+    lib = library()
+    if lib is None or h.dtype != torch.bfloat16 or not h.is_contiguous():
+        raise ValueError("expected a contiguous bfloat16 tensor and the CPU kernel")
+    lib.altcap_quick_gelu_bf16(h.data_ptr(), h.numel(), torch.get_num_threads())
+    return h
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:

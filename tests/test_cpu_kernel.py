@@ -102,6 +102,18 @@ def test_argmax_rows_is_torchs_argmax():
 
 
 @needs_cpu
+def test_quick_gelu_in_place_matches_torch():
+    g = torch.Generator().manual_seed(1)
+    h = (torch.randn(3, 1001, generator=g) * 4).to(torch.bfloat16)  # a partial last vector
+    want = h.double() * torch.sigmoid(1.702 * h.double())
+    got = cpu_kernel.quick_gelu_(h.clone())
+    torch.testing.assert_close(got.double(), want, rtol=0.008, atol=1e-3)  # one bf16 rounding
+    assert (got.double() == want.to(torch.bfloat16).double()).float().mean() > 0.99
+    with pytest.raises(ValueError):
+        cpu_kernel.quick_gelu_(h.float())
+
+
+@needs_cpu
 def test_every_row_is_computed_alone():
     """Batch invariance: a row's result does not depend on the rows beside it."""
     g = torch.Generator().manual_seed(0)

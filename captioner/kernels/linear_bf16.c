@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "vecmath.h"
+
 #define VECS 2           /* 512-bit vectors of outputs per panel */
 #define PANEL (16 * VECS) /* output rows per panel */
 #define MB 12            /* input rows per block: VECS * MB = 24 accumulators */
@@ -42,29 +44,6 @@ void altcap_pack_bf16(const uint16_t *w, long ldw, long N, long K, uint16_t *pac
                     packed[((p * pairs + q) * PANEL + r) * 2 + s] =
                         n < N && k < K ? w[n * ldw + k] : 0;
                 }
-}
-
-/* e^x for x in [-88, 88] (clamped): 2^n * 2^f with f in [-1/2, 1/2], 2^f by its Taylor series
- * to degree 7 (relative error < 1e-8 before float32 rounding). */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
-    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)); /* log2(e) */
-    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, n);
-    static const float c[] = {1.52527338e-5f, 1.54035304e-4f, 1.33335581e-3f, 9.61812911e-3f,
-                              5.55041087e-2f, 2.40226507e-1f, 6.93147181e-1f, 1.0f};
-    __m512 p = _mm512_set1_ps(c[0]);
-    for (int i = 1; i < 8; i++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
-    return _mm512_scalef_ps(p, n);
-}
-
-/* GPT-2's gelu_new: x/2 (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), written as
- * x / (1 + e^(-2u)), which is the same function. */
-static inline __m512 gelu_tanh512(__m512 x) {
-    const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-    const __m512 u = _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x);
-    const __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-1.5957691216057308f))); /* -2 sqrt(2/pi) */
-    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
 static inline uint32_t x_pair(const uint16_t *x, long q, long K) {
