@@ -143,7 +143,7 @@ def library() -> ctypes.CDLL | None:
 def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
     """One decoding step of a GPT-2 layer's attention through the kernel.
 
-    ``qkv`` (B, 1, 3C) bfloat16 from the layer's c_attn; ``k``, ``v`` its float32 caches
+    ``qkv`` (B, 3C) or (B, 1, 3C) bfloat16 from the layer's c_attn; ``k``, ``v`` its caches
     (B, H, L, D). Stores the new key and value at ``pos``, then attends with the query over
     positions 0..pos (scores scaled by D^-0.5, softmax and sums in float32, each row and head
     alone) -> (B, C) bfloat16, the heads side by side for the output projection."""

@@ -160,8 +160,10 @@ class CachedGPT2:
         x = x.to(self.dtype) + self.wpe[pos : pos + t]
         for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
             qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps))  # (B, T, 3C)
-            if t == 1 and self.kernel:  # stores the new key and value, then attends
-                y = cpu_kernel.attend_step(qkv, cache.k[i], cache.v[i], pos).view(b, 1, c)
+            if self.kernel:  # position by position: store its key and value, then attend
+                k, v = cache.k[i], cache.v[i]
+                steps = [cpu_kernel.attend_step(qkv[:, j], k, v, pos + j) for j in range(t)]
+                y = torch.stack(steps, dim=1)  # (B, T, C)
             else:
                 qkv = qkv.view(b, t, 3, h, d)
                 q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
