@@ -73,14 +73,14 @@ def _cache_dir() -> Path:
 
 
 def build(cache_dir: Path | None = None) -> Path:
-    """Compile the kernel (once per source and flags) and return the shared library's path."""
+    """Compile the kernels (once per source and flags); the shared library's path."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
     source = b"\0".join(p.read_bytes() for p in sorted(KERNELS.glob("*.[ch]")))
     key = hashlib.sha256(source + " ".join([*cc, *FLAGS]).encode()).hexdigest()[:16]
     out_dir = cache_dir or _cache_dir()
-    lib = out_dir / f"linear_bf16-{key}.so"
+    lib = out_dir / f"altcap-kernels-{key}.so"
     if lib.is_file():
         _check_private(lib)
         return lib
@@ -111,16 +111,16 @@ def _check_private(lib: Path) -> None:
 
 @cache
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (with the reason logged once) where it cannot be used."""
+    """The loaded kernels, or None (with the reason logged once) where they cannot be used."""
     if os.environ.get(ENV, "auto").strip().lower() in ("0", "off", "false", "no"):
         return None
     if not cpu_supported():
-        log.info("bfloat16 CPU kernel not used: this CPU lacks AVX512-BF16")
+        log.info("bfloat16 CPU kernels not used: this CPU lacks AVX512-BF16")
         return None
     try:
         lib = ctypes.CDLL(str(build()))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        log.warning("bfloat16 CPU kernel not used (oneDNN instead): %s", exc)
+        log.warning("bfloat16 CPU kernels not used (oneDNN instead): %s", exc)
         return None
     lib.altcap_packed_size.argtypes = [_c_long, _c_long]
     lib.altcap_packed_size.restype = _c_long

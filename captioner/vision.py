@@ -9,10 +9,11 @@ the full-size tower from ~900 to ~700 ms for 32 images on two Zen 4 cores in bfl
   two temporaries the size of the MLP's activations;
 - attention over the 50 tokens as two batched products (the flash kernel was slower);
 - the patch embedding as one matrix product over unfolded patches, not a convolution;
-- only the class token in the last layer: ClipCap reads ``image_embeds``, the projection of
-  that token alone, so the other 49 tokens need keys and values there and nothing else
-  (~5% of the tower). Its few rows go through ``cpu_kernel`` where it is used, so an
-  image's embedding does not depend on its batch (as GPT-2's steps do not).
+- with the CPU kernel, only the class token in the last layer: ClipCap reads
+  ``image_embeds``, the projection of that token alone, so the other 49 tokens need keys and
+  values there and nothing else (~5% of the tower). Its few rows (one per image) go through
+  the kernel, which computes each row alone, so an embedding does not depend on its batch;
+  elsewhere the whole last layer runs, as oneDNN rounds a lone row differently.
 
 The results equal the module's own forward up to rounding (tested against it).
 """
@@ -53,15 +54,15 @@ class LeanVision:
         self.kernel = kernel
         last = self.layers[-1]
 
-        def rows(m: nn.Module) -> nn.Module | cpu_kernel.KernelLinear:
-            """The last layer's class-token rows: one per image (see the module docstring)."""
-            if kernel and isinstance(m, nn.Linear):
-                return cpu_kernel.KernelLinear(m.weight, m.bias)
-            return m
-
-        self.cls_out = rows(last.self_attn.out_proj)
-        self.cls_fc1, self.cls_fc2 = rows(last.mlp.fc1), rows(last.mlp.fc2)
-        self.projection = rows(model.visual_projection)
+        # The class token alone in the last layer needs its few rows (one per image) computed
+        # alone to stay batch-invariant: only where the kernel does them.
+        self.cls_only = kernel and isinstance(last.mlp.fc2, nn.Linear)
+        if self.cls_only:
+            a, mlp = last.self_attn, last.mlp
+            self.cls_q, self.cls_out = _kernel_copy(a.q_proj), _kernel_copy(a.out_proj)
+            self.cls_fc1, self.cls_fc2 = _kernel_copy(mlp.fc1), _kernel_copy(mlp.fc2)
+            self.cls_projection = _kernel_copy(model.visual_projection)
+        self.model = model
 
     def _quick_gelu(self, h: torch.Tensor) -> torch.Tensor:
         """CLIP's ``h * sigmoid(1.702 * h)``: in one pass with the kernel, else with one
@@ -80,22 +81,28 @@ class LeanVision:
         c = x.shape[-1]
         cls = self.class_embedding.to(x.dtype).expand(b, 1, c)
         x = self.pre_layrnorm(torch.cat((cls, x), dim=1) + self.positions)  # (B, 1 + N, C)
-        for layer in self.layers[:-1]:
+        for layer in self.layers[:-1] if self.cls_only else self.layers:
             a = layer.self_attn
             h = layer.layer_norm1(x)
             q, k, v = (_heads(proj(h), a.num_heads) for proj in (a.q_proj, a.k_proj, a.v_proj))
             y = _attention(q, k, v, a.scale)  # (B, H, T, D)
             x = x + a.out_proj(y.transpose(1, 2).reshape(b, -1, c))
             x = x + layer.mlp.fc2(self._quick_gelu(layer.mlp.fc1(layer.layer_norm2(x))))
+        if not self.cls_only:
+            return self.model.visual_projection(self.post_layernorm(x[:, 0]))
         layer = self.layers[-1]
         a = layer.self_attn
         h = layer.layer_norm1(x)
-        q = _heads(a.q_proj(h[:, :1]), a.num_heads)  # the class token's query only
+        q = _heads(self.cls_q(h[:, :1]), a.num_heads)  # the class token's query only
         k, v = _heads(a.k_proj(h), a.num_heads), _heads(a.v_proj(h), a.num_heads)
         y = attend_one(q, k, v)  # (B, H, 1, D); the scale is D^-0.5, checked at init
         x = x[:, :1] + self.cls_out(y.transpose(1, 2).reshape(b, 1, c))
         x = x + self.cls_fc2(self._quick_gelu(self.cls_fc1(layer.layer_norm2(x))))
-        return self.projection(self.post_layernorm(x[:, 0]))
+        return self.cls_projection(self.post_layernorm(x[:, 0]))
+
+
+def _kernel_copy(m: nn.Linear) -> cpu_kernel.KernelLinear:
+    return cpu_kernel.KernelLinear(m.weight, m.bias)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
