@@ -143,18 +143,20 @@ def library() -> ctypes.CDLL | None:
 def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
     """One decoding step of a GPT-2 layer's attention through the kernel.
 
-    ``qkv`` (B, 3C) or (B, 1, 3C) bfloat16 from the layer's c_attn; ``k``, ``v`` its caches
-    (B, H, L, D). Stores the new key and value at ``pos``, then attends with the query over
-    positions 0..pos (scores scaled by D^-0.5, softmax and sums in float32, each row and head
-    alone) -> (B, C) bfloat16, the heads side by side for the output projection."""
+    ``qkv`` (B, 3C) or (B, 1, 3C) bfloat16 from the layer's c_attn; ``k``, ``v`` its bfloat16
+    caches (B, H, L, D). Stores the new key and value at ``pos``, then attends with the query
+    over positions 0..pos (scores scaled by D^-0.5, softmax and sums in float32, each row and
+    head alone) -> (B, C) bfloat16, the heads side by side for the output projection."""
     lib = library()
     if lib is None:
         raise ValueError("the CPU kernel is not available")
     b, h, length, d = k.shape
     rows = qkv.reshape(b, 3 * h * d)
-    ok = qkv.dtype == torch.bfloat16 and rows.stride(-1) == 1 and 0 <= pos < length
-    if not ok or k.dtype != torch.float32 or k.stride() != v.stride() or k.stride(-1) != 1:
-        raise ValueError("expected bfloat16 qkv rows and float32 caches of one layout")
+    bf16 = qkv.dtype == k.dtype == v.dtype == torch.bfloat16
+    if not bf16 or rows.stride(-1) != 1 or k.stride() != v.stride() or k.stride(-1) != 1:
+        raise ValueError("expected bfloat16 qkv rows and caches of one layout")
+    if not 0 <= pos < length:
+        raise ValueError(f"position {pos} is outside a cache of {length}")
     y = torch.empty((b, h * d), dtype=torch.bfloat16)
     failed = lib.altcap_attend_step(
         rows.data_ptr(), rows.stride(0), k.data_ptr(), v.data_ptr(),

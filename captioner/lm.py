@@ -86,9 +86,6 @@ class CachedGPT2:
         if kernel is None:  # bfloat16 on an AVX512-BF16 CPU: see cpu_kernel.py
             kernel = cpu_kernel.available(self.wte.device, self.wte.dtype)
         self.kernel = kernel
-        # With the kernel, attention runs in float32 (see attend_one) and the cache is kept in
-        # float32: converting the growing cache at every step cost more than the writes.
-        self.cache_dtype = torch.float32 if kernel else self.dtype
 
         def conv1d(m, gelu: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
             """GPT-2's Conv1D (its weight is (in, out)), with the MLP's GELU if ``gelu``."""
@@ -139,8 +136,8 @@ class CachedGPT2:
         shape = (len(self.blocks), batch_size, self.n_head, max_len, c // self.n_head)
         # zeros where masked positions are read (static shapes): 0 * NaN garbage would be NaN
         alloc = torch.zeros if zeros else torch.empty
-        k = alloc(shape, dtype=self.cache_dtype, device=self.device)
-        return KVCache(k, alloc(shape, dtype=self.cache_dtype, device=self.device), 0)
+        k = alloc(shape, dtype=self.dtype, device=self.device)
+        return KVCache(k, alloc(shape, dtype=self.dtype, device=self.device), 0)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.wte)

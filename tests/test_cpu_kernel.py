@@ -68,15 +68,16 @@ def test_attention_step_matches_torch(pos, d):
 
     g = torch.Generator().manual_seed(pos)
     qkv = torch.randn(5, 1, 3 * 3 * d, generator=g).to(torch.bfloat16)  # 3 heads
-    cache_k = torch.randn(5, 3, 40, d, generator=g)  # float32, longer than pos + 1
-    cache_v = torch.randn(5, 3, 40, d, generator=g)
+    cache_k = torch.randn(5, 3, 40, d, generator=g).to(torch.bfloat16)  # longer than pos + 1
+    cache_v = torch.randn(5, 3, 40, d, generator=g).to(torch.bfloat16)
     k, v = cache_k.clone(), cache_v.clone()
     got = cpu_kernel.attend_step(qkv, k, v, pos)
     assert got.shape == (5, 3 * d) and got.dtype == torch.bfloat16
-    q, new_k, new_v = qkv.view(5, 1, 3, 3, d).float().unbind(2)  # (B, 1, H, D) each
+    q, new_k, new_v = qkv.view(5, 1, 3, 3, d).unbind(2)  # (B, 1, H, D) each
     assert torch.equal(k[:, :, pos], new_k[:, 0]) and torch.equal(v[:, :, pos], new_v[:, 0])
     assert torch.equal(k[:, :, pos + 1 :], cache_k[:, :, pos + 1 :])  # the rest untouched
-    want = attend_one(q.transpose(1, 2), k[:, :, : pos + 1], v[:, :, : pos + 1])
+    seen = slice(0, pos + 1)
+    want = attend_one(q.transpose(1, 2).float(), k[:, :, seen].float(), v[:, :, seen].float())
     want = want.transpose(1, 2).reshape(5, 3 * d)
     torch.testing.assert_close(got.float(), want, rtol=0.01, atol=0.01)  # bf16 output
     alone = []
@@ -84,6 +85,8 @@ def test_attention_step_matches_torch(pos, d):
         k1, v1 = cache_k[i : i + 1].clone(), cache_v[i : i + 1].clone()
         alone.append(cpu_kernel.attend_step(qkv[i : i + 1], k1, v1, pos))
     assert torch.equal(got, torch.cat(alone))
+    with pytest.raises(ValueError):
+        cpu_kernel.attend_step(qkv, k, v, 40)  # past the cache
 
 
 @needs_cpu

@@ -3,79 +3,76 @@
  * Why: at each step every (row, head) pair stores its new key and value and attends with one
  * query over the cached positions; as strided copies, batched matrix-vector products and a
  * softmax, torch spent ~0.4 ms a layer on that at batch 32 (several passes, small-matrix
- * dispatch, dtype conversions); this reads each key and value once.
- * Each (row, head) is computed alone, in a fixed order, so rows do not depend on their batch.
+ * dispatch, dtype conversions); this reads each key and value once, as bfloat16 (the values
+ * c_attn wrote, so nothing is lost), and computes in float32. Each (row, head) is computed
+ * alone, in a fixed order, so rows do not depend on their batch.
  *
- * k, v: one layer's float32 caches at strides (kv_b, kv_h, kv_s), unit stride in D;
+ * k, v: one layer's bfloat16 caches at strides (kv_b, kv_h, kv_s), unit stride in D;
  * y: (B, H * D) bfloat16, contiguous, ready for the output projection.
  */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "vecmath.h"
 
 #define MAX_POSITIONS 4096
-#define MAX_HEAD_DIM 1024
 
-static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch does */
-    union { float f; uint32_t u; } v = {f};
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);
-    v.u += 0x7fffu + ((v.u >> 16) & 1u);
-    return (uint16_t)(v.u >> 16);
+/* the first min(n, 16) of 16 lanes */
+static inline __mmask16 lanes(long n) {
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
 }
 
-static inline float from_bf16(uint16_t h) {
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
-    return v.f;
+/* 16 bfloat16 values (the first n of them; zeros after) as float32 */
+static inline __m512 load16(const uint16_t *src, long n) {
+    const __m256i raw = _mm256_maskz_loadu_epi16(lanes(n), src);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
 /* One decoding step of one layer: qkv (B, 3 * H * D) bfloat16 rows ld_qkv apart (queries,
  * keys, values, as GPT-2's c_attn writes them) -> the new key and value stored in the caches
- * at position pos (as float32), then the attention of the query over positions 0..pos. */
-int altcap_attend_step(const uint16_t *qkv, long ld_qkv, float *k, float *v, long kv_b,
+ * at position pos, then the attention of the query over positions 0..pos. */
+int altcap_attend_step(const uint16_t *qkv, long ld_qkv, uint16_t *k, uint16_t *v, long kv_b,
                        long kv_h, long kv_s, long pos, uint16_t *y, long B, long H, long D,
                        float scale, int threads) {
     const long S = pos + 1, C = H * D;
-    if (pos < 0 || S > MAX_POSITIONS || D < 1 || D > MAX_HEAD_DIM) return 1;
+    if (pos < 0 || S > MAX_POSITIONS || D < 1) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long bh = 0; bh < B * H; bh++) {
         const long b = bh / H, h = bh % H;
-        const uint16_t *row = qkv + b * ld_qkv + h * D;
-        float *kk = k + b * kv_b + h * kv_h, *vv = v + b * kv_b + h * kv_h;
-        float qq[MAX_HEAD_DIM];
-        for (long d = 0; d < D; d++) {
-            qq[d] = from_bf16(row[d]);
-            kk[pos * kv_s + d] = from_bf16(row[C + d]);
-            vv[pos * kv_s + d] = from_bf16(row[2 * C + d]);
-        }
-        float p[MAX_POSITIONS], top = -INFINITY, sum = 0.0f;
-        for (long s = 0; s < S; s++) {
+        const uint16_t *q = qkv + b * ld_qkv + h * D;
+        uint16_t *kk = k + b * kv_b + h * kv_h, *vv = v + b * kv_b + h * kv_h;
+        memcpy(kk + pos * kv_s, q + C, D * sizeof *q);
+        memcpy(vv + pos * kv_s, q + 2 * C, D * sizeof *q);
+        float p[MAX_POSITIONS], top = -INFINITY;
+        for (long s = 0; s < S; s++) { /* scores */
             __m512 acc = _mm512_setzero_ps();
-            long d = 0;
-            for (; d + 16 <= D; d += 16)
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qq + d), _mm512_loadu_ps(kk + s * kv_s + d), acc);
-            float dot = _mm512_reduce_add_ps(acc);
-            for (; d < D; d++) dot += qq[d] * kk[s * kv_s + d];
-            p[s] = dot * scale;
+            for (long d = 0; d < D; d += 16) {
+                const __m512 key = load16(kk + s * kv_s + d, D - d);
+                acc = _mm512_fmadd_ps(load16(q + d, D - d), key, acc);
+            }
+            p[s] = _mm512_reduce_add_ps(acc) * scale;
             top = p[s] > top ? p[s] : top;
         }
-        for (long s = 0; s < S; s++) {
-            p[s] = expf(p[s] - top);
-            sum += p[s];
+        __m512 sums = _mm512_setzero_ps(); /* softmax numerators, 16 at a time */
+        for (long s = 0; s < S; s += 16) {
+            const __mmask16 m = lanes(S - s);
+            const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top));
+            const __m512 e = _mm512_maskz_mov_ps(m, exp512(x));
+            _mm512_mask_storeu_ps(p + s, m, e);
+            sums = _mm512_add_ps(sums, e);
         }
-        const float inv = 1.0f / sum;
-        uint16_t *out = y + b * H * D + h * D;
-        long d = 0;
-        for (; d + 16 <= D; d += 16) {
+        const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sums));
+        uint16_t *out = y + b * C + h * D;
+        for (long d = 0; d < D; d += 16) { /* the weighted sum of the values */
             __m512 acc = _mm512_setzero_ps();
-            for (long s = 0; s < S; s++)
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), _mm512_loadu_ps(vv + s * kv_s + d), acc);
-            acc = _mm512_mul_ps(acc, _mm512_set1_ps(inv));
-            _mm256_storeu_si256((__m256i *)(out + d), (__m256i)_mm512_cvtneps_pbh(acc));
-        }
-        for (; d < D; d++) {
-            float acc = 0.0f;
-            for (long s = 0; s < S; s++) acc += p[s] * vv[s * kv_s + d];
-            out[d] = to_bf16(acc * inv);
+            for (long s = 0; s < S; s++) {
+                const __m512 value = load16(vv + s * kv_s + d, D - d);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), value, acc);
+            }
+            const __m256i r = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc, inv));
+            _mm256_mask_storeu_epi16(out + d, lanes(D - d), r);
         }
     }
     return 0;

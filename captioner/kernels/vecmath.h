@@ -23,7 +23,8 @@ static inline __m512 exp512(__m512 x) {
 static inline __m512 gelu_tanh512(__m512 x) {
     const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
     const __m512 u = _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x);
-    const __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-1.5957691216057308f))); /* -2 sqrt(2/pi) */
+    const __m512 minus_2_sqrt_2_over_pi = _mm512_set1_ps(-1.5957691216057308f);
+    const __m512 e = exp512(_mm512_mul_ps(u, minus_2_sqrt_2_over_pi));
     return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
