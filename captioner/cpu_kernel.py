@@ -34,7 +34,7 @@ import torch
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = sorted(KERNELS.glob("*.c"))  # linear_bf16, attend_step, quick_gelu; + vecmath.h
+FILES = sorted(KERNELS.glob("*.[ch]"))  # linear_bf16, attend_step, quick_gelu; vecmath.h
 # explicit ISA flags, not -march=native: a cache shared between machines must not hold code
 # for a newer CPU than the one that loads it (the CPU is checked before loading)
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
@@ -77,7 +77,7 @@ def build(cache_dir: Path | None = None) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    source = b"\0".join(p.read_bytes() for p in sorted(KERNELS.glob("*.[ch]")))
+    source = b"\0".join(path.read_bytes() for path in FILES)
     key = hashlib.sha256(source + " ".join([*cc, *FLAGS]).encode()).hexdigest()[:16]
     out_dir = cache_dir or _cache_dir()
     lib = out_dir / f"altcap-kernels-{key}.so"
@@ -89,7 +89,7 @@ def build(cache_dir: Path | None = None) -> Path:
     os.close(fd)
     try:
         done = subprocess.run(
-            [*cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"],
+            [*cc, *FLAGS, *(str(f) for f in FILES if f.suffix == ".c"), "-o", tmp, "-lm"],
             capture_output=True,
             text=True,
             timeout=120,

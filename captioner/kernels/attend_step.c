@@ -19,17 +19,6 @@
 
 #define MAX_POSITIONS 4096
 
-/* the first min(n, 16) of 16 lanes */
-static inline __mmask16 lanes(long n) {
-    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
-}
-
-/* 16 bfloat16 values (the first n of them; zeros after) as float32 */
-static inline __m512 load16(const uint16_t *src, long n) {
-    const __m256i raw = _mm256_maskz_loadu_epi16(lanes(n), src);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
 /* One decoding step of one layer: qkv (B, 3 * H * D) bfloat16 rows ld_qkv apart (queries,
  * keys, values, as GPT-2's c_attn writes them) -> the new key and value stored in the caches
  * at position pos, then the attention of the query over positions 0..pos. */

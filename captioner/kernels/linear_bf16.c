@@ -80,11 +80,8 @@ static inline __attribute__((always_inline)) void block(
     for (int v = 0; v < VECS; v++) {
         const long n = n0 + v * 16;
         if (n >= N) break;
-        const __mmask16 live = N - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (N - n)) - 1);
-        __m512 b = _mm512_setzero_ps();
-        if (bias) /* bf16 -> f32 is a 16-bit shift */
-            b = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, bias + n)), 16));
+        const __mmask16 live = lanes(N - n);
+        const __m512 b = bias ? load16(bias + n, N - n) : _mm512_setzero_ps();
         for (int j = 0; j < mb; j++) {
             __m512 out = _mm512_add_ps(acc[v][j], b);
             if (act == 1) out = gelu_tanh512(out);

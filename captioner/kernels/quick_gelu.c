@@ -18,11 +18,9 @@ int altcap_quick_gelu_bf16(uint16_t *x, long n, int threads) {
     const long blocks = (n + 15) / 16;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long i = 0; i < blocks; i++) {
-        const long at = i * 16, left = n - at;
-        const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-        const __m256i raw = _mm256_maskz_loadu_epi16(m, x + at);
-        const __m512 h = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-        _mm256_mask_storeu_epi16(x + at, m, (__m256i)_mm512_cvtneps_pbh(quick_gelu512(h)));
+        const long at = i * 16;
+        const __m512 h = quick_gelu512(load16(x + at, n - at));
+        _mm256_mask_storeu_epi16(x + at, lanes(n - at), (__m256i)_mm512_cvtneps_pbh(h));
     }
     return 0;
 }

@@ -1,8 +1,21 @@
-/* Vectorised float32 functions shared by AltCap's CPU kernels (AVX-512). */
+/* Vector helpers shared by AltCap's CPU kernels (AVX-512): lane masks, bfloat16 loads,
+ * float32 functions. */
 #ifndef ALTCAP_VECMATH_H
 #define ALTCAP_VECMATH_H
 
 #include <immintrin.h>
+#include <stdint.h>
+
+/* the first min(n, 16) of 16 lanes */
+static inline __mmask16 lanes(long n) {
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* 16 bfloat16 values (the first n of them; zeros after) as float32: a 16-bit shift */
+static inline __m512 load16(const uint16_t *src, long n) {
+    const __m256i raw = _mm256_maskz_loadu_epi16(lanes(n), src);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
 
 /* e^x for x in [-88, 88] (clamped): 2^n * 2^f with f in [-1/2, 1/2], 2^f by its Taylor series
  * to degree 7 (relative error < 1e-8 before float32 rounding). */
