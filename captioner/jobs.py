@@ -419,7 +419,7 @@ class JobQueue:
         """Store and enqueue a job; ``(status, created)``. A known idempotency ``key`` (per
         ``scope``, e.g. per API key) returns its job, or ``IdempotencyConflict`` if that job
         was another one."""
-        if scope:  # the API key's hash: only that key can read the job (jobs_api._owned)
+        if scope:  # the API key's hash: only that key can read the job (see ``get``)
             spec = {**spec, "owner": scope}
         fingerprint = _sha(json.dumps(spec, sort_keys=True, separators=(",", ":")))
         idem = _idem(key, scope) if key is not None else None
@@ -455,15 +455,19 @@ class JobQueue:
     # --- reading -----------------------------------------------------------------------
 
     @_translating
-    def get(self, job_id: str) -> dict[str, Any]:
+    def get(self, job_id: str, scope: str | None = None) -> dict[str, Any]:
+        """The job record. With a ``scope`` (the caller's API key hash, ``""`` without one),
+        a job another key created is not found, exactly as an id nobody used; jobs made
+        without a key (or before jobs had owners) are anyone's."""
         job = self.store.get(job_id) if _plausible_id(job_id) else None
-        if job is None:
+        owner = job["spec"].get("owner") if job is not None else None
+        if job is None or (scope is not None and owner and owner != scope):
             raise JobNotFound(f"there is no job {job_id[:64]!r}")
         return job
 
     @_translating
-    def status(self, job_id: str) -> dict[str, Any]:
-        return self.summary(self.get(job_id))
+    def status(self, job_id: str, scope: str | None = None) -> dict[str, Any]:
+        return self.summary(self.get(job_id, scope))
 
     def summary(self, job: Mapping[str, Any]) -> dict[str, Any]:
         """A job as the API shows it (and as its webhook sends it)."""
@@ -525,16 +529,16 @@ class JobQueue:
         return job["finished"] + retention
 
     @_translating
-    def rows(self, job_id: str) -> list[dict[str, Any]]:
-        self.get(job_id)
+    def rows(self, job_id: str, scope: str | None = None) -> list[dict[str, Any]]:
+        self.get(job_id, scope)
         return self.store.rows(job_id)
 
     @_translating
-    def patched_page(self, job_id: str, n: int) -> str:
+    def patched_page(self, job_id: str, n: int, scope: str | None = None) -> str:
         """Page ``n`` (1-based, as in ``pages``) with the job's captions filled in as alt."""
         from captioner.pages import patch_html
 
-        self.get(job_id)
+        self.get(job_id, scope)
         # n comes from the URL: past any page number, it must not reach the store (an
         # integer SQLite cannot bind is an OverflowError, a 500)
         page = self.store.page_html(job_id, n) if 1 <= n <= MAX_PAGE_NUMBER else None
@@ -562,14 +566,14 @@ class JobQueue:
         return self.status(job_id)
 
     @_translating
-    def cancel_or_delete(self, job_id: str) -> dict[str, Any] | None:
+    def cancel_or_delete(self, job_id: str, scope: str | None = None) -> dict[str, Any] | None:
         """What ``DELETE /v1/jobs/<id>`` does: cancel a queued or running job (its status is
         returned, and it can still be read), delete a job that has ended with everything
         stored for it (None is returned; the job is then not found).
 
         One call never does both: a job cancelled by a first DELETE is deleted by a second.
         A job that ends between the read and the cancel is returned as it ended."""
-        job = self.get(job_id)
+        job = self.get(job_id, scope)
         if job["state"] in ACTIVE_STATES:
             if self.store.cancel(job_id):
                 self.notify(job_id)
