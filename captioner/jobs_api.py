@@ -86,12 +86,19 @@ def _creation_cost() -> int:
     return api.list_cost(body.get("pages"), settings.job_max_pages)
 
 
+def _idempotency_key(body: dict[str, Any]) -> Any:
+    """The ``Idempotency-Key`` header, else the body's ``idempotency_key`` (None: neither);
+    both, and different, is refused."""
+    header, in_body = request.headers.get("Idempotency-Key"), body.get("idempotency_key")
+    if header is not None and in_body is not None and header != in_body:
+        raise InvalidJob("the Idempotency-Key header and idempotency_key differ")
+    return header if header is not None else in_body
+
+
 def _is_repeat(body: dict[str, Any]) -> bool:
-    key = request.headers.get("Idempotency-Key", body.get("idempotency_key"))
-    if key is None:
-        return False
     try:
-        return _queue().find_idempotent(key, _scope()) is not None
+        key = _idempotency_key(body)
+        return key is not None and _queue().find_idempotent(key, _scope()) is not None
     except AltCapError:  # a malformed key (the view says so) or the store away: full price
         return False
 
@@ -105,13 +112,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     decoding = parse_decoding(body.get("decoding"))
     check_model_limits(st.engine, decoding)
     spec = parse_job(body, st.settings, decoding)
-    header_key = request.headers.get("Idempotency-Key")
-    body_key = body.get("idempotency_key")
-    if header_key is not None and body_key is not None and header_key != body_key:
-        raise InvalidJob("the Idempotency-Key header and idempotency_key differ")
-    job, created = _queue().submit(
-        spec, header_key if header_key is not None else body_key, _scope()
-    )
+    job, created = _queue().submit(spec, _idempotency_key(body), _scope())
     if created:
         _jobs().created.inc()
     return jsonify(job), 202 if created else 200, {"Location": job["url"]}
