@@ -147,9 +147,7 @@ def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -
     caches (B, H, L, D). Stores the new key and value at ``pos``, then attends with the query
     over positions 0..pos (scores scaled by D^-0.5, softmax and sums in float32, each row and
     head alone) -> (B, C) bfloat16, the heads side by side for the output projection."""
-    lib = library()
-    if lib is None:
-        raise ValueError("the CPU kernel is not available")
+    lib = _loaded()
     b, h, length, d = k.shape
     rows = qkv.reshape(b, 3 * h * d)
     bf16 = qkv.dtype == k.dtype == v.dtype == torch.bfloat16
@@ -171,9 +169,9 @@ def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -
 def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
     """``torch.argmax(logits, dim=-1)`` of (B, V) float32 logits, a single pass per row
     (torch's took ~0.8 ms for 32 rows of GPT-2's vocabulary)."""
-    lib = library()
-    if lib is None or logits.dtype != torch.float32 or logits.dim() != 2:
-        raise ValueError("expected (B, V) float32 logits and the CPU kernel")
+    lib = _loaded()
+    if logits.dtype != torch.float32 or logits.dim() != 2:
+        raise ValueError("expected (B, V) float32 logits")
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     out = torch.empty(logits.shape[0], dtype=torch.long)
@@ -186,11 +184,18 @@ def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
 
 def quick_gelu_(h: torch.Tensor) -> torch.Tensor:
     """CLIP's ``h * sigmoid(1.702 * h)`` in place on a contiguous bfloat16 CPU tensor."""
-    lib = library()
-    if lib is None or h.dtype != torch.bfloat16 or not h.is_contiguous():
-        raise ValueError("expected a contiguous bfloat16 tensor and the CPU kernel")
+    lib = _loaded()
+    if h.dtype != torch.bfloat16 or not h.is_contiguous():
+        raise ValueError("expected a contiguous bfloat16 tensor")
     lib.altcap_quick_gelu_bf16(h.data_ptr(), h.numel(), torch.get_num_threads())
     return h
+
+
+def _loaded() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise ValueError("the bfloat16 CPU kernels are not available here")
+    return lib
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -214,9 +219,9 @@ class KernelLinear:
         out_dtype: torch.dtype = torch.bfloat16,
         activation: str | None = None,
     ) -> None:
-        lib = library()
-        if lib is None or weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
-            raise ValueError("the bfloat16 CPU kernel is not available for this weight")
+        lib = _loaded()
+        if weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+            raise ValueError("the bfloat16 CPU kernels take bfloat16 CPU weights")
         if out_dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"unsupported output dtype {out_dtype}")
         if activation not in ACTIVATIONS:
