@@ -34,6 +34,19 @@ int altcap_attend_step(const uint16_t *qkv, long ld_qkv, uint16_t *k, uint16_t *
         uint16_t *kk = k + b * kv_b + h * kv_h, *vv = v + b * kv_b + h * kv_h;
         memcpy(kk + pos * kv_s, q + C, D * sizeof *q);
         memcpy(vv + pos * kv_s, q + 2 * C, D * sizeof *q);
+        { /* prefetch a later pair's keys and values: ~8 KB ahead, as reads start cold */
+            const long ahead = 8192 / (S * D * 4) + 1, next = bh + ahead;
+            if (next < B * H) {
+                const long nb = next / H, nh = next % H;
+                const char *nk = (const char *)(k + nb * kv_b + nh * kv_h);
+                const char *nv = (const char *)(v + nb * kv_b + nh * kv_h);
+                for (long s = 0; s < S; s++)
+                    for (long off = 0; off < D * 2; off += 64) {
+                        _mm_prefetch(nk + s * kv_s * 2 + off, _MM_HINT_T0);
+                        _mm_prefetch(nv + s * kv_s * 2 + off, _MM_HINT_T0);
+                    }
+            }
+        }
         float p[MAX_POSITIONS], top = -INFINITY;
         for (long s = 0; s < S; s++) { /* scores */
             __m512 acc = _mm512_setzero_ps();

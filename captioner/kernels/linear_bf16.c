@@ -55,7 +55,8 @@ static inline uint32_t x_pair(const uint16_t *x, long q, long K) {
  * accumulators stay in registers. */
 static inline __attribute__((always_inline)) void block(
     const uint16_t *x, long ldx, const uint16_t *panel, long K, const uint16_t *bias,
-    long n0, long N, void *y, long ldy, int out_bf16, int act, const int mb) {
+    long n0, long N, void *y, long ldy, int out_bf16, int act, const int mb,
+    const char *next, long part, long parts) {
     __m512 acc[VECS][MB];
     for (int v = 0; v < VECS; v++)
         for (int j = 0; j < mb; j++) acc[v][j] = _mm512_setzero_ps();
@@ -67,6 +68,8 @@ static inline __attribute__((always_inline)) void block(
             _mm_prefetch((const char *)(panel + ((q + AHEAD) * PANEL + v * 16) * 2), _MM_HINT_T0);
             wv[v] = (__m512bh)_mm512_loadu_si512(panel + (q * PANEL + v * 16) * 2);
         }
+        if (next) /* this block's share of the next panel (see altcap_linear_bf16) */
+            _mm_prefetch(next + (part * pairs + q) * (PANEL * 4) / parts, _MM_HINT_T1);
         for (int j = 0; j < mb; j++) {
             uint32_t pair;
             if (q < full)
@@ -96,10 +99,12 @@ static inline __attribute__((always_inline)) void block(
 
 static void block_any(const uint16_t *x, long ldx, const uint16_t *panel, long K,
                       const uint16_t *bias, long n0, long N, void *y, long ldy, int out_bf16,
-                      int act, int mb) {
+                      int act, int mb, const char *next, long part, long parts) {
     switch (mb) {
 #define CASE(m) \
-    case m: block(x, ldx, panel, K, bias, n0, N, y, ldy, out_bf16, act, m); break;
+    case m: \
+        block(x, ldx, panel, K, bias, n0, N, y, ldy, out_bf16, act, m, next, part, parts); \
+        break;
         CASE(12) CASE(11) CASE(10) CASE(9) CASE(8) CASE(7)
         CASE(6) CASE(5) CASE(4) CASE(3) CASE(2) CASE(1)
 #undef CASE
@@ -112,11 +117,18 @@ int altcap_linear_bf16(const uint16_t *x, long ldx, const uint16_t *packed, cons
     if (M <= 0 || N <= 0 || K <= 0) return 0;
     const long panels = (N + PANEL - 1) / PANEL, panel_size = PANEL * ((K + 1) / 2 * 2);
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long p = 0; p < panels; p++)
+    for (long p = 0; p < panels; p++) {
+        /* with several blocks, the first streams the panel from memory and the others find
+         * it in cache: they fetch the next panel into L2 meanwhile, each a share of it */
+        const long parts = (M + MB - 1) / MB;
+        const char *next =
+            parts > 1 && p + 1 < panels ? (const char *)(packed + (p + 1) * panel_size) : NULL;
         for (long m0 = 0; m0 < M; m0 += MB) {
             const int mb = (int)(M - m0 < MB ? M - m0 : MB);
             block_any(x + m0 * ldx, ldx, packed + p * panel_size, K, bias, p * PANEL, N,
-                      (char *)y + m0 * ldy * (out_bf16 ? 2 : 4), ldy, out_bf16, act, mb);
+                      (char *)y + m0 * ldy * (out_bf16 ? 2 : 4), ldy, out_bf16, act, mb,
+                      next, m0 / MB, parts);
         }
+    }
     return 0;
 }
