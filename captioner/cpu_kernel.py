@@ -4,8 +4,8 @@ GPT-2 decoding on a CPU streams every weight matrix from memory at each step; on
 kernels reach about half the memory bandwidth on those shapes (a few rows against a large
 matrix), so ``kernels/linear_bf16.c`` does the linear layers instead: ~1.9x faster for one
 row, ~1.1x for 32, with GPT-2's GELU fused in. ``attend_step.c`` stores a step's new key and
-value and attends over the cache, and picks greedy tokens; ``quick_gelu.c`` is CLIP's
-activation in one pass. Every output element is computed the same way whatever the batch,
+value and attends over the cache, and picks greedy tokens; ``attention.c`` is CLIP's
+attention over its 50 tokens and ``quick_gelu.c`` its activation, each in one pass. Every output element is computed the same way whatever the batch,
 so batched captions equal single ones (with oneDNN they did not: its one-row path rounds
 differently).
 
@@ -34,7 +34,7 @@ import torch
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-FILES = sorted(KERNELS.glob("*.[ch]"))  # linear_bf16, attend_step, quick_gelu; vecmath.h
+FILES = sorted(KERNELS.glob("*.[ch]"))  # the kernels and vecmath.h
 # explicit ISA flags, not -march=native: a cache shared between machines must not hold code
 # for a newer CPU than the one that loads it (the CPU is checked before loading)
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"]
@@ -137,6 +137,9 @@ def library() -> ctypes.CDLL | None:
     lib.altcap_argmax_rows.restype = _int
     lib.altcap_quick_gelu_bf16.argtypes = [_ptr, _c_long, _int]
     lib.altcap_quick_gelu_bf16.restype = _int
+    lib.altcap_attention_bf16.argtypes = [_ptr, _ptr, _ptr, _c_long, _c_long, _ptr, _c_long]
+    lib.altcap_attention_bf16.argtypes += [_c_long, _c_long, _c_long, ctypes.c_float, _int]
+    lib.altcap_attention_bf16.restype = _int
     return lib
 
 
@@ -163,6 +166,29 @@ def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -
     )  # fmt: skip
     if failed:
         raise ValueError(f"attention over {pos + 1} positions is not supported by the kernel")
+    return y
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float
+) -> torch.Tensor:
+    """Softmax attention of every position over all positions (no mask), heads side by side:
+    q, k, v (B, T, C) bfloat16 with one layout (e.g. slices of a fused projection) ->
+    (B, T, C) bfloat16, ready for the output projection. Scores and softmax in float32."""
+    lib = _loaded()
+    b, t, c = q.shape
+    same = q.shape == k.shape == v.shape and q.stride() == k.stride() == v.stride()
+    if not same or q.dtype != torch.bfloat16 or k.dtype != v.dtype or k.dtype != q.dtype:
+        raise ValueError("expected bfloat16 q, k, v of one shape and layout")
+    if q.stride(-1) != 1 or c % heads:
+        raise ValueError("expected rows with unit stride and a whole number of heads")
+    y = torch.empty((b, t, c), dtype=torch.bfloat16)
+    failed = lib.altcap_attention_bf16(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), q.stride(0), q.stride(1),
+        y.data_ptr(), b, t, heads, c // heads, scale, torch.get_num_threads(),
+    )  # fmt: skip
+    if failed:
+        raise ValueError(f"attention over {t} positions of {c // heads} dims is not supported")
     return y
 
 

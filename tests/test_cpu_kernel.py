@@ -89,6 +89,54 @@ def test_attention_step_matches_torch(pos, d):
         cpu_kernel.attend_step(qkv, k, v, 40)  # past the cache
 
 
+def attention_reference(q, k, v, heads):
+    """Float64 attention with the kernel's two roundings: probabilities and output to bf16."""
+    b, t, c = q.shape
+
+    def split(z):
+        return z.double().view(b, t, heads, c // heads).transpose(1, 2)
+
+    scores = split(q) @ split(k).transpose(-1, -2) * (c // heads) ** -0.5
+    probs = torch.softmax(scores, dim=-1).to(torch.bfloat16).double()
+    return (probs @ split(v)).transpose(1, 2).reshape(b, t, c)
+
+
+@needs_cpu
+@pytest.mark.parametrize(
+    ("t", "heads", "d"),
+    [(1, 1, 16), (3, 2, 16), (17, 2, 48), (50, 12, 64), (33, 3, 80), (197, 1, 64)],
+)
+def test_attention_matches_float64(t, heads, d):
+    g = torch.Generator().manual_seed(t * d)
+    c = heads * d
+    qkv = (torch.randn(3, t, 3 * c, generator=g) * 2).to(torch.bfloat16)
+    q, k, v = qkv.split(c, dim=-1)  # slices of a fused projection: rows 3C apart
+    got = cpu_kernel.attention(q, k, v, heads, d**-0.5)
+    assert got.shape == (3, t, c) and got.dtype == torch.bfloat16
+    want = attention_reference(q, k, v, heads)
+    # float32 scores and sums, then one rounding of the output to bfloat16
+    torch.testing.assert_close(got.double(), want, rtol=0.008, atol=1e-3)
+    alone = [
+        cpu_kernel.attention(*(z[i : i + 1] for z in (q, k, v)), heads, d**-0.5) for i in range(3)
+    ]
+    assert torch.equal(got, torch.cat(alone))  # each image alone
+    contiguous = cpu_kernel.attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), heads, d**-0.5
+    )
+    assert torch.equal(got, contiguous)
+
+
+@needs_cpu
+def test_attention_rejects_what_it_cannot_compute():
+    x = torch.randn(2, 5, 24).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="not supported"):
+        cpu_kernel.attention(x, x, x, 3, 0.125)  # heads of 8
+    with pytest.raises(ValueError, match="whole number"):
+        cpu_kernel.attention(x, x, x, 5, 0.125)
+    with pytest.raises(ValueError, match="one shape"):
+        cpu_kernel.attention(x, x, x.float(), 1, 0.125)
+
+
 @needs_cpu
 def test_argmax_rows_is_torchs_argmax():
     g = torch.Generator().manual_seed(0)

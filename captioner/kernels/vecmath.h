@@ -11,6 +11,11 @@ static inline __mmask16 lanes(long n) {
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
 }
 
+/* the first min(n, 32) of 32 lanes (16-bit elements) */
+static inline __mmask32 lanes32(long n) {
+    return n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << n) - 1);
+}
+
 /* 16 bfloat16 values (the first n of them; zeros after) as float32: a 16-bit shift */
 static inline __m512 load16(const uint16_t *src, long n) {
     const __m256i raw = _mm256_maskz_loadu_epi16(lanes(n), src);
