@@ -61,6 +61,7 @@ static inline __attribute__((always_inline)) void block(
     for (int v = 0; v < VECS; v++)
         for (int j = 0; j < mb; j++) acc[v][j] = _mm512_setzero_ps();
     const long pairs = (K + 1) / 2, full = K / 2;
+    const long share = ((long)PANEL * 4 << 16) / parts; /* bytes of panel a k pair, 16.16 */
     for (long q = 0; q < pairs; q++) {
         __m512bh wv[VECS];
         for (int v = 0; v < VECS; v++) {
@@ -69,7 +70,7 @@ static inline __attribute__((always_inline)) void block(
             wv[v] = (__m512bh)_mm512_loadu_si512(panel + (q * PANEL + v * 16) * 2);
         }
         if (next) /* this block's share of the next panel (see altcap_linear_bf16) */
-            _mm_prefetch(next + (part * pairs + q) * (PANEL * 4) / parts, _MM_HINT_T1);
+            _mm_prefetch(next + ((part * pairs + q) * share >> 16), _MM_HINT_T1);
         for (int j = 0; j < mb; j++) {
             uint32_t pair;
             if (q < full)
