@@ -3,11 +3,12 @@
 GPT-2 decoding on a CPU streams every weight matrix from memory at each step; oneDNN's
 kernels reach about half the memory bandwidth on those shapes (a few rows against a large
 matrix), so ``kernels/linear_bf16.c`` does the linear layers instead: ~1.9x faster for one
-row, ~1.1x for 32, with GPT-2's GELU fused in. ``attend_step.c`` stores a step's new key and
-value and attends over the cache, and picks greedy tokens; ``attention.c`` is CLIP's
-attention over its 50 tokens and ``quick_gelu.c`` its activation, each in one pass. Every output element is computed the same way whatever the batch,
-so batched captions equal single ones (with oneDNN they did not: its one-row path rounds
-differently).
+row, ~1.1x for 32, with GPT-2's GELU fused in. ``attend_step.c`` stores new keys and
+values and attends over the cache (a step, or the whole prefix in one pass), and picks
+greedy tokens; ``attention.c`` is CLIP's attention over its 50 tokens and ``quick_gelu.c``
+its activation, each in one pass. Every output element is computed the same way whatever
+the batch, so batched captions equal single ones (with oneDNN they did not: its one-row path
+rounds differently).
 
 The C files are compiled once per machine with the system C compiler into
 ``$ALTCAP_CACHE/kernels`` (atomic rename, so concurrent workers are safe) and loaded with
@@ -129,8 +130,9 @@ def library() -> ctypes.CDLL | None:
     lib.altcap_linear_bf16.argtypes = [_ptr, _c_long, _ptr, _ptr, _ptr, _c_long, _int, _int]
     lib.altcap_linear_bf16.argtypes += [_c_long, _c_long, _c_long, _int]
     lib.altcap_linear_bf16.restype = _int
-    lib.altcap_attend_step.argtypes = [_ptr, _c_long, _ptr, _ptr, _c_long, _c_long, _c_long]
-    lib.altcap_attend_step.argtypes += [_c_long, _ptr, _c_long, _c_long, _c_long]
+    lib.altcap_attend_step.argtypes = [_ptr, _c_long, _c_long, _c_long, _ptr, _ptr]
+    lib.altcap_attend_step.argtypes += [_c_long, _c_long, _c_long, _c_long, _ptr]
+    lib.altcap_attend_step.argtypes += [_c_long, _c_long, _c_long]
     lib.altcap_attend_step.argtypes += [ctypes.c_float, _int]
     lib.altcap_attend_step.restype = _int
     lib.altcap_argmax_rows.argtypes = [_ptr, _c_long, _c_long, _c_long, _ptr, _int]
@@ -144,29 +146,33 @@ def library() -> ctypes.CDLL | None:
 
 
 def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
-    """One decoding step of a GPT-2 layer's attention through the kernel.
+    """A GPT-2 layer's attention for new positions through the kernel.
 
-    ``qkv`` (B, 3C) or (B, 1, 3C) bfloat16 from the layer's c_attn; ``k``, ``v`` its bfloat16
-    caches (B, H, L, D). Stores the new key and value at ``pos``, then attends with the query
-    over positions 0..pos (scores scaled by D^-0.5, softmax and sums in float32, each row and
-    head alone) -> (B, C) bfloat16, the heads side by side for the output projection."""
+    ``qkv`` (B, T, 3C) bfloat16 from the layer's c_attn (T = 1 at a decoding step; also
+    (B, 3C)); ``k``, ``v`` its bfloat16 caches (B, H, L, D). Stores the new keys and values at
+    ``pos``.., then attends with each query over the positions up to its own (scores scaled
+    by D^-0.5, softmax and sums in float32, each row and head alone) -> (B, T, C) bfloat16
+    ((B, C) for (B, 3C) input), the heads side by side for the output projection."""
     lib = _loaded()
     b, h, length, d = k.shape
-    rows = qkv.reshape(b, 3 * h * d)
+    rows = qkv if qkv.dim() == 3 else qkv.reshape(b, 1, 3 * h * d)
+    t = rows.shape[1]
     bf16 = qkv.dtype == k.dtype == v.dtype == torch.bfloat16
     if not bf16 or rows.stride(-1) != 1 or k.stride() != v.stride() or k.stride(-1) != 1:
         raise ValueError("expected bfloat16 qkv rows and caches of one layout")
-    if not 0 <= pos < length:
-        raise ValueError(f"position {pos} is outside a cache of {length}")
-    y = torch.empty((b, h * d), dtype=torch.bfloat16)
+    if rows.shape != (b, t, 3 * h * d):
+        raise ValueError(f"expected qkv of ({b}, T, {3 * h * d}), got {tuple(qkv.shape)}")
+    if pos < 0 or pos + t > length:
+        raise ValueError(f"positions {pos}..{pos + t - 1} are outside a cache of {length}")
+    y = torch.empty((b, t, h * d), dtype=torch.bfloat16)
     failed = lib.altcap_attend_step(
-        rows.data_ptr(), rows.stride(0), k.data_ptr(), v.data_ptr(),
+        rows.data_ptr(), rows.stride(0), rows.stride(1), t, k.data_ptr(), v.data_ptr(),
         k.stride(0), k.stride(1), k.stride(2), pos,
         y.data_ptr(), b, h, d, d**-0.5, torch.get_num_threads(),
     )  # fmt: skip
     if failed:
-        raise ValueError(f"attention over {pos + 1} positions is not supported by the kernel")
-    return y
+        raise ValueError(f"attention over {pos + t} positions is not supported by the kernel")
+    return y if qkv.dim() == 3 else y.view(b, h * d)
 
 
 def attention(

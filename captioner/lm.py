@@ -157,10 +157,8 @@ class CachedGPT2:
         x = x.to(self.dtype) + self.wpe[pos : pos + t]
         for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
             qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps))  # (B, T, 3C)
-            if self.kernel:  # position by position: store its key and value, then attend
-                k, v = cache.k[i], cache.v[i]
-                steps = [cpu_kernel.attend_step(qkv[:, j], k, v, pos + j) for j in range(t)]
-                y = torch.stack(steps, dim=1)  # (B, T, C)
+            if self.kernel:  # store the keys and values, then attend (causal), in one pass
+                y = cpu_kernel.attend_step(qkv, cache.k[i], cache.v[i], pos)  # (B, T, C)
             else:
                 qkv = qkv.view(b, t, 3, h, d)
                 q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)

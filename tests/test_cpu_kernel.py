@@ -67,12 +67,14 @@ def test_attention_step_matches_torch(pos, d):
     from captioner.lm import attend_one
 
     g = torch.Generator().manual_seed(pos)
-    qkv = torch.randn(5, 1, 3 * 3 * d, generator=g).to(torch.bfloat16)  # 3 heads
+    qkv = torch.randn(5, 3 * 3 * d, generator=g).to(torch.bfloat16)  # 3 heads, one position
     cache_k = torch.randn(5, 3, 40, d, generator=g).to(torch.bfloat16)  # longer than pos + 1
     cache_v = torch.randn(5, 3, 40, d, generator=g).to(torch.bfloat16)
     k, v = cache_k.clone(), cache_v.clone()
     got = cpu_kernel.attend_step(qkv, k, v, pos)
     assert got.shape == (5, 3 * d) and got.dtype == torch.bfloat16
+    k2, v2 = cache_k.clone(), cache_v.clone()  # (B, T, 3C) with T = 1 gives (B, 1, C)
+    assert torch.equal(cpu_kernel.attend_step(qkv.unsqueeze(1), k2, v2, pos)[:, 0], got)
     q, new_k, new_v = qkv.view(5, 1, 3, 3, d).unbind(2)  # (B, 1, H, D) each
     assert torch.equal(k[:, :, pos], new_k[:, 0]) and torch.equal(v[:, :, pos], new_v[:, 0])
     assert torch.equal(k[:, :, pos + 1 :], cache_k[:, :, pos + 1 :])  # the rest untouched
@@ -87,6 +89,22 @@ def test_attention_step_matches_torch(pos, d):
     assert torch.equal(got, torch.cat(alone))
     with pytest.raises(ValueError):
         cpu_kernel.attend_step(qkv, k, v, 40)  # past the cache
+
+
+@needs_cpu
+def test_the_prefix_in_one_call_equals_position_by_position():
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(4, 10, 3 * 2 * 64, generator=g).to(torch.bfloat16)  # 10 positions
+    k, v = (torch.zeros(4, 2, 30, 64, dtype=torch.bfloat16) for _ in range(2))
+    got = cpu_kernel.attend_step(qkv, k, v, 0)
+    assert got.shape == (4, 10, 128)
+    k1, v1 = torch.zeros_like(k), torch.zeros_like(v)
+    steps = [cpu_kernel.attend_step(qkv[:, j], k1, v1, j) for j in range(10)]
+    assert torch.equal(got, torch.stack(steps, dim=1))  # causal: each over its past only
+    assert torch.equal(k, k1) and torch.equal(v, v1)
+    assert not torch.equal(got[:, 0], got[:, 1])
+    with pytest.raises(ValueError, match="outside"):
+        cpu_kernel.attend_step(qkv, k, v, 21)  # 21 + 10 > 30
 
 
 def attention_reference(q, k, v, heads):

@@ -1,4 +1,4 @@
-/* Attention of one new token over a key/value cache, for GPT-2 decoding on the CPU.
+/* Attention of new tokens over a key/value cache, for GPT-2 decoding on the CPU.
  *
  * Why: at each step every (row, head) pair stores its new key and value and attends with one
  * query over the cached positions; as strided copies, batched matrix-vector products and a
@@ -7,8 +7,11 @@
  * c_attn wrote, so nothing is lost), and computes in float32. Each (row, head) is computed
  * alone, in a fixed order, so rows do not depend on their batch.
  *
+ * The prefix goes through in one call too (each query over the positions up to its own):
+ * one pass over the cache instead of one per position.
+ *
  * k, v: one layer's bfloat16 caches at strides (kv_b, kv_h, kv_s), unit stride in D;
- * y: (B, H * D) bfloat16, contiguous, ready for the output projection.
+ * y: (B, T, H * D) bfloat16, contiguous, ready for the output projection.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -19,23 +22,26 @@
 
 #define MAX_POSITIONS 4096
 
-/* One decoding step of one layer: qkv (B, 3 * H * D) bfloat16 rows ld_qkv apart (queries,
- * keys, values, as GPT-2's c_attn writes them) -> the new key and value stored in the caches
- * at position pos, then the attention of the query over positions 0..pos. */
-int altcap_attend_step(const uint16_t *qkv, long ld_qkv, uint16_t *k, uint16_t *v, long kv_b,
-                       long kv_h, long kv_s, long pos, uint16_t *y, long B, long H, long D,
-                       float scale, int threads) {
-    const long S = pos + 1, C = H * D;
-    if (pos < 0 || S > MAX_POSITIONS || D < 1) return 1;
+/* T new positions of one layer (T = 1 at each decoding step, the prefix at the start):
+ * qkv (B, T, 3 * H * D) bfloat16 at strides (ld_b, ld_t) (queries, keys, values, as GPT-2's
+ * c_attn writes them) -> their keys and values stored in the caches at pos..pos+T-1, then
+ * the attention of each query over the positions up to its own (causal) -> y (B, T, H * D). */
+int altcap_attend_step(const uint16_t *qkv, long ld_b, long ld_t, long T, uint16_t *k,
+                       uint16_t *v, long kv_b, long kv_h, long kv_s, long pos, uint16_t *y,
+                       long B, long H, long D, float scale, int threads) {
+    const long C = H * D;
+    if (pos < 0 || T < 1 || pos + T > MAX_POSITIONS || D < 1) return 1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long bh = 0; bh < B * H; bh++) {
         const long b = bh / H, h = bh % H;
-        const uint16_t *q = qkv + b * ld_qkv + h * D;
         uint16_t *kk = k + b * kv_b + h * kv_h, *vv = v + b * kv_b + h * kv_h;
-        memcpy(kk + pos * kv_s, q + C, D * sizeof *q);
-        memcpy(vv + pos * kv_s, q + 2 * C, D * sizeof *q);
+        for (long j = 0; j < T; j++) {
+            const uint16_t *row = qkv + b * ld_b + j * ld_t + h * D;
+            memcpy(kk + (pos + j) * kv_s, row + C, D * sizeof *row);
+            memcpy(vv + (pos + j) * kv_s, row + 2 * C, D * sizeof *row);
+        }
         { /* prefetch a later pair's keys and values: ~8 KB ahead, as reads start cold */
-            const long ahead = 8192 / (S * D * 4) + 1, next = bh + ahead;
+            const long S = pos + T, ahead = 8192 / (S * D * 4) + 1, next = bh + ahead;
             if (next < B * H) {
                 const long nb = next / H, nh = next % H;
                 const char *nk = (const char *)(k + nb * kv_b + nh * kv_h);
@@ -47,34 +53,39 @@ int altcap_attend_step(const uint16_t *qkv, long ld_qkv, uint16_t *k, uint16_t *
                     }
             }
         }
-        float p[MAX_POSITIONS], top = -INFINITY;
-        for (long s = 0; s < S; s++) { /* scores */
-            __m512 acc = _mm512_setzero_ps();
-            for (long d = 0; d < D; d += 16) {
-                const __m512 key = load16(kk + s * kv_s + d, D - d);
-                acc = _mm512_fmadd_ps(load16(q + d, D - d), key, acc);
+        for (long j = 0; j < T; j++) {
+            const uint16_t *q = qkv + b * ld_b + j * ld_t + h * D;
+            const long S = pos + j + 1;
+            float p[MAX_POSITIONS], top = -INFINITY;
+            for (long s = 0; s < S; s++) { /* scores */
+                __m512 acc = _mm512_setzero_ps();
+                for (long d = 0; d < D; d += 16) {
+                    const __m512 key = load16(kk + s * kv_s + d, D - d);
+                    acc = _mm512_fmadd_ps(load16(q + d, D - d), key, acc);
+                }
+                p[s] = _mm512_reduce_add_ps(acc) * scale;
+                top = p[s] > top ? p[s] : top;
             }
-            p[s] = _mm512_reduce_add_ps(acc) * scale;
-            top = p[s] > top ? p[s] : top;
-        }
-        __m512 sums = _mm512_setzero_ps(); /* softmax numerators, 16 at a time */
-        for (long s = 0; s < S; s += 16) {
-            const __mmask16 m = lanes(S - s);
-            const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top));
-            const __m512 e = _mm512_maskz_mov_ps(m, exp512(x));
-            _mm512_mask_storeu_ps(p + s, m, e);
-            sums = _mm512_add_ps(sums, e);
-        }
-        const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sums));
-        uint16_t *out = y + b * C + h * D;
-        for (long d = 0; d < D; d += 16) { /* the weighted sum of the values */
-            __m512 acc = _mm512_setzero_ps();
-            for (long s = 0; s < S; s++) {
-                const __m512 value = load16(vv + s * kv_s + d, D - d);
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), value, acc);
+            __m512 sums = _mm512_setzero_ps(); /* softmax numerators, 16 at a time */
+            for (long s = 0; s < S; s += 16) {
+                const __mmask16 m = lanes(S - s);
+                const __m512 x =
+                    _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top));
+                const __m512 e = _mm512_maskz_mov_ps(m, exp512(x));
+                _mm512_mask_storeu_ps(p + s, m, e);
+                sums = _mm512_add_ps(sums, e);
             }
-            const __m256i r = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc, inv));
-            _mm256_mask_storeu_epi16(out + d, lanes(D - d), r);
+            const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sums));
+            uint16_t *out = y + (b * T + j) * C + h * D;
+            for (long d = 0; d < D; d += 16) { /* the weighted sum of the values */
+                __m512 acc = _mm512_setzero_ps();
+                for (long s = 0; s < S; s++) {
+                    const __m512 value = load16(vv + s * kv_s + d, D - d);
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), value, acc);
+                }
+                const __m256i r = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc, inv));
+                _mm256_mask_storeu_epi16(out + d, lanes(D - d), r);
+            }
         }
     }
     return 0;
