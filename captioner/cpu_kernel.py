@@ -3,12 +3,13 @@
 GPT-2 decoding on a CPU streams every weight matrix from memory at each step; oneDNN's
 kernels reach about half the memory bandwidth on those shapes (a few rows against a large
 matrix), so ``kernels/linear_bf16.c`` does the linear layers instead: ~1.9x faster for one
-row, ~1.1x for 32, with GPT-2's GELU fused in. ``attend_step.c`` stores new keys and
-values and attends over the cache (a step, or the whole prefix in one pass), and picks
-greedy tokens; ``attention.c`` is CLIP's attention over its 50 tokens and ``quick_gelu.c``
-its activation, each in one pass. Every output element is computed the same way whatever
-the batch, so batched captions equal single ones (with oneDNN they did not: its one-row path
-rounds differently).
+row, ~1.1x for 32, with GPT-2's GELU fused in, and greedy decoding's argmax fused into the
+vocabulary projection (the logits are never written out). ``attend_step.c`` stores new keys
+and values and attends over the cache (a step, or the whole prefix in one pass);
+``attention.c`` is CLIP's attention over its 50 tokens and ``quick_gelu.c`` its activation,
+each in one pass. Every output element is computed the same way whatever the batch, so
+batched captions equal single ones (with oneDNN they did not: its one-row path rounds
+differently).
 
 The C files are compiled once per machine with the system C compiler into
 ``$ALTCAP_CACHE/kernels`` (atomic rename, so concurrent workers are safe) and loaded with
@@ -130,13 +131,14 @@ def library() -> ctypes.CDLL | None:
     lib.altcap_linear_bf16.argtypes = [_ptr, _c_long, _ptr, _ptr, _ptr, _c_long, _int, _int]
     lib.altcap_linear_bf16.argtypes += [_c_long, _c_long, _c_long, _int]
     lib.altcap_linear_bf16.restype = _int
+    lib.altcap_linear_argmax_bf16.argtypes = [_ptr, _c_long, _ptr, _ptr, _c_long, _c_long]
+    lib.altcap_linear_argmax_bf16.argtypes += [_c_long, _ptr, _int]
+    lib.altcap_linear_argmax_bf16.restype = _int
     lib.altcap_attend_step.argtypes = [_ptr, _c_long, _c_long, _c_long, _ptr, _ptr]
     lib.altcap_attend_step.argtypes += [_c_long, _c_long, _c_long, _c_long, _ptr]
     lib.altcap_attend_step.argtypes += [_c_long, _c_long, _c_long]
     lib.altcap_attend_step.argtypes += [ctypes.c_float, _int]
     lib.altcap_attend_step.restype = _int
-    lib.altcap_argmax_rows.argtypes = [_ptr, _c_long, _c_long, _c_long, _ptr, _int]
-    lib.altcap_argmax_rows.restype = _int
     lib.altcap_quick_gelu_bf16.argtypes = [_ptr, _c_long, _int]
     lib.altcap_quick_gelu_bf16.restype = _int
     lib.altcap_attention_bf16.argtypes = [_ptr, _ptr, _ptr, _c_long, _c_long, _ptr, _c_long]
@@ -198,22 +200,6 @@ def attention(
     return y
 
 
-def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
-    """``torch.argmax(logits, dim=-1)`` of (B, V) float32 logits, a single pass per row
-    (torch's took ~0.8 ms for 32 rows of GPT-2's vocabulary)."""
-    lib = _loaded()
-    if logits.dtype != torch.float32 or logits.dim() != 2:
-        raise ValueError("expected (B, V) float32 logits")
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    out = torch.empty(logits.shape[0], dtype=torch.long)
-    rows, n = logits.shape
-    lib.altcap_argmax_rows(
-        logits.data_ptr(), logits.stride(0), rows, n, out.data_ptr(), torch.get_num_threads()
-    )
-    return out
-
-
 def quick_gelu_(h: torch.Tensor) -> torch.Tensor:
     """CLIP's ``h * sigmoid(1.702 * h)`` in place on a contiguous bfloat16 CPU tensor."""
     lib = _loaded()
@@ -269,13 +255,31 @@ class KernelLinear:
         self.bias = None if bias is None else bias.detach().to(torch.bfloat16).contiguous()
         self.out_dtype = out_dtype
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        k, n = self.in_features, self.out_features
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.in_features
         if x.dtype != torch.bfloat16 or x.shape[-1] != k:
             raise ValueError(f"expected bfloat16 (..., {k}), got {x.dtype} {tuple(x.shape)}")
         rows = x.reshape(-1, k)
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
+        return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """``torch.argmax(self(x), dim=-1)`` on the float32 sums (the activation is not
+        applied), without writing the outputs out: greedy decoding's vocabulary projection."""
+        rows = self._rows(x)
+        out = torch.empty(rows.shape[0], dtype=torch.long)
+        failed = self.lib.altcap_linear_argmax_bf16(
+            rows.data_ptr(), rows.stride(0), self.packed.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(),
+            rows.shape[0], self.out_features, self.in_features, out.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if failed:
+            raise MemoryError("the argmax kernel could not allocate its buffers")
+        return out.view(x.shape[:-1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        k, n = self.in_features, self.out_features
+        rows = self._rows(x)
         y = torch.empty((rows.shape[0], n), dtype=self.out_dtype)
         self.lib.altcap_linear_bf16(
             rows.data_ptr(),

@@ -209,10 +209,9 @@ class CachedGPT2:
     @torch.inference_mode()
     def greedy(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, C) final hidden states -> (B,) the most likely next tokens."""
-        logits = self.raw_logits(hidden)
-        if self.kernel:
-            return cpu_kernel.argmax_rows(logits)
-        return torch.argmax(logits, dim=-1)
+        if self.kernel:  # fused: the logits are never written out
+            return self.lm_head.argmax(hidden)
+        return torch.argmax(self.raw_logits(hidden), dim=-1)
 
     @torch.inference_mode()
     def raw_logits(self, hidden: torch.Tensor) -> torch.Tensor:

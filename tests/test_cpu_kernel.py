@@ -156,18 +156,35 @@ def test_attention_rejects_what_it_cannot_compute():
 
 
 @needs_cpu
-def test_argmax_rows_is_torchs_argmax():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(9, 50257, generator=g)
-    logits[1, 7] = logits[1, 9000] = 100.0  # a tie: the first index
-    logits[2, :] = float("-inf")
-    logits[3, 500] = float("nan")  # torch counts NaN as the largest
-    logits[4, 50256] = 100.0  # the last index, past the last whole vector
-    got = cpu_kernel.argmax_rows(logits)
-    assert got.dtype == torch.long
-    assert got.tolist() == torch.argmax(logits, dim=-1).tolist()
-    assert got[:5].tolist()[1:] == [7, 0, 500, 50256]
-    assert cpu_kernel.argmax_rows(logits[:, :13]).tolist() == logits[:, :13].argmax(-1).tolist()
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (3, 17, 8), (13, 1000, 64), (32, 50257, 64)])
+def test_fused_argmax_is_torchs_argmax_of_the_logits(m, n, k):
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, k, generator=g).to(torch.bfloat16)
+    b = torch.randn(n, generator=g).to(torch.bfloat16)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    lin = cpu_kernel.KernelLinear(w, b, out_dtype=torch.float32)
+    got = lin.argmax(x)
+    assert got.dtype == torch.long and got.shape == (m,)
+    assert torch.equal(got, torch.argmax(lin(x), dim=-1))
+    assert lin.argmax(x.view(1, m, k)).shape == (1, m)
+
+
+@needs_cpu
+def test_fused_argmax_ties_nan_and_minus_infinity_follow_torch():
+    w = torch.zeros(100, 4)
+    w[70] = w[90] = 1  # a tie between columns in different panels and lanes
+    w[99, 0] = float("nan")  # a NaN only where x[:, 0] is NaN-making: see x below
+    x = torch.tensor([[1.0, 1, 1, 0], [-1, -1, -1, 0], [0, 0, 0, 0]])
+    lin = cpu_kernel.KernelLinear(w.to(torch.bfloat16), None, out_dtype=torch.float32)
+    logits = lin(x.to(torch.bfloat16))
+    got = lin.argmax(x.to(torch.bfloat16))
+    assert got.tolist() == torch.argmax(logits, dim=-1).tolist() == [99, 99, 99]  # NaN wins
+    w[99, 0] = 0
+    lin = cpu_kernel.KernelLinear(w.to(torch.bfloat16), None, out_dtype=torch.float32)
+    assert lin.argmax(x.to(torch.bfloat16)).tolist() == [70, 0, 0]  # first of equals
+    low = torch.full((100, 4), float("-inf")).to(torch.bfloat16)
+    lin = cpu_kernel.KernelLinear(low, None, out_dtype=torch.float32)
+    assert lin.argmax(torch.ones(2, 4).to(torch.bfloat16)).tolist() == [0, 0]  # all -inf
 
 
 @needs_cpu

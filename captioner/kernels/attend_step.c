@@ -90,33 +90,3 @@ int altcap_attend_step(const uint16_t *qkv, long ld_b, long ld_t, long T, uint16
     }
     return 0;
 }
-
-/* The index of each row's largest value (the first one on a tie, as torch.argmax), for
- * greedy decoding over float32 logits: x (M, N) rows ldx apart -> out (M) int64. */
-int altcap_argmax_rows(const float *x, long ldx, long M, long N, int64_t *out, int threads) {
-    if (N < 1) return 1;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (long m = 0; m < M; m++) {
-        const float *row = x + m * ldx;
-        __m512 best = _mm512_set1_ps(-INFINITY);
-        __mmask16 nan = 0;
-        long n = 0;
-        for (; n + 16 <= N; n += 16) {
-            const __m512 v = _mm512_loadu_ps(row + n);
-            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-            best = _mm512_max_ps(best, v);
-        }
-        float top = _mm512_reduce_max_ps(best);
-        for (; n < N; n++) {
-            nan |= row[n] != row[n];
-            top = row[n] > top ? row[n] : top;
-        }
-        long at = 0;
-        if (nan) /* torch counts NaN as the largest value */
-            while (row[at] == row[at]) at++;
-        else
-            while (row[at] != top) at++;
-        out[m] = at;
-    }
-    return 0;
-}
