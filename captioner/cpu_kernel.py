@@ -144,6 +144,9 @@ def library() -> ctypes.CDLL | None:
     lib.altcap_attention_bf16.argtypes = [_ptr, _ptr, _ptr, _c_long, _c_long, _ptr, _c_long]
     lib.altcap_attention_bf16.argtypes += [_c_long, _c_long, _c_long, ctypes.c_float, _int]
     lib.altcap_attention_bf16.restype = _int
+    lib.altcap_add_layer_norm_bf16.argtypes = [_ptr, _ptr, _c_long, _c_long, _ptr, _ptr]
+    lib.altcap_add_layer_norm_bf16.argtypes += [ctypes.c_float, _ptr, _int]
+    lib.altcap_add_layer_norm_bf16.restype = _int
     return lib
 
 
@@ -197,6 +200,33 @@ def attention(
     )  # fmt: skip
     if failed:
         raise ValueError(f"attention over {t} positions of {c // heads} dims is not supported")
+    return y
+
+
+def add_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """``F.layer_norm(x + residual, ...)`` over the last dimension in one pass, with ``x``
+    (contiguous bfloat16) updated in place to ``x + residual`` (rounded as torch rounds);
+    without ``residual``, the LayerNorm alone. Float32 statistics."""
+    lib = _loaded()
+    c = x.shape[-1]
+    tensors = [x, weight, bias] + ([] if residual is None else [residual])
+    if any(t.dtype != torch.bfloat16 or not t.is_contiguous() for t in tensors):
+        raise ValueError("expected contiguous bfloat16 tensors")
+    if weight.shape != (c,) or bias.shape != (c,):
+        raise ValueError(f"expected a weight and a bias of ({c},)")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError("the residual must have the shape of x")
+    y = torch.empty_like(x)
+    lib.altcap_add_layer_norm_bf16(
+        x.data_ptr(), None if residual is None else residual.data_ptr(), x.numel() // c, c,
+        weight.data_ptr(), bias.data_ptr(), eps, y.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
     return y
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import CLIPVisionModelWithProjection
 
 from . import cpu_kernel
-from .lm import attend_one
+from .lm import add_norm, attend_one
 from .packed import Linear, can_pack
 
 
@@ -73,6 +73,16 @@ class LeanVision:
             return cpu_kernel.quick_gelu_(h)
         return torch.sigmoid(h * 1.702).mul_(h)
 
+    def _add_norm(
+        self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.LayerNorm | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x + residual`` and ``norm`` of it (``lm.add_norm``: one pass with the kernel)."""
+        if norm is None:
+            return add_norm(x, residual, None, 0.0, False)
+        affine = norm.weight is not None and norm.bias is not None
+        kernel = self.kernel and affine and x.dtype == torch.bfloat16
+        return add_norm(x, residual, (norm.weight, norm.bias), norm.eps, kernel)
+
     def _attention(self, h: torch.Tensor, a: nn.Module) -> torch.Tensor:
         """Self-attention of (B, T, C) normalised states, before the output projection."""
         q, k, v = (proj(h) for proj in (a.q_proj, a.k_proj, a.v_proj))
@@ -92,15 +102,17 @@ class LeanVision:
         c = x.shape[-1]
         cls = self.class_embedding.to(x.dtype).expand(b, 1, c)
         x = self.pre_layrnorm(torch.cat((cls, x), dim=1) + self.positions)  # (B, 1 + N, C)
-        for layer in self.layers[:-1] if self.cls_only else self.layers:
+        h = self._add_norm(x, None, self.layers[0].layer_norm1)[1]
+        full = self.layers[:-1] if self.cls_only else self.layers
+        for i, layer in enumerate(full):
             a = layer.self_attn
-            x = x + a.out_proj(self._attention(layer.layer_norm1(x), a))
-            x = x + layer.mlp.fc2(self._quick_gelu(layer.mlp.fc1(layer.layer_norm2(x))))
+            x, h = self._add_norm(x, a.out_proj(self._attention(h, a)), layer.layer_norm2)
+            after = self.layers[i + 1].layer_norm1 if i + 1 < len(self.layers) else None
+            x, h = self._add_norm(x, layer.mlp.fc2(self._quick_gelu(layer.mlp.fc1(h))), after)
         if not self.cls_only:
             return self.model.visual_projection(self.post_layernorm(x[:, 0]))
         layer = self.layers[-1]
-        a = layer.self_attn
-        h = layer.layer_norm1(x)
+        a = layer.self_attn  # h: its layer_norm1 of x, from the loop
         q = _heads(self.cls_q(h[:, :1]), a.num_heads)  # the class token's query only
         k, v = _heads(a.k_proj(h), a.num_heads), _heads(a.v_proj(h), a.num_heads)
         y = attend_one(q, k, v)  # (B, H, 1, D); the scale is D^-0.5, checked at init

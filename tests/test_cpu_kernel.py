@@ -188,6 +188,28 @@ def test_fused_argmax_ties_nan_and_minus_infinity_follow_torch():
 
 
 @needs_cpu
+@pytest.mark.parametrize("shape", [(1, 768), (32, 1, 768), (4, 50, 768), (3, 33)])
+def test_add_layer_norm_matches_torch(shape):
+    g = torch.Generator().manual_seed(shape[-1])
+    x, r = ((torch.randn(*shape, generator=g) * 3).to(torch.bfloat16) for _ in range(2))
+    w, b = (torch.randn(shape[-1], generator=g).to(torch.bfloat16) for _ in range(2))
+    summed = x + r
+    want = torch.nn.functional.layer_norm(summed, (shape[-1],), w, b, 1e-5)
+    inplace = x.clone()
+    got = cpu_kernel.add_layer_norm(inplace, r, w, b, 1e-5)
+    assert torch.equal(inplace, summed)  # x + r, rounded as torch rounds
+    torch.testing.assert_close(got, want, rtol=0.008, atol=0.02)  # one bf16 rounding
+    assert (got == want).float().mean() > 0.999  # float32 statistics in another order
+    alone = cpu_kernel.add_layer_norm(summed.clone(), None, w, b, 1e-5)  # no residual
+    assert torch.equal(alone, got)
+    rows = summed.reshape(-1, shape[-1])
+    one = cpu_kernel.add_layer_norm(rows[-1:].clone(), None, w, b, 1e-5)
+    assert torch.equal(one, got.reshape(-1, shape[-1])[-1:])  # each row alone
+    with pytest.raises(ValueError):
+        cpu_kernel.add_layer_norm(x.float(), None, w, b, 1e-5)
+
+
+@needs_cpu
 def test_quick_gelu_in_place_matches_torch():
     g = torch.Generator().manual_seed(1)
     h = (torch.randn(3, 1001, generator=g) * 4).to(torch.bfloat16)  # a partial last vector
