@@ -2,7 +2,7 @@
 
 ``transformers``' CLIPVisionModelWithProjection holds the weights (its linear layers usually
 packed by ``packed.pack_linears``); this runs the same arithmetic with less waste, which took
-the full-size tower from ~900 to ~700 ms for 32 images on two Zen 4 cores in bfloat16:
+the full-size tower from ~900 to ~650 ms for 32 images on two Zen 4 cores in bfloat16:
 
 - QuickGELU in one pass over bfloat16 with the CPU kernel, else as ``sigmoid(1.702 h)``
   multiplied into itself in place: the same values as ``h * sigmoid(1.702 * h)`` without
@@ -10,6 +10,7 @@ the full-size tower from ~900 to ~700 ms for 32 images on two Zen 4 cores in bfl
 - attention over the 50 tokens through the CPU kernel (``kernels/attention.c``): each
   (image, head) in one pass from the projections as they lie, ~18 vs ~30 ms a batch of 32;
   else as two batched products (the flash kernel was slower);
+- each residual add and the LayerNorm after it in one pass with the kernel (``lm.add_norm``);
 - the patch embedding as one matrix product over unfolded patches, not a convolution;
 - with the CPU kernel, only the class token in the last layer: ClipCap reads
   ``image_embeds``, the projection of that token alone, so the other 49 tokens need keys and
