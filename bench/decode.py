@@ -126,6 +126,27 @@ def bench_altcap(cap: Captioner, batch: int, repeats: int) -> tuple[float, list[
     return batch / statistics.median(times), times
 
 
+def machine_probe() -> dict[str, float]:
+    """What this (shared) CPU gives right now: memory bandwidth and bfloat16 matrix product
+    speed, so that a run can be read against the state of the machine it ran in."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32).fill_(1.0)  # 256 MB, past any cache
+    dst = torch.empty_like(src)
+    a = torch.randn(1600, 768).to(torch.bfloat16)
+    b = torch.randn(768, 3072).to(torch.bfloat16)
+    copy, matmul = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        dst.copy_(src)
+        copy.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        a @ b
+        matmul.append(time.perf_counter() - t)
+    return {
+        "copy_gb_s": 2 * src.numel() * 4 / min(copy) / 1e9,  # read + write
+        "bf16_matmul_gflop_s": 2 * 1600 * 768 * 3072 / min(matmul) / 1e9,
+    }
+
+
 def drift(cap32: Captioner, cap16: Captioner, n: int) -> dict[str, float]:
     """How much bfloat16 changes the output of the same (random-weight) model."""
     px = pixels(n, cap32.device, torch.float32, seed=7)
@@ -174,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": NEW_TOKENS,
     }
     print(f"# {info['device']}, torch {info['torch']}, {NEW_TOKENS} new tokens forced", flush=True)
+    if not gpu:  # a shared machine: its state at the start and the end of the run
+        info["probe_start"] = machine_probe()
+        print(f"# machine now: {info['probe_start']}", flush=True)
     caps = {}
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
@@ -212,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["p90_ms"] = ms[int(0.9 * (len(ms) - 1))]
             rows.append(row)
             print(row, flush=True)
+    if not gpu:
+        info["probe_end"] = machine_probe()
+        print(f"# machine at the end: {info['probe_end']}", flush=True)
     result = {"info": info, "rows": rows}
     if "float32" in caps and "bfloat16" in caps:
         result["bf16_vs_fp32"] = drift(caps["float32"], caps["bfloat16"], 32)
