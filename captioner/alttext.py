@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from functools import cache
 from importlib import resources
 from typing import Literal
@@ -54,12 +55,20 @@ def classify_alt(alt: str | None) -> Verdict:
     return "ok"
 
 
+def _unreadable(c: str) -> bool:
+    return c == "\ufffd" or unicodedata.category(c) == "Cc"
+
+
 def clean_caption(text: str) -> str:
     """Tidy a raw model caption for use as alt text.
 
     Collapses whitespace, capitalises the first letter and ends with exactly one period
     (the model usually writes one, sometimes several or none, and sometimes a leading space).
+    Drops what a screen reader should not read: U+FFFD, which the tokenizer writes for a
+    character whose bytes were cut off (GPT-2's tokens are bytes, and a caption can stop
+    inside a character), and control characters. A caption with nothing left is "".
     """
+    text = "".join(c for c in text if c.isspace() or not _unreadable(c))
     text = _SPACES.sub(" ", text).strip()
     text = text.rstrip(" .")
     if not text:

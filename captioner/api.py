@@ -291,6 +291,10 @@ def caption_form() -> tuple[str, int]:
     return render_page(result=item.to_json(), url=url), 200
 
 
+# what the page says for an empty caption (the model wrote nothing readable)
+NO_CAPTION = "No suggestion: the model found nothing readable to say about this image."
+
+
 def render_page(
     *, result: dict[str, Any] | None = None, error: dict[str, str] | None = None, url: str = ""
 ) -> str:
@@ -302,6 +306,7 @@ def render_page(
         url=url,
         keys_required=bool(st.settings.api_keys),
         model=st.model.name,
+        no_caption=NO_CAPTION,
     )
 
 

@@ -123,7 +123,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "type": "object",
             "required": ["caption", "tokens", "cached", "source"],
             "properties": {
-                "caption": {"type": "string"},
+                "caption": {
+                    "type": "string",
+                    "description": "alt text; empty when the model wrote nothing readable",
+                },
                 "tokens": {"type": "integer", "minimum": 0},
                 "cached": {"type": "boolean"},
                 "source": schema_ref("Source"),

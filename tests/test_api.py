@@ -749,6 +749,22 @@ def test_the_form_works_without_javascript(client: FlaskClient) -> None:
     assert 'value="http://127.0.0.1/x.png"' in blocked.get_data(as_text=True)
 
 
+def test_an_empty_caption_is_said_plainly(make_app) -> None:
+    """The model wrote nothing readable (cleaned to ""): the API answers "", the page says so
+    instead of showing an empty suggestion."""
+    from captioner.api import NO_CAPTION
+    from captioner.captioner import CaptionResult
+
+    client = make_app(ENGINE=FakeEngine(lambda: CaptionResult("", "\ufffd", 1))).test_client()
+    api = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()
+    assert api["results"][0]["caption"] == ""
+    page = client.post("/caption-form", data={"image": (io.BytesIO(RED), "red.png"), "url": ""})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and f'<p id="empty" class="hint">{NO_CAPTION}</p>' in html
+    assert 'id="caption"' not in html
+    assert f'data-empty="{NO_CAPTION}"' in client.get("/").get_data(as_text=True)  # for the JS
+
+
 def test_the_form_reports_a_body_over_the_limit(make_app) -> None:
     client = make_app(MAX_CONTENT_LENGTH=1000).test_client()
     response = client.post("/caption-form", data={"image": (io.BytesIO(b"\0" * 5000), "x.png")})

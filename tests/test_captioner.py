@@ -76,6 +76,16 @@ def test_clean_caption():
     assert clean_caption("  ") == ""
 
 
+def test_clean_caption_drops_what_a_screen_reader_should_not_read():
+    # a caption cut inside a character: GPT-2's tokenizer writes U+FFFD for the lost bytes
+    assert clean_caption("a cat with a \ufffd") == "A cat with a."
+    assert clean_caption("\ufffd\ufffd dog") == "Dog."
+    assert clean_caption("a\x00 b\x1b[0m c\x7f") == "A b[0m c."  # control characters
+    assert clean_caption("a\tcat\non a mat") == "A cat on a mat."  # whitespace is spacing
+    assert clean_caption("un café ☕") == "Un café ☕."  # real characters stay
+    assert clean_caption("\ufffd") == ""  # nothing left: no caption, not "."
+
+
 # --- CLI ----------------------------------------------------------------------------------
 
 
@@ -89,7 +99,10 @@ def test_cli_caption_json(tiny_dir, tmp_path, capsys):
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["image"] for x in lines] == paths
-    assert all(x["caption"].endswith(".") and x["tokens"] <= 8 for x in lines)
+    # alt text, or "" where the random tiny model wrote only cut-off bytes (U+FFFD)
+    assert all(x["caption"] in ("", clean_caption(x["caption"])) for x in lines)
+    assert any(x["caption"].endswith(".") for x in lines)
+    assert all(x["tokens"] <= 8 for x in lines)
     # the model's public name, as the service reports it, not the local path
     assert all(x["model"].startswith(f"{tiny_dir.parent.name}/{tiny_dir.name}@") for x in lines)
     rc = main(

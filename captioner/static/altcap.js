@@ -8,7 +8,7 @@
   const result = document.getElementById("result");
   if (!form || !result || !window.fetch || !window.FormData) return;
 
-  // kind: "caption", "error" or "progress"; the live region announces whatever it holds.
+  // kind: "caption", "empty", "error" or "progress"; the live region announces what it holds.
   function show(text, kind) {
     const parts = [];
     if (kind === "caption") parts.push(["", "Suggested alt text (machine-generated):"]);
@@ -18,6 +18,7 @@
       ...parts.map(([cls, content]) => {
         const p = document.createElement("p");
         if (cls) p.id = p.className = cls;
+        if (cls === "empty") p.className = "hint";
         p.textContent = content;
         return p;
       })
@@ -52,8 +53,10 @@
         show(message, "error");
       } else if (body.results[0].error) {
         show(body.results[0].error.message, "error");
-      } else {
+      } else if (body.results[0].caption) {
         show(body.results[0].caption, "caption");
+      } else {
+        show(result.dataset.empty, "empty");
       }
     } catch (err) {
       show("the server could not be reached", "error");
