@@ -440,3 +440,13 @@ def test_cli_missing_store_is_one_line(tiny_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.startswith("error: invalid_embeddings:") and "embed" in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("bf16_cpu", "want"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_the_cpu_follows_its_instructions(monkeypatch, bf16_cpu, want):
+    from captioner import cpu_kernel
+    from captioner.train.train import resolve_precision
+
+    monkeypatch.setattr(cpu_kernel, "cpu_supported", lambda: bf16_cpu)
+    assert resolve_precision("auto", torch.device("cpu")) == want
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # asked for: kept

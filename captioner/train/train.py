@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from .. import cpu_kernel
 from ..checkpoints import load_pretrained
 from ..config import DecodingSettings
 from ..decoding import StopRule, generate
@@ -153,11 +154,13 @@ class TrainOptions:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on a GPU that has it (fp16 + loss scaling on older ones), fp32 on the CPU."""
+    """auto: bf16 on a GPU that has it (fp16 + loss scaling on older ones); on the CPU bf16
+    where it has bfloat16 instructions (AVX512-BF16: 1.4-1.6x faster there), else fp32 (an
+    emulated bf16 is slower than fp32)."""
     cuda = device.type == "cuda"
     if precision == "auto":
         if not cuda:
-            return "fp32"
+            return "bf16" if cpu_kernel.cpu_supported() else "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and not cuda:
         raise InvalidSettings("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
