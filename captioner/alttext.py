@@ -55,8 +55,9 @@ def classify_alt(alt: str | None) -> Verdict:
     return "ok"
 
 
-def _unreadable(c: str) -> bool:
-    return c == "\ufffd" or unicodedata.category(c) == "Cc"
+def unreadable(c: str) -> bool:
+    """A character alt text must not hold: U+FFFD or a control character (not whitespace)."""
+    return c == "\ufffd" or (unicodedata.category(c) == "Cc" and not c.isspace())
 
 
 def clean_caption(text: str) -> str:
@@ -68,7 +69,7 @@ def clean_caption(text: str) -> str:
     character whose bytes were cut off (GPT-2's tokens are bytes, and a caption can stop
     inside a character), and control characters. A caption with nothing left is "".
     """
-    text = "".join(c for c in text if c.isspace() or not _unreadable(c))
+    text = "".join(c for c in text if not unreadable(c))
     text = _SPACES.sub(" ", text).strip()
     text = text.rstrip(" .")
     if not text:

@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2TokenizerFast, PreTrainedTokenizerBase
 
+from .alttext import unreadable
 from .config import ClipCapConfig, MappingType
 from .model import ClipCapModel
 
@@ -105,4 +106,12 @@ def tiny_tokenizer_and_model(
     tokenizer = train_tokenizer()
     torch.manual_seed(seed)
     config = tiny_config(len(tokenizer), mapping_type, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer, ClipCapModel.from_config(config)
+    model = ClipCapModel.from_config(config)
+    # Random weights pick any token, and over a third of this vocabulary are bytes that are no
+    # text alone (parts of multi-byte characters, control characters): captions of nothing
+    # but those clean to "". Zero embeddings (tied to the output layer) give those tokens a
+    # logit of 0, which the readable tokens' random logits outbid: the demo model writes.
+    no_text = [i for i in range(len(tokenizer)) if any(map(unreadable, tokenizer.decode([i])))]
+    with torch.no_grad():
+        model.lm.get_input_embeddings().weight[no_text] = 0.0
+    return tokenizer, model

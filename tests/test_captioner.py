@@ -76,6 +76,13 @@ def test_clean_caption():
     assert clean_caption("  ") == ""
 
 
+def test_the_tiny_model_writes_readable_captions(tiny_captioner):
+    """Its random weights never pick the tokens that are no text alone (their embeddings are
+    zero): demos and tests get captions, not U+FFFD that cleans to nothing."""
+    for r in tiny_captioner.caption([png_bytes(c) for c in COLOURS]):
+        assert r.text and "\ufffd" not in r.raw and r.raw.isprintable()
+
+
 def test_clean_caption_drops_what_a_screen_reader_should_not_read():
     # a caption cut inside a character: GPT-2's tokenizer writes U+FFFD for the lost bytes
     assert clean_caption("a cat with a \ufffd") == "A cat with a."
