@@ -226,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         caps[name] = cap
         for b in batches:
-            rate, times = bench_altcap(
-                cap, b, args.latency_runs if b == 1 else (3 if b <= 256 else 5)
-            )
+            rate, times = bench_altcap(cap, b, args.latency_runs if b == 1 else 5)
             row = {"method": "AltCap", "dtype": name, "batch": b, "captions_s": rate}
             if b == 1:
                 ms = sorted(t * 1e3 for t in times)
