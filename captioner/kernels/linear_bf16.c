@@ -205,7 +205,8 @@ int altcap_linear_argmax_bf16(const uint16_t *x, long ldx, const uint16_t *packe
             }
             for (long m = 0; run && first >= 0 && m < M; m++) {
                 const float top = _mm512_reduce_max_ps(run[m].best);
-                const __mmask16 eq = _mm512_cmp_ps_mask(run[m].best, _mm512_set1_ps(top), _CMP_EQ_OQ);
+                const __mmask16 eq =
+                    _mm512_cmp_ps_mask(run[m].best, _mm512_set1_ps(top), _CMP_EQ_OQ);
                 const long at = _mm512_mask_reduce_min_epi32(eq, run[m].at);
                 val[tid * M + m] = top;
                 idx[tid * M + m] = at == INT32_MAX ? first : at; /* all -inf: the first */
