@@ -629,7 +629,6 @@ class Crawler:
         self._lock = threading.Lock()
         self._next_slot: dict[str, float] = {}  # origin -> earliest time of the next request
         self._delays: dict[str, float] = {}  # origin -> delay (robots.txt Crawl-delay)
-        # origin -> (rules, why they disallow everything, the error if the host did not answer)
         self._robots: dict[str, _Robots] = {}  # origin -> its robots.txt, read once
 
     # politeness ---------------------------------------------------------------------

@@ -29,7 +29,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from . import cpu_kernel
 from .lm import add_norm, attend_one
-from .packed import Linear, can_pack
+from .packed import Linear, PackedLinear, can_pack
 
 
 class LeanVision:
@@ -62,9 +62,9 @@ class LeanVision:
         self.cls_only = kernel and isinstance(last.mlp.fc2, nn.Linear)
         if self.cls_only:
             a, mlp = last.self_attn, last.mlp
-            self.cls_q, self.cls_out = _kernel_copy(a.q_proj), _kernel_copy(a.out_proj)
-            self.cls_fc1, self.cls_fc2 = _kernel_copy(mlp.fc1), _kernel_copy(mlp.fc2)
-            self.cls_projection = _kernel_copy(model.visual_projection)
+            self.cls_q, self.cls_out = _on_kernel(a.q_proj), _on_kernel(a.out_proj)
+            self.cls_fc1, self.cls_fc2 = _on_kernel(mlp.fc1), _on_kernel(mlp.fc2)
+            self.cls_projection = _on_kernel(model.visual_projection)
         self.model = model
 
     def _quick_gelu(self, h: torch.Tensor) -> torch.Tensor:
@@ -122,8 +122,8 @@ class LeanVision:
         return self.cls_projection(self.post_layernorm(x[:, 0]))
 
 
-def _kernel_copy(m: nn.Linear) -> cpu_kernel.KernelLinear:
-    return cpu_kernel.KernelLinear(m.weight, m.bias)
+def _on_kernel(m: nn.Linear) -> PackedLinear:
+    return PackedLinear(m, kernel=True)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -43,15 +43,7 @@ static inline __attribute__((always_inline)) void one_query(
         p[s] = _mm512_reduce_add_ps(acc) * scale;
         top = p[s] > top ? p[s] : top;
     }
-    __m512 sums = _mm512_setzero_ps(); /* softmax numerators, 16 at a time */
-    for (long s = 0; s < S; s += 16) {
-        const __mmask16 m = lanes(S - s);
-        const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(top));
-        const __m512 e = _mm512_maskz_mov_ps(m, exp512(x));
-        _mm512_mask_storeu_ps(p + s, m, e);
-        sums = _mm512_add_ps(sums, e);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sums));
+    const __m512 inv = _mm512_set1_ps(1.0f / softmax_numerators(p, S, top));
     if (nv) { /* the weighted sum of the values */
         __m512 acc[4];
         for (int c = 0; c < nv; c++) acc[c] = _mm512_setzero_ps();

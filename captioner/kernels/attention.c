@@ -78,15 +78,8 @@ static void softmax_row(float *p, long T, long tv, uint16_t *w) {
     __m512 top = _mm512_set1_ps(-INFINITY);
     for (long c = 0; c < tv; c++)
         top = _mm512_mask_max_ps(top, lanes(T - c * 16), top, _mm512_loadu_ps(p + c * 16));
-    const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(top));
-    __m512 sums = _mm512_setzero_ps();
-    for (long c = 0; c < tv; c++) {
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p + c * 16), max));
-        const __m512 live = _mm512_maskz_mov_ps(lanes(T - c * 16), e);
-        _mm512_storeu_ps(p + c * 16, live);
-        sums = _mm512_add_ps(sums, live);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sums));
+    const float sum = softmax_numerators(p, T, _mm512_reduce_max_ps(top));
+    const __m512 inv = _mm512_set1_ps(1.0f / sum);
     for (long c = 0; c < tv; c++) {
         const __m512 prob = _mm512_mul_ps(_mm512_loadu_ps(p + c * 16), inv);
         _mm256_storeu_si256((__m256i *)(w + c * 16), (__m256i)_mm512_cvtneps_pbh(prob));

@@ -36,6 +36,20 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* Softmax numerators in place: p[0..n) <- e^(p - max), zeros from n up to the next multiple
+ * of 16 (p must have room for them); returns their sum, the denominator. */
+static inline float softmax_numerators(float *p, long n, float max) {
+    __m512 sums = _mm512_setzero_ps();
+    for (long s = 0; s < n; s += 16) {
+        const __mmask16 m = lanes(n - s);
+        const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + s), _mm512_set1_ps(max));
+        const __m512 e = _mm512_maskz_mov_ps(m, exp512(x));
+        _mm512_storeu_ps(p + s, e);
+        sums = _mm512_add_ps(sums, e);
+    }
+    return _mm512_reduce_add_ps(sums);
+}
+
 /* GPT-2's gelu_new: x/2 (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), written as
  * x / (1 + e^(-2u)), which is the same function. */
 static inline __m512 gelu_tanh512(__m512 x) {
