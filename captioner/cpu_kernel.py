@@ -7,7 +7,8 @@ row, ~1.1x for 32, with GPT-2's GELU fused in, and greedy decoding's argmax fuse
 vocabulary projection (the logits are never written out). ``attend_step.c`` stores new keys
 and values and attends over the cache (a step, or the whole prefix in one pass);
 ``attention.c`` is CLIP's attention over its 50 tokens and ``quick_gelu.c`` its activation,
-each in one pass. Every output element is computed the same way whatever the batch, so
+each in one pass. ``gpt2.c`` runs a GPT-2 forward pass (the prefix or a step) through those
+kernels in one call from Python. Every output element is computed the same way whatever the batch, so
 batched captions equal single ones (with oneDNN they did not: its one-row path rounds
 differently).
 
@@ -147,7 +148,22 @@ def library() -> ctypes.CDLL | None:
     lib.altcap_add_layer_norm_bf16.argtypes = [_ptr, _ptr, _c_long, _c_long, _ptr, _ptr]
     lib.altcap_add_layer_norm_bf16.argtypes += [ctypes.c_float, _ptr, _int]
     lib.altcap_add_layer_norm_bf16.restype = _int
+    lib.altcap_gpt2_forward.argtypes = [ctypes.POINTER(GPT2Block), _c_long, _ptr, _ptr]
+    lib.altcap_gpt2_forward.argtypes += [ctypes.c_float, _ptr, _c_long, _c_long, _c_long]
+    lib.altcap_gpt2_forward.argtypes += [_c_long, _ptr, _ptr, _c_long, _c_long, _c_long]
+    lib.altcap_gpt2_forward.argtypes += [_c_long, _c_long, ctypes.c_float, _ptr, _int]
+    lib.altcap_gpt2_forward.restype = _int
     return lib
+
+
+class GPT2Block(ctypes.Structure):
+    """One GPT-2 block's parameters for ``kernels/gpt2.c`` (its ``altcap_gpt2_block``)."""
+
+    _fields_ = [
+        (name, _ptr)
+        for part in ("ln1", "attn", "proj", "ln2", "fc", "fcp")
+        for name in (f"{part}_w", f"{part}_b")
+    ]
 
 
 def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
@@ -326,3 +342,82 @@ class KernelLinear:
             torch.get_num_threads(),
         )
         return y.view(*x.shape[:-1], n)
+
+
+Norm = tuple[torch.Tensor, torch.Tensor]  # a LayerNorm's (weight, bias)
+
+
+class KernelGPT2:
+    """GPT-2's blocks and final LayerNorm as one kernel call per forward pass
+    (``kernels/gpt2.c``): the same kernels in the same order as calling ``KernelLinear``,
+    ``attend_step`` and ``add_layer_norm`` one by one, bit for bit, without ~85 calls from
+    Python a step.
+
+    ``blocks``: per layer (ln_1, c_attn, c_proj, ln_2, c_fc with GELU, c_proj of the MLP),
+    the norms as bfloat16 (weight, bias) and the linear layers as ``KernelLinear``.
+    """
+
+    def __init__(
+        self,
+        blocks: list[tuple[Norm, KernelLinear, KernelLinear, Norm, KernelLinear, KernelLinear]],
+        ln_f: Norm,
+        n_head: int,
+        eps: float,
+    ) -> None:
+        self.lib = _loaded()
+        self.n_head, self.eps = n_head, eps
+        self.width = ln_f[0].shape[0]
+        keep: list[torch.Tensor] = []  # what the pointers point into
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            if t is None:
+                return None
+            if t.dtype != torch.bfloat16 or not t.is_contiguous() or t.device.type != "cpu":
+                raise ValueError("expected contiguous bfloat16 CPU parameters")
+            keep.append(t)
+            return t.data_ptr()
+
+        widths = {self.width: "C", 3 * self.width: "3C", 4 * self.width: "4C"}
+        arr = (GPT2Block * len(blocks))()
+        for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(blocks):
+            shapes = [(m.in_features, m.out_features) for m in (attn, proj, fc, fc_proj)]
+            if [(widths.get(a), widths.get(b)) for a, b in shapes] != [
+                ("C", "3C"), ("C", "C"), ("C", "4C"), ("4C", "C"),
+            ]:  # fmt: skip
+                raise ValueError(f"block {i} does not have GPT-2's shapes: {shapes}")
+            if fc.act != ACTIVATIONS["gelu_tanh"] or attn.act or proj.act or fc_proj.act:
+                raise ValueError(f"block {i}: only the MLP's first layer may have an activation")
+            if any(m.out_dtype != torch.bfloat16 for m in (attn, proj, fc, fc_proj)):
+                raise ValueError(f"block {i}: the linear layers must output bfloat16")
+            arr[i] = GPT2Block(
+                ptr(ln1[0]), ptr(ln1[1]), ptr(attn.packed), ptr(attn.bias),
+                ptr(proj.packed), ptr(proj.bias), ptr(ln2[0]), ptr(ln2[1]),
+                ptr(fc.packed), ptr(fc.bias), ptr(fc_proj.packed), ptr(fc_proj.bias),
+            )  # fmt: skip
+        self.ln_f = (ptr(ln_f[0]), ptr(ln_f[1]))
+        self.blocks, self.n_layer, self._keep = arr, len(blocks), keep
+
+    def __call__(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
+        """Input embeddings ``x`` (B, T, C) bfloat16, contiguous, at positions pos..pos+T-1
+        -> ln_f of the last block's output, (B, T, C). ``x`` becomes the residual stream;
+        the new keys and values go into ``k``, ``v`` (layers, B, H, L, D)."""
+        b, t, c = x.shape
+        layers, kb, h, length, d = k.shape
+        ok = x.dtype == k.dtype == v.dtype == torch.bfloat16 and x.is_contiguous()
+        if not ok or k.stride() != v.stride() or k.stride(-1) != 1:
+            raise ValueError("expected contiguous bfloat16 x and caches of one layout")
+        if (layers, kb, h * d, c) != (self.n_layer, b, self.width, self.width) or h != self.n_head:
+            raise ValueError(f"x {tuple(x.shape)} and caches {tuple(k.shape)} do not fit")
+        if pos < 0 or pos + t > length:
+            raise ValueError(f"positions {pos}..{pos + t - 1} are outside a cache of {length}")
+        hidden = torch.empty_like(x)
+        failed = self.lib.altcap_gpt2_forward(
+            self.blocks, self.n_layer, *self.ln_f, self.eps, x.data_ptr(), b, t, c, h,
+            k.data_ptr(), v.data_ptr(), *k.stride()[:4], pos, d**-0.5, hidden.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if failed == 2:
+            raise MemoryError("the GPT-2 kernel could not allocate its buffers")
+        if failed:
+            raise ValueError(f"a forward pass over {pos + t} positions is not supported")
+        return hidden

@@ -133,6 +133,7 @@ class CachedGPT2:
             head = torch.cat((head, pad))
         if kernel:  # float32 logits straight from the accumulators: a faster, finer argmax
             self.lm_head = cpu_kernel.KernelLinear(head, None, out_dtype=torch.float32)
+            self.fused = cpu_kernel.KernelGPT2(self.blocks, self.ln_f, self.n_head, self.eps)
         else:
             self.lm_head = Linear(head, None, pack)
 
@@ -172,26 +173,26 @@ class CachedGPT2:
             raise ValueError("multi-token steps are only supported at position 0")
         h, d = self.n_head, c // self.n_head
         x = x.to(self.dtype) + self.wpe[pos : pos + t]
-        _, normed = add_norm(x, None, self.blocks[0][0], self.eps, self.kernel)
+        if self.kernel:  # every block and ln_f in one call (bfloat16 on the CPU kernels)
+            hidden = self.fused(x.contiguous(), cache.k, cache.v, pos)
+            cache.length = pos + t
+            return hidden[:, -1]  # (B, C)
+        normed = F.layer_norm(x, (c,), *self.blocks[0][0], self.eps)
         for i, (_, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
-            qkv = attn(normed)  # (B, T, 3C)
-            if self.kernel:  # store the keys and values, then attend (causal), in one pass
-                y = cpu_kernel.attend_step(qkv, cache.k[i], cache.v[i], pos)  # (B, T, C)
+            qkv = attn(normed).view(b, t, 3, h, d)  # queries, keys, values
+            q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
+            cache.k[i, :, :, pos : pos + t] = qkv[:, :, 1].transpose(1, 2)
+            cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
+            k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
+            v = cache.v[i, :, :, : pos + t]
+            if t == 1:
+                y = attend_one(q, k, v)
             else:
-                qkv = qkv.view(b, t, 3, h, d)
-                q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
-                cache.k[i, :, :, pos : pos + t] = qkv[:, :, 1].transpose(1, 2)
-                cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
-                k = cache.k[i, :, :, : pos + t]  # (B, H, S, D)
-                v = cache.v[i, :, :, : pos + t]
-                if t == 1:
-                    y = attend_one(q, k, v)
-                else:
-                    y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=True)
-                y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, D) -> (B, T, C)
-            x, normed = add_norm(x, proj(y.to(x.dtype)), ln2, self.eps, self.kernel)
+                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=True)
+            y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, D) -> (B, T, C)
+            x, normed = add_norm(x, proj(y.to(x.dtype)), ln2, self.eps, False)
             after = self.blocks[i + 1][0] if i + 1 < len(self.blocks) else None  # next ln_1
-            x, normed = add_norm(x, fc_proj(fc(normed)), after, self.eps, self.kernel)
+            x, normed = add_norm(x, fc_proj(fc(normed)), after, self.eps, False)
         cache.length = pos + t
         return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
 

@@ -260,6 +260,73 @@ def test_gpt2_step_logits_do_not_depend_on_the_batch():
     assert torch.equal(step_logits(slice(0, 6)), alone)
 
 
+def kernels_one_by_one(lm: CachedGPT2, x: torch.Tensor, cache, pos: int):
+    """A forward pass as separate kernel calls: what ``KernelGPT2`` must equal bit for bit."""
+    x = x.clone()
+    normed = cpu_kernel.add_layer_norm(x, None, *lm.blocks[0][0], lm.eps)
+    for i, (_, attn, proj, ln2, fc, fc_proj) in enumerate(lm.blocks):
+        y = cpu_kernel.attend_step(attn(normed), cache.k[i], cache.v[i], pos)
+        normed = cpu_kernel.add_layer_norm(x, proj(y), *ln2, lm.eps)
+        after = lm.blocks[i + 1][0] if i + 1 < len(lm.blocks) else lm.ln_f
+        normed = cpu_kernel.add_layer_norm(x, fc_proj(fc(normed)), *after, lm.eps)
+    return x, normed
+
+
+@needs_cpu
+def test_a_forward_pass_in_one_call_equals_the_kernels_one_by_one():
+    _, model = tiny_tokenizer_and_model("mlp", seed=2)
+    lm = CachedGPT2(model.lm.to(torch.bfloat16).eval(), kernel=True)
+    g = torch.Generator().manual_seed(4)
+    prefix = torch.randn(3, 10, lm.wte.shape[1], generator=g).to(torch.bfloat16)
+    fused, apart = lm.new_cache(3, 14, zeros=True), lm.new_cache(3, 14, zeros=True)
+    hidden = lm.forward(prefix, fused)  # the prefix: ten positions in one call
+    _, want = kernels_one_by_one(lm, prefix + lm.wpe[:10], apart, 0)
+    assert fused.length == 10 and torch.equal(hidden, want[:, -1])
+    for pos in range(10, 14):  # decoding steps
+        ids = torch.randint(0, lm.vocab_size, (3,), generator=g)
+        hidden = lm.forward(lm.embed_tokens(ids).unsqueeze(1), fused)
+        _, want = kernels_one_by_one(
+            lm, lm.embed_tokens(ids).unsqueeze(1) + lm.wpe[pos], apart, pos
+        )
+        assert torch.equal(hidden, want[:, -1])
+    assert torch.equal(fused.k, apart.k) and torch.equal(fused.v, apart.v)
+    assert fused.k[:, :, :, 13].abs().sum() > 0  # every position was written
+    x0 = prefix + lm.wpe[:10]
+    residual = x0.clone()
+    lm.fused(residual, lm.new_cache(3, 14).k, lm.new_cache(3, 14).v, 0)
+    assert torch.equal(residual, kernels_one_by_one(lm, x0, lm.new_cache(3, 14), 0)[0])
+
+
+@needs_cpu
+def test_a_forward_pass_in_one_call_rejects_what_does_not_fit():
+    _, model = tiny_tokenizer_and_model("mlp", seed=2)
+    lm = CachedGPT2(model.lm.to(torch.bfloat16).eval(), kernel=True)
+    c = lm.wte.shape[1]
+    cache = lm.new_cache(2, 12)
+    x = torch.randn(2, 1, c).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="outside"):
+        lm.fused(x, cache.k, cache.v, 12)  # past the cache
+    with pytest.raises(ValueError, match="do not fit"):
+        lm.fused(torch.randn(3, 1, c).to(torch.bfloat16), cache.k, cache.v, 0)  # 3 rows, 2
+    with pytest.raises(ValueError, match="contiguous bfloat16"):
+        lm.fused(x.float(), cache.k, cache.v, 0)
+    with pytest.raises(ValueError, match="contiguous bfloat16"):
+        lm.fused(
+            torch.randn(2, c, 2).to(torch.bfloat16)[..., 0:1].transpose(1, 2), cache.k, cache.v, 0
+        )
+    blocks = list(lm.blocks)
+    ln1, attn, proj, ln2, fc, fc_proj = blocks[0]
+    blocks[0] = (ln1, attn, proj, ln2, fc_proj, fc)  # the MLP's layers swapped
+    with pytest.raises(ValueError, match="shapes"):
+        cpu_kernel.KernelGPT2(blocks, lm.ln_f, lm.n_head, lm.eps)
+    blocks[0] = (ln1, attn, proj, ln2, proj, fc_proj)  # no GELU
+    with pytest.raises(ValueError):
+        cpu_kernel.KernelGPT2(blocks, lm.ln_f, lm.n_head, lm.eps)
+    blocks[0] = ((ln1[0].float(), ln1[1]), attn, proj, ln2, fc, fc_proj)
+    with pytest.raises(ValueError, match="bfloat16"):
+        cpu_kernel.KernelGPT2(blocks, lm.ln_f, lm.n_head, lm.eps)
+
+
 @needs_cpu
 def test_full_size_mapper_does_not_depend_on_the_batch():
     """ClipCap's MLP mapper (512 -> 3840 -> 7680): plain and oneDNN-packed layers round a lone

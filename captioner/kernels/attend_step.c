@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "altcap.h"
 #include "vecmath.h"
 
 #define MAX_POSITIONS 4096

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "altcap.h"
 #include "vecmath.h"
 
 int altcap_add_layer_norm_bf16(uint16_t *x, const uint16_t *r, long M, long C,

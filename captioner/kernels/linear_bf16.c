@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "altcap.h"
 #include "vecmath.h"
 
 #define VECS 2           /* 512-bit vectors of outputs per panel */
