@@ -188,6 +188,22 @@ def test_fused_argmax_ties_nan_and_minus_infinity_follow_torch():
 
 
 @needs_cpu
+def test_fused_argmax_is_the_first_of_equals_whichever_thread_found_them():
+    """Threads take chunks of panels as they come: ties and NaNs across panels (and so across
+    threads, in any order) still resolve to the first column, as torch does."""
+    w = torch.zeros(2000, 4)
+    w[37::97] = 1  # equal logits in many panels: 37, 134, ...
+    x = torch.tensor([[1.0, 1, 1, 1]] * 3).to(torch.bfloat16)
+    lin = cpu_kernel.KernelLinear(w.to(torch.bfloat16), None, out_dtype=torch.float32)
+    w[500::61, 0] = float("nan")  # NaNs in many panels: the first one wins
+    nan = cpu_kernel.KernelLinear(w.to(torch.bfloat16), None, out_dtype=torch.float32)
+    assert torch.argmax(nan(x), dim=-1).tolist() == [500] * 3
+    for _ in range(50):
+        assert lin.argmax(x).tolist() == [37] * 3
+        assert nan.argmax(x).tolist() == [500] * 3
+
+
+@needs_cpu
 @pytest.mark.parametrize("shape", [(1, 768), (32, 1, 768), (4, 50, 768), (3, 33)])
 def test_add_layer_norm_matches_torch(shape):
     g = torch.Generator().manual_seed(shape[-1])
