@@ -28,7 +28,7 @@ from .errors import AltCapError, InvalidSettings
 from .fetch import FetchLimits, Resolver, fetch_image
 from .images import load_image
 from .pages import MODES, Crawler, find_images, needs_caption, patch_html
-from .reports import FORMATS, format_for_path, make_row, write_rows
+from .reports import FORMATS, caption_outcome, format_for_path, make_row, write_rows
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
@@ -266,7 +266,7 @@ def caption_rows(
                 else:
                     for (url, _), result in zip(good, results, strict=True):
                         captions[url] = result.text
-                        _finish(by_url[url], status="done", caption=result.text)
+                        _finish(by_url[url], **caption_outcome(result.text))
             if progress:
                 progress(len(chunk))
     return captions

@@ -8,9 +8,9 @@ vocabulary projection (the logits are never written out). ``attend_step.c`` stor
 and values and attends over the cache (a step, or the whole prefix in one pass);
 ``attention.c`` is CLIP's attention over its 50 tokens and ``quick_gelu.c`` its activation,
 each in one pass. ``gpt2.c`` runs a GPT-2 forward pass (the prefix or a step) through those
-kernels in one call from Python. Every output element is computed the same way whatever the batch, so
-batched captions equal single ones (with oneDNN they did not: its one-row path rounds
-differently).
+kernels in one call from Python. Every output element is computed the same way whatever the
+batch, so batched captions equal single ones (with oneDNN they did not: its one-row path
+rounds differently).
 
 The C files are compiled once per machine with the system C compiler into
 ``$ALTCAP_CACHE/kernels`` (atomic rename, so concurrent workers are safe) and loaded with

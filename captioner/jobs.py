@@ -68,6 +68,7 @@ from captioner.jobstore import (
     is_redis_url,
     open_job_store,
 )
+from captioner.reports import caption_outcome
 from captioner.settings import Settings
 
 if TYPE_CHECKING:
@@ -1025,7 +1026,7 @@ def _rows(
             if isinstance(outcome, AltCapError):
                 row.update(status="failed", error_code=outcome.code, error_message=outcome.message)
             else:
-                row.update(status="done", caption=outcome)
+                row.update(caption_outcome(outcome))
             out[seq] = row
     return out
 

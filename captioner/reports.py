@@ -17,9 +17,11 @@ from .errors import AltCapError
 
 __all__ = [
     "FORMATS",
+    "NO_CAPTION",
     "RESULT_FIELDS",
     "STATUSES",
     "UnknownFormat",
+    "caption_outcome",
     "content_type",
     "format_for_path",
     "make_row",
@@ -37,6 +39,10 @@ RESULT_FIELDS = (
     "error_message",
 )
 STATUSES = ("done", "failed", "skipped")
+# A caption that cleaned to nothing (see alttext.clean_caption): the image is skipped, not
+# done, so a site owner sees it among the images still needing alt text, with the reason.
+NO_CAPTION = "no_caption"
+NO_CAPTION_MESSAGE = "the model found nothing readable to say about this image"
 FORMATS = {
     "json": "application/json",
     "jsonl": "application/x-ndjson",
@@ -92,6 +98,14 @@ def make_row(
         "error_code": error_code,
         "error_message": error_message,
     }
+
+
+def caption_outcome(caption: str) -> dict[str, Any]:
+    """The fields of a row whose image was captioned: ``done`` with its caption, or, for a
+    caption that cleaned to nothing, ``skipped`` with ``error_code`` ``no_caption``."""
+    if caption:
+        return {"status": "done", "caption": caption}
+    return {"status": "skipped", "error_code": NO_CAPTION, "error_message": NO_CAPTION_MESSAGE}
 
 
 def _project(row: Mapping[str, Any]) -> dict[str, Any]:

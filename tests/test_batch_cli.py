@@ -297,3 +297,34 @@ def test_patched_names() -> None:
     assert patched_name(7, "https://a.test/Blog/My Post.HTML?x=1") == "7-blog-my-post.html"
     assert patched_name(3, "https://a.test/a/b.php") == "3-a-b.html"
     assert len(patched_name(12, "https://a.test/" + "x" * 500)) <= len("12-.html") + 60
+
+
+def test_an_image_the_model_has_nothing_readable_for_is_skipped(site) -> None:
+    """A caption that cleaned to "" is no suggestion: the row is ``skipped`` with
+    ``no_caption``, not ``done`` with an empty caption, and nothing is patched with it."""
+    from captioner.batch import PENDING, caption_rows
+    from captioner.fetch import FetchLimits
+    from captioner.images import preprocess
+    from captioner.reports import make_row
+
+    class Result:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+    class Silent:  # says nothing for the green image, something for the others
+        def preprocess(self, images):
+            return preprocess(images, image_size=8)
+
+        def caption_pixels(self, pixels, settings):
+            green = pixels[:, 1].mean(dim=(1, 2)) > pixels[:, 0].mean(dim=(1, 2))
+            return [Result("" if g else "A red square.") for g in green.tolist()]
+
+    urls = [f"{site.base}/img/missing.png", f"{site.base}/img/empty.png"]
+    rows = [make_row(page_url=None, image_url=u, status=PENDING) for u in urls]
+    captions = caption_rows(rows, Silent(), limits=FetchLimits(allow_private=True))
+    assert [(r["status"], r["caption"], r["error_code"]) for r in rows] == [
+        ("done", "A red square.", None),
+        ("skipped", None, "no_caption"),
+    ]
+    assert "nothing readable" in rows[1]["error_message"]
+    assert captions[urls[0]] == "A red square."

@@ -721,6 +721,22 @@ def test_an_internal_error_on_one_image_fails_its_row_and_ends_the_job(make_queu
     assert queue.rows(job["id"])[0]["error_code"] == "internal_error"
 
 
+def test_an_image_the_model_has_nothing_readable_for_is_a_skipped_row(make_queue, site):
+    """A caption that cleaned to "" is no suggestion: ``skipped`` with ``no_caption``."""
+    base, _ = site
+    engine = FakeEngine([Result("A caption."), Result("")])
+    engine.wait_ready = lambda timeout: True
+    queue = make_queue(jobs.EngineBackend(engine, 40_000_000))
+    job, _ = queue.submit(parse_job({"images": [f"{base}/0.png", f"{base}/1.png"]}, queue.settings))
+    status = wait_for(queue, job["id"])
+    assert status["counts"] == {"total": 2, "done": 1, "failed": 0, "skipped": 1}
+    rows = queue.rows(job["id"])
+    assert [(r["status"], r["caption"], r["error_code"]) for r in rows] == [
+        ("done", "A caption.", None),
+        ("skipped", None, "no_caption"),
+    ]
+
+
 def test_job_captions_are_cached_by_model_identity(make_queue, site, tiny_dir, tmp_path) -> None:
     """A shared cache answers a consumer of the same model directory after a restart, and
     not one of the same directory retrained in place (the path alone is the same)."""
