@@ -7,8 +7,9 @@ any id the model picks decodes. Every request forces 20 new tokens, so each capt
 the same whatever the random weights say. One run measures:
 
 (a) micro-batching: N concurrent clients (threads, one distinct 224x224 noise PNG per
-    request, so the caption cache never answers) against one gunicorn worker with
-    batching on (ALTCAP_MAX_BATCH_SIZE=32) and off (=1): images/s, p50/p99 latency, ratio;
+    request, so the caption cache never answers; encoded before the clock starts, as the
+    clients share the server's cores) against one gunicorn worker with batching on
+    (ALTCAP_MAX_BATCH_SIZE=32) and off (=1): images/s, p50/p99 latency, ratio;
 (b) cached URLs: an image served by a local http.server is captioned once, then
     GET /v1/captions?url=... is repeated from keep-alive connections: requests/s.
 
