@@ -42,15 +42,17 @@ int altcap_gpt2_forward(const altcap_gpt2_block *blocks, long L, const uint16_t 
                                             normed, threads);
     for (long i = 0; i < L && !failed; i++) {
         const altcap_gpt2_block *p = blocks + i;
-        altcap_linear_bf16(normed, C, p->attn_w, p->attn_b, qkv, 3 * C, 1, 0, M, 3 * C, C,
-                           threads);
+        failed |= altcap_linear_bf16(normed, C, p->attn_w, p->attn_b, qkv, 3 * C, 1, 0, M, 3 * C,
+                                     C, threads);
         failed |= altcap_attend_step(qkv, T * 3 * C, 3 * C, T, k + i * kv_l, v + i * kv_l, kv_b,
                                      kv_h, kv_s, pos, att, B, H, D, scale, threads);
-        altcap_linear_bf16(att, C, p->proj_w, p->proj_b, out, C, 1, 0, M, C, C, threads);
+        failed |= altcap_linear_bf16(att, C, p->proj_w, p->proj_b, out, C, 1, 0, M, C, C, threads);
         failed |= altcap_add_layer_norm_bf16(x, out, M, C, p->ln2_w, p->ln2_b, eps, normed,
                                              threads);
-        altcap_linear_bf16(normed, C, p->fc_w, p->fc_b, h, 4 * C, 1, GELU, M, 4 * C, C, threads);
-        altcap_linear_bf16(h, 4 * C, p->fcp_w, p->fcp_b, out, C, 1, 0, M, C, 4 * C, threads);
+        failed |= altcap_linear_bf16(normed, C, p->fc_w, p->fc_b, h, 4 * C, 1, GELU, M, 4 * C, C,
+                                     threads);
+        failed |= altcap_linear_bf16(h, 4 * C, p->fcp_w, p->fcp_b, out, C, 1, 0, M, C, 4 * C,
+                                     threads);
         const int last = i + 1 == L; /* then ln_f, into hidden */
         failed |= altcap_add_layer_norm_bf16(x, out, M, C, last ? lnf_w : p[1].ln1_w,
                                              last ? lnf_b : p[1].ln1_b, eps,
