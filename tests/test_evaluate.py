@@ -147,15 +147,30 @@ def test_meteor_failure_is_reported_not_hung(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     assert E.java_path() == str(fake)
     out = []
+    from pycocoevalcap.meteor import meteor as pycoco_meteor
+
+    made, closed = [], []
+
+    class Recorded(pycoco_meteor.Meteor):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(pycoco_meteor, "Meteor", Recorded)
 
     def run():
         out.append(E.score(REFS, {k: v[0] for k, v in REFS.items()}, java=E.java_path()))
+        # stdin closed before Meteor.__del__ runs: input buffered for the dead JVM would
+        # otherwise break the pipe there (an "Exception ignored" traceback on stderr)
+        closed.extend(m.meteor_p.stdin.closed for m in made)
+        made.clear()
         gc.collect()  # Meteor.__del__, if a cycle kept it
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(60)
     assert not worker.is_alive(), "scoring hung after METEOR failed"
+    assert closed == [True]
     metrics, notes = out[0]
     assert notes["tokenizer"] == "ptb" and metrics["METEOR"] is None
     assert notes["unavailable"]["METEOR"].startswith("METEOR failed")

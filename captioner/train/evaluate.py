@@ -162,6 +162,10 @@ def _meteor(gts: Captions, res: Captions) -> float:
         with contextlib.suppress(Exception):
             meteor.meteor_p.kill()
             meteor.meteor_p.wait(timeout=10)
+        # Meteor.__del__ closes the JVM's stdin too: input still buffered for a JVM that died
+        # would raise BrokenPipeError there, printed as an "Exception ignored" traceback
+        with contextlib.suppress(OSError, ValueError):
+            meteor.meteor_p.stdin.close()
         # a failure inside compute_score leaves its lock held, and Meteor.__del__ takes that
         # lock: release it, or garbage collection would hang the process
         if meteor.lock.locked():
