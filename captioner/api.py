@@ -55,6 +55,7 @@ from captioner.errors import AltCapError, ConfigError
 from captioner.identity import ModelIdentity, model_identity, redact_model_path
 from captioner.metrics import Metrics
 from captioner.openapi import build_openapi
+from captioner.reports import NO_CAPTION_MESSAGE
 from captioner.service import (
     InvalidRequest,
     Item,
@@ -291,8 +292,8 @@ def caption_form() -> tuple[str, int]:
     return render_page(result=item.to_json(), url=url), 200
 
 
-# what the page says for an empty caption (the model wrote nothing readable)
-NO_CAPTION = "No suggestion: the model found nothing readable to say about this image."
+# what the page says for an empty caption (batch reports give the same reason)
+NO_CAPTION = f"No suggestion: {NO_CAPTION_MESSAGE}."
 
 
 def render_page(

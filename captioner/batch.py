@@ -224,7 +224,8 @@ def caption_rows(
     progress: Progress | None = None,
 ) -> dict[str, str]:
     """Download and caption every distinct image of the ``pending`` rows, and finish those
-    rows (``done`` with a caption, or ``failed`` with the download or decode error) in place.
+    rows (``done`` with a caption, ``skipped`` with ``no_caption`` when it cleaned to nothing,
+    or ``failed`` with the download or decode error) in place.
 
     Images are fetched with the service's SSRF-safe ``fetch_image`` a few at a time, the
     next batch while the model captions this one, and captioned in batches of
@@ -265,8 +266,10 @@ def caption_rows(
                         _finish(by_url[url], status="failed", error=exc)
                 else:
                     for (url, _), result in zip(good, results, strict=True):
-                        captions[url] = result.text
-                        _finish(by_url[url], **caption_outcome(result.text))
+                        outcome = caption_outcome(result.text)
+                        _finish(by_url[url], **outcome)
+                        if outcome["status"] == "done":
+                            captions[url] = result.text
             if progress:
                 progress(len(chunk))
     return captions

@@ -167,7 +167,8 @@ class GPT2Block(ctypes.Structure):
 
 
 def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
-    """A GPT-2 layer's attention for new positions through the kernel.
+    """A GPT-2 layer's attention for new positions through the kernel (``gpt2.c`` calls it
+    from C inside a forward pass; this entry point tests it and serves other callers).
 
     ``qkv`` (B, T, 3C) bfloat16 from the layer's c_attn (T = 1 at a decoding step; also
     (B, 3C)); ``k``, ``v`` its bfloat16 caches (B, H, L, D). Stores the new keys and values at
@@ -377,13 +378,12 @@ class KernelGPT2:
             keep.append(t)
             return t.data_ptr()
 
-        widths = {self.width: "C", 3 * self.width: "3C", 4 * self.width: "4C"}
+        c = self.width
+        gpt2_shapes = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)]  # (in, out) features
         arr = (GPT2Block * len(blocks))()
         for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(blocks):
             shapes = [(m.in_features, m.out_features) for m in (attn, proj, fc, fc_proj)]
-            if [(widths.get(a), widths.get(b)) for a, b in shapes] != [
-                ("C", "3C"), ("C", "C"), ("C", "4C"), ("4C", "C"),
-            ]:  # fmt: skip
+            if shapes != gpt2_shapes:
                 raise ValueError(f"block {i} does not have GPT-2's shapes: {shapes}")
             if fc.act != ACTIVATIONS["gelu_tanh"] or attn.act or proj.act or fc_proj.act:
                 raise ValueError(f"block {i}: only the MLP's first layer may have an activation")

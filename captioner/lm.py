@@ -62,23 +62,6 @@ def attend_one(
     return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v).to(dtype)
 
 
-def add_norm(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    norm: tuple[torch.Tensor, torch.Tensor] | None,
-    eps: float,
-    kernel: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A pre-norm transformer's residual add and the LayerNorm (weight, bias) after it:
-    ``(x + residual, layer_norm(x + residual))``; either part may be None. With ``kernel``
-    (bfloat16 on the CPU kernel) both in one pass, ``x`` updated in place."""
-    if kernel and norm is not None:
-        return x, cpu_kernel.add_layer_norm(x, residual, *norm, eps)
-    if residual is not None:
-        x = x + residual
-    return x, None if norm is None else F.layer_norm(x, (x.shape[-1],), *norm, eps)
-
-
 class CachedGPT2:
     """GPT-2 inference on a static KV cache, sharing the parameters of a GPT2LMHeadModel."""
 
@@ -171,15 +154,14 @@ class CachedGPT2:
         pos = cache.length
         if t > 1 and pos != 0:
             raise ValueError("multi-token steps are only supported at position 0")
-        h, d = self.n_head, c // self.n_head
         x = x.to(self.dtype) + self.wpe[pos : pos + t]
         if self.kernel:  # every block and ln_f in one call (bfloat16 on the CPU kernels)
             hidden = self.fused(x.contiguous(), cache.k, cache.v, pos)
             cache.length = pos + t
             return hidden[:, -1]  # (B, C)
-        normed = F.layer_norm(x, (c,), *self.blocks[0][0], self.eps)
-        for i, (_, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
-            qkv = attn(normed).view(b, t, 3, h, d)  # queries, keys, values
+        h, d = self.n_head, c // self.n_head
+        for i, (ln1, attn, proj, ln2, fc, fc_proj) in enumerate(self.blocks):
+            qkv = attn(F.layer_norm(x, (c,), *ln1, self.eps)).view(b, t, 3, h, d)  # q, k, v
             q = qkv[:, :, 0].transpose(1, 2)  # (B, H, T, D)
             cache.k[i, :, :, pos : pos + t] = qkv[:, :, 1].transpose(1, 2)
             cache.v[i, :, :, pos : pos + t] = qkv[:, :, 2].transpose(1, 2)
@@ -190,9 +172,8 @@ class CachedGPT2:
             else:
                 y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, is_causal=True)
             y = y.transpose(1, 2).reshape(b, t, c)  # (B, H, T, D) -> (B, T, C)
-            x, normed = add_norm(x, proj(y.to(x.dtype)), ln2, self.eps, False)
-            after = self.blocks[i + 1][0] if i + 1 < len(self.blocks) else None  # next ln_1
-            x, normed = add_norm(x, fc_proj(fc(normed)), after, self.eps, False)
+            x = x + proj(y.to(x.dtype))
+            x = x + fc_proj(fc(F.layer_norm(x, (c,), *ln2, self.eps)))
         cache.length = pos + t
         return F.layer_norm(x[:, -1], (c,), *self.ln_f, self.eps)  # (B, C)
 

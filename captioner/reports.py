@@ -18,6 +18,7 @@ from .errors import AltCapError
 __all__ = [
     "FORMATS",
     "NO_CAPTION",
+    "NO_CAPTION_MESSAGE",
     "RESULT_FIELDS",
     "STATUSES",
     "UnknownFormat",

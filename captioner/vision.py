@@ -10,7 +10,7 @@ the full-size tower from ~900 to ~650 ms for 32 images on two Zen 4 cores in bfl
 - attention over the 50 tokens through the CPU kernel (``kernels/attention.c``): each
   (image, head) in one pass from the projections as they lie, ~18 vs ~30 ms a batch of 32;
   else as two batched products (the flash kernel was slower);
-- each residual add and the LayerNorm after it in one pass with the kernel (``lm.add_norm``);
+- each residual add and the LayerNorm after it in one pass with the kernel;
 - the patch embedding as one matrix product over unfolded patches, not a convolution;
 - with the CPU kernel, only the class token in the last layer: ClipCap reads
   ``image_embeds``, the projection of that token alone, so the other 49 tokens need keys and
@@ -28,7 +28,7 @@ from torch import nn
 from transformers import CLIPVisionModelWithProjection
 
 from . import cpu_kernel
-from .lm import add_norm, attend_one
+from .lm import attend_one
 from .packed import Linear, PackedLinear, can_pack
 
 
@@ -77,12 +77,15 @@ class LeanVision:
     def _add_norm(
         self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.LayerNorm | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x + residual`` and ``norm`` of it (``lm.add_norm``: one pass with the kernel)."""
-        if norm is None:
-            return add_norm(x, residual, None, 0.0, False)
-        affine = norm.weight is not None and norm.bias is not None
-        kernel = self.kernel and affine and x.dtype == torch.bfloat16
-        return add_norm(x, residual, (norm.weight, norm.bias), norm.eps, kernel)
+        """A pre-norm residual add and the LayerNorm after it: ``(x + residual, norm(x +
+        residual))`` (no residual: ``x``; no norm: None). With the kernel, both in one pass,
+        ``x`` updated in place."""
+        affine = norm is not None and norm.weight is not None and norm.bias is not None
+        if self.kernel and affine and x.dtype == torch.bfloat16:
+            return x, cpu_kernel.add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps)
+        if residual is not None:
+            x = x + residual
+        return x, None if norm is None else norm(x)
 
     def _attention(self, h: torch.Tensor, a: nn.Module) -> torch.Tensor:
         """Self-attention of (B, T, C) normalised states, before the output projection."""
