@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -107,13 +109,35 @@ access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"
 # --- hooks -----------------------------------------------------------------------------
 
 
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # = captioner.metrics.MULTIPROC_ENV (no app import here)
+_made: list[str] = []  # the metrics directory on_starting created, for on_exit
+
+
 def on_starting(server) -> None:
-    """In the master, before anything is forked: refuse ``--preload`` (see preload_app)."""
+    """In the master, before anything is forked: refuse ``--preload`` (see preload_app), and
+    give the workers one directory for their metrics.
+
+    ``/metrics`` must report the whole server, not whichever worker took the scrape, so the
+    workers run prometheus-client's multiprocess mode (``captioner/metrics.py``): each writes
+    its values to files in ``PROMETHEUS_MULTIPROC_DIR``, which must be set before they import
+    prometheus-client and must start empty. A fresh temporary directory, removed on exit,
+    unless the variable is set already: then that directory, its old files deleted.
+    """
     if server.cfg.preload_app:
         raise SystemExit(
             "AltCap must not run with preload_app/--preload: the model has to load in each "
             "worker after the fork (CUDA cannot be initialised in the gunicorn master)"
         )
+    given = os.environ.get(METRICS_ENV, "").strip()
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.remove(os.path.join(given, name))
+    else:
+        os.environ[METRICS_ENV] = tempfile.mkdtemp(prefix="altcap-metrics-")
+        _made.append(os.environ[METRICS_ENV])
+    server.log.info("workers' metrics in %s", os.environ[METRICS_ENV])
 
 
 def post_fork(server, worker) -> None:
@@ -137,6 +161,20 @@ def post_fork(server, worker) -> None:
     if server.cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // server.cfg.workers))
+
+
+def child_exit(server, worker) -> None:
+    """In the master, after a worker exited: drop it from the live gauges (queue depth, model
+    ready); its counters and histograms stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """The master is stopping: remove the metrics directory it made."""
+    for path in _made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def worker_exit(server, worker) -> None:

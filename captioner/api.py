@@ -16,9 +16,8 @@ Cross-cutting rules apply to all of them: every error is ``{"error": {"code", "m
 with a stable code and never a traceback; optional API keys (``Authorization: Bearer``,
 compared in constant time); rate limits by Flask-Limiter keyed by API key or address and
 counted in images (``RATE_LIMIT_COSTS``); CORS for the browser extension's origins only;
-metrics in a registry owned by the app, so test apps never share counters. Under gunicorn
-each worker process has its own metrics: scrape the workers one by one, or run one worker
-per container (the default of ``gunicorn.conf.py``).
+metrics in a registry owned by the app, so test apps never share counters; under gunicorn,
+``/metrics`` adds up every worker's (``captioner.metrics``).
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from flask import (
     render_template,
     request,
 )
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -251,8 +250,8 @@ def readyz() -> Response | tuple[Response, int, dict[str, str]]:
 
 @ops.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text format, for this worker process only."""
-    return Response(generate_latest(state().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+    """Prometheus text format: under gunicorn, the sum over its workers (``captioner.metrics``)."""
+    return Response(state().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
 
 @ops.get("/openapi.json")

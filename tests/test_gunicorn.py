@@ -35,6 +35,8 @@ READY_TIMEOUT_S = 60  # two workers importing torch on two cores: ~10 s
 GRACEFUL_TIMEOUT_S = 30  # as in gunicorn.conf.py
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
 LOADED = re.compile(r"\[(\d+)\] \[INFO\] model .* loaded")
+METRICS_DIR = re.compile(r"\[INFO\] workers' metrics in (\S+)")
+IMAGES_TOTAL = re.compile(r"^altcap_images_total\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
 class Gunicorn:
@@ -49,6 +51,7 @@ class Gunicorn:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ALTCAP_")}
         env.pop("PORT", None)
         env.pop("GUNICORN_CMD_ARGS", None)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py makes one of its own
         env.update(
             HF_HUB_OFFLINE="1",
             TOKENIZERS_PARALLELISM="false",
@@ -288,6 +291,34 @@ def test_healthz_and_metrics(server):
         assert name in text
 
 
+def images_answered(server: Gunicorn) -> float:
+    """altcap_images_total over its outcomes, from one scrape on a new connection (any
+    worker may accept it)."""
+    status, _, raw = server.request("GET", "/metrics")
+    assert status == 200, raw
+    return sum(float(v) for v in IMAGES_TOTAL.findall(raw.decode()))
+
+
+def test_metrics_add_up_every_worker(server):
+    """Whichever worker takes the scrape, /metrics counts what all workers did: per-worker
+    numbers would differ from scrape to scrape (read by Prometheus as counter resets)."""
+    before = {images_answered(server) for _ in range(8)}
+    assert len(before) == 1, before
+
+    def caption(i: int) -> None:
+        status, body = server.post_json({"images": [{"data": b64(distinct_png(500 + i))}]})
+        assert status == 200, body
+
+    with ThreadPoolExecutor(6) as pool:  # new connections, taken by either worker
+        list(pool.map(caption, range(12)))
+    after = [images_answered(server) for _ in range(8)]
+    assert after == [before.pop() + 12] * 8
+    # both workers write their values to the directory gunicorn.conf.py made for them
+    files = os.listdir(METRICS_DIR.search(server.log()).group(1))
+    workers = set(re.findall(r"Booting worker with pid: (\d+)", server.log()))
+    assert {f"counter_{pid}.db" for pid in workers} <= set(files), files
+
+
 def test_concurrent_requests_all_succeed(server):
     def caption(i: int) -> dict:
         status, body = server.post_json({"images": [{"data": b64(distinct_png(200 + i))}]})
@@ -310,5 +341,6 @@ def test_sigterm_stops_cleanly(server):
     assert "Traceback" not in log, log
     assert "Shutting down: Master" in log
     assert log.count("Worker exiting") == WORKERS
+    assert not Path(METRICS_DIR.search(log).group(1)).exists()  # removed by on_exit
     access = server.stdout_path.read_text()
     assert '"POST /v1/captions HTTP/1.1" 200' in access  # the access log format in use
