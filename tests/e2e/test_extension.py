@@ -16,20 +16,23 @@ click, so the tests load a copy of ``extension/`` whose manifest also asks for
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import request
-from helpers import png_bytes, serve_app, serve_directory, tiny_service_app
+from extension_site import (
+    COMPONENTS_DESCRIBED,
+    DESCRIBED,
+    TIMEOUT_MS,
+    Service,
+    image_url,
+    wait_until,
+)
 
 try:
     from playwright.sync_api import (
@@ -44,150 +47,7 @@ try:
 except ImportError as exc:  # fail, never skip: these tests are part of `make test`
     raise ImportError("Playwright is missing: `make test` installs it") from exc
 
-EXTENSION = Path(__file__).resolve().parents[2] / "extension"
-TIMEOUT_MS = 20_000  # generous: CI runs this on two cores
 PREFIX = re.compile(r"^Appears to be: \S")
-
-# Every image has a URL of its own, so the server's log says exactly which were sent.
-IMAGES = {
-    "none": (200, 30, 30),
-    "filename": (30, 160, 40),
-    "author": (30, 40, 200),
-    "decorative": (220, 220, 40),
-    "presentation": (200, 40, 200),
-    "hidden": (40, 200, 200),
-    "tiny": (90, 90, 90),
-    "banner": (250, 120, 20),
-    "change1": (120, 20, 250),
-    "change2": (20, 20, 20),
-    "added": (250, 250, 250),
-    "lazy": (120, 70, 20),
-}
-DESCRIBED = {"none", "filename", "change1", "change2", "added", "lazy"}
-
-TEST_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>AltCap extension test page</title></head>
-<body>
-<h1>AltCap extension test page</h1>
-<p id="script-state">the page script did not run</p>
-<button type="button" id="add">Add an image</button>
-<p id="clicks">0</p>
-<img id="none" src="none.png" width="200" height="150">
-<img id="filename" src="filename.png" alt="IMG_0042.jpg" width="200" height="150">
-<img id="author" src="author.png" alt="A red bicycle" width="200" height="150">
-<img id="decorative" src="decorative.png" alt="" width="200" height="150">
-<img id="presentation" src="presentation.png" role="presentation" width="200" height="150">
-<img id="hidden" src="hidden.png" aria-hidden="true" width="200" height="150">
-<img id="tiny" src="tiny.png" width="10" height="10">
-<img id="banner" src="banner.png" width="800" height="40">
-<img id="change" src="change1.png" width="200" height="150">
-<div id="later"></div>
-<div style="height: 9000px"></div>
-<img id="lazy" src="lazy.png" loading="lazy" width="200" height="150">
-<script>
-  document.getElementById("script-state").textContent = "the page script ran";
-  document.getElementById("add").addEventListener("click", () => {
-    const clicks = document.getElementById("clicks");
-    clicks.textContent = String(Number(clicks.textContent) + 1);
-    if (document.getElementById("added")) return;
-    const img = document.createElement("img");
-    img.id = "added";
-    img.src = "added.png";
-    img.width = 200;
-    img.height = 150;
-    document.getElementById("later").append(img);
-  });
-</script>
-</body>
-</html>
-"""
-
-
-# Web components and iframes: every image here has its own URL too.
-COMPONENT_IMAGES = {
-    "shadow": (10, 90, 160),  # in an open shadow root
-    "kettle": (10, 160, 90),  # there too, with author alt
-    "nested": (160, 10, 90),  # in a shadow root inside a shadow root
-    "shadow-added": (90, 160, 10),  # added to a shadow root by a click
-    "late": (60, 60, 160),  # in an element whose definition arrives after the page loaded
-    "closed": (160, 60, 60),  # in a closed shadow root: out of reach
-    "framed": (60, 160, 60),  # in a same-origin iframe
-    "door": (200, 100, 150),  # there too, with author alt
-    "srcdoc": (100, 200, 150),  # in a srcdoc iframe (runs with its parent's origin)
-}
-COMPONENTS_DESCRIBED = {"shadow", "nested", "shadow-added", "late", "framed", "srcdoc"}
-
-COMPONENTS_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Web components and frames</title></head>
-<body>
-<p id="script-state">the page script did not run</p>
-<button type="button" id="add">Add an image to the card</button>
-<x-card></x-card>
-<x-late></x-late>
-<x-closed></x-closed>
-<iframe id="frame" src="frame.html" width="400" height="400" title="A frame"></iframe>
-<iframe id="srcdoc" width="400" height="300" title="A srcdoc frame"
-  srcdoc="<img id='srcdoc-img' src='srcdoc.png' width='200' height='150'>"></iframe>
-<script>
-  const picture = (id, alt) => {
-    const img = document.createElement("img");
-    img.id = id;
-    img.src = id + ".png";
-    img.width = 200;
-    img.height = 150;
-    if (alt !== undefined) img.alt = alt;
-    return img;
-  };
-  customElements.define("x-badge", class extends HTMLElement {
-    constructor() {
-      super();
-      this.attachShadow({ mode: "open" }).append(picture("nested"));
-    }
-  });
-  customElements.define("x-card", class extends HTMLElement {
-    constructor() {
-      super();
-      const root = this.attachShadow({ mode: "open" });
-      root.append(picture("shadow"), picture("kettle", "A green kettle"));
-      root.append(document.createElement("x-badge"));
-    }
-  });
-  customElements.define("x-closed", class extends HTMLElement {
-    constructor() {
-      super();
-      window.closedImage = picture("closed");
-      this.attachShadow({ mode: "closed" }).append(window.closedImage);
-    }
-  });
-  document.getElementById("add").addEventListener("click", () => {
-    const root = document.querySelector("x-card").shadowRoot;
-    if (!root.getElementById("shadow-added")) root.append(picture("shadow-added"));
-  });
-  // A component library that arrives late: the element is in the page, undefined, first.
-  setTimeout(() => {
-    customElements.define("x-late", class extends HTMLElement {
-      connectedCallback() {
-        if (!this.shadowRoot) this.attachShadow({ mode: "open" }).append(picture("late"));
-      }
-    });
-  }, 1000);
-  document.getElementById("script-state").textContent = "the page script ran";
-</script>
-</body>
-</html>
-"""
-
-FRAME_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>A frame</title></head>
-<body>
-<img id="framed" src="framed.png" width="200" height="150">
-<img id="door" src="door.png" alt="A blue door" width="200" height="150">
-</body>
-</html>
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -197,103 +57,6 @@ def expect_timeout() -> Iterator[None]:
     expect.set_options(timeout=TIMEOUT_MS)
     yield
     expect.set_options(timeout=previous)
-
-
-# --- the service, counting what reaches it ---------------------------------------------------
-
-
-@dataclass
-class Service:
-    url: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, agent
-    captions: dict[str, str] = field(default_factory=dict)  # image URL -> caption sent back
-    sent_urls: list[str] = field(default_factory=list)  # every image URL POSTed, in order
-
-    def reset(self) -> None:
-        with self.lock:
-            self.requests.clear()
-            self.captions.clear()
-            self.sent_urls.clear()
-
-    def from_browser(self) -> list[tuple[str, str, str]]:
-        with self.lock:
-            return [r for r in self.requests if "Chrom" in r[2]]
-
-    def wait_for_caption(self, url: str) -> str:
-        return wait_until(lambda: self.captions.get(url), f"no caption for {url}")
-
-
-def wait_until(probe: Callable[[], Any], what: str, timeout: float = TIMEOUT_MS / 1000) -> Any:
-    stop = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < stop, what
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The real service on 127.0.0.1 and a free port, with a log of every request."""
-    app = tiny_service_app(tiny_dir, tmp_path_factory.mktemp("ext-data"))
-    svc = Service("")  # its URL once it serves
-
-    @app.before_request
-    def log_request() -> None:
-        with svc.lock:
-            svc.requests.append(
-                (request.method, request.path, request.headers.get("User-Agent", ""))
-            )
-        if request.method == "POST" and request.path == "/v1/captions":
-            body = json.loads(request.get_data(cache=True) or b"{}")  # the view reads it again
-            with svc.lock:
-                svc.sent_urls += [i["url"] for i in body.get("images", []) if "url" in i]
-
-    @app.after_request
-    def log_captions(response: Any) -> Any:
-        if request.method == "POST" and request.path == "/v1/captions":
-            body = json.loads(request.get_data(cache=True) or b"{}")
-            answer = response.get_json(silent=True) or {}
-            pairs = zip(body.get("images", []), answer.get("results", []), strict=False)
-            with svc.lock:
-                for image, result in pairs:
-                    if "url" in image and isinstance(result.get("caption"), str):
-                        svc.captions[image["url"]] = result["caption"]
-        return response
-
-    with serve_app(app) as url:
-        svc.url = url
-        yield svc
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The test page and its images on 127.0.0.1; yields the page's URL."""
-    root = tmp_path_factory.mktemp("ext-site")
-    (root / "index.html").write_text(TEST_PAGE, encoding="utf-8")
-    (root / "components.html").write_text(COMPONENTS_PAGE, encoding="utf-8")
-    (root / "frame.html").write_text(FRAME_PAGE, encoding="utf-8")
-    for name, colour in (IMAGES | COMPONENT_IMAGES).items():
-        (root / f"{name}.png").write_bytes(png_bytes(colour))
-    with serve_directory(root) as base:
-        yield f"{base}/index.html"
-
-
-def image_url(site: str, name: str) -> str:
-    return site.rsplit("/", 1)[0] + f"/{name}.png"
-
-
-@pytest.fixture(scope="module")
-def extension_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """extension/ with ``*://127.0.0.1/*`` granted at install (no dialog to click)."""
-    target = tmp_path_factory.mktemp("ext-copy") / "extension"
-    shutil.copytree(EXTENSION, target, ignore=shutil.ignore_patterns("tests"))
-    manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    manifest["host_permissions"] = ["*://127.0.0.1/*"]
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    return target
 
 
 @dataclass
