@@ -112,22 +112,24 @@ async function doSync() {
     const granted = (await chrome.permissions.getAll()).origins || [];
     const { matches, excludeMatches } = contentScriptMatches(settings, granted);
     const existing = await chrome.scripting.getRegisteredContentScripts({ ids: [SCRIPT_ID] });
-    if (existing.length) await chrome.scripting.unregisterContentScripts({ ids: [SCRIPT_ID] });
-    if (matches.length) {
-      const script = {
-        id: SCRIPT_ID,
-        js: SCRIPT_FILES,
-        matches,
-        runAt: "document_idle",
-        // Iframes too: each frame is matched by its own URL (so its own site needs access,
-        // as any page), and about:blank / srcdoc / blob: frames by the origin they inherit.
-        allFrames: true,
-        matchOriginAsFallback: true,
-        persistAcrossSessions: false, // registered again at every start (Firefox-safe)
-      };
-      if (excludeMatches.length) script.excludeMatches = excludeMatches;
-      await chrome.scripting.registerContentScripts([script]);
-    }
+    const script = {
+      id: SCRIPT_ID,
+      js: SCRIPT_FILES,
+      matches,
+      excludeMatches, // [] clears an earlier list when updating
+      runAt: "document_idle",
+      // Iframes too: each frame is matched by its own URL (so its own site needs access,
+      // as any page), and about:blank / srcdoc / blob: frames by the origin they inherit.
+      allFrames: true,
+      matchOriginAsFallback: true,
+      persistAcrossSessions: false, // registered again at every start (Firefox-safe)
+    };
+    // Updated in place, never unregistered and registered again: a frame that loaded in
+    // between would get no content script (seen in Firefox right after install, when the
+    // settings change twice in a row).
+    if (existing.length && matches.length) await chrome.scripting.updateContentScripts([script]);
+    else if (existing.length) await chrome.scripting.unregisterContentScripts({ ids: [SCRIPT_ID] });
+    else if (matches.length) await chrome.scripting.registerContentScripts([script]);
     registered = { matches, excludeMatches };
   } catch (err) {
     registered = { matches: [], excludeMatches: [], error: String((err && err.message) || err) };

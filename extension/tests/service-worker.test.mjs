@@ -33,7 +33,7 @@ function area() {
   };
 }
 
-const log = { server: [], badge: [], registered: [], executed: [], tabMessages: [], optionsOpened: 0, menus: [] };
+const log = { server: [], badge: [], registered: [], updated: [], unregistered: 0, executed: [], tabMessages: [], optionsOpened: 0, menus: [] };
 let granted = [];
 let contentScriptPresent = false;
 // Frames of tab 7 that run the content script: frameId -> {showing, found, described, failed}.
@@ -61,10 +61,17 @@ const chrome = {
     },
     async unregisterContentScripts() {
       chrome.scripting.scripts = [];
+      log.unregistered++;
     },
     async registerContentScripts(scripts) {
+      if (chrome.scripting.scripts.length) throw new Error("Duplicate script ID 'altcap'");
       chrome.scripting.scripts = scripts;
       log.registered.push(scripts);
+    },
+    async updateContentScripts(scripts) {
+      if (!chrome.scripting.scripts.length) throw new Error("Nonexistent script ID 'altcap'");
+      chrome.scripting.scripts = scripts.map((s) => ({ ...chrome.scripting.scripts[0], ...s }));
+      log.updated.push(scripts);
     },
     async executeScript(details) {
       log.executed.push(details);
@@ -203,9 +210,21 @@ test("registration follows consent, mode, lists and granted sites", async () => 
   assert.equal(script.matchOriginAsFallback, true); // about:blank / srcdoc by their origin
   assert.deepEqual(script.excludeMatches, ["*://*.ads.example/*"]);
 
+  // A change while registered updates the script in place: no moment without it, in which
+  // a frame that loads would be missed. An emptied list is cleared, not left behind.
+  const before = { registered: log.registered.length, unregistered: log.unregistered };
+  chrome.storage.sync.data.sitesNever = [];
+  chrome.storage.sync.data.sitesAlways = ["blog.example"];
+  assert.deepEqual((await send({ type: "sync" }, POPUP)).matches, ["*://*.blog.example/*", "http://127.0.0.1/*"]);
+  assert.deepEqual(chrome.scripting.scripts[0].matches, ["*://*.blog.example/*", "http://127.0.0.1/*"]);
+  assert.deepEqual(chrome.scripting.scripts[0].excludeMatches, []);
+  assert.deepEqual({ registered: log.registered.length, unregistered: log.unregistered }, before);
+  assert.equal(log.updated.length > 0, true);
+
   chrome.storage.sync.data.consented = false;
   assert.deepEqual((await send({ type: "sync" }, POPUP)).matches, []);
   assert.equal(chrome.scripting.scripts.length, 0);
+  assert.equal(log.unregistered, before.unregistered + 1);
   granted = [];
 });
 

@@ -14,6 +14,8 @@ from extension_site import (
     COMPONENTS_PAGE,
     FRAME_PAGE,
     IMAGES,
+    PROBE_IMAGES,
+    PROBE_PAGE,
     TEST_PAGE,
     Service,
     copy_extension,
@@ -63,7 +65,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "index.html").write_text(TEST_PAGE, encoding="utf-8")
     (root / "components.html").write_text(COMPONENTS_PAGE, encoding="utf-8")
     (root / "frame.html").write_text(FRAME_PAGE, encoding="utf-8")
-    for name, colour in (IMAGES | COMPONENT_IMAGES).items():
+    (root / "probe.html").write_text(PROBE_PAGE, encoding="utf-8")
+    for name, colour in (IMAGES | COMPONENT_IMAGES | PROBE_IMAGES).items():
         (root / f"{name}.png").write_bytes(png_bytes(colour))
     with serve_directory(root) as base:
         yield f"{base}/index.html"

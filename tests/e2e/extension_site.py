@@ -160,6 +160,16 @@ FRAME_PAGE = """<!doctype html>
 """
 
 
+# A page of its own for "is the extension working yet?": its image is never asked about again.
+PROBE_IMAGES = {"probe": (70, 20, 120)}
+PROBE_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Probe</title></head>
+<body><img id="probe" src="probe.png" width="200" height="150"></body>
+</html>
+"""
+
+
 @dataclass
 class Service:
     url: str
