@@ -7,9 +7,11 @@
  * network: only the service worker does. It never throws into the page and logs nothing:
  * every entry point is wrapped in guard().
  *
- * Where it looks: the document and every open shadow root in it (web components), nested
- * ones too, each watched by the same MutationObserver as soon as it is found. Closed shadow
- * roots are out of reach: a page closes them so that no script can look inside. Iframes get
+ * Where it looks: the document and every shadow root in it (web components), nested ones
+ * too, each watched by the same MutationObserver as soon as it is found. Closed roots as
+ * well, where the browser lets extensions open them (Chrome's chrome.dom, Firefox's
+ * openOrClosedShadowRoot): a page closes a root against its own scripts, but a screen reader
+ * still reads what it renders, images without alt text included. Iframes get
  * a copy of this script of their own (registered with allFrames): each frame describes and
  * counts its own images, and the service worker adds the frames up.
  *
@@ -44,6 +46,10 @@
   // times (cheap: one property read each) for this long after they appear.
   const PENDING_CHECK_MS = 500;
   const PENDING_FOR_MS = 15000;
+  // The built-in elements attachShadow() accepts (custom elements are the rest).
+  const SHADOW_HOSTS = new Set(
+    "article aside blockquote body div footer h1 h2 h3 h4 h5 h6 header main nav p section span".split(" "),
+  );
 
   let config = { consented: false, enabled: false, auto: false, prefix: "Appears to be: " };
   let started = false; // observers attached
@@ -174,9 +180,27 @@
   }
 
   function hostOf(el, found) {
-    const root = el.shadowRoot; // null for closed roots: those stay out of reach
+    const root = shadowRootOf(el);
     if (root) found.push(root);
     else if (started && String(el.tagName).includes("-")) notePending(el);
+  }
+
+  /** The element's shadow root, closed ones included where the browser hands them to
+   * extensions; null if it has none (or the browser does not). Closed roots are looked for
+   * only on the elements allowed to host one, not on every element of the page. */
+  function shadowRootOf(el) {
+    if (el.shadowRoot) return el.shadowRoot;
+    const tag = String(el.tagName).toLowerCase();
+    if (!tag.includes("-") && !SHADOW_HOSTS.has(tag)) return null;
+    try {
+      const dom = chrome.dom;
+      if (dom && typeof dom.openOrClosedShadowRoot === "function") {
+        return dom.openOrClosedShadowRoot(el) || null; // Chrome
+      }
+      return el.openOrClosedShadowRoot || null; // Firefox
+    } catch {
+      return null; // an element the browser will not open
+    }
   }
 
   /** querySelectorAll over the document and its open shadow roots (watching any root not
@@ -216,7 +240,7 @@
     }
     const now = Date.now();
     for (const [el, until] of pending) {
-      if (el.shadowRoot) {
+      if (shadowRootOf(el)) {
         pending.delete(el);
         scan(el, PRIORITY.other);
       } else if (!el.isConnected || now > until) {

@@ -16,7 +16,7 @@ const RUNTIME_ID = "altcap-test";
 const code = (name) => fs.readFileSync(path.join(EXTENSION_DIR, name), "utf8");
 
 /** A page with the content script injected. `worker(message)` plays the service worker. */
-function page({ elements = [], worker, auto = true, hello = {}, setup } = {}) {
+function page({ elements = [], worker, auto = true, hello = {}, setup, dom } = {}) {
   const document = new FakeDocument();
   for (const el of elements) document.add(el);
   if (setup) setup(document);
@@ -35,6 +35,7 @@ function page({ elements = [], worker, auto = true, hello = {}, setup } = {}) {
       },
       onMessage: { addListener: (fn) => (onMessage = fn) },
     },
+    ...(dom ? { dom } : {}), // Chrome's chrome.dom (openOrClosedShadowRoot)
   };
   const context = vm.createContext({
     chrome,
@@ -349,6 +350,31 @@ test("images in open shadow roots, nested ones too, are described and restored b
   await p.message({ type: "toggle" });
   assert.equal(dom.nested.getAttribute("alt"), "Appears to be: A picture of nested.jpg.");
   assert.equal(describes(p.sent).length, 1); // shown again from the page's cache
+});
+
+test("closed shadow roots are opened where the browser lets extensions: Chrome and Firefox", async () => {
+  const chromeDom = { openOrClosedShadowRoot: (el) => el.anyShadowRoot || null };
+  const firefox = (d) => {
+    const dom = webComponents(d);
+    for (const el of d.elements) el.openOrClosedShadowRoot = el.anyShadowRoot || null; // Firefox's
+    return dom;
+  };
+  for (const [name, options] of [
+    ["chrome.dom", { dom: chromeDom, setup: webComponents }],
+    ["openOrClosedShadowRoot", { setup: firefox }],
+  ]) {
+    let dom;
+    const p = page({ worker: captionEach, ...options, setup: (d) => (dom = options.setup(d)) });
+    await sleep(120);
+    assert.equal(dom.closed.getAttribute("alt"), "Appears to be: A picture of closed.jpg.", name);
+    assert.equal(dom.closed.getAttribute("data-altcap"), "__none__", name);
+    const [mutations] = p.observers.mutation;
+    assert.ok(mutations.targets.includes(dom.closed.parentNode), name); // the closed root, watched
+    assert.equal((await p.message({ type: "status" })).described, 3, name);
+    await p.message({ type: "toggle" });
+    assert.equal(dom.closed.hasAttribute("alt"), false, name);
+    assert.equal(dom.closed.hasAttribute("data-altcap"), false, name);
+  }
 });
 
 test("images added inside a shadow root later, or loading late there, are described", async () => {

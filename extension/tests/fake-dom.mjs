@@ -61,6 +61,7 @@ export class FakeElement {
   attachShadow({ mode }) {
     const root = new FakeShadowRoot(this);
     if (mode === "open") this.shadowRoot = root;
+    this.anyShadowRoot = root; // what the browser hands an extension that asks for it
     return root;
   }
 }

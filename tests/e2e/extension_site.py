@@ -81,12 +81,12 @@ COMPONENT_IMAGES = {
     "nested": (160, 10, 90),  # in a shadow root inside a shadow root
     "shadow-added": (90, 160, 10),  # added to a shadow root by a click
     "late": (60, 60, 160),  # in an element whose definition arrives after the page loaded
-    "closed": (160, 60, 60),  # in a closed shadow root: out of reach
+    "closed": (160, 60, 60),  # in a closed shadow root (extensions may open it)
     "framed": (60, 160, 60),  # in a same-origin iframe
     "door": (200, 100, 150),  # there too, with author alt
     "srcdoc": (100, 200, 150),  # in a srcdoc iframe (runs with its parent's origin)
 }
-COMPONENTS_DESCRIBED = {"shadow", "nested", "shadow-added", "late", "framed", "srcdoc"}
+COMPONENTS_DESCRIBED = {"shadow", "nested", "shadow-added", "late", "closed", "framed", "srcdoc"}
 
 COMPONENTS_PAGE = """<!doctype html>
 <html lang="en">

@@ -189,6 +189,15 @@ def expect_described(
     assert PREFIX.match(img.get_attribute("alt") or "")
 
 
+def expect_closed(page: Page, service: Service, site: str, *, described: bool) -> None:
+    """The image in the page's closed shadow root (CSS locators cannot reach it; the page
+    keeps it in ``window.closedImage``): described with its caption and mark, or untouched."""
+    caption = service.wait_for_caption(image_url(site, "closed")).strip()
+    wanted = ["Appears to be: " + caption, "__none__"] if described else [None, None]
+    probe = "['alt', 'data-altcap'].map((name) => window.closedImage.getAttribute(name))"
+    wait_until(lambda: page.evaluate(probe) == wanted, f"{page.evaluate(probe)}, not {wanted}")
+
+
 def expect_untouched(img: Locator, alt: str | None) -> None:
     """As the page wrote it: the author's alt (or none), and no mark of ours."""
     if alt is None:
@@ -347,7 +356,7 @@ def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
     expect(frame.locator("#framed")).to_have_attribute("data-altcap", "__none__")
     expect_untouched(page.locator("#kettle"), "A green kettle")
     expect_untouched(frame.locator("#door"), "A blue door")
-    assert page.evaluate("window.closedImage.getAttribute('alt')") is None  # out of reach
+    expect_closed(page, service, site, described=True)  # opened with chrome.dom
     with service.lock:
         sent = sorted(service.sent_urls)
     assert sent == sorted(image_url(site, n) for n in COMPONENTS_DESCRIBED), "these, each once"
@@ -355,9 +364,9 @@ def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
     # The popup and the badge add up the frames; the toggle reaches every frame.
     tab_id = browser.tab_id(url)
     popup = open_popup(browser, tab_id)
-    expect_counts(popup, found=6, described=6, failed=0)
+    expect_counts(popup, found=7, described=7, failed=0)
     badge = "(tabId) => chrome.action.getBadgeText({tabId})"
-    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "6", "the badge is not 6")
+    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "7", "the badge is not 7")
     popup.get_by_role("button", name="Hide AltCap's descriptions here").click()
     expect(popup.locator("#status")).to_contain_text("The page's own text is back")
     for img in [
@@ -366,6 +375,7 @@ def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
         srcdoc.locator("#srcdoc-img"),
     ]:
         expect_untouched(img, None)
+    expect_closed(page, service, site, described=False)
     expect_untouched(page.locator("#kettle"), "A green kettle")
     expect_untouched(frame.locator("#door"), "A blue door")
     popup.get_by_role("button", name="Show AltCap's descriptions here").click()
@@ -374,6 +384,7 @@ def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
         expect_described(page, service, site, name, name)
     expect_described(frame, service, site, "framed", "framed")
     expect_described(srcdoc, service, site, "srcdoc-img", "srcdoc")
+    expect_closed(page, service, site, described=True)
     with service.lock:
         assert sorted(service.sent_urls) == sent, "showing again uses the captions it has"
     assert browser.errors == []
