@@ -1,6 +1,7 @@
 /* AltCap content script: finds images without a useful description, asks the service worker
  * for captions and writes them as alt text ("Appears to be: ..."), marked with data-altcap so
- * that the page can be put back exactly.
+ * that the page can be put back exactly. Elements with role="img" and a CSS background image
+ * but no name get the caption as their aria-label instead (see detection.js).
  *
  * A classic script, injected after detection.js (registered for the sites the user allowed,
  * or through activeTab when asked: shortcut, popup, context menu). It never touches the
@@ -38,7 +39,7 @@
   const MAX_REWRITES = 3; // the page keeps resetting an alt we wrote: stop after this
   const SNAPSHOT_MAX_SIDE = 1024; // canvas fall-back for blob: images (CLIP sees 224 px)
   const PRIORITY = { focused: 0, visible: 1, other: 2 };
-  const SELECTOR = 'img, input[type="image" i]';
+  const SELECTOR = 'img, input[type="image" i], [role~="img" i]'; // ARIA images: role="img"
   const WATCHED = ["src", "srcset", "sizes", "alt", "aria-label", "aria-labelledby", "aria-hidden", "role", "title"];
   const OBSERVE = { childList: true, subtree: true, attributes: true, attributeFilter: WATCHED };
   // A custom element inserted before its definition loads gets its shadow root later, and
@@ -70,7 +71,7 @@
   let pendingTimer = 0;
 
   const state = new WeakMap(); // element -> {status, url, rewrites}
-  const written = new WeakMap(); // element -> the alt text we wrote
+  const written = new WeakMap(); // element -> the alt text (or aria-label) we wrote
   const queue = new Map(); // id -> {id, el, url, data?, priority, order}
   const captions = new Map(); // url -> caption, for this page's lifetime (survives toggling)
   const visible = new Set(); // elements near the viewport (IntersectionObserver)
@@ -266,7 +267,7 @@
   function stillNeedsIt(el, url) {
     if (!el.isConnected || D.imageUrl(el) !== url) return false;
     if (el.hasAttribute(D.MARK)) return written.has(el); // ours: replace our own text only
-    const verdict = D.classifyAlt(el.getAttribute("alt"));
+    const verdict = D.classifyText(el);
     return verdict === "missing" || verdict === "meaningless";
   }
 
@@ -485,8 +486,8 @@
     }
     const s = info(el);
     const ours = written.get(el);
-    if (name === "alt") {
-      if (ours !== undefined && el.getAttribute("alt") === ours) return; // our own write
+    if (name === D.textAttribute(el)) {
+      if (ours !== undefined && el.getAttribute(name) === ours) return; // our own write
       if (ours !== undefined) {
         // The page replaced the alt we wrote: the author's text wins.
         written.delete(el);

@@ -75,15 +75,52 @@
     return tagOf(el) === "INPUT" && (attr(el, "type") || "").trim().toLowerCase() === "image";
   }
 
-  function isCandidate(el) {
-    return tagOf(el) === "IMG" || isImageInput(el);
+  /** An element the page declares an image with ARIA (role="img": its first role wins),
+   * other than <img> and <input type=image>, which say so themselves. Its picture, if any,
+   * is its CSS background; its name comes from aria-label (where AltCap writes), labelled-by
+   * text or title; it has no alt. */
+  function isAriaImage(el) {
+    const tag = tagOf(el);
+    if (tag === "IMG" || tag === "INPUT" || typeof el.getAttribute !== "function") return false;
+    return (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0] === "img";
   }
 
-  /** The URL the browser actually shows: currentSrc follows srcset and <picture>. */
+  function isCandidate(el) {
+    return tagOf(el) === "IMG" || isImageInput(el) || isAriaImage(el);
+  }
+
+  /** The URL the browser actually shows: currentSrc follows srcset and <picture>; for an
+   * ARIA image, its (first) CSS background image. */
   function imageUrl(el) {
     if (tagOf(el) === "IMG") return String(el.currentSrc || el.src || "");
     if (isImageInput(el)) return String(el.src || "");
+    if (isAriaImage(el)) return backgroundUrl(el);
     return "";
+  }
+
+  // A computed background-image lists its layers with absolute URLs: url("https://...").
+  const CSS_URL = /url\(\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|([^)"'\s]+))\s*\)/i;
+
+  /** The first url() layer of the element's computed background-image, or "". */
+  function backgroundUrl(el) {
+    const view = el.ownerDocument && el.ownerDocument.defaultView;
+    if (!view || typeof view.getComputedStyle !== "function") return "";
+    const m = CSS_URL.exec(String(view.getComputedStyle(el).backgroundImage || ""));
+    if (!m) return "";
+    return (m[1] ?? m[2] ?? m[3]).replace(/\\(.)/g, "$1");
+  }
+
+  /** The attribute that holds an element's description, where AltCap writes its own. */
+  function textAttribute(el) {
+    return isAriaImage(el) ? "aria-label" : "alt";
+  }
+
+  /** Like classifyAlt() for the element's own text attribute. An ARIA image's aria-label is
+   * a name, not an alt: empty means no name ("missing"), never "decorative". */
+  function classifyText(el) {
+    const text = attr(el, textAttribute(el));
+    const verdict = classifyAlt(text);
+    return isAriaImage(el) && verdict === "decorative" ? "missing" : verdict;
   }
 
   /** "http" | "data" | "blob" | "" (anything else: file:, about:, extension pages...). */
@@ -142,9 +179,10 @@
       return result("skip", "not-an-image");
     }
     if (el.hasAttribute(MARK)) return result("skip", "already-described");
-    const verdict = classifyAlt(attr(el, "alt"));
+    const aria = isAriaImage(el);
+    const verdict = classifyText(el);
     if (verdict === "decorative") return result("skip", "decorative");
-    if (verdict === "ok") return result("skip", "author-alt");
+    if (verdict === "ok") return result("skip", aria ? "aria-label" : "author-alt");
     const role = (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0];
     if (role === "presentation" || role === "none") return result("skip", "presentational");
     if (hiddenFromAssistiveTech(el)) return result("skip", "aria-hidden");
@@ -156,7 +194,10 @@
     if (isImg && !el.complete) return result("wait", "loading");
     const url = imageUrl(el);
     if (!url) return result("skip", "no-url");
-    if (!urlKind(url)) return result("skip", "unsupported-url");
+    // A background is fetched by the server, never sent as bytes (no <img> to draw from).
+    if (!urlKind(url) || (aria && urlKind(url) !== "http")) {
+      return result("skip", "unsupported-url");
+    }
     if (isImg) {
       const nw = Number(el.naturalWidth) || 0;
       const nh = Number(el.naturalHeight) || 0;
@@ -201,19 +242,23 @@
     return value.startsWith("\\") ? value.slice(1) : value;
   }
 
-  /** Write a machine description; remembers the original alt the first time only. */
+  /** Write a machine description (alt, or an ARIA image's aria-label); remembers the
+   * original the first time only. */
   function applyCaption(el, text) {
-    if (!el.hasAttribute(MARK)) el.setAttribute(MARK, encodeOriginal(attr(el, "alt")));
-    el.setAttribute("alt", text);
+    const name = textAttribute(el);
+    if (!el.hasAttribute(MARK)) el.setAttribute(MARK, encodeOriginal(attr(el, name)));
+    el.setAttribute(name, text);
   }
 
-  /** Put the original alt back (or remove alt where there was none). False if not ours. */
+  /** Put the original text back (or remove the attribute where there was none). False if
+   * not ours. */
   function restoreOriginal(el) {
     const stored = attr(el, MARK);
     if (stored === null) return false;
+    const name = textAttribute(el);
     const original = decodeOriginal(stored);
-    if (original === null) el.removeAttribute("alt");
-    else el.setAttribute("alt", original);
+    if (original === null) el.removeAttribute(name);
+    else el.setAttribute(name, original);
     el.removeAttribute(MARK);
     return true;
   }
@@ -241,6 +286,9 @@
     imageUrl,
     urlKind,
     isCandidate,
+    isAriaImage,
+    textAttribute,
+    classifyText,
     applyCaption,
     restoreOriginal,
     dropMark,

@@ -10,7 +10,7 @@ import { test } from "node:test";
 import vm from "node:vm";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { EXTENSION_DIR, FakeDocument, FakeElement, WORDS, img } from "./fake-dom.mjs";
+import { EXTENSION_DIR, FakeDocument, FakeElement, WORDS, ariaImage, img } from "./fake-dom.mjs";
 
 const RUNTIME_ID = "altcap-test";
 const code = (name) => fs.readFileSync(path.join(EXTENSION_DIR, name), "utf8");
@@ -173,6 +173,40 @@ test("new images, src changes and author alt changes are followed", async () => 
   assert.equal(later.hasAttribute("data-altcap"), false);
   await p.message({ type: "toggle" });
   assert.equal(later.getAttribute("alt"), "Sunset over the bay"); // not ours to restore
+});
+
+test("role=img with a background and no name gets an aria-label, followed and toggled", async () => {
+  const hero = ariaImage(); // url("https://example.com/hero.jpg")
+  const named = ariaImage({ "aria-label": "Our harbour at dusk" }, 'url("https://example.com/named.jpg")');
+  const icon = ariaImage({}, "none"); // an emoji or an icon font: nothing to caption
+  const p = page({ elements: [hero, named, icon], worker: captionEach });
+  await sleep(120);
+  assert.deepEqual(
+    describes(p.sent).flatMap((m) => Array.from(m.images, (i) => i.url)),
+    ["https://example.com/hero.jpg"],
+  );
+  assert.equal(hero.getAttribute("aria-label"), "Appears to be: A picture of hero.jpg.");
+  assert.equal(hero.getAttribute("data-altcap"), "__none__");
+  assert.equal(hero.hasAttribute("alt"), false);
+  assert.equal(named.getAttribute("aria-label"), "Our harbour at dusk");
+  for (const el of [named, icon]) assert.equal(el.hasAttribute("data-altcap"), false);
+
+  // Our own write is not mistaken for the author's; hiding and showing put it back exactly.
+  const [mutations] = p.observers.mutation;
+  mutations.callback([{ type: "attributes", target: hero, attributeName: "aria-label" }]);
+  assert.equal(hero.getAttribute("data-altcap"), "__none__");
+  await p.message({ type: "toggle" });
+  assert.equal(hero.hasAttribute("aria-label"), false);
+  assert.equal(hero.hasAttribute("data-altcap"), false);
+  await p.message({ type: "toggle" });
+  assert.equal(hero.getAttribute("aria-label"), "Appears to be: A picture of hero.jpg.");
+
+  // The author names it later: their name wins and our mark goes.
+  hero.setAttribute("aria-label", "The harbour from the hill");
+  mutations.callback([{ type: "attributes", target: hero, attributeName: "aria-label" }]);
+  assert.equal(hero.getAttribute("aria-label"), "The harbour from the hill");
+  assert.equal(hero.hasAttribute("data-altcap"), false);
+  assert.equal(describes(p.sent).length, 1);
 });
 
 test("lazy images are described when they load", async () => {

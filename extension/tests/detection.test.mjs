@@ -8,7 +8,7 @@ import { test } from "node:test";
 import vm from "node:vm";
 import { fileURLToPath } from "node:url";
 
-import { FakeDocument, FakeElement, WORDS, img, loadDetection } from "./fake-dom.mjs";
+import { FakeDocument, FakeElement, WORDS, ariaImage, img, loadDetection } from "./fake-dom.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const VECTORS = JSON.parse(fs.readFileSync(path.join(here, "../../tests/vectors/alttext.json"), "utf8"));
@@ -138,6 +138,34 @@ test("input type=image is a candidate; other elements are not", () => {
   assert.equal(reason(null), "skip:not-an-image");
 });
 
+test("role=img with a CSS background and no name is described by its background", () => {
+  const doc = new FakeDocument();
+  const add = (el) => doc.add(el);
+  const hero = add(ariaImage());
+  assert.equal(reason(hero), "describe:missing");
+  assert.equal(D.assess(hero).url, "https://example.com/hero.jpg");
+  assert.equal(D.textAttribute(hero), "aria-label");
+  assert.equal(reason(add(ariaImage({ "aria-label": "" }))), "describe:missing"); // no name, not decorative
+  assert.equal(reason(add(ariaImage({ "aria-label": "image" }))), "describe:meaningless");
+  assert.equal(reason(add(ariaImage({ "aria-label": "A harbour at dusk" }))), "skip:aria-label");
+  assert.equal(reason(add(ariaImage({ title: "A harbour at dusk" }))), "skip:title");
+  assert.equal(reason(add(ariaImage({ role: "IMG presentation" }))), "describe:missing"); // the first role
+  assert.equal(reason(add(ariaImage({ role: "presentation img" }))), "skip:not-an-image");
+  assert.equal(reason(add(ariaImage({ "aria-hidden": "true" }))), "skip:aria-hidden");
+  // the first url() layer, after a gradient; escaped quotes undone
+  const layered = add(ariaImage({}, 'linear-gradient(red, blue), url("https://example.com/a\\"b.jpg")'));
+  assert.equal(D.assess(layered).url, 'https://example.com/a"b.jpg');
+  assert.equal(reason(add(ariaImage({}, "none"))), "skip:no-url"); // an emoji, an icon font, an <svg>
+  assert.equal(reason(add(ariaImage({}, "linear-gradient(red, blue)"))), "skip:no-url");
+  assert.equal(reason(add(ariaImage({}, 'url("data:image/png;base64,AAAA")'))), "skip:unsupported-url");
+  assert.equal(reason(add(ariaImage({}, undefined, { rect: { width: 10, height: 10 } }))), "skip:too-small");
+  assert.equal(reason(ariaImage()), "skip:no-url"); // not in a document: no computed style
+  // a background without role="img" is decoration as far as the page says
+  const plain = add(new FakeElement("div", {}));
+  plain.style.backgroundImage = 'url("https://example.com/hero.jpg")';
+  assert.equal(reason(plain), "skip:not-an-image");
+});
+
 test("visibility:hidden is skipped when a window is given", () => {
   const win = { getComputedStyle: () => ({ visibility: "hidden" }) };
   assert.equal(reason(img(), win), "skip:hidden");
@@ -168,6 +196,20 @@ test("apply then restore gives back the page exactly", () => {
     assert.equal(el.getAttribute("alt"), original, JSON.stringify(original));
   }
   assert.equal(D.restoreOriginal(img({ alt: "kept" })), false); // not ours: untouched
+});
+
+test("an ARIA image gets its caption as aria-label and gives it back exactly", () => {
+  const doc = new FakeDocument();
+  for (const original of [null, "", "image"]) {
+    const el = doc.add(ariaImage(original === null ? {} : { "aria-label": original }));
+    D.applyCaption(el, "Appears to be: A harbour.");
+    assert.equal(el.getAttribute("aria-label"), "Appears to be: A harbour.");
+    assert.equal(el.hasAttribute("alt"), false);
+    assert.equal(D.assess(el).reason, "already-described");
+    assert.equal(D.restoreOriginal(el), true);
+    assert.equal(el.getAttribute("aria-label"), original, JSON.stringify(original));
+    assert.equal(el.hasAttribute("data-altcap"), false);
+  }
 });
 
 test("encodeOriginal / decodeOriginal round-trip", () => {

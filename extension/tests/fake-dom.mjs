@@ -70,8 +70,12 @@ export class FakeElement {
 function select(elements, selector) {
   if (selector === "*") return [...elements];
   if (selector.startsWith("[data-altcap")) return elements.filter((e) => e.hasAttribute("data-altcap"));
+  const roleImg = selector.includes('[role~="img" i]'); // the content script's SELECTOR
   return elements.filter(
-    (e) => e.tagName === "IMG" || (e.tagName === "INPUT" && (e.getAttribute("type") || "").toLowerCase() === "image"),
+    (e) =>
+      e.tagName === "IMG" ||
+      (e.tagName === "INPUT" && (e.getAttribute("type") || "").toLowerCase() === "image") ||
+      (roleImg && (e.getAttribute("role") || "").toLowerCase().split(/\s+/).includes("img")),
   );
 }
 
@@ -116,6 +120,13 @@ export function img(attrs = {}, opts = {}) {
   return new FakeElement("img", { src: "https://example.com/cat.jpg", ...attrs }, opts);
 }
 
+/** <div role="img"> showing `background` (a computed background-image value). */
+export function ariaImage(attrs = {}, background = 'url("https://example.com/hero.jpg")', opts = {}) {
+  const el = new FakeElement("div", { role: "img", ...attrs }, opts);
+  el.style.backgroundImage = background;
+  return el;
+}
+
 /** Load detection.js into a fresh context (as the browser does) and return the API. */
 export function loadDetection(context = vm.createContext({})) {
   vm.runInContext(fs.readFileSync(path.join(EXTENSION_DIR, "detection.js"), "utf8"), context, {
@@ -130,6 +141,10 @@ export class FakeDocument extends EventTarget_ {
     this.elements = [];
     this.listeners = {};
     this.activeElement = null;
+    // the computed style of the fake elements: their own `style` object, with defaults
+    this.defaultView = {
+      getComputedStyle: (el) => ({ backgroundImage: "none", visibility: "visible", ...el.style }),
+    };
     this.documentElement = new FakeElement("html", {}, { doc: this });
     this.documentElement.querySelectorAll = (sel) => this.querySelectorAll(sel);
     this.body = new FakeElement("body", {}, { doc: this, parent: this.documentElement });

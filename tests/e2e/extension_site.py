@@ -32,8 +32,11 @@ IMAGES = {
     "change2": (20, 20, 20),
     "added": (250, 250, 250),
     "lazy": (120, 70, 20),
+    "hero": (20, 120, 70),  # a role="img" element's CSS background, no name
+    "named-hero": (70, 20, 70),  # the same with an aria-label
+    "backdrop": (200, 200, 120),  # a background without role="img": decoration
 }
-DESCRIBED = {"none", "filename", "change1", "change2", "added", "lazy"}
+DESCRIBED = {"none", "filename", "change1", "change2", "added", "lazy", "hero"}
 
 TEST_PAGE = """<!doctype html>
 <html lang="en">
@@ -52,6 +55,10 @@ TEST_PAGE = """<!doctype html>
 <img id="tiny" src="tiny.png" width="10" height="10">
 <img id="banner" src="banner.png" width="800" height="40">
 <img id="change" src="change1.png" width="200" height="150">
+<div id="hero" role="img" style="background: url(hero.png); width: 200px; height: 150px"></div>
+<div id="named-hero" role="img" aria-label="A quiet harbour"
+  style="background: url(named-hero.png); width: 200px; height: 150px"></div>
+<div id="backdrop" style="background: url(backdrop.png); width: 200px; height: 150px"></div>
 <div id="later"></div>
 <div style="height: 9000px"></div>
 <img id="lazy" src="lazy.png" loading="lazy" width="200" height="150">

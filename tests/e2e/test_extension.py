@@ -48,6 +48,11 @@ except ImportError as exc:  # fail, never skip: these tests are part of `make te
     raise ImportError("Playwright is missing: `make test` installs it") from exc
 
 PREFIX = re.compile(r"^Appears to be: \S")
+# Elements no description is written to (their alt or aria-label as the page wrote it).
+LEFT_ALONE = [
+    *("author", "decorative", "presentation", "hidden", "tiny", "banner"),
+    *("named-hero", "backdrop"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -174,19 +179,27 @@ def expect_left_alone(page: Page) -> None:
     expect(page.locator("#decorative")).to_have_attribute("alt", "")
     for name in ["presentation", "hidden", "tiny", "banner"]:
         assert page.locator(f"#{name}").get_attribute("alt") is None, name
-    for name in ["author", "decorative", "presentation", "hidden", "tiny", "banner"]:
+    expect(page.locator("#named-hero")).to_have_attribute("aria-label", "A quiet harbour")
+    assert page.locator("#backdrop").get_attribute("aria-label") is None
+    for name in LEFT_ALONE:
         assert page.locator(f"#{name}").get_attribute("data-altcap") is None, name
 
 
 def expect_described(
-    page: Page | FrameLocator, service: Service, site: str, element: str, image: str
+    page: Page | FrameLocator,
+    service: Service,
+    site: str,
+    element: str,
+    image: str,
+    attribute: str = "alt",
 ) -> None:
-    """The element's alt is the prefix and the caption the server gave for that image (CSS
-    locators look inside open shadow roots; a FrameLocator inside its frame)."""
+    """The element's alt (``attribute``: aria-label for a role="img" element) is the prefix
+    and the caption the server gave for that image (CSS locators look inside open shadow
+    roots; a FrameLocator inside its frame)."""
     caption = service.wait_for_caption(image_url(site, image))
     img = page.locator(f"#{element}")
-    expect(img).to_have_attribute("alt", "Appears to be: " + caption.strip())
-    assert PREFIX.match(img.get_attribute("alt") or "")
+    expect(img).to_have_attribute(attribute, "Appears to be: " + caption.strip())
+    assert PREFIX.match(img.get_attribute(attribute) or "")
 
 
 def expect_closed(page: Page, service: Service, site: str, *, described: bool) -> None:
@@ -246,6 +259,8 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
     expect_described(page, service, site, "none", "none")
     expect_described(page, service, site, "filename", "filename")
     expect_described(page, service, site, "change", "change1")
+    expect_described(page, service, site, "hero", "hero", "aria-label")  # role="img"
+    expect(page.locator("#hero")).to_have_attribute("data-altcap", "__none__")
     expect(page.locator("#none")).to_have_attribute("data-altcap", "__none__")
     expect(page.locator("#filename")).to_have_attribute("data-altcap", "IMG_0042.jpg")
     expect(page.locator("#change")).to_have_attribute("data-altcap", "__none__")
@@ -269,14 +284,15 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
 
     # Counts and badge, then the popup's toggle: the page exactly as it was, and back.
     popup = open_popup(browser, tab_id)
-    expect_counts(popup, found=5, described=5, failed=0)
+    expect_counts(popup, found=6, described=6, failed=0)
     badge = "(tabId) => chrome.action.getBadgeText({tabId})"
-    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "5", "the badge is not 5")
+    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "6", "the badge is not 6")
     popup.get_by_role("button", name="Hide AltCap's descriptions here").click()
     expect(popup.locator("#status")).to_contain_text("The page's own text is back")
     expect(page.locator("[data-altcap]")).to_have_count(0)
     for name in ["none", "change", "added", "lazy"]:
         assert page.locator(f"#{name}").get_attribute("alt") is None, name
+    assert page.locator("#hero").get_attribute("aria-label") is None
     expect(page.locator("#filename")).to_have_attribute("alt", "IMG_0042.jpg")
     expect_left_alone(page)
     expect(popup.get_by_role("button", name="Show AltCap's descriptions here")).to_be_visible()
@@ -290,6 +306,7 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
         ("lazy", "lazy"),
     ]:
         expect_described(page, service, site, element, image)
+    expect_described(page, service, site, "hero", "hero", "aria-label")
     expect(page.locator("#filename")).to_have_attribute("data-altcap", "IMG_0042.jpg")
     expect_left_alone(page)
     with service.lock:
@@ -316,13 +333,13 @@ def test_the_page_keeps_working_when_the_server_is_down(
     page = browser.open_page(site)
     expect(page.locator("#script-state")).to_have_text("the page script ran")
     popup = open_popup(browser, browser.tab_id(site))
-    # none, filename, change1: failed after the worker's retries (about 4 s of back-off)
-    expect_counts(popup, found=3, described=0, failed=3)
+    # none, filename, change1, hero: failed after the worker's retries (~4 s of back-off)
+    expect_counts(popup, found=4, described=0, failed=4)
     page.bring_to_front()
     page.get_by_role("button", name="Add an image").click()
     expect(page.locator("#clicks")).to_have_text("1")
     expect(page.locator("#added")).to_be_visible()
-    expect_counts(popup, found=4, described=0, failed=4)
+    expect_counts(popup, found=5, described=0, failed=5)
     page.get_by_role("button", name="Add an image").click()
     expect(page.locator("#clicks")).to_have_text("2")
     expect(page.locator("[data-altcap]")).to_have_count(0)

@@ -46,6 +46,7 @@ LEFT_ALONE = {  # element id -> its alt as the page wrote it
     "hidden": None,
     "tiny": None,
     "banner": None,
+    "backdrop": None,  # a CSS background without role="img"
 }
 
 # Appended to the copy's background script (see the module docstring).
@@ -92,11 +93,14 @@ def wait_until_describing(browser: Firefox, service: Service, site: str) -> None
                 raise
 
 
-def alt_of(browser: Firefox, tab: str, selector: str) -> dict[str, str | None]:
-    """alt and our mark of the element ``selector`` finds (a JavaScript expression)."""
+def alt_of(
+    browser: Firefox, tab: str, selector: str, attribute: str = "alt"
+) -> dict[str, str | None]:
+    """alt (or ``attribute``) and our mark of the element ``selector`` finds (a JavaScript
+    expression)."""
     return browser.evaluate(
-        tab, f"(el => ({{alt: el.getAttribute('alt'), mark: el.getAttribute('data-altcap')}}))"
-        f"({selector})"
+        tab, f"(el => ({{alt: el.getAttribute('{attribute}'), "
+        f"mark: el.getAttribute('data-altcap')}}))({selector})"
     )  # fmt: skip
 
 
@@ -108,14 +112,16 @@ def expect_described(
     selector: str,
     image: str,
     timeout: float = TIMEOUT_MS / 1000,
+    attribute: str = "alt",
 ) -> None:
-    """The element's alt becomes the prefix and the caption the server gave for ``image``."""
+    """The element's alt (or ``attribute``) becomes the prefix and the caption the server
+    gave for ``image``."""
     url = image_url(site, image)
     caption = wait_until(lambda: service.captions.get(url), f"no caption for {url}", timeout)
     wanted = PREFIX + caption.strip()
     wait_until(
-        lambda: alt_of(browser, tab, selector)["alt"] == wanted,
-        f"{selector}: alt is {alt_of(browser, tab, selector)}, not {wanted!r}",
+        lambda: alt_of(browser, tab, selector, attribute)["alt"] == wanted,
+        f"{selector}: {attribute} is {alt_of(browser, tab, selector, attribute)}, not {wanted!r}",
         timeout,
     )
 
@@ -136,6 +142,11 @@ def test_firefox_describes_exactly_the_images_that_need_it(
     assert alt_of(firefox, tab, by_id("none"))["mark"] == "__none__"
     assert alt_of(firefox, tab, by_id("filename"))["mark"] == "IMG_0042.jpg"
     assert alt_of(firefox, tab, by_id("lazy")) == {"alt": None, "mark": None}  # not loaded
+    hero = by_id("hero")  # role="img" with a CSS background: the caption is its aria-label
+    expect_described(firefox, tab, service, site, hero, "hero", attribute="aria-label")
+    assert alt_of(firefox, tab, hero, "aria-label")["mark"] == "__none__"
+    named = alt_of(firefox, tab, by_id("named-hero"), "aria-label")
+    assert named == {"alt": "A quiet harbour", "mark": None}
 
     # Later images: added by a script, lazily loaded, and a new src for a described one.
     firefox.evaluate(tab, by_id("add") + ".click()")
