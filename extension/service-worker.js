@@ -124,9 +124,8 @@ async function doSync() {
       matchOriginAsFallback: true,
       persistAcrossSessions: false, // registered again at every start (Firefox-safe)
     };
-    // Updated in place, never unregistered and registered again: a frame that loaded in
-    // between would get no content script (seen in Firefox right after install, when the
-    // settings change twice in a row).
+    // Updated in place, never unregistered and registered again: a page or frame that
+    // loaded in between would get no content script.
     if (existing.length && matches.length) await chrome.scripting.updateContentScripts([script]);
     else if (existing.length) await chrome.scripting.unregisterContentScripts({ ids: [SCRIPT_ID] });
     else if (matches.length) await chrome.scripting.registerContentScripts([script]);
