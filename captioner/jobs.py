@@ -100,7 +100,7 @@ T = TypeVar("T")
 
 QUEUE_FILE = "jobs-queue.sqlite3"
 HUEY_NAME = "altcap"
-FETCH_THREADS = 8  # downloads of one chunk in parallel
+FETCH_THREADS = 8  # downloads of one chunk in parallel (fewer to one host: HostSlots)
 MAX_ATTEMPTS = 5  # a chunk whose consumer died this many times fails (a poison image)
 MAX_PLAN_ATTEMPTS = 3  # planning that died this many times (OOM, a store write refused) fails
 MAX_PAGE_NUMBER = 2**31 - 1  # far beyond any job's max_pages; larger n are simply not found
@@ -728,6 +728,44 @@ class _Stop(Exception):
     """Planning interrupted: the job was cancelled, or this consumer is stopping."""
 
 
+class HostSlots:
+    """At most ``per_host`` downloads at once to any one host, over all the job threads of
+    this process. A job is often thousands of images from one site, and every consumer
+    thread downloads a chunk's images 8 at a time: without this, a process could hold
+    ``ALTCAP_JOB_WORKERS`` x 8 connections to one site, where a browser opens about 6."""
+
+    def __init__(self, per_host: int) -> None:
+        if per_host < 1:
+            raise ValueError("per_host must be at least 1")
+        self.per_host = per_host
+        self._cond = threading.Condition()
+        self._busy: dict[str, int] = {}  # host -> downloads under way (hosts at 0 dropped)
+
+    @contextmanager
+    def hold(self, url: str) -> Iterator[None]:
+        """Wait for a slot of the URL's host (as written: a redirect is not followed here)."""
+        host = (urlsplit(url).hostname or "").lower()
+        with self._cond:
+            while self._busy.get(host, 0) >= self.per_host:
+                self._cond.wait()
+            self._busy[host] = self._busy.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                left = self._busy[host] - 1
+                if left:
+                    self._busy[host] = left
+                else:
+                    del self._busy[host]
+                self._cond.notify_all()
+
+    def busy(self) -> dict[str, int]:
+        """Downloads under way by host (for tests and debugging)."""
+        with self._cond:
+            return dict(self._busy)
+
+
 class JobConsumer:
     """Runs the jobs of one ``JobQueue`` in this process: huey worker threads that plan jobs
     and caption chunks, and one keeper thread that renews this process's leases and sweeps
@@ -760,6 +798,7 @@ class JobConsumer:
         self._stopping = threading.Event()
         self._keeper: threading.Thread | None = None
         self._started = False
+        self.host_slots = HostSlots(self.settings.job_downloads_per_host)
         self.huey_consumer = _consumer(queue.huey, workers)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -985,7 +1024,8 @@ class JobConsumer:
         def prepare(url: str) -> tuple[str, Any, str | None]:
             """(url, a caption from the cache / a decoded image / an error, image sha)."""
             try:
-                data = fetch.fetch_image(url, limits).data
+                with self.host_slots.hold(url):
+                    data = fetch.fetch_image(url, limits).data
                 sha = sha256_hex(data)
                 hit = get_caption(self.cache, cache_key(model, settings, sha))
                 if hit is not None:

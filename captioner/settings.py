@@ -318,6 +318,12 @@ class Settings:
         _int(0),
         "Threads consuming batch jobs inside each service process (0: leave jobs to workers)",
     )
+    job_downloads_per_host: int = _setting(
+        4,
+        _int(1),
+        "Most image downloads at once to one host from one process's batch jobs (a browser"
+        " opens about 6)",
+    )
     job_chunk_size: int = _setting(
         32, _int(1), "Images per unit of batch-job work: captioned together, retried together"
     )

@@ -3,6 +3,7 @@ consumer planning and captioning jobs against a local site with the tiny model."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -21,6 +22,7 @@ from captioner import jobs
 from captioner.errors import AltCapError
 from captioner.jobs import (
     CaptionerBackend,
+    HostSlots,
     IdempotencyConflict,
     InvalidJob,
     JobFinished,
@@ -784,6 +786,94 @@ def test_a_job_never_serves_a_cache_entry_of_another_shape(make_queue, site, tmp
         assert wait_for(queue, job["id"])["counts"]["done"] == 1
     assert backend.calls == 1
     assert queue.rows(job["id"])[0]["caption"] != "stale"
+
+
+# --- politeness: downloads to one host -------------------------------------------------------
+
+
+def test_host_slots_cap_each_host_and_free_their_slot_on_errors() -> None:
+    slots = HostSlots(2)
+    inside: dict[str, int] = {}
+    most: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def download(url: str) -> None:
+        host = url.split("/")[2].split(":")[0].lower()  # one host, however it is spelled
+        with slots.hold(url):
+            with lock:
+                inside[host] = inside.get(host, 0) + 1
+                most[host] = max(most.get(host, 0), inside[host])
+            time.sleep(0.05)
+            with lock:
+                inside[host] -= 1
+            if url.endswith("/fail"):
+                raise OSError("the download failed")
+
+    urls = [f"http://a.example/{i}" for i in range(8)]
+    urls += [f"http://{('B.example:81', 'b.EXAMPLE')[i % 2]}/{i}" for i in range(8)]
+    urls += ["http://a.example/fail"] * 3
+    threads = [threading.Thread(target=lambda u=u: _quietly(download, u)) for u in urls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most == {"a.example": 2, "b.example": 2}  # both hosts at once, neither above 2
+    assert slots.busy() == {}  # every slot given back, failures included
+    with pytest.raises(ValueError):
+        HostSlots(0)
+
+
+def _quietly(fn: Callable[[str], None], arg: str) -> None:
+    with contextlib.suppress(OSError):  # the failing downloads: their slots must come back
+        fn(arg)
+
+
+class SlowImages(BaseHTTPRequestHandler):
+    """Distinct PNGs, each after a short wait; counts the downloads under way at once."""
+
+    lock = threading.Lock()
+    inside = 0
+    most = 0
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        with cls.lock:
+            cls.inside += 1
+            cls.most = max(cls.most, cls.inside)
+        try:
+            time.sleep(0.15)
+            body = png_bytes((int(self.path.strip("/").split(".")[0]) * 9 % 256, 40, 60))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            with cls.lock:
+                cls.inside -= 1
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("per_host", [1, 3])
+def test_a_job_downloads_at_most_per_host_images_at_once_from_one_site(
+    make_queue, per_host: int
+) -> None:
+    handler = type("Slow", (SlowImages,), {"lock": threading.Lock(), "inside": 0, "most": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # two consumer threads, chunks of 4: up to 8 downloads at once without the cap
+        queue = make_queue(FakeBackend(), workers=2, JOB_DOWNLOADS_PER_HOST=per_host)
+        urls = [f"http://127.0.0.1:{server.server_port}/{i}.png" for i in range(12)]
+        job, _ = queue.submit(parse_job({"images": urls, "decoding": FAST}, queue.settings))
+        status = wait_for(queue, job["id"])
+        assert status["counts"]["done"] == 12, status
+        assert handler.most == per_host
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class HookHandler(BaseHTTPRequestHandler):
