@@ -22,7 +22,6 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-PORT_ZERO = ["--remote-debugging-port=0"]
 LISTENING = re.compile(r"WebDriver BiDi listening on (ws://\S+)")
 
 
@@ -41,8 +40,10 @@ class Firefox:
         self.timeout_s = timeout_s
         profile.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            # port 0: a free one, which Firefox prints
-            [executable, "--headless", "--no-remote", "--profile", str(profile), *PORT_ZERO],
+            [
+                *(executable, "--headless", "--no-remote", "--profile", str(profile)),
+                "--remote-debugging-port=0",  # a free port, which Firefox prints
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # one log: its console lines and its errors
@@ -56,7 +57,7 @@ class Firefox:
         while not self._url:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
-                raise BidiError(f"Firefox did not start its BiDi server:\n{self.stderr()}")
+                raise BidiError(f"Firefox did not start its BiDi server:\n{self.output()}")
             time.sleep(0.05)
         self._connection = ExitStack()  # websockets wants connect() used as a context manager
         self._ws: ClientConnection = self._connection.enter_context(
@@ -72,7 +73,8 @@ class Firefox:
             if not self._url and (m := LISTENING.search(line)):
                 self._url.append(m.group(1))
 
-    def stderr(self) -> str:
+    def output(self) -> str:
+        """Its last lines of output."""
         return "\n".join(self.log[-60:])
 
     def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -74,6 +74,7 @@ def firefox(service: Service, site: str, tmp_path: Path) -> Iterator[Firefox]:
         yield browser
     finally:
         browser.close()
+        print(browser.output())  # pytest shows it when a test failed
 
 
 def wait_until_describing(browser: Firefox, service: Service, site: str) -> None:
