@@ -4,8 +4,9 @@ The same service, site and pages as the Chromium tests (``test_extension.py``); 
 question is whether the one manifest and the one set of scripts work in Firefox as well:
 the background runs as an event page (``background.scripts``), the content script is
 registered with ``scripting.registerContentScripts`` for the granted site, finds the images
-(open shadow roots and iframes included), asks the background, which fetches captions from
-the server across origins, and writes the alt text with its mark.
+(open and closed shadow roots, iframes, role="img" backgrounds), asks the background, which
+fetches captions from the server across origins, and writes the alt text (or aria-label)
+with its mark.
 
 Two things differ from a user's install, both in the copy of ``extension/`` these tests
 load: ``*://127.0.0.1/*`` is granted at install (as for Chromium: automation cannot click a
