@@ -481,6 +481,12 @@
 
   function onAttribute(el, name) {
     if (!D.isCandidate(el)) {
+      if (written.has(el)) {
+        // No image any more (the page took its role="img" away): our description goes.
+        written.delete(el);
+        D.restoreOriginal(el);
+        setStatus(el, null);
+      }
       if (name === "aria-hidden") scan(el, PRIORITY.other); // a container was shown to AT
       return;
     }

@@ -228,8 +228,11 @@
   // data-altcap holds the original alt so that the page can be restored exactly:
   // "__none__" when there was no alt attribute; an original alt that itself starts with
   // "__none__" or "\" is stored behind one extra "\" so it can never be mistaken for it.
+  // Where the description went into aria-label (an ARIA image), data-altcap-attribute says
+  // so: the page may take role="img" away later, and restoring must still find our text.
 
   const MARK = "data-altcap";
+  const MARK_ATTRIBUTE = "data-altcap-attribute";
   const NONE = "__none__";
 
   function encodeOriginal(alt) {
@@ -245,9 +248,17 @@
   /** Write a machine description (alt, or an ARIA image's aria-label); remembers the
    * original the first time only. */
   function applyCaption(el, text) {
-    const name = textAttribute(el);
-    if (!el.hasAttribute(MARK)) el.setAttribute(MARK, encodeOriginal(attr(el, name)));
+    const name = el.hasAttribute(MARK) ? writtenAttribute(el) : textAttribute(el);
+    if (!el.hasAttribute(MARK)) {
+      el.setAttribute(MARK, encodeOriginal(attr(el, name)));
+      if (name !== "alt") el.setAttribute(MARK_ATTRIBUTE, name);
+    }
     el.setAttribute(name, text);
+  }
+
+  /** Where AltCap's description of a marked element is: alt, or aria-label. */
+  function writtenAttribute(el) {
+    return attr(el, MARK_ATTRIBUTE) === "aria-label" ? "aria-label" : "alt";
   }
 
   /** Put the original text back (or remove the attribute where there was none). False if
@@ -255,17 +266,18 @@
   function restoreOriginal(el) {
     const stored = attr(el, MARK);
     if (stored === null) return false;
-    const name = textAttribute(el);
+    const name = writtenAttribute(el);
     const original = decodeOriginal(stored);
     if (original === null) el.removeAttribute(name);
     else el.setAttribute(name, original);
-    el.removeAttribute(MARK);
+    dropMark(el);
     return true;
   }
 
   /** Forget our mark but keep the alt the page now has (the author changed it). */
   function dropMark(el) {
     el.removeAttribute(MARK);
+    el.removeAttribute(MARK_ATTRIBUTE);
   }
 
   /** The alt text written: prefix (marks machine text) + caption, one space between. */

@@ -209,6 +209,19 @@ test("role=img with a background and no name gets an aria-label, followed and to
   assert.equal(describes(p.sent).length, 1);
 });
 
+test("an ARIA image whose role the page takes away loses our aria-label", async () => {
+  const hero = ariaImage();
+  const p = page({ elements: [hero], worker: captionEach });
+  await sleep(120);
+  assert.equal(hero.getAttribute("aria-label"), "Appears to be: A picture of hero.jpg.");
+  hero.setAttribute("role", "presentation");
+  const [mutations] = p.observers.mutation;
+  mutations.callback([{ type: "attributes", target: hero, attributeName: "role" }]);
+  assert.equal(hero.hasAttribute("aria-label"), false);
+  assert.equal(hero.hasAttribute("data-altcap"), false);
+  assert.equal((await p.message({ type: "status" })).described, 0);
+});
+
 test("lazy images are described when they load", async () => {
   const lazy = img({ src: "https://example.com/lazy.jpg", loading: "lazy" }, { complete: false });
   const p = page({ elements: [lazy], worker: captionEach });

@@ -210,6 +210,18 @@ test("an ARIA image gets its caption as aria-label and gives it back exactly", (
     assert.equal(el.getAttribute("aria-label"), original, JSON.stringify(original));
     assert.equal(el.hasAttribute("data-altcap"), false);
   }
+  // The mark says where the text went, so a page that takes the role away later still gets
+  // its aria-label back (not an alt it never had); an <img> needs no such note.
+  const hero = doc.add(ariaImage());
+  D.applyCaption(hero, "Appears to be: A harbour.");
+  assert.equal(hero.getAttribute("data-altcap-attribute"), "aria-label");
+  hero.setAttribute("role", "presentation");
+  assert.equal(D.restoreOriginal(hero), true);
+  assert.equal(hero.hasAttribute("aria-label"), false);
+  assert.equal(hero.hasAttribute("data-altcap-attribute"), false);
+  const picture = img();
+  D.applyCaption(picture, "Appears to be: A cat.");
+  assert.equal(picture.hasAttribute("data-altcap-attribute"), false);
 });
 
 test("encodeOriginal / decodeOriginal round-trip", () => {
