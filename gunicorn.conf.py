@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 
 
@@ -161,6 +162,28 @@ def post_fork(server, worker) -> None:
     if server.cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // server.cfg.workers))
+
+
+def post_worker_init(worker) -> None:
+    """In a worker, its app built: a quit signal (SIGQUIT, SIGINT) ends it as SIGTERM does.
+
+    gthread's own quit handler shuts the worker's thread pool down inside the signal
+    handler. When the signal lands while the worker's main thread is handing a request to
+    that pool, it holds the pool's lock, and the handler waits for that same lock: the
+    worker hangs for good, deaf to its master (python/cpython#121649). Ctrl-C of the service
+    benchmark under load left such a worker burning a core after its master had gone. The
+    graceful exit instead stops accepting, lets ``worker_exit`` close the engine (queued
+    images fail with ``model_unavailable``, the batch in flight finishes) and leaves; the
+    master kills a worker still there after ``graceful_timeout``. The handler only clears
+    ``alive`` (no lock to wait for in a signal handler); the worker's loop sees it within
+    its 1 s poll.
+    """
+
+    def stop(sig: int, frame: object) -> None:
+        worker.alive = False
+
+    for sig in (signal.SIGQUIT, signal.SIGINT):
+        signal.signal(sig, stop)
 
 
 def child_exit(server, worker) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import http.server
 import io
@@ -127,9 +128,10 @@ class Gunicorn:
         full_env.update(env)
         cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
         cmd += ["--bind", "127.0.0.1:0", "app:create_app()"]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self._access, stderr=self._log
-        )
+        self.proc = subprocess.Popen(  # a session of its own: stop() can kill every worker
+            cmd, cwd=ROOT, env=full_env, stdout=self._access, stderr=self._log,
+            start_new_session=True,
+        )  # fmt: skip
         self.port = 0
 
     def log(self) -> str:
@@ -154,14 +156,18 @@ class Gunicorn:
         return request(self.port, "GET", "/metrics")[1].decode()
 
     def stop(self) -> int:
-        """Quick shutdown (SIGINT): requests still in flight are of no interest any more."""
+        """Quick shutdown (SIGINT): requests still in flight are of no interest any more.
+        Whatever is left of the server after 40 s (graceful_timeout is 30), workers
+        included, is killed: a stray worker would skew every later measurement."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(30)
+                self.proc.wait(40)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # the whole session: no orphan worker
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
         self._access.close()
         return self.proc.returncode

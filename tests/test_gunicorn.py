@@ -170,6 +170,36 @@ def test_bad_worker_count_stops_gunicorn_with_a_clear_message():
     assert "ALTCAP_WORKERS='two' is not valid: expected a positive integer" in result.stderr
 
 
+QUIT_WHILE_SUBMITTING = """
+import runpy, signal
+from gunicorn.workers.gthread import ThreadWorker
+from concurrent.futures import ThreadPoolExecutor
+
+worker = ThreadWorker.__new__(ThreadWorker)  # just what the handlers touch
+worker.tpool, worker.alive = ThreadPoolExecutor(2), True
+runpy.run_path("gunicorn.conf.py")["post_worker_init"](worker)
+with worker.tpool._shutdown_lock:  # the main thread inside tpool.submit() as a signal lands
+    for sig in (signal.SIGQUIT, signal.SIGINT):
+        signal.getsignal(sig)(sig, None)
+print("returned", worker.alive)
+"""
+
+
+def test_a_quit_signal_during_a_submit_does_not_hang_the_worker():
+    """gthread's own quit handler shuts the thread pool down inside the signal handler and
+    waits for the pool's lock, which the interrupted submit() holds: a worker hung for good
+    (python/cpython#121649). gunicorn.conf.py makes quit signals a graceful exit instead."""
+    result = subprocess.run(
+        [sys.executable, "-c", QUIT_WHILE_SUBMITTING],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,  # it returns in well under a second; gunicorn's own handler never does
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "returned False"  # it returned, and the worker stops
+
+
 def test_procfile_runs_gunicorn_with_this_config():
     (line,) = [x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:")]
     assert "gunicorn -c gunicorn.conf.py" in line
