@@ -170,8 +170,9 @@ def post_worker_init(worker) -> None:
     gthread's own quit handler shuts the worker's thread pool down inside the signal
     handler. When the signal lands while the worker's main thread is handing a request to
     that pool, it holds the pool's lock, and the handler waits for that same lock: the
-    worker hangs for good, deaf to its master (python/cpython#121649). Ctrl-C of the service
-    benchmark under load left such a worker burning a core after its master had gone. The
+    worker hangs for good, deaf to its master (python/cpython#121649). The service
+    benchmark's quick stop under load (SIGINT to the master, which sends SIGQUIT to its
+    workers) left such a worker using a core after its master had gone. The
     graceful exit instead stops accepting, lets ``worker_exit`` close the engine (queued
     images fail with ``model_unavailable``, the batch in flight finishes) and leaves; the
     master kills a worker still there after ``graceful_timeout``. The handler only clears
