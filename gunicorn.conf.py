@@ -165,25 +165,25 @@ def post_fork(server, worker) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """In a worker, its app built: a quit signal (SIGQUIT, SIGINT) ends it as SIGTERM does.
+    """In a worker, its app built: every stop signal (SIGTERM, SIGQUIT, SIGINT) only clears
+    ``alive``, and the worker's loop (a 1 s poll) then shuts down gracefully.
 
-    gthread's own quit handler shuts the worker's thread pool down inside the signal
-    handler. When the signal lands while the worker's main thread is handing a request to
-    that pool, it holds the pool's lock, and the handler waits for that same lock: the
-    worker hangs for good, deaf to its master (python/cpython#121649). The service
+    gthread's own handlers take locks inside the signal handler: its quit handler shuts the
+    thread pool down, and when the signal lands while the worker's main thread is handing a
+    request to that pool, it holds the pool's lock and the handler waits for that same lock:
+    the worker hangs for good, deaf to its master (python/cpython#121649). The service
     benchmark's quick stop under load (SIGINT to the master, which sends SIGQUIT to its
-    workers) left such a worker using a core after its master had gone. The
-    graceful exit instead stops accepting, lets ``worker_exit`` close the engine (queued
-    images fail with ``model_unavailable``, the batch in flight finishes) and leaves; the
-    master kills a worker still there after ``graceful_timeout``. The handler only clears
-    ``alive`` (no lock to wait for in a signal handler); the worker's loop sees it within
-    its 1 s poll.
+    workers) left such a worker using a core after its master had gone. Its SIGTERM handler
+    puts a wake-up on a queue whose lock the main thread holds while draining it: the same
+    hang, in a narrower window. The graceful exit stops accepting, lets ``worker_exit``
+    close the engine (queued images fail with ``model_unavailable``, the batch in flight
+    finishes) and leaves; the master kills a worker still there after ``graceful_timeout``.
     """
 
     def stop(sig: int, frame: object) -> None:
-        worker.alive = False
+        worker.alive = False  # no lock to wait for in a signal handler
 
-    for sig in (signal.SIGQUIT, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
         signal.signal(sig, stop)
 
 
