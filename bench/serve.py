@@ -161,13 +161,11 @@ class Gunicorn:
         included, is killed: a stray worker would skew every later measurement."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         with contextlib.suppress(ProcessLookupError):  # the whole session: no orphan worker
             os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         self._log.close()
         self._access.close()
         return self.proc.returncode

@@ -168,7 +168,7 @@ class GPT2Block(ctypes.Structure):
 
 def attend_step(qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> torch.Tensor:
     """A GPT-2 layer's attention for new positions through the kernel (``gpt2.c`` calls it
-    from C inside a forward pass; this entry point tests it and serves other callers).
+    from C inside a forward pass; this entry point is how the tests check it against torch).
 
     ``qkv`` (B, T, 3C) bfloat16 from the layer's c_attn (T = 1 at a decoding step; also
     (B, 3C)); ``k``, ``v`` its bfloat16 caches (B, H, L, D). Stores the new keys and values at

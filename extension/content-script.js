@@ -165,7 +165,7 @@
     scheduleFlush(priority === PRIORITY.focused ? 0 : FLUSH_DELAY_MS);
   }
 
-  /** `node` (a document, element or shadow root) and every open shadow root inside it,
+  /** `node` (a document, element or shadow root) and every shadow root inside it,
    * nested ones included: the trees a selector has to be run in, since querySelectorAll
    * stops at shadow boundaries. Custom elements still waiting for their shadow root are
    * noted for a later look. */
@@ -204,7 +204,7 @@
     }
   }
 
-  /** querySelectorAll over the document and its open shadow roots (watching any root not
+  /** querySelectorAll over the document and its shadow roots (watching any root not
    * seen before: one attached late to a plain element, found when the user asks). */
   function deepQueryAll(selector) {
     const out = [];

@@ -9,10 +9,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from socketserver import BaseRequestHandler
 
 
 def png_bytes(color=(200, 30, 30), size=(64, 48), mode="RGB") -> bytes:
@@ -72,9 +73,9 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_directory(root: Path) -> Iterator[str]:
-    """Serve ``root`` over HTTP on 127.0.0.1 (a free port); yields the base URL."""
-    handler = functools.partial(QuietHandler, directory=str(root))
+def serve_handler(handler: Callable[..., BaseRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` with a threaded HTTP server on 127.0.0.1 (a free port); yields the
+    base URL, and stops the server after."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -83,6 +84,11 @@ def serve_directory(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def serve_directory(root: Path) -> AbstractContextManager[str]:
+    """Serve ``root`` over HTTP on 127.0.0.1 (a free port); yields the base URL."""
+    return serve_handler(functools.partial(QuietHandler, directory=str(root)))
 
 
 @contextmanager

@@ -9,13 +9,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import redis
-from helpers import png_bytes, serve_directory
+from helpers import png_bytes, serve_directory, serve_handler
 from redis_server import RedisServer
 
 from captioner import jobs
@@ -861,19 +861,14 @@ def test_a_job_downloads_at_most_per_host_images_at_once_from_one_site(
     make_queue, per_host: int
 ) -> None:
     handler = type("Slow", (SlowImages,), {"lock": threading.Lock(), "inside": 0, "most": 0})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serve_handler(handler) as base:
         # two consumer threads, chunks of 4: up to 8 downloads at once without the cap
         queue = make_queue(FakeBackend(), workers=2, JOB_DOWNLOADS_PER_HOST=per_host)
-        urls = [f"http://127.0.0.1:{server.server_port}/{i}.png" for i in range(12)]
+        urls = [f"{base}/{i}.png" for i in range(12)]
         job, _ = queue.submit(parse_job({"images": urls, "decoding": FAST}, queue.settings))
         status = wait_for(queue, job["id"])
-        assert status["counts"]["done"] == 12, status
-        assert handler.most == per_host
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert status["counts"]["done"] == 12, status
+    assert handler.most == per_host
 
 
 class HookHandler(BaseHTTPRequestHandler):
@@ -893,11 +888,8 @@ class HookHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def hook_server() -> Iterator[tuple[str, type[HookHandler]]]:
     handler = type("Hook", (HookHandler,), {"received": [], "answer": 204})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", handler
-    server.shutdown()
-    server.server_close()
+    with serve_handler(handler) as base:
+        yield f"{base}/hook", handler
 
 
 def test_the_webhook_gets_the_summary_when_the_job_ends(make_queue, site, hook_server) -> None:
@@ -978,12 +970,8 @@ class EndlessHandler(BaseHTTPRequestHandler):
 def endless_server(request) -> Iterator[tuple[str, type[EndlessHandler]]]:
     attrs = {"sent": [], "trickle": request.param, "done": threading.Event()}
     handler = type("Endless", (EndlessHandler,), attrs)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", handler
-    server.shutdown()
-    server.server_close()
+    with serve_handler(handler) as base:
+        yield f"{base}/hook", handler
 
 
 def test_a_webhook_receiver_cannot_hold_or_flood_the_sender(tmp_path, endless_server, monkeypatch):
