@@ -322,8 +322,8 @@ def register(subparsers: Any) -> None:
         "--mode",
         choices=MODES,
         default="missing",
-        help="missing: images with missing or meaningless alt; all: every image "
-        "but decorative ones",
+        help='missing: images with missing or meaningless alt, and alt="" on an image '
+        "that is all a link holds; all: every image but decorative ones",
     )
     p.add_argument("--out", default="-", help="report file (.csv, .json, .jsonl); - stdout")
     p.add_argument(

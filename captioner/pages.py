@@ -33,8 +33,9 @@ from typing import Literal
 from urllib.parse import urldefrag, urljoin, urlsplit
 from xml.parsers import expat
 
-from bs4 import BeautifulSoup, Tag
+from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.dammit import EncodingDetector, UnicodeDammit
+from bs4.element import PreformattedString
 from bs4.exceptions import ParserRejectedMarkup
 from protego import Protego
 
@@ -62,6 +63,7 @@ __all__ = [
     "NotHTML",
     "Page",
     "PageImage",
+    "PageVerdict",
     "RobotsDisallowed",
     "SitemapCrawl",
     "decode_html",
@@ -75,6 +77,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODES = ("missing", "all")
+# alttext's verdicts, plus one that needs the page: "empty_link", alt="" on the image that is
+# all a link or button holds (which then has no name: see _Context.naming_image).
+PageVerdict = Verdict | Literal["empty_link"]
+NEEDS_CAPTION: frozenset[str] = frozenset({"missing", "meaningless", "empty_link"})
 Element = Literal["img", "source", "input"]
 
 # Lazy-loading scripts keep the real image here and a placeholder in src/srcset.
@@ -85,7 +91,7 @@ DECODABLE_TYPES = frozenset({f"image/{f.lower()}" for f in ALLOWED_FORMATS} | {"
 # Tags whose content a browser never renders as images.
 INERT_PARENTS = frozenset({"template", "textarea", "title", "xmp", "noembed", "noframes"})
 # Several occurrences of one image: keep the verdict that most needs a caption.
-_URGENCY = {"missing": 0, "meaningless": 1, "ok": 2, "decorative": 3}
+_URGENCY = {"missing": 0, "meaningless": 1, "empty_link": 2, "ok": 3, "decorative": 4}
 _URL_SPACES = re.compile(r"[\t\n\r]")  # browsers drop these anywhere in a URL
 
 
@@ -129,7 +135,7 @@ class InvalidHTML(CrawlError):
 class PageImage:
     image_url: str  # absolute URL of the chosen candidate (srcset: largest)
     alt: str | None  # the author's alt as written; None when the attribute is absent
-    verdict: Verdict  # missing | decorative | meaningless | ok
+    verdict: PageVerdict  # missing | meaningless | empty_link | decorative | ok
     element: Element  # "img", "source" (the URL came from <picture><source>) or "input"
 
 
@@ -284,6 +290,36 @@ def _says_something(text: str | None) -> bool:
     return text is not None and classify_alt(text) == "ok"
 
 
+def _first_role(tag: Tag) -> str:
+    roles = (_attr(tag, "role") or "").strip().lower().split()
+    return roles[0] if roles else ""
+
+
+def _is_image(tag: Tag) -> bool:
+    """<img>, or <input type=image>: the elements whose alt is their name."""
+    return tag.name == "img" or (
+        tag.name == "input" and (_attr(tag, "type") or "").strip().lower() == "image"
+    )
+
+
+def _control(tag: Tag) -> Tag | None:
+    """The link or button an image is part of: itself for <input type=image>, else the
+    nearest ancestor <a href>, <button> or role=link/button."""
+    if tag.name == "input":
+        return tag
+    for parent in tag.parents:
+        if isinstance(parent, BeautifulSoup):
+            break
+        if (parent.name == "a" and parent.has_attr("href")) or parent.name == "button":
+            return parent
+        if _first_role(parent) in ("link", "button"):
+            return parent
+    return None
+
+
+_SILENT = frozenset({"script", "style", "template", "noscript"})  # no text a reader hears
+
+
 class _Context:
     """What ``_verdict`` and ``_walk`` ask of the whole document, each worked out once.
 
@@ -291,13 +327,14 @@ class _Context:
     ancestor of every image, is a scan per image: quadratic on a large page (2,000 labelled
     images took 45 s). The id map is built in one pass on first use, and whether a node sits
     inside an inert parent or ``aria-hidden=true`` is memoised per node, so each ancestor is
-    visited once for the whole page.
+    visited once for the whole page; so is the image that names each link or button.
     """
 
     def __init__(self, soup: BeautifulSoup) -> None:
         self.soup = soup
         self._ids: dict[str, Tag] | None = None
         self._flags: dict[int, tuple[bool, bool]] = {}  # id(node) -> (inert, hidden)
+        self._naming: dict[int, Tag | None] = {}  # id(link or button) -> naming_image()
 
     def by_id(self, element_id: str) -> Tag | None:
         """The first element in document order with this id, as ``soup.find(id=...)``."""
@@ -306,6 +343,11 @@ class _Context:
             for tag in self.soup.find_all(id=True):
                 self._ids.setdefault(_attr(tag, "id") or "", tag)
         return self._ids.get(element_id)
+
+    def labelled_by(self, tag: Tag) -> str | None:
+        """The text of the elements ``aria-labelledby`` names, or None."""
+        labels = [self.by_id(i) for i in (_attr(tag, "aria-labelledby") or "").split()]
+        return " ".join(el.get_text(" ") for el in labels if el is not None) or None
 
     def flags(self, node: Tag) -> tuple[bool, bool]:
         """(inert, hidden): ``node`` or an ancestor is an ``INERT_PARENTS`` tag, or has
@@ -330,23 +372,72 @@ class _Context:
     def inert_parent(self, tag: Tag) -> bool:
         return tag.parent is not None and self.flags(tag.parent)[0]
 
+    def naming_image(self, control: Tag) -> Tag | None:
+        """The image whose alt would be the only name of this link or button: its first
+        decorative image (``alt=""``, or ``role=presentation``), when nothing else names it:
+        an ``aria-label``, ``aria-labelledby`` text or ``title`` of its own that says
+        something, text in it (outside ``aria-hidden``) that does, an element in it named by
+        ``aria-label``, or another image whose alt says something or is to be captioned.
+        None when something does. The extension's ``detection.js`` ``isEmptyLink`` is the
+        same rule on the live page (``tests/vectors/links.json`` holds both to it)."""
+        key = id(control)
+        if key not in self._naming:
+            self._naming[key] = self._find_naming_image(control)
+        return self._naming[key]
 
-def _verdict(tag: Tag, context: _Context) -> Verdict:
+    def _find_naming_image(self, control: Tag) -> Tag | None:
+        own = (_attr(control, "aria-label"), self.labelled_by(control), _attr(control, "title"))
+        if any(_says_something(name) for name in own):
+            return None
+        if control.name == "input":
+            return control  # <input type=image>: its alt is its only name
+        texts: list[str] = []
+        first: Tag | None = None
+        stack = list(reversed(control.contents))  # document order, subtrees skippable
+        while stack:
+            node = stack.pop()
+            if not isinstance(node, Tag):
+                if isinstance(node, NavigableString) and not isinstance(node, PreformattedString):
+                    texts.append(str(node))  # text, not a comment or declaration
+                continue
+            if node.name in _SILENT or (_attr(node, "aria-hidden") or "").strip().lower() == "true":
+                continue
+            if _is_image(node):
+                if _alt_verdict(node, self) != "decorative":
+                    return None  # it has a name, or gets a caption that is one
+                if first is None:
+                    first = node
+            elif _says_something(_attr(node, "aria-label")):
+                return None
+            stack.extend(reversed(node.contents))
+        return None if _says_something(" ".join(texts)) else first
+
+
+def _alt_verdict(tag: Tag, context: _Context) -> Verdict:
+    """The verdict of the image's own markup: its alt, role, labels and aria-hidden."""
     verdict = classify_alt(_attr(tag, "alt"))
     if verdict not in ("missing", "meaningless"):
         return verdict  # author text and alt="" are the author's word, as in the extension
-    role = (_attr(tag, "role") or "").strip().lower().split()
-    if role and role[0] in ("presentation", "none"):
+    if _first_role(tag) in ("presentation", "none"):
         return "decorative"
     if context.flags(tag)[1]:  # aria-hidden=true on the tag or an ancestor
         return "decorative"
-    ids = (_attr(tag, "aria-labelledby") or "").split()
-    labels = [context.by_id(i) for i in ids]
-    labelled_by = " ".join(el.get_text(" ") for el in labels if el is not None)
-    if any(_says_something(t) for t in (_attr(tag, "aria-label"), labelled_by or None)):
+    if any(_says_something(t) for t in (_attr(tag, "aria-label"), context.labelled_by(tag))):
         return "ok"
     if _says_something(_attr(tag, "title")):
         return "ok"
+    return verdict
+
+
+def _verdict(tag: Tag, context: _Context) -> PageVerdict:
+    """``_alt_verdict``, except that a decorative image that is all a link or button holds
+    is ``empty_link``: it was the control's name, and the control has none."""
+    verdict = _alt_verdict(tag, context)
+    if verdict != "decorative" or context.flags(tag)[1]:
+        return verdict
+    control = _control(tag)
+    if control is not None and context.naming_image(control) is tag:
+        return "empty_link"
     return verdict
 
 
@@ -362,9 +453,7 @@ def _walk(soup: BeautifulSoup, page_url: str) -> Iterator[tuple[Tag, PageImage]]
     base = _base_url(soup, page_url)
     context = _Context(soup)
     for tag in soup.find_all(["img", "input"]):
-        if tag.name == "input" and (_attr(tag, "type") or "").strip().lower() != "image":
-            continue
-        if context.inert_parent(tag):
+        if not _is_image(tag) or context.inert_parent(tag):
             continue
         element: Element = "input" if tag.name == "input" else "img"
         url = _picture_url(tag, base) if element == "img" else None
@@ -407,7 +496,7 @@ def needs_caption(verdict: str | None, mode: str = "missing") -> bool:
         return True
     if mode == "all":
         return verdict != "decorative"
-    return verdict in ("missing", "meaningless")
+    return verdict in NEEDS_CAPTION
 
 
 # --- patching -----------------------------------------------------------------------
@@ -463,7 +552,7 @@ def _patched(text: str, page_url: str, captions: Mapping[str, str]) -> str:
     edits: list[tuple[int, int, str]] = []
     for tag, image in _walk(soup, page_url):
         caption = captions.get(image.image_url)
-        if not caption or image.verdict not in ("missing", "meaningless"):
+        if not caption or image.verdict not in NEEDS_CAPTION:
             continue
         if tag.sourceline is None or tag.sourcepos is None:
             continue

@@ -33,7 +33,7 @@ RESULT_FIELDS = (
     "page_url",  # the page the image is on; None for image URLs given directly
     "image_url",  # absolute URL of the image; None for a row about a page that failed
     "alt",  # the author's alt as written; None when the attribute is absent
-    "verdict",  # missing | decorative | meaningless | ok; None for image URLs given directly
+    "verdict",  # missing | meaningless | empty_link | decorative | ok; None for bare image URLs
     "status",  # done | failed | skipped
     "caption",  # the suggested alt text when done
     "error_code",  # stable code (captioner.errors) when failed, or why it was skipped

@@ -268,6 +268,7 @@
     if (!el.isConnected || D.imageUrl(el) !== url) return false;
     if (el.hasAttribute(D.MARK)) return written.has(el); // ours: replace our own text only
     const verdict = D.classifyText(el);
+    if (verdict === "decorative") return D.isEmptyLink(el); // alt="" naming nothing else
     return verdict === "missing" || verdict === "meaningless";
   }
 

@@ -169,8 +169,100 @@
     return { action, reason, url: url || "" };
   }
 
+  function firstRole(el) {
+    return (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0];
+  }
+
+  /** What the element's own markup tells a screen-reader user, and why: the verdict of
+   * captioner/pages.py's _alt_verdict() ("missing" | "meaningless" need a description;
+   * "decorative" | "ok" do not), with the rule that decided it as `reason`. */
+  function altVerdict(el) {
+    const aria = isAriaImage(el);
+    const verdict = classifyText(el);
+    if (verdict === "decorative") return { verdict, reason: "decorative" };
+    if (verdict === "ok") return { verdict, reason: aria ? "aria-label" : "author-alt" };
+    const role = firstRole(el);
+    if (role === "presentation" || role === "none") {
+      return { verdict: "decorative", reason: "presentational" };
+    }
+    if (hiddenFromAssistiveTech(el)) return { verdict: "decorative", reason: "aria-hidden" };
+    if (saysSomething(attr(el, "aria-label"))) return { verdict: "ok", reason: "aria-label" };
+    if (saysSomething(labelledByText(el))) return { verdict: "ok", reason: "aria-labelledby" };
+    if (saysSomething(attr(el, "title"))) return { verdict: "ok", reason: "title" };
+    return { verdict, reason: verdict };
+  }
+
+  /** altVerdict(), except that a decorative image that is all a link or button holds is
+   * "empty_link" (pages.py's _verdict()): tests/vectors/links.json holds both to it. */
+  function nameVerdict(el) {
+    const own = altVerdict(el);
+    if (own.verdict !== "decorative" || hiddenFromAssistiveTech(el) || !isEmptyLink(el)) {
+      return own;
+    }
+    return { verdict: "empty_link", reason: "empty_link" };
+  }
+
+  // --- images that are all a link or button holds --------------------------------------------
+  // alt="" says "decorative", but an image that is the only content of a link or button is
+  // that control's name: with alt="" the link has none, and a screen reader reads its
+  // address or just "link" (WebAIM's "empty link", among the commonest failures it finds).
+  // Such an image is "empty_link": described like a missing alt.
+
+  /** The link or button the image is part of: itself for <input type=image>, else the
+   * nearest ancestor <a href>, <button> or role="link"/"button" in its own tree. */
+  function controlOf(el) {
+    if (isImageInput(el)) return el;
+    for (let node = el.parentElement; node; node = node.parentElement) {
+      const tag = tagOf(node);
+      if ((tag === "A" && node.hasAttribute("href")) || tag === "BUTTON") return node;
+      const role = firstRole(node);
+      if (role === "link" || role === "button") return node;
+    }
+    return null;
+  }
+
+  const SILENT = new Set(["SCRIPT", "STYLE", "TEMPLATE", "NOSCRIPT"]);
+
+  function ariaHiddenHere(el) {
+    return (attr(el, "aria-hidden") || "").trim().toLowerCase() === "true";
+  }
+
+  /** True when `el` is the first decorative image (alt="", or role="presentation") of a
+   * link or button that nothing else names: no aria-label, aria-labelledby text or title of
+   * its own that says something, no text in it (outside aria-hidden) that does, no element
+   * in it named by aria-label, and no other image whose alt says something or that AltCap
+   * describes. pages.py's _Context.naming_image() is the same rule. */
+  function isEmptyLink(el) {
+    if (tagOf(el) !== "IMG" && !isImageInput(el)) return false;
+    const control = controlOf(el);
+    if (!control) return false;
+    for (const name of [attr(control, "aria-label"), labelledByText(control), attr(control, "title")]) {
+      if (saysSomething(name)) return false;
+    }
+    if (control === el) return altVerdict(el).verdict === "decorative"; // <input type=image>
+    const texts = [];
+    let first = null;
+    let named = false;
+    (function walk(node) {
+      for (const child of node.childNodes || []) {
+        if (named) return;
+        if (child.nodeType === 3) texts.push(String(child.data));
+        if (child.nodeType !== 1 || SILENT.has(tagOf(child)) || ariaHiddenHere(child)) continue;
+        if (tagOf(child) === "IMG" || isImageInput(child)) {
+          if (altVerdict(child).verdict !== "decorative") named = true; // named, or to be
+          else if (!first) first = child;
+        } else if (saysSomething(attr(child, "aria-label"))) {
+          named = true;
+        }
+        walk(child);
+      }
+    })(control);
+    return !named && first === el && !saysSomething(texts.join(" "));
+  }
+
   /** Decide what to do with one element.
-   * action "describe": needs a caption (reason: "missing" | "meaningless"; url set);
+   * action "describe": needs a caption (reason: "missing" | "meaningless" | "empty_link";
+   * url set);
    * action "wait": not loaded yet, look again on its load event;
    * action "skip": leave it alone (reason says why).
    * `win` (optional) gives getComputedStyle for visibility:hidden. */
@@ -180,15 +272,8 @@
     }
     if (el.hasAttribute(MARK)) return result("skip", "already-described");
     const aria = isAriaImage(el);
-    const verdict = classifyText(el);
-    if (verdict === "decorative") return result("skip", "decorative");
-    if (verdict === "ok") return result("skip", aria ? "aria-label" : "author-alt");
-    const role = (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0];
-    if (role === "presentation" || role === "none") return result("skip", "presentational");
-    if (hiddenFromAssistiveTech(el)) return result("skip", "aria-hidden");
-    if (saysSomething(attr(el, "aria-label"))) return result("skip", "aria-label");
-    if (saysSomething(labelledByText(el))) return result("skip", "aria-labelledby");
-    if (saysSomething(attr(el, "title"))) return result("skip", "title");
+    const { verdict, reason } = nameVerdict(el);
+    if (verdict === "decorative" || verdict === "ok") return result("skip", reason);
 
     const isImg = tagOf(el) === "IMG";
     if (isImg && !el.complete) return result("wait", "loading");
@@ -301,6 +386,9 @@
     isAriaImage,
     textAttribute,
     classifyText,
+    altVerdict,
+    nameVerdict,
+    isEmptyLink,
     applyCaption,
     restoreOriginal,
     dropMark,

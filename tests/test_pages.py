@@ -34,6 +34,7 @@ from captioner.pages import (
 
 LOCAL = FetchLimits(allow_private=True, connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
 VECTORS = Path(__file__).parent / "vectors" / "alttext.json"
+LINK_VECTORS = VECTORS.with_name("links.json")
 BASE = "http://site.test/"
 
 # What find_images must report for the index page: (URL, alt, verdict, element), in order.
@@ -165,6 +166,27 @@ def test_alt_verdicts_follow_the_shared_vectors() -> None:
     assert [(im.alt, im.verdict) for im in images] == [(c["alt"], c["verdict"]) for c in cases]
 
 
+def test_link_verdicts_follow_the_shared_vectors() -> None:
+    # The same cases run on Chromium's DOM against the extension's detection.js
+    # (tests/e2e/test_detection_dom.py).
+    for case in json.loads(LINK_VECTORS.read_text())["cases"]:
+        verdicts = [im.verdict for im in find_images(case["html"], BASE)]
+        assert verdicts == case["verdicts"], case["html"]
+
+
+def test_the_image_naming_a_link_is_found_once_per_link() -> None:
+    # A card that is one big link holding many alt="" images: the link's contents are walked
+    # once for the whole card, not once per image.
+    def card(n: int) -> str:
+        return '<a href="/c">' + "".join(f'<img src="/{i}.png" alt="">' for i in range(n)) + "</a>"
+
+    assert [im.verdict for im in find_images(card(3), BASE)] == ["empty_link"] + ["decorative"] * 2
+    ratio = _calls(lambda: find_images(card(400), BASE)) / _calls(
+        lambda: find_images(card(200), BASE)
+    )
+    assert ratio < 2.5
+
+
 @pytest.mark.parametrize(
     ("markup", "verdict"),
     [
@@ -289,8 +311,20 @@ def test_recursion_while_reading_a_page_is_a_typed_crawl_error(monkeypatch) -> N
 
 def test_needs_caption_by_mode() -> None:
     table = {
-        "missing": {"missing": True, "meaningless": True, "ok": False, "decorative": False},
-        "all": {"missing": True, "meaningless": True, "ok": True, "decorative": False},
+        "missing": {
+            "missing": True,
+            "meaningless": True,
+            "empty_link": True,
+            "ok": False,
+            "decorative": False,
+        },
+        "all": {
+            "missing": True,
+            "meaningless": True,
+            "empty_link": True,
+            "ok": True,
+            "decorative": False,
+        },
     }
     for mode, verdicts in table.items():
         assert {v: needs_caption(v, mode) for v in verdicts} == verdicts
@@ -350,6 +384,23 @@ def test_patched_html_changes_only_the_alt_it_should() -> None:
     assert [t.get("alt") for t in tags] == want
     original = BeautifulSoup(INDEX_HTML, "html.parser")
     assert len(original.find_all(True)) == len(soup.find_all(True))
+
+
+def test_patch_names_empty_links_and_leaves_other_empty_alts() -> None:
+    page = (
+        '<a href="/shop"><img src="shop.png" alt=""></a>\n'
+        "<button><img src='go.png' alt></button>\n"
+        '<a href="/home"><img src="home.png" alt=""> Home</a>\n'
+        '<p><img src="rule.png" alt=""></p>\n'
+    )
+    captions = {BASE + name: f"Caption of {name}" for name in ("shop.png", "go.png", "home.png")}
+    captions[BASE + "rule.png"] = "Caption of rule.png"
+    assert patch_html(page, BASE, captions) == (
+        '<a href="/shop"><img src="shop.png" alt="Caption of shop.png"></a>\n'
+        "<button><img src='go.png' alt=\"Caption of go.png\"></button>\n"
+        '<a href="/home"><img src="home.png" alt=""> Home</a>\n'
+        '<p><img src="rule.png" alt=""></p>\n'
+    )
 
 
 def test_patch_handles_odd_markup_and_keeps_everything_else() -> None:

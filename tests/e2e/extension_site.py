@@ -35,8 +35,10 @@ IMAGES = {
     "hero": (20, 120, 70),  # a role="img" element's CSS background, no name
     "named-hero": (70, 20, 70),  # the same with an aria-label
     "backdrop": (200, 200, 120),  # a background without role="img": decoration
+    "linked": (60, 130, 200),  # alt="" but all its link holds: the link has no name
+    "linked-text": (200, 130, 60),  # alt="" beside its link's text: decorative
 }
-DESCRIBED = {"none", "filename", "change1", "change2", "added", "lazy", "hero"}
+DESCRIBED = {"none", "filename", "change1", "change2", "added", "lazy", "hero", "linked"}
 
 TEST_PAGE = """<!doctype html>
 <html lang="en">
@@ -59,6 +61,9 @@ TEST_PAGE = """<!doctype html>
 <div id="named-hero" role="img" aria-label="A quiet harbour"
   style="background: url(named-hero.png); width: 200px; height: 150px"></div>
 <div id="backdrop" style="background: url(backdrop.png); width: 200px; height: 150px"></div>
+<a href="#shop"><img id="linked" src="linked.png" alt="" width="200" height="150"></a>
+<a href="#home"><img id="linked-text" src="linked-text.png" alt="" width="200" height="150">
+  Home</a>
 <div id="later"></div>
 <div style="height: 9000px"></div>
 <img id="lazy" src="lazy.png" loading="lazy" width="200" height="150">

@@ -51,7 +51,7 @@ PREFIX = re.compile(r"^Appears to be: \S")
 # Elements no description is written to (their alt or aria-label as the page wrote it).
 LEFT_ALONE = [
     *("author", "decorative", "presentation", "hidden", "tiny", "banner"),
-    *("named-hero", "backdrop"),
+    *("named-hero", "backdrop", "linked-text"),
 ]
 
 
@@ -177,6 +177,7 @@ def expect_left_alone(page: Page) -> None:
     """Author text, alt="" and every image that needs no description are untouched."""
     expect(page.locator("#author")).to_have_attribute("alt", "A red bicycle")
     expect(page.locator("#decorative")).to_have_attribute("alt", "")
+    expect(page.locator("#linked-text")).to_have_attribute("alt", "")
     for name in ["presentation", "hidden", "tiny", "banner"]:
         assert page.locator(f"#{name}").get_attribute("alt") is None, name
     expect(page.locator("#named-hero")).to_have_attribute("aria-label", "A quiet harbour")
@@ -261,6 +262,8 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
     expect_described(page, service, site, "change", "change1")
     expect_described(page, service, site, "hero", "hero", "aria-label")  # role="img"
     expect(page.locator("#hero")).to_have_attribute("data-altcap", "__none__")
+    expect_described(page, service, site, "linked", "linked")  # all an empty link holds
+    expect(page.locator("#linked")).to_have_attribute("data-altcap", "")
     expect(page.locator("#none")).to_have_attribute("data-altcap", "__none__")
     expect(page.locator("#filename")).to_have_attribute("data-altcap", "IMG_0042.jpg")
     expect(page.locator("#change")).to_have_attribute("data-altcap", "__none__")
@@ -284,15 +287,16 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
 
     # Counts and badge, then the popup's toggle: the page exactly as it was, and back.
     popup = open_popup(browser, tab_id)
-    expect_counts(popup, found=6, described=6, failed=0)
+    expect_counts(popup, found=7, described=7, failed=0)
     badge = "(tabId) => chrome.action.getBadgeText({tabId})"
-    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "6", "the badge is not 6")
+    wait_until(lambda: browser.worker.evaluate(badge, tab_id) == "7", "the badge is not 7")
     popup.get_by_role("button", name="Hide AltCap's descriptions here").click()
     expect(popup.locator("#status")).to_contain_text("The page's own text is back")
     expect(page.locator("[data-altcap]")).to_have_count(0)
     for name in ["none", "change", "added", "lazy"]:
         assert page.locator(f"#{name}").get_attribute("alt") is None, name
     assert page.locator("#hero").get_attribute("aria-label") is None
+    expect(page.locator("#linked")).to_have_attribute("alt", "")
     expect(page.locator("#filename")).to_have_attribute("alt", "IMG_0042.jpg")
     expect_left_alone(page)
     expect(popup.get_by_role("button", name="Show AltCap's descriptions here")).to_be_visible()
@@ -304,6 +308,7 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
         ("change", "change2"),
         ("added", "added"),
         ("lazy", "lazy"),
+        ("linked", "linked"),
     ]:
         expect_described(page, service, site, element, image)
     expect_described(page, service, site, "hero", "hero", "aria-label")
@@ -333,13 +338,13 @@ def test_the_page_keeps_working_when_the_server_is_down(
     page = browser.open_page(site)
     expect(page.locator("#script-state")).to_have_text("the page script ran")
     popup = open_popup(browser, browser.tab_id(site))
-    # none, filename, change1, hero: failed after the worker's retries (~4 s of back-off)
-    expect_counts(popup, found=4, described=0, failed=4)
+    # none, filename, change1, hero, linked: failed after the retries (~4 s of back-off)
+    expect_counts(popup, found=5, described=0, failed=5)
     page.bring_to_front()
     page.get_by_role("button", name="Add an image").click()
     expect(page.locator("#clicks")).to_have_text("1")
     expect(page.locator("#added")).to_be_visible()
-    expect_counts(popup, found=5, described=0, failed=5)
+    expect_counts(popup, found=6, described=0, failed=6)
     page.get_by_role("button", name="Add an image").click()
     expect(page.locator("#clicks")).to_have_text("2")
     expect(page.locator("[data-altcap]")).to_have_count(0)

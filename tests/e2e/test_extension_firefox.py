@@ -48,6 +48,7 @@ LEFT_ALONE = {  # element id -> its alt as the page wrote it
     "tiny": None,
     "banner": None,
     "backdrop": None,  # a CSS background without role="img"
+    "linked-text": "",  # alt="" beside its link's text
 }
 
 # Appended to the copy's background script (see the module docstring).
@@ -149,6 +150,8 @@ def test_firefox_describes_exactly_the_images_that_need_it(
     assert alt_of(firefox, tab, hero, "aria-label")["mark"] == "__none__"
     named = alt_of(firefox, tab, by_id("named-hero"), "aria-label")
     assert named == {"alt": "A quiet harbour", "mark": None}
+    expect_described(firefox, tab, service, site, by_id("linked"), "linked")  # an empty link
+    assert alt_of(firefox, tab, by_id("linked"))["mark"] == ""
 
     # Later images: added by a script, lazily loaded, and a new src for a described one.
     firefox.evaluate(tab, by_id("add") + ".click()")
