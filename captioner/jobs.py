@@ -68,6 +68,7 @@ from captioner.jobstore import (
     is_redis_url,
     open_job_store,
 )
+from captioner.politeness import HostSlots, Pacer, RedisHostSlots, RedisPacer
 from captioner.reports import caption_outcome
 from captioner.settings import Settings
 
@@ -728,42 +729,22 @@ class _Stop(Exception):
     """Planning interrupted: the job was cancelled, or this consumer is stopping."""
 
 
-class HostSlots:
-    """At most ``per_host`` downloads at once to any one host, over all the job threads of
-    this process. A job is often thousands of images from one site, and every consumer
-    thread downloads a chunk's images 8 at a time: without this, a process could hold
-    ``ALTCAP_JOB_WORKERS`` x 8 connections to one site, where a browser opens about 6."""
+def _politeness(settings: Settings) -> tuple[HostSlots, Pacer, Callable[[], None]]:
+    """The download cap and crawl turns every job of this consumer shares, and how to let
+    go of them: in Redis when the queue is, so they hold for all consumers on all machines
+    (``captioner.politeness``)."""
+    per_host = settings.job_downloads_per_host
+    if not is_redis_url(settings.queue_url):
+        return HostSlots(per_host), Pacer(), lambda: None
+    import redis
 
-    def __init__(self, per_host: int) -> None:
-        if per_host < 1:
-            raise ValueError("per_host must be at least 1")
-        self.per_host = per_host
-        self._cond = threading.Condition()
-        self._busy: dict[str, int] = {}  # host -> downloads under way (hosts at 0 dropped)
-
-    @contextmanager
-    def hold(self, url: str) -> Iterator[None]:
-        """Wait for a slot of the URL's host (as written: a redirect is not followed here)."""
-        host = (urlsplit(url).hostname or "").lower()
-        with self._cond:
-            while self._busy.get(host, 0) >= self.per_host:
-                self._cond.wait()
-            self._busy[host] = self._busy.get(host, 0) + 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                left = self._busy[host] - 1
-                if left:
-                    self._busy[host] = left
-                else:
-                    del self._busy[host]
-                self._cond.notify_all()
-
-    def busy(self) -> dict[str, int]:
-        """Downloads under way by host (for tests and debugging)."""
-        with self._cond:
-            return dict(self._busy)
+    client = redis.Redis.from_url(
+        settings.queue_url.strip(), socket_timeout=5, socket_connect_timeout=5
+    )
+    # A download ends within the fetch timeout; the lease only matters for a consumer killed
+    # mid-download, whose slot it frees.
+    lease_s = settings.fetch_timeout_s + 5
+    return RedisHostSlots(client, per_host, lease_s=lease_s), RedisPacer(client), client.close
 
 
 class JobConsumer:
@@ -798,7 +779,7 @@ class JobConsumer:
         self._stopping = threading.Event()
         self._keeper: threading.Thread | None = None
         self._started = False
-        self.host_slots = HostSlots(self.settings.job_downloads_per_host)
+        self.host_slots, self.pacer, self._close_politeness = _politeness(self.settings)
         self.huey_consumer = _consumer(queue.huey, workers)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -819,6 +800,7 @@ class JobConsumer:
         finally:
             self._stopping.set()
             self._give_back()
+            self._close_politeness()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking work; wait up to ``timeout`` for the chunks in flight, then give back
@@ -828,6 +810,7 @@ class JobConsumer:
             self.huey_consumer.shutdown_timeout = timeout
             self.huey_consumer.stop(graceful=True)
         self._give_back()
+        self._close_politeness()
         if self._keeper is not None:
             self._keeper.join(timeout=2)
 
@@ -958,7 +941,9 @@ class JobConsumer:
                     raise _Stop
 
         try:
-            crawler = Crawler(self.settings.fetch_limits(), delay_s=self.settings.crawl_delay_s)
+            crawler = Crawler(
+                self.settings.fetch_limits(), delay_s=self.settings.crawl_delay_s, pacer=self.pacer
+            )
             found = batch.plan(
                 batch.Source.from_dict(spec["source"]),
                 crawler,

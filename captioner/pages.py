@@ -53,6 +53,7 @@ from .fetch import (
     fetch_document,
 )
 from .images import ALLOWED_FORMATS
+from .politeness import Pacer, origin_of
 
 __all__ = [
     "MODES",
@@ -670,9 +671,11 @@ class Crawler:
     Safe: every fetch goes through ``captioner.fetch`` (resolved addresses checked, redirects
     re-checked, time and size limits). Polite: robots.txt is asked first (per RFC 9309, a
     robots.txt that answers 4xx allows everything, one that cannot be fetched disallows
-    everything) and two requests to one host are ``delay_s`` apart, or the robots.txt
-    ``Crawl-delay`` if longer (at most ``MAX_CRAWL_DELAY``). Safe to share between threads.
-    ``clock`` and ``sleep`` are injectable so tests need not wait.
+    everything) and two requests to one origin are ``delay_s`` apart, or the robots.txt
+    ``Crawl-delay`` if longer (at most ``MAX_CRAWL_DELAY``): the turns are booked with
+    ``pacer``, which the crawlers of all jobs share (``captioner.politeness``; a crawler of
+    its own by default). Safe to share between threads. ``clock`` (for the default pacer)
+    and ``sleep`` are injectable so tests need not wait.
     """
 
     MAX_CRAWL_DELAY = 30.0
@@ -701,6 +704,7 @@ class Crawler:
         max_sitemaps: int = 100,  # sitemap files read per crawl
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        pacer: Pacer | None = None,
     ) -> None:
         if delay_s < 0:
             raise InvalidSettings("the politeness delay must not be negative")
@@ -713,32 +717,25 @@ class Crawler:
         self.max_sitemap_bytes = max_sitemap_bytes
         self.max_sitemap_depth = max_sitemap_depth
         self.max_sitemaps = max_sitemaps
-        self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._next_slot: dict[str, float] = {}  # origin -> earliest time of the next request
+        self._pacer = pacer or Pacer(clock)  # shared by the crawlers of all jobs, if given
         self._delays: dict[str, float] = {}  # origin -> delay (robots.txt Crawl-delay)
         self._robots: dict[str, _Robots] = {}  # origin -> its robots.txt, read once
 
     # politeness ---------------------------------------------------------------------
 
-    @staticmethod
-    def _origin(url: str) -> str:
-        parts = urlsplit(url)
-        return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
-
     def wait_turn(self, url: str) -> None:
-        """Sleep until a request to ``url``'s host is polite; reserves that slot."""
-        origin = self._origin(url)
+        """Sleep until a request to ``url``'s origin is polite; books that turn."""
+        origin = origin_of(url)
         with self._lock:
-            now = self._clock()
-            slot = max(now, self._next_slot.get(origin, now))
-            self._next_slot[origin] = slot + self._delays.get(origin, self.delay_s)
-        if slot > now:
-            self._sleep(slot - now)
+            delay = self._delays.get(origin, self.delay_s)
+        wait = self._pacer.reserve(origin, delay)
+        if wait > 0:
+            self._sleep(wait)
 
     def _robots_for(self, url: str) -> _Robots:
-        origin = self._origin(url)
+        origin = origin_of(url)
         with self._lock:
             cached = self._robots.get(origin)
         if cached is not None:

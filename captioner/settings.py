@@ -321,8 +321,8 @@ class Settings:
     job_downloads_per_host: int = _setting(
         4,
         _int(1),
-        "Most image downloads at once to one host from one process's batch jobs (a browser"
-        " opens about 6)",
+        "Most image downloads at once to one host from batch jobs: over a process's jobs, or"
+        " over all consumers with a Redis queue (a browser opens about 6)",
     )
     job_chunk_size: int = _setting(
         32, _int(1), "Images per unit of batch-job work: captioned together, retried together"
@@ -345,7 +345,8 @@ class Settings:
     crawl_delay_s: float = _setting(
         1.0,
         _seconds(allow_zero=True),
-        "Seconds between two requests to the same host when crawling pages and sitemaps",
+        "Seconds between two requests to one origin when batch jobs crawl pages and sitemaps"
+        " (over all jobs; all consumers with a Redis queue)",
         shown="1",
     )
 

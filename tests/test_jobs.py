@@ -3,7 +3,6 @@ consumer planning and captioning jobs against a local site with the tiny model."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import threading
@@ -22,7 +21,6 @@ from captioner import jobs
 from captioner.errors import AltCapError
 from captioner.jobs import (
     CaptionerBackend,
-    HostSlots,
     IdempotencyConflict,
     InvalidJob,
     JobFinished,
@@ -791,43 +789,6 @@ def test_a_job_never_serves_a_cache_entry_of_another_shape(make_queue, site, tmp
 # --- politeness: downloads to one host -------------------------------------------------------
 
 
-def test_host_slots_cap_each_host_and_free_their_slot_on_errors() -> None:
-    slots = HostSlots(2)
-    inside: dict[str, int] = {}
-    most: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def download(url: str) -> None:
-        host = url.split("/")[2].split(":")[0].lower()  # one host, however it is spelled
-        with slots.hold(url):
-            with lock:
-                inside[host] = inside.get(host, 0) + 1
-                most[host] = max(most.get(host, 0), inside[host])
-            time.sleep(0.05)
-            with lock:
-                inside[host] -= 1
-            if url.endswith("/fail"):
-                raise OSError("the download failed")
-
-    urls = [f"http://a.example/{i}" for i in range(8)]
-    urls += [f"http://{('B.example:81', 'b.EXAMPLE')[i % 2]}/{i}" for i in range(8)]
-    urls += ["http://a.example/fail"] * 3
-    threads = [threading.Thread(target=lambda u=u: _quietly(download, u)) for u in urls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert most == {"a.example": 2, "b.example": 2}  # both hosts at once, neither above 2
-    assert slots.busy() == {}  # every slot given back, failures included
-    with pytest.raises(ValueError):
-        HostSlots(0)
-
-
-def _quietly(fn: Callable[[str], None], arg: str) -> None:
-    with contextlib.suppress(OSError):  # the failing downloads: their slots must come back
-        fn(arg)
-
-
 class SlowImages(BaseHTTPRequestHandler):
     """Distinct PNGs, each after a short wait; counts the downloads under way at once."""
 
@@ -869,6 +830,31 @@ def test_a_job_downloads_at_most_per_host_images_at_once_from_one_site(
         status = wait_for(queue, job["id"])
     assert status["counts"]["done"] == 12, status
     assert handler.most == per_host
+
+
+def test_consumers_sharing_a_redis_queue_share_the_per_host_cap(
+    tmp_path: Path, redis_server
+) -> None:
+    # Two consumer processes' worth (each its own store, queue and huey consumer, two
+    # threads) on one Redis: up to 16 downloads at once to the site without a shared cap,
+    # 4 with each process's own; 2 in all with the cap kept in Redis.
+    redis.Redis.from_url(redis_server.url).flushdb()
+    handler = type("Slow", (SlowImages,), {"lock": threading.Lock(), "inside": 0, "most": 0})
+    overrides = {"QUEUE_URL": redis_server.url, "JOB_DOWNLOADS_PER_HOST": 2}
+    queues = [JobQueue(settings(tmp_path / str(i), **overrides)) for i in range(2)]
+    try:
+        with serve_handler(handler) as base:
+            for queue in queues:
+                queue.start_consumer(FakeBackend(), workers=2)
+            urls = [f"{base}/{i}.png" for i in range(24)]
+            body = {"images": urls, "decoding": FAST}
+            job, _ = queues[0].submit(parse_job(body, queues[0].settings))
+            status = wait_for(queues[0], job["id"])
+    finally:
+        for queue in queues:
+            queue.close(timeout=5)
+    assert status["counts"]["done"] == 24, status
+    assert handler.most == 2
 
 
 class HookHandler(BaseHTTPRequestHandler):

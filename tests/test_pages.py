@@ -31,6 +31,7 @@ from captioner.pages import (
     parse_srcset,
     patch_html,
 )
+from captioner.politeness import Pacer
 
 LOCAL = FetchLimits(allow_private=True, connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
 VECTORS = Path(__file__).parent / "vectors" / "alttext.json"
@@ -542,6 +543,26 @@ def test_politeness_delay_per_host_and_crawl_delay(site) -> None:
     c.fetch_page(site.url("index.html"))
     c.fetch_page(site.url("index.html"))
     assert slept == [1.0, 5.0]  # robots.txt at the default delay, then Crawl-delay
+
+
+def test_crawlers_sharing_a_pacer_take_turns_at_one_origin(site) -> None:
+    # Two jobs crawling one site at once: their requests are spaced out together, not each
+    # job's on its own (a consumer's jobs share its pacer; consumers share it in Redis).
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+
+    pacer = Pacer(lambda: now[0])
+    one, two = (crawler(delay_s=2.0, sleep=sleep, pacer=pacer) for _ in range(2))
+    one.fetch_page(site.url("index.html"))  # robots.txt at once, the page 2 s later
+    two.fetch_page(site.url("index.html"))  # its robots.txt 4 s later, its page 6 s later
+    assert slept == [2.0, 4.0, 6.0]
+    alone = crawler(delay_s=2.0, sleep=sleep, clock=lambda: now[0])  # a pacer of its own
+    slept.clear()
+    alone.fetch_page(site.url("index.html"))
+    assert slept == [2.0]
 
 
 def test_gzip_content_encoding_is_decoded(site) -> None:
