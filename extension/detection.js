@@ -228,18 +228,43 @@
   }
 
   /** True when `el` is the first decorative image (alt="", or role="presentation") of a
-   * link or button that nothing else names: no aria-label, aria-labelledby text or title of
-   * its own that says something, no text in it (outside aria-hidden) that does, no element
-   * in it named by aria-label, and no other image whose alt says something or that AltCap
-   * describes. pages.py's _Context.naming_image() is the same rule. */
+   * link or button that nothing else names (see namingImage). */
   function isEmptyLink(el) {
     if (tagOf(el) !== "IMG" && !isImageInput(el)) return false;
     const control = controlOf(el);
-    if (!control) return false;
-    for (const name of [attr(control, "aria-label"), labelledByText(control), attr(control, "title")]) {
-      if (saysSomething(name)) return false;
+    return Boolean(control) && namingImage(control) === el;
+  }
+
+  // What a link holds is worked out once for all its images: a scan assesses a whole tree
+  // in one synchronous pass, so the answers are kept until that pass ends (the next
+  // microtask). Without this, one link holding n images (a page wrapped in one <a>) costs n
+  // walks over n images: 2,000 took 13.6 s in Chromium.
+  let namingImages = null;
+
+  /** The image whose alt would be the only name of a link or button: its first decorative
+   * image, when nothing else names it: no aria-label, aria-labelledby text or title of its
+   * own that says something, no text in it (outside aria-hidden) that does, no element in
+   * it named by aria-label, and no other image whose alt says something or that AltCap
+   * describes. null when something does. pages.py's _Context.naming_image() is the same
+   * rule. */
+  function namingImage(control) {
+    if (!namingImages) {
+      namingImages = new Map();
+      Promise.resolve().then(() => {
+        namingImages = null;
+      });
     }
-    if (control === el) return altVerdict(el).verdict === "decorative"; // <input type=image>
+    if (!namingImages.has(control)) namingImages.set(control, findNamingImage(control));
+    return namingImages.get(control);
+  }
+
+  function findNamingImage(control) {
+    for (const name of [attr(control, "aria-label"), labelledByText(control), attr(control, "title")]) {
+      if (saysSomething(name)) return null;
+    }
+    if (isImageInput(control)) {
+      return altVerdict(control).verdict === "decorative" ? control : null; // its only name
+    }
     const texts = [];
     let first = null;
     let named = false;
@@ -257,7 +282,7 @@
         walk(child);
       }
     })(control);
-    return !named && first === el && !saysSomething(texts.join(" "));
+    return named || saysSomething(texts.join(" ")) ? null : first;
   }
 
   /** Decide what to do with one element.
