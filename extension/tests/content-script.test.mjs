@@ -424,6 +424,46 @@ test("closed shadow roots are opened where the browser lets extensions: Chrome a
   }
 });
 
+test("closed roots on built-in elements are looked for on empty ones only", async () => {
+  // A shadow host shows its shadow tree, not its children: a built-in host is empty (a
+  // widget's <div>). Asking the browser about every div and span with content costs ~3 us
+  // each on large pages, so those are not asked; custom elements always are.
+  const asked = [];
+  const chromeDom = {
+    openOrClosedShadowRoot: (el) => {
+      asked.push(el.id);
+      return el.anyShadowRoot || null;
+    },
+  };
+  let found;
+  const p = page({
+    worker: captionEach,
+    dom: chromeDom,
+    setup: (d) => {
+      const host = (tag, id, opts = {}) => {
+        const el = d.add(new FakeElement(tag, {}, opts));
+        el.id = id;
+        return el;
+      };
+      const widget = host("div", "widget", { text: " \n " });
+      const image = widget.attachShadow({ mode: "closed" }).add(img({ src: "https://example.com/widget.jpg" }));
+      const texty = host("span", "texty", { text: "Prices" });
+      texty.attachShadow({ mode: "closed" }).add(img({ src: "https://example.com/texty.jpg" }));
+      const parent = host("div", "parent");
+      parent.firstElementChild = texty;
+      host("p", "para");
+      host("x-card", "card", { text: "light text" });
+      host("ul", "list"); // cannot host a shadow root at all
+      found = image;
+    },
+  });
+  await sleep(120);
+  assert.equal(found.getAttribute("alt"), "Appears to be: A picture of widget.jpg.");
+  const urls = describes(p.sent).flatMap((m) => Array.from(m.images, (i) => i.url));
+  assert.deepEqual(urls, ["https://example.com/widget.jpg"]);
+  assert.deepEqual([...new Set(asked)].sort(), ["card", "para", "widget"]);
+});
+
 test("images added inside a shadow root later, or loading late there, are described", async () => {
   let dom;
   const p = page({ worker: captionEach, setup: (d) => (dom = webComponents(d)) });
