@@ -379,7 +379,7 @@ class _Context:
         an ``aria-label``, ``aria-labelledby`` text or ``title`` of its own that says
         something, text in it (outside ``aria-hidden``) that does, an element in it named by
         ``aria-label``, or another image whose alt says something or is to be captioned.
-        None when something does. The extension's ``detection.js`` ``isEmptyLink`` is the
+        None when something does. The extension's ``detection.js`` ``namingImage`` is the
         same rule on the live page (``tests/vectors/links.json`` holds both to it)."""
         key = id(control)
         if key not in self._naming:

@@ -22,6 +22,7 @@ degrades to what it was before and no job fails for it.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -140,8 +141,10 @@ class RedisHostSlots(HostSlots):
     A download first takes a slot in this process (so threads wait here, not in Redis),
     then one in Redis: a token in the host's sorted set, scored by the end of its lease
     (``lease_s``, longer than a download may take). While the host's set is full, it asks
-    again every ``poll_s``. A consumer that dies holding slots frees them when their leases
-    end. When Redis fails, the download goes ahead under this process's cap.
+    again after ``poll_s``, doubling up to ``max_poll_s`` with jitter, so many consumers
+    waiting on one busy host do not flood Redis. A consumer that dies holding slots frees
+    them when their leases end. When Redis fails, the download goes ahead under this
+    process's cap.
     """
 
     def __init__(
@@ -150,7 +153,8 @@ class RedisHostSlots(HostSlots):
         per_host: int,
         *,
         lease_s: float,
-        poll_s: float = 0.05,
+        poll_s: float = 0.02,
+        max_poll_s: float = 0.5,
         prefix: str = PREFIX,
     ) -> None:
         super().__init__(per_host)
@@ -159,6 +163,7 @@ class RedisHostSlots(HostSlots):
         self.client = client
         self.lease_s = lease_s
         self.poll_s = poll_s
+        self.max_poll_s = max_poll_s
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._warn = _Warner("download slots")
@@ -181,6 +186,7 @@ class RedisHostSlots(HostSlots):
         """Wait for a slot in Redis: True once held there, False if Redis failed."""
         import redis
 
+        wait = self.poll_s
         while True:
             try:
                 if self._acquire(keys=[key], args=[self.per_host, self.lease_s, token]):
@@ -188,7 +194,8 @@ class RedisHostSlots(HostSlots):
             except redis.RedisError as exc:
                 self._warn(exc)
                 return False
-            time.sleep(self.poll_s)
+            time.sleep(wait * random.uniform(0.5, 1.0))
+            wait = min(wait * 2, self.max_poll_s)
 
     def _give_back(self, key: str, token: str) -> None:
         import redis
