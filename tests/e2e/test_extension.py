@@ -264,6 +264,16 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
     expect(page.locator("#hero")).to_have_attribute("data-altcap", "__none__")
     expect_described(page, service, site, "linked", "linked")  # all an empty link holds
     expect(page.locator("#linked")).to_have_attribute("data-altcap", "")
+    # What a screen reader gets, from Chromium's accessibility tree: the link that had no
+    # name is named by its image's description; the link with text keeps its text.
+    linked_caption = service.wait_for_caption(image_url(site, "linked")).strip()
+    expect(page.locator("a[href='#shop']")).to_have_accessible_name(
+        "Appears to be: " + linked_caption
+    )
+    expect(page.locator("a[href='#home']")).to_have_accessible_name("Home")
+    expect(page.locator("#hero")).to_have_accessible_name(
+        "Appears to be: " + service.wait_for_caption(image_url(site, "hero")).strip()
+    )
     expect(page.locator("#none")).to_have_attribute("data-altcap", "__none__")
     expect(page.locator("#filename")).to_have_attribute("data-altcap", "IMG_0042.jpg")
     expect(page.locator("#change")).to_have_attribute("data-altcap", "__none__")
@@ -297,6 +307,7 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
         assert page.locator(f"#{name}").get_attribute("alt") is None, name
     assert page.locator("#hero").get_attribute("aria-label") is None
     expect(page.locator("#linked")).to_have_attribute("alt", "")
+    expect(page.locator("a[href='#shop']")).to_have_accessible_name("")  # nameless again
     expect(page.locator("#filename")).to_have_attribute("alt", "IMG_0042.jpg")
     expect_left_alone(page)
     expect(popup.get_by_role("button", name="Show AltCap's descriptions here")).to_be_visible()
