@@ -14,6 +14,9 @@ Verdict = Literal["missing", "decorative", "meaningless", "ok"]
 _SPACES = re.compile(r"\s+")
 _IMAGE_FILE = re.compile(r"\.(jpe?g|png|gif|webp|svg|bmp|tiff?|avif|heic|ico)$", re.IGNORECASE)
 _URL = re.compile(r"^(https?:|data:|//|/\S)", re.IGNORECASE)
+# A word and a number at the end, as CMSs and cameras number images (ASCII digits only, as
+# in detection.js).
+_NUMBERED = re.compile(r"^(.+?)[ _\-.#(]*[0-9]+$")
 
 
 @cache
@@ -38,8 +41,9 @@ def classify_alt(alt: str | None) -> Verdict:
 
     ``missing``: no attribute; ``decorative``: empty (the author says: skip it);
     ``meaningless``: a file name, a URL, only digits or punctuation, or a word from
-    ``meaningless_words``; ``ok``: author text, which is never replaced. The extension's
-    ``detection.js`` implements the same rules; tests/vectors/alttext.json holds both to them.
+    ``meaningless_words`` (alone, or followed by a number: "Image 1"); ``ok``: author text,
+    which is never replaced. The extension's ``detection.js`` implements the same rules;
+    tests/vectors/alttext.json holds both to them.
     """
     if alt is None:
         return "missing"
@@ -50,7 +54,11 @@ def classify_alt(alt: str | None) -> Verdict:
         return "meaningless"
     if _URL.match(text) or _IMAGE_FILE.search(text):
         return "meaningless"
-    if _strip_punctuation(text).lower() in meaningless_words():
+    core = _strip_punctuation(text).lower()
+    if core in meaningless_words():
+        return "meaningless"
+    numbered = _NUMBERED.match(core)  # "Image 1", "photo_03", "DSC 0042"
+    if numbered and _strip_punctuation(numbered.group(1)) in meaningless_words():
         return "meaningless"
     return "ok"
 

@@ -22,6 +22,8 @@
   const IMAGE_FILE = /\.(jpe?g|png|g[iİı]f|webp|svg|bmp|t[iİı]ff?|av[iİı]f|he[iİı]c|[iİı]co)$/iu;
   // After collapsing, a plain space is the only whitespace left, so Python's "/\S" is "/[^ ]".
   const URL_LIKE = /^(https?:|data:|\/\/|\/[^ ])/iu;
+  // A word and a number at the end (ASCII digits, as alttext.py's _NUMBERED).
+  const NUMBERED = /^(.+?)[ _\-.#(]*[0-9]+$/u;
   const LETTER = /\p{L}/u; // str.isalpha()
   const LETTER_OR_NUMBER = /[\p{L}\p{N}]/u; // str.isalnum()
 
@@ -44,14 +46,17 @@
 
   /** What an alt attribute tells a screen-reader user: "missing" (null: no attribute),
    * "decorative" (empty), "meaningless" (a file name, URL, digits/punctuation only, or a word
-   * from the list) or "ok" (author text, never replaced). */
+   * from the list, alone or followed by a number) or "ok" (author text, never replaced). */
   function classifyAlt(alt) {
     if (alt === null || alt === undefined) return "missing";
     const text = String(alt).replace(SPACES, " ").replace(/^ +| +$/g, "");
     if (!text) return "decorative";
     if (!LETTER.test(text)) return "meaningless";
     if (URL_LIKE.test(text) || IMAGE_FILE.test(text)) return "meaningless";
-    if (meaningless.has(stripPunctuation(text).toLowerCase())) return "meaningless";
+    const core = stripPunctuation(text).toLowerCase();
+    if (meaningless.has(core)) return "meaningless";
+    const numbered = NUMBERED.exec(core); // "Image 1", "photo_03", "DSC 0042"
+    if (numbered && meaningless.has(stripPunctuation(numbered[1]))) return "meaningless";
     return "ok";
   }
 
