@@ -233,61 +233,78 @@
   }
 
   /** True when `el` is the first decorative image (alt="", or role="presentation") of a
-   * link or button that nothing else names (see namingImage). */
+   * link or button that nothing else names (see findNamingImage). */
   function isEmptyLink(el) {
     if (tagOf(el) !== "IMG" && !isImageInput(el)) return false;
     const control = controlOf(el);
-    return Boolean(control) && namingImage(control) === el;
+    return Boolean(control) && namingImage(control, el) === el;
   }
 
   // What a link holds is worked out once for all its images: a scan assesses a whole tree
   // in one synchronous pass, so the answers are kept until that pass ends (the next
   // microtask). Without this, one link holding n images (a page wrapped in one <a>) costs n
-  // walks over n images: 2,000 took 13.6 s in Chromium.
-  let namingImages = null;
+  // walks over n images: 2,000 took 13.6 s in Chromium. Images also come one at a time, on
+  // their load events: a walk for one image stops at the link's first decorative image when
+  // that is another one, so those cost what lies before it, not the whole link.
+  let namingImages = null; // control -> {first, done, image}
 
-  /** The image whose alt would be the only name of a link or button: its first decorative
-   * image, when nothing else names it: no aria-label, aria-labelledby text or title of its
-   * own that says something, no text in it (outside aria-hidden) that does, no element in
-   * it named by aria-label, and no other image whose alt says something or that AltCap
-   * describes. null when something does. pages.py's _Context.naming_image() is the same
-   * rule. */
-  function namingImage(control) {
+  /** The image that names `control` (see findNamingImage), or null; enough of it to say
+   * whether that image is `el`. */
+  function namingImage(control, el) {
     if (!namingImages) {
       namingImages = new Map();
       Promise.resolve().then(() => {
         namingImages = null;
       });
     }
-    if (!namingImages.has(control)) namingImages.set(control, findNamingImage(control));
-    return namingImages.get(control);
+    let known = namingImages.get(control);
+    if (!known || (!known.done && known.first === el)) {
+      known = findNamingImage(control, el);
+      namingImages.set(control, known);
+    }
+    return known.done ? known.image : null; // not done: its first image is not `el`
   }
 
-  function findNamingImage(control) {
+  /** The image whose alt would be the only name of a link or button: its first decorative
+   * image, when nothing else names it: no aria-label, aria-labelledby text or title of its
+   * own that says something, no text in it (outside aria-hidden) that does, no element in
+   * it named by aria-label, and no other image whose alt says something or that AltCap
+   * describes. pages.py's _Context.naming_image() is the same rule.
+   * Returns {first, done, image}: `image` (null when something names the link) once `done`;
+   * the walk stops early, not done, at a first decorative image that is not `el`. */
+  function findNamingImage(control, el) {
     for (const name of [attr(control, "aria-label"), labelledByText(control), attr(control, "title")]) {
-      if (saysSomething(name)) return null;
+      if (saysSomething(name)) return { first: null, done: true, image: null };
     }
     if (isImageInput(control)) {
-      return altVerdict(control).verdict === "decorative" ? control : null; // its only name
+      const image = altVerdict(control).verdict === "decorative" ? control : null;
+      return { first: image, done: true, image }; // its alt is its only name
     }
     const texts = [];
     let first = null;
+    let stop = false; // named, or the answer for `el` is known
     let named = false;
     (function walk(node) {
       for (const child of node.childNodes || []) {
-        if (named) return;
+        if (stop) return;
         if (child.nodeType === 3) texts.push(String(child.data));
         if (child.nodeType !== 1 || SILENT.has(tagOf(child)) || ariaHiddenHere(child)) continue;
         if (tagOf(child) === "IMG" || isImageInput(child)) {
-          if (altVerdict(child).verdict !== "decorative") named = true; // named, or to be
-          else if (!first) first = child;
+          if (altVerdict(child).verdict !== "decorative") {
+            named = stop = true; // named, or to be
+          } else if (!first) {
+            first = child;
+            stop = child !== el;
+          }
         } else if (saysSomething(attr(child, "aria-label"))) {
-          named = true;
+          named = stop = true;
         }
         walk(child);
       }
     })(control);
-    return named || saysSomething(texts.join(" ")) ? null : first;
+    if (named) return { first, done: true, image: null };
+    if (first && first !== el) return { first, done: false, image: null };
+    return { first, done: true, image: saysSomething(texts.join(" ")) ? null : first };
   }
 
   /** Decide what to do with one element.

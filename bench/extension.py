@@ -1,0 +1,219 @@
+"""Extension benchmark: what the content script costs a page, in Chromium.
+
+The browser extension runs on every page the user allows, on the page's main thread, so its
+first look at a page (``scan``: every element for shadow roots, every image assessed) is
+work the page waits for. This loads the unpacked extension in Debian's Chromium (headless,
+driven by Playwright), agrees to a server that is not there (nothing is captioned: only the
+scan is measured), and opens synthetic pages of growing size:
+
+- ``E elements, I images``: nested ``div``/``span`` with text, ``I`` images spread in them;
+- ``one link, I images``: a page wrapped in one ``<a href>`` holding ``I`` images with
+  ``alt=""`` (the worst case for the empty-link rule, which asks what the link holds).
+
+The copy of the extension it loads differs from ``extension/`` in two ways only:
+``*://127.0.0.1/*`` is granted at install (no dialog to click), and ``scan`` is wrapped to
+add up its own time on the page (``performance.now()`` around each call, kept in a data
+attribute the benchmark reads). Prints a Markdown table of median first-scan times, and
+writes JSON with ``--json``.
+
+    python bench/extension.py                  # ~1 min
+    python bench/extension.py --runs 9 --json bench/results/extension-chromium.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import platform
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTENSION = ROOT / "extension"
+CHROMIUM = "/usr/bin/chromium"
+# Added before this marker in the copy's content script: ``scan`` timed, inside its closure.
+MARKER = "  // --- writing and restoring"
+TIMED_SCAN = """  {
+    const inner = scan;
+    scan = function (node, priority) {
+      const t = performance.now();
+      try {
+        return inner(node, priority);
+      } finally {
+        const root = document.documentElement.dataset;
+        root.altcapScanMs = String(Number(root.altcapScanMs || 0) + performance.now() - t);
+        root.altcapScans = String(Number(root.altcapScans || 0) + 1);
+      }
+    };
+  }
+"""
+
+
+def png(side: int = 40) -> bytes:
+    """A small solid PNG (every image of the pages is this one, under distinct URLs)."""
+    raw = b"".join(b"\x00" + b"\x80\x40\x20" * side for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+
+
+def nested_page(elements: int, images: int) -> str:
+    """About ``elements`` elements (div/span pairs holding text) with ``images`` images."""
+    per_image = max(0, elements // max(images, 1) // 2 - 1)
+    filler = "<div><span>Some text</span></div>" * per_image
+    cards = "".join(
+        f'<div><span>{filler}<img src="/img.png?{i}" width="40" height="40"></span></div>'
+        for i in range(images)
+    )
+    return f'<!doctype html><html lang="en"><body>{cards}</body></html>'
+
+
+def one_link_page(images: int) -> str:
+    cards = "".join(
+        f'<div><span>Item</span><img src="/img.png?{i}" alt="" width="40" height="40"></div>'
+        for i in range(images)
+    )
+    return f'<!doctype html><html lang="en"><body><a href="/all">{cards}</a></body></html>'
+
+
+def extension_copy(target: Path) -> Path:
+    shutil.copytree(EXTENSION, target, ignore=shutil.ignore_patterns("tests"))
+    manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+    manifest["host_permissions"] = ["*://127.0.0.1/*"]
+    (target / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    script = target / "content-script.js"
+    text = script.read_text(encoding="utf-8")
+    if MARKER not in text:
+        raise SystemExit(f"content-script.js has no {MARKER.strip()!r}: update the benchmark")
+    script.write_text(text.replace(MARKER, TIMED_SCAN + MARKER, 1), encoding="utf-8")
+    return target
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def measure(
+    args: argparse.Namespace, pages: dict[str, tuple[str, str]], work: Path
+) -> dict[str, dict]:
+    """``pages``: file name -> (title, HTML). Results by file name."""
+    from playwright.sync_api import sync_playwright
+
+    site = work / "site"
+    site.mkdir()
+    (site / "img.png").write_bytes(png())
+    titles = {name: title for name, (title, _) in pages.items()}
+    for name, (_, html) in pages.items():
+        (site / f"{name}.html").write_text(html, encoding="utf-8")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    ext = extension_copy(work / "extension")
+    results: dict[str, dict] = {}
+    try:
+        with sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(
+                user_data_dir=work / "profile",
+                executable_path=args.chromium,
+                headless=True,
+                args=[
+                    "--headless=new",
+                    f"--disable-extensions-except={ext}",
+                    f"--load-extension={ext}",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                ],
+            )
+            try:
+                agree(context)
+                for name in pages:
+                    times = []
+                    for _ in range(args.runs):
+                        page = context.new_page()
+                        page.goto(f"{base}/{name}.html")
+                        page.wait_for_function(
+                            "document.documentElement.dataset.altcapScans", timeout=120_000
+                        )
+                        times.append(
+                            float(page.evaluate("document.documentElement.dataset.altcapScanMs"))
+                        )
+                        count = page.evaluate("document.getElementsByTagName('*').length")
+                        page.close()
+                    results[name] = {
+                        "elements": count,
+                        "scan_ms_median": round(statistics.median(times), 1),
+                        "scan_ms_runs": [round(t, 1) for t in times],
+                    }
+                    print(f"{titles[name]}: {results[name]['scan_ms_median']} ms", file=sys.stderr)
+            finally:
+                context.close()
+    finally:
+        server.shutdown()
+    return results
+
+
+def agree(context: BrowserContext) -> None:
+    """Consent to a server nobody listens on: the content script runs, nothing is sent."""
+    worker = context.service_workers or [context.wait_for_event("serviceworker")]
+    extension_id = worker[0].url.split("/")[2]
+    time.sleep(1)  # the install opens the options page itself; let it settle first
+    options = context.new_page()
+    options.goto(f"chrome-extension://{extension_id}/options.html")
+    options.get_by_label("AltCap server address").fill("http://127.0.0.1:9")
+    options.get_by_role("button", name="I agree: save and start describing").click()
+    options.locator("#status").filter(has_text="Thank you").wait_for()
+    options.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=5, help="page loads per page (median reported)")
+    p.add_argument("--chromium", default=CHROMIUM)
+    p.add_argument("--json", type=Path, help="write the results here too")
+    args = p.parse_args()
+    pages = {
+        "2,000 elements, 200 images": nested_page(2_000, 200),
+        "20,000 elements, 10 images": nested_page(20_000, 10),
+        "20,000 elements, 1,000 images": nested_page(20_000, 1_000),
+        "100,000 elements, 2,000 images": nested_page(100_000, 2_000),
+        "one link, 2,000 images": one_link_page(2_000),
+    }
+    with tempfile.TemporaryDirectory(prefix="altcap-bench-ext-") as tmp:
+        files = {f"p{i}": (title, html) for i, (title, html) in enumerate(pages.items())}
+        results = measure(args, files, Path(tmp))
+    rows = dict(zip(pages, results.values(), strict=True))
+    print("| page | elements | first scan, median ms | runs |")
+    print("|---|---|---|---|")
+    for name, r in rows.items():
+        runs = ", ".join(f"{t:g}" for t in r["scan_ms_runs"])
+        print(f"| {name} | {r['elements']:,} | {r['scan_ms_median']:g} | {runs} |")
+    if args.json:
+        meta = {"machine": platform.machine(), "processor": platform.processor(), "runs": args.runs}
+        args.json.write_text(json.dumps({"meta": meta, "pages": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
