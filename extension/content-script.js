@@ -37,7 +37,7 @@
   const FLUSH_DELAY_MS = 40; // gather images found together into one batch
   const COUNTS_DELAY_MS = 400; // badge updates, throttled
   const MAX_REWRITES = 3; // the page keeps resetting an alt we wrote: stop after this
-  const SNAPSHOT_MAX_SIDE = 1024; // canvas fall-back for blob: images (CLIP sees 224 px)
+  const SNAPSHOT_MAX_SIDE = 1024; // canvas fall-back (blob:, SVG...): CLIP sees 224 px
   const PRIORITY = { focused: 0, visible: 1, other: 2 };
   const SELECTOR = 'img, input[type="image" i], [role~="img" i]'; // ARIA images: role="img"
   const WATCHED = ["src", "srcset", "sizes", "alt", "aria-label", "aria-labelledby", "aria-hidden", "role", "title"];
@@ -407,12 +407,14 @@
     if (info(item.el).status !== "described") setStatus(item.el, "failed");
   }
 
-  /** blob: images only (same origin, so the canvas is not tainted): a JPEG snapshot. */
+  /** A JPEG snapshot of an <img> as the browser renders it: for blob: images (the worker
+   * cannot read them) and formats the server does not decode (SVG, AVIF...). null when the
+   * canvas is tainted (a cross-origin image without CORS) or there is nothing to draw. */
   function snapshot(el) {
     try {
       if (!el || String(el.tagName).toUpperCase() !== "IMG" || !el.complete) return null;
-      const w0 = el.naturalWidth;
-      const h0 = el.naturalHeight;
+      const w0 = el.naturalWidth || el.width; // an SVG without a size of its own: as laid out
+      const h0 = el.naturalHeight || el.height;
       if (!w0 || !h0) return null;
       const scale = Math.min(1, SNAPSHOT_MAX_SIDE / Math.max(w0, h0));
       const canvas = document.createElement("canvas");

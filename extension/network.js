@@ -16,6 +16,9 @@ export const CACHE_SIZE = 2000; // captions remembered while the service worker 
 
 // Server answers meaning "I could not download that image" (private address, login needed,
 // timeout, ...): the browser, which can see it, may send the bytes instead (allowBytes).
+// The server read the image but cannot decode its format (SVG markup, AVIF...).
+export const UNDECODABLE = new Set(["unsupported_image", "not_an_image"]);
+
 export const SERVER_FETCH_ERRORS = new Set([
   "fetch_failed",
   "blocked_address",
@@ -341,7 +344,7 @@ export class CaptionClient {
       if (!promise) {
         let resolve;
         promise = new Promise((r) => (resolve = r));
-        fresh.push({ plan, url: image.url, resolve });
+        fresh.push({ plan, url: image.url, snapshot: image.data !== undefined, resolve });
         if (plan.key) this.inflight.set(plan.key, promise);
       }
       waits.push(promise.then((result) => answers.set(image.id, result)));
@@ -393,6 +396,15 @@ export class CaptionClient {
         );
         pending = retry.filter((job) => !job.failedAgain);
         if (pending.length) await this.send(pending, settings, results);
+
+        // A format the browser shows but the server does not decode (SVG, AVIF...): the
+        // content script sends a snapshot of the rendered image instead, once.
+        for (const job of jobs) {
+          const r = results.get(job);
+          if (!job.snapshot && r && r.error && UNDECODABLE.has(r.error.code)) {
+            results.set(job, fail("needs_canvas", `${r.error.message}; send a snapshot`));
+          }
+        }
       }
     } catch (err) {
       for (const job of allJobs) {

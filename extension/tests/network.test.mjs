@@ -301,6 +301,39 @@ test("client: the server cannot fetch an image -> the browser sends its bytes (a
   assert.deepEqual(server.calls[3].body.images, [{ data: "CQkJ" }]);
 });
 
+test("client: a format the server cannot decode -> a snapshot is asked for, once (allowBytes)", async () => {
+  // SVG (and AVIF...) render in the browser but are not decoded by the server: with
+  // allowBytes the content script is asked for a canvas snapshot; the snapshot's own answer
+  // is final, so it can never loop; without allowBytes the server's error stands.
+  const server = fakeServer(({ body }) =>
+    json(200, {
+      results: body.images.map((image) =>
+        image.url
+          ? { error: { code: image.url.endsWith(".svg") ? "unsupported_image" : "not_an_image", message: "the data is SVG markup" }, source: {} }
+          : image.data.startsWith("data:image/jpeg")
+            ? { caption: "A drawing of a house.", tokens: 5, cached: false, source: {} }
+            : { error: { code: "not_an_image", message: "still no raster" }, source: {} },
+      ),
+    }),
+  );
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const images = [
+    { id: "s", url: "https://example.com/house.svg" },
+    { id: "x", url: "https://example.com/served-as-png" },
+  ];
+  const off = await client.describe(images, SETTINGS);
+  assert.deepEqual(off.map((r) => r.error.code), ["unsupported_image", "not_an_image"]);
+
+  const on = { ...SETTINGS, allowBytes: true };
+  const asked = await client.describe(images, on);
+  assert.deepEqual(asked.map((r) => r.error.code), ["needs_canvas", "needs_canvas"]);
+  assert.match(asked[0].error.message, /SVG markup; send a snapshot/);
+  const snap = await client.describe([{ ...images[0], data: "data:image/jpeg;base64,/9j/" }], on);
+  assert.deepEqual(snap, [{ id: "s", caption: "A drawing of a house.", cached: false }]);
+  const bad = await client.describe([{ ...images[1], data: "data:image/png;base64,AAAA" }], on);
+  assert.equal(bad[0].error.code, "not_an_image"); // a snapshot the server refuses: final
+});
+
 test("client: intranet images with allowBytes go as bytes straight away", async () => {
   const server = fakeServer(({ url, body }) =>
     url.endsWith("/v1/captions") ? captionAll({ body }) : new Response(new Uint8Array([1, 2, 3]), { headers: { "Content-Type": "image/png" } }),

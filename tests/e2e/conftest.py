@@ -12,6 +12,8 @@ import pytest
 from extension_site import (
     COMPONENT_IMAGES,
     COMPONENTS_PAGE,
+    DRAWING_PAGE,
+    DRAWING_SVG,
     FRAME_PAGE,
     IMAGES,
     PROBE_IMAGES,
@@ -40,6 +42,7 @@ def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             body = json.loads(request.get_data(cache=True) or b"{}")  # the view reads it again
             with svc.lock:
                 svc.sent_urls += [i["url"] for i in body.get("images", []) if "url" in i]
+                svc.sent_data += [i["data"][:32] for i in body.get("images", []) if "data" in i]
 
     @app.after_request
     def log_captions(response: Any) -> Any:
@@ -66,6 +69,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (root / "components.html").write_text(COMPONENTS_PAGE, encoding="utf-8")
     (root / "frame.html").write_text(FRAME_PAGE, encoding="utf-8")
     (root / "probe.html").write_text(PROBE_PAGE, encoding="utf-8")
+    (root / "drawing.html").write_text(DRAWING_PAGE, encoding="utf-8")
+    (root / "drawing.svg").write_text(DRAWING_SVG, encoding="utf-8")
     for name, colour in (IMAGES | COMPONENT_IMAGES | PROBE_IMAGES).items():
         (root / f"{name}.png").write_bytes(png_bytes(colour))
     with serve_directory(root) as base:

@@ -181,6 +181,18 @@ PROBE_PAGE = """<!doctype html>
 </html>
 """
 
+# An image in a format browsers show and the server does not decode: an SVG drawing.
+DRAWING_SVG = """<svg xmlns="http://www.w3.org/2000/svg" width="200" height="150">
+<rect width="200" height="150" fill="#8ecae6"/><circle cx="100" cy="75" r="40" fill="#fb8500"/>
+</svg>
+"""
+DRAWING_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>A drawing</title></head>
+<body><img id="drawing" src="drawing.svg" width="200" height="150"></body>
+</html>
+"""
+
 
 @dataclass
 class Service:
@@ -189,12 +201,14 @@ class Service:
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, agent
     captions: dict[str, str] = field(default_factory=dict)  # image URL -> caption sent back
     sent_urls: list[str] = field(default_factory=list)  # every image URL POSTed, in order
+    sent_data: list[str] = field(default_factory=list)  # every image POSTed as data (its head)
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.captions.clear()
             self.sent_urls.clear()
+            self.sent_data.clear()
 
     def from_browser(self, agent: str = "Chrom") -> list[tuple[str, str, str]]:
         """Requests whose User-Agent names the browser (``Firefox`` for Firefox)."""

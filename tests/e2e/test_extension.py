@@ -16,6 +16,7 @@ click, so the tests load a copy of ``extension/`` whose manifest also asks for
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import socket
@@ -28,6 +29,7 @@ import pytest
 from extension_site import (
     COMPONENTS_DESCRIBED,
     DESCRIBED,
+    DRAWING_SVG,
     TIMEOUT_MS,
     Service,
     image_url,
@@ -327,6 +329,33 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
     expect_left_alone(page)
     with service.lock:
         assert sorted(service.sent_urls) == sent, "showing again uses the captions it has"
+    assert browser.errors == []
+
+
+def test_an_image_the_server_cannot_decode_is_described_from_a_snapshot(
+    browser: Browser, service: Service, site: str
+) -> None:
+    # An SVG, which the server does not decode. With image bytes allowed, an image on an
+    # intranet address (127.0.0.1 here) goes as bytes at once: the worker downloads the SVG
+    # and sends it, the server answers not_an_image (SVG markup), and the worker asks the
+    # content script for a snapshot, which sends the image as the browser drew it (a JPEG).
+    # The description is written as for any other image. (A public SVG takes the same path
+    # from the server's unsupported_image: network.test.mjs.)
+    service.reset()
+    options = open_options(browser)
+    options.get_by_label("Send image bytes when the server cannot download an image").check()
+    set_server(options, service.url, agree=True)
+    assert browser.settings()["allowBytes"] is True
+    page = browser.open_page(site.rsplit("/", 1)[0] + "/drawing.html")
+    drawing = page.locator("#drawing")
+    expect(drawing).to_have_attribute("alt", PREFIX)
+    expect(drawing).to_have_attribute("data-altcap", "__none__")
+    svg = base64.b64encode(DRAWING_SVG.encode())[:32].decode()
+    with service.lock:
+        assert service.sent_urls == []
+        sent = list(service.sent_data)
+    assert len(sent) == 2 and sent[0] == svg, sent
+    assert sent[1].startswith("data:image/jpeg;base64,/9j/"), sent  # then the snapshot
     assert browser.errors == []
 
 
