@@ -14,11 +14,12 @@ export const IMAGE_FETCH_TIMEOUT_MS = 15_000;
 export const MAX_IMAGE_BYTES = 10 * 1024 * 1024; // as the server's ALTCAP_FETCH_MAX_BYTES
 export const CACHE_SIZE = 2000; // captions remembered while the service worker lives
 
-// Server answers meaning "I could not download that image" (private address, login needed,
-// timeout, ...): the browser, which can see it, may send the bytes instead (allowBytes).
-// The server read the image but cannot decode its format (SVG markup, AVIF...).
+// Server answers meaning "I read the image but cannot decode its format" (SVG markup,
+// AVIF...): the browser, which shows it, may send a snapshot instead (allowBytes).
 export const UNDECODABLE = new Set(["unsupported_image", "not_an_image"]);
 
+// Server answers meaning "I could not download that image" (private address, login needed,
+// timeout, ...): the browser, which can see it, may send the bytes instead (allowBytes).
 export const SERVER_FETCH_ERRORS = new Set([
   "fetch_failed",
   "blocked_address",
