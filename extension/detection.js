@@ -22,8 +22,6 @@
   const IMAGE_FILE = /\.(jpe?g|png|g[iİı]f|webp|svg|bmp|t[iİı]ff?|av[iİı]f|he[iİı]c|[iİı]co)$/iu;
   // After collapsing, a plain space is the only whitespace left, so Python's "/\S" is "/[^ ]".
   const URL_LIKE = /^(https?:|data:|\/\/|\/[^ ])/iu;
-  // A word and a number at the end (ASCII digits, as alttext.py's _NUMBERED).
-  const NUMBERED = /^(.+?)[ _\-.#(]*[0-9]+$/u;
   const LETTER = /\p{L}/u; // str.isalpha()
   const LETTER_OR_NUMBER = /[\p{L}\p{N}]/u; // str.isalnum()
 
@@ -55,9 +53,20 @@
     if (URL_LIKE.test(text) || IMAGE_FILE.test(text)) return "meaningless";
     const core = stripPunctuation(text).toLowerCase();
     if (meaningless.has(core)) return "meaningless";
-    const numbered = NUMBERED.exec(core); // "Image 1", "photo_03", "DSC 0042"
-    if (numbered && meaningless.has(stripPunctuation(numbered[1]))) return "meaningless";
+    const word = withoutNumber(core); // "Image 1", "photo_03", "DSC 0042"
+    if (word !== null && meaningless.has(stripPunctuation(word))) return "meaningless";
     return "ok";
+  }
+
+  /** `text` without the number it ends with (ASCII digits, and the separators before it),
+   * or null if it ends with no digit: alttext.py's _without_number(). A loop, not a regular
+   * expression: a backtracking pattern is quadratic on page-controlled text. */
+  function withoutNumber(text) {
+    let end = text.length;
+    while (end > 0 && text[end - 1] >= "0" && text[end - 1] <= "9") end--;
+    if (end === text.length) return null;
+    while (end > 0 && " _-.#(".includes(text[end - 1])) end--;
+    return text.slice(0, end);
   }
 
   /** True when a label (aria-label, title, labelled-by text) already describes the image. */
