@@ -303,19 +303,11 @@ def _is_image(tag: Tag) -> bool:
     )
 
 
-def _control(tag: Tag) -> Tag | None:
-    """The link or button an image is part of: itself for <input type=image>, else the
-    nearest ancestor <a href>, <button> or role=link/button."""
-    if tag.name == "input":
-        return tag
-    for parent in tag.parents:
-        if isinstance(parent, BeautifulSoup):
-            break
-        if (parent.name == "a" and parent.has_attr("href")) or parent.name == "button":
-            return parent
-        if _first_role(parent) in ("link", "button"):
-            return parent
-    return None
+def _is_control(tag: Tag) -> bool:
+    """<a href>, <button>, or role=link/button."""
+    if (tag.name == "a" and tag.has_attr("href")) or tag.name == "button":
+        return True
+    return _first_role(tag) in ("link", "button")
 
 
 _SILENT = frozenset({"script", "style", "template", "noscript"})  # no text a reader hears
@@ -336,6 +328,7 @@ class _Context:
         self._ids: dict[str, Tag] | None = None
         self._flags: dict[int, tuple[bool, bool]] = {}  # id(node) -> (inert, hidden)
         self._naming: dict[int, Tag | None] = {}  # id(link or button) -> naming_image()
+        self._controls: dict[int, Tag | None] = {}  # id(node) -> nearest control at or above
 
     def by_id(self, element_id: str) -> Tag | None:
         """The first element in document order with this id, as ``soup.find(id=...)``."""
@@ -372,6 +365,27 @@ class _Context:
 
     def inert_parent(self, tag: Tag) -> bool:
         return tag.parent is not None and self.flags(tag.parent)[0]
+
+    def control(self, tag: Tag) -> Tag | None:
+        """The link or button an image is part of: itself for <input type=image>, else the
+        nearest ancestor <a href>, <button> or role=link/button (memoised like ``flags``)."""
+        if tag.name == "input":
+            return tag
+        chain: list[Tag] = []
+        found: Tag | None = None
+        current = tag.parent
+        while current is not None and not isinstance(current, BeautifulSoup):
+            if id(current) in self._controls:
+                found = self._controls[id(current)]
+                break
+            if _is_control(current):
+                found = current
+                break
+            chain.append(current)
+            current = current.parent
+        for node in chain:
+            self._controls[id(node)] = found
+        return found
 
     def naming_image(self, control: Tag) -> Tag | None:
         """The image whose alt would be the only name of this link or button: its first
@@ -436,7 +450,7 @@ def _verdict(tag: Tag, context: _Context) -> PageVerdict:
     verdict = _alt_verdict(tag, context)
     if verdict != "decorative" or context.flags(tag)[1]:
         return verdict
-    control = _control(tag)
+    control = context.control(tag)
     if control is not None and context.naming_image(control) is tag:
         return "empty_link"
     return verdict
