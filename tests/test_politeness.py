@@ -168,11 +168,12 @@ def test_redis_pacer_books_turns_for_all_consumers(
 ) -> None:
     one, two = RedisPacer(client), RedisPacer(other_client(redis_server))
     a = "https://a.example"
+    start = time.monotonic()
     waits = [one.reserve(a, 0.5), two.reserve(a, 0.5), one.reserve(a, 0.5)]
-    # Redis's clock moves on between the calls (well under 50 ms here).
+    elapsed = time.monotonic() - start  # Redis's clock moves on between the calls
     assert waits[0] == 0.0
-    assert waits[1] == pytest.approx(0.5, abs=0.05)
-    assert waits[2] == pytest.approx(1.0, abs=0.05)
+    assert 0.5 - elapsed - 0.01 <= waits[1] <= 0.5
+    assert 1.0 - elapsed - 0.01 <= waits[2] <= 1.0
     assert two.reserve("https://b.example", 0.5) == 0.0
     assert 1.0 < client.pttl(f"{one.prefix}turn:{a}") <= 2500  # the key goes when not needed
 
@@ -188,5 +189,5 @@ def test_redis_pacer_falls_back_to_the_process_turns_while_redis_is_down(
     finally:
         redis_server.start()
     assert waits[0] == 0.0
-    assert waits[1] == pytest.approx(10.0, abs=0.5)  # still spaced, by this process
+    assert 9.0 < waits[1] <= 10.0  # still spaced, by this process
     assert sum("Redis unavailable" in r.getMessage() for r in caplog.records) == 1
