@@ -115,7 +115,7 @@ def test_redis_slots_cap_each_host_over_all_consumers(
 def test_the_slot_of_a_consumer_killed_mid_download_frees_at_its_lease_end(
     client: redis.Redis, redis_server: RedisServer
 ) -> None:
-    dead = RedisHostSlots(client, 1, lease_s=0.5)
+    dead = RedisHostSlots(client, 1, lease_s=2.0)
     url = "http://a.example/1.png"
     assert dead._take(dead.key(url), "killed")  # taken and never given back: a kill -9
     alive = RedisHostSlots(other_client(redis_server), 1, lease_s=30)
@@ -126,7 +126,7 @@ def test_the_slot_of_a_consumer_killed_mid_download_frees_at_its_lease_end(
         return bool(alive._acquire(keys=[alive.key(url)], args=[1, 30, f"alive-{token[1]}"]))
 
     assert not try_take()  # the host's one slot is the dead consumer's
-    time.sleep(0.6)
+    time.sleep(2.1)
     assert try_take()  # its lease is over
     with pytest.raises(ValueError):
         RedisHostSlots(client, 1, lease_s=0)
