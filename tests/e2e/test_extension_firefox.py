@@ -91,11 +91,7 @@ def wait_until_describing(browser: Firefox, service: Service, site: str) -> None
     while True:
         browser.navigate(tab, probe)
         try:  # (its alt, not the server's log: with image bytes allowed no URL is sent)
-            wait_until(
-                lambda: (alt_of(browser, tab, by_id("probe"))["alt"] or "").startswith(PREFIX),
-                "the probe image is not described",
-                2.0,
-            )
+            expect_machine_text(browser, tab, by_id("probe"), timeout=2.0)
             return
         except AssertionError:
             if time.monotonic() > stop:
@@ -133,6 +129,24 @@ def expect_described(
         f"{selector}: {attribute} is {alt_of(browser, tab, selector, attribute)}, not {wanted!r}",
         timeout,
     )
+
+
+def expect_machine_text(
+    browser: Firefox, tab: str, selector: str, timeout: float = TIMEOUT_MS / 1000
+) -> None:
+    """The element's alt becomes a description of ours (the prefix, then a caption)."""
+    wait_until(
+        lambda: (alt_of(browser, tab, selector)["alt"] or "").startswith(PREFIX),
+        f"{selector} is {alt_of(browser, tab, selector)}, not described",
+        timeout,
+    )
+
+
+def open_site_page(browser: Firefox, site: str, name: str) -> str:
+    """A new tab on the test site's page ``name``; its browsing context."""
+    tab = browser.new_tab()
+    browser.navigate(tab, site.rsplit("/", 1)[0] + "/" + name)
+    return tab
 
 
 def by_id(name: str) -> str:
@@ -180,8 +194,7 @@ def test_firefox_describes_images_in_shadow_roots_and_iframes(
     firefox: Firefox, service: Service, site: str
 ) -> None:
     service.reset()
-    tab = firefox.new_tab()
-    firefox.navigate(tab, site.rsplit("/", 1)[0] + "/components.html")
+    tab = open_site_page(firefox, site, "components.html")
     card = "document.querySelector('x-card').shadowRoot"
     badge = card + ".querySelector('x-badge').shadowRoot"
     frame = "document.getElementById('frame').contentDocument"
@@ -220,14 +233,9 @@ def test_firefox_describes_an_image_the_server_cannot_decode_from_a_snapshot(
     # As in Chromium: the SVG goes as bytes (an intranet address), the server answers
     # not_an_image, and the content script's canvas snapshot (a JPEG) is described.
     service.reset()
-    tab = firefox.new_tab()
-    firefox.navigate(tab, site.rsplit("/", 1)[0] + "/drawing.html")
-    drawing = by_id("drawing")
-    wait_until(
-        lambda: (alt_of(firefox, tab, drawing)["alt"] or "").startswith(PREFIX),
-        f"the drawing is {alt_of(firefox, tab, drawing)}",
-    )
-    assert alt_of(firefox, tab, drawing)["mark"] == "__none__"
+    tab = open_site_page(firefox, site, "drawing.html")
+    expect_machine_text(firefox, tab, by_id("drawing"))
+    assert alt_of(firefox, tab, by_id("drawing"))["mark"] == "__none__"
     with service.lock:
         sent = list(service.sent_data)
     assert sent[-1].startswith("data:image/jpeg;base64,/9j/"), sent  # the snapshot
