@@ -43,6 +43,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -511,6 +512,7 @@ class JobQueue:
                 "failed": job["failed"],
                 "skipped": job["skipped"],
             },
+            "verdicts": job["verdicts"],
             "progress": round(min(1.0, progress), 4),
             "planned": job["planned"],
             "limited": job["limited"],
@@ -1094,12 +1096,14 @@ def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = Non
                 error = {"code": HTML_NOT_KEPT, "message": message}
         meta = {"n": page.index, "url": page.url, "final_url": page.final_url}
         pages.append({**meta, "html": html, "error": error})
+    verdicts = Counter(row["verdict"] for row in found.rows if row.get("verdict"))
     return Plan(
         chunks=chunks,
         rows=rows,
         pages=pages,
         total=len(found.rows),
         limited=_limited(found, spec),
+        verdicts=dict(verdicts),
     )
 
 

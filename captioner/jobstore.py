@@ -71,6 +71,7 @@ class Plan:
     pages: list[dict[str, Any]] = field(default_factory=list)  # {n, url, final_url, html, error}
     total: int = 0  # rows the report will have
     limited: bool = False  # a page or image limit cut the job short
+    verdicts: dict[str, int] = field(default_factory=dict)  # rows by verdict (pages found)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ def _record(raw: Mapping[str, Any]) -> dict[str, Any]:
         "chunks": count("chunks"),
         "chunks_done": count("chunks_done"),
         "limited": bool(count("limited")),
+        "verdicts": json.loads(raw.get("verdicts") or "{}"),
         "error": error,
         "webhook_state": raw.get("webhook_state") or None,
     }
@@ -241,6 +243,7 @@ CREATE TABLE IF NOT EXISTS altcap_jobs (
     chunks INTEGER NOT NULL DEFAULT 0,
     chunks_done INTEGER NOT NULL DEFAULT 0,
     limited INTEGER NOT NULL DEFAULT 0,
+    verdicts TEXT,                      -- JSON {verdict: rows}, once planned
     error_code TEXT,
     error_message TEXT,
     activity REAL NOT NULL,             -- last claim, heartbeat or completion
@@ -282,7 +285,7 @@ CREATE TABLE IF NOT EXISTS altcap_job_pages (
 
 _JOB_COLUMNS = (
     "id, spec, fingerprint, state, created, started, finished, planned, total, done, failed,"
-    " skipped, chunks, chunks_done, limited, error_code, error_message, webhook_state"
+    " skipped, chunks, chunks_done, limited, verdicts, error_code, error_message, webhook_state"
 )
 
 
@@ -315,11 +318,11 @@ class SQLiteJobStore(JobStore):
         """Columns added since a store file was created (``CREATE TABLE IF NOT EXISTS``
         leaves an existing table as it was)."""
         columns = {row[1] for row in conn.execute("PRAGMA table_info(altcap_jobs)")}
-        if "plan_attempts" not in columns:
-            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
-                conn.execute(
-                    "ALTER TABLE altcap_jobs ADD COLUMN plan_attempts INTEGER NOT NULL DEFAULT 0"
-                )
+        added = {"plan_attempts": "INTEGER NOT NULL DEFAULT 0", "verdicts": "TEXT"}
+        for name, kind in added.items():
+            if name not in columns:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                    conn.execute(f"ALTER TABLE altcap_jobs ADD COLUMN {name} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (a fresh one after a fork: connections must not cross it)."""
@@ -440,8 +443,16 @@ class SQLiteJobStore(JobStore):
             conn.execute(
                 "UPDATE altcap_jobs SET planned = 1, plan_owner = NULL, plan_lease = NULL,"
                 " total = ?, chunks = ?, done = ?, failed = ?, skipped = ?, limited = ?,"
-                " activity = ? WHERE id = ?",
-                (plan.total, len(plan.chunks), *counts, int(plan.limited), now, job_id),
+                " verdicts = ?, activity = ? WHERE id = ?",
+                (
+                    plan.total,
+                    len(plan.chunks),
+                    *counts,
+                    int(plan.limited),
+                    _dumps(plan.verdicts),
+                    now,
+                    job_id,
+                ),
             )
             if finished:
                 self._finish(conn, job_id, "done", now)
@@ -745,7 +756,8 @@ redis.call('HSETNX', jk, 'started', t)
 return redis.call('HINCRBY', jk, 'plan_attempts', 1)
 """
 
-# ARGV: p, id, total, limited, done, failed, skipped, n_pages, n_chunks, then n_pages pairs
+# ARGV: p, id, total, limited, done, failed, skipped, n_pages, n_chunks, verdicts JSON, then
+# n_pages pairs
 # (page number, metadata JSON), n_pages pairs (page number, JSON with the HTML or ""),
 # n_chunks chunk JSONs, then seq/row pairs.
 _COMMIT_PLAN = """
@@ -754,7 +766,7 @@ local jk = p .. id
 if not active(jk) then return 'inactive' end
 if redis.call('HGET', jk, 'planned') == '1' then return 'duplicate' end
 local npages, nchunks = tonumber(ARGV[8]), tonumber(ARGV[9])
-local i = 10
+local i = 11
 for _ = 1, npages do
   redis.call('HSET', jk .. ':pagemeta', ARGV[i], ARGV[i + 1]); i = i + 2
 end
@@ -771,7 +783,8 @@ while i < #ARGV do
 end
 local t = now()
 redis.call('HSET', jk, 'planned', 1, 'total', ARGV[3], 'limited', ARGV[4], 'done', ARGV[5],
-  'failed', ARGV[6], 'skipped', ARGV[7], 'chunks', nchunks, 'chunks_done', 0, 'activity', t)
+  'failed', ARGV[6], 'skipped', ARGV[7], 'chunks', nchunks, 'chunks_done', 0, 'activity', t,
+  'verdicts', ARGV[10])
 redis.call('HDEL', jk, 'plan_owner', 'plan_lease')
 if nchunks == 0 then finish(p, id, 'done', t); return 'finished' end
 return 'recorded'
@@ -1010,7 +1023,7 @@ class RedisJobStore(JobStore):
     def commit_plan(self, job_id: str, plan: Plan) -> str:
         done, failed, skipped = _counts(plan.rows)
         args: list[Any] = [self.prefix, job_id, plan.total, int(plan.limited)]
-        args += [done, failed, skipped, len(plan.pages), len(plan.chunks)]
+        args += [done, failed, skipped, len(plan.pages), len(plan.chunks), _dumps(plan.verdicts)]
         for page in plan.pages:
             meta = {"n": page["n"], "url": page["url"], "final_url": page.get("final_url")}
             args += [page["n"], _dumps({**meta, "error": page.get("error")})]

@@ -4,6 +4,7 @@ consumer planning and captioning jobs against a local site with the tiny model."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -357,22 +358,42 @@ def test_store_counts_planning_attempts_like_chunk_attempts(store: JobStore) -> 
     assert store.claim_plan(job_id, "d", 10) == 0  # planned
 
 
-def test_an_older_sqlite_store_gains_the_plan_attempts_column(tmp_path: Path) -> None:
+def test_an_older_sqlite_store_gains_the_columns_added_since(tmp_path: Path) -> None:
     import sqlite3
 
     from captioner import jobstore
 
     path = tmp_path / "old.sqlite3"
     old_schema = jobstore._SCHEMA.replace("    plan_attempts INTEGER NOT NULL DEFAULT 0,\n", "")
-    assert old_schema != jobstore._SCHEMA
+    old_schema = re.sub(r"    verdicts TEXT,[^\n]*\n", "", old_schema)
+    assert "plan_attempts" not in old_schema and "verdicts" not in old_schema
     with sqlite3.connect(path) as conn:
         conn.executescript(old_schema)
+        conn.execute(  # a job planned before verdicts were counted
+            "INSERT INTO altcap_jobs (id, spec, fingerprint, state, created, planned, activity)"
+            " VALUES ('old', '{}', '', 'done', 0, 1, 0)"
+        )
     store = SQLiteJobStore(path)
     try:
+        assert store.get("old")["verdicts"] == {}
         job_id = _job(store)
         assert store.claim_plan(job_id, "a", 10) == 1
+        plan = _plan(1)
+        plan.verdicts = {"missing": 3, "empty_link": 1}
+        store.commit_plan(job_id, plan)
+        assert store.get(job_id)["verdicts"] == {"missing": 3, "empty_link": 1}
     finally:
         store.close()
+
+
+def test_store_keeps_the_verdict_counts(store: JobStore) -> None:
+    job_id = _job(store)
+    assert store.get(job_id)["verdicts"] == {}  # not planned yet
+    store.claim_plan(job_id, "a", 10)
+    plan = _plan(2)
+    plan.verdicts = {"missing": 2, "meaningless": 1, "empty_link": 1, "ok": 4}
+    store.commit_plan(job_id, plan)
+    assert store.get(job_id)["verdicts"] == plan.verdicts
 
 
 def test_store_pages_keep_their_html(store: JobStore) -> None:
@@ -447,6 +468,8 @@ def test_a_page_job_reports_every_image_and_patches_pages(make_queue, site) -> N
     assert rows[4]["caption"] == rows[7]["caption"] == "An image of 64x48 pixels."
     assert backend.calls == 1  # 4 distinct images (9.png once for 2 pages): one chunk
     assert status["counts"] == {"total": 9, "done": 5, "failed": 1, "skipped": 3}
+    # the report's rows by verdict: what a site owner counts first
+    assert status["verdicts"] == {"missing": 4, "meaningless": 1, "ok": 1, "decorative": 2}
     assert status["limited"] is False
     shown = {p["n"]: p for p in status["pages"]}
     assert shown[3]["error"]["code"] == "fetch_failed" and shown[3]["patched_url"] is None
@@ -1008,6 +1031,7 @@ def test_redis_queue_and_store_run_a_job(tmp_path: Path, redis_server, site) -> 
         job, _ = queue.submit(parse_job({"pages": [f"{base}/one.html"]}, queue.settings))
         status = wait_for(queue, job["id"])
         assert status["counts"] == {"total": 5, "done": 3, "failed": 0, "skipped": 2}
+        assert status["verdicts"] == {"missing": 2, "meaningless": 1, "ok": 1, "decorative": 1}
         assert "An image of" in queue.patched_page(job["id"], 1)
         with pytest.raises(PageNotFound):
             queue.patched_page(job["id"], 99999999999999999999)
