@@ -4,7 +4,7 @@ Auth, CORS, rate limits, metrics and the error format are the app's (``captioner
 the blueprint only adds its views, a counter, and its part of ``/openapi.json``.
 
     POST   /v1/jobs                          202 + Location (200: same idempotency key)
-    GET    /v1/jobs/<id>                     state, counts, progress, timestamps, pages
+    GET    /v1/jobs/<id>                     state, counts, verdicts, progress, timestamps, pages
     GET    /v1/jobs/<id>/results?format=     json (default) | jsonl | csv, in report order
     GET    /v1/jobs/<id>/pages/<n>/patched   the page's HTML with suggested alt filled in
     DELETE /v1/jobs/<id>                     cancel (200 + job); once ended: delete (204)
@@ -233,6 +233,15 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
                 "properties": {
                     k: {"type": "integer", "minimum": 0}
                     for k in ("total", "done", "failed", "skipped")
+                },
+            },
+            "verdicts": {
+                "type": "object",
+                "description": "The report's rows by verdict, once planned ({} for image URLs)",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+                "properties": {
+                    k: {"type": "integer", "minimum": 0}
+                    for k in ("missing", "meaningless", "empty_link", "decorative", "ok")
                 },
             },
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
