@@ -470,7 +470,18 @@ def run(args: argparse.Namespace) -> int:
         for page, text in patched_pages(job.pages, captions):
             _write_text(out_dir / patched_name(page.index, page.url), text, page.encoding)
 
-    counts = {s: sum(r["status"] == s for r in job.rows) for s in ("done", "failed", "skipped")}
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    print(f"{len(job.rows)} rows: {summary}", file=sys.stderr)
+    print(summary_line(job.rows), file=sys.stderr)
     return 0
+
+
+VERDICT_ORDER = ("missing", "meaningless", "empty_link", "decorative", "ok")
+
+
+def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the CLI says at the end: rows by status, then (for pages) by verdict."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "skipped")}
+    line = f"{len(rows)} rows: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    verdicts = {v: sum(r.get("verdict") == v for r in rows) for v in VERDICT_ORDER}
+    if any(verdicts.values()):
+        line += "; by verdict: " + ", ".join(f"{n} {v}" for v, n in verdicts.items() if n)
+    return line

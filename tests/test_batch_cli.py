@@ -10,7 +10,7 @@ import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, LATIN1_HTML, serve_site
 
-from captioner.batch import patched_name
+from captioner.batch import patched_name, summary_line
 from captioner.cli import main
 
 ALT_ATTR = re.compile(r"""\s+alt\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
@@ -290,6 +290,22 @@ def test_a_source_is_required(capsys) -> None:
         main(["batch", "--out", "x.csv"])
     assert info.value.code == 2
     assert "one of the arguments --images --pages --sitemap is required" in capsys.readouterr().err
+
+
+def test_the_summary_counts_rows_by_status_and_verdict() -> None:
+    rows = [
+        {"status": "done", "verdict": "missing"},
+        {"status": "done", "verdict": "empty_link"},
+        {"status": "skipped", "verdict": "decorative"},
+        {"status": "failed", "verdict": None},  # a page that failed
+        {"status": "done", "verdict": "missing"},
+    ]
+    assert summary_line(rows) == (
+        "5 rows: 3 done, 1 failed, 1 skipped; by verdict: 2 missing, 1 empty_link, 1 decorative"
+    )
+    assert summary_line([{"status": "done", "verdict": None}]) == (
+        "1 rows: 1 done, 0 failed, 0 skipped"  # image URLs: no verdicts
+    )
 
 
 def test_patched_names() -> None:
