@@ -480,7 +480,8 @@ VERDICT_ORDER = ("missing", "meaningless", "empty_link", "decorative", "ok")
 def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
     """What the CLI says at the end: rows by status, then (for pages) by verdict."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "skipped")}
-    line = f"{len(rows)} rows: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    noun = "row" if len(rows) == 1 else "rows"
+    line = f"{len(rows)} {noun}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     verdicts = {v: sum(r.get("verdict") == v for r in rows) for v in VERDICT_ORDER}
     if any(verdicts.values()):
         line += "; by verdict: " + ", ".join(f"{n} {v}" for v, n in verdicts.items() if n)

@@ -304,7 +304,7 @@ def test_the_summary_counts_rows_by_status_and_verdict() -> None:
         "5 rows: 3 done, 1 failed, 1 skipped; by verdict: 2 missing, 1 empty_link, 1 decorative"
     )
     assert summary_line([{"status": "done", "verdict": None}]) == (
-        "1 rows: 1 done, 0 failed, 0 skipped"  # image URLs: no verdicts
+        "1 row: 1 done, 0 failed, 0 skipped"  # image URLs: no verdicts
     )
 
 
