@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "altcap:polite:"
 WARN_EVERY_S = 60.0  # a Redis outage is logged once a minute, not once a download
+PACER_ORIGINS = 10_000  # origins a Pacer remembers before it forgets the ones whose turn passed
 
 
 def host_of(url: str) -> str:
@@ -228,6 +229,8 @@ class Pacer:
             now = self._clock()
             turn = max(now, self._next.get(origin, now))
             self._next[origin] = turn + delay
+            if len(self._next) > PACER_ORIGINS:  # a long-lived consumer meets many sites
+                self._next = {o: t for o, t in self._next.items() if t > now}
         return turn - now
 
 

@@ -163,6 +163,18 @@ def test_pacer_books_turns_per_origin() -> None:
     assert pacer.reserve(a, 1.0) == 5.0  # the delay booked with the turn before counts
 
 
+def test_pacer_forgets_origins_whose_turn_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("captioner.politeness.PACER_ORIGINS", 3)
+    now = [0.0]
+    pacer = Pacer(lambda: now[0])
+    for i in range(3):
+        pacer.reserve(f"https://{i}.example", 1.0)
+    now[0] = 5.0
+    pacer.reserve("https://busy.example", 1.0)  # the fourth origin: the passed ones go
+    assert list(pacer._next) == ["https://busy.example"]
+    assert pacer.reserve("https://busy.example", 1.0) == 1.0  # its own turn is kept
+
+
 def test_redis_pacer_books_turns_for_all_consumers(
     client: redis.Redis, redis_server: RedisServer
 ) -> None:
