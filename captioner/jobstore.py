@@ -757,9 +757,8 @@ return redis.call('HINCRBY', jk, 'plan_attempts', 1)
 """
 
 # ARGV: p, id, total, limited, done, failed, skipped, n_pages, n_chunks, verdicts JSON, then
-# n_pages pairs
-# (page number, metadata JSON), n_pages pairs (page number, JSON with the HTML or ""),
-# n_chunks chunk JSONs, then seq/row pairs.
+# n_pages pairs (page number, metadata JSON), n_pages pairs (page number, JSON with the HTML
+# or ""), n_chunks chunk JSONs, then seq/row pairs.
 _COMMIT_PLAN = """
 local p, id = ARGV[1], ARGV[2]
 local jk = p .. id
