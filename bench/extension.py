@@ -23,18 +23,13 @@ writes JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import json
 import platform
 import shutil
 import statistics
-import struct
 import sys
 import tempfile
-import threading
 import time
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +37,11 @@ if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.batch import serve  # noqa: E402 (a quiet static server on 127.0.0.1)
+from bench.serve import noise_png  # noqa: E402
+
 EXTENSION = ROOT / "extension"
 CHROMIUM = "/usr/bin/chromium"
 # Added before this marker in the copy's content script: ``scan`` timed, inside its closure.
@@ -60,18 +60,6 @@ TIMED_SCAN = """  {
     };
   }
 """
-
-
-def png(side: int = 40) -> bytes:
-    """A small solid PNG (every image of the pages is this one, under distinct URLs)."""
-    raw = b"".join(b"\x00" + b"\x80\x40\x20" * side for _ in range(side))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
 
 
 def nested_page(elements: int, images: int) -> str:
@@ -106,11 +94,6 @@ def extension_copy(target: Path) -> Path:
     return target
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def measure(
     args: argparse.Namespace, pages: dict[str, tuple[str, str]], work: Path
 ) -> dict[str, dict]:
@@ -119,15 +102,11 @@ def measure(
 
     site = work / "site"
     site.mkdir()
-    (site / "img.png").write_bytes(png())
+    (site / "img.png").write_bytes(noise_png(0, 40))
     titles = {name: title for name, (title, _) in pages.items()}
     for name, (_, html) in pages.items():
         (site / f"{name}.html").write_text(html, encoding="utf-8")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(site))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server, base = serve(site)
     ext = extension_copy(work / "extension")
     results: dict[str, dict] = {}
     try:

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from .config import DecodingSettings
 from .errors import AltCapError, InvalidSettings
 from .fetch import FetchLimits, Resolver, fetch_image
 from .images import load_image
-from .pages import MODES, Crawler, find_images, needs_caption, patch_html
+from .pages import MODES, VERDICTS, Crawler, find_images, needs_caption, patch_html
 from .reports import FORMATS, caption_outcome, format_for_path, make_row, write_rows
 
 __all__ = [
@@ -474,7 +475,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-VERDICT_ORDER = ("missing", "meaningless", "empty_link", "decorative", "ok")
+def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Report rows by verdict, in ``VERDICTS`` order, verdicts no row has left out (rows of
+    bare image URLs and failed pages have none): the CLI's summary and a job's status."""
+    counts = Counter(row.get("verdict") for row in rows)
+    return {v: counts[v] for v in VERDICTS if counts[v]}
 
 
 def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -482,7 +487,6 @@ def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "skipped")}
     noun = "row" if len(rows) == 1 else "rows"
     line = f"{len(rows)} {noun}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-    verdicts = {v: sum(r.get("verdict") == v for r in rows) for v in VERDICT_ORDER}
-    if any(verdicts.values()):
-        line += "; by verdict: " + ", ".join(f"{n} {v}" for v, n in verdicts.items() if n)
+    if verdicts := verdict_counts(rows):
+        line += "; by verdict: " + ", ".join(f"{n} {v}" for v, n in verdicts.items())
     return line

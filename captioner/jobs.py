@@ -43,7 +43,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -1067,7 +1066,7 @@ def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = Non
     site of huge pages must not make that write too large for the store. ``spec`` (the
     job's) tells whether ``max_pages`` cut the job short.
     """
-    from captioner.batch import PENDING
+    from captioner.batch import PENDING, verdict_counts
 
     rows: dict[int, dict[str, Any]] = {}
     items: dict[str, dict[str, Any]] = {}
@@ -1096,14 +1095,13 @@ def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = Non
                 error = {"code": HTML_NOT_KEPT, "message": message}
         meta = {"n": page.index, "url": page.url, "final_url": page.final_url}
         pages.append({**meta, "html": html, "error": error})
-    verdicts = Counter(row["verdict"] for row in found.rows if row.get("verdict"))
     return Plan(
         chunks=chunks,
         rows=rows,
         pages=pages,
         total=len(found.rows),
         limited=_limited(found, spec),
-        verdicts=dict(verdicts),
+        verdicts=verdict_counts(found.rows),
     )
 
 

@@ -24,6 +24,7 @@ from captioner import api, reports
 from captioner.errors import AltCapError
 from captioner.jobs import InvalidJob, JobQueue, parse_job
 from captioner.openapi import json_content, schema_ref
+from captioner.pages import VERDICTS
 from captioner.parsing import parse_decoding
 from captioner.service import (
     InvalidRequest,
@@ -241,7 +242,7 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
                 "additionalProperties": {"type": "integer", "minimum": 0},
                 "properties": {
                     k: {"type": "integer", "minimum": 0}
-                    for k in ("missing", "meaningless", "empty_link", "decorative", "ok")
+                    for k in VERDICTS
                 },
             },
             "progress": {"type": "number", "minimum": 0, "maximum": 1},

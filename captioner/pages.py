@@ -57,6 +57,7 @@ from .politeness import Pacer, origin_of
 
 __all__ = [
     "MODES",
+    "VERDICTS",
     "CrawlError",
     "Crawler",
     "InvalidHTML",
@@ -82,6 +83,8 @@ MODES = ("missing", "all")
 # all a link or button holds (which then has no name: see _Context.naming_image).
 PageVerdict = Verdict | Literal["empty_link"]
 NEEDS_CAPTION: frozenset[str] = frozenset({"missing", "meaningless", "empty_link"})
+# Every verdict, the ones that most need a caption first (reports and summaries list them so).
+VERDICTS: tuple[PageVerdict, ...] = ("missing", "meaningless", "empty_link", "ok", "decorative")
 Element = Literal["img", "source", "input"]
 
 # Lazy-loading scripts keep the real image here and a placeholder in src/srcset.
@@ -92,7 +95,7 @@ DECODABLE_TYPES = frozenset({f"image/{f.lower()}" for f in ALLOWED_FORMATS} | {"
 # Tags whose content a browser never renders as images.
 INERT_PARENTS = frozenset({"template", "textarea", "title", "xmp", "noembed", "noframes"})
 # Several occurrences of one image: keep the verdict that most needs a caption.
-_URGENCY = {"missing": 0, "meaningless": 1, "empty_link": 2, "ok": 3, "decorative": 4}
+_URGENCY = {verdict: i for i, verdict in enumerate(VERDICTS)}
 _URL_SPACES = re.compile(r"[\t\n\r]")  # browsers drop these anywhere in a URL
 
 
@@ -313,6 +316,10 @@ def _is_control(tag: Tag) -> bool:
 _SILENT = frozenset({"script", "style", "template", "noscript"})  # no text a reader hears
 
 
+def _aria_hidden(tag: Tag) -> bool:
+    return (_attr(tag, "aria-hidden") or "").strip().lower() == "true"
+
+
 class _Context:
     """What ``_verdict`` and ``_walk`` ask of the whole document, each worked out once.
 
@@ -359,7 +366,7 @@ class _Context:
         inert, hidden = known
         for tag in reversed(chain):  # from the top down
             inert = inert or tag.name in INERT_PARENTS
-            hidden = hidden or (_attr(tag, "aria-hidden") or "").strip().lower() == "true"
+            hidden = hidden or _aria_hidden(tag)
             self._flags[id(tag)] = (inert, hidden)
         return inert, hidden
 
@@ -415,7 +422,7 @@ class _Context:
                 if isinstance(node, NavigableString) and not isinstance(node, PreformattedString):
                     texts.append(str(node))  # text, not a comment or declaration
                 continue
-            if node.name in _SILENT or (_attr(node, "aria-hidden") or "").strip().lower() == "true":
+            if node.name in _SILENT or _aria_hidden(node):
                 continue
             if _is_image(node):
                 if _alt_verdict(node, self) != "decorative":

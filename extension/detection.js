@@ -96,11 +96,24 @@
   function isAriaImage(el) {
     const tag = tagOf(el);
     if (tag === "IMG" || tag === "INPUT" || typeof el.getAttribute !== "function") return false;
-    return (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0] === "img";
+    return firstRole(el) === "img";
+  }
+
+  /** <img>, or <input type=image>: the elements whose alt is their name. */
+  function isImageElement(el) {
+    return tagOf(el) === "IMG" || isImageInput(el);
+  }
+
+  function firstRole(el) {
+    return (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0];
+  }
+
+  function ariaHiddenHere(el) {
+    return (attr(el, "aria-hidden") || "").trim().toLowerCase() === "true";
   }
 
   function isCandidate(el) {
-    return tagOf(el) === "IMG" || isImageInput(el) || isAriaImage(el);
+    return isImageElement(el) || isAriaImage(el);
   }
 
   /** The URL the browser actually shows: currentSrc follows srcset and <picture>; for an
@@ -158,7 +171,7 @@
   function hiddenFromAssistiveTech(el) {
     for (let node = el; node; node = composedParent(node)) {
       if (typeof node.getAttribute !== "function") break;
-      if ((attr(node, "aria-hidden") || "").trim().toLowerCase() === "true") return true;
+      if (ariaHiddenHere(node)) return true;
     }
     return false;
   }
@@ -181,10 +194,6 @@
 
   function result(action, reason, url) {
     return { action, reason, url: url || "" };
-  }
-
-  function firstRole(el) {
-    return (attr(el, "role") || "").trim().toLowerCase().split(/\s+/)[0];
   }
 
   /** What the element's own markup tells a screen-reader user, and why: the verdict of
@@ -237,14 +246,10 @@
 
   const SILENT = new Set(["SCRIPT", "STYLE", "TEMPLATE", "NOSCRIPT"]);
 
-  function ariaHiddenHere(el) {
-    return (attr(el, "aria-hidden") || "").trim().toLowerCase() === "true";
-  }
-
   /** True when `el` is the first decorative image (alt="", or role="presentation") of a
    * link or button that nothing else names (see findNamingImage). */
   function isEmptyLink(el) {
-    if (tagOf(el) !== "IMG" && !isImageInput(el)) return false;
+    if (!isImageElement(el)) return false;
     const control = controlOf(el);
     return Boolean(control) && namingImage(control, el) === el;
   }
@@ -298,7 +303,7 @@
         if (stop) return;
         if (child.nodeType === 3) texts.push(String(child.data));
         if (child.nodeType !== 1 || SILENT.has(tagOf(child)) || ariaHiddenHere(child)) continue;
-        if (tagOf(child) === "IMG" || isImageInput(child)) {
+        if (isImageElement(child)) {
           if (altVerdict(child).verdict !== "decorative") {
             named = stop = true; // named, or to be
           } else if (!first) {
