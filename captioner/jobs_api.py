@@ -240,10 +240,7 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
                 "type": "object",
                 "description": "The report's rows by verdict, once planned ({} for image URLs)",
                 "additionalProperties": {"type": "integer", "minimum": 0},
-                "properties": {
-                    k: {"type": "integer", "minimum": 0}
-                    for k in VERDICTS
-                },
+                "properties": {k: {"type": "integer", "minimum": 0} for k in VERDICTS},
             },
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "planned": {"type": "boolean"},
