@@ -51,6 +51,8 @@
   const SHADOW_HOSTS = new Set(
     "article aside blockquote body div footer h1 h2 h3 h4 h5 h6 header main nav p section span".split(" "),
   );
+  const SLICE_MS = 8; // longest run of scanning before the page gets the main thread back
+  const SLICE_CHECK_EVERY = 64; // elements between two looks at the clock
 
   let config = { consented: false, enabled: false, auto: false, prefix: "Appears to be: " };
   let started = false; // observers attached
@@ -69,6 +71,11 @@
   const listenedRoots = new WeakSet(); // shadow roots with our load/focus listeners
   const pending = new Map(); // custom element without a shadow root yet -> give up at (ms)
   let pendingTimer = 0;
+  const scans = []; // scans still to finish (generators), oldest first
+  let scanning = false; // in a slice now
+  let scanTimer = 0; // the next slice
+  let sliceEnd = 0;
+  let sliceTicks = 0;
 
   const state = new WeakMap(); // element -> {status, url, rewrites}
   const written = new WeakMap(); // element -> the alt text (or aria-label) we wrote
@@ -170,14 +177,29 @@
    * stops at shadow boundaries. Custom elements still waiting for their shadow root are
    * noted for a later look. */
   function trees(node) {
+    return Array.from(treesOf(node, never));
+  }
+
+  /** trees(), one tree at a time, each yielded once every element in it has been looked at
+   * for a shadow root of its own; between two elements, yields null when `pause()` says so
+   * (the caller's time slice is used up). */
+  function* treesOf(node, pause) {
     const found = [node];
     for (let i = 0; i < found.length; i++) {
       const tree = found[i];
       if (tree.nodeType === 1) hostOf(tree, found);
-      if (typeof tree.querySelectorAll !== "function") continue;
-      for (const el of tree.querySelectorAll("*")) hostOf(el, found);
+      if (typeof tree.querySelectorAll === "function") {
+        for (const el of tree.querySelectorAll("*")) {
+          hostOf(el, found);
+          if (pause()) yield null;
+        }
+      }
+      yield tree;
     }
-    return found;
+  }
+
+  function never() {
+    return false;
   }
 
   function hostOf(el, found) {
@@ -259,15 +281,59 @@
     if (pending.size) pendingTimer = setTimeout(guard(checkPending), PENDING_CHECK_MS);
   }
 
+  // --- scanning, in slices ------------------------------------------------------------------
+  // A scan looks at every element (for shadow roots) and assesses every image: about 2 µs an
+  // element in a content script, so 100,000 elements would hold the page's main thread for
+  // ~200 ms at once. Scans run in slices of SLICE_MS instead, the page getting its turn in
+  // between; a small scan (a few added nodes) still finishes at once, within its first slice.
+
+  /** Look at `node` and everything in it (shadow roots included): queue what needs a caption. */
   function scan(node, priority) {
     if (!node || (node.nodeType !== 1 && node.nodeType !== 11)) return;
-    for (const tree of trees(node)) {
+    scans.push(scanSteps(node, priority));
+    if (!scanning && !scanTimer) runScans();
+  }
+
+  function* scanSteps(node, priority) {
+    for (const tree of treesOf(node, sliceUsedUp)) {
+      if (!tree) {
+        yield;
+        continue;
+      }
       if (tree.nodeType === 11) watchRoot(tree);
       else if (D.isCandidate(tree)) consider(tree, priority);
       if (typeof tree.querySelectorAll === "function") {
-        for (const el of tree.querySelectorAll(SELECTOR)) consider(el, priority);
+        for (const el of tree.querySelectorAll(SELECTOR)) {
+          consider(el, priority);
+          if (sliceUsedUp()) yield;
+        }
       }
     }
+  }
+
+  /** One slice: the waiting scans, oldest first, until they are done or the slice is over. */
+  function runScans() {
+    scanTimer = 0;
+    scanning = true;
+    sliceEnd = now() + SLICE_MS;
+    try {
+      while (scans.length) {
+        if (!scans[0].next().done) break; // paused: the slice is over
+        scans.shift();
+      }
+    } finally {
+      scanning = false; // a scan that threw is done: the next slice drops it and goes on
+      if (scans.length) scanTimer = setTimeout(guard(runScans), 0);
+    }
+  }
+
+  /** Checked between elements; the clock is read every SLICE_CHECK_EVERY of them. */
+  function sliceUsedUp() {
+    return ++sliceTicks % SLICE_CHECK_EVERY === 0 && now() >= sliceEnd;
+  }
+
+  function now() {
+    return typeof performance === "object" ? performance.now() : Date.now();
   }
 
   // --- writing and restoring ----------------------------------------------------------------
@@ -586,6 +652,9 @@
     pending.clear();
     clearTimeout(pendingTimer);
     pendingTimer = 0;
+    scans.length = 0; // the rest of an unfinished scan: start() scans again
+    clearTimeout(scanTimer);
+    scanTimer = 0;
     document.removeEventListener("load", onLoad, true);
     document.removeEventListener("focusin", onFocus, true);
     for (const item of queue.values()) setStatus(item.el, null);

@@ -16,7 +16,7 @@ const RUNTIME_ID = "altcap-test";
 const code = (name) => fs.readFileSync(path.join(EXTENSION_DIR, name), "utf8");
 
 /** A page with the content script injected. `worker(message)` plays the service worker. */
-function page({ elements = [], worker, auto = true, hello = {}, setup, dom } = {}) {
+function page({ elements = [], worker, auto = true, hello = {}, setup, dom, clock, onHello } = {}) {
   const document = new FakeDocument();
   for (const el of elements) document.add(el);
   if (setup) setup(document);
@@ -29,6 +29,7 @@ function page({ elements = [], worker, auto = true, hello = {}, setup, dom } = {
       async sendMessage(message) {
         sent.push(message);
         if (message.type === "hello") {
+          if (onHello) onHello();
           return { consented: true, enabled: true, auto, prefix: "Appears to be: ", words: WORDS, ...hello };
         }
         return worker ? worker(message) : { ok: true };
@@ -37,7 +38,9 @@ function page({ elements = [], worker, auto = true, hello = {}, setup, dom } = {
     },
     ...(dom ? { dom } : {}), // Chrome's chrome.dom (openOrClosedShadowRoot)
   };
+  const globals = clock ? { performance: clock } : {}; // node's own otherwise: none in the page
   const context = vm.createContext({
+    ...globals,
     chrome,
     document,
     // Unref'd: a page's timers (e.g. a custom element it keeps looking at) must not keep the
@@ -462,6 +465,57 @@ test("closed roots on built-in elements are looked for on empty ones only", asyn
   const urls = describes(p.sent).flatMap((m) => Array.from(m.images, (i) => i.url));
   assert.deepEqual(urls, ["https://example.com/widget.jpg"]);
   assert.deepEqual([...new Set(asked)].sort(), ["card", "para", "widget"]);
+});
+
+test("a big page is scanned in slices: the page gets its turn, every image is found", async () => {
+  // 3,000 elements, 150 images among them. The clock moves 1 ms a reading, so a slice
+  // (8 ms, the clock read every 64 elements) is ~512 elements.
+  const elements = [];
+  for (let i = 0; i < 3000; i++) {
+    elements.push(i % 20 === 19 ? img({ src: `https://example.com/${i}.jpg` }) : new FakeElement("div", {}, { text: "Text" }));
+  }
+  let t = 0;
+  const clock = { now: () => ++t };
+  let seenByPageTask = -1;
+  let p = null;
+  const observed = () => p.observers.intersection[0].targets.length; // images looked at
+  // A task the page queues just before the scan starts: it must run before the scan ends.
+  const onHello = () => setTimeout(() => (seenByPageTask = observed()), 0);
+  p = page({ elements, worker: captionEach, clock, onHello });
+  await sleep(200);
+
+  assert.ok(seenByPageTask >= 0, "the page's task ran");
+  assert.ok(seenByPageTask < 150, `the scan was not one task (it had seen ${seenByPageTask} of 150 images)`);
+  assert.equal(observed(), 150);
+  const urls = describes(p.sent).flatMap((m) => Array.from(m.images, (i) => i.url));
+  assert.equal(new Set(urls).size, 150);
+  assert.equal(elements[19].getAttribute("alt"), "Appears to be: A picture of 19.jpg.");
+  assert.equal(elements[2999].getAttribute("alt"), "Appears to be: A picture of 2999.jpg.");
+
+  // Images added later, while nothing is being scanned, are looked at at once (one slice).
+  const [mutations] = p.observers.mutation;
+  const later = p.document.add(img({ src: "https://example.com/later.jpg" }));
+  mutations.callback([{ type: "childList", addedNodes: [later] }]);
+  assert.equal(observed(), 151);
+});
+
+test("stopping mid-scan drops the rest of it", async () => {
+  const elements = [];
+  for (let i = 0; i < 3000; i++) {
+    elements.push(i % 20 === 19 ? img({ src: `https://example.com/${i}.jpg` }) : new FakeElement("div", {}, { text: "Text" }));
+  }
+  let t = 0;
+  let p = null;
+  let seen = -1;
+  // The user switches the site off before the scan's second slice.
+  const onHello = () => setTimeout(() => p.message({ type: "restore" }).then(() => (seen = p.sent.length)), 0);
+  p = page({ elements, worker: captionEach, clock: { now: () => ++t }, onHello });
+  await sleep(200);
+  assert.ok(seen >= 0);
+  const looked = p.observers.intersection[0].targets.length;
+  assert.ok(looked < 150, `looked at ${looked} images`);
+  assert.equal(describes(p.sent).length, 0);
+  assert.ok(elements.every((el) => !el.hasAttribute("data-altcap")));
 });
 
 test("images added inside a shadow root later, or loading late there, are described", async () => {
