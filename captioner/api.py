@@ -48,7 +48,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from captioner import parsing
 from captioner.cache import Cache, cache_key
-from captioner.config import DecodingSettings
+from captioner.config import DecodingSettings, same_language
 from captioner.engine import Engine, ModelUnavailable
 from captioner.errors import AltCapError, ConfigError
 from captioner.identity import ModelIdentity, model_identity, redact_model_path
@@ -203,11 +203,22 @@ def captions_get() -> Response:
 
 
 def _envelope(st: ServiceState, job: Job) -> dict[str, Any]:
-    return {
+    envelope = {
         "model": st.model.name,
         "decoding": job.decoding.to_dict(),
         "results": [item.to_json() for item in job.items],
     }
+    language = captions_language(st)
+    if language is not None:
+        envelope["language"] = language
+    return envelope
+
+
+def captions_language(st: ServiceState) -> str | None:
+    """The language tag of the captions served: the loaded model's; before it has loaded
+    (answers from the cache), what the model directory says, if it is one; else None."""
+    captioner = st.engine.captioner
+    return captioner.language if captioner is not None else st.model.language
 
 
 def _not_modified(st: ServiceState, etag: str) -> Response:
@@ -238,7 +249,9 @@ def readyz() -> Response | tuple[Response, int, dict[str, str]]:
     """Ready: the model is loaded. Load balancers send traffic only to ready workers."""
     st = state()
     if st.engine.ready:
-        return jsonify({"status": "ready", "model": st.model.name})
+        return jsonify(
+            {"status": "ready", "model": st.model.name, "language": captions_language(st)}
+        )
     error = st.engine.load_error
     if error is None:
         body = ModelUnavailable("the model is still loading").to_dict()
@@ -299,6 +312,7 @@ def render_page(
     *, result: dict[str, Any] | None = None, error: dict[str, str] | None = None, url: str = ""
 ) -> str:
     st = state()
+    language = captions_language(st) or ""
     return render_template(
         "index.html",
         result=result,
@@ -306,6 +320,8 @@ def render_page(
         url=url,
         keys_required=bool(st.settings.api_keys),
         model=st.model.name,
+        # the caption's lang, where it is not the page's own (English)
+        language=None if same_language("en", language) else language,
         no_caption=NO_CAPTION,
     )
 

@@ -296,12 +296,13 @@ def patched_name(index: int, url: str) -> str:
 
 
 def patched_pages(
-    pages: Iterable[PageResult], captions: Mapping[str, str]
+    pages: Iterable[PageResult], captions: Mapping[str, str], language: str | None = None
 ) -> Iterator[tuple[PageResult, str]]:
-    """(page, its HTML with the suggested alt filled in) for every page that was fetched."""
+    """(page, its HTML with the suggested alt filled in) for every page that was fetched;
+    ``language``: the captions' (see ``patch_html``)."""
     for page in pages:
         if page.html is not None and page.final_url is not None:
-            yield page, patch_html(page.html, page.final_url, captions)
+            yield page, patch_html(page.html, page.final_url, captions, language)
 
 
 # --- the CLI ------------------------------------------------------------------------
@@ -468,7 +469,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         _write_text(Path(args.out), buf.getvalue())
     if out_dir is not None:
-        for page, text in patched_pages(job.pages, captions):
+        for page, text in patched_pages(job.pages, captions, cap.language):
             _write_text(out_dir / patched_name(page.index, page.url), text, page.encoding)
 
     print(summary_line(job.rows), file=sys.stderr)

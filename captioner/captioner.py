@@ -127,6 +127,11 @@ class Captioner:
     def config(self):
         return self.model.config
 
+    @property
+    def language(self) -> str:
+        """The language tag of the captions this model writes (``en`` for ClipCap's)."""
+        return self.model.config.language
+
     def settings(
         self, settings: DecodingSettings | None = None, **overrides: Any
     ) -> DecodingSettings:

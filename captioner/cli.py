@@ -28,6 +28,7 @@ def _caption(args: argparse.Namespace) -> int:
     settings = decoding_from_args(args)
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     model = model_identity(args.model).name  # --json: the public name, as the service reports it
+    language = cap.language
     failed = 0
     loaded = []
     for path in args.images:  # decode every image first so one bad file fails alone
@@ -41,7 +42,8 @@ def _caption(args: argparse.Namespace) -> int:
         results = cap.caption([im for _, im in chunk], settings, batch_size=args.batch_size)
         for (path, _), r in zip(chunk, results, strict=True):
             if args.json:
-                print(json.dumps({"image": path, **r.to_dict(), "model": model}))
+                line = {"image": path, **r.to_dict(), "model": model, "language": language}
+                print(json.dumps(line))
             else:
                 print(f"{path}\t{r.text}" if len(args.images) > 1 else r.text)
     return EXIT_FAILED if failed else 0

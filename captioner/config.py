@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,6 +11,23 @@ from .errors import InvalidSettings
 
 MappingType = Literal["mlp", "transformer"]
 DecodingMethod = Literal["greedy", "beam", "nucleus"]
+
+# A BCP 47 language tag as HTML's lang attribute takes it: a 2-3 letter language, then
+# subtags (script, region, variant) of 1-8 letters or digits: "en", "pt-BR", "zh-Hant".
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+
+
+def is_language_tag(value: object) -> bool:
+    """True for a language tag fit for HTML's ``lang`` attribute (``en``, ``pt-BR``)."""
+    return isinstance(value, str) and _LANGUAGE_TAG.fullmatch(value) is not None
+
+
+def same_language(where: str | None, text: str) -> bool:
+    """Whether text in language ``text`` reads right where the language is ``where``: the
+    same primary subtag (``en-GB`` text on an ``en`` page is fine; no language is not)."""
+    if not where:
+        return False
+    return where.split("-")[0].strip().lower() == text.split("-")[0].strip().lower()
 
 
 @dataclass
@@ -35,6 +53,7 @@ class ClipCapConfig:
     vision_config: dict[str, Any] = field(default_factory=dict)  # CLIPVisionConfig.to_dict()
     text_config: dict[str, Any] = field(default_factory=dict)  # GPT2Config.to_dict()
     source: str = ""  # free text: how this directory was made (conversion, training run)
+    language: str = "en"  # BCP 47 tag of the captions it writes (HTML lang); ClipCap's: English
 
     @property
     def clip_dim(self) -> int:
@@ -69,6 +88,10 @@ class ClipCapConfig:
         for name in ("prefix_length", "clip_length", "num_layers", "num_heads", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise InvalidSettings(f"{name} must be >= 1")
+        if not is_language_tag(self.language):
+            raise InvalidSettings(
+                f"language must be a language tag such as 'en' or 'pt-BR', not {self.language!r}"
+            )
 
 
 @dataclass(frozen=True)

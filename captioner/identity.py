@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .config import is_language_tag
 from .errors import ModelError
 
 __all__ = ["HUB_ID", "ModelChanged", "ModelIdentity", "model_identity", "redact_model_path"]
@@ -64,6 +65,10 @@ class ModelIdentity:
 
     name: str  # public: responses, /readyz, the page, CLI --json
     cache_id: str  # cache keys and ETags; changes whenever the weights or config do
+    # The captions' language tag, where known before loading: a local directory's config
+    # says it (one without says nothing: ClipCap's English); names and Hub ids tell it once
+    # loaded (the service then asks the loaded model).
+    language: str | None = None
 
 
 def model_identity(name_or_path: str) -> ModelIdentity:
@@ -78,10 +83,23 @@ def model_identity(name_or_path: str) -> ModelIdentity:
     path = Path(given).expanduser()
     if path.is_dir():
         fingerprint = directory_fingerprint(path)
-        return ModelIdentity(f"{_short_path(path)}@{fingerprint[:SHORT]}", f"local:{fingerprint}")
+        name = f"{_short_path(path)}@{fingerprint[:SHORT]}"
+        return ModelIdentity(name, f"local:{fingerprint}", _declared_language(path))
     if _looks_like_path(given):
         return ModelIdentity(_short_path(path), f"missing:{_short_path(path)}")
     return ModelIdentity(given, given)
+
+
+def _declared_language(path: Path) -> str | None:
+    """The ``language`` of a model directory's config.json ("en" when it has none, as
+    ClipCap's models); None when the config cannot be read or names no valid tag (loading
+    reports what is wrong with it)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    language = config.get("language", "en") if isinstance(config, dict) else None
+    return language if is_language_tag(language) else None
 
 
 def redact_model_path(text: str, name_or_path: str, public_name: str) -> str:

@@ -537,8 +537,11 @@ class JobQueue:
         return self.store.rows(job_id)
 
     @_translating
-    def patched_page(self, job_id: str, n: int, scope: str | None = None) -> str:
-        """Page ``n`` (1-based, as in ``pages``) with the job's captions filled in as alt."""
+    def patched_page(
+        self, job_id: str, n: int, scope: str | None = None, language: str | None = None
+    ) -> str:
+        """Page ``n`` (1-based, as in ``pages``) with the job's captions filled in as alt;
+        ``language``: the captions' language tag (see ``pages.patch_html``)."""
         from captioner.pages import patch_html
 
         self.get(job_id, scope)
@@ -555,7 +558,7 @@ class JobQueue:
             for row in self.store.rows(job_id)
             if row.get("status") == "done" and row.get("page_url") == page["url"]
         }
-        return patch_html(page["html"], page["final_url"] or page["url"], captions)
+        return patch_html(page["html"], page["final_url"] or page["url"], captions, language)
 
     @_translating
     def cancel(self, job_id: str) -> dict[str, Any]:

@@ -153,7 +153,9 @@ def job_results(job_id: str) -> Response:
 def patched_page(job_id: str, n: int) -> Response:
     from captioner.pages import declared_encoding  # bs4: imported on use, as jobs.py does
 
-    html = _queue().patched_page(job_id, n, _scope())
+    # The captions' language: the served model's (the job's consumers load the same model).
+    language = api.captions_language(api.state())
+    html = _queue().patched_page(job_id, n, _scope(), language)
     charset = declared_encoding(html)  # the page's own <meta charset>: saved copies stay right
     body = html.encode(charset, "xmlcharrefreplace")  # a caption it cannot spell: &#NNN;
     response = Response(body, content_type=f"text/html; charset={charset}")

@@ -22,6 +22,12 @@ MODEL_DESCRIPTION = (
     "(`photos/final@1a2b3c4d`), never the server's path. The fingerprint changes when the "
     "model is retrained."
 )
+LANGUAGE_DESCRIPTION = (
+    "The language of the captions, as a BCP 47 tag (`en` for ClipCap's models; a model "
+    "trained with `--language` says its own): give it as the `lang` of the text a caption "
+    "goes into where the page around it is in another language. Absent only from an answer "
+    "given from the cache before the model has loaded, when the model is a name or Hub id."
+)
 
 
 def json_content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +151,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "required": ["model", "decoding", "results"],
             "properties": {
                 "model": {"type": "string", "description": MODEL_DESCRIPTION},
+                "language": {"type": "string", "description": LANGUAGE_DESCRIPTION},
                 "decoding": {"type": "object"},
                 "results": {
                     "type": "array",
@@ -234,12 +241,16 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "content": json_content(
                             {
                                 "type": "object",
-                                "required": ["status", "model"],
+                                "required": ["status", "model", "language"],
                                 "properties": {
                                     "status": {"type": "string"},
                                     "model": {
                                         "type": "string",
                                         "description": MODEL_DESCRIPTION,
+                                    },
+                                    "language": {
+                                        "type": "string",
+                                        "description": LANGUAGE_DESCRIPTION,
                                     },
                                 },
                             }

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import attrfind_tolerant, tagfind_tolerant
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import urldefrag, urljoin, urlsplit
 from xml.parsers import expat
 
@@ -40,6 +40,7 @@ from bs4.exceptions import ParserRejectedMarkup
 from protego import Protego
 
 from .alttext import Verdict, classify_alt
+from .config import same_language
 from .errors import AltCapError, InvalidSettings
 from .fetch import (
     DEFAULT_LIMITS,
@@ -320,6 +321,14 @@ def _aria_hidden(tag: Tag) -> bool:
     return (_attr(tag, "aria-hidden") or "").strip().lower() == "true"
 
 
+class _Inherited(NamedTuple):
+    """What an element inherits from its ancestors, itself included."""
+
+    inert: bool  # inside an INERT_PARENTS tag
+    hidden: bool  # aria-hidden="true" on it or an ancestor
+    language: str | None  # its language: the nearest lang (xml:lang) attribute; "" = unknown
+
+
 class _Context:
     """What ``_verdict`` and ``_walk`` ask of the whole document, each worked out once.
 
@@ -333,7 +342,7 @@ class _Context:
     def __init__(self, soup: BeautifulSoup) -> None:
         self.soup = soup
         self._ids: dict[str, Tag] | None = None
-        self._flags: dict[int, tuple[bool, bool]] = {}  # id(node) -> (inert, hidden)
+        self._flags: dict[int, _Inherited] = {}  # id(node) -> flags()
         self._naming: dict[int, Tag | None] = {}  # id(link or button) -> naming_image()
         self._controls: dict[int, Tag | None] = {}  # id(node) -> nearest control at or above
 
@@ -350,11 +359,10 @@ class _Context:
         labels = [self.by_id(i) for i in (_attr(tag, "aria-labelledby") or "").split()]
         return " ".join(el.get_text(" ") for el in labels if el is not None) or None
 
-    def flags(self, node: Tag) -> tuple[bool, bool]:
-        """(inert, hidden): ``node`` or an ancestor is an ``INERT_PARENTS`` tag, or has
-        ``aria-hidden=true``."""
+    def flags(self, node: Tag) -> _Inherited:
+        """What ``node`` inherits from its ancestors (and itself): see ``_Inherited``."""
         chain: list[Tag] = []
-        known: tuple[bool, bool] = (False, False)
+        known = _Inherited(False, False, None)
         current: Tag | None = node
         while current is not None:
             cached = self._flags.get(id(current))
@@ -363,15 +371,17 @@ class _Context:
                 break
             chain.append(current)
             current = current.parent
-        inert, hidden = known
+        inert, hidden, language = known
         for tag in reversed(chain):  # from the top down
             inert = inert or tag.name in INERT_PARENTS
             hidden = hidden or _aria_hidden(tag)
-            self._flags[id(tag)] = (inert, hidden)
-        return inert, hidden
+            own = _attr(tag, "lang")
+            language = own if own is not None else _attr(tag, "xml:lang") or language
+            self._flags[id(tag)] = _Inherited(inert, hidden, language)
+        return _Inherited(inert, hidden, language)
 
     def inert_parent(self, tag: Tag) -> bool:
-        return tag.parent is not None and self.flags(tag.parent)[0]
+        return tag.parent is not None and self.flags(tag.parent).inert
 
     def control(self, tag: Tag) -> Tag | None:
         """The link or button an image is part of: itself for <input type=image>, else the
@@ -442,7 +452,7 @@ def _alt_verdict(tag: Tag, context: _Context) -> Verdict:
         return verdict  # author text and alt="" are the author's word, as in the extension
     if _first_role(tag) in ("presentation", "none"):
         return "decorative"
-    if context.flags(tag)[1]:  # aria-hidden=true on the tag or an ancestor
+    if context.flags(tag).hidden:
         return "decorative"
     if any(_says_something(t) for t in (_attr(tag, "aria-label"), context.labelled_by(tag))):
         return "ok"
@@ -455,7 +465,7 @@ def _verdict(tag: Tag, context: _Context) -> PageVerdict:
     """``_alt_verdict``, except that a decorative image that is all a link or button holds
     is ``empty_link``: it was the control's name, and the control has none."""
     verdict = _alt_verdict(tag, context)
-    if verdict != "decorative" or context.flags(tag)[1]:
+    if verdict != "decorative" or context.flags(tag).hidden:
         return verdict
     control = context.control(tag)
     if control is not None and context.naming_image(control) is tag:
@@ -470,10 +480,12 @@ def _base_url(soup: BeautifulSoup, page_url: str) -> str:
     return page_url
 
 
-def _walk(soup: BeautifulSoup, page_url: str) -> Iterator[tuple[Tag, PageImage]]:
+def _walk(
+    soup: BeautifulSoup, page_url: str, context: _Context | None = None
+) -> Iterator[tuple[Tag, PageImage]]:
     """Every image a reader meets, with the tag that carries its alt, in document order."""
     base = _base_url(soup, page_url)
-    context = _Context(soup)
+    context = context or _Context(soup)
     for tag in soup.find_all(["img", "input"]):
         if not _is_image(tag) or context.inert_parent(tag):
             continue
@@ -529,11 +541,18 @@ def _line_starts(text: str) -> list[int]:
     return [0] + [m.end() for m in re.finditer("\n", text)]
 
 
+def _start_tag(text: str, start: int, tag: Tag) -> re.Match[str] | None:
+    """The name of the start tag at ``start`` as html.parser reads it, or None when the text
+    there is not what the parser saw."""
+    match = tagfind_tolerant.match(text, start + 1) if text.startswith("<", start) else None
+    return match if match is not None and match.group(1).lower() == tag.name else None
+
+
 def _alt_edit(text: str, start: int, tag: Tag, caption: str) -> tuple[int, int, str] | None:
     """(start, end, replacement) that sets alt in the start tag at ``start``, or None when the
     text there is not what the parser saw (then the tag is left alone)."""
-    match = tagfind_tolerant.match(text, start + 1) if text.startswith("<", start) else None
-    if match is None or match.group(1).lower() != tag.name:
+    match = _start_tag(text, start, tag)
+    if match is None:
         return None
     new = f'alt="{html_lib.escape(caption, quote=True)}"'
     pos = match.end()
@@ -555,24 +574,30 @@ def _alt_edit(text: str, start: int, tag: Tag, caption: str) -> tuple[int, int, 
     return match.end(1), match.end(1), " " + new
 
 
-def patch_html(html: str | bytes, page_url: str, captions: Mapping[str, str]) -> str:
-    """The page with ``captions`` (image URL -> text) filled in as alt where it is missing or
-    meaningless, on ``<img>`` and ``<input type=image>``.
+def patch_html(
+    html: str | bytes, page_url: str, captions: Mapping[str, str], language: str | None = None
+) -> str:
+    """The page with ``captions`` (image URL -> text) filled in as alt where it is missing,
+    meaningless or an empty link's, on ``<img>`` and ``<input type=image>``.
 
     Every other character of the document stays as it was: the edits are made in the
     original text at the positions the parser reports, not by re-serialising the tree.
     A new alt goes right after the tag name; a meaningless one is replaced where it stands.
+    ``language``: the captions' language tag; an image whose own language (its nearest
+    ``lang``) is another, or none, and that has no ``lang`` of its own gets
+    ``lang=language`` too, so that screen readers speak the caption in its language.
     """
     text = decode_html(html)
     with _html_errors(page_url):
-        return _patched(text, page_url, captions)
+        return _patched(text, page_url, captions, language)
 
 
-def _patched(text: str, page_url: str, captions: Mapping[str, str]) -> str:
+def _patched(text: str, page_url: str, captions: Mapping[str, str], language: str | None) -> str:
     soup = _soup(text)
+    context = _Context(soup)
     starts = _line_starts(text)
     edits: list[tuple[int, int, str]] = []
-    for tag, image in _walk(soup, page_url):
+    for tag, image in _walk(soup, page_url, context):
         caption = captions.get(image.image_url)
         if not caption or image.verdict not in NEEDS_CAPTION:
             continue
@@ -586,6 +611,16 @@ def _patched(text: str, page_url: str, captions: Mapping[str, str]) -> str:
             )
             continue
         edits.append(edit)
+        if (
+            language
+            and _attr(tag, "lang") is None
+            and not same_language(context.flags(tag).language, language)
+        ):
+            # Right after the tag name, as a new alt (both inserted there: alt first).
+            name = _start_tag(text, start, tag)
+            if name is not None:  # always: _alt_edit found it
+                at = name.end(1)
+                edits.append((at, at, f' lang="{html_lib.escape(language)}"'))
     pieces, done = [], 0
     for begin, end, replacement in sorted(edits):
         pieces += [text[done:begin], replacement]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -218,7 +220,8 @@ def test_healthz_and_readyz(client: FlaskClient, tiny_dir) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     body = ready.get_json()
-    assert body["status"] == "ready" and set(body) == {"status", "model"}
+    assert body["status"] == "ready" and set(body) == {"status", "model", "language"}
+    assert body["language"] == "en"  # the tiny model's config says nothing: ClipCap's English
     # the public name, not the server's path: "<parent>/<dir>@<fingerprint>"
     assert body["model"].startswith(f"{tiny_dir.parent.name}/{tiny_dir.name}@")
     assert str(tiny_dir) not in ready.get_data(as_text=True)
@@ -731,6 +734,43 @@ def test_page_is_an_accessible_form(client: FlaskClient) -> None:
     assert ":focus-visible" in client.get("/static/altcap.css").get_data(as_text=True)
 
 
+def test_answers_say_the_captions_language(make_app, tiny_dir, tmp_path) -> None:
+    """A model trained on German captions says so in its config.json: answers carry its
+    tag, and the page marks its caption with it (the page itself is English)."""
+    german = tmp_path / "german"
+    shutil.copytree(tiny_dir, german)
+    config = json.loads((german / "config.json").read_text())
+    (german / "config.json").write_text(json.dumps({**config, "language": "de"}))
+    client = make_app(MODEL=str(german)).test_client()
+    posted = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()
+    assert posted["language"] == "de"
+    assert client.get("/readyz").get_json()["language"] == "de"
+    caption = posted["results"][0]["caption"]
+    page = client.post("/caption-form", data={"image": (io.BytesIO(RED), "red.png"), "url": ""})
+    html = page.get_data(as_text=True)
+    assert f'<p id="caption" class="caption" lang="de">{escape(caption)}</p>' in html
+
+    # English answers (ClipCap's) on the English page: no lang needed
+    english = make_app().test_client()
+    assert (
+        english.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()["language"]
+        == "en"
+    )
+    html = english.post("/caption-form", data={"image": (io.BytesIO(RED), "red.png")}).get_data(
+        as_text=True
+    )
+    assert '<p id="caption" class="caption">' in html
+
+    # a config.json whose language is no language tag: the model does not load
+    (german / "config.json").write_text(json.dumps({**config, "language": "German!"}))
+    refused = make_app(MODEL=str(german), wait=False).test_client()
+    stop = time.monotonic() + 30
+    while "could not be loaded" not in (ready := refused.get("/readyz")).get_data(as_text=True):
+        assert time.monotonic() < stop, "the load error never showed"
+        time.sleep(0.02)
+    assert "language must be a language tag" in error_of(ready)["message"]
+
+
 def test_the_form_works_without_javascript(client: FlaskClient) -> None:
     api = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()
     caption = api["results"][0]["caption"]
@@ -852,6 +892,7 @@ def test_a_model_that_fails_to_load_does_not_show_its_path(make_app, tmp_path) -
 @pytest.mark.parametrize("name", ["clipcap-coco", "someone/altcap-tiny"])
 def test_names_and_hub_ids_are_reported_as_given(make_app, tiny_captioner, name: str) -> None:
     client = make_app(MODEL=name, LOADER=lambda: tiny_captioner).test_client()
-    assert client.get("/readyz").get_json() == {"status": "ready", "model": name}
+    ready = client.get("/readyz").get_json()
+    assert ready == {"status": "ready", "model": name, "language": "en"}
     posted = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()
     assert posted["model"] == name

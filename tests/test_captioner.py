@@ -112,6 +112,7 @@ def test_cli_caption_json(tiny_dir, tmp_path, capsys):
     assert all(x["tokens"] <= 8 for x in lines)
     # the model's public name, as the service reports it, not the local path
     assert all(x["model"].startswith(f"{tiny_dir.parent.name}/{tiny_dir.name}@") for x in lines)
+    assert all(x["language"] == "en" for x in lines)  # the captions' language tag
     rc = main(
         ["caption", paths[0], "--model", str(tiny_dir), "--decoding", "beam", "--beam-size", "3"]
     )

@@ -62,6 +62,18 @@ def test_a_local_directory_gets_a_short_public_name_and_a_content_id(model_dir: 
     assert model_identity(str(model_dir / ".." / "final")) == ident
 
 
+def test_a_local_directory_says_its_captions_language(model_dir: Path) -> None:
+    """Known before loading (answers from the cache); names and Hub ids say it once loaded."""
+    assert model_identity(str(model_dir)).language == "en"  # no "language": ClipCap's English
+    config = json.loads((model_dir / "config.json").read_text())
+    for language, want in (("pt-BR", "pt-BR"), ("Portuguese", None), (7, None)):
+        (model_dir / "config.json").write_text(json.dumps({**config, "language": language}))
+        assert model_identity(str(model_dir)).language == want
+    (model_dir / "config.json").write_text("{not json")
+    assert model_identity(str(model_dir)).language is None
+    assert model_identity("clipcap-coco").language is None
+
+
 def test_a_copy_elsewhere_shares_the_cache_identity(model_dir: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(model_dir, tmp_path / "other-machine" / "srv" / "model")
     original, copied = model_identity(str(model_dir)), model_identity(str(copy))

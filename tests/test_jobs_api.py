@@ -157,7 +157,8 @@ def test_a_page_job_serves_the_patched_page_safely(client: FlaskClient, site: st
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     rows = client.get(f"{job['url']}/results").get_json()
     html = response.get_data(as_text=True)
-    assert f'<img alt="{rows[0]["caption"]}" src="0.png">' in html
+    # the page says no language: the caption's (the model's, English) is marked
+    assert f'<img alt="{rows[0]["caption"]}" lang="en" src="0.png">' in html
     assert f'alt="{rows[2]["caption"]}"' in html and 'alt="photo"' not in html
     assert 'alt="A yellow square"' in html
     assert_error(client.get(f"{job['url']}/pages/2/patched"), 404, "page_not_found")

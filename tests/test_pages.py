@@ -417,6 +417,37 @@ def test_patch_names_empty_links_and_leaves_other_empty_alts() -> None:
     )
 
 
+def test_patch_marks_captions_in_another_language_than_the_page() -> None:
+    """An English caption on a French page is read by a French voice unless marked: the
+    image gets lang="en" where its own language (the nearest lang) is another or none."""
+    page = (
+        '<html lang="fr"><body><img src="a.png">\n'
+        '<p lang="en-GB"><img src="b.png"><span xml:lang="de"><img src="c.png"></span></p>\n'
+        '<img src=d.png alt=image><img lang="es" src="e.png">\n'
+        '<a href="/x"><img src="f.png" alt=""></a><p lang=""><img src="g.png"></p>\n'
+        '<img src="h.png" alt="Une photo"></body></html>'
+    )
+    captions = {BASE + f"{n}.png": f"Cap {n}." for n in "abcdefgh"}
+    assert patch_html(page, BASE, captions, "en") == (
+        '<html lang="fr"><body><img alt="Cap a." lang="en" src="a.png">\n'
+        '<p lang="en-GB"><img alt="Cap b." src="b.png"><span xml:lang="de">'
+        '<img alt="Cap c." lang="en" src="c.png"></span></p>\n'
+        '<img lang="en" src=d.png alt="Cap d."><img alt="Cap e." lang="es" src="e.png">\n'
+        '<a href="/x"><img lang="en" src="f.png" alt="Cap f."></a><p lang="">'
+        '<img alt="Cap g." lang="en" src="g.png"></p>\n'
+        '<img src="h.png" alt="Une photo"></body></html>'
+    )  # an image's own lang is the author's: kept; an author's alt: untouched
+    # a page with no language at all: marked; in the captions' language: left alone
+    assert patch_html('<img src="a.png">', BASE, captions, "en") == (
+        '<img alt="Cap a." lang="en" src="a.png">'
+    )
+    assert patch_html('<html lang="EN-us"><img src="a.png">', BASE, captions, "en") == (
+        '<html lang="EN-us"><img alt="Cap a." src="a.png">'
+    )
+    assert patch_html(page, BASE, captions) == patch_html(page, BASE, captions, None)
+    assert 'lang="en" src="a.png"' not in patch_html(page, BASE, captions)  # no language given
+
+
 def test_patch_handles_odd_markup_and_keeps_everything_else() -> None:
     page = (
         "<!-- <img src=a.png> in a comment -->\r\n<p>😀 before</p>\r\n"

@@ -216,6 +216,7 @@ def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_p
     cfg = load_pretrained(final)[0].config
     assert cfg.image_encoder == str(tmp_path / "clip") and cfg.mapping_type == "transformer"
     assert cfg.language_model == str(tmp_path / "gpt2") and cfg.prefix_length == 10
+    assert cfg.language == "en"  # nothing said: English, as ClipCap's
     assert same(weights(tiny_dir), weights(final), "lm.")  # transformer regime: frozen
 
     # a language model that cannot be loaded: one typed line that says what to give
@@ -291,6 +292,16 @@ def test_save_final_never_leaves_the_run_without_a_final_dir(tiny_dir, tmp_path,
     shutil.copytree(out / FINAL, out / f".old-{FINAL}")  # killed after the second rename
     checkpoint.save_final(out, model, tok)
     assert sorted(p.name for p in out.iterdir()) == [FINAL]
+
+
+def test_language_of_the_captions_is_stored_and_inherited(store, tiny_dir, tmp_path):
+    """--language: the model directory says what language its captions are in; a run from
+    --init keeps the init model's unless told otherwise."""
+    german = T.train(options(store, tmp_path / "de", tiny_dir, max_steps=1, language="de"))
+    assert Captioner.from_pretrained(str(german), device="cpu").language == "de"
+    assert json.loads((german / "config.json").read_text())["language"] == "de"
+    again = T.train(options(store, tmp_path / "again", german, max_steps=1))
+    assert load_pretrained(again)[0].config.language == "de"
 
 
 def test_max_steps_ends_the_run(store, tiny_dir, tmp_path):
@@ -417,6 +428,8 @@ def other_dir(tmp_path_factory) -> Path:
         (["--epochs", "0"], "invalid_settings"),
         (["--precision", "fp16", "--device", "cpu"], "invalid_settings"),
         (["--val-fraction", "1.5"], "invalid_settings"),
+        (["--language", "English"], "invalid_settings"),
+        (["--language", "en_US"], "invalid_settings"),
         (["--keep-mapper", "--image-encoder", "x"], "invalid_settings"),
         (["--init", "OTHER"], "encoder_mismatch"),
         (["--image-encoder", "/nonexistent/clip"], "model_unavailable"),

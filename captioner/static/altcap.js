@@ -9,7 +9,7 @@
   if (!form || !result || !window.fetch || !window.FormData) return;
 
   // kind: "caption", "empty", "error" or "progress"; the live region announces what it holds.
-  function show(text, kind) {
+  function show(text, kind, language) {
     const parts = [];
     if (kind === "caption") parts.push(["", "Suggested alt text (machine-generated):"]);
     if (kind === "error") text = "Error: " + text;
@@ -19,10 +19,19 @@
         const p = document.createElement("p");
         if (cls) p.id = p.className = cls;
         if (cls === "empty") p.className = "hint";
+        // The caption in its own language, where that is not the page's (a model trained
+        // on other captions may not write English).
+        if (cls === "caption" && language && primary(language) !== primary(document.documentElement.lang)) {
+          p.lang = language;
+        }
         p.textContent = content;
         return p;
       })
     );
+  }
+
+  function primary(tag) {
+    return String(tag || "").split("-")[0].trim().toLowerCase();
   }
 
   form.addEventListener("submit", async function (event) {
@@ -54,7 +63,7 @@
       } else if (body.results[0].error) {
         show(body.results[0].error.message, "error");
       } else if (body.results[0].caption) {
-        show(body.results[0].caption, "caption");
+        show(body.results[0].caption, "caption", body.language);
       } else {
         show(result.dataset.empty, "empty");
       }

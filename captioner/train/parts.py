@@ -32,17 +32,20 @@ _ARCH_DEFAULTS = {
     "clip_length": 10,
     "num_layers": 8,
     "normalize_prefix": False,
+    "language": "en",
 }
 
 
 def architecture(opts: TrainOptions, base: ClipCapConfig | None) -> dict[str, Any]:
-    """Mapper options: given ones win, then the init model's, then the paper's."""
+    """Mapper options and the captions' language: given ones win, then the init model's,
+    then the paper's."""
     given = {
         "mapping_type": opts.mapping,
         "prefix_length": opts.prefix_length,
         "clip_length": opts.clip_length,
         "num_layers": opts.num_layers,
         "normalize_prefix": opts.normalize_prefix,
+        "language": opts.language,
     }
     out = {}
     for key, value in given.items():

@@ -46,7 +46,7 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 
 from .. import cpu_kernel
 from ..checkpoints import load_pretrained
-from ..config import DecodingSettings
+from ..config import DecodingSettings, is_language_tag
 from ..decoding import StopRule, generate
 from ..errors import InvalidSettings
 from ..lm import CachedGPT2
@@ -93,6 +93,7 @@ class TrainOptions:
     clip_length: int | None = None  # default 10 (transformer mapper)
     num_layers: int | None = None  # default 8 (transformer mapper)
     normalize_prefix: bool | None = None  # default False
+    language: str | None = None  # the captions' language tag (default: en)
     finetune_lm: bool | None = None  # default: yes with the MLP mapper, no with the transformer
     # optimisation (defaults: the paper's COCO run)
     epochs: int = 10
@@ -133,6 +134,10 @@ class TrainOptions:
             (self.log_every >= 1, "--log-every must be >= 1"),
             (self.samples >= 0, "--samples must be >= 0"),
             (self.mapping in (None, "mlp", "transformer"), "--mapping must be mlp or transformer"),
+            (
+                self.language is None or is_language_tag(self.language),
+                "--language must be a language tag such as en or pt-BR",
+            ),
             (
                 not (self.init and (self.image_encoder or self.language_model)),
                 "--init takes the image encoder and language model from a model directory: "
@@ -723,6 +728,12 @@ def register(subparsers: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="L2-normalise the CLIP embedding before the mapper (default: off)",
+    )
+    m.add_argument(
+        "--language",
+        metavar="TAG",
+        help="the language of the training captions, as a BCP 47 tag (en, de, pt-BR): "
+        "services mark the captions with it (HTML lang) (default: --init's, else en)",
     )
     m.add_argument(
         "--finetune-lm",
