@@ -80,7 +80,7 @@
   const state = new WeakMap(); // element -> {status, url, rewrites}
   const written = new WeakMap(); // element -> the alt text (or aria-label) we wrote
   const queue = new Map(); // id -> {id, el, url, data?, priority, order}
-  const captions = new Map(); // url -> caption, for this page's lifetime (survives toggling)
+  const captions = new Map(); // url -> {caption, language?}, for this page's lifetime (survives toggling)
   const visible = new Set(); // elements near the viewport (IntersectionObserver)
   const counts = { found: 0, described: 0, failed: 0 };
 
@@ -348,16 +348,17 @@
 
   /** Write prefix + caption as alt. `explicit`: the user asked for this one image (context
    * menu), so it is written even where AltCap is not running on the page. */
-  function write(el, url, caption, explicit = false) {
+  /** Write `described` ({caption, language?}) as el's description. */
+  function write(el, url, described, explicit = false) {
     const s = info(el);
     s.url = url;
     if (!showing || (!started && !explicit) || !stillNeedsIt(el, url)) {
       setStatus(el, null);
       return false;
     }
-    const text = D.captionText(config.prefix, caption);
+    const text = D.captionText(config.prefix, described.caption);
     written.set(el, text); // before the write, so the observer knows the change is ours
-    D.applyCaption(el, text);
+    D.applyCaption(el, text, described.language);
     setStatus(el, "described");
     return true;
   }
@@ -383,8 +384,8 @@
     for (const el of deepQueryAll(SELECTOR)) {
       const s = state.get(el);
       if (s && s.status === "described") {
-        const caption = captions.get(s.url);
-        if (!caption || !write(el, s.url, caption)) setStatus(el, null);
+        const described = captions.get(s.url);
+        if (!described || !write(el, s.url, described)) setStatus(el, null);
       }
       consider(el);
     }
@@ -452,8 +453,9 @@
     for (const item of batch) {
       const r = byId.get(item.id);
       if (r && typeof r.caption === "string" && r.caption) {
-        captions.set(item.url, r.caption);
-        write(item.el, item.url, r.caption);
+        const described = answerOf(r);
+        captions.set(item.url, described);
+        write(item.el, item.url, described);
       } else if (r && r.error && r.error.code === "needs_canvas" && !item.data) {
         const data = snapshot(item.el);
         if (!data) {
@@ -499,7 +501,9 @@
 
   // --- announcements (screen readers) -------------------------------------------------------
 
-  function announce(text) {
+  /** Say `text` through a polite live region; `language`: its language tag (AltCap's own
+   * messages are English, whatever the page's language). */
+  function announce(text, language = "en") {
     if (!document.body) return;
     if (!liveRegion || !liveRegion.isConnected) {
       liveRegion = document.createElement("div");
@@ -527,6 +531,7 @@
     const region = liveRegion;
     setTimeout(
       guard(() => {
+        region.setAttribute("lang", language);
         region.textContent = text;
       }),
       150,
@@ -721,9 +726,9 @@
     await ready;
     const el = findImage(srcUrl);
     const url = el ? D.imageUrl(el) || srcUrl : srcUrl;
-    let caption = captions.get(url);
+    let described = captions.get(url);
     let error = null;
-    if (!caption) {
+    if (!described) {
       const id = "t" + nextId++;
       let answer = await send({ type: "describe", images: [{ id, url }] });
       let r = answer && Array.isArray(answer.results) ? answer.results[0] : null;
@@ -733,19 +738,27 @@
         r = answer && Array.isArray(answer.results) ? answer.results[0] : r;
       }
       if (r && typeof r.caption === "string" && r.caption) {
-        caption = r.caption;
-        captions.set(url, caption);
+        described = answerOf(r);
+        captions.set(url, described);
       } else {
         error = (r && r.error) || (answer && answer.error) || { message: "no answer from AltCap" };
       }
     }
-    if (!caption) {
+    if (!described) {
       announce(`AltCap could not describe this image: ${error.message || error.code}.`);
       return { ok: false, error };
     }
-    if (el) write(el, url, caption, true);
-    announce(D.captionText(config.prefix, caption));
-    return { ok: true, caption };
+    if (el) write(el, url, described, true);
+    announce(D.captionText(config.prefix, described.caption), described.language);
+    return { ok: true, caption: described.caption };
+  }
+
+  /** What is kept of a caption answer: {caption, language?} (language: a tag the server
+   * gave, checked by the service worker). */
+  function answerOf(r) {
+    return typeof r.language === "string" && r.language
+      ? { caption: r.caption, language: r.language }
+      : { caption: r.caption };
   }
 
   /** The site was switched off: put the page back and stop (captions stay cached, so asking

@@ -376,9 +376,13 @@
   // "__none__" or "\" is stored behind one extra "\" so it can never be mistaken for it.
   // Where the description went into aria-label (an ARIA image), data-altcap-attribute says
   // so: the page may take role="img" away later, and restoring must still find our text.
+  // data-altcap-lang says that the element's lang is ours: a description in another
+  // language than the page around it (or on a page that says none) is marked with the
+  // captions' language, so that a screen reader reads it with the right voice.
 
   const MARK = "data-altcap";
   const MARK_ATTRIBUTE = "data-altcap-attribute";
+  const MARK_LANG = "data-altcap-lang";
   const NONE = "__none__";
 
   function encodeOriginal(alt) {
@@ -392,14 +396,47 @@
   }
 
   /** Write a machine description (alt, or an ARIA image's aria-label); remembers the
-   * original the first time only. */
-  function applyCaption(el, text) {
+   * original the first time only. `language` (optional): the description's language tag;
+   * an element without a lang of its own whose language is another (or none) gets it. */
+  function applyCaption(el, text, language) {
     const name = el.hasAttribute(MARK) ? writtenAttribute(el) : textAttribute(el);
     if (!el.hasAttribute(MARK)) {
       el.setAttribute(MARK, encodeOriginal(attr(el, name)));
       if (name !== "alt") el.setAttribute(MARK_ATTRIBUTE, name);
     }
     el.setAttribute(name, text);
+    dropLanguage(el);
+    if (language && !el.hasAttribute("lang") && !sameLanguage(languageOf(el), language)) {
+      el.setAttribute("lang", language);
+      el.setAttribute(MARK_LANG, "");
+    }
+  }
+
+  /** The language `el` is in: its nearest lang attribute (its own first), across shadow
+   * boundaries; "" when there is none (lang="" says the same). */
+  function languageOf(el) {
+    for (let node = el; node; node = node.parentNode || node.host) {
+      if (node.nodeType === 1 && typeof node.getAttribute === "function") {
+        const lang = node.getAttribute("lang");
+        if (lang !== null) return lang;
+      }
+    }
+    return "";
+  }
+
+  /** Whether text in language `text` reads right where the language is `where`: the same
+   * primary subtag ("en-GB" text on an "en" page is fine; no language is not).
+   * captioner/config.py's same_language() is the same rule. */
+  function sameLanguage(where, text) {
+    const primary = (tag) => String(tag || "").split("-")[0].trim().toLowerCase();
+    return Boolean(primary(where)) && primary(where) === primary(text);
+  }
+
+  /** Take away the lang we added, if we did. */
+  function dropLanguage(el) {
+    if (!el.hasAttribute(MARK_LANG)) return;
+    el.removeAttribute("lang");
+    el.removeAttribute(MARK_LANG);
   }
 
   /** Where AltCap's description of a marked element is: alt, or aria-label. */
@@ -420,10 +457,12 @@
     return true;
   }
 
-  /** Forget our mark but keep the alt the page now has (the author changed it). */
+  /** Forget our mark but keep the alt the page now has (the author changed it); the lang
+   * we added for our text goes. */
   function dropMark(el) {
     el.removeAttribute(MARK);
     el.removeAttribute(MARK_ATTRIBUTE);
+    dropLanguage(el);
   }
 
   /** The alt text written: prefix (marks machine text) + caption, one space between. */
@@ -451,6 +490,8 @@
     nameVerdict,
     isEmptyLink,
     applyCaption,
+    languageOf,
+    sameLanguage,
     restoreOriginal,
     dropMark,
     captionText,

@@ -146,10 +146,22 @@ function errorFromBody(body, status) {
   return { code, message };
 }
 
-/** One server result -> {caption, cached} | {error: {code, message}}. */
-export function readResult(r) {
+// A BCP 47 tag as HTML's lang takes it ("en", "pt-BR"): the server's `language`.
+const LANGUAGE_TAG = /^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$/;
+
+/** A caption answer: {caption, cached, language?} (language: the captions' tag, when the
+ * server gave a valid one). */
+function captionAnswer(caption, cached, language) {
+  const answer = { caption, cached };
+  if (typeof language === "string" && LANGUAGE_TAG.test(language)) answer.language = language;
+  return answer;
+}
+
+/** One server result -> {caption, cached, language?} | {error: {code, message}};
+ * `language`: the answer's, for all its captions. */
+export function readResult(r, language) {
   if (r && typeof r === "object" && typeof r.caption === "string" && r.caption.trim()) {
-    return { caption: r.caption.trim(), cached: r.cached === true };
+    return captionAnswer(r.caption.trim(), r.cached === true, language);
   }
   if (r && typeof r === "object" && r.error && typeof r.error === "object") {
     return { error: errorFromBody(r, 200) };
@@ -229,7 +241,7 @@ export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
     if (!results || results.length !== payloads.length) {
       throw new CaptionError("bad_response", "the AltCap server sent an answer this extension cannot read");
     }
-    return results.map(readResult);
+    return results.map((r) => readResult(r, body.language));
   }
 }
 
@@ -278,7 +290,7 @@ export class CaptionClient {
     this.deps = deps; // {fetch, sleep, now, random, maxRetries, timeoutMs}
     this.now = deps.now || Date.now;
     this.cacheSize = deps.cacheSize ?? CACHE_SIZE;
-    this.cache = new Map(); // key -> caption (insertion order = least recently used first)
+    this.cache = new Map(); // key -> {caption, language?} (insertion order = least recently used first)
     this.inflight = new Map(); // key -> Promise<result>
     this.pausedUntil = 0;
     this.pauseError = null;
@@ -290,16 +302,16 @@ export class CaptionClient {
 
   cacheGet(key) {
     if (!key || !this.cache.has(key)) return undefined;
-    const caption = this.cache.get(key);
+    const answer = this.cache.get(key);
     this.cache.delete(key); // refresh: most recently used last
-    this.cache.set(key, caption);
-    return caption;
+    this.cache.set(key, answer);
+    return answer;
   }
 
-  cacheSet(key, caption) {
+  cacheSet(key, answer) {
     if (!key) return;
     this.cache.delete(key);
-    this.cache.set(key, caption);
+    this.cache.set(key, answer);
     while (this.cache.size > this.cacheSize) this.cache.delete(this.cache.keys().next().value);
   }
 
@@ -338,7 +350,7 @@ export class CaptionClient {
       }
       const hit = this.cacheGet(plan.key);
       if (hit !== undefined) {
-        answers.set(image.id, { caption: hit, cached: true });
+        answers.set(image.id, captionAnswer(hit.caption, true, hit.language));
         continue;
       }
       let promise = plan.key ? this.inflight.get(plan.key) : undefined;
@@ -414,9 +426,9 @@ export class CaptionClient {
     }
     for (const job of allJobs) {
       const result = results.get(job) || fail("internal_error", "no result");
-      if (result.caption && job.plan.key) this.cacheSet(job.plan.key, result.caption);
+      if (result.caption && job.plan.key) this.cacheSet(job.plan.key, { caption: result.caption, language: result.language });
       if (job.plan.key) this.inflight.delete(job.plan.key);
-      job.resolve(result.caption ? { caption: result.caption, cached: result.cached === true } : result);
+      job.resolve(result.caption ? captionAnswer(result.caption, result.cached === true, result.language) : result);
     }
   }
 

@@ -20,6 +20,7 @@ from testsite import INDEX_HTML, POST_HTML, serve_site, sitemapindex, urlset
 
 from captioner import pages
 from captioner.batch import PENDING, Source, caption_rows, plan
+from captioner.config import same_language
 from captioner.fetch import FetchLimits, fetch_document
 from captioner.pages import (
     Crawler,
@@ -415,6 +416,14 @@ def test_patch_names_empty_links_and_leaves_other_empty_alts() -> None:
         '<a href="/home"><img src="home.png" alt=""> Home</a>\n'
         '<p><img src="rule.png" alt=""></p>\n'
     )
+
+
+@pytest.mark.parametrize(
+    "case", json.loads((VECTORS.parent / "language.json").read_text(encoding="utf-8"))["cases"]
+)
+def test_the_language_rule_follows_the_shared_vectors(case: dict) -> None:
+    """The extension's sameLanguage() passes the same cases."""
+    assert same_language(case["where"], case["text"]) is case["same"]
 
 
 def test_patch_marks_captions_in_another_language_than_the_page() -> None:

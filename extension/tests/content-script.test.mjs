@@ -303,6 +303,31 @@ test("on-demand pages wait for describe-now", async () => {
   assert.equal(el.getAttribute("alt"), "Appears to be: A picture of a.jpg.");
 });
 
+test("on a page in another language, descriptions are marked with the captions' language", async () => {
+  const inEnglish = (message) => ({ ...captionEach(message), results: captionEach(message).results.map((r) => ({ ...r, language: "en" })) });
+  const cat = img({ src: "https://example.com/cat.jpg" });
+  const p = page({ elements: [cat], worker: inEnglish, setup: (d) => d.documentElement.setAttribute("lang", "fr") });
+  await sleep(120);
+  assert.equal(cat.getAttribute("alt"), "Appears to be: A picture of cat.jpg.");
+  assert.equal(cat.getAttribute("lang"), "en");
+
+  await p.message({ type: "toggle" }); // hidden: the page as it was, lang included
+  assert.equal(cat.hasAttribute("lang"), false);
+  assert.equal(cat.hasAttribute("data-altcap-lang"), false);
+  await p.message({ type: "toggle" }); // shown again from the page's cache: language kept
+  assert.equal(cat.getAttribute("lang"), "en");
+
+  // The context menu's caption is written and announced in its language; AltCap's own
+  // messages are English, whatever the page's language.
+  const dog = p.document.add(img({ src: "https://example.com/dog.jpg", alt: "Médor" }));
+  await p.message({ type: "describe-target", srcUrl: "https://example.com/dog.jpg" });
+  assert.equal(dog.hasAttribute("lang"), false); // author text kept: nothing written
+  await sleep(200);
+  const live = p.document.elements.find((e) => e.hasAttribute("data-altcap-live"));
+  assert.equal(live.textContent, "Appears to be: A picture of dog.jpg.");
+  assert.equal(live.getAttribute("lang"), "en");
+});
+
 test("context menu: caption one image, write it, announce it", async () => {
   const el = img({ src: "https://example.com/a.jpg" });
   const p = page({ elements: [el], worker: captionEach, auto: false });

@@ -232,6 +232,60 @@ test("an ARIA image gets its caption as aria-label and gives it back exactly", (
   assert.equal(picture.hasAttribute("data-altcap-attribute"), false);
 });
 
+test("the language rule: Python's shared vectors", () => {
+  const vectors = JSON.parse(fs.readFileSync(path.join(here, "../../tests/vectors/language.json"), "utf8"));
+  for (const { where, text, same } of vectors.cases) {
+    assert.equal(D.sameLanguage(where, text), same, `${where} / ${text}`);
+  }
+});
+
+test("a caption in another language than the image's gets lang, restored exactly", () => {
+  const doc = new FakeDocument();
+  doc.documentElement.setAttribute("lang", "fr");
+  const french = doc.add(img());
+  D.applyCaption(french, "Appears to be: A cat.", "en");
+  assert.equal(french.getAttribute("lang"), "en");
+  assert.equal(french.getAttribute("data-altcap-lang"), "");
+  D.applyCaption(french, "Appears to be: A black cat.", "en"); // written again: still once
+  assert.equal(french.getAttribute("lang"), "en");
+  assert.equal(D.restoreOriginal(french), true);
+  assert.equal(french.hasAttribute("lang"), false);
+  assert.equal(french.hasAttribute("data-altcap-lang"), false);
+
+  // The nearest lang counts, across a shadow boundary too; no lang anywhere is no language.
+  const section = doc.add(new FakeElement("section", { lang: "en-GB" }));
+  const british = img({}, { parent: section });
+  D.applyCaption(british, "Appears to be: A cat.", "en");
+  assert.equal(british.hasAttribute("lang"), false);
+  const host = new FakeElement("div", { lang: "en" }, { parent: doc.body });
+  const inShadow = host.attachShadow({ mode: "open" }).add(img());
+  assert.equal(D.languageOf(inShadow), "en");
+  D.applyCaption(inShadow, "Appears to be: A cat.", "en");
+  assert.equal(inShadow.hasAttribute("lang"), false);
+  const nowhere = img();
+  assert.equal(D.languageOf(nowhere), "");
+  D.applyCaption(nowhere, "Appears to be: A cat.", "en");
+  assert.equal(nowhere.getAttribute("lang"), "en");
+
+  // The image's own lang is the author's: kept. No language given: nothing added.
+  const own = doc.add(img({ lang: "es" }));
+  D.applyCaption(own, "Appears to be: A cat.", "en");
+  assert.equal(own.getAttribute("lang"), "es");
+  D.restoreOriginal(own);
+  assert.equal(own.getAttribute("lang"), "es");
+  const unknown = doc.add(img());
+  D.applyCaption(unknown, "Appears to be: A cat.");
+  assert.equal(unknown.hasAttribute("lang"), false);
+
+  // The author writes an alt of their own: our mark goes, and the lang we added with it.
+  const replaced = doc.add(img());
+  D.applyCaption(replaced, "Appears to be: A cat.", "en");
+  replaced.setAttribute("alt", "Le chat de la voisine");
+  D.dropMark(replaced);
+  assert.equal(replaced.hasAttribute("lang"), false);
+  assert.equal(replaced.getAttribute("alt"), "Le chat de la voisine");
+});
+
 test("encodeOriginal / decodeOriginal round-trip", () => {
   for (const alt of [null, "", "a", "__none__", "\\", "\\__none__", "__none__\\"]) {
     assert.equal(D.decodeOriginal(D.encodeOriginal(alt)), alt);

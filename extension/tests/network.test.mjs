@@ -217,6 +217,26 @@ test("client: captions in order, one POST per 32 images, cache on the second cal
   assert.equal(server.calls.length, 3); // no new request
 });
 
+test("the captions' language comes with each caption, from the server's answer and the cache", async () => {
+  const answer = (language) => ({ body }) =>
+    json(200, {
+      model: "tiny",
+      ...(language === undefined ? {} : { language }),
+      results: body.images.map(() => ({ caption: "Ein Hund.", tokens: 3, cached: false, source: {} })),
+    });
+  const german = new CaptionClient({ fetch: fakeServer(answer("de")).fetch, ...noSleep });
+  const first = await german.describe([{ id: "a", url: "https://example.com/dog.jpg" }], SETTINGS);
+  assert.deepEqual(first, [{ id: "a", caption: "Ein Hund.", cached: false, language: "de" }]);
+  const again = await german.describe([{ id: "b", url: "https://example.com/dog.jpg" }], SETTINGS);
+  assert.deepEqual(again, [{ id: "b", caption: "Ein Hund.", cached: true, language: "de" }]);
+  // no language (an older server), or one that is no language tag: none is passed on
+  for (const language of [undefined, 'de" onload="x', "", 42, "english!"]) {
+    const client = new CaptionClient({ fetch: fakeServer(answer(language)).fetch, ...noSleep });
+    const [r] = await client.describe([{ id: "c", url: "https://example.com/dog.jpg" }], SETTINGS);
+    assert.deepEqual(r, { id: "c", caption: "Ein Hund.", cached: false }, String(language));
+  }
+});
+
 test("client: the same URL twice is asked once", async () => {
   const server = fakeServer(captionAll);
   const client = new CaptionClient({ fetch: server.fetch, ...noSleep });

@@ -161,9 +161,10 @@ COMPONENTS_PAGE = """<!doctype html>
 </html>
 """
 
+# In French: AltCap's English descriptions there are marked lang="en".
 FRAME_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>A frame</title></head>
+<html lang="fr">
+<head><meta charset="utf-8"><title>Un cadre</title></head>
 <body>
 <img id="framed" src="framed.png" width="200" height="150">
 <img id="door" src="door.png" alt="A blue door" width="200" height="150">

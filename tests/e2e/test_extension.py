@@ -416,6 +416,10 @@ def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
     for name in ["shadow", "nested", "late", "shadow-added"]:
         expect(page.locator(f"#{name}")).to_have_attribute("data-altcap", "__none__")
     expect(frame.locator("#framed")).to_have_attribute("data-altcap", "__none__")
+    # The frame's page is French: the English description says so; on the English page
+    # none is needed.
+    expect(frame.locator("#framed")).to_have_attribute("lang", "en")
+    expect(page.locator("#shadow")).not_to_have_attribute("lang", re.compile(".*"))
     expect_untouched(page.locator("#kettle"), "A green kettle")
     expect_untouched(frame.locator("#door"), "A blue door")
     expect_closed(page, service, site, described=True)  # opened with chrome.dom
@@ -438,6 +442,7 @@ def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
     ]:
         expect_untouched(img, None)
     expect_closed(page, service, site, described=False)
+    expect(frame.locator("#framed")).not_to_have_attribute("lang", re.compile(".*"))
     expect_untouched(page.locator("#kettle"), "A green kettle")
     expect_untouched(frame.locator("#door"), "A blue door")
     popup.get_by_role("button", name="Show AltCap's descriptions here").click()

@@ -217,6 +217,8 @@ def test_firefox_describes_images_in_shadow_roots_and_iframes(
         "alt": "A blue door",
         "mark": None,
     }
+    # the frame's page is French: the English description is marked so
+    assert alt_of(firefox, tab, f"{frame}.getElementById('framed')", "lang")["alt"] == "en"
     # in a closed shadow root, opened with Firefox's openOrClosedShadowRoot
     expect_described(firefox, tab, service, site, "window.closedImage", "closed")
     assert alt_of(firefox, tab, "window.closedImage")["mark"] == "__none__"

@@ -23,7 +23,7 @@ import pytest
 from helpers import png_bytes, serve_app, serve_directory, tiny_service_app
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 except ImportError as exc:  # fail, never skip: these tests are part of `make test`
     raise ImportError("Playwright is missing: `make test` installs it") from exc
 
@@ -128,6 +128,24 @@ def test_an_uploaded_image_is_captioned_in_the_live_region(
     expect_caption(page, caption)
     page.screenshot(path=tmp_path / "page.png", full_page=True)
     assert (tmp_path / "page.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_caption_in_another_language_than_the_page_is_marked(page: Page, caption: str) -> None:
+    """The page is English; a model trained with --language de answers "language": "de",
+    and its caption is marked so (played here by rewriting the real answer)."""
+    page.set_input_files("#image", files=[upload("red.png", RED, "image/png")])
+    page.get_by_role("button", name="Describe the image").click()
+    expect_caption(page, caption)
+    expect(page.locator("#caption")).not_to_have_attribute("lang", re.compile(".*"))  # English
+
+    def in_german(route: Route) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "language": "de"})
+
+    page.route("**/v1/captions", in_german)
+    page.get_by_role("button", name="Describe the image").click()
+    expect(page.locator("#caption")).to_have_attribute("lang", "de")
+    expect_caption(page, caption)
 
 
 def test_a_pasted_url_is_captioned(page: Page, caption: str, image_url: str) -> None:
