@@ -327,7 +327,7 @@ def register(subparsers: Any) -> None:
         help='missing: images with missing or meaningless alt, and alt="" on an image '
         "that is all a link holds; all: every image but decorative ones",
     )
-    p.add_argument("--out", default="-", help="report file (.csv, .json, .jsonl); - stdout")
+    p.add_argument("--out", default="-", help="report file (.csv, .json, .jsonl, .html); - stdout")
     p.add_argument(
         "--format",
         choices=list(FORMATS),
@@ -463,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     buf = io.StringIO()
-    write_rows(job.rows, fmt, buf)
+    write_rows(job.rows, fmt, buf, language=cap.language)
     if args.out == "-":
         sys.stdout.write(buf.getvalue())
     else:

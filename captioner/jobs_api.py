@@ -5,7 +5,7 @@ the blueprint only adds its views, a counter, and its part of ``/openapi.json``.
 
     POST   /v1/jobs                          202 + Location (200: same idempotency key)
     GET    /v1/jobs/<id>                     state, counts, verdicts, progress, timestamps, pages
-    GET    /v1/jobs/<id>/results?format=     json (default) | jsonl | csv, in report order
+    GET    /v1/jobs/<id>/results?format=     json (default) | jsonl | csv | html, in report order
     GET    /v1/jobs/<id>/pages/<n>/patched   the page's HTML with suggested alt filled in
     DELETE /v1/jobs/<id>                     cancel (200 + job); once ended: delete (204)
 """
@@ -41,6 +41,7 @@ jobs = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 # Third-party HTML served from this origin must not run here: no scripts, no forms, no
 # plugins, an opaque origin (so it cannot read the API key a page of ours may keep).
 PATCHED_CSP = "sandbox; default-src 'none'; img-src * data:; style-src * 'unsafe-inline'"
+REPORT_CSP = "sandbox; default-src 'none'; img-src http: https:; style-src 'unsafe-inline'"
 
 
 @dataclass
@@ -142,10 +143,13 @@ def job_results(job_id: str) -> Response:
     content_type = reports.content_type(fmt)  # invalid_format for anything else
     rows = _queue().rows(job_id, _scope())
     out = io.StringIO()
-    reports.write_rows(rows, fmt, out)
+    reports.write_rows(rows, fmt, out, language=api.captions_language(api.state()))
     response = Response(out.getvalue(), content_type=content_type)
     if fmt == "csv":
         response.headers["Content-Disposition"] = f'attachment; filename="altcap-{job_id}.csv"'
+    if fmt == "html":  # the site's images are shown; nothing else of theirs may run or load
+        response.headers["Content-Security-Policy"] = REPORT_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
 
@@ -332,13 +336,14 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
             ],
             "responses": {
                 "200": {
-                    "description": "The rows (JSON array, JSON Lines or CSV)",
+                    "description": "The rows (JSON array, JSON Lines, CSV, or an HTML page)",
                     "content": {
                         "application/json": {
                             "schema": {"type": "array", "items": ref("ResultRow")}
                         },
                         "application/x-ndjson": {"schema": {"type": "string"}},
                         "text/csv": {"schema": {"type": "string"}},
+                        "text/html": {"schema": {"type": "string"}},
                     },
                 },
                 "default": error,

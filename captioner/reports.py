@@ -1,4 +1,5 @@
-"""Batch results as JSON, JSON Lines or CSV: one row per image, the same columns everywhere.
+"""Batch results as JSON, JSON Lines or CSV: one row per image, the same columns everywhere;
+or as a web page to read (``html``, see ``captioner.html_report``).
 
 The batch CLI and the jobs API both write their results through ``write_rows`` so that a
 report downloaded from the service and one written by ``python -m captioner batch`` are the
@@ -48,6 +49,7 @@ FORMATS = {
     "json": "application/json",
     "jsonl": "application/x-ndjson",
     "csv": "text/csv; charset=utf-8",
+    "html": "text/html; charset=utf-8",
 }
 # Cells a spreadsheet would run as a formula (OWASP "CSV injection"); tab and CR start one too.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -120,15 +122,22 @@ def _cell(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def write_rows(rows: Iterable[Mapping[str, Any]], fmt: str, out: TextIO) -> None:
+def write_rows(
+    rows: Iterable[Mapping[str, Any]], fmt: str, out: TextIO, *, language: str | None = None
+) -> None:
     """Write ``rows`` (only the ``RESULT_FIELDS``, in that order) to ``out``.
 
     ``json`` is one array document, ``jsonl`` one object per line, ``csv`` a header row and
     quoted cells (``None`` is an empty cell). Rows are streamed: a job's results need not fit
-    in one string.
+    in one string. ``html`` is a page to read, by page; ``language`` (the captions' language
+    tag) marks its suggestions where they are not English.
     """
     _check(fmt)
-    if fmt == "csv":
+    if fmt == "html":
+        from .html_report import write_html  # jinja2: only when asked for
+
+        write_html(rows, out, language=language)
+    elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
         writer.writerow(RESULT_FIELDS)
         for row in rows:

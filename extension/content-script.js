@@ -346,9 +346,9 @@
     return verdict === "missing" || verdict === "meaningless";
   }
 
-  /** Write prefix + caption as alt. `explicit`: the user asked for this one image (context
-   * menu), so it is written even where AltCap is not running on the page. */
-  /** Write `described` ({caption, language?}) as el's description. */
+  /** Write prefix + caption as el's description (alt, or an ARIA image's aria-label);
+   * `described`: {caption, language?}. `explicit`: the user asked for this one image
+   * (context menu), so it is written even where AltCap is not running on the page. */
   function write(el, url, described, explicit = false) {
     const s = info(el);
     s.url = url;

@@ -191,6 +191,14 @@ def test_image_list_to_json(site, tiny_dir, caption_of, tmp_path) -> None:
     ]  # fmt: skip
     assert all(list(r) == FIELDS for r in rows)
 
+    # the same report as a page to read: --out's suffix picks the format
+    page = tmp_path / "report.html"
+    assert batch(tiny_dir, "--images", str(urls), "--allow-private", "--out", str(page)) == 0
+    soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
+    assert [td.get_text() for td in soup.select("tbody td:nth-of-type(4)")] == [
+        caption_of("img/good.png"), caption_of("assets/cat.png"), "", ""
+    ]  # fmt: skip
+
 
 def test_private_addresses_are_refused_unless_allowed(site, tiny_dir, capsys) -> None:
     site.requests.clear()

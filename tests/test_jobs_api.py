@@ -142,6 +142,15 @@ def test_an_image_job_from_submission_to_reports(client: FlaskClient, site: str)
     table = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [r["caption"] for r in table] == [r["caption"] or "" for r in rows]
 
+    page = client.get(f"{job['url']}/results?format=html")
+    assert page.mimetype == "text/html"
+    assert page.headers["Content-Security-Policy"].startswith("sandbox; default-src 'none'")
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    suggested = BeautifulSoup(page.get_data(as_text=True), "html.parser").select("tbody tr")
+    assert [tr.find_all("td")[3].get_text() for tr in suggested] == [
+        r["caption"] or "" for r in rows
+    ]
+
     assert_error(client.get(f"{job['url']}/results?format=xml"), 400, "invalid_format")
 
 

@@ -1,4 +1,5 @@
-"""Batch reports: the same rows as JSON, JSON Lines and CSV (quoted, formulas neutralised)."""
+"""Batch reports: the same rows as JSON, JSON Lines and CSV (quoted, formulas neutralised),
+and as an HTML page to read (accessible, escaped)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import io
 import json
 
 import pytest
+from bs4 import BeautifulSoup
 
+from captioner.html_report import NO_PAGE, VERDICT_LABELS
+from captioner.pages import VERDICTS
 from captioner.reports import (
     RESULT_FIELDS,
     UnknownFormat,
@@ -97,8 +101,10 @@ def test_formats_and_content_types() -> None:
     with pytest.raises(UnknownFormat) as info:
         write_rows(ROWS, "xml", io.StringIO())
     assert info.value.code == "invalid_format"
+    assert content_type("html").startswith("text/html")
+    assert format_for_path("report.html") == "html"
     with pytest.raises(UnknownFormat):
-        content_type("html")
+        content_type("xml")
 
 
 def test_make_row_takes_the_error_code_and_message_from_an_error() -> None:
@@ -107,3 +113,103 @@ def test_make_row_takes_the_error_code_and_message_from_an_error() -> None:
     row = make_row(page_url=None, image_url="u", status="failed", error=BlockedAddress("nope"))
     assert (row["error_code"], row["error_message"]) == ("blocked_address", "nope")
     assert tuple(row) == RESULT_FIELDS
+
+
+# --- the HTML report --------------------------------------------------------------------------
+
+HOSTILE = [
+    *ROWS,
+    make_row(
+        page_url="https://example.com/a",
+        image_url="javascript:alert(1)",
+        alt='<script>alert("alt")</script>',
+        verdict="meaningless",
+        status="done",
+        caption="A <b>bold</b> claim & more.",
+    ),
+    make_row(
+        page_url="https://example.com/a",
+        image_url="https://example.com/empty.png",
+        alt="",
+        verdict="empty_link",
+        status="skipped",
+        error_code="no_caption",
+        error_message="the model found nothing readable to say about this image",
+    ),
+]
+
+
+def html_report(rows=HOSTILE, language: str | None = "en") -> BeautifulSoup:
+    out = io.StringIO()
+    write_rows(rows, "html", out, language=language)
+    return BeautifulSoup(out.getvalue(), "html.parser")
+
+
+def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
+    soup = html_report()
+    assert soup.html["lang"] == "en" and soup.title.string == "AltCap report"
+    assert soup.find("h1").get_text() == "AltCap report"
+    summary = " ".join(soup.find(id="summary").get_text().split())
+    assert summary.startswith("5 images: 2 with a suggested alt text, 1 failed, 2 skipped.")
+    # one section per page, in report order, each headed and labelled by its heading
+    headings = [" ".join(h.get_text().split()) for h in soup.find_all("h2")]
+    assert headings == [
+        "Page: https://example.com/a",
+        NO_PAGE,
+        "Page: https://example.com/c",
+        "Page: https://example.com/a",  # the page again, later in the report: its own section
+    ]
+    for section in soup.find_all("section"):
+        assert section.find("h2")["id"] == section["aria-labelledby"]
+    tables = soup.find_all("table")
+    assert [len(t.tbody.find_all("tr")) for t in tables] == [1, 1, 1, 2]
+    for table in tables:
+        assert [th["scope"] for th in table.thead.find_all("th")] == ["col"] * 6
+        assert all(tr.find("th")["scope"] == "row" for tr in table.tbody.find_all("tr"))
+    first = [" ".join(td.get_text().split()) for td in tables[0].tbody.tr.find_all(["th", "td"])]
+    assert first == [
+        "https://example.com/a.png",
+        "",
+        VERDICT_LABELS["missing"],
+        "(none)",
+        'A "dog", running in a park.',
+        "Described",
+    ]
+    # the picture beside it, as decoration: the row's text says what it is
+    picture = tables[0].tbody.img
+    assert picture["src"] == "https://example.com/a.png" and picture["alt"] == ""
+    failed = [td.get_text() for td in tables[1].tbody.find_all("td")]
+    assert failed[-1] == "Failed: the image server answered HTTP 404"
+    assert tables[2].tbody.th.get_text() == "(the page itself)"
+
+
+def test_html_report_escapes_what_page_authors_wrote() -> None:
+    soup = html_report()
+    assert soup.find("script") is None and soup.find("b") is None
+    rows = soup.find_all("table")[3].tbody.find_all("tr")
+    cells = [td.get_text() for td in rows[0].find_all("td")]
+    assert cells[2] == '<script>alert("alt")</script>' and cells[3] == "A <b>bold</b> claim & more."
+    # only http(s) addresses become links or pictures
+    assert rows[0].find("a") is None and rows[0].find("img") is None
+    assert all(a["href"].startswith("https://") for a in soup.find_all("a"))
+    assert [td.get_text() for td in rows[1].find_all("td")][2:] == [
+        "(empty)",
+        "",
+        "Skipped: the model found nothing readable to say about this image",
+    ]
+
+
+def test_html_report_marks_suggestions_in_another_language() -> None:
+    assert html_report(language="en").find(attrs={"lang": "de"}) is None
+    assert len(html_report(language="en").find_all(attrs={"lang": True})) == 1  # <html> only
+    german = html_report(language="de")
+    marked = german.find_all("td", attrs={"lang": "de"})
+    assert [td.get_text() for td in marked] == [
+        'A "dog", running\nin a park.',
+        "A <b>bold</b> claim & more.",
+    ]  # the suggestions only, not the empty ones
+    assert html_report([], language="de").find("table") is None  # no rows: the summary alone
+
+
+def test_every_verdict_has_words_in_the_html_report() -> None:
+    assert set(VERDICT_LABELS) == set(VERDICTS)

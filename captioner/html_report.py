@@ -1,0 +1,73 @@
+"""Batch results as a web page people read: the report's rows by page, each image shown
+beside its verdict, the author's alt and the suggested one.
+
+The JSON, JSON Lines and CSV reports are for programs and spreadsheets; this one is for the
+people who fix the alt text (content editors), who need to see the picture to judge a
+suggestion. It is one self-contained, accessible document: a heading per page, a table per
+page with row and column headers, no script. Every value is escaped (page authors control
+alt texts and URLs); only http(s) URLs become links or thumbnails.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from itertools import groupby
+from typing import Any, TextIO
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from .config import same_language
+
+__all__ = ["VERDICT_LABELS", "write_html"]
+
+# What each verdict (pages.VERDICTS) means, in the report's words.
+VERDICT_LABELS = {
+    "missing": "No alt attribute",
+    "meaningless": "Alt says nothing (a file name or a word such as “image”)",
+    "empty_link": "Empty alt, and the image is all its link or button holds",
+    "decorative": "Decorative (empty alt)",
+    "ok": "Has alt text",
+}
+# Images on no page: the rows of a job or run over image URLs.
+NO_PAGE = "Image addresses given directly"
+
+_env = Environment(
+    loader=PackageLoader("captioner", "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _is_web_url(url: Any) -> bool:
+    return isinstance(url, str) and url.lower().startswith(("http://", "https://"))
+
+
+def write_html(
+    rows: Iterable[Mapping[str, Any]],
+    out: TextIO,
+    *,
+    language: str | None = None,
+    title: str = "AltCap report",
+) -> None:
+    """Write the report's ``rows`` as one HTML document to ``out``.
+
+    ``language``: the captions' language tag; suggestions in another language than the
+    report's (English) are marked with it."""
+    rows = list(rows)
+    statuses = Counter(row.get("status") for row in rows)
+    pages = [
+        {"url": url, "link": _is_web_url(url), "rows": list(group)}
+        for url, group in groupby(rows, key=lambda row: row.get("page_url"))
+    ]
+    _env.get_template("report.html").stream(
+        title=title,
+        total=len(rows),
+        statuses=statuses,
+        pages=pages,
+        labels=VERDICT_LABELS,
+        no_page=NO_PAGE,
+        web=_is_web_url,
+        caption_lang=None if not language or same_language("en", language) else language,
+    ).dump(out)
