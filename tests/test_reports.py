@@ -180,6 +180,7 @@ def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
     assert picture["src"] == "https://example.com/a.png" and picture["alt"] == ""
     failed = [td.get_text() for td in tables[1].tbody.find_all("td")]
     assert failed[-1] == "Failed: the image server answered HTTP 404"
+    assert failed[2] == ""  # an image address given directly: its alt is not known
     assert tables[2].tbody.th.get_text() == "(the page itself)"
 
 
