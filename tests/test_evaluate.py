@@ -59,6 +59,17 @@ def test_metrics_are_the_coco_ones():
         assert low[name] < 0.5 * metrics[name], name
 
 
+def test_meteor_is_not_reported_for_captions_in_another_language():
+    """pycocoevalcap's METEOR matches English stems, synonyms and paraphrases: a German
+    model's captions get the other metrics and a note instead of a misleading METEOR."""
+    perfect = {k: v[0] for k, v in REFS.items()}
+    metrics, notes = E.score(REFS, perfect, java=E.java_path(), language="de")
+    assert metrics["METEOR"] is None and "'de'" in notes["unavailable"]["METEOR"]
+    assert metrics["Bleu_4"] > 0.95 and notes["tokenizer"] == "ptb"
+    british, _ = E.score(REFS, perfect, java=E.java_path(), language="en-GB")
+    assert british["METEOR"] > 0.95
+
+
 def test_ptb_and_simple_tokenizers_agree_on_plain_captions():
     caps = {1: ["A red circle, on a white background.", "Two dogs' toys -- yes!"]}
     simple = E.simple_tokenize(caps)
@@ -98,6 +109,7 @@ def test_evaluate_writes_report_and_captions(tiny_dir, coco_set, tmp_path, capsy
     skipped = {Path(s["image"]).name: s["code"] for s in report["skipped"]}
     assert skipped == {"broken.png": "not_an_image", "missing.png": "not_an_image"}
     assert report["settings"]["max_tokens"] == 12 and report["model"] == str(tiny_dir)
+    assert report["language"] == "en"
     assert report["time_s"]["total"] > 0
     captions = json.loads(caps_path.read_text())
     assert sorted(c["image_id"] for c in captions) == [1, 2, 3, 4, 5, 6]  # COCO: int ids

@@ -32,7 +32,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
-from ..config import DecodingSettings
+from ..config import DecodingSettings, same_language
 from ..errors import AltCapError
 from .data import Item, read_dataset
 
@@ -106,12 +106,16 @@ def simple_tokenize(captions: Captions) -> Captions:
 
 
 def score(
-    references: Captions, candidates: dict[Any, str], *, java: str | None = None
+    references: Captions,
+    candidates: dict[Any, str],
+    *,
+    java: str | None = None,
+    language: str = "en",
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """COCO caption metrics of ``candidates`` (one caption per key) against ``references``.
 
     Returns (metrics, notes): a metric that could not be computed is None, and ``notes``
-    says why and which tokenizer ran."""
+    says why and which tokenizer ran. ``language``: the captions'; METEOR is English only."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -144,7 +148,12 @@ def score(
         metrics[f"Bleu_{i + 1}"] = float(value)
     metrics["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
     metrics["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    if java:
+    if java and not same_language("en", language):
+        notes["unavailable"]["METEOR"] = (
+            f"METEOR as pycocoevalcap runs it matches English stems, synonyms and paraphrases; "
+            f"these captions are in {language!r}"
+        )
+    elif java:
         try:
             metrics["METEOR"] = _meteor(gts, res)
         except Exception as e:  # the JVM failed to start, ran out of memory, died: say so
@@ -262,11 +271,12 @@ def evaluate(
         )
     t2 = time.perf_counter()
     references = {coco_image_id(it): list(it.captions) for it in items}
-    metrics, notes = score(references, captions, java=java_path())
+    metrics, notes = score(references, captions, java=java_path(), language=captioner.language)
     t3 = time.perf_counter()
     report = {
         "model": model,
         "model_source": captioner.config.source,
+        "language": captioner.language,
         "annotations": str(annotations),
         "split": split,
         "settings": settings.to_dict(),
