@@ -327,12 +327,17 @@ def register(subparsers: Any) -> None:
         help='missing: images with missing or meaningless alt, and alt="" on an image '
         "that is all a link holds; all: every image but decorative ones",
     )
-    p.add_argument("--out", default="-", help="report file (.csv, .json, .jsonl, .html); - stdout")
+    p.add_argument(
+        "--out",
+        action="append",
+        help="report file (.csv, .json, .jsonl, .html); - stdout (the default); give it "
+        "several times for several reports of one run, each in its suffix's format",
+    )
     p.add_argument(
         "--format",
         choices=list(FORMATS),
         default=None,
-        help="report format (default: from --out's suffix, else csv)",
+        help="report format (default: from --out's suffix, else csv; with one --out only)",
     )
     p.add_argument("--patched-dir", metavar="DIR", help="write DIR/<n>-<slug>.html per page")
     p.add_argument("--max-pages", type=int, default=DEFAULT_MAX_PAGES)
@@ -386,6 +391,18 @@ def _output_dir(path: Path, what: str) -> None:
         raise InvalidOutput(f"the {what} directory {path} is not writable")
 
 
+def _reports(outs: list[str], fmt: str | None) -> list[tuple[str, str]]:
+    """(where, format) of each report ``--out`` asks for: ``--format``, else the file's
+    suffix, else csv."""
+    if fmt is not None and len(outs) > 1:
+        raise InvalidSettings(
+            "--format goes with one --out; with several, each file's suffix says its format"
+        )
+    if outs.count("-") > 1:
+        raise InvalidSettings("--out - (stdout) may be given once")
+    return [(out, fmt or format_for_path(out)) for out in outs]
+
+
 def _check_out(out: str) -> None:
     """``--out`` must be writable before any work: its folder is created (as
     ``--patched-dir`` is) and it must not be a directory itself."""
@@ -431,9 +448,10 @@ def run(args: argparse.Namespace) -> int:
         source = Source(images=_read_url_list(args.images))
     else:
         source = Source(pages=tuple(args.pages or ()), sitemap=args.sitemap)
-    fmt = args.format or format_for_path(args.out)
+    reports = _reports(args.out or ["-"], args.format)
     settings = decoding_from_args(args)
-    _check_out(args.out)  # before any work: a bad path must not cost a whole crawl
+    for out, _ in reports:
+        _check_out(out)  # before any work: a bad path must not cost a whole crawl
     out_dir = Path(args.patched_dir) if args.patched_dir else None
     if out_dir is not None:
         _output_dir(out_dir, "--patched-dir")
@@ -462,12 +480,13 @@ def run(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
 
-    buf = io.StringIO()
-    write_rows(job.rows, fmt, buf, language=cap.language)
-    if args.out == "-":
-        sys.stdout.write(buf.getvalue())
-    else:
-        _write_text(Path(args.out), buf.getvalue())
+    for out, fmt in reports:
+        buf = io.StringIO()
+        write_rows(job.rows, fmt, buf, language=cap.language)
+        if out == "-":
+            sys.stdout.write(buf.getvalue())
+        else:
+            _write_text(Path(out), buf.getvalue())
     if out_dir is not None:
         for page, text in patched_pages(job.pages, captions, cap.language):
             _write_text(out_dir / patched_name(page.index, page.url), text, page.encoding)

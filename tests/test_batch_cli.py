@@ -191,13 +191,15 @@ def test_image_list_to_json(site, tiny_dir, caption_of, tmp_path) -> None:
     ]  # fmt: skip
     assert all(list(r) == FIELDS for r in rows)
 
-    # the same report as a page to read: --out's suffix picks the format
-    page = tmp_path / "report.html"
-    assert batch(tiny_dir, "--images", str(urls), "--allow-private", "--out", str(page)) == 0
+    # several reports of one run, each in its suffix's format: a page to read, and CSV
+    page, table = tmp_path / "report.html", tmp_path / "report.csv"
+    args = ["--images", str(urls), "--allow-private", "--out", str(page), "--out", str(table)]
+    assert batch(tiny_dir, *args) == 0
     soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
-    assert [td.get_text() for td in soup.select("tbody td:nth-of-type(4)")] == [
-        caption_of("img/good.png"), caption_of("assets/cat.png"), "", ""
-    ]  # fmt: skip
+    suggestions = [caption_of("img/good.png"), caption_of("assets/cat.png"), "", ""]
+    assert [td.get_text() for td in soup.select("tbody td:nth-of-type(4)")] == suggestions
+    with table.open(newline="", encoding="utf-8") as f:
+        assert [row["caption"] for row in csv.DictReader(f)] == suggestions
 
 
 def test_private_addresses_are_refused_unless_allowed(site, tiny_dir, capsys) -> None:
@@ -287,6 +289,11 @@ def test_an_unusable_output_fails_before_any_work(site, tiny_dir, tmp_path, caps
         (["--pages", "http://127.0.0.1:1/", "--delay", "-1"], "invalid_settings"),
         (["--images", "/nonexistent/urls.txt"], "invalid_source"),
         (["--pages", "http://127.0.0.1:1/", "--max-tokens", "0"], "invalid_settings"),
+        (
+            ["--pages", "http://x/", "--format", "json", "--out", "a", "--out", "b"],
+            "invalid_settings",
+        ),
+        (["--pages", "http://x/", "--out", "-", "--out", "-"], "invalid_settings"),
         (["--sitemap", "http://127.0.0.1:1/sitemap.xml", "--allow-private"], "fetch_failed"),
     ],
 )
