@@ -21,13 +21,14 @@ from .config import same_language
 
 __all__ = ["VERDICT_LABELS", "write_html"]
 
-# What each verdict (pages.VERDICTS) means, in the report's words.
+# What each verdict (pages.VERDICTS) means, in the report's words; in pages.VERDICTS order
+# (most urgent first), which the summary follows.
 VERDICT_LABELS = {
     "missing": "No alt attribute",
     "meaningless": "Alt says nothing (a file name or a word such as “image”)",
     "empty_link": "Empty alt, and the image is all its link or button holds",
-    "decorative": "Decorative (empty alt)",
     "ok": "Has alt text",
+    "decorative": "Decorative (empty alt)",
 }
 # Images on no page: the rows of a job or run over image URLs.
 NO_PAGE = "Image addresses given directly"
@@ -57,6 +58,8 @@ def write_html(
     report's (English) are marked with it."""
     rows = list(rows)
     statuses = Counter(row.get("status") for row in rows)
+    verdicts = Counter(row.get("verdict") for row in rows)
+    found = [(VERDICT_LABELS[v], verdicts[v]) for v in VERDICT_LABELS if verdicts[v]]
     pages = [
         {"url": url, "link": _is_web_url(url), "rows": list(group)}
         for url, group in groupby(rows, key=lambda row: row.get("page_url"))
@@ -65,6 +68,7 @@ def write_html(
         title=title,
         total=len(rows),
         statuses=statuses,
+        found=found,
         pages=pages,
         labels=VERDICT_LABELS,
         no_page=NO_PAGE,

@@ -151,6 +151,12 @@ def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
     assert soup.find("h1").get_text() == "AltCap report"
     summary = " ".join(soup.find(id="summary").get_text().split())
     assert summary.startswith("5 images: 2 with a suggested alt text, 1 failed, 2 skipped.")
+    found = [li.get_text() for li in soup.find(id="verdicts").find_all("li")]
+    assert found == [
+        f"{VERDICT_LABELS['missing']}: 1",
+        f"{VERDICT_LABELS['meaningless']}: 1",
+        f"{VERDICT_LABELS['empty_link']}: 1",
+    ]  # rows without a verdict (image addresses, pages) are not counted there
     # one section per page, in report order, each headed and labelled by its heading
     headings = [" ".join(h.get_text().split()) for h in soup.find_all("h2")]
     assert headings == [
@@ -213,4 +219,4 @@ def test_html_report_marks_suggestions_in_another_language() -> None:
 
 
 def test_every_verdict_has_words_in_the_html_report() -> None:
-    assert set(VERDICT_LABELS) == set(VERDICTS)
+    assert tuple(VERDICT_LABELS) == VERDICTS  # the summary's order: most urgent first
