@@ -149,6 +149,17 @@ function errorFromBody(body, status) {
 // A BCP 47 tag as HTML's lang takes it ("en", "pt-BR"): the server's `language`.
 const LANGUAGE_TAG = /^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$/;
 
+/** The server's language tag in words ("English (en)"); "" for anything but a tag. */
+export function languageName(tag) {
+  if (typeof tag !== "string" || !LANGUAGE_TAG.test(tag)) return "";
+  try {
+    const name = new Intl.DisplayNames(["en"], { type: "language" }).of(tag);
+    return name && name !== tag ? `${name} (${tag})` : tag;
+  } catch {
+    return tag; // a well-formed tag Intl does not know
+  }
+}
+
 /** A caption answer: {caption, cached, language?} (language: the captions' tag, when the
  * server gave a valid one). */
 function captionAnswer(caption, cached, language) {

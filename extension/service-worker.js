@@ -12,7 +12,7 @@
 // one event, and it must find its listener there.
 
 import { validate } from "./messages.js";
-import { CaptionClient } from "./network.js";
+import { CaptionClient, languageName } from "./network.js";
 import { contentScriptMatches, loadSettings, siteRule } from "./settings.js";
 import { TabFrames, combineStatus } from "./tab-state.js";
 
@@ -366,7 +366,10 @@ async function checkServer() {
   const headers = settings.apiKey ? { Authorization: `Bearer ${settings.apiKey}` } : {};
   try {
     const response = await fetch(settings.serverUrl + "/readyz", { headers, credentials: "omit", cache: "no-store" });
-    if (response.ok) return { ok: true, message: `The AltCap server at ${settings.serverUrl} is ready.` };
+    if (response.ok) {
+      const body = await response.json().catch(() => null);
+      return { ok: true, message: `The AltCap server at ${settings.serverUrl} is ready${serverDetails(body)}.` };
+    }
     const body = await response.json().catch(() => null);
     const detail = body && body.error && body.error.message ? `: ${body.error.message}` : "";
     return { ok: false, message: `The server answered HTTP ${response.status}${detail}.` };
@@ -376,6 +379,16 @@ async function checkServer() {
       message: `Cannot reach ${settings.serverUrl}. Is the server running? If it does not allow this extension's origin (CORS), use "Allow AltCap to reach this server".`,
     };
   }
+}
+
+/** What /readyz says of the model: ": model clipcap-coco, descriptions in English (en)". */
+function serverDetails(body) {
+  if (!body || typeof body !== "object") return "";
+  const parts = [];
+  if (typeof body.model === "string" && body.model) parts.push(`model ${body.model.slice(0, 120)}`);
+  const language = languageName(body.language);
+  if (language) parts.push(`descriptions in ${language}`);
+  return parts.length ? ": " + parts.join(", ") : "";
 }
 
 async function handle(message, sender) {

@@ -10,6 +10,7 @@ import {
   chunk,
   fetchImageBase64,
   isIntranetUrl,
+  languageName,
   parseRetryAfter,
   postCaptions,
   retryDelay,
@@ -395,4 +396,10 @@ test("client: unsupported URLs fail alone", async () => {
   const results = await client.describe([{ id: "a", url: "ftp://x/a.png" }, { id: "b", url: "https://x/b.png" }], SETTINGS);
   assert.equal(results[0].error.code, "unsupported_url");
   assert.ok(results[1].caption);
+});
+
+test("languageName: the server's language tag in words, anything else nothing", () => {
+  assert.equal(languageName("en"), "English (en)");
+  assert.equal(languageName("pt-BR"), "Brazilian Portuguese (pt-BR)");
+  for (const bad of [undefined, "", "English", 'en"><b>', 7]) assert.equal(languageName(bad), "");
 });

@@ -120,6 +120,9 @@ globalThis.fetch = async (url, init = {}) => {
     return new Response(fs.readFileSync(path.join(EXTENSION_DIR, url.slice(ORIGIN.length))));
   }
   log.server.push({ url, init });
+  if (url.endsWith("/readyz")) {
+    return new Response(JSON.stringify({ status: "ready", model: "photos/final@1a2b3c4d", language: "de" }));
+  }
   const body = JSON.parse(init.body);
   return new Response(
     JSON.stringify({ results: body.images.map(() => ({ caption: "A cat on a sofa.", tokens: 5, cached: false, source: {} })) }),
@@ -187,6 +190,15 @@ test("after consent: captions, API key sent to the server only, badge", async ()
   assert.equal(log.server[0].init.headers.Authorization, "Bearer k-123");
   await send({ type: "counts", found: 3, described: 2, failed: 1 });
   assert.deepEqual(log.badge.at(-1), { tabId: 5, text: "2" });
+
+  // "Check the server" says which model answers, and in what language it describes.
+  const check = await send({ type: "check-server" }, POPUP);
+  assert.equal(check.ok, true);
+  assert.equal(
+    check.message,
+    "The AltCap server at http://127.0.0.1:8000 is ready: model photos/final@1a2b3c4d, descriptions in German (de).",
+  );
+  assert.equal(log.server.at(-1).url, "http://127.0.0.1:8000/readyz");
 });
 
 test("never sites and private windows", async () => {

@@ -256,6 +256,9 @@ def test_describes_exactly_the_images_that_need_it_after_consent_and_restores_th
     assert stored["consented"] is True and stored["serverUrl"] == service.url, stored
     scripts = browser.worker.evaluate("chrome.scripting.getRegisteredContentScripts()")
     assert [s["matches"] for s in scripts] == [["*://127.0.0.1/*"]], scripts
+    options.get_by_role("button", name="Check the server").click()  # which model, which language
+    expect(options.locator("#status")).to_contain_text("is ready: model ")
+    expect(options.locator("#status")).to_contain_text("descriptions in English (en).")
     page.bring_to_front()
     page.reload()
 
