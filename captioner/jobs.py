@@ -62,6 +62,7 @@ from captioner.jobstore import (
     FINAL_STATES,
     FINISHED,
     RECORDED,
+    REFUSED,
     Claim,
     JobStore,
     Plan,
@@ -163,6 +164,14 @@ class IdempotencyConflict(AltCapError):
 
     code = "idempotency_conflict"
     http_status = 409
+
+
+class TooManyJobs(AltCapError):
+    """The API key (or, without keys, the server) has ``ALTCAP_JOB_MAX_ACTIVE`` jobs queued
+    or running: one more waits until one of them ends (or is cancelled)."""
+
+    code = "too_many_jobs"
+    http_status = 429
 
 
 class QueueUnavailable(AltCapError):
@@ -425,7 +434,14 @@ class JobQueue:
             spec = {**spec, "owner": scope}
         fingerprint = _sha(json.dumps(spec, sort_keys=True, separators=(",", ":")))
         idem = _idem(key, scope) if key is not None else None
-        job_id, created = self.store.create(uuid.uuid4().hex, spec, idem, fingerprint)
+        most = self.settings.job_max_active
+        job_id, created = self.store.create(uuid.uuid4().hex, spec, idem, fingerprint, most)
+        if job_id == REFUSED:
+            jobs = f"{most} batch job{'s are' if most != 1 else ' is'}"
+            raise TooManyJobs(
+                f"{jobs} already queued or running for this API key (without keys: on this"
+                " server), the most at once: wait for one to end, or cancel one"
+            )
         job = self.store.get(job_id)
         if job is None:  # pragma: no cover (just written)
             raise JobNotFound(f"job {job_id} vanished")

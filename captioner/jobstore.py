@@ -60,6 +60,8 @@ PURGE_BATCH = 100  # jobs deleted per transaction or script: a backlog never blo
 
 # Outcomes of the writes that may finish a job (the caller sends the webhook on FINISHED).
 RECORDED, FINISHED, DUPLICATE, INACTIVE = "recorded", "finished", "duplicate", "inactive"
+# What create() answers instead of a job id when the owner has max_active jobs already.
+REFUSED = ""
 
 
 @dataclass
@@ -97,11 +99,18 @@ class JobStore(ABC):
 
     @abstractmethod
     def create(
-        self, job_id: str, spec: Mapping[str, Any], idem: str | None, fingerprint: str
+        self,
+        job_id: str,
+        spec: Mapping[str, Any],
+        idem: str | None,
+        fingerprint: str,
+        max_active: int = 0,
     ) -> tuple[str, bool]:
         """Store a new queued job; with an idempotency key already used, its job instead.
 
-        Returns ``(job_id, created)``."""
+        ``max_active`` > 0: refuse when the job's owner (``spec["owner"]``; jobs without
+        one share ``""``) already has that many jobs queued or running, in the same atomic
+        step. Returns ``(job_id, created)``; ``(REFUSED, False)`` when refused."""
 
     @abstractmethod
     def find_idempotent(self, idem: str) -> str | None:
@@ -359,7 +368,12 @@ class SQLiteJobStore(JobStore):
     # --- jobs -------------------------------------------------------------------------
 
     def create(
-        self, job_id: str, spec: Mapping[str, Any], idem: str | None, fingerprint: str
+        self,
+        job_id: str,
+        spec: Mapping[str, Any],
+        idem: str | None,
+        fingerprint: str,
+        max_active: int = 0,
     ) -> tuple[str, bool]:
         now = time.time()
         with self._tx() as conn:
@@ -367,6 +381,14 @@ class SQLiteJobStore(JobStore):
                 row = conn.execute("SELECT id FROM altcap_jobs WHERE idem = ?", (idem,)).fetchone()
                 if row:
                     return row[0], False
+            if max_active > 0:
+                (active,) = conn.execute(
+                    "SELECT COUNT(*) FROM altcap_jobs WHERE state IN ('queued', 'running')"
+                    " AND COALESCE(json_extract(spec, '$.owner'), '') = ?",
+                    (str(spec.get("owner") or ""),),
+                ).fetchone()
+                if active >= max_active:
+                    return REFUSED, False
             conn.execute(
                 "INSERT INTO altcap_jobs (id, spec, idem, fingerprint, state, created, activity,"
                 " webhook) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
@@ -726,13 +748,24 @@ local function finish(p, id, state, t, code, msg)
 end
 """
 
+# An owner's jobs are a set (jobs-of:<owner>): a job joins it here, leaves it when deleted,
+# and one that has ended is dropped here, when its owner next creates one (so the set holds
+# about what is active, and counting it costs that much).
 _CREATE = """
 local p, id, spec, idem, fp, hook = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local owner, max_active = ARGV[7], tonumber(ARGV[8])
 if idem ~= '' then
   local existing = redis.call('GET', p .. 'idem:' .. idem)
   -- a key whose job was deleted (or lost) is free again
   if existing and redis.call('EXISTS', p .. existing) == 1 then return {existing, 0} end
 end
+local mine = p .. 'jobs-of:' .. owner
+local n = 0
+for _, other in ipairs(redis.call('SMEMBERS', mine)) do
+  if active(p .. other) then n = n + 1 else redis.call('SREM', mine, other) end
+end
+if max_active > 0 and n >= max_active then return {'', 0} end
+redis.call('SADD', mine, id)
 local t = now()
 redis.call('HSET', p .. id, 'id', id, 'spec', spec, 'fingerprint', fp, 'state', 'queued',
   'created', t, 'planned', 0, 'activity', t, 'woken', 0, 'webhook', hook)
@@ -926,6 +959,12 @@ local function delete_job(p, id)
   if idem and redis.call('GET', p .. 'idem:' .. idem) == id then
     redis.call('DEL', p .. 'idem:' .. idem)
   end
+  local spec = redis.call('HGET', jk, 'spec')
+  if spec then
+    local ok, decoded = pcall(cjson.decode, spec)
+    local owner = ok and type(decoded) == 'table' and decoded.owner or ''
+    redis.call('SREM', p .. 'jobs-of:' .. tostring(owner), id)
+  end
   redis.call('UNLINK', jk, jk .. ':chunks', jk .. ':open', jk .. ':owner', jk .. ':attempts',
     jk .. ':done', jk .. ':rows', jk .. ':pages', jk .. ':pagemeta')
   redis.call('SREM', p .. 'active', id)
@@ -963,7 +1002,8 @@ class RedisJobStore(JobStore):
     lease expiry, 0 when pending), ``<id>:owner``, ``<id>:attempts``, ``<id>:done`` (chunk
     marks), ``<id>:rows`` (seq -> row), ``<id>:pages`` and ``<id>:pagemeta``; plus ``active``
     (ids of unfinished jobs), ``finished`` (ended jobs by end time, for the retention sweep),
-    ``webhooks`` and ``idem:<key>``. Each operation is one Lua script, which Redis runs
+    ``webhooks``, ``idem:<key>`` and ``jobs-of:<owner>`` (an API key's jobs, for its cap on
+    active jobs). Each operation is one Lua script, which Redis runs
     atomically. Use a Redis that persists (AOF ``appendfsync
     everysec`` or better) if jobs must survive a restart of Redis itself.
     """
@@ -999,10 +1039,16 @@ class RedisJobStore(JobStore):
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
     def create(
-        self, job_id: str, spec: Mapping[str, Any], idem: str | None, fingerprint: str
+        self,
+        job_id: str,
+        spec: Mapping[str, Any],
+        idem: str | None,
+        fingerprint: str,
+        max_active: int = 0,
     ) -> tuple[str, bool]:
         hook = "1" if spec.get("webhook") else "0"
         args = [self.prefix, job_id, _dumps(spec), idem or "", fingerprint, hook]
+        args += [str(spec.get("owner") or ""), max_active]
         found, created = self._create(args=args)
         return self._text(found), bool(created)
 

@@ -329,6 +329,12 @@ class Settings:
     )
     job_max_images: int = _setting(10_000, _int(1), "Most images in one batch job")
     job_max_pages: int = _setting(500, _int(1), "Most pages one batch job crawls")
+    job_max_active: int = _setting(
+        20,
+        _int(0),
+        "Most batch jobs queued or running at once per API key (without API keys: in all);"
+        " more are refused with 429 too_many_jobs (0: no limit)",
+    )
     job_lease_s: float = _setting(
         60.0,
         _seconds(allow_zero=False),

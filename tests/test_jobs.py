@@ -36,6 +36,7 @@ from captioner.jobstore import (
     FINISHED,
     INACTIVE,
     RECORDED,
+    REFUSED,
     Claim,
     JobStore,
     Plan,
@@ -240,6 +241,35 @@ def test_store_idempotency_keys_return_the_first_job(store: JobStore) -> None:
     assert job is not None and job["state"] == "queued" and job["fingerprint"] == "fp"
     assert store.find_idempotent("k") == first  # read-only: what the rate limit asks
     assert store.find_idempotent("never used") is None
+
+
+def test_store_caps_the_active_jobs_of_each_owner(store: JobStore) -> None:
+    """max_active: an owner with that many jobs queued or running gets REFUSED, in the same
+    atomic step as the insert; other owners, ended jobs and idempotent repeats do not count."""
+    n = iter(range(100))
+
+    def create(owner: str | None, idem: str | None = None, most: int = 2) -> str:
+        spec = {"source": {}, **({"owner": owner} if owner else {})}
+        job_id, _ = store.create(f"{next(n):032x}", spec, idem, "fp", most)
+        return job_id
+
+    first, second = create("a", idem="k"), create("a")
+    assert REFUSED not in (first, second)
+    assert create("a") == REFUSED
+    assert create("a", idem="k") == first  # its job again, not a new one
+    assert create("a", most=0) != REFUSED  # 0: no cap
+    assert create("b") != REFUSED and create(None) != REFUSED and create(None) != REFUSED
+    assert create(None) == REFUSED  # jobs without an owner share one count
+    store.cancel(first)  # ended: no longer counts
+    assert store.get(first)["state"] == "cancelled"
+    assert create("a", most=3) != REFUSED
+    assert create("a", most=3) == REFUSED
+    if isinstance(store, RedisJobStore):  # a's set holds what is active, not what was
+        members = store._client.smembers(store.prefix + "jobs-of:a")
+        assert len(members) == 3 and first.encode() not in members
+        store.cancel(second)
+        assert store.delete(second)  # a deleted job leaves the set at once
+        assert second.encode() not in store._client.smembers(store.prefix + "jobs-of:a")
 
 
 def test_store_runs_a_job_to_the_end_exactly_once(store: JobStore) -> None:

@@ -324,6 +324,24 @@ def test_jobs_need_the_api_key_and_keys_scope_idempotency(make_app, site: str) -
     assert client.delete(url, headers={"Authorization": "Bearer k1"}).status_code == 200
 
 
+def test_each_api_key_has_a_cap_on_jobs_under_way(make_app, site: str) -> None:
+    """ALTCAP_JOB_MAX_ACTIVE: a sitemap job costs 1 of the rate limit yet may caption
+    thousands of images, so what one key has queued or running at once is capped."""
+    client = make_app(API_KEYS=["k1", "k2"], JOB_WORKERS=0, JOB_MAX_ACTIVE=2).test_client()
+    k1, k2 = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    body = {"images": [f"{site}/1.png"]}
+    first = submit(client, body, **k1, **{"Idempotency-Key": "first"})
+    assert first.status_code == 202 and submit(client, body, **k1).status_code == 202
+    refused = submit(client, body, **k1)
+    assert_error(refused, 429, "too_many_jobs")
+    assert "2 batch jobs are already queued or running" in refused.get_json()["error"]["message"]
+    repeat = submit(client, body, **k1, **{"Idempotency-Key": "first"})  # its job, again
+    assert repeat.status_code == 200 and repeat.get_json()["id"] == first.get_json()["id"]
+    assert submit(client, body, **k2).status_code == 202  # another key: its own count
+    assert client.delete(first.get_json()["url"], headers=k1).status_code == 200  # cancelled
+    assert submit(client, body, **k1).status_code == 202
+
+
 def test_cors_and_metrics_cover_jobs(make_app) -> None:
     client = make_app(JOB_WORKERS=0).test_client()
     preflight = client.options(
