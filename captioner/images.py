@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, features
 
 from captioner.errors import (
     AltCapError,
@@ -44,9 +44,22 @@ __all__ = [
     "sniff_format",
 ]
 
-# PIL format names we hand to a decoder at all. Every other PIL plugin (EPS runs
-# Ghostscript, PSD/ICO/TGA/... are rarely fuzzed) stays out of reach of untrusted bytes.
-ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
+
+def _pillow_decodes_avif() -> bool:
+    """Pillow 11.3+ wheels bundle libavif (AVIF: every browser shows it, sites serve it)."""
+    try:
+        return bool(features.check("avif"))
+    except Exception:  # an older Pillow without the feature name
+        return False
+
+
+# PIL format names we hand to a decoder at all: the web's image formats. Every other PIL
+# plugin (EPS runs Ghostscript, PSD/ICO/TGA/... are rarely fuzzed) stays out of reach of
+# untrusted bytes. AVIF where this Pillow decodes it.
+AVIF_SUPPORTED = _pillow_decodes_avif()
+ALLOWED_FORMATS: frozenset[str] = frozenset(
+    {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"} | ({"AVIF"} if AVIF_SUPPORTED else set())
+)
 
 # 40 MP covers any camera photo; a 3-channel image this size is ~120 MB once decoded.
 DEFAULT_MAX_PIXELS: int = 40_000_000
@@ -138,6 +151,27 @@ def _declared_length(data: bytes, fmt: str) -> int | None:
     """
     if fmt == "WEBP" and len(data) >= 8:
         return struct.unpack_from("<I", data, 4)[0] + 8
+    if fmt == "AVIF":  # libavif, too, reads the whole buffer at once
+        return _bmff_length(data)
+    return None
+
+
+def _bmff_length(data: bytes, most_boxes: int = 64) -> int | None:
+    """Where the top-level boxes of an ISO BMFF file (AVIF: ftyp, meta, mdat...) say it
+    ends; None where they do not say (a box "to the end of the file", or one too short to
+    be a box: the decoder judges those), or past ``most_boxes`` boxes."""
+    pos = 0
+    for _ in range(most_boxes):
+        if pos + 8 > len(data):
+            return pos
+        size = struct.unpack_from(">I", data, pos)[0]
+        if size == 1:  # a 64-bit size follows the type
+            if pos + 16 > len(data):
+                return pos + 16
+            size = struct.unpack_from(">Q", data, pos + 8)[0]
+        if size < 8:  # 0: to the end of the file; 2-7: no box at all
+            return None
+        pos += size
     return None
 
 
@@ -216,7 +250,8 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
         raise NotAnImage(_not_an_image_message(data))
     if fmt not in ALLOWED_FORMATS:
         allowed = ", ".join(sorted(ALLOWED_FORMATS))
-        raise UnsupportedFormat(f"{fmt} images are not supported; use one of {allowed}")
+        why = " by this server's Pillow (AVIF needs Pillow 11.3 or later)" if fmt == "AVIF" else ""
+        raise UnsupportedFormat(f"{fmt} images are not supported{why}; use one of {allowed}")
     declared = _declared_length(data, fmt)
     if declared is not None and declared > len(data):
         raise TruncatedImage(f"the {fmt} file is truncated ({len(data)} of {declared} bytes)")

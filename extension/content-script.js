@@ -476,7 +476,7 @@
   }
 
   /** A JPEG snapshot of an <img> as the browser renders it: for blob: images (the worker
-   * cannot read them) and formats the server does not decode (SVG, AVIF...). null when the
+   * cannot read them) and formats the server does not decode (SVG, JPEG XL...). null when the
    * canvas is tainted (a cross-origin image without CORS) or there is nothing to draw. */
   function snapshot(el) {
     try {

@@ -15,7 +15,7 @@ export const MAX_IMAGE_BYTES = 10 * 1024 * 1024; // as the server's ALTCAP_FETCH
 export const CACHE_SIZE = 2000; // captions remembered while the service worker lives
 
 // Server answers meaning "I read the image but cannot decode its format" (SVG markup,
-// AVIF...): the browser, which shows it, may send a snapshot instead (allowBytes).
+// JPEG XL...): the browser, which shows it, may send a snapshot instead (allowBytes).
 export const UNDECODABLE = new Set(["unsupported_image", "not_an_image"]);
 
 // Server answers meaning "I could not download that image" (private address, login needed,
@@ -421,7 +421,7 @@ export class CaptionClient {
         pending = retry.filter((job) => !job.failedAgain);
         if (pending.length) await this.send(pending, settings, results);
 
-        // A format the browser shows but the server does not decode (SVG, AVIF...): the
+        // A format the browser shows but the server does not decode (SVG, JPEG XL...): the
         // content script sends a snapshot of the rendered image instead, once.
         for (const job of jobs) {
           const r = results.get(job);

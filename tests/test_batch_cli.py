@@ -119,7 +119,8 @@ def test_sitemap_to_csv_report_and_patched_pages(site, tiny_dir, caption_of, tmp
                "refusing to fetch from 169.254.169.254: blocked address "
                "(link-local (cloud metadata))"),
         failed(index, site.url("img/notanimage.png"), "unsupported_image",
-               "the data is not an image in a supported format (BMP, GIF, JPEG, PNG, TIFF, WEBP)"),
+               "the data is not an image in a supported format "
+               "(AVIF, BMP, GIF, JPEG, PNG, TIFF, WEBP)"),
         done(post, "assets/cat.png", None, "missing"),
         skipped(post, "img/good.png", red, "ok"),
         done(post, "img/missing.png", None, "missing"),  # captioned once, reported per page

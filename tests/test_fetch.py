@@ -57,6 +57,7 @@ def image_bytes(fmt: str, size: tuple[int, int] = (8, 8)) -> bytes:
 
 PNG = image_bytes("PNG")
 JPEG = image_bytes("JPEG")
+AVIF = image_bytes("AVIF")
 
 
 class StubResolver:
@@ -152,6 +153,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_untyped(self) -> None:
         self.reply(200, PNG, {})
+
+    def route_photo_avif(self) -> None:
+        self.reply(200, AVIF, {"Content-Type": "image/avif"})
 
     def route_jpeg_as_png(self) -> None:
         self.reply(200, JPEG, {"Content-Type": "image/png"})
@@ -554,7 +558,12 @@ def test_falls_back_to_the_next_address_when_refused(url: UrlFor) -> None:
 
 @pytest.mark.parametrize(
     ("path", "content_type"),
-    [("/octet", "image/png"), ("/untyped", "image/png"), ("/jpeg-as-png", "image/jpeg")],
+    [
+        ("/octet", "image/png"),
+        ("/untyped", "image/png"),
+        ("/jpeg-as-png", "image/jpeg"),
+        ("/photo.avif", "image/avif"),  # what modern sites serve
+    ],
 )
 def test_magic_bytes_decide_the_type(url: UrlFor, path: str, content_type: str) -> None:
     image = fetch(url(path))

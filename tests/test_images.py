@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile, ImageSequence
 
+from captioner import images
 from captioner.errors import ImageError
 from captioner.images import (
     ALLOWED_FORMATS,
@@ -96,6 +97,7 @@ ROUND_TRIPS = [
     ("BMP", {}, 0),
     ("TIFF", {}, 0),
     ("TIFF", {"compression": "tiff_lzw"}, 0),
+    ("AVIF", {"quality": 95}, 12),
 ]
 
 
@@ -110,9 +112,18 @@ def test_round_trip_allowed_formats(fmt: str, params: dict, tol: int) -> None:
     assert_close(pixel(out, (42, 16)), BLUE, tol)
 
 
-def test_allowed_formats_are_the_web_six() -> None:
-    assert frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"}) == ALLOWED_FORMATS
+def test_allowed_formats_are_the_webs() -> None:
+    """requirements.txt asks for a Pillow whose wheels decode AVIF (11.3+)."""
+    assert frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF"}) == ALLOWED_FORMATS
     assert DEFAULT_MAX_PIXELS == 40_000_000
+
+
+def test_avif_with_a_pillow_that_cannot_decode_it_is_refused_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(images, "ALLOWED_FORMATS", ALLOWED_FORMATS - {"AVIF"})
+    error = assert_error("unsupported_image", encode(two_colour(), "AVIF"))
+    assert "Pillow 11.3" in error.message
 
 
 @pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
@@ -256,8 +267,9 @@ def noisy(width: int = 96, height: int = 64) -> Image.Image:
         ("WEBP", {}),
         ("BMP", {}),
         ("TIFF", {}),
+        ("AVIF", {}),
     ],
-    ids=["jpeg", "progressive-jpeg", "png", "gif", "webp", "bmp", "tiff"],
+    ids=["jpeg", "progressive-jpeg", "png", "gif", "webp", "bmp", "tiff", "avif"],
 )
 @pytest.mark.parametrize("fraction", [0.5, 0.9])
 def test_truncated_file(fmt: str, params: dict, fraction: float) -> None:
@@ -343,6 +355,15 @@ def test_small_file_with_large_dimensions() -> None:
     assert load_image(data, max_pixels=width * height).size == (width, height)
 
 
+def test_avif_size_is_checked_before_decoding() -> None:
+    """libavif reads the size from the file's boxes: a large AVIF is refused unread."""
+    data = encode(Image.new("L", (6000, 4000)), "AVIF", quality=10, speed=10)
+    assert len(data) < 50_000
+    start = time.perf_counter()
+    assert_error("image_too_many_pixels", data, max_pixels=10_000_000)
+    assert time.perf_counter() - start < 0.5
+
+
 def test_gif_logical_screen_of_65535_squared() -> None:
     data = bytearray(encode(Image.new("P", (4, 4), 1), "GIF"))
     data[6:10] = struct.pack("<HH", 65535, 65535)
@@ -381,7 +402,7 @@ def test_thousand_frame_gif_decodes_only_the_first_frame() -> None:
     assert ours < 0.2 and ours < all_frames / 5, (ours, all_frames)
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "MPO"])  # APNG, animated WebP, camera MPO
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "MPO", "AVIF"])  # APNG, WebP, MPO, AVIF sequence
 def test_animations_and_multi_picture_files_give_the_first_frame(fmt: str) -> None:
     first, second = Image.new("RGB", (40, 30), RED), Image.new("RGB", (40, 30), BLUE)
     data = encode(first, fmt, save_all=True, append_images=[second])
@@ -465,6 +486,17 @@ def test_rgba_is_composited_onto_white(fmt: str, params: dict) -> None:
     assert_close(out[0, 2], (127, 127, 127), 1)  # half-transparent black → mid grey
 
 
+def test_avif_alpha_is_composited_onto_white() -> None:
+    """AVIF keeps alpha in a plane of its own; regions, as its chroma is subsampled."""
+    im = Image.new("RGBA", (48, 16), (255, 0, 0, 0))  # transparent red on the left
+    im.paste((0, 0, 255, 255), (16, 0, 32, 16))  # opaque blue in the middle
+    im.paste((0, 0, 0, 128), (32, 0, 48, 16))  # half-transparent black on the right
+    out = load_image(encode(im, "AVIF", quality=100))
+    assert_close(pixel(out, (6, 8)), WHITE, 6)
+    assert_close(pixel(out, (24, 8)), BLUE, 12)
+    assert_close(pixel(out, (42, 8)), (127, 127, 127), 6)
+
+
 def test_grey_with_alpha() -> None:
     im = Image.new("LA", (2, 1))
     im.putdata([(0, 0), (60, 255)])
@@ -496,6 +528,17 @@ def test_exif_orientation_6_rotates_clockwise() -> None:
     assert_close(pixel(out, (32 - 8, 8)), RED, 12)
     assert_close(pixel(out, (8, 8)), BLUE, 12)
     assert_close(pixel(out, (24, 56)), BLUE, 12)
+
+
+def test_exif_orientation_in_avif_rotates_as_in_jpeg() -> None:
+    im = Image.new("RGB", (64, 32), BLUE)
+    im.paste(RED, (0, 0, 16, 16))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = load_image(encode(im, "AVIF", quality=95, exif=exif.tobytes()))
+    assert out.size == (32, 64)
+    assert_close(pixel(out, (32 - 8, 8)), RED, 16)
+    assert_close(pixel(out, (8, 8)), BLUE, 16)
 
 
 def test_exif_orientation_applies_to_pil_input_too() -> None:

@@ -140,6 +140,10 @@ def test_srcset_parsing_follows_the_html_rules() -> None:
             "a.webp",
         ),
         ('<picture><source srcset="a.jxl" type="image/jxl"><img src="f.png"></picture>', "f.png"),
+        (
+            '<picture><source srcset="a.avif" type="image/avif"><img src="f.png"></picture>',
+            "a.avif",
+        ),
     ],
 )
 def test_the_chosen_candidate(markup: str, url: str) -> None:

@@ -80,7 +80,7 @@ INDEX_HTML = """<!DOCTYPE html>
 <img srcset="img/x1.png, img/x2.png 2x" alt="picture">
 <img class="lazy" src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="img/lazy.png">
 <picture>
-  <source srcset="img/pic.avif" type="image/avif">
+  <source srcset="img/pic.jxl" type="image/jxl">
   <source srcset="img/pic-small.png 1x, img/pic-large.png 2x" type="image/png">
   <img src="img/pic-fallback.png">
 </picture>

@@ -323,7 +323,7 @@ test("client: the server cannot fetch an image -> the browser sends its bytes (a
 });
 
 test("client: a format the server cannot decode -> a snapshot is asked for, once (allowBytes)", async () => {
-  // SVG (and AVIF...) render in the browser but are not decoded by the server: with
+  // SVG (and JPEG XL...) render in the browser but are not decoded by the server: with
   // allowBytes the content script is asked for a canvas snapshot; the snapshot's own answer
   // is final, so it can never loop; without allowBytes the server's error stands.
   const server = fakeServer(({ body }) =>
