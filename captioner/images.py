@@ -56,9 +56,9 @@ def _pillow_decodes_avif() -> bool:
 # PIL format names we hand to a decoder at all: the web's image formats. Every other PIL
 # plugin (EPS runs Ghostscript, PSD/ICO/TGA/... are rarely fuzzed) stays out of reach of
 # untrusted bytes. AVIF where this Pillow decodes it.
-AVIF_SUPPORTED = _pillow_decodes_avif()
+_AVIF_SUPPORTED = _pillow_decodes_avif()
 ALLOWED_FORMATS: frozenset[str] = frozenset(
-    {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"} | ({"AVIF"} if AVIF_SUPPORTED else set())
+    {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"} | ({"AVIF"} if _AVIF_SUPPORTED else set())
 )
 
 # 40 MP covers any camera photo; a 3-channel image this size is ~120 MB once decoded.
