@@ -280,12 +280,15 @@ def test_folder_recursive_and_uncaptioned_images_left_out(tmp_path, make_png):
     (tmp_path / "empty.png").write_bytes(make_png())
     (tmp_path / "empty.txt").write_text("\n")
     (tmp_path / "notes.txt").write_text("not an image's captions\n")
+    (tmp_path / "modern.avif").write_bytes(make_png())  # read by content, found by name
+    (tmp_path / "modern.txt").write_text("an avif\n")
     items = read_folder(tmp_path)
     assert [(it.id, it.captions) for it in items] == [
         ("a", ["just a"]),
+        ("modern", ["an avif"]),
         ("sub/x", ["line one", "line two"]),
     ]
-    assert items[1].image == str(tmp_path / "sub" / "x.jpg")
+    assert items[2].image == str(tmp_path / "sub" / "x.jpg")
 
 
 def test_empty_folder_is_an_error(tmp_path):

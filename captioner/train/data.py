@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("coco", "karpathy", "csv", "jsonl", "folder")
 KARPATHY_SPLITS: tuple[str, ...] = ("train", "val", "test", "restval")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif", ".bmp", ".tif", ".tiff"}
+)
 
 
 class DatasetError(AltCapError):
