@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from .cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from .config import DecodingSettings
@@ -301,8 +301,13 @@ def patched_pages(
     """(page, its HTML with the suggested alt filled in) for every page that was fetched;
     ``language``: the captions' (see ``patch_html``)."""
     for page in pages:
-        if page.html is not None and page.final_url is not None:
-            yield page, patch_html(page.html, page.final_url, captions, language)
+        if _patchable(page):
+            yield page, patch_html(page.html, str(page.final_url), captions, language)
+
+
+def _patchable(page: PageResult) -> bool:
+    """Fetched, so it has a patched copy."""
+    return page.html is not None and page.final_url is not None
 
 
 # --- the CLI ------------------------------------------------------------------------
@@ -403,6 +408,19 @@ def _reports(outs: list[str], fmt: str | None) -> list[tuple[str, str]]:
     return [(out, fmt or format_for_path(out)) for out in outs]
 
 
+def _patched_links(pages: Iterable[PageResult], out_dir: Path, report: str) -> dict[str, str]:
+    """Page URL -> the address of its patched copy, relative to the report (``-``: to the
+    working directory), for the HTML report's links."""
+    here = Path(report).parent if report != "-" else Path()
+    return {
+        page.url: quote(
+            Path(os.path.relpath(out_dir / patched_name(page.index, page.url), here)).as_posix()
+        )
+        for page in pages
+        if _patchable(page)
+    }
+
+
 def _check_out(out: str) -> None:
     """``--out`` must be writable before any work: its folder is created (as
     ``--patched-dir`` is) and it must not be a directory itself."""
@@ -482,7 +500,8 @@ def run(args: argparse.Namespace) -> int:
 
     for out, fmt in reports:
         buf = io.StringIO()
-        write_rows(job.rows, fmt, buf, language=cap.language)
+        links = _patched_links(job.pages, out_dir, out) if out_dir is not None else None
+        write_rows(job.rows, fmt, buf, language=cap.language, patched=links)
         if out == "-":
             sys.stdout.write(buf.getvalue())
         else:

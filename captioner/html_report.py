@@ -50,18 +50,21 @@ def write_html(
     out: TextIO,
     *,
     language: str | None = None,
+    patched: Mapping[str, str] | None = None,
     title: str = "AltCap report",
 ) -> None:
     """Write the report's ``rows`` as one HTML document to ``out``.
 
     ``language``: the captions' language tag; suggestions in another language than the
-    report's (English) are marked with it."""
+    report's (English) are marked with it. ``patched``: page URL -> the address of its
+    patched copy (relative to the report), linked from the page's section."""
     rows = list(rows)
     statuses = Counter(row.get("status") for row in rows)
     verdicts = Counter(row.get("verdict") for row in rows)
     found = [(VERDICT_LABELS[v], verdicts[v]) for v in VERDICT_LABELS if verdicts[v]]
+    patched = patched or {}
     pages = [
-        {"url": url, "link": _is_web_url(url), "rows": list(group)}
+        {"url": url, "link": _is_web_url(url), "rows": list(group), "patched": patched.get(url)}
         for url, group in groupby(rows, key=lambda row: row.get("page_url"))
     ]
     _env.get_template("report.html").stream(

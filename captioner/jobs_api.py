@@ -143,7 +143,8 @@ def job_results(job_id: str) -> Response:
     content_type = reports.content_type(fmt)  # invalid_format for anything else
     rows = _queue().rows(job_id, _scope())
     out = io.StringIO()
-    reports.write_rows(rows, fmt, out, language=api.captions_language(api.state()))
+    language = api.captions_language(api.state())
+    reports.write_rows(rows, fmt, out, language=language, patched=_patched_links(job_id, fmt))
     response = Response(out.getvalue(), content_type=content_type)
     if fmt == "csv":
         response.headers["Content-Disposition"] = f'attachment; filename="altcap-{job_id}.csv"'
@@ -151,6 +152,15 @@ def job_results(job_id: str) -> Response:
         response.headers["Content-Security-Policy"] = REPORT_CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _patched_links(job_id: str, fmt: str) -> dict[str, str] | None:
+    """The HTML report's links to the patched pages: only where a browser can follow them,
+    on a server without API keys (a link does not carry the key)."""
+    if fmt != "html" or api.state().settings.api_keys:
+        return None
+    pages = _queue().status(job_id, _scope())["pages"]
+    return {p["url"]: p["patched_url"] for p in pages if p["patched_url"]}
 
 
 @jobs.get("/<job_id>/pages/<int:n>/patched")

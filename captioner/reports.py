@@ -123,20 +123,26 @@ def _cell(value: Any) -> str:
 
 
 def write_rows(
-    rows: Iterable[Mapping[str, Any]], fmt: str, out: TextIO, *, language: str | None = None
+    rows: Iterable[Mapping[str, Any]],
+    fmt: str,
+    out: TextIO,
+    *,
+    language: str | None = None,
+    patched: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``rows`` (only the ``RESULT_FIELDS``, in that order) to ``out``.
 
     ``json`` is one array document, ``jsonl`` one object per line, ``csv`` a header row and
     quoted cells (``None`` is an empty cell). Rows are streamed: a job's results need not fit
     in one string. ``html`` is a page to read, by page; ``language`` (the captions' language
-    tag) marks its suggestions where they are not English.
+    tag) marks its suggestions where they are not English, and ``patched`` (page URL -> the
+    address of its patched copy) links each page to it.
     """
     _check(fmt)
     if fmt == "html":
         from .html_report import write_html  # jinja2: only when asked for
 
-        write_html(rows, out, language=language)
+        write_html(rows, out, language=language, patched=patched)
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
         writer.writerow(RESULT_FIELDS)

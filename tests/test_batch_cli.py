@@ -59,6 +59,7 @@ def batch(tiny_dir, *args: str) -> int:
 
 def test_sitemap_to_csv_report_and_patched_pages(site, tiny_dir, caption_of, tmp_path) -> None:
     out, patched = tmp_path / "report.csv", tmp_path / "patched"
+    readable = tmp_path / "reports" / "report.html"
     rc = batch(
         tiny_dir,
         "--sitemap",
@@ -70,10 +71,23 @@ def test_sitemap_to_csv_report_and_patched_pages(site, tiny_dir, caption_of, tmp
         "4",
         "--out",
         str(out),
+        "--out",
+        str(readable),
         "--patched-dir",
         str(patched),
     )
     assert rc == 0
+    # the page to read links each fetched page's section to its patched copy, relatively
+    soup = BeautifulSoup(readable.read_text(encoding="utf-8"), "html.parser")
+    links = {
+        " ".join(s.h2.get_text().split()): s.find("a", string=re.compile("filled in"))
+        for s in soup.find_all("section")
+    }
+    hrefs = {h: a["href"] for h, a in links.items() if a is not None}
+    assert sorted(hrefs.values()) == [
+        "../patched/1-index.html", "../patched/2-blog-post.html", "../patched/4-latin1.html"
+    ]  # fmt: skip
+    assert all((readable.parent / href).is_file() for href in hrefs.values())
     index, post, secret, latin, notes, gone = (
         site.url(p)
         for p in [

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -169,6 +170,10 @@ def test_a_page_job_serves_the_patched_page_safely(client: FlaskClient, site: st
     # the page says no language: the caption's (the model's, English) is marked
     assert f'<img alt="{rows[0]["caption"]}" lang="en" src="0.png">' in html
     assert f'alt="{rows[2]["caption"]}"' in html and 'alt="photo"' not in html
+    # the page to read links the page to its patched copy (no API keys: a link can follow)
+    report = client.get(f"{job['url']}/results?format=html").get_data(as_text=True)
+    links = BeautifulSoup(report, "html.parser").find_all("a", string=re.compile("filled in"))
+    assert [a["href"] for a in links] == [done["pages"][0]["patched_url"]]
     assert 'alt="A yellow square"' in html
     assert_error(client.get(f"{job['url']}/pages/2/patched"), 404, "page_not_found")
     assert_error(client.get(f"{job['url']}/pages/7/patched"), 404, "page_not_found")
@@ -322,6 +327,18 @@ def test_jobs_need_the_api_key_and_keys_scope_idempotency(make_app, site: str) -
         assert one.get_json()["id"] in response.get_json()["error"]["message"]
     assert client.get(url, headers={"Authorization": "Bearer k1"}).get_json()["state"] == "queued"
     assert client.delete(url, headers={"Authorization": "Bearer k1"}).status_code == 200
+
+
+def test_with_api_keys_the_html_report_has_no_links_a_browser_cannot_follow(
+    make_app, site: str
+) -> None:
+    client = make_app(API_KEYS=["k1"]).test_client()
+    k1 = {"Authorization": "Bearer k1"}
+    job = submit(client, {"pages": [f"{site}/page.html"]}, **k1).get_json()
+    done = wait_done(client, job["url"], k1)
+    assert done["pages"][0]["patched_url"]  # the copy is there, for a client with the key
+    report = client.get(f"{job['url']}/results?format=html", headers=k1).get_data(as_text=True)
+    assert "filled in" not in report and "<table>" in report
 
 
 def test_each_api_key_has_a_cap_on_jobs_under_way(make_app, site: str) -> None:

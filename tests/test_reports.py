@@ -139,9 +139,9 @@ HOSTILE = [
 ]
 
 
-def html_report(rows=HOSTILE, language: str | None = "en") -> BeautifulSoup:
+def html_report(rows=HOSTILE, language: str | None = "en", patched=None) -> BeautifulSoup:
     out = io.StringIO()
-    write_rows(rows, "html", out, language=language)
+    write_rows(rows, "html", out, language=language, patched=patched)
     return BeautifulSoup(out.getvalue(), "html.parser")
 
 
@@ -216,6 +216,20 @@ def test_html_report_marks_suggestions_in_another_language() -> None:
         "A <b>bold</b> claim & more.",
     ]  # the suggestions only, not the empty ones
     assert html_report([], language="de").find("table") is None  # no rows: the summary alone
+
+
+def test_html_report_links_pages_to_their_patched_copies() -> None:
+    soup = html_report(patched={"https://example.com/a": "patched/1-a.html"})
+    sections = soup.find_all("section")
+    links = [s.find("a", string="The page with these suggestions filled in") for s in sections]
+    # page a's two sections link to its copy; the image addresses and page c have none
+    assert [a["href"] if a else None for a in links] == [
+        "patched/1-a.html",
+        None,
+        None,
+        "patched/1-a.html",
+    ]
+    assert html_report().find(string="The page with these suggestions filled in") is None
 
 
 def test_every_verdict_has_words_in_the_html_report() -> None:
