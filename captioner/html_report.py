@@ -3,16 +3,16 @@ beside its verdict, the author's alt and the suggested one.
 
 The JSON, JSON Lines and CSV reports are for programs and spreadsheets; this one is for the
 people who fix the alt text (content editors), who need to see the picture to judge a
-suggestion. It is one self-contained, accessible document: a heading per page, a table per
-page with row and column headers, no script. Every value is escaped (page authors control
-alt texts and URLs); only http(s) URLs become links or thumbnails.
+suggestion. It is one self-contained, accessible document: a heading per page (each page
+once, its rows in report order), a table per page with row and column headers, no script.
+Every value is escaped (page authors control alt texts and URLs); only http(s) URLs become
+links or thumbnails.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from itertools import groupby
 from typing import Any, TextIO
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -63,9 +63,12 @@ def write_html(
     verdicts = Counter(row.get("verdict") for row in rows)
     found = [(VERDICT_LABELS[v], verdicts[v]) for v in VERDICT_LABELS if verdicts[v]]
     patched = patched or {}
+    by_page: dict[Any, list[Mapping[str, Any]]] = {}  # in order of first appearance
+    for row in rows:
+        by_page.setdefault(row.get("page_url"), []).append(row)
     pages = [
-        {"url": url, "link": _is_web_url(url), "rows": list(group), "patched": patched.get(url)}
-        for url, group in groupby(rows, key=lambda row: row.get("page_url"))
+        {"url": url, "link": _is_web_url(url), "rows": group, "patched": patched.get(url)}
+        for url, group in by_page.items()
     ]
     _env.get_template("report.html").stream(
         title=title,

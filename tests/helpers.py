@@ -131,3 +131,12 @@ def tiny_service_app(model_dir: Path, data_dir: Path):
                 "ALLOW_PRIVATE_NETWORKS": True,
             }
         )
+
+
+def assert_accessible(page, what: str) -> None:
+    """No axe-core violations on ``page`` (a Playwright page): its WCAG 2 A/AA rules and best
+    practices, as axe runs them by default; the report names each rule and element."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    assert results.violations_count == 0, f"{what}:\n{results.generate_report()}"

@@ -35,6 +35,7 @@ from extension_site import (
     image_url,
     wait_until,
 )
+from helpers import assert_accessible
 
 try:
     from playwright.sync_api import (
@@ -458,3 +459,49 @@ def test_images_in_shadow_roots_and_iframes_are_described_and_restored(
     with service.lock:
         assert sorted(service.sent_urls) == sent, "showing again uses the captions it has"
     assert browser.errors == []
+
+
+def test_the_options_page_and_the_popup_pass_axe(
+    browser: Browser, service: Service, site: str
+) -> None:
+    """axe-core (WCAG 2 A and AA, and best practices) finds nothing on AltCap's own pages:
+    the options before consent and after, the popup with a page's counts."""
+    options = open_options(browser)
+    assert_accessible(options, "options, before consent")
+    set_server(options, service.url, agree=True)
+    assert_accessible(options, "options, after consent")
+    page = browser.open_page(site)
+    expect_described(page, service, site, "none", "none")
+    popup = open_popup(browser, browser.tab_id(site))
+    expect(popup.locator("#described")).not_to_have_text("0")
+    assert_accessible(popup, "popup")
+
+
+def violating(page: Page) -> set[str]:
+    """What axe-core flags on ``page`` for the names of images and links: its targets."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    rules = ["image-alt", "role-img-alt", "link-name", "input-image-alt"]
+    results = Axe().run(page, options={"runOnly": {"type": "rule", "values": rules}})
+    found = results.response["violations"]
+    return {" ".join(node["target"]) for rule in found for node in rule["nodes"]}
+
+
+def test_axe_finds_only_what_altcap_leaves_alone_by_rule(
+    browser: Browser, service: Service, site: str
+) -> None:
+    """axe-core, before and after: every image and link it flags for a missing name is named
+    by AltCap, except those its rules leave alone (too small, a banner, not loaded yet)."""
+    page = browser.open_page(site)
+    expect(page.locator("#script-state")).to_have_text("the page script ran")
+    before = violating(page)  # no consent yet: the page as its author wrote it
+    # the empty link, as axe names it too
+    assert before == {"#none", "#change", "#hero", 'a[href$="#shop"]', "#tiny", "#banner", "#lazy"}
+    options = open_options(browser)
+    set_server(options, service.url, agree=True)
+    page.bring_to_front()
+    page.reload()
+    for element, image in [("none", "none"), ("change", "change1"), ("linked", "linked")]:
+        expect_described(page, service, site, element, image)
+    expect_described(page, service, site, "hero", "hero", "aria-label")
+    assert violating(page) == {"#tiny", "#banner", "#lazy"}

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import png_bytes, serve_app, serve_directory, tiny_service_app
+from helpers import assert_accessible, png_bytes, serve_app, serve_directory, tiny_service_app
+
+from captioner.reports import make_row, write_rows
 
 try:
     from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
@@ -362,3 +364,49 @@ FOCUS_STYLE = (
 def contrast_of(page: Page, selector: str) -> float:
     """The WCAG contrast ratio of the first element matching ``selector``."""
     return page.locator(selector).first.evaluate(TEXT_CONTRAST)
+
+
+# --- accessibility, checked by axe-core ------------------------------------------------------
+
+
+def test_the_page_passes_axe_before_and_after_a_caption(page: Page, caption: str) -> None:
+    """axe-core (WCAG 2 A and AA, and best practices) finds nothing: the form, a caption
+    shown by the script, an error, and the page the server renders for the plain form (sent
+    with form.submit(), which the script does not intercept: axe itself needs JavaScript)."""
+    assert_accessible(page, "the form")
+    page.set_input_files("#image", files=[upload("red.png", RED, "image/png")])
+    page.get_by_role("button", name="Describe the image").click()
+    expect_caption(page, caption)
+    assert_accessible(page, "a caption")
+    page.set_input_files("#image", files=[upload("notes.txt", b"not an image", "text/plain")])
+    page.get_by_role("button", name="Describe the image").click()
+    expect(page.locator("#error")).to_be_visible()
+    assert_accessible(page, "an error")
+    page.set_input_files("#image", files=[upload("red.png", RED, "image/png")])
+    with page.expect_navigation():
+        page.evaluate("document.getElementById('caption-form').submit()")
+    expect_caption(page, caption, path="/caption-form")
+    assert_accessible(page, "the server-rendered caption")
+
+
+def test_the_html_report_passes_axe(browser: Browser, tmp_path: Path) -> None:
+    """The batch report people read: sections, tables, links to patched copies, pictures."""
+    rows = [
+        make_row(page_url="https://example.com/", image_url="https://example.com/a.png",
+                 verdict="missing", status="done", caption="A red square."),
+        make_row(page_url="https://example.com/", image_url="https://example.com/b.png",
+                 alt="", verdict="empty_link", status="failed", error_code="fetch_failed",
+                 error_message="the image server answered HTTP 404"),
+        make_row(page_url=None, image_url="https://example.com/c.png", status="done",
+                 caption="Ein rotes Quadrat."),
+        make_row(page_url="https://example.com/gone", image_url=None, status="failed",
+                 error_code="fetch_failed", error_message="the server answered HTTP 404"),
+    ]  # fmt: skip
+    report = tmp_path / "report.html"
+    with report.open("w", encoding="utf-8") as out:
+        write_rows(rows, "html", out, language="de", patched={"https://example.com/": "p/1.html"})
+    page = browser.new_page()
+    page.goto(report.as_uri())
+    expect(page.get_by_role("heading", name="AltCap report")).to_be_visible()
+    assert_accessible(page, "the HTML report")
+    page.close()
