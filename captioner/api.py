@@ -48,7 +48,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from captioner import parsing
 from captioner.cache import Cache, cache_key
-from captioner.config import DecodingSettings, same_language
+from captioner.config import DecodingSettings, lang_to_mark
 from captioner.engine import Engine, ModelUnavailable
 from captioner.errors import AltCapError, ConfigError
 from captioner.identity import ModelIdentity, model_identity, redact_model_path
@@ -312,7 +312,6 @@ def render_page(
     *, result: dict[str, Any] | None = None, error: dict[str, str] | None = None, url: str = ""
 ) -> str:
     st = state()
-    language = captions_language(st) or ""
     return render_template(
         "index.html",
         result=result,
@@ -320,8 +319,7 @@ def render_page(
         url=url,
         keys_required=bool(st.settings.api_keys),
         model=st.model.name,
-        # the caption's lang, where it is not the page's own (English)
-        language=None if same_language("en", language) else language,
+        language=lang_to_mark("en", captions_language(st)),  # the page itself is English
         no_caption=NO_CAPTION,
     )
 

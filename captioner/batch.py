@@ -29,7 +29,14 @@ from .errors import AltCapError, InvalidSettings
 from .fetch import FetchLimits, Resolver, fetch_image
 from .images import load_image
 from .pages import MODES, VERDICTS, Crawler, find_images, needs_caption, patch_html
-from .reports import FORMATS, caption_outcome, format_for_path, make_row, write_rows
+from .reports import (
+    FORMATS,
+    STATUSES,
+    caption_outcome,
+    format_for_path,
+    make_row,
+    write_rows,
+)
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
@@ -500,7 +507,8 @@ def run(args: argparse.Namespace) -> int:
 
     for out, fmt in reports:
         buf = io.StringIO()
-        links = _patched_links(job.pages, out_dir, out) if out_dir is not None else None
+        linked = fmt == "html" and out_dir is not None  # the only report that links pages
+        links = _patched_links(job.pages, out_dir, out) if linked else None
         write_rows(job.rows, fmt, buf, language=cap.language, patched=links)
         if out == "-":
             sys.stdout.write(buf.getvalue())
@@ -523,7 +531,7 @@ def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
     """What the CLI says at the end: rows by status, then (for pages) by verdict."""
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "skipped")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     noun = "row" if len(rows) == 1 else "rows"
     line = f"{len(rows)} {noun}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     if verdicts := verdict_counts(rows):

@@ -30,6 +30,13 @@ def same_language(where: str | None, text: str) -> bool:
     return where.split("-")[0].strip().lower() == text.split("-")[0].strip().lower()
 
 
+def lang_to_mark(where: str | None, text: str | None) -> str | None:
+    """The ``lang`` that text in language ``text`` needs where the language is ``where``:
+    ``text`` where they differ (or ``where`` says none); None where no mark is needed, or
+    the text's language is not known."""
+    return text if text and not same_language(where, text) else None
+
+
 @dataclass
 class ClipCapConfig:
     """Every hyper-parameter of a ClipCap model, saved as the model directory's config.json.

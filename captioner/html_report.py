@@ -17,12 +17,12 @@ from typing import Any, TextIO
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from .config import same_language
+from .batch import verdict_counts
+from .config import lang_to_mark
 
 __all__ = ["VERDICT_LABELS", "write_html"]
 
-# What each verdict (pages.VERDICTS) means, in the report's words; in pages.VERDICTS order
-# (most urgent first), which the summary follows.
+# What each verdict (pages.VERDICTS) means, in the report's words.
 VERDICT_LABELS = {
     "missing": "No alt attribute",
     "meaningless": "Alt says nothing (a file name or a word such as “image”)",
@@ -60,8 +60,7 @@ def write_html(
     patched copy (relative to the report), linked from the page's section."""
     rows = list(rows)
     statuses = Counter(row.get("status") for row in rows)
-    verdicts = Counter(row.get("verdict") for row in rows)
-    found = [(VERDICT_LABELS[v], verdicts[v]) for v in VERDICT_LABELS if verdicts[v]]
+    found = [(VERDICT_LABELS[v], n) for v, n in verdict_counts(rows).items()]
     patched = patched or {}
     by_page: dict[Any, list[Mapping[str, Any]]] = {}  # in order of first appearance
     for row in rows:
@@ -79,5 +78,5 @@ def write_html(
         labels=VERDICT_LABELS,
         no_page=NO_PAGE,
         web=_is_web_url,
-        caption_lang=None if not language or same_language("en", language) else language,
+        caption_lang=lang_to_mark("en", language),  # the report itself is English
     ).dump(out)

@@ -40,7 +40,7 @@ from bs4.exceptions import ParserRejectedMarkup
 from protego import Protego
 
 from .alttext import Verdict, classify_alt
-from .config import same_language
+from .config import lang_to_mark
 from .errors import AltCapError, InvalidSettings
 from .fetch import (
     DEFAULT_LIMITS,
@@ -548,12 +548,12 @@ def _start_tag(text: str, start: int, tag: Tag) -> re.Match[str] | None:
     return match if match is not None and match.group(1).lower() == tag.name else None
 
 
-def _alt_edit(text: str, start: int, tag: Tag, caption: str) -> tuple[int, int, str] | None:
-    """(start, end, replacement) that sets alt in the start tag at ``start``, or None when the
-    text there is not what the parser saw (then the tag is left alone)."""
-    match = _start_tag(text, start, tag)
-    if match is None:
-        return None
+def _alt_edit(
+    text: str, match: re.Match[str], tag: Tag, caption: str
+) -> tuple[int, int, str] | None:
+    """(start, end, replacement) that sets alt in the start tag whose name ``match`` found
+    (``_start_tag``), or None when its attributes are not what the parser saw (then the tag
+    is left alone)."""
     new = f'alt="{html_lib.escape(caption, quote=True)}"'
     pos = match.end()
     while m := attrfind_tolerant.match(text, pos):  # the very loop html.parser runs
@@ -603,24 +603,19 @@ def _patched(text: str, page_url: str, captions: Mapping[str, str], language: st
             continue
         if tag.sourceline is None or tag.sourcepos is None:
             continue
-        start = starts[tag.sourceline - 1] + tag.sourcepos
-        edit = _alt_edit(text, start, tag, caption)
+        match = _start_tag(text, starts[tag.sourceline - 1] + tag.sourcepos, tag)
+        edit = _alt_edit(text, match, tag, caption) if match is not None else None
         if edit is None:
             log.warning(
                 "could not patch the <%s> at line %s of %s", tag.name, tag.sourceline, page_url
             )
             continue
         edits.append(edit)
-        if (
-            language
-            and _attr(tag, "lang") is None
-            and not same_language(context.flags(tag).language, language)
-        ):
+        lang = lang_to_mark(context.flags(tag).language, language)
+        if lang and _attr(tag, "lang") is None:
             # Right after the tag name, as a new alt (both inserted there: alt first).
-            name = _start_tag(text, start, tag)
-            if name is not None:  # always: _alt_edit found it
-                at = name.end(1)
-                edits.append((at, at, f' lang="{html_lib.escape(language)}"'))
+            at = match.end(1)
+            edits.append((at, at, f' lang="{html_lib.escape(lang)}"'))
     pieces, done = [], 0
     for begin, end, replacement in sorted(edits):
         pieces += [text[done:begin], replacement]

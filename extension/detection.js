@@ -415,11 +415,10 @@
   /** The language `el` is in: its nearest lang attribute (its own first), across shadow
    * boundaries; "" when there is none (lang="" says the same). */
   function languageOf(el) {
-    for (let node = el; node; node = node.parentNode || node.host) {
-      if (node.nodeType === 1 && typeof node.getAttribute === "function") {
-        const lang = node.getAttribute("lang");
-        if (lang !== null) return lang;
-      }
+    for (let node = el; node; node = composedParent(node)) {
+      if (typeof node.getAttribute !== "function") break;
+      const lang = node.getAttribute("lang");
+      if (lang !== null) return lang;
     }
     return "";
   }

@@ -160,19 +160,13 @@ export function languageName(tag) {
   }
 }
 
-/** A caption answer: {caption, cached, language?} (language: the captions' tag, when the
- * server gave a valid one). */
-function captionAnswer(caption, cached, language) {
-  const answer = { caption, cached };
-  if (typeof language === "string" && LANGUAGE_TAG.test(language)) answer.language = language;
-  return answer;
-}
-
 /** One server result -> {caption, cached, language?} | {error: {code, message}};
- * `language`: the answer's, for all its captions. */
+ * `language`: the answer's, for all its captions (passed on when it is a valid tag). */
 export function readResult(r, language) {
   if (r && typeof r === "object" && typeof r.caption === "string" && r.caption.trim()) {
-    return captionAnswer(r.caption.trim(), r.cached === true, language);
+    const answer = { caption: r.caption.trim(), cached: r.cached === true };
+    if (typeof language === "string" && LANGUAGE_TAG.test(language)) answer.language = language;
+    return answer;
   }
   if (r && typeof r === "object" && r.error && typeof r.error === "object") {
     return { error: errorFromBody(r, 200) };
@@ -301,7 +295,7 @@ export class CaptionClient {
     this.deps = deps; // {fetch, sleep, now, random, maxRetries, timeoutMs}
     this.now = deps.now || Date.now;
     this.cacheSize = deps.cacheSize ?? CACHE_SIZE;
-    this.cache = new Map(); // key -> {caption, language?} (insertion order = least recently used first)
+    this.cache = new Map(); // key -> answer as from the cache (insertion order = least recently used first)
     this.inflight = new Map(); // key -> Promise<result>
     this.pausedUntil = 0;
     this.pauseError = null;
@@ -361,7 +355,7 @@ export class CaptionClient {
       }
       const hit = this.cacheGet(plan.key);
       if (hit !== undefined) {
-        answers.set(image.id, captionAnswer(hit.caption, true, hit.language));
+        answers.set(image.id, hit);
         continue;
       }
       let promise = plan.key ? this.inflight.get(plan.key) : undefined;
@@ -437,9 +431,10 @@ export class CaptionClient {
     }
     for (const job of allJobs) {
       const result = results.get(job) || fail("internal_error", "no result");
-      if (result.caption && job.plan.key) this.cacheSet(job.plan.key, { caption: result.caption, language: result.language });
+      // A caption comes from readResult(): {caption, cached, language?} already.
+      if (result.caption && job.plan.key) this.cacheSet(job.plan.key, { ...result, cached: true });
       if (job.plan.key) this.inflight.delete(job.plan.key);
-      job.resolve(result.caption ? captionAnswer(result.caption, result.cached === true, result.language) : result);
+      job.resolve(result);
     }
   }
 

@@ -366,11 +366,10 @@ async function checkServer() {
   const headers = settings.apiKey ? { Authorization: `Bearer ${settings.apiKey}` } : {};
   try {
     const response = await fetch(settings.serverUrl + "/readyz", { headers, credentials: "omit", cache: "no-store" });
+    const body = await response.json().catch(() => null);
     if (response.ok) {
-      const body = await response.json().catch(() => null);
       return { ok: true, message: `The AltCap server at ${settings.serverUrl} is ready${serverDetails(body)}.` };
     }
-    const body = await response.json().catch(() => null);
     const detail = body && body.error && body.error.message ? `: ${body.error.message}` : "";
     return { ok: false, message: `The server answered HTTP ${response.status}${detail}.` };
   } catch {
