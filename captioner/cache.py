@@ -140,8 +140,9 @@ def _check_sha256(value: str) -> str:
 
 
 def _url_key(url: str) -> str:
-    # Hashed: URLs can be kilobytes long and contain anything.
-    return _URL + sha256_hex(url.encode("utf-8"))
+    # Hashed: URLs can be kilobytes long and contain anything; "surrogatepass" makes even a
+    # string UTF-8 cannot encode (a lone surrogate) a key, so a lookup never raises here.
+    return _URL + sha256_hex(url.encode("utf-8", "surrogatepass"))
 
 
 def _check_ttl(ttl_s: float | None) -> float | None:

@@ -87,9 +87,43 @@ def decode_base64(text: str) -> bytes:
 def load_json(body_bytes: bytes) -> Any:
     """A request body as JSON, or ``InvalidRequest`` saying why it is not."""
     try:
-        return json.loads(body_bytes)
+        body = json.loads(body_bytes)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    path = unencodable_string(body)
+    if path is not None:
+        where = (path or "the body")[:200]
+        raise InvalidRequest(
+            f"{where} is not valid Unicode text: it holds a lone surrogate (\\ud800-\\udfff)"
+        )
+    return body
+
+
+def unencodable_string(value: Any) -> str | None:
+    """Where in parsed JSON a string (key or value) is not Unicode text (``images[0].url``;
+    ``""``: the value itself), or None.
+
+    JSON may escape lone surrogates (``"\\ud800"``), and ``json.loads`` accepts them, but
+    such a string cannot be encoded as UTF-8: left in, it fails later, far from the request
+    (a database insert, a hash, a log line). Every client string is checked here, once.
+    """
+    stack = [(value, "")]
+    while stack:  # iterative: the nesting depth is the client's to choose
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if unencodable_string(key) is not None:
+                    return f"a key of {path or 'the body'}"
+                stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+    return None
 
 
 def parse_json(body: Any, max_images: int) -> tuple[list[Item], DecodingSettings]:

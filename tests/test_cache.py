@@ -213,6 +213,16 @@ def test_url_memo(cache: Cache, advance: Callable[[float], None]) -> None:
     assert (stats["url_hits"], stats["url_misses"]) == (1, 3)
 
 
+def test_url_memo_keys_any_string(cache: Cache) -> None:
+    """A URL UTF-8 cannot encode (a lone surrogate) is still a key: the lookup never raises,
+    whatever reaches it, and the backend is not marked down."""
+    url = "http://example.org/\ud800.png"
+    assert cache.get_url_hash(url) is None
+    cache.set_url_hash(url, SHA_A, ttl_s=60)
+    assert cache.get_url_hash(url) == SHA_A
+    assert cache.stats()["errors"] == 0
+
+
 def test_programming_errors_still_raise(cache: Cache) -> None:
     with pytest.raises(TypeError):
         cache.set(key(), {"embedding": object()})

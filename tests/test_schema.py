@@ -9,14 +9,18 @@ host names never reach DNS.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
 from helpers import png_bytes
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -125,3 +129,91 @@ def test_operation_matches_the_document(
         case.call_and_validate(checks=CHECKS)
 
     check()
+
+
+# --- strings JSON allows and UTF-8 cannot encode --------------------------------------------
+
+LONE_SURROGATE = st.integers(0xD800, 0xDFFF).map(chr)
+WITH_SURROGATE = st.tuples(st.text(max_size=8), LONE_SURROGATE, st.text(max_size=8)).map("".join)
+
+
+def json_operations(schema: schemathesis.BaseSchema) -> list[Any]:
+    """Every documented operation whose request body is JSON."""
+    found = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        content = operation.definition.raw.get("requestBody", {}).get("content", {})
+        if "application/json" in content:
+            found.append(operation)
+    return found
+
+
+def with_surrogate(draw: st.DrawFn, body: Any) -> Any:
+    """``body`` with one string (a value or a key, at any depth) given a lone surrogate, or
+    a new member holding one where the body has no string to spoil."""
+    places: list[tuple[Any, Any]] = []  # (container, key or index) of every string and key
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                places.append((value, ("key", key)))
+                if isinstance(item, str):
+                    places.append((value, key))
+                walk(item)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    places.append((value, i))
+                walk(item)
+
+    walk(body)
+    bad = draw(WITH_SURROGATE)
+    if not places:
+        return {"images" if not isinstance(body, dict) else bad: bad}
+    container, where = draw(st.sampled_from(places))
+    if isinstance(where, tuple):  # a key: rename it, keeping its value
+        container[bad] = container.pop(where[1])
+    else:
+        container[where] = bad
+    return body
+
+
+def test_every_json_operation_refuses_lone_surrogates(api_schema, tiny_dir) -> None:
+    """``"\\ud800"`` is valid JSON and not valid text: every JSON endpoint answers 400 with a
+    stable code naming the fault, for a surrogate anywhere in an otherwise valid body."""
+    operations = json_operations(api_schema)
+    assert {(op.method.upper(), op.path) for op in operations} >= {
+        ("POST", "/v1/captions"),
+        ("POST", "/v1/jobs"),
+    }
+    client = api_schema.app.test_client()
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy(GenerationMode.POSITIVE), data=st.data())
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case, data) -> None:
+            body = with_surrogate(data.draw, copy.deepcopy(case.body))
+            raw = json.dumps(body)  # ensure_ascii: the surrogate travels as a \\u escape
+            assert "\\ud" in raw
+            response = client.open(
+                case.formatted_path,
+                method=case.method,
+                data=raw,
+                content_type="application/json",
+                headers={
+                    k: v for k, v in (case.headers or {}).items() if k.lower() != "content-type"
+                },
+            )
+            assert response.status_code == 400, (response.status_code, response.get_data())
+            error = response.get_json()["error"]
+            assert error["code"] in {"invalid_request", "invalid_job"}
+            assert "surrogate" in error["message"]
+
+        check()
