@@ -447,7 +447,7 @@ class _Context:
 
 def _alt_verdict(tag: Tag, context: _Context) -> Verdict:
     """The verdict of the image's own markup: its alt, role, labels and aria-hidden."""
-    verdict = classify_alt(_attr(tag, "alt"))
+    verdict = classify_alt(_attr(tag, "alt"), _attr(tag, "src"), context.flags(tag).language)
     if verdict not in ("missing", "meaningless"):
         return verdict  # author text and alt="" are the author's word, as in the extension
     if _first_role(tag) in ("presentation", "none"):

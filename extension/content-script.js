@@ -846,7 +846,7 @@
     guard((answer) => {
       if (!answer || typeof answer !== "object" || answer.error) return;
       config = { ...config, ...answer };
-      D.setMeaninglessWords(answer.words);
+      D.setMeaninglessWords(answer.words, answer.stopwords);
       if (answer.showing === false) showing = false; // hidden in this tab's other frames
       if (config.auto) start();
     }),

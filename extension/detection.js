@@ -24,13 +24,60 @@
   const URL_LIKE = /^(https?:|data:|\/\/|\/[^ ])/iu;
   const LETTER = /\p{L}/u; // str.isalpha()
   const LETTER_OR_NUMBER = /[\p{L}\p{N}]/u; // str.isalnum()
+  // alttext.py's words: runs of characters whose unicodedata.category() starts with L, M, N.
+  const WORD = /[\p{L}\p{M}\p{N}]+/gu;
+  const ONE_WORD = /^[\p{L}\p{M}]+$/u; // letters only, with their marks
+  // Symbols a screen reader reads as something ("+", "→", "€", "✓", emoji); not Sk ("^").
+  const MEANINGFUL_SYMBOL = /[\p{Sm}\p{Sc}\p{So}]/u;
+  const SCHEME = /^([A-Za-z][A-Za-z0-9+.-]*):/;
+  const FILE_SCHEMES = new Set(["http", "https", "file", "ftp"]); // the rest name no file
+  const ASCII_SPACES = /^[ \t\n\f\r]+|[ \t\n\f\r]+$/g; // stripped from a URL or a lang
+  const NO_WORDS = new Set();
 
   let meaningless = new Set();
+  let stopwordLists = new Map(); // primary language subtag -> Set of words
 
-  /** Load the word list (extension/meaningless-alt.json's "words"). Until it is loaded only
-   * the structural rules apply, so a missing list can only make AltCap keep author text. */
-  function setMeaninglessWords(words) {
-    meaningless = new Set((Array.isArray(words) ? words : []).map((w) => String(w).toLowerCase()));
+  /** Load the word lists (extension/meaningless-alt.json's "words", and its "stopwords":
+   * {language: [word, ...]}). Until they are loaded only the structural rules apply, so a
+   * missing list can only make AltCap keep author text. */
+  function setMeaninglessWords(words, stopwords) {
+    const lower = (list) => new Set((Array.isArray(list) ? list : []).map((w) => String(w).toLowerCase()));
+    meaningless = lower(words);
+    const table = stopwords && typeof stopwords === "object" ? stopwords : {};
+    stopwordLists = new Map(Object.entries(table).map(([lang, list]) => [lang, lower(list)]));
+  }
+
+  /** alttext.py's stopwords(): the words of language `lang` that name nothing alone, by its
+   * primary subtag; English where no language is known, none for a language with no list. */
+  function stopwordsOf(lang) {
+    const tag = String(lang ?? "").replace(ASCII_SPACES, "");
+    return stopwordLists.get(tag ? tag.split(/[-_]/)[0].toLowerCase() : "en") || NO_WORDS;
+  }
+
+  /** alttext.py's file_name(): the name of the file `src` points at, less its extension
+   * (1-5 ASCII letters or digits), percent-decoded where that is valid UTF-8; null where it
+   * names none (no extension; data:, blob: and schemes other than http(s), file, ftp). */
+  function fileName(src) {
+    const url = String(src ?? "").replace(ASCII_SPACES, "");
+    const scheme = SCHEME.exec(url);
+    if (scheme && !FILE_SCHEMES.has(scheme[1].toLowerCase())) return null;
+    const path = url.split("#", 1)[0].split("?", 1)[0];
+    let segment = path.slice(Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\")) + 1);
+    if (segment.includes("%")) {
+      try {
+        segment = decodeURIComponent(segment);
+      } catch {
+        // a malformed escape, or bytes that are not UTF-8: the name as written
+      }
+    }
+    const dot = segment.lastIndexOf(".");
+    if (dot < 0 || !/^[A-Za-z0-9]{1,5}$/.test(segment.slice(dot + 1))) return null;
+    return collapse(segment.slice(0, dot)) || null;
+  }
+
+  /** Whitespace runs made one space (Python's whitespace), and trimmed. */
+  function collapse(text) {
+    return text.replace(SPACES, " ").replace(/^ +| +$/g, "");
   }
 
   function stripPunctuation(text) {
@@ -43,19 +90,39 @@
   }
 
   /** What an alt attribute tells a screen-reader user: "missing" (null: no attribute),
-   * "decorative" (empty), "meaningless" (a file name, URL, digits/punctuation only, or a word
-   * from the list, alone or followed by a number) or "ok" (author text, never replaced). */
-  function classifyAlt(alt) {
+   * "decorative" (empty), "meaningless" (a file name, URL, or a word from the list, alone or
+   * followed by a number; or nothing but such words, numbers, punctuation and stopwords of
+   * the alt's language) or "ok" (author text, never replaced). `src` (optional): the image's
+   * src attribute: an alt equal to its file name says nothing unless it is one plain word,
+   * and ASCII digits equal to it are right (a numbered callout). `lang` (optional): the
+   * alt's language. alttext.py's classify_alt() says why. */
+  function classifyAlt(alt, src, lang) {
     if (alt === null || alt === undefined) return "missing";
-    const text = String(alt).replace(SPACES, " ").replace(/^ +| +$/g, "");
+    const text = collapse(String(alt));
     if (!text) return "decorative";
-    if (!LETTER.test(text)) return "meaningless";
+    const name = fileName(src);
+    if (name !== null && text === name && /^[0-9]+$/.test(text)) return "ok"; // an image of text
     if (URL_LIKE.test(text) || IMAGE_FILE.test(text)) return "meaningless";
+    if (name !== null && text.toLowerCase() === name.toLowerCase() && !ONE_WORD.test(text)) {
+      return "meaningless"; // the file's name, as a CMS fills it in: "build-info"
+    }
     const core = stripPunctuation(text).toLowerCase();
     if (meaningless.has(core)) return "meaningless";
     const word = withoutNumber(core); // "Image 1", "photo_03", "DSC 0042"
     if (word !== null && meaningless.has(stripPunctuation(word))) return "meaningless";
-    return "ok";
+    return anythingLeft(text, lang) ? "ok" : "meaningless";
+  }
+
+  /** alttext.py's _anything_left(): a symbol that reads as something, or a word with a
+   * letter that is neither a meaningless word nor a stopword of `lang`. */
+  function anythingLeft(text, lang) {
+    if (MEANINGFUL_SYMBOL.test(text)) return true;
+    const stop = stopwordsOf(lang);
+    for (const [word] of text.matchAll(WORD)) {
+      const lower = word.toLowerCase();
+      if (LETTER.test(word) && !meaningless.has(lower) && !stop.has(lower)) return true;
+    }
+    return false;
   }
 
   /** `text` without the number it ends with (ASCII digits, and the separators before it),
@@ -142,11 +209,13 @@
     return isAriaImage(el) ? "aria-label" : "alt";
   }
 
-  /** Like classifyAlt() for the element's own text attribute. An ARIA image's aria-label is
-   * a name, not an alt: empty means no name ("missing"), never "decorative". */
+  /** Like classifyAlt() for the element's own text attribute, with the element's src (an
+   * <img> or <input type=image>) and language. An ARIA image's aria-label is a name, not an
+   * alt: empty means no name ("missing"), never "decorative". */
   function classifyText(el) {
     const text = attr(el, textAttribute(el));
-    const verdict = classifyAlt(text);
+    const src = isImageElement(el) ? attr(el, "src") : null;
+    const verdict = classifyAlt(text, src, languageOf(el));
     return isAriaImage(el) && verdict === "decorative" ? "missing" : verdict;
   }
 
@@ -477,6 +546,7 @@
     NONE,
     setMeaninglessWords,
     classifyAlt,
+    fileName,
     assess,
     needsDescription,
     imageUrl,

@@ -12,15 +12,59 @@ import { FakeDocument, FakeElement, WORDS, ariaImage, img, loadDetection } from 
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const VECTORS = JSON.parse(fs.readFileSync(path.join(here, "../../tests/vectors/alttext.json"), "utf8"));
+const LISTS = JSON.parse(fs.readFileSync(path.join(here, "../meaningless-alt.json"), "utf8"));
 
 const D = loadDetection();
-D.setMeaninglessWords(WORDS);
+D.setMeaninglessWords(LISTS.words, LISTS.stopwords);
 
 test("every shared vector gets the Python verdict", () => {
   assert.ok(VECTORS.cases.length > 20);
   for (const { alt, verdict } of VECTORS.cases) {
     assert.equal(D.classifyAlt(alt), verdict, `alt ${JSON.stringify(alt)}`);
   }
+});
+
+test("every shared vector with a src or lang gets the Python verdict, on an element too", () => {
+  assert.ok(VECTORS.in_context.length > 20);
+  for (const c of VECTORS.in_context) {
+    const where = JSON.stringify(c);
+    assert.equal(D.classifyAlt(c.alt, c.src, c.lang), c.verdict, where);
+    // classifyText() hands classifyAlt the element's src attribute and its nearest lang.
+    const parent = c.lang === undefined ? null : new FakeElement("div", { lang: c.lang });
+    const attrs = c.src === undefined ? { alt: c.alt } : { alt: c.alt, src: c.src };
+    const el = new FakeElement("img", attrs, { parent });
+    assert.equal(D.classifyText(el), c.verdict, where);
+  }
+});
+
+test("the file name decides for images, not for ARIA images, and reaches assess()", () => {
+  assert.equal(reason(img({ src: "https://docs.example.com/build-info.png", alt: "build-info" })), "describe:meaningless");
+  assert.equal(reason(img({ src: "https://docs.example.com/callouts/1.png", alt: "1" })), "skip:author-alt");
+  assert.equal(reason(img({ src: "https://docs.example.com/callouts/1.png", alt: "2" })), "describe:meaningless");
+  const button = new FakeElement("input", { type: "image", src: "/img/go-button.png", alt: "go-button" });
+  assert.equal(D.classifyText(button), "meaningless");
+  // An ARIA image has no src of its own: a src attribute on it is not its picture.
+  assert.equal(D.classifyText(ariaImage({ "aria-label": "hero-1", src: "hero-1.png" })), "ok");
+});
+
+test("fileName is alttext.py's file_name", () => {
+  assert.equal(D.fileName("callouts/1.png"), "1");
+  assert.equal(D.fileName(" https://x.example/a/b/build-info.PNG?v=1#top "), "build-info");
+  assert.equal(D.fileName("/m/caf%C3%A9%20menu.jpg"), "café menu");
+  assert.equal(D.fileName("%E9t%E9.png"), "%E9t%E9"); // Latin-1, not UTF-8: as written
+  assert.equal(D.fileName("100%.png"), "100%"); // a malformed escape: as written
+  assert.equal(D.fileName("archive.tar.gz"), "archive.tar");
+  for (const none of [null, undefined, "", "/docs/build-info", "photo.jpeg2000", ".png", "data:,a.png", "x/"]) {
+    assert.equal(D.fileName(none), null, String(none));
+  }
+});
+
+test("the stopwords are the page language's, by its primary subtag", () => {
+  assert.equal(D.classifyAlt("the", null, "en_US"), "meaningless");
+  assert.equal(D.classifyAlt("the", null, " EN "), "meaningless");
+  assert.equal(D.classifyAlt("der", null, "de-CH"), "meaningless");
+  assert.equal(D.classifyAlt("der", null, "en"), "ok");
+  assert.equal(D.classifyAlt("the", null, "da"), "ok"); // no list for Danish: none
 });
 
 test("the word list is extension/meaningless-alt.json", () => {
@@ -43,14 +87,23 @@ test("long numbers cost linear work (a page writes the alt)", () => {
   // A backtracking pattern for "word + number" was quadratic: 20,000 digits between two
   // letters took 0.3 s in node, this one ~8 s.
   assert.equal(D.classifyAlt("a" + "1".repeat(100_000) + "x"), "ok");
-  assert.equal(D.classifyAlt("image" + " 1".repeat(50_000)), "ok");
+  assert.equal(D.classifyAlt("image" + " 1".repeat(50_000)), "meaningless"); // a word and numbers only
+  assert.equal(D.classifyAlt("image" + " 1".repeat(50_000) + " harbour"), "ok");
   assert.equal(D.classifyAlt("Image " + "1".repeat(100_000)), "meaningless");
+  assert.equal(D.classifyAlt("the ".repeat(50_000)), "meaningless");
+  assert.equal(D.classifyAlt("1", "%31".repeat(30_000) + ".png"), "meaningless");
 });
 
 test("without the word list only the structural rules apply", () => {
   const bare = loadDetection();
   assert.equal(bare.classifyAlt("image"), "ok"); // keeps author text rather than overwrite it
+  assert.equal(bare.classifyAlt("the"), "ok");
   assert.equal(bare.classifyAlt("IMG_1.jpg"), "meaningless");
+  assert.equal(bare.classifyAlt("build-info", "build-info.png"), "meaningless");
+  const wordsOnly = loadDetection();
+  wordsOnly.setMeaninglessWords(WORDS); // a "hello" answer without stopwords
+  assert.equal(wordsOnly.classifyAlt("image"), "meaningless");
+  assert.equal(wordsOnly.classifyAlt("picture of the"), "ok");
 });
 
 test("detection.js can be injected twice into one world", () => {
