@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # TORCH_SPEC (and PIP_EXTRA_INDEX_URL) for another build, e.g. a CUDA one.
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages the test suite drives for real.
-APT_TEST_PACKAGES ?= redis-server chromium firefox-esr
+APT_TEST_PACKAGES ?= redis-server chromium firefox-esr prometheus
 # METEOR (pycocoevalcap) runs Java: any installed JRE will do, else Debian's default one.
 JAVA_PACKAGE ?= default-jre-headless
 # The bfloat16 CPU kernel (captioner/kernels/) is compiled on first use: any C compiler.

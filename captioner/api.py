@@ -42,7 +42,6 @@ from flask import (
     render_template,
     request,
 )
-from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -264,7 +263,8 @@ def readyz() -> Response | tuple[Response, int, dict[str, str]]:
 @ops.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format: under gunicorn, the sum over its workers (``captioner.metrics``)."""
-    return Response(state().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+    body, content_type = state().metrics.exposition(request.headers.get("Accept"))
+    return Response(body, headers={"Content-Type": content_type})
 
 
 @ops.get("/openapi.json")

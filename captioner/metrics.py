@@ -26,9 +26,9 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import choose_encoder
 
 from captioner.engine import Engine
 
@@ -123,14 +123,21 @@ class Metrics:
         if self.shared:
             self.queue_depth.set(_queue_depth(self.engine))
 
-    def exposition(self) -> bytes:
-        """The Prometheus text for ``/metrics``: every worker's in multiprocess mode."""
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The body and Content-Type for ``/metrics``: every worker's in multiprocess mode.
+
+        The format is the one the scraper's ``Accept`` header prefers (OpenMetrics or the
+        Prometheus text format), and the Content-Type is prometheus-client's own, to be sent
+        as it is: it carries its charset already, and a second one (what Flask's
+        ``mimetype=`` adds) makes strict parsers such as Go's refuse the scrape.
+        """
+        encoder, content_type = choose_encoder(accept or "")
         if not self.shared:
-            return generate_latest(self.registry)
+            return encoder(self.registry), content_type
         self.update_gauges()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return encoder(registry), content_type
 
     def _when_loaded(self) -> None:
         self.model_ready.set(1.0 if self.engine.wait_ready() else 0.0)

@@ -266,11 +266,15 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "/metrics": {
             "get": {
                 "operationId": "metrics",
-                "summary": "Prometheus metrics of this worker process",
+                "summary": "Prometheus metrics of the server (under gunicorn: all its workers)",
                 "responses": {
                     "200": {
-                        "description": "Prometheus text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "description": "Prometheus text format, or OpenMetrics when the Accept "
+                        "header prefers it",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
                     },
                     "default": error,
                 },

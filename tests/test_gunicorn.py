@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
-import importlib.util
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,110 +24,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from gunicorn_server import GRACEFUL_TIMEOUT_S, LOADED, ROOT, Gunicorn
 from helpers import png_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
-READY_TIMEOUT_S = 60  # two workers importing torch on two cores: ~10 s
-GRACEFUL_TIMEOUT_S = 30  # as in gunicorn.conf.py
-LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
-LOADED = re.compile(r"\[(\d+)\] \[INFO\] model .* loaded")
 METRICS_DIR = re.compile(r"\[INFO\] workers' metrics in (\S+)")
 IMAGES_TOTAL = re.compile(r"^altcap_images_total\{[^}]*\} (\S+)$", re.MULTILINE)
-
-
-class Gunicorn:
-    """A gunicorn master started as a subprocess; logs go to files (pipes could fill up)."""
-
-    def __init__(self, model_dir: Path, tmp: Path) -> None:
-        if importlib.util.find_spec("gunicorn") is None:
-            pytest.fail(
-                f"gunicorn is not installed for {sys.executable}: "
-                "pip install -r requirements.txt (it is a runtime dependency)"
-            )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ALTCAP_")}
-        env.pop("PORT", None)
-        env.pop("GUNICORN_CMD_ARGS", None)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py makes one of its own
-        env.update(
-            HF_HUB_OFFLINE="1",
-            TOKENIZERS_PARALLELISM="false",
-            ALTCAP_MODEL=str(model_dir),
-            ALTCAP_DEVICE="cpu",
-            ALTCAP_DATA_DIR=str(tmp / "data"),  # the default cache: SQLite, shared by workers
-            ALTCAP_WORKERS=str(WORKERS),
-            ALTCAP_THREADS="8",
-        )
-        self.stdout_path, self.stderr_path = tmp / "access.log", tmp / "error.log"
-        self._stdout = self.stdout_path.open("wb")
-        self._stderr = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "--bind",
-                "127.0.0.1:0",  # the kernel picks a free port; gunicorn logs which
-                "app:create_app()",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self._stdout,
-            stderr=self._stderr,
-        )
-        self.port = 0
-
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        """Until every worker has loaded its model; then /readyz must answer 200."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
-            log = self.log()
-            if not self.port and (m := LISTENING.search(log)):
-                self.port = int(m.group(1))
-            if self.port and len(set(LOADED.findall(log))) >= WORKERS:
-                status, _, body = self.request("GET", "/readyz")
-                assert status == 200, body
-                return
-            time.sleep(0.2)
-        pytest.fail(f"gunicorn was not ready within {READY_TIMEOUT_S} s:\n{self.log()}")
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
-
-    def post_json(self, payload: object) -> tuple[int, dict]:
-        body = json.dumps(payload).encode()
-        status, _, raw = self.request(
-            "POST", "/v1/captions", body, {"Content-Type": "application/json"}
-        )
-        return status, json.loads(raw)
-
-    def stop(self) -> int:
-        """SIGTERM, as a platform sends it; the return code (killed if it hangs)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(GRACEFUL_TIMEOUT_S + 10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._stdout.close()
-        self._stderr.close()
-        return self.proc.returncode
 
 
 def print_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -210,7 +109,7 @@ def test_procfile_runs_gunicorn_with_this_config():
 
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
-    srv = Gunicorn(tiny_dir, tmp_path_factory.mktemp("gunicorn"))
+    srv = Gunicorn(tiny_dir, tmp_path_factory.mktemp("gunicorn"), workers=WORKERS)
     try:
         srv.wait_ready()
         yield srv
@@ -311,15 +210,41 @@ def test_long_url_reaches_the_app(server):
     assert (status, json.loads(raw)["error"]["code"]) == (403, "blocked_address")
 
 
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type read as strictly as Go's ``mime.ParseMediaType`` (which Prometheus
+    uses): a repeated parameter, an empty name or a missing ``=`` is an error."""
+    media_type, *parts = (part.strip() for part in value.split(";"))
+    params: dict[str, str] = {}
+    for part in parts:
+        name, sep, param = part.partition("=")
+        name = name.strip().lower()
+        assert sep and name, f"malformed parameter {part!r} in {value!r}"
+        assert name not in params, f"duplicate parameter {name!r} in {value!r}"
+        params[name] = param.strip().strip('"')
+    return media_type.lower(), params
+
+
 def test_healthz_and_metrics(server):
     status, _, raw = server.request("GET", "/healthz")
     assert status == 200 and json.loads(raw) == {"status": "ok"}
     status, headers, raw = server.request("GET", "/metrics")
     assert status == 200
-    assert headers["Content-Type"].startswith("text/plain")
+    media_type, params = parse_media_type(headers["Content-Type"])
+    assert media_type == "text/plain" and params["charset"] == "utf-8", headers
+    assert params["version"] in {"0.0.4", "1.0.0"}, headers
     text = raw.decode()
     for name in ("altcap_http_requests_total", "altcap_model_ready 1.0", "altcap_queue_depth"):
         assert name in text
+
+
+def test_metrics_in_openmetrics_when_asked(server):
+    """Prometheus asks for OpenMetrics first in its Accept header: that is what it gets."""
+    accept = "application/openmetrics-text;version=1.0.0;q=0.9,text/plain;version=0.0.4;q=0.5"
+    status, headers, raw = server.request("GET", "/metrics", headers={"Accept": accept})
+    assert status == 200
+    media_type, params = parse_media_type(headers["Content-Type"])
+    assert (media_type, params["charset"]) == ("application/openmetrics-text", "utf-8")
+    assert raw.decode().endswith("# EOF\n")
 
 
 def images_answered(server: Gunicorn) -> float:

@@ -34,7 +34,7 @@ WORKER = textwrap.dedent(
     m._when_loaded()  # what its thread does once the engine has loaded (or failed)
     print("written", flush=True)
     if sys.argv[1] == "scrape":
-        sys.stdout.write(m.exposition().decode())
+        sys.stdout.write(m.exposition()[0].decode())
     else:
         sys.stdin.read()  # stay alive until the test closes stdin
     """
