@@ -17,7 +17,7 @@
  * counts its own images, and the service worker adds the frames up.
  *
  * Messages it sends (chrome.runtime.sendMessage, to the service worker):
- *   {type: "hello"} -> {consented, enabled, auto, prefix, words}
+ *   {type: "hello"} -> {consented, enabled, auto, showing, prefix, words, stopwords}
  *   {type: "describe", images: [{id, url, data?}]} -> {results: [{id, caption} | {id, error}]}
  *   {type: "counts", found, described, failed}
  * Messages it answers (from the service worker, same extension only):

@@ -40,20 +40,36 @@ function openOptions() {
 // --- settings-derived state -----------------------------------------------------------------
 
 let wordsPromise = null;
+const NO_WORDS = { words: [], stopwords: {} };
 
-/** The meaningless-alt word list, shipped as an extension file and handed to content
- * scripts in "hello" (they cannot read extension files that are not web-accessible). */
+/** The meaningless-alt word lists, shipped as an extension file and handed to content
+ * scripts in "hello" (they cannot read extension files that are not web-accessible).
+ *
+ * Resolves to {words: [word, ...], stopwords: {language: [word, ...]}}: the file's "words"
+ * and "stopwords", which detection.js's setMeaninglessWords() takes. Empty lists where the
+ * file cannot be read (tried again on the next call): only the structural rules apply then.
+ */
 function meaninglessWords() {
   if (!wordsPromise) {
     wordsPromise = fetch(chrome.runtime.getURL("meaningless-alt.json"))
       .then((r) => r.json())
-      .then((json) => (Array.isArray(json.words) ? json.words.map(String) : []))
+      .then((json) => ({ words: stringList(json.words), stopwords: stopwordTable(json.stopwords) }))
       .catch(() => {
         wordsPromise = null;
-        return [];
+        return NO_WORDS;
       });
   }
   return wordsPromise;
+}
+
+function stringList(list) {
+  return Array.isArray(list) ? list.map(String) : [];
+}
+
+/** {language: [word, ...]} with string lists only; {} for anything else. */
+function stopwordTable(table) {
+  if (!table || typeof table !== "object" || Array.isArray(table)) return {};
+  return Object.fromEntries(Object.entries(table).map(([lang, list]) => [lang, stringList(list)]));
 }
 
 function hostnameOf(url) {
@@ -279,7 +295,7 @@ async function hello(sender) {
     auto: enabled && (settings.mode === "auto" || rule === "always"),
     showing: !hidden, // a frame that loads after "hide" starts hidden too
     prefix: settings.prefix,
-    words: await meaninglessWords(),
+    ...(await meaninglessWords()), // words, stopwords
   };
 }
 

@@ -438,7 +438,7 @@ def test_patch_marks_captions_in_another_language_than_the_page() -> None:
         '<p lang="en-GB"><img src="b.png"><span xml:lang="de"><img src="c.png"></span></p>\n'
         '<img src=d.png alt=image><img lang="es" src="e.png">\n'
         '<a href="/x"><img src="f.png" alt=""></a><p lang=""><img src="g.png"></p>\n'
-        '<img src="h.png" alt="Une photo"></body></html>'
+        '<img src="h.png" alt="Une photo du port"></body></html>'
     )
     captions = {BASE + f"{n}.png": f"Cap {n}." for n in "abcdefgh"}
     assert patch_html(page, BASE, captions, "en") == (
@@ -448,7 +448,7 @@ def test_patch_marks_captions_in_another_language_than_the_page() -> None:
         '<img lang="en" src=d.png alt="Cap d."><img alt="Cap e." lang="es" src="e.png">\n'
         '<a href="/x"><img lang="en" src="f.png" alt="Cap f."></a><p lang="">'
         '<img alt="Cap g." lang="en" src="g.png"></p>\n'
-        '<img src="h.png" alt="Une photo"></body></html>'
+        '<img src="h.png" alt="Une photo du port"></body></html>'
     )  # an image's own lang is the author's: kept; an author's alt: untouched
     # a page with no language at all: marked; in the captions' language: left alone
     assert patch_html('<img src="a.png">', BASE, captions, "en") == (

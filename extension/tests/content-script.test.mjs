@@ -119,6 +119,24 @@ test("describes missing and meaningless alts only, in one batch", async () => {
   assert.deepEqual({ ...counts }, { type: "counts", found: 2, described: 2, failed: 0 });
 });
 
+test("the stopwords in hello reach detection: alt=\"the picture\" says nothing", async () => {
+  const { stopwords } = JSON.parse(code("meaningless-alt.json"));
+  const urls = (p) => describes(p.sent).flatMap((m) => Array.from(m.images, (i) => i.url));
+  const withStopwords = img({ src: "https://example.com/harbour.jpg", alt: "the picture" });
+  const p = page({ elements: [withStopwords], worker: captionEach, hello: { stopwords } });
+  await sleep(120);
+  assert.deepEqual(urls(p), ["https://example.com/harbour.jpg"]);
+  assert.equal(withStopwords.getAttribute("alt"), "Appears to be: A picture of harbour.jpg.");
+  assert.equal(withStopwords.getAttribute("data-altcap"), "the picture");
+
+  // A "hello" without them: only "picture" is a meaningless word, so the alt stays.
+  const without = img({ src: "https://example.com/harbour.jpg", alt: "the picture" });
+  const q = page({ elements: [without], worker: captionEach });
+  await sleep(120);
+  assert.deepEqual(urls(q), []);
+  assert.equal(without.getAttribute("alt"), "the picture");
+});
+
 test("toggle restores the page exactly, and back again without asking twice", async () => {
   const none = img({ src: "https://example.com/cat.jpg" });
   const meaningless = img({ src: "https://example.com/dog.jpg", alt: "IMG_1.JPG" });

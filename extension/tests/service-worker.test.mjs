@@ -9,7 +9,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { EXTENSION_DIR } from "./fake-dom.mjs";
+import { EXTENSION_DIR, loadDetection } from "./fake-dom.mjs";
 
 const ID = "altcapfakeid";
 const ORIGIN = `chrome-extension://${ID}/`;
@@ -163,6 +163,18 @@ test("before consent nothing reaches the server", async () => {
   const check = await send({ type: "check-server" }, POPUP);
   assert.equal(check.ok, false);
   assert.equal(log.server.length, 0);
+});
+
+test("hello hands the content script the stopwords too, so it judges alts as the service does", async () => {
+  const shipped = JSON.parse(fs.readFileSync(path.join(EXTENSION_DIR, "meaningless-alt.json"), "utf8"));
+  const hello = await send({ type: "hello" });
+  assert.deepEqual(hello.words, shipped.words);
+  assert.deepEqual(hello.stopwords, shipped.stopwords);
+  // What the content script does with the answer (content-script.js, "hello").
+  const detection = loadDetection();
+  detection.setMeaninglessWords(hello.words, hello.stopwords);
+  assert.equal(detection.classifyAlt("the picture"), "meaningless"); // alttext.py's verdict
+  assert.equal(detection.classifyAlt("l'image", null, "fr"), "meaningless");
 });
 
 test("invalid messages are refused with an error", async () => {
