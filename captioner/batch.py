@@ -6,6 +6,11 @@ pages. The steps are the jobs API's, as plain functions the jobs queue reuses:
 
     source ──page_urls──▶ pages ──plan──▶ rows (pending / skipped / failed)
            ──caption_rows──▶ rows done or failed ──patched_pages──▶ HTML with alt filled in
+
+Rows are images, except one row (``image_url`` None) for each page or sitemap that was not
+read: ``failed`` with its error, or ``skipped`` with ``robots_disallowed`` where the site's
+robots.txt keeps crawlers out (politeness, not a failure). The summaries count pages apart
+from images (``page_counts``, ``summary_line``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import os
 import re
 import sys
 import tempfile
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +35,15 @@ from .config import DecodingSettings
 from .errors import AltCapError, InvalidSettings
 from .fetch import FetchLimits, Resolver, fetch_image
 from .images import load_image
-from .pages import MODES, VERDICTS, Crawler, find_images, needs_caption, patch_html
+from .pages import (
+    MODES,
+    VERDICTS,
+    Crawler,
+    RobotsDisallowed,
+    find_images,
+    needs_caption,
+    patch_html,
+)
 from .reports import (
     FORMATS,
     STATUSES,
@@ -45,20 +60,29 @@ __all__ = [
     "InvalidSource",
     "PageResult",
     "Plan",
+    "ProgressLines",
     "Source",
     "caption_rows",
+    "page_counts",
     "page_urls",
     "patched_name",
     "patched_pages",
     "plan",
     "register",
     "run",
+    "summary_line",
+    "verdict_counts",
 ]
 
 DEFAULT_MAX_PAGES = 100
 DEFAULT_MAX_IMAGES = 1000
 PENDING = "pending"  # a row waiting for its caption; never in a finished report
 DOWNLOAD_WORKERS = 4  # images downloaded at once while the model works on a batch
+PROGRESS_EVERY_S = 10.0  # a progress line this often when stderr is no terminal (cron, CI)
+FIRST_PROGRESS_S = 2.0  # the first one this soon: a log shows at once that the run is alive
+ROBOTS = RobotsDisallowed.code  # a page's error code when robots.txt keeps crawlers out
+# How the batch CLI says it may reach loopback and private addresses (see FetchLimits).
+ALLOW_PRIVATE_HINT = "give --allow-private to audit a site on this machine or an intranet"
 
 Progress = Callable[[int], None]  # called with the number of items just finished
 
@@ -137,12 +161,15 @@ def page_urls(
     sitemap of an index that could not be read. A broken top sitemap raises its error."""
     if source.sitemap:
         crawl = crawler.crawl_sitemap(source.sitemap, max_pages)
-        failed = [
-            make_row(page_url=url, image_url=None, status="failed", error=err)
-            for url, err in crawl.errors
-        ]
-        return crawl.pages, failed
+        return crawl.pages, [_unread(url, err) for url, err in crawl.errors]
     return list(dict.fromkeys(source.pages))[:max_pages], []
+
+
+def _unread(url: str, error: AltCapError) -> dict[str, Any]:
+    """The row of a page or sitemap that was not read: ``skipped`` where robots.txt keeps
+    crawlers out (the crawler's politeness, not a failure of the page), else ``failed``."""
+    status = "skipped" if isinstance(error, RobotsDisallowed) else "failed"
+    return make_row(page_url=url, image_url=None, status=status, error=error)
 
 
 def plan(
@@ -153,13 +180,16 @@ def plan(
     max_pages: int = DEFAULT_MAX_PAGES,
     max_images: int = DEFAULT_MAX_IMAGES,
     progress: Progress | None = None,
+    counted: Callable[[int], None] | None = None,
 ) -> Plan:
     """Crawl the source's pages and decide, row by row, what needs a caption.
 
     Rows of images that need one are ``pending``; others are ``skipped``; a page that
-    cannot be fetched is one ``failed`` row without an image. One image on several pages
+    cannot be fetched is one ``failed`` row without an image (``skipped`` with
+    ``robots_disallowed`` where robots.txt keeps crawlers out). One image on several pages
     is one caption but a row per page. Past ``max_images`` distinct images to caption,
-    new ones are ``skipped`` with ``error_code`` ``max_images``.
+    new ones are ``skipped`` with ``error_code`` ``max_images``. ``counted``, if given, is
+    called once with the number of pages to crawl, before the first.
     """
     if mode not in MODES:
         raise InvalidSettings(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -186,8 +216,10 @@ def plan(
             add(None, url, None, None)
         return result
 
-    urls, failed = page_urls(source, crawler, max_pages)
-    result.rows.extend(failed)
+    urls, unread = page_urls(source, crawler, max_pages)
+    result.rows.extend(unread)
+    if counted:
+        counted(len(urls))
     for index, url in enumerate(urls, start=1):
         page = PageResult(index, url)
         result.pages.append(page)
@@ -196,7 +228,7 @@ def plan(
             images = find_images(fetched.html, fetched.final_url)  # invalid_html: this page only
         except AltCapError as exc:
             page.error = exc
-            result.rows.append(make_row(page_url=url, image_url=None, status="failed", error=exc))
+            result.rows.append(_unread(url, exc))
         else:
             page.final_url, page.html, page.encoding = (
                 fetched.final_url,
@@ -374,7 +406,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     add_decoding_arguments(p)
     add_device_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or lines on stderr")
     p.set_defaults(func=run)
 
 
@@ -458,10 +490,11 @@ def _write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``batch`` subcommand: crawl, caption, report. Failed images are report rows, not
-    a failed command; only a source that cannot be used at all exits non-zero."""
-    import io
+    a failed command; only a source that cannot be used at all exits non-zero.
 
-    from tqdm import tqdm
+    Progress goes to stderr: bars on a terminal, else ``ProgressLines`` (cron, CI, a log
+    file), none with ``--no-progress``; then where the files went and the summary line."""
+    import io
 
     from .captioner import Captioner
 
@@ -482,11 +515,11 @@ def run(args: argparse.Namespace) -> int:
         _output_dir(out_dir, "--patched-dir")
 
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    limits = FetchLimits(allow_private=args.allow_private)
+    limits = FetchLimits(allow_private=args.allow_private, allow_private_hint=ALLOW_PRIVATE_HINT)
     crawler = Crawler(limits, delay_s=args.delay, respect_robots=not args.ignore_robots)
-    quiet = True if args.no_progress else None  # None: tqdm shows bars on a terminal only
+    show = "none" if args.no_progress else "bars" if sys.stderr.isatty() else "lines"
 
-    with tqdm(desc="pages", unit="page", disable=True if source.images else quiet) as bar:
+    with _progress("none" if source.images else show, "pages", "page") as bar:
         job = plan(
             source,
             crawler,
@@ -494,8 +527,9 @@ def run(args: argparse.Namespace) -> int:
             max_pages=args.max_pages,
             max_images=args.max_images,
             progress=bar.update,
+            counted=lambda n: setattr(bar, "total", n),
         )
-    with tqdm(total=len(job.todo), desc="images", unit="img", disable=quiet) as bar:
+    with _progress(show if job.todo else "none", "images", "image", len(job.todo)) as bar:
         captions = caption_rows(
             job.rows,
             cap,
@@ -505,6 +539,7 @@ def run(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
 
+    wrote = []
     for out, fmt in reports:
         buf = io.StringIO()
         linked = fmt == "html" and out_dir is not None  # the only report that links pages
@@ -514,12 +549,144 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(buf.getvalue())
         else:
             _write_text(Path(out), buf.getvalue())
+            wrote.append(f"wrote the {fmt} report to {Path(out).resolve()}")
     if out_dir is not None:
+        copies = 0
         for page, text in patched_pages(job.pages, captions, cap.language):
             _write_text(out_dir / patched_name(page.index, page.url), text, page.encoding)
+            copies += 1
+        wrote.append(f"wrote {_count(copies, 'patched page')} to {out_dir.resolve()}{os.sep}")
 
-    print(summary_line(job.rows), file=sys.stderr)
+    codes = (p.error.code if p.error else None for p in job.pages)
+    pages = None if source.images else page_counts(codes)
+    for line in [*wrote, summary_line(job.rows, pages)]:
+        print(line, file=sys.stderr)
     return 0
+
+
+# --- progress and summaries ---------------------------------------------------------
+
+
+def _progress(show: str, desc: str, unit: str, total: int | None = None) -> Any:
+    """What shows a phase's progress (``update``, ``total``, a context manager): tqdm's bar
+    on a terminal (``bars``), ``ProgressLines`` (``lines``), or nothing (``none``)."""
+    if show == "lines":
+        return ProgressLines(desc, unit, total)
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=show == "none")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _duration(seconds: float) -> str:
+    """``7 s``, ``4 min 40 s``, ``2 h 5 min``: what a person reads in a log."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min" if s % 3600 >= 60 else f"{s // 3600} h"
+
+
+class ProgressLines:
+    """Progress as plain lines, for a stderr that is no terminal (cron, CI, a log file), where
+    a bar is one line redrawn with carriage returns that says nothing until the end.
+
+    The calls of a tqdm bar (``update``, ``total``, a context manager). A thread writes a
+    line ``first_s`` after the start and then every ``every_s``, whatever the work is doing
+    (a long model batch included), and leaving writes the last one::
+
+        images: 64/1000, 3.1 images/s, about 5 min left, 21 s so far
+        images: 1000/1000 in 5 min 20 s, 3.1 images/s
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        unit: str,
+        total: int | None = None,
+        *,
+        out: Any = None,
+        every_s: float | None = None,
+        first_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.desc, self.unit, self.total = desc, unit, total
+        self.n = 0
+        self._out = out if out is not None else sys.stderr
+        self._clock = clock
+        self._start = clock()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        waits = (
+            FIRST_PROGRESS_S if first_s is None else first_s,
+            PROGRESS_EVERY_S if every_s is None else every_s,
+        )
+        self._thread = threading.Thread(
+            target=self._tick, args=waits, name="altcap-progress", daemon=True
+        )
+        self._thread.start()
+
+    def update(self, n: int = 1) -> None:
+        with self._lock:
+            self.n += n
+
+    def line(self, final: bool = False) -> str:
+        """The progress so far, in one line (``final``: the phase's last)."""
+        with self._lock:
+            n, total = self.n, self.total
+        elapsed = self._clock() - self._start
+        parts = [f"{self.desc}: {n}" if total is None else f"{self.desc}: {n}/{total}"]
+        rate = n / elapsed if n and elapsed > 0 else None
+        if final:
+            parts[0] += f" in {_duration(elapsed)}"
+        if rate is not None:
+            units = self.unit + "s"
+            parts.append(f"{rate:.1f} {units}/s" if rate >= 1 else f"{rate * 60:.1f} {units}/min")
+        if not final:
+            if rate is not None and total is not None and total >= n:
+                parts.append(f"about {_duration((total - n) / rate)} left")
+            parts.append(f"{_duration(elapsed)} so far")
+        return ", ".join(parts)
+
+    def _write(self, line: str) -> None:
+        print(line, file=self._out, flush=True)
+
+    def _tick(self, first_s: float, every_s: float) -> None:
+        wait = first_s
+        while not self._stop.wait(wait):
+            self._write(self.line())
+            wait = every_s
+
+    def close(self, final: bool = True) -> None:
+        """Stop the thread; write the last line unless the phase failed (``final`` false)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        if final:
+            self._write(self.line(final=True))
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.close(final=exc_type is None)
+
+
+def page_counts(errors: Iterable[str | None]) -> dict[str, int]:
+    """Pages by outcome, from each page's error code (None: it was read): ``read``,
+    ``skipped`` (robots.txt keeps crawlers out) and ``failed``; the CLI's summary and a
+    job's status count pages apart from images with it."""
+    counts = {"total": 0, "read": 0, "skipped": 0, "failed": 0}
+    for code in errors:
+        counts["total"] += 1
+        outcome = "read" if code is None else "skipped" if code == ROBOTS else "failed"
+        counts[outcome] += 1
+    return counts
 
 
 def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -529,11 +696,26 @@ def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return {v: counts[v] for v in VERDICTS if counts[v]}
 
 
-def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
-    """What the CLI says at the end: rows by status, then (for pages) by verdict."""
-    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-    noun = "row" if len(rows) == 1 else "rows"
-    line = f"{len(rows)} {noun}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+def summary_line(rows: Sequence[Mapping[str, Any]], pages: Mapping[str, int] | None = None) -> str:
+    """What the CLI says at the end: the pages (``page_counts``; None for image URLs), the
+    images by status, then by verdict::
+
+        3 pages (1 skipped by robots.txt), 12 images: 9 done, 1 failed, 2 skipped; by ...
+    """
+    images = [r for r in rows if r.get("image_url") is not None]
+    counts = {s: sum(r["status"] == s for r in images) for s in STATUSES}
+    line = f"{_count(len(images), 'image')}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    if pages is not None:
+        unread = [
+            f"{pages['skipped']} skipped by robots.txt" if pages["skipped"] else "",
+            f"{pages['failed']} failed" if pages["failed"] else "",
+        ]
+        said = ", ".join(u for u in unread if u)
+        head = _count(pages["total"], "page") + (f" ({said})" if said else "")
+        sitemaps = len(rows) - len(images) - pages["skipped"] - pages["failed"]
+        if sitemaps > 0:  # rows of the sitemaps of an index that could not be read
+            head += f", {_count(sitemaps, 'sitemap')} not read"
+        line = f"{head}, {line}"
     if verdicts := verdict_counts(rows):
         line += "; by verdict: " + ", ".join(f"{n} {v}" for v, n in verdicts.items())
     return line

@@ -155,6 +155,12 @@ class FetchLimits:
     total_timeout: float = 10.0  # seconds for the whole fetch, redirects included
     max_redirects: int = 3  # redirects followed, each one checked again
     allow_private: bool = False  # reach loopback/private networks (intranet deployments, tests)
+    # How whoever runs this fetcher allows them, for the refusal's message: the service's
+    # setting by default (its operators read it); the batch CLI names its flag.
+    allow_private_hint: str = (
+        "an operator can allow loopback and private addresses with "
+        "ALTCAP_ALLOW_PRIVATE_NETWORKS=true (an intranet deployment)"
+    )
     user_agent: str = "AltCap/0.1 (+alt text for images)"
     ca_certs: str | None = None  # PEM bundle to trust instead of the system store (private CAs)
 
@@ -333,13 +339,17 @@ def check_url(
     port = port or (443 if scheme == "https" else 80)
     host, literal = _normalize_host(parts.netloc, parts.hostname or "")
     if not limits.allow_private and (host == "localhost" or host.endswith(".localhost")):
-        raise BlockedAddress(f"refusing to fetch from {host}: it is a loopback name")
+        why = f"refusing to fetch from {host}: it is a loopback name"
+        raise BlockedAddress(f"{why}; {limits.allow_private_hint}")
 
     addresses = [literal] if literal is not None else _resolve(host, port, resolver)
     for ip in addresses:
         reason = _blocked_reason(ip, limits.allow_private)
         if reason is not None:
-            raise BlockedAddress(f"refusing to fetch from {host}: blocked address ({reason})")
+            why = f"refusing to fetch from {host}: blocked address ({reason})"
+            if _blocked_reason(ip, allow_private=True) is None:  # the way out exists: say it
+                why += f"; {limits.allow_private_hint}"
+            raise BlockedAddress(why)
 
     target = quote(parts.path or "/", safe=_TARGET_SAFE)
     if parts.query:

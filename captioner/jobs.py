@@ -512,6 +512,9 @@ class JobQueue:
             }
             for p in (self.store.pages(job["id"]) if job["planned"] and kind != "images" else [])
         ]
+        from captioner.batch import page_counts  # as build_plan imports batch
+
+        codes = [(p["error"] or {}).get("code") for p in pages]  # None: read
         return {
             "id": job["id"],
             "url": base,
@@ -527,6 +530,8 @@ class JobQueue:
                 "failed": job["failed"],
                 "skipped": job["skipped"],
             },
+            # pages apart from images: read, skipped (robots.txt) or failed
+            "page_counts": page_counts(None if c == HTML_NOT_KEPT else c for c in codes),
             "verdicts": job["verdicts"],
             "progress": round(min(1.0, progress), 4),
             "planned": job["planned"],

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,33 +107,72 @@ def resolve(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> Pa
 
 
 def fetch_and_convert(name: str, target: Path) -> Path:
-    """Download a named model's parts, convert the reference weights, save a model directory."""
+    """Download a named model's parts, convert the reference weights, save a model directory.
+
+    On a terminal a bar shows the three steps. Elsewhere (a log file, cron, CI) a bar is
+    redrawn with carriage returns, and the Hub's download bars and transformers' loading
+    bar nested under it move the cursor with escapes a file keeps: the bar came out twice,
+    with theirs between. There, one plain line per step and no bars at all."""
     spec = REGISTRY[name]
-    steps = tqdm(total=3, desc=f"Preparing {name}", unit="step")
+    terminal = sys.stderr.isatty()
+    steps = tqdm(total=3, desc=f"Preparing {name}", unit="step", disable=not terminal)
+    say = _say if not terminal else lambda _: None
     try:
-        weights = _download(spec.weights_repo, spec.weights_file)
-        vision_dir = _snapshot(spec.image_encoder, _VISION_FILES, what="image encoder")
-        vision_dir = _ensure_weights(spec.image_encoder, vision_dir)
-        text_dir = _snapshot(spec.language_model, _TEXT_FILES, what="language model config")
-        steps.update()
-        convert_checkpoint(
-            weights,
-            target,
-            mapping_type=spec.mapping_type,
-            vision_source=vision_dir,
-            text_source=text_dir,
-            prefix_length=spec.prefix_length,
-            clip_length=spec.clip_length,
-            num_layers=spec.num_layers,
-            image_encoder=spec.image_encoder,
-            language_model=spec.language_model,
-            source=f"converted from {spec.weights_repo}/{spec.weights_file}",
-        )
-        steps.update(2)
+        with nullcontext() if terminal else _library_bars_off():
+            say(f"Preparing {name} (first use): downloading its parts from the Hugging Face Hub")
+            weights = _download(spec.weights_repo, spec.weights_file)
+            vision_dir = _snapshot(spec.image_encoder, _VISION_FILES, what="image encoder")
+            vision_dir = _ensure_weights(spec.image_encoder, vision_dir)
+            text_dir = _snapshot(spec.language_model, _TEXT_FILES, what="language model config")
+            steps.update()
+            say(f"Preparing {name}: converting {spec.weights_file}")
+            convert_checkpoint(
+                weights,
+                target,
+                mapping_type=spec.mapping_type,
+                vision_source=vision_dir,
+                text_source=text_dir,
+                prefix_length=spec.prefix_length,
+                clip_length=spec.clip_length,
+                num_layers=spec.num_layers,
+                image_encoder=spec.image_encoder,
+                language_model=spec.language_model,
+                source=f"converted from {spec.weights_repo}/{spec.weights_file}",
+            )
+            steps.update(2)
     finally:
         steps.close()
+    say(f"Preparing {name}: saved to {target}")
     log.info("saved %s to %s", name, target)
     return target
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """huggingface_hub's download bars and transformers' loading bars off for a while,
+    then as they were."""
+    from transformers.utils import logging as tf_logging  # heavy: only when converting
+
+    hub = huggingface_hub.utils
+    with warnings.catch_warnings():  # an HF_HUB_DISABLE_PROGRESS_BARS that forbids changes
+        warnings.simplefilter("ignore")
+        hub_on, tf_on = not hub.are_progress_bars_disabled(), tf_logging.is_progress_bar_enabled()
+        tf_logging.disable_progress_bar()  # transformers' own flag, and the Hub's
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if tf_on:
+                tf_logging.enable_progress_bar()  # turns the Hub's on too: set it next
+            if hub_on:
+                hub.enable_progress_bars()
+            else:
+                hub.disable_progress_bars()
 
 
 def _offline_hint(repo: str) -> str:

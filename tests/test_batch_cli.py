@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
+import time
 
 import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, LATIN1_HTML, serve_site
 
-from captioner.batch import patched_name, summary_line
+from captioner import batch as batch_module
+from captioner.batch import ProgressLines, page_counts, patched_name, summary_line
 from captioner.cli import main
 
 ALT_ATTR = re.compile(r"""\s+alt\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
@@ -57,7 +60,9 @@ def batch(tiny_dir, *args: str) -> int:
     return main(["batch", "--model", str(tiny_dir), "--device", "cpu", "--no-progress", *args])
 
 
-def test_sitemap_to_csv_report_and_patched_pages(site, tiny_dir, caption_of, tmp_path) -> None:
+def test_sitemap_to_csv_report_and_patched_pages(
+    site, tiny_dir, caption_of, tmp_path, capsys
+) -> None:
     out, patched = tmp_path / "report.csv", tmp_path / "patched"
     readable = tmp_path / "reports" / "report.html"
     rc = batch(
@@ -88,6 +93,29 @@ def test_sitemap_to_csv_report_and_patched_pages(site, tiny_dir, caption_of, tmp
         "../patched/1-index.html", "../patched/2-blog-post.html", "../patched/4-latin1.html"
     ]  # fmt: skip
     assert all((readable.parent / href).is_file() for href in hrefs.values())
+    # the page robots.txt keeps crawlers out of is skipped, not failed: no table of images
+    secret_url = site.url("private/secret.html")
+    (secret_section,) = [s for s in soup.find_all("section") if secret_url in s.h2.get_text()]
+    assert secret_section.find("table") is None and secret_section.find(class_="failed") is None
+    assert secret_section.find("p").get_text() == (
+        f"Skipped, as the site asks: robots.txt disallows {secret_url}"
+    )
+    pages_said = " ".join(soup.find(id="pages").get_text().split())
+    assert pages_said == (
+        "1 page was skipped, as the site's robots.txt asks. 3 pages could not be read."
+    )  # notes.txt, gone.html and the broken sitemap
+    summary = " ".join(soup.find(id="summary").get_text().split())
+    assert summary.startswith("22 images: 13 with a suggested alt text, 3 failed, 6 skipped.")
+    # the CLI counts pages apart from images, and says where the files went
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"wrote the csv report to {out}",
+        f"wrote the html report to {readable}",
+        f"wrote 3 patched pages to {patched}/",
+        "6 pages (1 skipped by robots.txt, 2 failed), 1 sitemap not read, "
+        "22 images: 13 done, 3 failed, 6 skipped; "
+        "by verdict: 11 missing, 5 meaningless, 3 ok, 3 decorative",
+    ]
     index, post, secret, latin, notes, gone = (
         site.url(p)
         for p in [
@@ -139,7 +167,8 @@ def test_sitemap_to_csv_report_and_patched_pages(site, tiny_dir, caption_of, tmp
         skipped(post, "img/good.png", red, "ok"),
         done(post, "img/missing.png", None, "missing"),  # captioned once, reported per page
         done(post, "assets/dog.png", "spacer", "meaningless"),
-        failed(secret, None, "robots_disallowed", f"robots.txt disallows {secret}"),
+        [secret, None, None, None, "skipped", None, "robots_disallowed",
+         f"robots.txt disallows {secret}"],  # politeness, not a failure
         done(latin, "latin/caf.png", None, "missing"),
         failed(notes, None, "not_html",
                f"{notes} is not an HTML page: expected text/html or application/xhtml+xml, "
@@ -225,6 +254,11 @@ def test_private_addresses_are_refused_unless_allowed(site, tiny_dir, capsys) ->
         site.url("index.html"),
         "failed",
         "blocked_address",
+    )
+    # the message names the way out (the service's names the operators' setting instead)
+    assert row["error_message"] == (
+        "refusing to fetch from 127.0.0.1: blocked address (loopback); "
+        "give --allow-private to audit a site on this machine or an intranet"
     )
     assert site.requests == []
 
@@ -325,20 +359,130 @@ def test_a_source_is_required(capsys) -> None:
     assert "one of the arguments --images --pages --sitemap is required" in capsys.readouterr().err
 
 
-def test_the_summary_counts_rows_by_status_and_verdict() -> None:
+def test_the_summary_counts_pages_apart_from_images() -> None:
+    """A page robots.txt keeps crawlers out of was "10 rows: … 1 failed", counted as an
+    image: pages are counted apart, and that one as skipped by robots.txt."""
     rows = [
-        {"status": "done", "verdict": "missing"},
-        {"status": "done", "verdict": "empty_link"},
-        {"status": "skipped", "verdict": "decorative"},
-        {"status": "failed", "verdict": None},  # a page that failed
-        {"status": "done", "verdict": "missing"},
+        {"image_url": "a.png", "status": "done", "verdict": "missing"},
+        {"image_url": "b.png", "status": "done", "verdict": "empty_link"},
+        {"image_url": "c.png", "status": "skipped", "verdict": "decorative"},
+        {"image_url": None, "status": "failed", "verdict": None},  # a page that failed
+        {"image_url": None, "status": "skipped", "verdict": None},  # robots.txt: keep out
+        {"image_url": "a.png", "status": "done", "verdict": "missing"},
     ]
-    assert summary_line(rows) == (
-        "5 rows: 3 done, 1 failed, 1 skipped; by verdict: 2 missing, 1 empty_link, 1 decorative"
+    pages = page_counts([None, None, "fetch_failed", "robots_disallowed"])
+    assert pages == {"total": 4, "read": 2, "skipped": 1, "failed": 1}
+    assert summary_line(rows, pages) == (
+        "4 pages (1 skipped by robots.txt, 1 failed), 4 images: 3 done, 0 failed, 1 skipped; "
+        "by verdict: 2 missing, 1 empty_link, 1 decorative"
     )
-    assert summary_line([{"status": "done", "verdict": None}]) == (
-        "1 row: 1 done, 0 failed, 0 skipped"  # image URLs: no verdicts
+    assert summary_line(rows[:1], page_counts([None])) == (
+        "1 page, 1 image: 1 done, 0 failed, 0 skipped; by verdict: 1 missing"
     )
+    assert summary_line([{"image_url": "x", "status": "done", "verdict": None}]) == (
+        "1 image: 1 done, 0 failed, 0 skipped"  # image URLs: no pages, no verdicts
+    )
+
+
+def test_a_log_gets_progress_lines_and_where_the_files_went(
+    site, tiny_dir, tmp_path, capsys, monkeypatch
+) -> None:
+    """With stderr no terminal (cron, CI, a log file) the run printed its last line only:
+    now progress lines at a steady interval (the first one early) per phase, then where
+    the report and the patched pages went, then the summary."""
+    monkeypatch.setattr(batch_module, "FIRST_PROGRESS_S", 0.0)
+    monkeypatch.setattr(batch_module, "PROGRESS_EVERY_S", 0.1)
+    out, patched = tmp_path / "reports" / "report.csv", tmp_path / "patched"
+    pages = [site.url(p) for p in ("index.html", "blog/post.html", "private/secret.html")]
+    args = ["batch", "--model", str(tiny_dir), "--device", "cpu", "--pages", *pages]
+    args += ["--allow-private", "--delay", "0.3", "--max-tokens", "4"]  # 4 requests, 0.3 s apart
+    assert main([*args, "--out", str(out), "--patched-dir", str(patched)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    phase = [line for line in err if line.startswith("pages: ")]
+    assert len(phase) >= 4, err  # a line at once, then every 0.1 s of a crawl of about 1 s
+    assert any(re.fullmatch(r"pages: 1/3, [\d.]+ pages/s, about \d+ s left, \d+ s so far", line)
+               for line in phase), phase  # fmt: skip
+    assert re.fullmatch(r"pages: 3/3 in \d+ s, [\d.]+ pages/s", phase[-1])
+    images = [line for line in err if line.startswith("images: ")]
+    assert images and re.fullmatch(r"images: 14/14 in \d+ s, [\d.]+ images/s", images[-1])
+    assert err.index(phase[-1]) < err.index(images[0])
+    assert err[-3:] == [
+        f"wrote the csv report to {out}",
+        f"wrote 2 patched pages to {patched}/",
+        "3 pages (1 skipped by robots.txt), 21 images: 12 done, 3 failed, 6 skipped; "
+        "by verdict: 10 missing, 5 meaningless, 3 ok, 3 decorative",
+    ]
+
+    # --no-progress: no progress lines, still where the files went and the summary
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0] == f"wrote the csv report to {out}"
+
+
+def test_progress_lines_say_count_rate_and_time_left() -> None:
+    now = [100.0]
+    out = io.StringIO()
+    with ProgressLines("images", "image", 1000, out=out, first_s=60, clock=lambda: now[0]) as p:
+        assert p.line() == "images: 0/1000, 0 s so far"
+        now[0] += 20
+        p.update(50)
+        assert p.line() == "images: 50/1000, 2.5 images/s, about 6 min 20 s left, 20 s so far"
+        now[0] += 3580
+        p.update(950)
+    assert out.getvalue() == "images: 1000/1000 in 1 h, 16.7 images/min\n"  # only the last
+    slow = ProgressLines("pages", "page", out=out, first_s=60, clock=lambda: now[0])
+    now[0] += 60
+    slow.update(3)
+    assert slow.line() == "pages: 3, 3.0 pages/min, 1 min so far"  # a sitemap not read yet
+    slow.close(final=False)  # the phase failed: the error says the rest
+
+
+def test_progress_lines_come_at_a_steady_interval_whatever_the_work_does() -> None:
+    out = io.StringIO()
+    with ProgressLines("images", "image", 10, out=out, first_s=0.05, every_s=0.1):
+        time.sleep(0.42)  # one long model batch: no update at all
+    lines = out.getvalue().splitlines()
+    assert 3 <= len(lines) <= 6, lines
+    assert all(line.startswith("images: 0/10, ") for line in lines[:-1])
+    assert lines[-1] == "images: 0/10 in 0 s"
+
+
+def test_a_job_counts_pages_apart_and_the_robots_page_as_skipped(
+    site, tiny_captioner, tmp_path
+) -> None:
+    """Batch jobs plan with ``batch.plan``: the page robots.txt keeps crawlers out of is a
+    skipped row in their counts too, and their status counts pages apart."""
+    from captioner.jobs import CaptionerBackend, JobQueue, parse_job
+    from captioner.settings import Settings
+
+    settings = Settings.load(
+        {},
+        {
+            "DATA_DIR": tmp_path / "data",
+            "ALLOW_PRIVATE_NETWORKS": True,
+            "CRAWL_DELAY_S": 0,
+            "MODEL": "tiny",
+        },
+    )
+    queue = JobQueue(settings)
+    try:
+        queue.start_consumer(CaptionerBackend(tiny_captioner), workers=1)
+        pages = [site.url(p) for p in ("blog/post.html", "private/secret.html", "gone.html")]
+        spec = parse_job({"pages": pages, "decoding": {"max_tokens": 4}}, settings)
+        job, _ = queue.submit(spec)
+        stop = time.monotonic() + 60
+        while (status := queue.status(job["id"]))["state"] not in ("done", "failed"):
+            assert time.monotonic() < stop, status
+            time.sleep(0.05)
+        assert status["state"] == "done"
+        assert status["page_counts"] == {"total": 3, "read": 1, "skipped": 1, "failed": 1}
+        assert status["counts"] == {"total": 6, "done": 3, "failed": 1, "skipped": 2}
+        secret = [r for r in queue.rows(job["id"]) if r["page_url"] == pages[1]]
+        assert [(r["status"], r["error_code"]) for r in secret] == [
+            ("skipped", "robots_disallowed")
+        ]
+    finally:
+        queue.close(timeout=5)
 
 
 def test_patched_names() -> None:

@@ -401,6 +401,26 @@ def test_special_purpose_addresses_are_blocked(link: str, reason: str) -> None:
 @pytest.mark.parametrize("link", ALWAYS_BLOCKED)
 def test_metadata_and_unroutable_stay_blocked_with_allow_private(link: str) -> None:
     expect("blocked_address", check_url, link, FetchLimits(allow_private=True))
+    # no way out: the refusal names none
+    assert "ALLOW_PRIVATE" not in expect("blocked_address", check_url, link).message
+
+
+@pytest.mark.parametrize(
+    "link", ["http://127.0.0.1/", "http://localhost/", "http://192.168.1.1/", "http://[fd12::1]/"]
+)
+def test_a_refusal_allow_private_would_lift_says_how(link: str) -> None:
+    """An intranet site failed with blocked_address, and nothing said how to allow it: the
+    message names the way out, the operators' setting by default (the service, jobs)."""
+    message = expect("blocked_address", check_url, link).message
+    assert message.endswith(
+        "; an operator can allow loopback and private addresses with "
+        "ALTCAP_ALLOW_PRIVATE_NETWORKS=true (an intranet deployment)"
+    )
+    # the batch CLI names its flag instead
+    limits = FetchLimits(allow_private_hint="give --allow-private")
+    assert expect("blocked_address", check_url, link, limits).message.endswith(
+        "; give --allow-private"
+    )
 
 
 @pytest.mark.parametrize(

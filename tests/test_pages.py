@@ -729,7 +729,7 @@ def test_plan_rows_for_pages(site) -> None:
         for im in expected_images(site.base)
     ]
     want += [
-        (urls[1], None, None, None, "failed", "robots_disallowed"),
+        (urls[1], None, None, None, "skipped", "robots_disallowed"),  # politeness
         (urls[2], None, None, None, "failed", "fetch_failed"),
     ]
     assert rows == want

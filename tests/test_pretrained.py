@@ -58,6 +58,44 @@ def test_named_model_is_fetched_converted_and_cached(fake_hub):
     assert len(calls) == n
 
 
+def test_first_use_prints_each_step_once_when_stderr_is_no_terminal(fake_hub, capfd):
+    """In a log file (cron, CI) the "Preparing" bar came out twice, with transformers'
+    loading bar and its cursor escapes between: there, a plain line per step, no bars."""
+    import huggingface_hub
+    from transformers.utils import logging as tf_logging
+
+    _repos, _calls, tmp = fake_hub
+    bars = huggingface_hub.utils.are_progress_bars_disabled(), tf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    Captioner.from_pretrained("clipcap-coco", device="cpu")
+    err = capfd.readouterr().err
+    assert "\r" not in err and "\x1b[" not in err and "Loading weights" not in err
+    assert [line for line in err.splitlines() if "clipcap-coco" in line] == [
+        "Preparing clipcap-coco (first use): downloading its parts from the Hugging Face Hub",
+        "Preparing clipcap-coco: converting coco_weights.pt",
+        f"Preparing clipcap-coco: saved to {tmp / 'cache' / 'clipcap-coco'}",
+    ]
+    # the libraries' own bars are as they were
+    assert (
+        huggingface_hub.utils.are_progress_bars_disabled(),
+        tf_logging.is_progress_bar_enabled(),
+    ) == bars
+
+
+def test_first_use_shows_a_bar_on_a_terminal(fake_hub, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    Captioner.from_pretrained("clipcap-coco", device="cpu")
+    shown = terminal.getvalue()
+    assert "Preparing clipcap-coco: 100%" in shown and "(first use)" not in shown
+
+
 def test_offline_failure_names_the_download_and_the_way_out(fake_hub, monkeypatch):
     def offline(*a, **kw):
         raise OSError("We couldn't connect to the Hub (offline mode is enabled)")

@@ -150,7 +150,8 @@ def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
     assert soup.html["lang"] == "en" and soup.title.string == "AltCap report"
     assert soup.find("h1").get_text() == "AltCap report"
     summary = " ".join(soup.find(id="summary").get_text().split())
-    assert summary.startswith("5 images: 2 with a suggested alt text, 1 failed, 2 skipped.")
+    assert summary.startswith("4 images: 2 with a suggested alt text, 1 failed, 1 skipped.")
+    assert " ".join(soup.find(id="pages").get_text().split()) == "1 page was skipped."
     found = [li.get_text() for li in soup.find(id="verdicts").find_all("li")]
     assert found == [
         f"{VERDICT_LABELS['missing']}: 1",
@@ -167,7 +168,8 @@ def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
     for section in soup.find_all("section"):
         assert section.find("h2")["id"] == section["aria-labelledby"]
     tables = soup.find_all("table")
-    assert [len(t.tbody.find_all("tr")) for t in tables] == [3, 1, 1]
+    assert [len(t.tbody.find_all("tr")) for t in tables] == [3, 1]  # page c: no image
+    assert [t.caption.get_text() for t in tables] == ["3 images", "1 image"]
     for table in tables:
         assert [th["scope"] for th in table.thead.find_all("th")] == ["col"] * 6
         assert all(tr.find("th")["scope"] == "row" for tr in table.tbody.find_all("tr"))
@@ -186,7 +188,47 @@ def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
     failed = [td.get_text() for td in tables[1].tbody.find_all("td")]
     assert failed[-1] == "Failed: the image server answered HTTP 404"
     assert failed[2] == ""  # an image address given directly: its alt is not known
-    assert tables[2].tbody.th.get_text() == "(the page itself)"
+    page_c = soup.find_all("section")[2]
+    assert page_c.find("table") is None and page_c.p.get_text() == "Skipped"
+
+
+def test_html_report_says_pages_that_were_not_read_apart_from_images() -> None:
+    """A page robots.txt keeps crawlers out of showed a red "Failed" in a section titled
+    "1 image": it is a page skipped by politeness, said as such, and no image."""
+    secret, gone = "https://example.com/private/", "https://example.com/gone"
+    rows = [
+        ROWS[0],
+        make_row(
+            page_url=secret,
+            image_url=None,
+            status="skipped",
+            error_code="robots_disallowed",
+            error_message=f"robots.txt disallows {secret}",
+        ),
+        make_row(
+            page_url=gone,
+            image_url=None,
+            status="failed",
+            error_code="fetch_failed",
+            error_message="the server answered HTTP 404",
+        ),
+    ]
+    soup = html_report(rows)
+    summary = " ".join(soup.find(id="summary").get_text().split())
+    assert summary.startswith("1 image: 1 with a suggested alt text, 0 failed, 0 skipped.")
+    assert " ".join(soup.find(id="pages").get_text().split()) == (
+        "1 page was skipped, as the site's robots.txt asks. 1 page could not be read."
+    )
+    sections = soup.find_all("section")
+    assert [s.find("table") is not None for s in sections] == [True, False, False]
+    skipped, failed = sections[1].p, sections[2].p
+    assert skipped.get_text() == f"Skipped, as the site asks: robots.txt disallows {secret}"
+    assert "failed" not in skipped["class"]
+    assert failed.get_text() == "Failed: the server answered HTTP 404"
+    assert failed["class"] == ["failed"]
+    assert html_report(ROWS[:1]).find(id="pages") is None  # every page read: nothing to say
+    # JSON and CSV say it in the row: status skipped, code robots_disallowed
+    assert json.loads(render("json", rows))[1]["status"] == "skipped"
 
 
 def test_html_report_escapes_what_page_authors_wrote() -> None:
