@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Flask
 
-from captioner import api, jobs_api
+from captioner import api, cpus, jobs_api
 from captioner.cache import open_cache
 from captioner.engine import Engine
 from captioner.identity import ModelChanged, ModelIdentity, model_identity
@@ -77,8 +77,12 @@ def default_loader(settings: Settings, model: ModelIdentity | None = None) -> Ca
     """
 
     def load() -> Any:
-        from captioner.captioner import Captioner  # torch and transformers: import on use
+        import torch  # heavy: only in the engine's thread, after gunicorn's fork
 
+        from captioner.captioner import Captioner
+
+        # Here, in the thread that runs the model: OpenMP's thread count is per thread.
+        torch.set_num_threads(settings.torch_threads or cpus.torch_threads())
         captioner = Captioner.from_pretrained(
             settings.model,
             device=settings.device,

@@ -51,9 +51,10 @@ workers = _positive_int("ALTCAP_WORKERS", 1)
 # gthread: a thread per in-flight request. A captioning request spends nearly all its time
 # waiting on the engine's futures (or on a download), not holding the GIL, so threads are
 # what lets concurrent requests meet in one batch: with one-image requests, a batch is never
-# larger than this, so the default matches ALTCAP_MAX_BATCH_SIZE.
+# larger than the captioning requests a worker takes on, its threads less an eighth (see
+# post_fork), so the default of 36 takes 32, ALTCAP_MAX_BATCH_SIZE, and keeps 4 for the rest.
 worker_class = "gthread"
-threads = _positive_int("ALTCAP_THREADS", 32)
+threads = _positive_int("ALTCAP_THREADS", 36)
 
 # Seconds a worker may go without a heartbeat before the master kills it. The heartbeat
 # comes from the worker's main loop, not from request threads: the model loads and computes
@@ -149,9 +150,19 @@ def post_fork(server, worker) -> None:
     errors ("the model could not be loaded") printed unformatted. They go to gunicorn's
     error log instead, with gunicorn's format and level.
 
-    torch sizes its thread pool from OMP_NUM_THREADS when it is imported (in the worker,
-    since nothing imports it in the master); by default every worker would use every core,
-    and several workers would slow each other down. An explicit OMP_NUM_THREADS wins.
+    torch sizes its thread pool by the host's cores when it is imported (in the worker:
+    nothing imports it in the master), not by the CPUs this process may use: a container's
+    CPU quota, an affinity mask, or the other workers. Its OpenMP threads wait for each other
+    at the end of every operation, so one thread without a core stalls them all (a caption
+    of 0.3 s took seconds). ``OMP_NUM_THREADS`` is set to this worker's share of the usable
+    CPUs (``captioner/cpus.py``) unless ``ALTCAP_TORCH_THREADS`` or ``OMP_NUM_THREADS`` says,
+    and ``OMP_WAIT_POLICY`` to passive unless set: a thread that waits for the others sleeps
+    instead of spinning on a core that another process (or this one's request threads) needs.
+
+    ``ALTCAP_MAX_IN_FLIGHT``, unless set: the captioning requests a worker takes on at once,
+    an eighth of its threads fewer (at least 2 kept), so that a request beyond them is
+    answered ``503 overloaded`` at once instead of waiting unseen in gunicorn's queue for a
+    thread, and ``/healthz`` always finds a thread free.
     """
     app_log = logging.getLogger("captioner")
     app_log.setLevel(server.log.error_log.level)
@@ -159,9 +170,12 @@ def post_fork(server, worker) -> None:
         app_log.addHandler(handler)
     app_log.propagate = False
 
-    if server.cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // server.cfg.workers))
+    from captioner import cpus  # stdlib only: no torch in the worker yet
+
+    os.environ["OMP_NUM_THREADS"] = str(cpus.torch_threads(server.cfg.workers))
+    os.environ.setdefault("OMP_WAIT_POLICY", cpus.OMP_WAIT_POLICY)
+    threads = server.cfg.threads
+    os.environ.setdefault("ALTCAP_MAX_IN_FLIGHT", str(max(1, threads - max(2, threads // 8))))
 
 
 def post_worker_init(worker) -> None:

@@ -11,7 +11,11 @@ the same whatever the random weights say. One run measures:
     clients share the server's cores) against one gunicorn worker with batching on
     (ALTCAP_MAX_BATCH_SIZE=32) and off (=1): images/s, p50/p99 latency, ratio;
 (b) cached URLs: an image served by a local http.server is captioned once, then
-    GET /v1/captions?url=... is repeated from keep-alive connections: requests/s.
+    GET /v1/captions?url=... is repeated from keep-alive connections: requests/s;
+(c) with ``--noisy-neighbour``, instead: the default server (one worker, default threads,
+    queue and deadline) under 50 clients that wait as a 503's Retry-After says, once alone
+    and once with a CPU burner process beside it: p50/p99, the share of 503s, and how fast
+    /healthz answers all the while.
 
 Everything stays on 127.0.0.1; every loop is bounded by time; the servers are stopped at
 the end. Prints a Markdown table, and writes JSON with ``--json``.
@@ -19,6 +23,7 @@ the end. Prints a Markdown table, and writes JSON with ``--json``.
     python bench/serve.py                   # full size: ~4 min on 2 CPU cores (+30 s once)
     python bench/serve.py --quick           # tiny model, short runs: a smoke check (< 1 min)
     python bench/serve.py --measure 120 --clients 64 --json bench/results/serve-cpu.json
+    python bench/serve.py --noisy-neighbour --json bench/results/serve-neighbour-cpu.json
 """
 
 from __future__ import annotations
@@ -174,12 +179,19 @@ class Gunicorn:
 def request(
     port: int, method: str, path: str, body: bytes | None = None, timeout: float = 600
 ) -> tuple[int, bytes]:
+    status, _, raw = request_with_headers(port, method, path, body, timeout)
+    return status, raw
+
+
+def request_with_headers(
+    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 600
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
-        return response.status, response.read()
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
 
@@ -211,6 +223,7 @@ class Sample:
     end: float
     ok: bool
     cached: bool = False
+    code: str = ""  # the error code of a failure
 
 
 @dataclass
@@ -243,7 +256,7 @@ def closed_loop(
             if t1 > until:
                 return
             with lock:
-                result.samples.append(Sample(t0, t1, ok, cached))
+                result.samples.append(Sample(t0, t1, ok, cached, code))
                 if not ok:
                     result.errors[code] = result.errors.get(code, 0) + 1
 
@@ -273,6 +286,7 @@ def summarize(result: LoadResult, window: tuple[float, float], unit: str) -> dic
         f"{unit}_per_s": len(ok) / (hi - lo),
         "completed": len(ok),
         "failed": len(done) - len(ok),
+        "overloaded_share": sum(s.code == "overloaded" for s in done) / max(1, len(done)),
         "cached": sum(s.cached for s in ok),
         "p50_ms": percentile(ms, 50),
         "p99_ms": percentile(ms, 99),
@@ -360,6 +374,84 @@ def bench_captioning(args, model: Path, workdir: Path, batch: int) -> dict:
         print(json.dumps(row), flush=True)
         return row
     finally:
+        server.stop()
+
+
+# --- (c) a noisy neighbour ----------------------------------------------------------------------
+
+
+def probe_healthz(port: int, window: tuple[float, float], out) -> None:
+    """A prober process: GET /healthz every 0.5 s; milliseconds of those sent in ``window``
+    (monotonic; inf for a failed probe)."""
+    ms: list[float] = []
+    while time.monotonic() < window[1]:
+        t = time.monotonic()
+        try:
+            ok = request(port, "GET", "/healthz", timeout=60)[0] == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+        if t >= window[0]:
+            ms.append((time.monotonic() - t) * 1e3 if ok else math.inf)
+        time.sleep(0.5)
+    out.put(ms)
+
+
+def bench_neighbour(args, model: Path, workdir: Path, burner: bool) -> dict:
+    """The default server (one worker; default threads, queue and deadline) under
+    ``args.neighbour_clients`` clients, with or without a CPU burner process beside it.
+
+    Clients do as told: after a 503 they wait its Retry-After. A prober asks ``/healthz``
+    every half second throughout, as a liveness probe would.
+    """
+    env = {"ALTCAP_MODEL": str(model), "ALTCAP_DEVICE": "cpu", "ALTCAP_DTYPE": args.dtype}
+    name = "neighbour-busy" if burner else "neighbour-idle"
+    server = Gunicorn(name, env, workdir, workers=1)
+    burn = None
+    try:
+        load_s = server.wait_ready(args.ready_timeout)
+        clients = args.neighbour_clients
+        pool = [
+            [body(7, c, n, args.image_size) for n in range(args.bodies)] for c in range(clients)
+        ]
+        if burner:  # one core's worth of someone else's work, for the whole run
+            burn = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        t0 = time.monotonic()
+        window = (t0 + args.warmup, t0 + args.warmup + args.measure)
+
+        def one(c: int, n: int) -> tuple[bool, bool, str]:
+            data = pool[c][n] if n < len(pool[c]) else body(8, c, n, args.image_size)
+            status, headers, raw = request_with_headers(server.port, "POST", "/v1/captions", data)
+            if status == 200:
+                return True, json.loads(raw)["results"][0]["cached"], ""
+            code = json.loads(raw).get("error", {}).get("code", str(status))
+            if status == 503:
+                time.sleep(min(float(headers.get("Retry-After", 1)), window[1] - time.monotonic()))
+            return False, False, code
+
+        # in a process of its own: the clients' 50 threads would delay a prober among them
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        prober = ctx.Process(target=probe_healthz, args=(server.port, window, queue), daemon=True)
+        prober.start()
+        result = closed_loop(clients, window[1], one)
+        health_ms = queue.get(timeout=120)
+        prober.join(10)
+        row = {"cpu_burner": burner, "clients": clients, "load_s": load_s}
+        row.update(summarize(result, window, "images"))
+        row.update(
+            {
+                "healthz_p50_ms": percentile(health_ms, 50),
+                "healthz_p99_ms": percentile(health_ms, 99),
+                "healthz_max_ms": max(health_ms, default=math.nan),
+                "probes": len(health_ms),
+            }
+        )
+        print(json.dumps(row), flush=True)
+        return row
+    finally:
+        if burn is not None:
+            burn.kill()
+            burn.wait()
         server.stop()
 
 
@@ -505,6 +597,15 @@ def markdown(result: dict) -> str:
     if "on" in rows and "off" in rows and rows["off"]["images_per_s"] > 0:
         ratio = rows["on"]["images_per_s"] / rows["off"]["images_per_s"]
         lines.append(f"| (a) batching on / off | | **{ratio:.1f}×** | | | | |")
+    for r in result.get("neighbour", []):
+        lines.append(
+            f"| (c) POST, {r['clients']} clients, "
+            f"{'a CPU burner beside' if r['cpu_burner'] else 'nothing else running'} "
+            f"| default server; 503 share {r['overloaded_share']:.0%}, /healthz p99 "
+            f"{r['healthz_p99_ms']:.0f} ms (max {r['healthz_max_ms']:.0f}) "
+            f"| {r['images_per_s']:.2f} images/s | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
+            f"| {r['failed']} | – |"
+        )
     u = result.get("cached_url")
     if u:
         config = (
@@ -545,6 +646,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url-procs", type=int, default=2, help="client processes in (b)")
     p.add_argument("--url-client-threads", type=int, default=4, help="connections per process")
     p.add_argument("--skip", default="", help="comma list of parts to skip: on,off,url")
+    p.add_argument(
+        "--noisy-neighbour",
+        action="store_true",
+        help="instead: (c) the default server under --neighbour-clients, without and with a "
+        "CPU burner beside it",
+    )
+    p.add_argument("--neighbour-clients", type=int, default=50, help="clients in (c)")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to load a model")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -573,6 +681,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"# {json.dumps(info)}", flush=True)
         result: dict = {"info": info, "captioning": []}
+        if args.noisy_neighbour:
+            skip |= {"on", "off", "url"}
+            result["neighbour"] = [
+                bench_neighbour(args, model, workdir, burner) for burner in (False, True)
+            ]
         for batch, key in ((32, "on"), (1, "off")):
             if key not in skip:
                 result["captioning"].append(bench_captioning(args, model, workdir, batch))

@@ -13,7 +13,9 @@ passed since that oldest item arrived, runs ``caption_pixels`` once and resolves
 futures. Items with other settings keep their place, so the oldest request always goes next.
 
 Overload is refused early instead of queued forever: a full queue raises ``Overloaded``
-(503 with a retry hint), and an item whose deadline passes while it waits is failed with
+(503 with a retry hint), and so does an image that, at the recent batch latency, would not
+be captioned before its deadline (a busy CPU makes batches slow long before the queue
+fills); an item whose deadline passes while it waits anyway is failed with
 ``DeadlineExceeded`` without spending any model time on it.
 """
 
@@ -293,6 +295,15 @@ class Engine:
                         f"retry in {retry} s",
                         retry_after=retry,
                     )
+                elif now + self._expected_wait_s() > deadline:
+                    self._rejected += 1
+                    retry = self._retry_after()
+                    refusal = Overloaded(
+                        f"the model is busy ({len(self._pending)} images waiting): this image "
+                        f"would not be captioned before the request's deadline; retry in "
+                        f"{retry} s",
+                        retry_after=retry,
+                    )
                 else:
                     self._pending.append(item)
                     self._cond.notify()
@@ -371,6 +382,18 @@ class Engine:
         """Seconds until the queue has likely drained, from recent batch latency (>= 1)."""
         batches_ahead = math.ceil(len(self._pending) / self.max_batch_size) + 1
         return max(1, math.ceil(batches_ahead * (self._batch_s or 0.0)))
+
+    def retry_after(self) -> int:
+        """``Retry-After`` seconds for a client refused now: when the queue has likely
+        drained, from recent batch latency (at least 1)."""
+        with self._cond:
+            return self._retry_after()
+
+    def _expected_wait_s(self) -> float:
+        """Seconds until one more image would be captioned: the batch being computed, the
+        batches queued ahead of it and its own, at the recent latency (0 before any)."""
+        batches = math.ceil((len(self._pending) + 1) / self.max_batch_size) + 1
+        return batches * (self._batch_s or 0.0)
 
     # --- the worker thread --------------------------------------------------------------
 

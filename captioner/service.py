@@ -9,9 +9,11 @@ and ``run_job``, which fills in a result or an error for every image. The views 
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,13 +22,14 @@ from PIL import Image
 from captioner import fetch, images
 from captioner.cache import Cache, cache_key, caption_value, get_caption, sha256_hex
 from captioner.config import DecodingSettings
-from captioner.engine import DeadlineExceeded, Engine
+from captioner.engine import DeadlineExceeded, Engine, Overloaded
 from captioner.errors import AltCapError, InvalidSettings
 from captioner.identity import ModelIdentity
 from captioner.metrics import Metrics
 from captioner.settings import Settings
 
 __all__ = [
+    "Admission",
     "InvalidRequest",
     "Item",
     "Job",
@@ -64,6 +67,42 @@ class Unauthorized(AltCapError):
 # --- per-app state -----------------------------------------------------------------------
 
 
+class Admission:
+    """At most ``limit`` captioning requests at once in this process (0: no limit).
+
+    Under gunicorn a request waits for a free thread before AltCap sees it, and that wait
+    counts against no deadline and trips no queue bound: with every thread waiting on the
+    model, more requests (``/healthz`` too) would queue unseen for as long as the model
+    takes. So a worker takes on fewer captioning requests than it has threads, and answers
+    one more with ``503 overloaded`` at once; a thread is then always free.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self.active = 0
+
+    @contextmanager
+    def slot(self, retry_after: Callable[[], int]) -> Iterator[None]:
+        """Hold a slot for the ``with`` block, or raise ``Overloaded`` at once."""
+        with self._lock:
+            admitted = not self.limit or self.active < self.limit
+            if admitted:
+                self.active += 1
+        if not admitted:
+            retry = retry_after()
+            raise Overloaded(
+                f"the server is working on {self.limit} captioning requests, its most at "
+                f"once; retry in {retry} s",
+                retry_after=retry,
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
 @dataclass
 class ServiceState:
     """What the views of one app share; kept in ``app.extensions["altcap"]``."""
@@ -77,6 +116,10 @@ class ServiceState:
     jobs: Any = None  # captioner.jobs.JobQueue, set by jobs_api.init_app
     # Blueprints registered elsewhere add their paths to /openapi.json: f(doc, settings).
     openapi_parts: list[Callable[[dict[str, Any], Settings], None]] = field(default_factory=list)
+    admission: Admission = field(init=False)  # from settings.max_in_flight
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.settings.max_in_flight)
 
     def close(self) -> None:
         """Stop the job consumer and the engine, release the cache (tests; a clean shutdown)."""
@@ -151,8 +194,14 @@ def run_job(st: ServiceState, job: Job) -> None:
     Order of work: the URL memo and the caption cache first (a repeated URL is answered
     without downloading anything), then downloads and decoding (in parallel threads when
     there are several images), then one call to the engine for whatever is left, whose
-    images can share batches with other requests'.
+    images can share batches with other requests'. Beyond ``max_in_flight`` requests at
+    once, raises ``Overloaded`` before any of that.
     """
+    with st.admission.slot(st.engine.retry_after):
+        _run_job(st, job)
+
+
+def _run_job(st: ServiceState, job: Job) -> None:
     settings = job.decoding.to_dict()
     todo = [item for item in job.items if item.error is None and item.result is None]
     if len(todo) > 1:

@@ -229,6 +229,19 @@ class Settings:
     max_queue: int = _setting(
         256, _int(1), "Images waiting for the model before requests get 503 overloaded"
     )
+    max_in_flight: int = _setting(
+        0,
+        _int(0),
+        "Captioning requests one process works on at once; one more is answered 503 overloaded"
+        " at once, so threads stay free for /healthz and /readyz (0: under gunicorn"
+        " ALTCAP_THREADS less an eighth, at least 2; no limit otherwise)",
+    )
+    torch_threads: int = _setting(
+        0,
+        _int(0),
+        "Threads torch computes with in each process (0: the CPUs the process may use, its"
+        " affinity and cgroup quota, shared among ALTCAP_WORKERS; OMP_NUM_THREADS if set)",
+    )
     request_timeout_s: float = _setting(
         30.0,
         _seconds(allow_zero=False),

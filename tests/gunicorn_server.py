@@ -31,6 +31,7 @@ class Gunicorn:
         tmp: Path,
         workers: int = 2,
         extra_env: dict[str, str] | None = None,
+        app: str = "app:create_app()",
     ) -> None:
         self.workers = workers
         if importlib.util.find_spec("gunicorn") is None:
@@ -64,10 +65,10 @@ class Gunicorn:
                 str(ROOT / "gunicorn.conf.py"),
                 "--bind",
                 "127.0.0.1:0",  # the kernel picks a free port; gunicorn logs which
-                "app:create_app()",
+                app,
             ],
             cwd=ROOT,
-            env=env,
+            env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
             stdout=self._stdout,
             stderr=self._stderr,
         )

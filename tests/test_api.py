@@ -171,6 +171,9 @@ class FakeEngine:
     def stats(self) -> dict[str, int]:
         return {"queue_depth": 0}
 
+    def retry_after(self) -> int:
+        return 1
+
     def close(self, timeout: float | None = None) -> None:
         pass
 

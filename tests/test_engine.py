@@ -233,6 +233,28 @@ def test_full_queue_is_refused_with_retry_after(make_engine, spy, pixels):
     assert spy.sizes() == [1, 2]
 
 
+def test_an_image_that_cannot_make_its_deadline_is_refused_at_once(make_engine, spy, pixels):
+    """At the recent batch latency, an image that would be captioned after its request's
+    deadline is refused now (503 overloaded, Retry-After from that latency), not failed at
+    the deadline (504) after holding its client and a server thread for all that time."""
+    engine = make_engine()
+    blocker = hold_worker(engine, spy, pixels[0])
+    time.sleep(0.3)  # the first batch takes >= 0.3 s: the engine's latency estimate
+    spy.gate.set()
+    blocker.result(TIMEOUT)
+    hold_worker(engine, spy, pixels[1])  # the next batch is under way
+
+    t0 = time.monotonic()
+    with pytest.raises(Overloaded) as info:  # needs ~2 batches (>= 0.6 s); has 0.2 s
+        engine.submit(pixels[2], GREEDY, timeout_s=0.2)
+    assert time.monotonic() - t0 < 0.1
+    assert "deadline" in info.value.message and info.value.retry_after >= 1
+    assert engine.stats().items_rejected == 1
+    fine = engine.submit(pixels[3], GREEDY, timeout_s=TIMEOUT)  # time enough: queued
+    spy.gate.set()
+    assert isinstance(fine.result(TIMEOUT), CaptionResult)
+
+
 def test_expired_items_are_failed_and_never_computed(make_engine, spy, pixels):
     engine = make_engine()
     blocker = hold_worker(engine, spy, pixels[0])

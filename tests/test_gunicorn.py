@@ -52,7 +52,7 @@ def test_config_defaults_and_environment():
     defaults = config_values(print_config({}).stdout)
     assert defaults["bind"] == "['127.0.0.1:8000']"  # loopback unless told otherwise
     assert defaults["workers"] == "1"
-    assert defaults["threads"] == "32"
+    assert defaults["threads"] == "36"
     assert defaults["worker_class"] == "gthread"
     assert defaults["preload_app"] == "False"
     env = {"PORT": "5055", "ALTCAP_WORKERS": "3", "ALTCAP_THREADS": "16"}
@@ -276,14 +276,30 @@ def test_metrics_add_up_every_worker(server):
 
 
 def test_concurrent_requests_all_succeed(server):
+    """16 clients against 2 workers that take on 6 captioning requests each (8 threads, 2
+    kept free): a request beyond that is refused at once with Retry-After, and a client
+    that waits as told gets its caption."""
+    refused: list[str] = []
+
     def caption(i: int) -> dict:
-        status, body = server.post_json({"images": [{"data": b64(distinct_png(200 + i))}]})
+        payload = json.dumps({"images": [{"data": b64(distinct_png(200 + i))}]}).encode()
+        for _ in range(50):
+            status, headers, raw = server.request(
+                "POST", "/v1/captions", payload, {"Content-Type": "application/json"}
+            )
+            body = json.loads(raw)
+            if status != 503:
+                break
+            assert body["error"]["code"] == "overloaded", body
+            refused.append(headers["Retry-After"])
+            time.sleep(min(float(headers["Retry-After"]), 0.2))
         assert status == 200, body
         return body["results"][0]
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(caption, range(32)))
     assert all(r["caption"].endswith(".") and not r["cached"] for r in results), results
+    assert all(int(seconds) >= 1 for seconds in refused), refused
 
 
 def test_sigterm_stops_cleanly(server):
