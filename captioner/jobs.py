@@ -15,16 +15,22 @@ A job goes through three steps, each run by whichever consumer gets to it first:
 huey messages are only wake-ups: losing one (a consumer killed right after taking it from
 the queue, which huey does not re-deliver) loses no work, because the work itself is in the
 job store (``captioner.jobstore``) under leases. Each consumer process renews the leases of
-the units it works on every few seconds; a lease that is not renewed expires after
-``ALTCAP_JOB_LEASE_S``, and its unit becomes claimable again by any consumer: by the next
-claim of a consumer already working on the job, or by the *sweep* each consumer process
-runs every ``lease/2`` seconds (and at start), which wakes up jobs that have claimable work
-but no recent activity. So a ``kill -9`` costs at most one lease of delay and the re-run of
-the chunk that was in flight; completion marks make sure its rows are written once.
+the units it works on every *heartbeat* (``heartbeat_s``: a quarter of
+``ALTCAP_JOB_LEASE_S``, at most 5 s); a lease that is not renewed expires ``lease`` after
+the last heartbeat, and its unit becomes claimable again by any consumer. At every
+heartbeat (and at start) each consumer process also runs the *sweep*: it wakes up the jobs
+where a lease ran out since they were last woken (a consumer died holding it), and the jobs
+with claimable work that nobody touched for a lease (a wake-up was lost). So a ``kill -9``
+costs the re-run of the chunk that was in flight and a delay that ``recovery_bounds_s``
+states (55 to 66 s at the default 60 s lease); completion marks make sure its rows are
+written once.
 
-Jobs do not stay forever: the same sweep deletes the jobs that ended more than
+Cancelling and deleting are two requests, each idempotent (``JobQueue.cancel``,
+``JobQueue.delete``): a cancelled job keeps the rows it found until it is deleted, and a job
+still queued or running is never deleted (``JobActive``), so a retried cancel loses nothing.
+Jobs do not stay forever: the sweep deletes the jobs that ended more than
 ``ALTCAP_JOB_RETENTION_S`` ago, with everything stored for them (``JobStore.purge``), and
-``DELETE /v1/jobs/<id>`` deletes an ended job at once (``JobQueue.cancel_or_delete``).
+``DELETE /v1/jobs/<id>`` deletes an ended job at once.
 
 Queue and store: SQLite files in ``ALTCAP_DATA_DIR`` by default (the service's own threads,
 one machine), or one Redis for both with ``ALTCAP_QUEUE_URL=redis://...`` (any number of
@@ -86,15 +92,17 @@ __all__ = [
     "EngineBackend",
     "IdempotencyConflict",
     "InvalidJob",
+    "JobActive",
     "JobConsumer",
-    "JobFinished",
     "JobNotFound",
     "JobQueue",
     "PageNotFound",
     "QueueUnavailable",
     "RetryLater",
+    "heartbeat_s",
     "make_huey",
     "parse_job",
+    "recovery_bounds_s",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,6 +118,8 @@ MAX_JOB_HTML = 50 * 1024 * 1024  # HTML kept per job for patched pages; later pa
 HTML_NOT_KEPT = "html_not_kept"  # the error of a page whose HTML was past MAX_JOB_HTML
 MAX_FANOUT = 32  # wake-ups enqueued once a job is planned: at most this many consumers join
 RETRY_DELAY_S = 5.0  # the model is loading or overloaded: look at the job again after this
+HEARTBEAT_MAX_S = 5.0  # the longest between two lease renewals (and sweeps) of a consumer
+QUEUE_POLL_S = 1.0  # the longest an idle consumer thread waits before it polls huey again
 ENGINE_TIMEOUT_S = 600.0  # the most a chunk waits for the service's engine
 WEBHOOK_ATTEMPTS = 4
 WEBHOOK_TIMEOUT_S = 10.0  # the most silence between two bytes of the answer
@@ -151,11 +161,13 @@ class PageNotFound(AltCapError):
     http_status = 404
 
 
-class JobFinished(AltCapError):
-    """Cancelling a job that is already done or failed (``JobQueue.cancel``; the API's
-    DELETE deletes such a job instead)."""
+class JobActive(AltCapError):
+    """Deleting a job that is still queued or running: cancel it first, then delete it.
 
-    code = "job_finished"
+    ``DELETE`` used to cancel such a job (and a second one deleted it): a client that still
+    does so, or retries a cancel that timed out, is refused and loses nothing."""
+
+    code = "job_active"
     http_status = 409
 
 
@@ -582,33 +594,40 @@ class JobQueue:
         return patch_html(page["html"], page["final_url"] or page["url"], captions, language)
 
     @_translating
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued or running job: chunks not started are never captioned (a chunk
-        being captioned right now still writes its rows). Cancelling twice is fine."""
-        job = self.get(job_id)
-        if job["state"] in ("done", "failed"):
-            raise JobFinished(f"job {job_id} is already {job['state']}")
+    def cancel(self, job_id: str, scope: str | None = None) -> dict[str, Any]:
+        """Cancel a queued or running job; its status (``POST /v1/jobs/<id>/cancel``).
+
+        Chunks not started are never captioned; a chunk being captioned right now still
+        writes its rows, and the rows found so far stay until the job is deleted.
+        Idempotent: cancelling again, or a job that has already ended, changes nothing and
+        answers the job as it is (its ``state`` says how it ended). The store's cancel is
+        one atomic step, so of concurrent cancels one cancels and sends the webhook."""
+        self.get(job_id, scope)
         if self.store.cancel(job_id):
+            log.info("job %s cancelled on request", job_id)
             self.notify(job_id)
-        return self.status(job_id)
+        return self.status(job_id, scope)
 
     @_translating
-    def cancel_or_delete(self, job_id: str, scope: str | None = None) -> dict[str, Any] | None:
-        """What ``DELETE /v1/jobs/<id>`` does: cancel a queued or running job (its status is
-        returned, and it can still be read), delete a job that has ended with everything
-        stored for it (None is returned; the job is then not found).
+    def delete(self, job_id: str, scope: str | None = None) -> None:
+        """Delete a job that has ended, with everything stored for it (``DELETE``).
 
-        One call never does both: a job cancelled by a first DELETE is deleted by a second.
-        A job that ends between the read and the cancel is returned as it ended."""
-        job = self.get(job_id, scope)
-        if job["state"] in ACTIVE_STATES:
-            if self.store.cancel(job_id):
-                self.notify(job_id)
-            return self.status(job_id)
-        if not self.store.delete(job_id):  # deleted meanwhile, by another DELETE or the sweep
+        A job still queued or running is refused with ``JobActive`` and left as it is: the
+        check and the deletion are one atomic step of the store, so a job is never deleted
+        while it runs. Deleting again (or a job the retention sweep deleted) is
+        ``JobNotFound``."""
+        self.get(job_id, scope)
+        if self.store.delete(job_id):
+            log.info("job %s deleted on request", job_id)
+            return
+        # Refused: the job was queued or running then (the store deletes any ended job),
+        # unless it was deleted meanwhile, by another DELETE or the sweep.
+        if self.store.get(job_id) is None:
             raise JobNotFound(f"there is no job {job_id[:64]!r}")
-        log.info("job %s deleted on request", job_id)
-        return None
+        raise JobActive(
+            f"job {job_id} is still queued or running: cancel it first"
+            f" (POST /v1/jobs/{job_id}/cancel), then DELETE it once it has ended"
+        )
 
     # --- consuming ---------------------------------------------------------------------
 
@@ -772,6 +791,26 @@ def _politeness(settings: Settings) -> tuple[HostSlots, Pacer, Callable[[], None
     return RedisHostSlots(client, per_host, lease_s=lease_s), RedisPacer(client), client.close
 
 
+def heartbeat_s(lease_s: float) -> float:
+    """How often a consumer renews its leases and sweeps: four times a lease, at most every
+    ``HEARTBEAT_MAX_S`` (a lease outlives three missed heartbeats)."""
+    return min(lease_s / 4, HEARTBEAT_MAX_S)
+
+
+def recovery_bounds_s(lease_s: float) -> tuple[float, float]:
+    """When a killed consumer's chunk (or planning) is claimed again: (earliest, latest),
+    in seconds after the kill, given another consumer with a thread free.
+
+    Its lease runs out ``lease_s`` after its last heartbeat, so between
+    ``lease_s - heartbeat`` and ``lease_s`` after the kill; the next sweep of any consumer
+    (one per heartbeat) wakes the job up, and an idle consumer thread sees the wake-up
+    within ``QUEUE_POLL_S``. At the default 60 s lease: 55 to 66 s (0.92 to 1.1 x the
+    lease; within 1.25 x for any lease of 24 s or more). A consumer started after the
+    lease ran out sweeps at start."""
+    beat = heartbeat_s(lease_s)
+    return lease_s - beat, lease_s + beat + QUEUE_POLL_S
+
+
 class JobConsumer:
     """Runs the jobs of one ``JobQueue`` in this process: huey worker threads that plan jobs
     and caption chunks, and one keeper thread that renews this process's leases and sweeps
@@ -866,24 +905,29 @@ class JobConsumer:
                 self._held.discard(key)
 
     def _keep(self) -> None:
-        """Heartbeats every lease/4 (at most 5 s); a sweep at start and every lease/2."""
-        beat = min(self.lease_s / 4, 5.0)
-        sweep_every = self.lease_s / 2
-        next_sweep = 0.0
-        while not self._stopping.wait(0 if next_sweep == 0.0 else beat):
+        """At start and every heartbeat: renew this process's leases, then sweep (one sweep
+        per heartbeat is what ``recovery_bounds_s`` counts on); delete expired jobs only
+        every lease/2."""
+        beat = heartbeat_s(self.lease_s)
+        purge_every = self.lease_s / 2
+        next_purge = 0.0
+        wait = 0.0
+        while not self._stopping.wait(wait):
+            wait = beat
             try:
                 with self._held_lock:
                     held = sorted(self._held, key=str)
                 self.store.renew(self.owner, held, self.lease_s)
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + sweep_every
-                    self.sweep()
+                purge = time.monotonic() >= next_purge
+                if purge:
+                    next_purge = time.monotonic() + purge_every
+                self.sweep(purge=purge)
             except Exception:  # Redis restarting, SQLite locked: try again next beat
                 log.warning("job heartbeat or sweep failed", exc_info=True)
 
-    def sweep(self, *, now: float | None = None) -> list[str]:
-        """Wake up jobs with abandoned work; resend stale webhooks; delete the jobs that
-        ended more than ``ALTCAP_JOB_RETENTION_S`` ago. Returns the jobs woken.
+    def sweep(self, *, now: float | None = None, purge: bool = True) -> list[str]:
+        """Wake up jobs with abandoned work; resend stale webhooks; with ``purge``, delete
+        the jobs that ended more than ``ALTCAP_JOB_RETENTION_S`` ago. Returns the jobs woken.
 
         Every consumer process sweeps, so with several of them the deletions race: harmless,
         each one is atomic and deleting twice deletes nothing more. ``now`` replaces the
@@ -895,7 +939,7 @@ class JobConsumer:
         for job_id in hooks:
             self.queue.notify(job_id)
         retention = self.settings.job_retention_s
-        if retention > 0:
+        if purge and retention > 0:
             deleted = self.store.purge(retention, now=now)
             if deleted:
                 log.info("deleted %d job(s) ended over %.0f s ago", len(deleted), retention)
@@ -1147,8 +1191,9 @@ def _limited(found: Any, spec: Mapping[str, Any] | None) -> bool:
 def _consumer(huey: Huey, workers: int) -> Any:
     """A huey consumer of ``workers`` threads that leaves signals alone when embedded.
 
-    Idle threads poll SQLite every 0.1 s at first, backing off to once a second (Redis
-    blocks on BRPOP instead); health checks restart a worker thread that died.
+    Idle threads poll SQLite every 0.1 s at first, backing off to once every
+    ``QUEUE_POLL_S`` (Redis blocks on BRPOP instead, answering at once); health checks
+    restart a worker thread that died.
     """
     from huey.consumer import Consumer
 
@@ -1169,7 +1214,7 @@ def _consumer(huey: Huey, workers: int) -> Any:
         periodic=False,
         initial_delay=0.1,
         backoff=1.5,
-        max_delay=1.0,
+        max_delay=QUEUE_POLL_S,
         worker_type="thread",
         graceful_signal="TERM",
         shutdown_timeout=30.0,

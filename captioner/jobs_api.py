@@ -7,7 +7,12 @@ the blueprint only adds its views, a counter, and its part of ``/openapi.json``.
     GET    /v1/jobs/<id>                     state, counts, verdicts, progress, timestamps, pages
     GET    /v1/jobs/<id>/results?format=     json (default) | jsonl | csv | html, in report order
     GET    /v1/jobs/<id>/pages/<n>/patched   the page's HTML with suggested alt filled in
-    DELETE /v1/jobs/<id>                     cancel (200 + job); once ended: delete (204)
+    POST   /v1/jobs/<id>/cancel              cancel (200 + job); again, or once ended: 200 + job
+    DELETE /v1/jobs/<id>                     an ended job: delete (204); queued/running: 409
+
+Cancelling and deleting are separate requests, each idempotent, so a client retrying either
+loses nothing: a cancelled job keeps its rows until it is deleted, and ``DELETE`` refuses a
+job still under way (409 ``job_active``) rather than cancel it, as it once did.
 """
 
 from __future__ import annotations
@@ -125,13 +130,17 @@ def get_job(job_id: str) -> Response:
     return jsonify(_queue().status(job_id, _scope()))
 
 
+@jobs.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a queued or running job; a job that has already ended is answered as it is."""
+    return jsonify(_queue().cancel(job_id, _scope()))
+
+
 @jobs.delete("/<job_id>")
 def delete_job(job_id: str) -> Response:
-    """Cancel a queued or running job; delete one that has ended (site owners can remove a
-    report without waiting for ``ALTCAP_JOB_RETENTION_S``)."""
-    status = _queue().cancel_or_delete(job_id, _scope())
-    if status is not None:
-        return jsonify(status)
+    """Delete a job that has ended (site owners can remove a report without waiting for
+    ``ALTCAP_JOB_RETENTION_S``); one still queued or running is 409 ``job_active``."""
+    _queue().delete(job_id, _scope())
     response = Response(status=204)
     del response.headers["Content-Type"]  # no body, so no type
     return response
@@ -318,18 +327,34 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
         },
         "delete": {
             "operationId": "deleteJob",
-            "summary": "Cancel a queued or running job; delete a job that has ended",
-            "description": "A queued or running job is cancelled (chunks not yet started are"
-            " never captioned) and returned. A job that is done, failed or cancelled is deleted"
-            " with its results and pages; it is then 404 job_not_found, and its idempotency key"
-            " can start a new job.",
+            "summary": "Delete a job that has ended, with its results and pages",
+            "description": "A job that is done, failed or cancelled is deleted with its results"
+            " and pages; it is then 404 job_not_found, and its idempotency key can start a new"
+            " job. A job still queued or running is left as it is and answered 409 job_active:"
+            " cancel it first (POST /v1/jobs/{job_id}/cancel).",
             "parameters": [job_id],
             "responses": {
-                "200": {**job, "description": "Cancelled: the job"},
-                "204": {"description": "Deleted: the job had ended"},
+                "204": {"description": "Deleted"},
+                "404": {**error, "description": "job_not_found (deleted already, or never was)"},
+                "409": {**error, "description": "job_active: queued or running; cancel it first"},
                 "default": error,
             },
         },
+    }
+    doc["paths"]["/v1/jobs/{job_id}/cancel"] = {
+        "post": {
+            "operationId": "cancelJob",
+            "summary": "Cancel a queued or running job (idempotent)",
+            "description": "Chunks not yet started are never captioned; the rows found so far"
+            " stay, readable, until the job is deleted. Cancelling again, or a job that has"
+            " already ended, changes nothing: the answer is the job as it is, and its state"
+            " says how it ended.",
+            "parameters": [job_id],
+            "responses": {
+                "200": {**job, "description": "The job: cancelled, or as it had ended"},
+                "default": error,
+            },
+        }
     }
     doc["paths"]["/v1/jobs/{job_id}/results"] = {
         "get": {

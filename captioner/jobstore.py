@@ -9,7 +9,7 @@ way is what makes the results exactly-once:
 - A consumer *claims* a chunk with a lease (an expiry time) before working on it, and keeps
   the lease alive with heartbeats. A chunk whose lease ran out, because its consumer was
   killed, is claimable again: huey does not re-deliver a message a dead consumer had taken,
-  but any later claim (or the periodic sweep) picks the chunk up.
+  but any later claim picks the chunk up, and the next sweep wakes its job up for one.
 - A finished chunk's result rows and its done mark are written in one atomic step (an SQLite
   transaction, a Redis Lua script), keyed by the rows' positions. A chunk that is re-run
   after a crash, or twice because a slow consumer lost its lease, therefore writes its rows
@@ -18,7 +18,7 @@ way is what makes the results exactly-once:
   been finished long enough) with everything stored for it, in one atomic step. Deletion
   never touches a queued or running job, and every write that may come late (a chunk that
   was in flight, a heartbeat, a webhook outcome) only updates what still exists, so nothing
-  of a deleted job is ever written back.
+  of a deleted job is ever written back. Cancelling only ends a job: its rows stay.
 
 Rows are plain dicts (see ``captioner.reports.RESULT_FIELDS``) stored by ``seq``, their
 position in the job's report, so results come back in the same order every time.
@@ -153,7 +153,8 @@ class JobStore(ABC):
 
     @abstractmethod
     def cancel(self, job_id: str) -> bool:
-        """Cancel an active job; False if it was already final (or does not exist)."""
+        """Cancel an active job, keeping what it found; False if it was already final (or
+        does not exist). Of concurrent cancels of one job, exactly one answers True."""
 
     @abstractmethod
     def rows(self, job_id: str) -> list[dict[str, Any]]:
@@ -169,8 +170,13 @@ class JobStore(ABC):
 
     @abstractmethod
     def sweep(self, lease_s: float) -> tuple[list[str], list[str]]:
-        """Jobs with abandoned work and no recent activity (to wake up), and jobs whose
-        webhook has been pending too long (to send again). Marks them as handled."""
+        """Jobs to wake up, and jobs whose webhook has been pending too long (to send again).
+        Marks them as handled (``woken``, ``webhook_at``).
+
+        A job is woken where a lease (a chunk's, or planning's) ran out since the job was
+        last woken, however busy the job is otherwise: its consumer died. And where it has
+        claimable work and nothing touched it (claim, heartbeat, completion) for ``lease_s``,
+        nor a sweep woke it: a wake-up was lost, or a unit was given back."""
 
     @abstractmethod
     def set_webhook(self, job_id: str, state: str) -> None:
@@ -649,12 +655,18 @@ class SQLiteJobStore(JobStore):
             jobs = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM altcap_jobs j WHERE state IN ('queued', 'running')"
-                    " AND activity <= ? AND woken <= ? AND ("
-                    "   (planned = 0 AND (plan_lease IS NULL OR plan_lease <= ?))"
-                    "   OR EXISTS (SELECT 1 FROM altcap_job_chunks c WHERE c.job_id = j.id"
-                    "     AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease <= ?))))",
-                    (quiet, quiet, now, now),
+                    "SELECT id FROM altcap_jobs j WHERE state IN ('queued', 'running') AND ("
+                    # a lease ran out since the last wake-up: its consumer died
+                    "  (planned = 0 AND plan_lease > woken AND plan_lease <= :now)"
+                    "  OR EXISTS (SELECT 1 FROM altcap_job_chunks c WHERE c.job_id = j.id"
+                    "    AND c.state = 'leased' AND c.lease > j.woken AND c.lease <= :now)"
+                    # claimable work that nothing touched for a lease: a wake-up was lost
+                    "  OR (activity <= :quiet AND woken <= :quiet AND ("
+                    "    (planned = 0 AND (plan_lease IS NULL OR plan_lease <= :now))"
+                    "    OR EXISTS (SELECT 1 FROM altcap_job_chunks c WHERE c.job_id = j.id"
+                    "      AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease <= :now))"
+                    "))))",
+                    {"now": now, "quiet": quiet},
                 )
             ]
             conn.executemany(
@@ -907,6 +919,8 @@ end
 return 1
 """
 
+# The lease test reads the last wake-up as stored ('(' .. the string): a Lua number turned
+# into a string keeps only 14 digits.
 _SWEEP = """
 local p, lease, stale = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = now()
@@ -916,15 +930,28 @@ for _, id in ipairs(redis.call('SMEMBERS', p .. 'active')) do
   local jk = p .. id
   if not active(jk) then
     redis.call('SREM', p .. 'active', id)
-  elseif tonumber(redis.call('HGET', jk, 'activity') or '0') <= quiet
-      and tonumber(redis.call('HGET', jk, 'woken') or '0') <= quiet then
-    local stuck
-    if redis.call('HGET', jk, 'planned') ~= '1' then
-      stuck = tonumber(redis.call('HGET', jk, 'plan_lease') or '0') <= t
+  else
+    local woken_s = redis.call('HGET', jk, 'woken') or '0'
+    local woken = tonumber(woken_s)
+    local planned = redis.call('HGET', jk, 'planned') == '1'
+    local plan_lease = tonumber(redis.call('HGET', jk, 'plan_lease') or '0')
+    -- a lease ran out since the last wake-up: its consumer died
+    local wake
+    if planned then
+      wake = redis.call('ZCOUNT', jk .. ':open', '(' .. woken_s, t) > 0
     else
-      stuck = redis.call('ZCOUNT', jk .. ':open', '-inf', t) > 0
+      wake = plan_lease > woken and plan_lease <= t
     end
-    if stuck then
+    -- claimable work that nothing touched for a lease: a wake-up was lost
+    if not wake and woken <= quiet
+        and tonumber(redis.call('HGET', jk, 'activity') or '0') <= quiet then
+      if planned then
+        wake = redis.call('ZCOUNT', jk .. ':open', '-inf', t) > 0
+      else
+        wake = plan_lease <= t
+      end
+    end
+    if wake then
       redis.call('HSET', jk, 'woken', t)
       table.insert(jobs, id)
     end

@@ -9,7 +9,8 @@ point the service and any number of workers, on any machines, at one Redis
 Settings are the service's ``ALTCAP_*`` variables (model, device, queue, cache, fetch
 limits, chunk size, lease). SIGTERM stops gracefully (the chunks in flight finish, up to
 ``--shutdown-timeout``); SIGINT stops at once and gives its chunks back; ``kill -9`` loses
-nothing either: another consumer re-runs the chunk once its lease expires.
+nothing either: another consumer re-runs the chunk once its lease expires (about a lease after
+the kill: ``jobs.recovery_bounds_s``).
 """
 
 from __future__ import annotations

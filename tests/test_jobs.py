@@ -24,7 +24,7 @@ from captioner.jobs import (
     CaptionerBackend,
     IdempotencyConflict,
     InvalidJob,
-    JobFinished,
+    JobActive,
     JobNotFound,
     JobQueue,
     PageNotFound,
@@ -375,6 +375,30 @@ def test_store_sweep_finds_quiet_jobs_with_claimable_work(store: JobStore) -> No
     assert store.sweep(0.2)[0] == [waiting]
 
 
+def test_store_sweep_finds_a_dead_consumers_lease_at_once(store: JobStore) -> None:
+    """A lease that ran out wakes its job at the next sweep, however busy the job is: a live
+    consumer renewing another chunk of it does not hide a dead one's (issue 19: recovery
+    waited for a whole lease of silence on the job, 1.6-1.7 x the lease)."""
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    store.commit_plan(job_id, _plan(2))
+    assert store.claim_chunk(job_id, "dead", 0.3).n == 0
+    assert store.claim_chunk(job_id, "alive", 0.3).n == 1
+    planning = _job(store)
+    assert store.claim_plan(planning, "dead planner", 0.3)
+    assert store.sweep(60)[0] == []  # both leases still run
+    time.sleep(0.35)
+    store.renew("alive", [(job_id, 1)], 10)  # the job is busy: activity just now
+    assert sorted(store.sweep(60)[0]) == sorted([job_id, planning])
+    assert store.sweep(60)[0] == []  # one wake-up per lease that ran out
+    again = store.claim_chunk(job_id, "b", 0.3)  # the woken consumer takes it, then dies too
+    assert again is not None and again.n == 0 and again.attempts == 2
+    assert store.claim_plan(planning, "b", 0.3) == 2
+    time.sleep(0.35)
+    store.renew("alive", [(job_id, 1)], 10)
+    assert sorted(store.sweep(60)[0]) == sorted([job_id, planning])
+
+
 def test_store_counts_planning_attempts_like_chunk_attempts(store: JobStore) -> None:
     job_id = _job(store)
     assert store.claim_plan(job_id, "dead", 0.2) == 1
@@ -621,14 +645,27 @@ def test_cancel_stops_chunks_that_have_not_started(make_queue, site) -> None:
     assert queue.status(job["id"])["state"] == "cancelled"
 
 
-def test_a_finished_job_cannot_be_cancelled(make_queue, site) -> None:
+def test_cancelling_a_finished_job_changes_nothing_and_deleting_a_running_one_is_refused(
+    make_queue, site
+) -> None:
+    """Cancel is idempotent (a job that ended is answered as it ended) and never deletes;
+    delete never touches a job still under way."""
     base, _ = site
-    queue = make_queue(FakeBackend())
+    gate = threading.Event()
+    queue = make_queue(FakeBackend(gate=gate))
     job, _ = queue.submit(parse_job({"images": [f"{base}/1.png"]}, queue.settings))
-    wait_for(queue, job["id"])
-    with pytest.raises(JobFinished) as info:
+    wait_for(queue, job["id"], states=("running",))
+    with pytest.raises(JobActive) as info:
+        queue.delete(job["id"])
+    assert info.value.http_status == 409 and f"/v1/jobs/{job['id']}/cancel" in info.value.message
+    gate.set()
+    done = wait_for(queue, job["id"])
+    assert done["state"] == "done"
+    assert queue.cancel(job["id"]) == done  # as it ended: nothing changed, nothing deleted
+    assert len(queue.rows(job["id"])) == 1
+    queue.delete(job["id"])
+    with pytest.raises(JobNotFound):
         queue.cancel(job["id"])
-    assert info.value.http_status == 409
 
 
 def test_a_busy_model_gives_the_chunk_back_for_later(make_queue, site, monkeypatch) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from flask.testing import FlaskClient
 from helpers import png_bytes, serve_directory
 
 from app import create_app
+from captioner.jobstore import Plan
 
 EXTENSION = "chrome-extension://abcdefghijklmnop"
 
@@ -217,20 +219,74 @@ def test_idempotency_keys(client: FlaskClient) -> None:
     assert_error(mixed, 400, "invalid_job")
 
 
-def test_delete_cancels_a_queued_job_then_deletes_it(make_app, site: str) -> None:
+def test_cancel_and_delete_are_separate_and_idempotent(make_app, site: str) -> None:
     client = make_app(JOB_WORKERS=0).test_client()  # nobody consumes: the job stays queued
     job = submit(client, {"images": [f"{site}/1.png"]}).get_json()
     assert job["expires"] is None  # not ended yet
-    response = client.delete(job["url"])
+    refused = client.delete(job["url"])  # DELETE no longer cancels: an old client loses nothing
+    assert_error(refused, 409, "job_active")
+    assert f"POST /v1/jobs/{job['id']}/cancel" in refused.get_json()["error"]["message"]
+    assert client.get(job["url"]).get_json()["state"] == "queued"
+    response = client.post(f"{job['url']}/cancel")
     assert response.status_code == 200 and response.get_json()["state"] == "cancelled"
     assert response.get_json()["expires"] > response.get_json()["finished"]
+    again = client.post(f"{job['url']}/cancel")  # a retried cancel: the same answer
+    assert again.status_code == 200 and again.get_json() == response.get_json()
     assert client.get(f"{job['url']}/results").get_json() == []
     response = client.delete(job["url"])  # cancelled: it has ended, so it goes
     assert response.status_code == 204 and response.get_data() == b""
     assert_error(client.get(job["url"]), 404, "job_not_found")
     assert_error(client.get(f"{job['url']}/results"), 404, "job_not_found")
     assert_error(client.delete(job["url"]), 404, "job_not_found")
+    assert_error(client.post(f"{job['url']}/cancel"), 404, "job_not_found")
     assert_error(client.delete("/v1/jobs/" + "0" * 32), 404, "job_not_found")
+    assert_error(client.post("/v1/jobs/nope/cancel"), 404, "job_not_found")
+
+
+def test_concurrent_deletes_of_a_running_job_keep_its_report(make_app) -> None:
+    """Issue 19: eight concurrent DELETEs of a running job answered 200, 204 and 404s: the
+    first cancelled it and the next deleted what it had found. Now they are all refused;
+    eight cancels then all answer the cancelled job with its report; eight deletes after
+    that: one 204, seven 404."""
+    app = make_app(JOB_WORKERS=0)
+    store = app.extensions["altcap_jobs"].queue.store
+    job = submit(app.test_client(), {"images": ["http://a.example/1.png"]}).get_json()
+    store.claim_plan(job["id"], "a", 60)  # planned and half done, by a consumer of its own
+    chunks = [[{"url": f"http://a.example/{n}.png", "rows": [[n, {}]]}] for n in range(2)]
+    store.commit_plan(job["id"], Plan(chunks=chunks, total=2))
+    store.claim_chunk(job["id"], "a", 60)
+    row = {"image_url": "http://a.example/0.png", "status": "done", "caption": "A red square."}
+    store.complete_chunk(job["id"], 0, {0: row})
+    store.claim_chunk(job["id"], "a", 60)  # chunk 1 in flight
+    report = app.test_client().get(f"{job['url']}/results").get_json()
+    assert [r["caption"] for r in report] == ["A red square."]
+
+    def at_once(method: str, path: str) -> list[Any]:
+        start = threading.Barrier(8)
+        answers: list[Any] = [None] * 8
+
+        def send(i: int) -> None:
+            client = app.test_client()
+            start.wait()
+            answers[i] = client.open(path, method=method)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return answers
+
+    for response in at_once("DELETE", job["url"]):
+        assert_error(response, 409, "job_active")
+    client = app.test_client()
+    assert client.get(job["url"]).get_json()["state"] == "running"
+    cancels = at_once("POST", f"{job['url']}/cancel")
+    assert {(r.status_code, r.get_json()["state"]) for r in cancels} == {(200, "cancelled")}
+    assert client.get(f"{job['url']}/results").get_json() == report
+    deletes = at_once("DELETE", job["url"])
+    assert sorted(r.status_code for r in deletes) == [204] + [404] * 7
+    assert_error(client.get(job["url"]), 404, "job_not_found")
 
 
 def test_deleting_a_finished_job_removes_it_and_frees_its_key(client: FlaskClient, site: str):
@@ -309,6 +365,7 @@ def test_jobs_need_the_api_key_and_keys_scope_idempotency(make_app, site: str) -
         client.get(url),
         client.get(f"{url}/results"),
         client.get(f"{url}/pages/1/patched"),
+        client.post(f"{url}/cancel"),
         client.delete(url),
     ):
         assert_error(response, 401, "unauthorized")
@@ -321,12 +378,15 @@ def test_jobs_need_the_api_key_and_keys_scope_idempotency(make_app, site: str) -
         client.get(url, headers=k2),
         client.get(f"{url}/results", headers=k2),
         client.get(f"{url}/pages/1/patched", headers=k2),
+        client.post(f"{url}/cancel", headers=k2),
         client.delete(url, headers=k2),
     ):
         assert_error(response, 404, "job_not_found")
         assert one.get_json()["id"] in response.get_json()["error"]["message"]
-    assert client.get(url, headers={"Authorization": "Bearer k1"}).get_json()["state"] == "queued"
-    assert client.delete(url, headers={"Authorization": "Bearer k1"}).status_code == 200
+    k1 = {"Authorization": "Bearer k1"}
+    assert client.get(url, headers=k1).get_json()["state"] == "queued"
+    assert client.post(f"{url}/cancel", headers=k1).get_json()["state"] == "cancelled"
+    assert client.delete(url, headers=k1).status_code == 204
 
 
 def test_with_api_keys_the_html_report_has_no_links_a_browser_cannot_follow(
@@ -355,7 +415,8 @@ def test_each_api_key_has_a_cap_on_jobs_under_way(make_app, site: str) -> None:
     repeat = submit(client, body, **k1, **{"Idempotency-Key": "first"})  # its job, again
     assert repeat.status_code == 200 and repeat.get_json()["id"] == first.get_json()["id"]
     assert submit(client, body, **k2).status_code == 202  # another key: its own count
-    assert client.delete(first.get_json()["url"], headers=k1).status_code == 200  # cancelled
+    cancelled = client.post(f"{first.get_json()['url']}/cancel", headers=k1)
+    assert cancelled.status_code == 200
     assert submit(client, body, **k1).status_code == 202
 
 
@@ -427,10 +488,13 @@ def test_openapi_describes_the_jobs_endpoints(make_app) -> None:
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results"} <= set(doc["paths"])
     assert set(doc["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}
     assert set(doc["paths"]["/v1/jobs/{job_id}"]["delete"]["responses"]) == {
-        "200",
         "204",
+        "404",
+        "409",
         "default",
     }
+    cancel = doc["paths"]["/v1/jobs/{job_id}/cancel"]
+    assert set(cancel) == {"post"} and set(cancel["post"]["responses"]) == {"200", "default"}
     assert "expires" in doc["components"]["schemas"]["Job"]["properties"]
     images = doc["components"]["schemas"]["JobRequest"]["properties"]["images"]
     assert images["maxItems"] == 50

@@ -1,6 +1,8 @@
 """Retention of batch jobs: ended jobs are deleted with everything stored for them (by the
 consumers' sweep after ``ALTCAP_JOB_RETENTION_S``, or at once by ``DELETE``), and nothing of
-them is left in the store: checked in the SQLite file and in a real Redis keyspace.
+them is left in the store: checked in the SQLite file and in a real Redis keyspace. Cancel and
+delete are separate and idempotent, under concurrent requests too: a cancelled job keeps its
+report until one delete removes it.
 
 The retention clock is injected (``purge(..., now=)``, ``JobConsumer.sweep(now=)``): cut-offs
 are placed between the real end times of the jobs, so no test sleeps for a job to expire."""
@@ -8,6 +10,7 @@ are placed between the real end times of the jobs, so no test sleeps for a job t
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +21,8 @@ import pytest
 import redis
 from redis_server import RedisServer
 
-from captioner.jobs import JobConsumer, JobNotFound, JobQueue, parse_job
+from captioner.errors import AltCapError
+from captioner.jobs import JobActive, JobConsumer, JobNotFound, JobQueue, parse_job
 from captioner.jobstore import (
     DUPLICATE,
     FINISHED,
@@ -139,6 +143,17 @@ def _failed(store: JobStore) -> str:
     job_id = _new(store)
     store.claim_plan(job_id, "a", 10)
     assert store.fail(job_id, "invalid_sitemap", "not a sitemap")
+    return job_id
+
+
+def _under_way(store: JobStore) -> str:
+    """A running job with a partial report: one chunk of three done, one in flight."""
+    job_id = _new(store)
+    store.claim_plan(job_id, "a", 10)
+    store.commit_plan(job_id, _plan(3))
+    claim = store.claim_chunk(job_id, "a", 10)
+    assert store.complete_chunk(job_id, claim.n, {claim.n + 1: _row(claim.n + 1)}) == "recorded"
+    store.claim_chunk(job_id, "a", 10)
     return job_id
 
 
@@ -321,18 +336,102 @@ def test_the_summary_says_when_an_ended_job_expires(make_queue) -> None:
     assert status["expires"] > status["finished"]
 
 
-def test_cancel_or_delete_cancels_first_then_deletes(make_queue) -> None:
+def test_cancel_then_delete_each_idempotent(make_queue) -> None:
     queue = make_queue()  # no consumer: the job stays queued
     spec = parse_job({"images": ["http://a.example/1.png"]}, queue.settings)
     job, _ = queue.submit(spec, "key")
-    status = queue.cancel_or_delete(job["id"])
-    assert status is not None and status["state"] == "cancelled" and status["expires"]
-    assert queue.cancel_or_delete(job["id"]) is None
-    with pytest.raises(JobNotFound):
-        queue.status(job["id"])
-    with pytest.raises(JobNotFound):
-        queue.cancel_or_delete(job["id"])
+    with pytest.raises(JobActive):
+        queue.delete(job["id"])
+    assert queue.status(job["id"])["state"] == "queued"  # refused: nothing changed
+    status = queue.cancel(job["id"])
+    assert status["state"] == "cancelled" and status["expires"]
+    assert queue.cancel(job["id"]) == status  # again: the same answer, nothing more
+    queue.delete(job["id"])
+    for again in (queue.delete, queue.cancel, queue.status):
+        with pytest.raises(JobNotFound):
+            again(job["id"])
     assert _leftovers(queue.store, job["id"]) == []
+
+
+def _at_once(n: int, request: Callable[[], Any]) -> list[tuple[str, Any]]:
+    """``request`` from ``n`` threads released together: ``("ok", answer)`` or
+    ``(error code, None)`` for each."""
+    start = threading.Barrier(n)
+    outcomes: list[tuple[str, Any]] = [("", None)] * n
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            outcomes[i] = ("ok", request())
+        except AltCapError as exc:
+            outcomes[i] = (exc.code, None)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+def test_concurrent_cancels_then_deletes_keep_the_report_until_one_delete(
+    make_queue, monkeypatch
+) -> None:
+    """Issue 19: eight concurrent DELETEs of a running job answered 200, 204 and 404s (the
+    first cancelled it, the next deleted its partial report). Now: deletes of a running job
+    are all refused, cancels all answer the cancelled job with its report, and of the deletes
+    after that exactly one deletes."""
+    queue = make_queue()
+    notified: list[str] = []  # one webhook per cancel that really cancelled
+    monkeypatch.setattr(queue, "notify", notified.append)
+    job_id = _under_way(queue.store)
+    report = queue.rows(job_id)
+    assert len(report) == 2  # the skipped row of the plan, and the chunk done
+
+    assert _at_once(8, lambda: queue.delete(job_id)) == [("job_active", None)] * 8
+    assert queue.status(job_id)["state"] == "running" and queue.rows(job_id) == report
+
+    cancels = _at_once(8, lambda: queue.cancel(job_id))
+    assert [code for code, _ in cancels] == ["ok"] * 8
+    assert {status["state"] for _, status in cancels} == {"cancelled"}
+    assert len({status["finished"] for _, status in cancels}) == 1  # cancelled once
+    assert notified == [job_id]
+    assert queue.rows(job_id) == report  # kept, readable
+
+    deletes = _at_once(8, lambda: queue.delete(job_id))
+    assert sorted(code for code, _ in deletes) == ["job_not_found"] * 7 + ["ok"]
+    assert _leftovers(queue.store, job_id) == []
+
+
+def test_concurrent_cancel_and_delete_pairs_never_lose_a_running_jobs_report(
+    make_queue, monkeypatch
+) -> None:
+    """Eight clients, each cancelling then deleting the same running job at once: exactly
+    one delete deletes; the others are 404 (never 409: each client's cancel came first);
+    every cancel answers the cancelled job, or 404 once a delete has gone through."""
+    queue = make_queue()
+    notified: list[str] = []
+    monkeypatch.setattr(queue, "notify", notified.append)
+    job_id = _under_way(queue.store)
+
+    def cancel_then_delete() -> tuple[tuple[str, Any], tuple[str, Any]]:
+        try:
+            cancelled: tuple[str, Any] = ("ok", queue.cancel(job_id))
+        except AltCapError as exc:
+            cancelled = (exc.code, None)
+        try:
+            deleted: tuple[str, Any] = ("ok", queue.delete(job_id))
+        except AltCapError as exc:
+            deleted = (exc.code, None)
+        return cancelled, deleted
+
+    pairs = [answer for _, answer in _at_once(8, cancel_then_delete)]
+    assert sorted(deleted for _, (deleted, _) in pairs) == ["job_not_found"] * 7 + ["ok"]
+    for (code, status), _ in pairs:
+        assert code == "job_not_found" or (code == "ok" and status["state"] == "cancelled")
+        assert code != "ok" or status["counts"]["done"] == 1  # the report, whole
+    assert notified == [job_id]
+    assert _leftovers(queue.store, job_id) == []
 
 
 def test_a_running_consumer_deletes_expired_jobs_on_its_own(tmp_path: Path) -> None:
