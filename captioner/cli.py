@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
-from .errors import AltCapError
+from .errors import AltCapError, NotAnImage
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -26,27 +28,49 @@ def _caption(args: argparse.Namespace) -> int:
     from .images import load_image
 
     settings = decoding_from_args(args)
+    paths, failed = _image_paths(args.images, args.json)
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     model = model_identity(args.model).name  # --json: the public name, as the service reports it
     language = cap.language
-    failed = 0
-    loaded = []
-    for path in args.images:  # decode every image first so one bad file fails alone
-        try:
-            loaded.append((path, load_image(path, max_pixels=cap.max_pixels)))
-        except AltCapError as e:
-            failed += 1
-            _report(path, e, args.json)
-    for start in range(0, len(loaded), args.batch_size):
-        chunk = loaded[start : start + args.batch_size]
-        results = cap.caption([im for _, im in chunk], settings, batch_size=args.batch_size)
-        for (path, _), r in zip(chunk, results, strict=True):
+    named = len(paths) > 1 or any(map(os.path.isdir, args.images))  # a folder's: always
+    # a batch at a time: a folder of many images is never held in memory at once
+    for start in range(0, len(paths), args.batch_size):
+        loaded = []
+        for path in paths[start : start + args.batch_size]:  # one bad file fails alone
+            try:
+                loaded.append((path, load_image(path, max_pixels=cap.max_pixels)))
+            except AltCapError as e:
+                failed += 1
+                _report(path, e, args.json)
+        results = cap.caption([im for _, im in loaded], settings, batch_size=args.batch_size)
+        for (path, _), r in zip(loaded, results, strict=True):
             if args.json:
                 line = {"image": path, **r.to_dict(), "model": model, "language": language}
                 print(json.dumps(line))
             else:
-                print(f"{path}\t{r.text}" if len(args.images) > 1 else r.text)
+                print(f"{path}\t{r.text}" if named else r.text)
     return EXIT_FAILED if failed else 0
+
+
+def _image_paths(given: Sequence[str], as_json: bool) -> tuple[list[str], int]:
+    """The files to caption: those given, and each folder's images (recursively, sorted),
+    as ``embed`` and ``evaluate`` read a folder; and how many folders held none."""
+    from .train.data import IMAGE_EXTENSIONS  # stdlib only: no torch on this path
+
+    paths, failed = [], 0
+    for path in given:
+        if not os.path.isdir(path):
+            paths.append(path)
+            continue
+        found = sorted(
+            p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not found:
+            failed += 1
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            _report(path, NotAnImage(f"no images in this folder ({kinds})"), as_json)
+        paths += [str(p) for p in found]
+    return paths, failed
 
 
 def _report(path: str, e: AltCapError, as_json: bool) -> None:
@@ -84,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("caption", help="caption image files")
-    c.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    c.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, or folders: their images (subfolders too), sorted by path",
+    )
     c.add_argument("--model", default="clipcap-coco", help="model name, directory or Hub id")
     add_decoding_arguments(c)
     c.add_argument("--batch-size", type=int, default=32)

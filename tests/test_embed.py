@@ -285,3 +285,22 @@ def test_cli_help_and_usage(capsys):
         main(["embed", "a", "b", "--model", "m", "--image-encoder", "e"])
     assert e.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_model_directory_as_the_image_encoder_is_its_vision_tower(
+    tmp_path, encoder, tiny_dir, capsys
+):
+    """`--image-encoder MODEL_DIR` (an AltCap model) embeds as `--model MODEL_DIR` does; it
+    printed transformers' report of unexpected keys and embedded with a random tower."""
+    enc = load_encoder(image_encoder=str(tiny_dir), device="cpu", dtype="float32")
+    assert enc.info == encoder.info
+    path = make_shapes(tmp_path / "set", 3)
+    argv = ["embed", str(path), str(tmp_path / "a"), "--no-progress"]
+    assert main([*argv, "--image-encoder", str(tiny_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "UNEXPECTED" not in err and "LOAD REPORT" not in err
+    argv[2] = str(tmp_path / "b")
+    assert main([*argv, "--model", str(tiny_dir)]) == 0
+    a, _ = EmbeddingStore.open(tmp_path / "a").load()
+    b, _ = EmbeddingStore.open(tmp_path / "b").load()
+    torch.testing.assert_close(a, b)

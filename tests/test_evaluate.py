@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from captioner.cli import main
 from captioner.train import evaluate as E
@@ -205,3 +206,59 @@ def test_cli_errors_are_one_line(tiny_dir, coco_set, capsys, args, code):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {code}:"), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_captions_of_a_folder_set_name_their_files(tiny_dir, tmp_path, capsys, monkeypatch):
+    """A folder set's images are its files: `--captions-out` names them (it gave the ids of
+    0.png, 1.png... as the numbers 0, 1...); COCO sets keep COCO's integer ids."""
+    monkeypatch.setattr(E, "java_path", lambda: None)  # scores do not matter here: faster
+    folder = make_shapes(tmp_path / "set", 3, layout="folder")
+    (folder / "sub").mkdir()
+    for i, f in enumerate(sorted(folder.glob("shape-*.png"))):
+        dest = folder / ("sub" if i == 2 else "") / f"{i:04d}"
+        f.rename(dest.with_suffix(".png"))
+        f.with_suffix(".txt").rename(dest.with_suffix(".txt"))
+    caps = tmp_path / "captions.json"
+    args = ["evaluate", str(tiny_dir), str(folder), "--captions-out", str(caps)]
+    assert main([*args, "--no-progress", "--max-tokens", "4"]) == 0
+    capsys.readouterr()
+    results = json.loads(caps.read_text())
+    assert [(r["image_id"], r["file_name"]) for r in results] == [
+        ("0000", "0000.png"),
+        ("0001", "0001.png"),
+        ("sub/0002", "sub/0002.png"),
+    ]
+    coco = make_shapes(tmp_path / "coco", 2, layout="coco")
+    assert main(["evaluate", str(tiny_dir), str(coco), "--captions-out", str(caps)]) == 0
+    results = json.loads(caps.read_text())
+    assert [(r["image_id"], r["file_name"]) for r in results] == [
+        (1, "shape-00000.png"),
+        (2, "shape-00001.png"),
+    ]
+
+
+def test_one_caption_for_every_image_is_a_warning(tiny_dir, tmp_path, capsys, monkeypatch):
+    """A model whose prefix does not depend on the image (its mapper's weights zeroed, as a
+    mapper that has learnt nothing) writes one caption for all: said on stderr and in the
+    report, pointing at --lr."""
+    monkeypatch.setattr(E, "java_path", lambda: None)  # scores do not matter here: faster
+    from captioner.checkpoints import load_pretrained, save_pretrained
+
+    model, tok = load_pretrained(tiny_dir)
+    with torch.no_grad():
+        for name, p in model.mapper.named_parameters():
+            if name.endswith("weight"):
+                p.zero_()
+    collapsed = save_pretrained(model, tok, tmp_path / "collapsed")
+    ann = make_shapes(tmp_path / "set", 8, layout="coco")
+    report = tmp_path / "report.json"
+    args = ["evaluate", str(collapsed), str(ann), "--out", str(report), "--no-progress"]
+    assert main([*args, "--max-tokens", "6"]) == 0
+    err = capsys.readouterr().err
+    warnings = json.loads(report.read_text())["warnings"]
+    assert len(warnings) == 1 and warnings[0] in err
+    assert warnings[0].startswith("warning: one caption for all 8 images")
+    assert "--lr" in warnings[0]
+    # the tiny model itself looks at the image: no warning
+    assert main(["evaluate", str(tiny_dir), str(ann), "--out", str(report), "--no-progress"]) == 0
+    assert json.loads(report.read_text())["warnings"] == []

@@ -6,6 +6,8 @@ vectors (12 classes, one caption template each), made for the tiny model's own i
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -19,10 +21,11 @@ from helpers import png_bytes
 from safetensors.torch import load_file
 
 from captioner import Captioner
-from captioner.checkpoints import load_pretrained
+from captioner.checkpoints import load_pretrained, save_pretrained
 from captioner.cli import main
 from captioner.errors import InvalidSettings, ModelError
 from captioner.tiny import make_tiny
+from captioner.train import options as O
 from captioner.train import train as T
 from captioner.train.checkpoint import (
     CHECKPOINTS,
@@ -31,9 +34,10 @@ from captioner.train.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from captioner.train.collapse import Collapse, one_caption_for_all
 from captioner.train.dataset import IGNORE, split_by_image, tokenize_captions
 from captioner.train.embed import load_encoder
-from captioner.train.parts import build_model
+from captioner.train.parts import ARCH_OPTIONS, architecture, build_model
 from captioner.train.store import EmbeddingStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -463,3 +467,225 @@ def test_auto_precision_on_the_cpu_follows_its_instructions(monkeypatch, bf16_cp
     monkeypatch.setattr(cpu_kernel, "cpu_supported", lambda: bf16_cpu)
     assert resolve_precision("auto", torch.device("cpu")) == want
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # asked for: kept
+
+
+# --- a model directory given as a part (issue 19, item 11) -----------------------------
+
+
+def test_a_model_directory_given_as_a_part_loads_as_that_part(store, tiny_dir, tmp_path):
+    """`--image-encoder DIR --language-model DIR` with AltCap model directories: their vision
+    tower and their GPT-2 + tokenizer, quietly, as --init would (it printed transformers'
+    load report of unexpected keys, loaded a random tower, then died in a traceback)."""
+    out = tmp_path / "run"
+    argv = ["train", str(store), str(out), "--image-encoder", str(tiny_dir)]
+    argv += ["--language-model", str(tiny_dir), "--mapping", "transformer", "--max-steps", "2"]
+    argv += ["--workers", "0", "--lr", "2e-3", "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "captioner", *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "UNEXPECTED" not in r.stderr and "Traceback" not in r.stderr
+    assert "LOAD REPORT" not in r.stderr
+    init, trained = weights(tiny_dir), weights(out / FINAL)
+    assert same(init, trained, "vision.")  # the model's own tower, not a random one
+    assert same(init, trained, "lm.")  # its GPT-2 (frozen in the transformer regime)
+    cfg = load_pretrained(out / FINAL)[0].config
+    assert cfg.image_encoder == "tiny-random-clip-vision"  # where that tower came from
+    assert cfg.language_model == "tiny-random-gpt2"
+
+
+def test_a_part_of_another_kind_is_refused_in_one_line(store, tiny_dir, tmp_path, capsys):
+    """A GPT-2 directory as the image encoder (or a CLIP one as the language model) would
+    load as a random part: refused, naming what to give, --init among it."""
+    model, tok = load_pretrained(tiny_dir)
+    model.vision.save_pretrained(tmp_path / "clip")
+    model.lm.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    capsys.readouterr()  # transformers' "Writing model shards" bars
+    base = ["train", str(store), str(tmp_path / "run"), "--workers", "0"]
+    for wrong in (
+        ["--image-encoder", str(tmp_path / "gpt2"), "--language-model", str(tmp_path / "gpt2")],
+        ["--image-encoder", str(tmp_path / "clip"), "--language-model", str(tmp_path / "clip")],
+    ):
+        assert main([*base, *wrong]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: model_unavailable:") and "weights are missing" in err
+        assert "--init" in err and len(err.splitlines()) == 1
+
+
+# --- options: one declaration (item 12) ------------------------------------------------
+
+
+def _help() -> str:
+    parser = argparse.ArgumentParser(prog="train", formatter_class=Wide)
+    O.add_arguments(parser)
+    return parser.format_help()
+
+
+class Wide(argparse.HelpFormatter):
+    """One option a line in the help, so each option's text can be found whole."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=80, width=10_000)
+
+
+def test_train_options_are_declared_once():
+    """argparse is built from TrainOptions: the parsed defaults are the dataclass's, every
+    field has its flag, and the help shows each default as the run takes it."""
+    parser = argparse.ArgumentParser(prog="train")
+    O.add_arguments(parser)
+    args = parser.parse_args(["EMB", "OUT"])
+    assert O.options_from_args(args) == T.TrainOptions("EMB", "OUT")
+    help_lines = [line for line in _help().splitlines() if line.startswith("  --")]
+    lines = {line.split()[0].rstrip(","): line for line in help_lines}
+    fields = [f.name for f in dataclasses.fields(T.TrainOptions)][2:]
+    assert sorted(lines) == sorted(O.flag(name) for name in fields)
+    assert "(default: 40)" in lines["--batch-size"] and "(default: 2e-05)" in lines["--lr"]
+    # --init's values are the defaults of the model options, and the help says so
+    assert set(O.from_init()) == set(ARCH_OPTIONS.values())
+    for name in O.from_init():
+        assert (
+            f"(default: --init's, else {shown(T.TrainOptions.paper(name))})" in lines[O.flag(name)]
+        ), name
+        assert O.flag(name) in lines["--init"]
+    assert "(default: 10)" not in lines["--prefix-length"]  # a tiny --init model's is 4
+    # --precision auto: what resolve_precision does on the CPU, not "fp32 on the CPU"
+    assert "on the CPU bf16 where it has bfloat16 instructions" in lines["--precision"]
+
+
+def shown(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def test_a_blank_model_option_takes_the_paper_value_declared_with_it(store, tiny_dir, tmp_path):
+    opts = options(store, tmp_path, tiny_dir)
+    opts.init = None
+    arch = architecture(opts, None)
+    assert arch["prefix_length"] == T.TrainOptions.paper("prefix_length") == 10
+    assert arch["mapping_type"] == "mlp" and arch["normalize_prefix"] is False
+    assert (
+        architecture(options(store, tmp_path, tiny_dir), load_pretrained(tiny_dir)[0].config)[
+            "prefix_length"
+        ]
+        == 4
+    )  # --init's
+
+
+def test_readme_documents_the_train_options():
+    """The README's option table is options_table() (regenerate it with
+    ``python -c "from captioner.train.options import options_table; print(options_table())"``)."""
+    assert O.options_table() in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+# --- collapse: one caption for every image (item 13) -----------------------------------
+
+
+def collapsed_model(tiny_dir: Path, out: Path) -> Path:
+    """The tiny model with its mapper's weights zeroed: the prefix is its bias alone, the
+    same for every image, as a mapper that has learnt nothing yet."""
+    model, tok = load_pretrained(tiny_dir)
+    with torch.no_grad():
+        for name, p in model.mapper.named_parameters():
+            if name.endswith("weight"):
+                p.zero_()
+    return save_pretrained(model, tok, out)
+
+
+def test_one_caption_for_every_held_out_image_warns_pointing_at_lr(
+    store, tiny_dir, tmp_path, capsys
+):
+    init = collapsed_model(tiny_dir, tmp_path / "init")
+    out = tmp_path / "run"
+    T.train(options(store, out, init, keep_mapper=True, lr=2e-5, max_steps=2, epochs=1))
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if line.startswith("warning:"))
+    assert warning.startswith("warning: one caption for all ") and "held-out images" in warning
+    assert "--lr (2e-05 now" in warning and "small-set recipe" in warning
+    epoch = next(r for r in read_log(out) if "val_loss" in r)
+    assert epoch["distinct_captions"] == 1 and epoch["probed_images"] >= 4
+
+
+def test_one_caption_for_all_needs_images_with_different_references():
+    refs = ["a red circle.", "a blue star.", "a red circle.", "a green square."]
+    assert one_caption_for_all(["x"] * 4, refs) == Collapse("x", 4, 1, 4)
+    assert one_caption_for_all(["x"] * 9 + ["y"], refs * 2 + refs[:2]).count == 9
+    assert one_caption_for_all(["x", "y", "x", "y"], refs) is None  # references: 3 things
+    assert one_caption_for_all(["x"] * 3, refs[:3]) is None  # too few to tell
+    assert one_caption_for_all(["x"] * 4, ["a cat."] * 4) is None  # so are the references
+    # two captions for images of many kinds: as good as one
+    many = [f"a {c} {s}." for c in COLOURS for s in SHAPES]
+    two = one_caption_for_all(["x"] * 8 + ["y"] * 4, many)
+    assert two == Collapse("x", 8, 2, 12)
+    assert two.describe("images") == "2 captions for 12 images (8 of them: 'x')"
+    assert one_caption_for_all(["x"] * 8 + ["y"] * 3 + ["z"], many) is None
+
+
+# --- the progress bar's loss (item 14) -------------------------------------------------
+
+
+def test_progress_bar_loss_moves_every_step(store, tiny_dir, tmp_path, monkeypatch):
+    """The bar showed the mean of each --log-every window only at its end: it looked stuck.
+    Now a running average, every step, from values already on the host."""
+    bars = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            self.postfix, self.updates = [], 0
+            bars.append(self)
+
+        def set_postfix(self, refresh=True, **kw):
+            self.postfix.append((self.updates, kw))
+
+        def update(self, n=1):
+            self.updates += n
+
+        def close(self):
+            pass
+
+        write = staticmethod(lambda *args, **kwargs: None)
+
+    monkeypatch.setattr(T, "tqdm", Bar)
+    T.train(options(store, tmp_path / "run", tiny_dir, epochs=2, log_every=1000, lr=3e-3))
+    losses = [float(kw["loss"]) for bar in bars for _, kw in bar.postfix]
+    steps = sum(bar.updates for bar in bars)
+    assert steps > 10 and len(losses) == steps  # every step
+    assert len(set(losses)) > steps // 2  # and it moves
+    assert losses[-1] < losses[0]
+
+
+def test_running_loss_is_a_bias_corrected_average():
+    meter = T.RunningLoss(torch.device("cpu"))
+    assert meter.update(torch.tensor(2.0)) == pytest.approx(2.0)  # not 0.05 x 2
+    for _ in range(200):
+        value = meter.update(torch.tensor(1.0))
+    assert value == pytest.approx(1.0, abs=1e-4)
+
+
+def test_running_loss_on_a_gpu_never_waits():
+    """On a GPU the average is copied to the host asynchronously: a step shows the newest
+    copy that has arrived and starts another only then (faked here: no GPU in CI)."""
+
+    class Event:  # torch.cuda.Event's two calls, finished when the test says so
+        done = False
+
+        def record(self):
+            self.done = False
+
+        def query(self):
+            return self.done
+
+    meter = T.RunningLoss(torch.device("cpu"))
+    meter.cuda, meter.event = True, Event()
+    assert meter.update(torch.tensor(2.0)) is None  # a copy in flight, nothing to show yet
+    assert meter.update(torch.tensor(2.0)) is None  # still in flight: no wait, no new copy
+    meter.event.done = True
+    assert meter.update(torch.tensor(1.0)) == pytest.approx(2.0)  # step 1's, arrived
+    assert meter.copied_at == 3  # and step 3's is on its way
+    meter.event.done = True
+    assert meter.update(torch.tensor(1.0)) < 2.0

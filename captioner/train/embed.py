@@ -33,12 +33,16 @@ from tqdm.auto import tqdm
 from ..errors import AltCapError, CheckpointMismatch, ModelError
 from ..images import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, load_image, preprocess
 from .data import FORMATS, Item, detect_format, read_dataset
-from .parts import first_line, load_part
+from .parts import altcap_model, first_line, from_pretrained
 from .store import INDEX_NAME, EmbeddingStore, EncoderInfo, StoreError, weights_sha
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 4096
+HINT = (  # after why an image encoder cannot be loaded: what to give instead
+    "give a CLIP vision model (Hub id, or a directory with config.json and weights when "
+    "offline) with --image-encoder, or an AltCap model with --model"
+)
 
 
 class DatasetMismatch(StoreError):
@@ -81,19 +85,24 @@ def load_encoder(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    hint: str = HINT,
 ) -> ImageEncoder:
     """The vision tower of a ClipCap model (a name, directory or Hub id), or a CLIP vision
     model (``CLIPVisionModelWithProjection``: Hub id or directory) with the preprocessing from
-    its ``preprocessor_config.json``. Neither given: the default model's encoder."""
+    its ``preprocessor_config.json``. Neither given: the default model's encoder.
+
+    An AltCap model given as ``image_encoder`` loads as its vision tower. ``hint`` ends the
+    message of an image encoder that cannot be loaded: what to give instead."""
     from ..captioner import pick_device, pick_dtype
 
     if model is not None and image_encoder is not None:
         raise ModelError("give either a model or an image encoder, not both")
     dev = pick_device(device)  # a bad device fails before any loading
     dt = pick_dtype(dtype, dev)
-    if image_encoder is not None:
-        vision, info = _load_clip_vision(image_encoder)
-    else:
+    if image_encoder is not None and altcap_model(image_encoder) is None:
+        vision, info = _load_clip_vision(image_encoder, hint)
+    else:  # an AltCap model given as the image encoder loads as its vision tower
+        model = model if image_encoder is None else image_encoder
         vision, info = _load_model_vision(model)
     return ImageEncoder(vision.to(dev, dt).eval(), info, dev, dt)
 
@@ -125,16 +134,11 @@ def _load_model_vision(name: str | None):
     return vision, dataclasses.replace(info, weights_sha=weights_sha(vision))
 
 
-def _load_clip_vision(source: str):
+def _load_clip_vision(source: str, hint: str):
     from transformers import CLIPVisionModelWithProjection
     from transformers.utils import cached_file
 
-    vision = load_part(
-        CLIPVisionModelWithProjection.from_pretrained,
-        source,
-        "image encoder",
-        "give a local directory with config.json and model weights when offline",
-    )
+    vision = from_pretrained(CLIPVisionModelWithProjection, source, "image encoder", hint)
     size, mean, std = int(vision.config.image_size), CLIP_MEAN, CLIP_STD
     try:
         proc = cached_file(

@@ -6,9 +6,11 @@ COCO Karpathy-test numbers). The tokenizer and METEOR run Java programs; without
 evaluation still runs: a simple tokenizer stands in (figures then differ slightly from
 published ones) and METEOR is reported as unavailable, with the reason, instead of failing.
 
-Writes a JSON report (metrics, model, decoding settings, counts, timings, skipped images) and
-the captions in the COCO results format (``[{"image_id", "caption"}]``). Images that cannot be
-read are reported and skipped; the scores cover the images that were captioned.
+Writes a JSON report (metrics, model, decoding settings, counts, timings, skipped images,
+warnings) and the captions in the COCO results format (``[{"image_id", "file_name",
+"caption"}]``). Images that cannot be read are reported and skipped; the scores cover the
+images that were captioned. One caption for (nearly) every image is a warning: the model does
+not use the image (``collapse``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from tqdm.auto import tqdm
 from ..cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from ..config import DecodingSettings, same_language
 from ..errors import AltCapError
-from .data import Item, read_dataset
+from .collapse import evaluate_warning, one_caption_for_all
+from .data import Item, detect_format, read_dataset
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 NO_JAVA = (
@@ -185,9 +188,22 @@ def _meteor(gts: Captions, res: Captions) -> float:
 # --- captioning ------------------------------------------------------------------------
 
 
-def coco_image_id(item: Item) -> int | str:
-    """COCO results use integer image ids; other sets keep their own."""
-    return int(item.id) if str(item.id).isdigit() else str(item.id)
+def coco_image_id(item: Item, fmt: str = "coco") -> int | str:
+    """COCO results use integer image ids (COCO and Karpathy sets); other sets keep their
+    own, as text: a folder's ``0001.jpg`` stays ``"0001"``."""
+    numbered = fmt in ("coco", "karpathy") and str(item.id).isdigit()
+    return int(item.id) if numbered else str(item.id)
+
+
+def file_names(items: Sequence[Item]) -> dict[str, str]:
+    """Each image's path relative to the folder that holds them all: COCO's ``file_name``,
+    a folder set's ``sub/cat.jpg``."""
+    paths = [os.path.abspath(it.image) for it in items]
+    if not paths:
+        return {}
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    pairs = zip(items, paths, strict=True)
+    return {it.image: Path(os.path.relpath(p, root)).as_posix() for it, p in pairs}
 
 
 def caption_items(
@@ -198,9 +214,11 @@ def caption_items(
     batch_size: int = 32,
     workers: int = 4,
     progress: bool = True,
+    fmt: str = "coco",
 ) -> tuple[dict[int | str, str], list[dict[str, str]]]:
     """Caption every readable image: ({image id: caption}, [skipped images with the reason]).
-    Images are decoded in a thread pool while the model works on the previous batch."""
+    Images are decoded in a thread pool while the model works on the previous batch.
+    ``fmt``: the set's format, which says what its image ids are (``coco_image_id``)."""
     from ..images import load_image
 
     def load(item: Item):
@@ -231,7 +249,7 @@ def caption_items(
                 for (item, _), r in zip(
                     ok, captioner.caption_pixels(pixels, settings), strict=True
                 ):
-                    captions[coco_image_id(item)] = r.text
+                    captions[coco_image_id(item, fmt)] = r.text
             bar.update(len(loaded))
     bar.close()
     return captions, skipped
@@ -255,14 +273,21 @@ def evaluate(
     from ..captioner import Captioner
 
     t0 = time.perf_counter()
-    items = read_dataset(annotations, image_root=image_root, split=split)
+    fmt = detect_format(annotations)
+    items = read_dataset(annotations, fmt, image_root=image_root, split=split)
     if limit is not None:
         items = items[:limit]
     captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
     settings = captioner.settings(settings)
     t1 = time.perf_counter()
     captions, skipped = caption_items(
-        captioner, items, settings, batch_size=batch_size, workers=workers, progress=progress
+        captioner,
+        items,
+        settings,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        fmt=fmt,
     )
     if not captions:
         raise EvaluationError(
@@ -270,9 +295,12 @@ def evaluate(
             f"{skipped[0]['image']}: {skipped[0]['message']}); check --image-root"
         )
     t2 = time.perf_counter()
-    references = {coco_image_id(it): list(it.captions) for it in items}
+    references = {coco_image_id(it, fmt): list(it.captions) for it in items}
     metrics, notes = score(references, captions, java=java_path(), language=captioner.language)
     t3 = time.perf_counter()
+    keys = list(captions)
+    collapse = one_caption_for_all([captions[k] for k in keys], [references[k][0] for k in keys])
+    warnings = [evaluate_warning(collapse)] if collapse is not None else []
     report = {
         "model": model,
         "model_source": captioner.config.source,
@@ -291,6 +319,7 @@ def evaluate(
             "references": sum(len(references[k]) for k in captions),
         },
         "skipped": skipped,
+        "warnings": warnings,
         "time_s": {
             "load": round(t1 - t0, 3),
             "captioning": round(t2 - t1, 3),
@@ -299,7 +328,9 @@ def evaluate(
         },
         "images_per_s": round(len(captions) / max(t2 - t1, 1e-9), 2),
     }
-    results = [{"image_id": k, "caption": v} for k, v in captions.items()]
+    names = file_names(items)
+    files = {coco_image_id(it, fmt): names[it.image] for it in items}
+    results = [{"image_id": k, "file_name": files[k], "caption": v} for k, v in captions.items()]
     return report, results
 
 
@@ -375,6 +406,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {name} unavailable: {why}", file=sys.stderr)
     if report.get("tokenizer_note"):
         print(f"note: {report['tokenizer_note']}", file=sys.stderr)
+    for warning in report["warnings"]:
+        print(warning, file=sys.stderr)
     c = report["counts"]
     print(f"{c['captioned']} of {c['images']} images captioned ({c['skipped']} skipped)")
     for name in METRICS:

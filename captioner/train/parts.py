@@ -8,49 +8,44 @@ vectors than it was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..checkpoints import load_pretrained
+from ..checkpoints import CONFIG_NAME, load_pretrained
 from ..config import ClipCapConfig
 from ..errors import InvalidSettings, ModelError
 from ..model import ClipCapModel, build_mapper
+from .options import TrainOptions
 from .store import EncoderInfo, weights_sha
-
-if TYPE_CHECKING:
-    from .train import TrainOptions
 
 T = TypeVar("T")
 
-_ARCH_DEFAULTS = {
-    "mapping_type": "mlp",
-    "prefix_length": 10,
-    "clip_length": 10,
-    "num_layers": 8,
-    "normalize_prefix": False,
-    "language": "en",
+# the config field each model option sets (options.from_init() names the same ones)
+ARCH_OPTIONS = {
+    "mapping_type": "mapping",
+    "prefix_length": "prefix_length",
+    "clip_length": "clip_length",
+    "num_layers": "num_layers",
+    "normalize_prefix": "normalize_prefix",
+    "language": "language",
 }
 
 
 def architecture(opts: TrainOptions, base: ClipCapConfig | None) -> dict[str, Any]:
     """Mapper options and the captions' language: given ones win, then the init model's,
     then the paper's."""
-    given = {
-        "mapping_type": opts.mapping,
-        "prefix_length": opts.prefix_length,
-        "clip_length": opts.clip_length,
-        "num_layers": opts.num_layers,
-        "normalize_prefix": opts.normalize_prefix,
-        "language": opts.language,
-    }
     out = {}
-    for key, value in given.items():
+    for key, name in ARCH_OPTIONS.items():
+        value = getattr(opts, name)
         if value is None:
-            value = getattr(base, key) if base is not None else _ARCH_DEFAULTS[key]
+            value = getattr(base, key) if base is not None else TrainOptions.paper(name)
         out[key] = value
     out["num_heads"] = base.num_heads if base is not None else 8
     out["mlp_ratio"] = base.mlp_ratio if base is not None else 2.0
@@ -63,26 +58,97 @@ def first_line(e: BaseException) -> str:
     return lines[0][:300] if lines else type(e).__name__
 
 
+# What a part that cannot be loaded should be instead, said after the reason.
+IMAGE_ENCODER_HINT = (
+    "give a CLIP vision model (Hub id, or a directory with config.json and weights when "
+    "offline) or an AltCap model directory with --image-encoder, or --init MODEL_DIR"
+)
+LANGUAGE_MODEL_HINT = (
+    "give a GPT-2 (Hub id, or a directory with weights and tokenizer when offline) or an "
+    "AltCap model directory with --language-model, or --init MODEL_DIR for both parts"
+)
+
+
 def load_part(load: Callable[[str], T], source: str, what: str, hint: str) -> T:
     """``load(source)`` for a Hugging Face part given as a Hub id or a directory.
 
-    transformers says "not found", "offline" or "bad config" with OSError or ValueError and
-    pages of text; the user gets one ModelError line naming the part and what to give."""
+    transformers says "not found", "offline" or "bad config" with OSError or ValueError, and
+    a config of another kind of model can fail anywhere in it; the user gets one ModelError
+    line naming the part and what to give."""
     try:
         return load(source)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelError(f"cannot load the {what} {source!r} ({first_line(e)}); {hint}") from None
 
 
-def _load_language_model(language_model: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def from_pretrained(cls: Any, source: str, what: str, hint: str) -> Any:
+    """``cls.from_pretrained(source)``, refused unless every weight was in ``source``.
+
+    transformers fills the weights it does not find with random ones and prints a report of
+    every key: a directory of another model would load as a random part. Its report is
+    silenced here; what matters in it (missing weights) becomes one ModelError line."""
+
+    def load(s: str) -> Any:
+        with quiet_transformers(progress=not Path(s).is_dir()):
+            model, info = cls.from_pretrained(s, output_loading_info=True)
+        missing = sorted(info["missing_keys"])
+        if missing:
+            raise ModelError(
+                f"{s!r} holds no {what}: {len(missing)} of its weights are missing "
+                f"(first: {missing[0]}); {hint}"
+            )
+        return model
+
+    return load_part(load, source, what, hint)
+
+
+@contextlib.contextmanager
+def quiet_transformers(progress: bool = True) -> Iterator[None]:
+    """transformers' warnings (its load report) off; its progress bars too unless
+    ``progress`` (a download shows one worth seeing)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars and not progress:
+            hf_logging.enable_progress_bar()
+
+
+def altcap_model(source: str) -> str | None:
+    """``source`` as an AltCap model (a local model directory or a registry name), or None
+    for a Hugging Face part. A model directory given as a part loads as that part."""
+    from ..pretrained import REGISTRY
+
+    if source in REGISTRY:
+        return source
+    try:
+        config = json.loads((Path(source).expanduser() / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return source if isinstance(config, dict) and config.get("model_type") == "clipcap" else None
+
+
+def _load_language_model(source: str) -> tuple[nn.Module, PreTrainedTokenizerBase, str]:
+    """GPT-2 and its tokenizer, and where they came from (for config.json)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    return load_part(
-        lambda s: (GPT2LMHeadModel.from_pretrained(s), AutoTokenizer.from_pretrained(s)),
-        language_model,
-        "language model",
-        "give a GPT-2 directory (weights + tokenizer) or Hub id with --language-model",
+    model = altcap_model(source)
+    if model is not None:  # its GPT-2 and tokenizer (the vision tower loads along, unused)
+        from ..pretrained import resolve
+
+        clipcap, tokenizer = load_pretrained(resolve(model))
+        return clipcap.lm, tokenizer, clipcap.config.language_model
+    lm = from_pretrained(GPT2LMHeadModel, source, "language model", LANGUAGE_MODEL_HINT)
+    tokenizer = load_part(
+        AutoTokenizer.from_pretrained, source, "language model's tokenizer", LANGUAGE_MODEL_HINT
     )
+    return lm, tokenizer, source
 
 
 def build_model(
@@ -113,14 +179,16 @@ def build_model(
 
         image_encoder = opts.image_encoder or encoder.image_encoder
         language_model = opts.language_model or "gpt2"
-        clip = load_encoder(image_encoder=image_encoder, device="cpu", dtype="float32")
+        clip = load_encoder(
+            image_encoder=image_encoder, device="cpu", dtype="float32", hint=IMAGE_ENCODER_HINT
+        )
         vision, info = clip.vision, clip.info
-        lm, tokenizer = _load_language_model(language_model)
+        lm, tokenizer, lm_source = _load_language_model(language_model)
         base = None
         config = ClipCapConfig(
             **architecture(opts, None),
-            image_encoder=image_encoder,
-            language_model=language_model,
+            image_encoder=info.image_encoder,  # an AltCap model's: the one its tower came from
+            language_model=lm_source,
             image_size=info.image_size,
             image_mean=info.image_mean,
             image_std=info.image_std,

@@ -32,7 +32,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 
 from .. import cpu_kernel
 from ..checkpoints import load_pretrained
-from ..config import DecodingSettings, is_language_tag
+from ..config import DecodingSettings
 from ..decoding import StopRule, generate
 from ..errors import InvalidSettings
 from ..lm import CachedGPT2
@@ -65,94 +65,16 @@ from .checkpoint import (
     save_final,
     set_rng_state,
 )
+from .collapse import PROBE_IMAGES, one_caption_for_all, train_warning
 from .dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
 from .distributed import init_distributed
+from .options import TrainOptions, add_arguments, options_from_args
 from .parts import build_model, set_trainable, train_mode
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "log.jsonl"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainOptions:
-    """Everything a run depends on; ``None`` means "the init model's value, else the paper's"."""
-
-    embeddings: str  # embedding store written by `embed`
-    out_dir: str
-    # where the parts come from
-    init: str | None = None  # AltCap model dir / name / Hub id: its vision tower, GPT-2, tokenizer
-    keep_mapper: bool = False  # start from the init model's mapper (options must match)
-    image_encoder: str | None = None  # HF CLIP id or dir (default: what made the embeddings)
-    language_model: str | None = None  # HF GPT-2 id or dir (default: gpt2)
-    # model
-    mapping: str | None = None  # "mlp" (default) or "transformer"
-    prefix_length: int | None = None  # default 10
-    clip_length: int | None = None  # default 10 (transformer mapper)
-    num_layers: int | None = None  # default 8 (transformer mapper)
-    normalize_prefix: bool | None = None  # default False
-    language: str | None = None  # the captions' language tag (default: en)
-    finetune_lm: bool | None = None  # default: yes with the MLP mapper, no with the transformer
-    # optimisation (defaults: the paper's COCO run)
-    epochs: int = 10
-    batch_size: int = 40  # per process
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 5000
-    max_steps: int | None = None  # stop after this many optimizer steps (the schedule ends here)
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    precision: str = "auto"
-    max_length: int = 40  # caption tokens, end-of-text included
-    seed: int = 0
-    val_fraction: float = 0.01  # images held out for the validation loss
-    # running (free to change on --resume)
-    device: str | None = None
-    workers: int = 2
-    save_every: int = 1000  # steps; 0: only at epoch ends
-    keep: int = 3
-    log_every: int = 50
-    samples: int = 3  # sample captions logged each epoch
-    resume: bool = False
-
-    def validate(self) -> TrainOptions:
-        checks = [
-            (self.epochs >= 1, "--epochs must be >= 1"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr > 0, "--lr must be > 0"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (self.warmup_steps >= 0, "--warmup-steps must be >= 0"),
-            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
-            (self.grad_clip >= 0, "--grad-clip must be >= 0 (0: off)"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.max_length >= 2, "--max-length must be >= 2"),
-            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
-            (self.workers >= 0, "--workers must be >= 0"),
-            (self.save_every >= 0, "--save-every must be >= 0"),
-            (self.keep >= 1, "--keep must be >= 1"),
-            (self.log_every >= 1, "--log-every must be >= 1"),
-            (self.samples >= 0, "--samples must be >= 0"),
-            (self.mapping in (None, "mlp", "transformer"), "--mapping must be mlp or transformer"),
-            (
-                self.language is None or is_language_tag(self.language),
-                "--language must be a language tag such as en or pt-BR",
-            ),
-            (
-                not (self.init and (self.image_encoder or self.language_model)),
-                "--init takes the image encoder and language model from a model directory: "
-                "give either --init or --image-encoder/--language-model",
-            ),
-            (not self.keep_mapper or self.init, "--keep-mapper needs --init MODEL_DIR"),
-        ]
-        for name in ("prefix_length", "clip_length", "num_layers"):
-            v = getattr(self, name)
-            flag = "--" + name.replace("_", "-")
-            checks.append((v is None or v >= 1, f"{flag} must be >= 1"))
-        for ok, message in checks:
-            if not ok:
-                raise InvalidSettings(message)
-        return self
 
 
 # --- optimisation ----------------------------------------------------------------------
@@ -267,6 +189,44 @@ def sample_captions(
         return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
     finally:
         model.train(was_training)
+
+
+class RunningLoss:
+    """The progress bar's loss: a running average over the last ~20 steps, updated every
+    step without ever making the GPU wait.
+
+    The exact means (over --log-every steps) are read back only at log lines: reading a loss
+    on the host waits for its step to finish, which would stall a GPU every step. Here the
+    average is kept on the device and copied to pinned host memory asynchronously; each step
+    shows the newest copy that has arrived (on a GPU, about a step old) and starts the next
+    copy once it has. On the CPU the loss is already there: it is read at once."""
+
+    BETA = 0.95  # weight of the past: an average over about 1 / (1 - BETA) = 20 steps
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.ema = torch.zeros((), dtype=torch.float32, device=device)
+        self.host = torch.zeros((), dtype=torch.float32, pin_memory=self.cuda)
+        self.event = torch.cuda.Event() if self.cuda else None
+        self.steps = 0
+        self.copied_at = 0  # the step of the copy in flight (0: none)
+        self.value: float | None = None
+
+    def update(self, loss: torch.Tensor) -> float | None:
+        """Fold in this step's loss; returns the newest average on the host (None at first
+        on a GPU)."""
+        self.steps += 1
+        self.ema.mul_(self.BETA).add_(loss.detach().float(), alpha=1 - self.BETA)
+        if not self.cuda:
+            return self.ema.item() / (1 - self.BETA**self.steps)  # bias-corrected, as Adam
+        if self.copied_at and self.event.query():  # the copy arrived: no wait
+            self.value = self.host.item() / (1 - self.BETA**self.copied_at)
+            self.copied_at = 0
+        if not self.copied_at:
+            self.host.copy_(self.ema, non_blocking=True)
+            self.event.record()
+            self.copied_at = self.steps
+        return self.value
 
 
 # Options that define the run: a resumed run must have the same ones to continue exactly.
@@ -447,11 +407,12 @@ class Trainer:
                 self.val_set, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=False
             )
             self.val_loader = self._loader(self.val_set, val_sampler, pad)
-        # sample captions: the first images of the held-out set (else of the training set)
+        # captioned at each epoch's end: the first images of the held-out set (else of the
+        # training set); the first --samples are shown, all are checked for one caption
         rows = val_rows or train_rows
         seen: dict[str, int] = {}
         for r in rows:
-            if len(seen) >= opts.samples:
+            if len(seen) >= max(opts.samples, PROBE_IMAGES):
                 break
             seen.setdefault(str(records[r]["image"]), r)
         self.sample_rows = list(seen.values())
@@ -519,6 +480,7 @@ class Trainer:
         # loss sums stay on the device: reading one makes a GPU wait, so only log lines do
         running, epoch_loss = self._zero(), self._zero()
         n_running = n_epoch = 0
+        bar_loss = RunningLoss(self.device)  # the bar's loss: every step, never a wait
         while self.epoch < opts.epochs and self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, skip=self.batch * opts.batch_size)
             bar = tqdm(
@@ -546,13 +508,15 @@ class Trainer:
                 running += loss
                 epoch_loss += loss
                 n_running, n_epoch = n_running + 1, n_epoch + 1
+                lr = self.scheduler.get_last_lr()[0]
+                shown = bar_loss.update(loss)
+                if shown is not None:  # drawn at tqdm's pace, not per call
+                    bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.2e}", refresh=False)
                 bar.update()
                 if self.step % opts.log_every == 0:
                     mean = running.item() / n_running
                     running.zero_()
                     n_running = 0
-                    lr = self.scheduler.get_last_lr()[0]
-                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                     self._log({"step": self.step, "epoch": self.epoch + 1, "loss": mean, "lr": lr})
                 last_batch = self.batch >= self.batches_per_epoch
                 if opts.save_every and self.step % opts.save_every == 0 and not last_batch:
@@ -581,7 +545,8 @@ class Trainer:
         return torch.zeros((), dtype=torch.float64, device=self.device)
 
     def _end_of_epoch(self, train_loss: float | None, finished: bool) -> None:
-        """Validation loss and sample captions, logged (rank 0)."""
+        """Validation loss and sample captions, logged (rank 0); a warning when every
+        held-out image gets one caption."""
         val = (
             validation_loss(self.model, self.val_loader, self.device, self.precision, self.dist.on)
             if self.val_loader is not None
@@ -589,13 +554,15 @@ class Trainer:
         )
         if not self.dist.main:
             return
-        samples = []
+        probed = []
         if self.sample_embeds is not None:
             texts = sample_captions(self.model, self.tokenizer, self.sample_embeds)
             for r, text in zip(self.sample_rows, texts, strict=True):
                 rec = self.records[r]
                 ref = rec["captions"][0] if rec.get("captions") else ""
-                samples.append({"image": str(rec["image"]), "caption": text, "reference": ref})
+                probed.append({"image": str(rec["image"]), "caption": text, "reference": ref})
+        samples = probed[: self.opts.samples]
+        captions = [p["caption"] for p in probed]
         self._log(
             {
                 "step": self.step,
@@ -604,6 +571,8 @@ class Trainer:
                 "train_loss": train_loss,
                 "val_loss": val,
                 "samples": samples,
+                "distinct_captions": len(set(captions)),  # of the probed held-out images
+                "probed_images": len(captions),
             }
         )
         parts = [f"epoch {self.epoch + 1}/{self.opts.epochs} (step {self.step})"]
@@ -617,6 +586,9 @@ class Trainer:
                 f"  {Path(s['image']).name}: {s['caption']!r}  (ref: {s['reference']!r})",
                 file=sys.stderr,
             )
+        collapse = one_caption_for_all(captions, [p["reference"] for p in probed])
+        if collapse is not None:
+            tqdm.write(train_warning(collapse, self.opts.lr), file=sys.stderr)
 
     def _checkpoint(self) -> None:
         """All ranks hand in their RNG states; rank 0 writes."""
@@ -689,114 +661,8 @@ def register(subparsers: Any) -> None:
             "same command under `torchrun --nproc_per_node=N -m captioner train ...`."
         ),
     )
-    p.add_argument("embeddings", metavar="EMBEDDINGS", help="embedding store (from `embed`)")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="output: final/, checkpoints/, log.jsonl")
-    g = p.add_argument_group("where the model's parts come from")
-    g.add_argument(
-        "--init",
-        metavar="MODEL",
-        help="AltCap model directory, name or Hub id: its image encoder, GPT-2 and tokenizer "
-        "are used (its image encoder must be the one that made the embeddings)",
-    )
-    g.add_argument(
-        "--keep-mapper",
-        action="store_true",
-        help="start from --init's mapper too (the mapping options must match it)",
-    )
-    g.add_argument(
-        "--image-encoder",
-        metavar="ID|DIR",
-        help="CLIP vision model, Hub id or directory (default: the one that made the embeddings)",
-    )
-    g.add_argument(
-        "--language-model",
-        metavar="ID|DIR",
-        help="GPT-2 weights + tokenizer, Hub id or directory (default: gpt2)",
-    )
-    m = p.add_argument_group("model (defaults: --init's, else the paper's)")
-    m.add_argument(
-        "--mapping",
-        choices=["mlp", "transformer"],
-        help="mlp: the paper's MLP with GPT-2 fine-tuned; transformer: its transformer "
-        "mapper with GPT-2 frozen (default: mlp)",
-    )
-    m.add_argument("--prefix-length", type=int, help="GPT-2 embeddings per image (default: 10)")
-    m.add_argument("--clip-length", type=int, help="transformer mapper: CLIP tokens (default: 10)")
-    m.add_argument("--num-layers", type=int, help="transformer mapper: layers (default: 8)")
-    m.add_argument(
-        "--normalize-prefix",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="L2-normalise the CLIP embedding before the mapper (default: off)",
-    )
-    m.add_argument(
-        "--language",
-        metavar="TAG",
-        help="the language of the training captions, as a BCP 47 tag (en, de, pt-BR): "
-        "services mark the captions with it (HTML lang) (default: --init's, else en)",
-    )
-    m.add_argument(
-        "--finetune-lm",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="train GPT-2's weights too (default: yes with mlp, no with transformer)",
-    )
-    o = p.add_argument_group("optimisation (defaults: the paper's COCO run)")
-    o.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
-    o.add_argument(
-        "--batch-size", type=int, default=40, help="captions per step per process (default: 40)"
-    )
-    o.add_argument("--lr", type=float, default=2e-5, help="AdamW peak learning rate (2e-5)")
-    o.add_argument("--weight-decay", type=float, default=0.0, help="AdamW (default: 0)")
-    o.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=5000,
-        help="linear warm-up over N steps, then linear decay to 0 (default: 5000)",
-    )
-    o.add_argument(
-        "--max-steps", type=int, default=None, help="stop (and end the schedule) after N steps"
-    )
-    o.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm; 0: off (1.0)")
-    o.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto: bf16 on a GPU that has it (else fp16 with loss scaling), fp32 on the CPU",
-    )
-    o.add_argument(
-        "--max-length", type=int, default=40, help="caption tokens, end-of-text included (40)"
-    )
-    o.add_argument("--seed", type=int, default=0, help="init, data order, dropout (default: 0)")
-    o.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.01,
-        help="images held out with all their captions for the validation loss (0.01)",
-    )
-    r = p.add_argument_group("running (may change on --resume)")
-    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    r.add_argument("--workers", type=int, default=2, help="data loader processes (default: 2)")
-    r.add_argument(
-        "--save-every",
-        type=int,
-        default=1000,
-        help="checkpoint every N steps (1000); 0: epochs only",
-    )
-    r.add_argument("--keep", type=int, default=3, help="checkpoints kept, newest (default: 3)")
-    r.add_argument("--log-every", type=int, default=50, help="steps per loss line (50)")
-    r.add_argument("--samples", type=int, default=3, help="sample captions per epoch (3)")
-    r.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue exactly from OUT_DIR's newest checkpoint (same options required)",
-    )
+    add_arguments(p)
     p.set_defaults(func=run)
-
-
-def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    names = TrainOptions.__dataclass_fields__
-    return TrainOptions(**{k: getattr(args, k) for k in names if hasattr(args, k)})
 
 
 def run(args: argparse.Namespace) -> int:
