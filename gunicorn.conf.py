@@ -200,6 +200,38 @@ def post_worker_init(worker) -> None:
     for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
         signal.signal(sig, stop)
 
+    if getattr(worker, "altcap_replacement", False):
+        _wait_for_the_model(worker)
+
+
+# Workers forked so far by this master (pre_fork counts them): the first `workers` of them
+# start the server; any later one replaces a worker that died, or comes with a reload.
+_forked = [0]
+
+
+def pre_fork(server, worker) -> None:
+    """In the master, before a worker is forked: is it one of the first, or a replacement?"""
+    _forked[0] += 1
+    worker.altcap_replacement = _forked[0] > server.cfg.workers
+
+
+def _wait_for_the_model(worker) -> None:
+    """A replacement worker accepts connections only once its model is loaded (or failed).
+
+    All workers accept from one listening socket, so a worker that took connections while
+    loading would answer them ``503 model_unavailable`` (``/readyz`` too) for the seconds a
+    load takes, while the other workers are ready: a load balancer would see the server
+    flap. Not accepting yet leaves the connections to the ready workers (with one worker,
+    they wait in the socket's backlog and are served once it is ready). The first workers
+    do not wait: no other worker could answer, and ``/healthz`` must answer during a first
+    start that downloads the model. The heartbeat is kept up while waiting.
+    """
+    engine = worker.wsgi.extensions["altcap"].engine
+    while worker.alive and not engine.wait_ready(1.0) and engine.load_error is None:
+        worker.notify()
+    state = "loaded" if engine.ready else "not loaded"
+    worker.log.info("worker %s: replacing another, its model %s: accepting", worker.pid, state)
+
 
 def child_exit(server, worker) -> None:
     """In the master, after a worker exited: drop it from the live gauges (queue depth, model

@@ -16,7 +16,13 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["OMP_WAIT_POLICY", "TORCH_THREADS_ENV", "cgroup_cpu_limit", "torch_threads", "usable_cpus"]
+__all__ = [
+    "OMP_WAIT_POLICY",
+    "TORCH_THREADS_ENV",
+    "cgroup_cpu_limit",
+    "torch_threads",
+    "usable_cpus",
+]
 
 TORCH_THREADS_ENV = "ALTCAP_TORCH_THREADS"  # declared in Settings (torch_threads)
 # OpenMP threads that wait at the end of an operation sleep instead of spinning. Spinning

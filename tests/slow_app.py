@@ -1,7 +1,8 @@
 """The real app with a slow model, for gunicorn tests of a server whose model is busy.
 
 ``gunicorn "slow_app:create_app()"``: the tiny model from ``ALTCAP_MODEL``, each batch made
-to take ``SLOW_APP_BATCH_S`` seconds more, as a full-size model on a busy CPU would.
+to take ``SLOW_APP_BATCH_S`` seconds more, as a full-size model on a busy CPU would, and its
+loading ``SLOW_APP_LOAD_S`` seconds more, as a full-size model's does.
 """
 
 from __future__ import annotations
@@ -30,5 +31,11 @@ class SlowCaptioner:
 
 def create_app() -> Flask:
     load = altcap_app.default_loader(Settings.load())
-    batch_s = float(os.environ["SLOW_APP_BATCH_S"])
-    return altcap_app.create_app({"LOADER": lambda: SlowCaptioner(load(), batch_s)})
+    batch_s = float(os.environ.get("SLOW_APP_BATCH_S", "0"))
+    load_s = float(os.environ.get("SLOW_APP_LOAD_S", "0"))
+
+    def slow_load() -> SlowCaptioner:
+        time.sleep(load_s)
+        return SlowCaptioner(load(), batch_s)
+
+    return altcap_app.create_app({"LOADER": slow_load})

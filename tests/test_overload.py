@@ -1,4 +1,7 @@
-"""A gunicorn worker whose model is busy keeps answering: refusals at once, /healthz at once.
+"""gunicorn workers under stress keep answering as a load balancer expects.
+
+A worker whose model is busy refuses what it cannot take at once and answers /healthz at
+once; a worker that replaces a dead one takes no traffic until its model has loaded.
 
 One worker with 4 threads (so 2 captioning requests at once, ALTCAP_MAX_IN_FLIGHT's default
 under gunicorn), a model whose every batch takes 1 s, a 3 s request deadline, and 10 clients
@@ -11,11 +14,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import threading
 import time
 
 import pytest
-from gunicorn_server import Gunicorn
+from gunicorn_server import LOADED, Gunicorn
 from helpers import png_bytes
 
 BATCH_S = 1.0
@@ -96,3 +101,52 @@ def test_overload_is_refused_within_the_deadline_and_healthz_answers(busy_server
     # refusals at once, not after a wait for the model
     assert sorted(seconds for _, seconds, _, _ in refused)[len(refused) // 2] < 0.5, refused
     assert max(health_s) < 0.5, health_s
+
+
+# --- a worker reloading beside a ready one ---------------------------------------------------
+
+LOAD_S = 4.0  # each worker's model takes this long to load (a full-size one: ~10 s)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tiny_dir, tmp_path_factory):
+    server = Gunicorn(
+        tiny_dir,
+        tmp_path_factory.mktemp("reload"),
+        workers=2,
+        extra_env={"SLOW_APP_LOAD_S": str(LOAD_S), "ALTCAP_JOB_WORKERS": "0"},
+        app="slow_app:create_app()",
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_reloading_worker_takes_no_traffic_while_the_other_is_ready(two_workers) -> None:
+    """kill -9 one of two ready workers: while its replacement loads its model, /readyz and
+    captions are answered by the other worker, never 503 model_unavailable; afterwards the
+    replacement serves too."""
+    server = two_workers
+    pids = sorted(set(LOADED.findall(server.log())))
+    os.kill(int(pids[0]), signal.SIGKILL)
+    statuses: list[tuple[str, int]] = []
+    data = base64.b64encode(png_bytes((1, 2, 3))).decode()
+    payload = json.dumps({"images": [{"data": data}]}).encode()
+    deadline = time.monotonic() + 90  # importing torch and loading, on a busy machine
+
+    def replacement_loaded() -> bool:
+        return len(set(LOADED.findall(server.log())) - set(pids)) == 1
+
+    while not replacement_loaded():  # new connections: either worker may accept each
+        assert time.monotonic() < deadline, server.log()
+        statuses.append(("readyz", server.request("GET", "/readyz")[0]))
+        status, _, _ = server.request(
+            "POST", "/v1/captions", payload, {"Content-Type": "application/json"}
+        )
+        statuses.append(("caption", status))
+    assert len(statuses) >= 10, statuses  # it took seconds: the other worker answered these
+    assert {status for _, status in statuses} == {200}, [s for s in statuses if s[1] != 200]
+    time.sleep(0.5)
+    assert "replacing another, its model loaded: accepting" in server.log()

@@ -91,6 +91,7 @@ OPERATIONS = [
     ("POST", "/v1/jobs", True),
     ("GET", "/v1/jobs/{job_id}", True),
     ("DELETE", "/v1/jobs/{job_id}", True),
+    ("POST", "/v1/jobs/{job_id}/cancel", True),
     ("GET", "/v1/jobs/{job_id}/results", True),
     ("GET", "/v1/jobs/{job_id}/pages/{n}/patched", True),
 ]
