@@ -20,8 +20,6 @@ import os
 import re
 import sys
 import tempfile
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +42,7 @@ from .pages import (
     needs_caption,
     patch_html,
 )
+from .progress import progress
 from .reports import (
     FORMATS,
     STATUSES,
@@ -60,7 +59,6 @@ __all__ = [
     "InvalidSource",
     "PageResult",
     "Plan",
-    "ProgressLines",
     "Source",
     "caption_rows",
     "page_counts",
@@ -78,8 +76,6 @@ DEFAULT_MAX_PAGES = 100
 DEFAULT_MAX_IMAGES = 1000
 PENDING = "pending"  # a row waiting for its caption; never in a finished report
 DOWNLOAD_WORKERS = 4  # images downloaded at once while the model works on a batch
-PROGRESS_EVERY_S = 10.0  # a progress line this often when stderr is no terminal (cron, CI)
-FIRST_PROGRESS_S = 2.0  # the first one this soon: a log shows at once that the run is alive
 ROBOTS = RobotsDisallowed.code  # a page's error code when robots.txt keeps crawlers out
 # How the batch CLI says it may reach loopback and private addresses (see FetchLimits).
 ALLOW_PRIVATE_HINT = "give --allow-private to audit a site on this machine or an intranet"
@@ -519,7 +515,7 @@ def run(args: argparse.Namespace) -> int:
     crawler = Crawler(limits, delay_s=args.delay, respect_robots=not args.ignore_robots)
     show = "none" if args.no_progress else "bars" if sys.stderr.isatty() else "lines"
 
-    with _progress("none" if source.images else show, "pages", "page") as bar:
+    with progress("none" if source.images else show, "pages", "page") as bar:
         job = plan(
             source,
             crawler,
@@ -529,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
             progress=bar.update,
             counted=lambda n: setattr(bar, "total", n),
         )
-    with _progress(show if job.todo else "none", "images", "image", len(job.todo)) as bar:
+    with progress(show if job.todo else "none", "images", "image", len(job.todo)) as bar:
         captions = caption_rows(
             job.rows,
             cap,
@@ -567,114 +563,8 @@ def run(args: argparse.Namespace) -> int:
 # --- progress and summaries ---------------------------------------------------------
 
 
-def _progress(show: str, desc: str, unit: str, total: int | None = None) -> Any:
-    """What shows a phase's progress (``update``, ``total``, a context manager): tqdm's bar
-    on a terminal (``bars``), ``ProgressLines`` (``lines``), or nothing (``none``)."""
-    if show == "lines":
-        return ProgressLines(desc, unit, total)
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=show == "none")
-
-
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _duration(seconds: float) -> str:
-    """``7 s``, ``4 min 40 s``, ``2 h 5 min``: what a person reads in a log."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min" if s % 3600 >= 60 else f"{s // 3600} h"
-
-
-class ProgressLines:
-    """Progress as plain lines, for a stderr that is no terminal (cron, CI, a log file), where
-    a bar is one line redrawn with carriage returns that says nothing until the end.
-
-    The calls of a tqdm bar (``update``, ``total``, a context manager). A thread writes a
-    line ``first_s`` after the start and then every ``every_s``, whatever the work is doing
-    (a long model batch included), and leaving writes the last one::
-
-        images: 64/1000, 3.1 images/s, about 5 min left, 21 s so far
-        images: 1000/1000 in 5 min 20 s, 3.1 images/s
-    """
-
-    def __init__(
-        self,
-        desc: str,
-        unit: str,
-        total: int | None = None,
-        *,
-        out: Any = None,
-        every_s: float | None = None,
-        first_s: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.desc, self.unit, self.total = desc, unit, total
-        self.n = 0
-        self._out = out if out is not None else sys.stderr
-        self._clock = clock
-        self._start = clock()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        waits = (
-            FIRST_PROGRESS_S if first_s is None else first_s,
-            PROGRESS_EVERY_S if every_s is None else every_s,
-        )
-        self._thread = threading.Thread(
-            target=self._tick, args=waits, name="altcap-progress", daemon=True
-        )
-        self._thread.start()
-
-    def update(self, n: int = 1) -> None:
-        with self._lock:
-            self.n += n
-
-    def line(self, final: bool = False) -> str:
-        """The progress so far, in one line (``final``: the phase's last)."""
-        with self._lock:
-            n, total = self.n, self.total
-        elapsed = self._clock() - self._start
-        parts = [f"{self.desc}: {n}" if total is None else f"{self.desc}: {n}/{total}"]
-        rate = n / elapsed if n and elapsed > 0 else None
-        if final:
-            parts[0] += f" in {_duration(elapsed)}"
-        if rate is not None:
-            units = self.unit + "s"
-            parts.append(f"{rate:.1f} {units}/s" if rate >= 1 else f"{rate * 60:.1f} {units}/min")
-        if not final:
-            if rate is not None and total is not None and total >= n:
-                parts.append(f"about {_duration((total - n) / rate)} left")
-            parts.append(f"{_duration(elapsed)} so far")
-        return ", ".join(parts)
-
-    def _write(self, line: str) -> None:
-        print(line, file=self._out, flush=True)
-
-    def _tick(self, first_s: float, every_s: float) -> None:
-        wait = first_s
-        while not self._stop.wait(wait):
-            self._write(self.line())
-            wait = every_s
-
-    def close(self, final: bool = True) -> None:
-        """Stop the thread; write the last line unless the phase failed (``final`` false)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        self._thread.join()
-        if final:
-            self._write(self.line(final=True))
-
-    def __enter__(self) -> ProgressLines:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.close(final=exc_type is None)
 
 
 def page_counts(errors: Iterable[str | None]) -> dict[str, int]:

@@ -261,6 +261,16 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
                     for k in ("total", "done", "failed", "skipped")
                 },
             },
+            "page_counts": {
+                "type": "object",
+                "description": "The job's pages apart from its images: read, skipped (robots.txt"
+                " keeps crawlers out) or failed (all 0 for image URLs)",
+                "required": ["total", "read", "skipped", "failed"],
+                "properties": {
+                    k: {"type": "integer", "minimum": 0}
+                    for k in ("total", "read", "skipped", "failed")
+                },
+            },
             "verdicts": {
                 "type": "object",
                 "description": "The report's rows by verdict, once planned ({} for image URLs)",

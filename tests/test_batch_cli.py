@@ -12,9 +12,10 @@ import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, LATIN1_HTML, serve_site
 
-from captioner import batch as batch_module
-from captioner.batch import ProgressLines, page_counts, patched_name, summary_line
+from captioner import progress as progress_module
+from captioner.batch import page_counts, patched_name, summary_line
 from captioner.cli import main
+from captioner.progress import ProgressLines
 
 ALT_ATTR = re.compile(r"""\s+alt\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
 METADATA_URL = "http://169.254.169.254/latest/logo.png"
@@ -390,8 +391,8 @@ def test_a_log_gets_progress_lines_and_where_the_files_went(
     """With stderr no terminal (cron, CI, a log file) the run printed its last line only:
     now progress lines at a steady interval (the first one early) per phase, then where
     the report and the patched pages went, then the summary."""
-    monkeypatch.setattr(batch_module, "FIRST_PROGRESS_S", 0.0)
-    monkeypatch.setattr(batch_module, "PROGRESS_EVERY_S", 0.1)
+    monkeypatch.setattr(progress_module, "FIRST_PROGRESS_S", 0.0)
+    monkeypatch.setattr(progress_module, "PROGRESS_EVERY_S", 0.1)
     out, patched = tmp_path / "reports" / "report.csv", tmp_path / "patched"
     pages = [site.url(p) for p in ("index.html", "blog/post.html", "private/secret.html")]
     args = ["batch", "--model", str(tiny_dir), "--device", "cpu", "--pages", *pages]
