@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # the model's: imported here, so `--help` does not load it
+
+    from captioner import cpus
     from captioner.cache import open_cache
     from captioner.captioner import Captioner
     from captioner.errors import InvalidSettings
@@ -67,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     # The identity before the weights: if the directory changes while loading, the weights
     # are not the ones the identity names (see app.default_loader).
     model = model_identity(settings.model)
+    # Threads as the service's workers get them: the CPUs this process may use (cpus.py).
+    torch.set_num_threads(settings.torch_threads or cpus.torch_threads())
     # The model first: a worker that cannot caption must fail now, not per chunk.
     captioner = Captioner.from_pretrained(
         settings.model,
