@@ -180,18 +180,165 @@ def unreadable(c: str) -> bool:
     return c == "\ufffd" or (unicodedata.category(c) == "Cc" and not c.isspace())
 
 
+# --- caption text: what may be written as alt ---------------------------------------------
+# One rule for every caption that becomes alt text or a page's aria-label: the service's
+# answers, job rows and reports, the batch CLI and (extension/caption-text.js, held to the
+# same tests/vectors/caption-text.json) the extension, which also meets servers that are
+# not AltCap. A screen reader must hear what a sighted reader of the alt would see, in the
+# order they would see it, and not a novel: no bidi controls that reorder it (U+202E shows
+# "gpj.exe" as "exe.jpg"), no invisible characters that hide or pad words, no controls,
+# and a bounded length.
+
+MAX_ALT_CHARS = 250  # default cap on alt text, in code points, the ellipsis included: alt
+# is one or two sentences (WebAIM, the W3C's alt decision tree); longer belongs beside the
+# image. The extension's caption-text.js enforces the same number on any server's text.
+ELLIPSIS = "\u2026"  # what ends a caption cut short
+# Zero-width non-joiner and joiner: spelling inside a word (Persian, Indic scripts) and one
+# emoji out of several ("👩\u200d💻" is "woman technologist", not "woman, laptop"). Kept
+# between two visible characters, dropped anywhere else (a word edge, a run of them).
+_JOINERS = "\u200c\u200d"
+_SPACE_CONTROLS = "\t\n\v\f\r\x85"  # controls that separate words: a space
+_SPACE_CATEGORIES = frozenset({"Zs", "Zl", "Zp"})  # U+00A0, U+3000, U+2028...: a space
+# Other (Cc), format (Cf: bidi controls, LRM/RLM/ALM, zero-width space, word joiner, BOM,
+# soft hyphen, tags) and surrogate (Cs: a lone half of a pair) code points are dropped.
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt), which renders as
+# nothing, as ranges; beyond Cf it holds the Hangul fillers, the Mongolian free variation
+# selectors, the combining grapheme joiner, variation selectors (also the 256 after
+# U+E0100, which can smuggle a byte each) and reserved code points. An emoji loses only
+# its text/emoji presentation choice, and a subdivision flag (tags) becomes a black flag.
+_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+_SKIN_TONES = range(0x1F3FB, 0x1F400)  # emoji modifiers: part of the emoji before them
+_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)  # two make one flag
+_TRAILING = frozenset({"Po", "Pd"})  # ",", ".", ";", "-": not left before the ellipsis
+
+
+def _dropped(c: str) -> bool:
+    if c == "\ufffd" or unicodedata.category(c) in _DROPPED_CATEGORIES:
+        return True
+    n = ord(c)
+    return any(lo <= n <= hi for lo, hi in _IGNORABLE)
+
+
+def tidy_text(text: str) -> str:
+    """``text`` with nothing a screen reader should not read, on one line.
+
+    Drops control, format and surrogate code points (bidi embeddings, overrides and
+    isolates, LRM/RLM/ALM, zero-width spaces, the BOM, soft hyphens, tags), Unicode's
+    default-ignorable ones (variation selectors, Hangul fillers) and U+FFFD, which the
+    tokenizer writes for a character whose bytes a caption stopped inside. Zero-width
+    joiners and non-joiners stay only between two visible characters. Every run of
+    whitespace (tabs, line breaks, no-break and ideographic spaces) is one space; none at
+    either end.
+    """
+    chars = []
+    for c in text:
+        if c in _JOINERS:
+            chars.append(c)
+        elif c in _SPACE_CONTROLS or unicodedata.category(c) in _SPACE_CATEGORIES:
+            chars.append(" ")
+        elif not _dropped(c):
+            chars.append(c)
+    out: list[str] = []
+    edges = " " + _JOINERS
+    for i, c in enumerate(chars):
+        if c == " " and (not out or out[-1] == " "):
+            continue
+        if c in _JOINERS:
+            after = chars[i + 1] if i + 1 < len(chars) else " "
+            if not out or out[-1] in edges or after in edges:
+                continue
+        out.append(c)
+    return "".join(out).rstrip(" ")
+
+
+def _splits_a_character(chars: list[str], cut: int) -> bool:
+    """Whether keeping ``chars[:cut]`` cuts what a reader sees as one character in two: a
+    letter from its combining marks, an emoji from its skin tone or its ZWJ sequence, or
+    a flag's two regional indicators. (Surrogate pairs are never split: these are code
+    points.)"""
+    before, after = chars[cut - 1], chars[cut]
+    if after in _JOINERS or before in _JOINERS or unicodedata.category(after)[0] == "M":
+        return True
+    if ord(after) in _SKIN_TONES:
+        return True
+    if ord(before) in _REGIONAL_INDICATORS and ord(after) in _REGIONAL_INDICATORS:
+        run = 0
+        while run < cut and ord(chars[cut - 1 - run]) in _REGIONAL_INDICATORS:
+            run += 1
+        return run % 2 == 1
+    return False
+
+
+def bound_text(text: str, max_chars: int = MAX_ALT_CHARS) -> str:
+    """``text`` if it has at most ``max_chars`` code points, else cut short with an ellipsis.
+
+    The cut is at the last space that keeps at least half the room (the text has no such
+    space: CJK, a URL, one long "word") else between two characters, moved back rather
+    than split a letter from its marks, an emoji sequence or a flag. Punctuation left
+    before the ellipsis goes (``"a dog, a cat…"``, not ``"a dog, a cat,…"``). The result,
+    ellipsis included, has at most ``max_chars`` code points. Expects ``tidy_text``'s
+    output (spaces are single " ").
+    """
+    if max_chars < 2:
+        raise ValueError("max_chars must be at least 2")
+    chars = list(text)
+    if len(chars) <= max_chars:
+        return text
+    room = max_chars - 1  # code points before the ellipsis
+    half = max(1, room // 2)
+    cut = next((i for i in range(room, half - 1, -1) if chars[i] == " "), None)
+    if cut is None:
+        cut = room
+        while cut > 1 and _splits_a_character(chars, cut):
+            cut -= 1
+        if _splits_a_character(chars, cut):
+            cut = room  # one character longer than the room: split, as it cannot be helped
+    head = "".join(chars[:cut]).rstrip(" ")
+    short = head
+    while short and (short[-1] in " " + _JOINERS or unicodedata.category(short[-1]) in _TRAILING):
+        short = short[:-1]
+    return (short or head) + ELLIPSIS
+
+
+def alt_text(caption: str, max_chars: int = MAX_ALT_CHARS) -> str:
+    """What a caption may put into a page as alt text: ``tidy_text``, then ``bound_text``.
+
+    ``""`` when nothing readable is left (the image then keeps its alt as it is). Applied
+    wherever text becomes alt (the API's ``caption``, job and batch rows, patched pages);
+    the extension's ``caption-text.js`` applies it to whatever server answered.
+    """
+    return bound_text(tidy_text(caption), max_chars)
+
+
 def clean_caption(text: str) -> str:
     """Tidy a raw model caption for use as alt text.
 
-    Collapses whitespace, capitalises the first letter and ends with exactly one period
-    (the model usually writes one, sometimes several or none, and sometimes a leading space).
-    Drops what a screen reader should not read: U+FFFD, which the tokenizer writes for a
-    character whose bytes were cut off (GPT-2's tokens are bytes, and a caption can stop
-    inside a character), and control characters. A caption with nothing left is "".
+    ``tidy_text`` (nothing a screen reader should not read, whitespace collapsed), then a
+    capital first letter and exactly one final period (the model usually writes one,
+    sometimes several or none, and sometimes a leading space). A caption with nothing left
+    is "". Not bounded: the model's words, cut to a length where they become alt
+    (``alt_text``, whose bound is a setting).
     """
-    text = "".join(c for c in text if not unreadable(c))
-    text = _SPACES.sub(" ", text).strip()
-    text = text.rstrip(" .")
+    text = tidy_text(text).rstrip(" ." + _JOINERS)
     if not text:
         return ""
     return text[0].upper() + text[1:] + "."

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from .alttext import MAX_ALT_CHARS, alt_text
 from .cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from .config import DecodingSettings
 from .errors import AltCapError, InvalidSettings
@@ -258,10 +259,12 @@ def caption_rows(
     batch_size: int = 32,
     resolver: Resolver | None = None,
     progress: Progress | None = None,
+    max_alt_chars: int = MAX_ALT_CHARS,
 ) -> dict[str, str]:
     """Download and caption every distinct image of the ``pending`` rows, and finish those
     rows (``done`` with a caption, ``skipped`` with ``no_caption`` when it cleaned to nothing,
-    or ``failed`` with the download or decode error) in place.
+    or ``failed`` with the download or decode error) in place. A row's caption is alt text:
+    ``alttext.alt_text``, at most ``max_alt_chars``.
 
     Images are fetched with the service's SSRF-safe ``fetch_image`` a few at a time, the
     next batch while the model captions this one, and captioned in batches of
@@ -302,10 +305,11 @@ def caption_rows(
                         _finish(by_url[url], status="failed", error=exc)
                 else:
                     for (url, _), result in zip(good, results, strict=True):
-                        outcome = caption_outcome(result.text)
+                        alt = alt_text(result.text, max_alt_chars)
+                        outcome = caption_outcome(alt)
                         _finish(by_url[url], **outcome)
                         if outcome["status"] == "done":
-                            captions[url] = result.text
+                            captions[url] = alt
             if progress:
                 progress(len(chunk))
     return captions

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from captioner import fetch
+from captioner.alttext import alt_text
 from captioner.cache import Cache, NullCache, cache_key, caption_value, get_caption, sha256_hex
 from captioner.config import DecodingSettings
 from captioner.errors import AltCapError
@@ -1105,6 +1106,10 @@ class JobConsumer:
                 outcomes[url] = result.text
                 value = caption_value(result.text, result.tokens)
                 self.cache.set(cache_key(model, settings, str(sha)), value)
+        limit = self.settings.max_alt_chars  # rows hold alt text: the model's words, bounded
+        for url, outcome in outcomes.items():
+            if isinstance(outcome, str):
+                outcomes[url] = alt_text(outcome, limit)
         return _rows(claim.items, outcomes)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from captioner import fetch, images
+from captioner.alttext import alt_text
 from captioner.cache import Cache, cache_key, caption_value, get_caption, sha256_hex
 from captioner.config import DecodingSettings
 from captioner.engine import DeadlineExceeded, Engine, Overloaded
@@ -195,7 +196,8 @@ def run_job(st: ServiceState, job: Job) -> None:
     without downloading anything), then downloads and decoding (in parallel threads when
     there are several images), then one call to the engine for whatever is left, whose
     images can share batches with other requests'. Beyond ``max_in_flight`` requests at
-    once, raises ``Overloaded`` before any of that.
+    once, raises ``Overloaded`` before any of that. A result's caption is what may become
+    alt text: ``alttext.alt_text``, at most ``max_alt_chars`` (cached or not).
     """
     with st.admission.slot(st.engine.retry_after):
         _run_job(st, job)
@@ -230,6 +232,9 @@ def _run_job(st: ServiceState, job: Job) -> None:
             st.cache.set(cache_key(st.model.cache_id, settings, str(item.sha)), item.result)
 
     for item in job.items:
+        if item.result is not None:  # the cache keeps the model's words; alt is bounded here
+            alt = alt_text(item.result["caption"], st.settings.max_alt_chars)
+            item.result = {**item.result, "caption": alt}
         outcome = "error" if item.error else "cached" if item.cached else "captioned"
         st.metrics.images.labels(outcome).inc()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from captioner.alttext import MAX_ALT_CHARS
 from captioner.errors import ConfigError
 from captioner.fetch import FetchLimits
 
@@ -261,6 +262,13 @@ class Settings:
         40_000_000,
         _int(1),
         "Largest image (width x height) decoded; larger ones get image_too_many_pixels",
+    )
+    max_alt_chars: int = _setting(
+        MAX_ALT_CHARS,
+        _int(16),
+        "Longest alt text a caption becomes (characters, the ellipsis included), in API"
+        " answers, job rows, reports and patched pages: longer ones are cut at a word with"
+        " an ellipsis (the extension also cuts what any server sends at 250)",
     )
     cache_url: str = _setting(
         "",

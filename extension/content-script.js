@@ -98,7 +98,7 @@
 
   async function send(message) {
     try {
-      return await chrome.runtime.sendMessage(message);
+      return globalThis.AltCapCaptionText.cleanAnswer(await chrome.runtime.sendMessage(message)); // caption-text.js
     } catch (_) {
       return null; // extension reloaded or service worker gone: behave as if off
     }

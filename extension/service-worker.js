@@ -18,7 +18,7 @@ import { TabFrames, combineStatus } from "./tab-state.js";
 
 const IDS = { runtimeId: chrome.runtime.id, extensionOrigin: chrome.runtime.getURL("") };
 const SCRIPT_ID = "altcap";
-const SCRIPT_FILES = ["detection.js", "content-script.js"];
+const SCRIPT_FILES = ["detection.js", "caption-text.js", "content-script.js"];
 const MENU_ID = "altcap-describe-image";
 const COMMAND = "describe-page";
 const TAB_STATE_KEY = "tabFrames"; // in chrome.storage.session

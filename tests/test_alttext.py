@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
+from helpers import png_bytes, serve_directory
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from captioner.alttext import classify_alt, clean_caption, file_name, meaningless_words, stopwords
+from captioner.alttext import (
+    MAX_ALT_CHARS,
+    alt_text,
+    bound_text,
+    classify_alt,
+    clean_caption,
+    file_name,
+    meaningless_words,
+    stopwords,
+    tidy_text,
+    unreadable,
+)
+from captioner.errors import ConfigError
 from captioner.pages import find_images
+from captioner.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "tests/vectors/alttext.json").read_text())
@@ -106,3 +127,225 @@ def test_file_name():
 
 def test_clean_caption_is_what_alt_text_needs():
     assert classify_alt(clean_caption("a dog on a couch")) == "ok"
+
+
+# --- caption text: what a caption may become as alt (issue 20, finding 7) -------------------
+
+CAPTION_VECTORS = json.loads((ROOT / "tests/vectors/caption-text.json").read_text())
+# What a model (or a hostile server) can write: a 5,000-character caption, a right-to-left
+# override that shows "gpj.exe" as "exe.jpg", and zero-width characters between words.
+HOSTILE = "\u202einvoice gpj.exe\u202c a\u200b dog\u2060 \ufeffon a couch " + "and a dog " * 500
+INVISIBLE = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u2060\ufeff\u00ad\u200e"
+
+
+def _caption_vector_id(case: dict) -> str:
+    return case["note"]
+
+
+def _is_alt_text(text: str, max_chars: int) -> bool:
+    """Bounded, and nothing invisible in it (joiners only between two visible characters)."""
+    return len(text) <= max_chars and not any(c in INVISIBLE or unreadable(c) for c in text)
+
+
+def _cut_at_a_word(text: str, alt: str) -> bool:
+    """``alt`` is ``text``'s words up to one, then an ellipsis."""
+    return alt.endswith("\u2026") and tidy_text(text).startswith(alt[:-1] + " ")
+
+
+@pytest.mark.parametrize("case", CAPTION_VECTORS["cases"], ids=_caption_vector_id)
+def test_caption_text_shared_vectors(case):
+    text = case["text"] * case.get("repeat", 1)
+    assert alt_text(text, case.get("max_chars", MAX_ALT_CHARS)) == case["alt"]
+
+
+def test_caption_text_default_cap_is_one_number_everywhere():
+    extension = (ROOT / "extension/caption-text.js").read_text()
+    assert CAPTION_VECTORS["max_alt_chars"] == MAX_ALT_CHARS == Settings().max_alt_chars
+    assert f"const MAX_ALT_CHARS = {MAX_ALT_CHARS};" in extension
+    assert Settings.load({"ALTCAP_MAX_ALT_CHARS": "400"}).max_alt_chars == 400
+    with pytest.raises(ConfigError, match="ALTCAP_MAX_ALT_CHARS"):
+        Settings.load({"ALTCAP_MAX_ALT_CHARS": "3"})
+
+
+@given(st.text(max_size=400), st.integers(min_value=2, max_value=300))
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_caption_text_is_bounded_clean_and_stable(text, max_chars):
+    alt = alt_text(text, max_chars)
+    assert _is_alt_text(alt, max_chars)
+    assert alt == alt.strip() and "  " not in alt
+    assert alt_text(alt, max_chars) == alt  # applying the rule twice changes nothing
+
+
+def test_clean_caption_drops_bidi_controls_and_invisible_characters():
+    assert clean_caption("\u202einvoice\u200b gpj.exe\u202c") == "Invoice gpj.exe."
+    assert clean_caption(" \u2066a\u00a0dog\u2069\ufeff .\u200d") == "A dog."
+    assert clean_caption("\u202e\u200b\u00ad") == ""  # nothing readable: no caption
+
+
+def test_caption_text_a_long_caption_is_cut_at_a_word():
+    long = "a dog on a couch " * 300
+    assert alt_text(long, 40) == "a dog on a couch a dog on a couch a dog\u2026"  # 40 in all
+    alt = alt_text(long)
+    assert len(alt) == 249 and alt.endswith(" on a\u2026")  # "couch" would make 251
+    assert bound_text("a dog", 5) == "a dog"
+
+
+class _Result:
+    """What an engine or a captioner backend answers for one image."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.raw, self.tokens = text, text, 256
+
+
+class _FakeEngine:
+    """The service's engine, answering ``text`` for every image."""
+
+    ready, load_error, captioner, on_batch = True, None, None, None
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def start(self) -> None:
+        pass
+
+    def caption_images(self, images, settings, timeout_s=None):
+        return [_Result(self.text) for _ in images]
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {"queue_depth": 0}
+
+    def retry_after(self) -> int:
+        return 1
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.fixture
+def altcap_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings a developer exported in their shell must not leak into these apps."""
+    for name in list(os.environ):
+        if name.startswith("ALTCAP_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("altcap_env")
+@pytest.mark.parametrize("limit", [None, 40])
+def test_caption_in_the_api_answer_is_bounded_and_clean(tmp_path, limit):
+    """Before the fix the service answered all 5,000 characters, U+202E and zero-width
+    characters included, and the extension wrote that as alt."""
+    from app import create_app
+
+    config = {"TESTING": True, "MODEL": "tiny", "DATA_DIR": tmp_path, "CACHE_URL": ""}
+    if limit is not None:
+        config["MAX_ALT_CHARS"] = limit
+    app = create_app({**config, "ENGINE": _FakeEngine(HOSTILE)})
+    try:
+        client = app.test_client()
+        body = {"images": [{"data": base64.b64encode(png_bytes()).decode()}]}
+        first, again = (client.post("/v1/captions", json=body).get_json() for _ in range(2))
+    finally:
+        app.extensions["altcap"].close()
+    assert again["results"][0]["cached"] is True  # the cache's copy is bounded on the way out
+    for answer in (first, again):
+        caption = answer["results"][0]["caption"]
+        assert _is_alt_text(caption, limit or MAX_ALT_CHARS), caption
+        assert caption.endswith("\u2026") and _cut_at_a_word(HOSTILE, caption)
+
+
+@pytest.mark.usefixtures("altcap_env")
+def test_caption_in_job_rows_reports_and_patched_pages_is_bounded_and_clean(tmp_path):
+    from captioner.jobs import JobQueue, parse_job
+    from captioner.reports import write_rows
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "0.png").write_bytes(png_bytes())
+    (site / "page.html").write_text('<!doctype html><p><img src="0.png"></p>')
+    overrides = {
+        "DATA_DIR": tmp_path / "data",
+        "ALLOW_PRIVATE_NETWORKS": True,
+        "CRAWL_DELAY_S": 0,
+        "MODEL": "tiny",
+        "MAX_ALT_CHARS": 60,
+    }
+    queue = JobQueue(Settings.load({}, overrides))
+    queue.start_consumer(_Backend(HOSTILE), workers=1)
+    try:
+        with serve_directory(site) as base:
+            job, _ = queue.submit(parse_job({"pages": [f"{base}/page.html"]}, queue.settings))
+            stop = time.monotonic() + 30
+            while queue.status(job["id"])["state"] not in ("done", "failed", "cancelled"):
+                assert time.monotonic() < stop, "the job did not finish"
+                time.sleep(0.02)
+        rows = queue.rows(job["id"])
+        patched = queue.patched_page(job["id"], 1)
+    finally:
+        queue.close(timeout=5)
+    assert [row["status"] for row in rows] == ["done"]
+    caption = rows[0]["caption"]
+    assert _is_alt_text(caption, 60) and _cut_at_a_word(HOSTILE, caption), caption
+    for fmt in ("json", "csv", "html"):
+        report = io.StringIO()
+        write_rows(rows, fmt, report)
+        assert not any(c in INVISIBLE for c in report.getvalue()), fmt
+        assert "and a dog and a dog and a dog and a dog and a dog and" not in report.getvalue()
+    assert f'alt="{caption}"' in patched and "\u202e" not in patched
+
+
+class _Backend:
+    """A job consumer's captioning backend answering ``text`` for every image."""
+
+    max_pixels = 40_000_000
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def wait_ready(self, timeout: float) -> bool:
+        return True
+
+    def caption(self, images, decoding):
+        return [_Result(self.text) for _ in images]
+
+
+class _Captioner(_Backend):
+    """The batch CLI's captioner: ``preprocess`` then ``caption_pixels``."""
+
+    def preprocess(self, images):
+        return images
+
+    def caption_pixels(self, pixels, settings):
+        return [_Result(self.text) for _ in pixels]
+
+
+def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
+    from captioner.batch import PENDING, caption_rows
+    from captioner.fetch import FetchLimits
+
+    (tmp_path / "0.png").write_bytes(png_bytes())
+    with serve_directory(tmp_path) as base:
+        rows = [{"image_url": f"{base}/0.png", "status": PENDING}]
+        limits = FetchLimits(allow_private=True)
+        captions = caption_rows(rows, _Captioner(HOSTILE), limits=limits, max_alt_chars=50)
+        default = [{"image_url": f"{base}/0.png", "status": PENDING}]
+        caption_rows(default, _Captioner(HOSTILE), limits=limits)
+    assert rows[0]["status"] == "done" and captions == {rows[0]["image_url"]: rows[0]["caption"]}
+    assert _is_alt_text(rows[0]["caption"], 50)
+    assert _is_alt_text(default[0]["caption"], MAX_ALT_CHARS)
+    assert len(default[0]["caption"]) > 200  # cut near the cap, at a word
+
+
+def test_caption_that_is_only_invisible_characters_is_no_caption(tmp_path):
+    from captioner.batch import PENDING, caption_rows
+    from captioner.fetch import FetchLimits
+
+    (tmp_path / "0.png").write_bytes(png_bytes())
+    with serve_directory(tmp_path) as base:
+        rows = [{"image_url": f"{base}/0.png", "status": PENDING}]
+        limits = FetchLimits(allow_private=True)
+        captions = caption_rows(rows, _Captioner(INVISIBLE), limits=limits)
+    assert captions == {}
+    assert (rows[0]["status"], rows[0]["error_code"]) == ("skipped", "no_caption")

@@ -13,6 +13,7 @@ from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, LATIN1_HTML, serve_site
 
 from captioner import progress as progress_module
+from captioner.alttext import alt_text
 from captioner.batch import page_counts, patched_name, summary_line
 from captioner.cli import main
 from captioner.progress import ProgressLines
@@ -39,12 +40,13 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def caption_of(site, tiny_captioner):
-    """The tiny model's caption of a site image, computed apart from the batch code."""
+    """The tiny model's caption of a site image, computed apart from the batch code, as
+    alt text (the tiny model's captions run past ``MAX_ALT_CHARS``)."""
     cache: dict[str, str] = {}
 
     def caption(path: str) -> str:
         if path not in cache:
-            cache[path] = tiny_captioner.caption(site.image_bytes(path))[0].text
+            cache[path] = alt_text(tiny_captioner.caption(site.image_bytes(path))[0].text)
         return cache[path]
 
     return caption

@@ -73,6 +73,7 @@ function page({ elements = [], worker, auto = true, hello = {}, setup, dom, cloc
   });
   context.window = context;
   vm.runInContext(code("detection.js"), context);
+  vm.runInContext(code("caption-text.js"), context);
   vm.runInContext(code("content-script.js"), context);
 
   /** Send a message as the extension would (sender.id = ours unless given). */
@@ -392,6 +393,7 @@ test("a content script whose extension is gone stays quiet", async () => {
   });
   context.window = context;
   vm.runInContext(code("detection.js"), context);
+  vm.runInContext(code("caption-text.js"), context);
   assert.doesNotThrow(() => vm.runInContext(code("content-script.js"), context));
   await sleep(50);
 });

@@ -52,6 +52,7 @@ test("every referenced file exists", () => {
     manifest.action.default_popup,
     manifest.options_ui.page,
     "detection.js",
+    "caption-text.js",
     "content-script.js",
     "meaningless-alt.json",
   ];
@@ -61,7 +62,7 @@ test("every referenced file exists", () => {
   for (const name of files) assert.ok(exists(name), name);
   // The files the service worker injects.
   const sw = read("service-worker.js");
-  assert.match(sw, /SCRIPT_FILES = \["detection\.js", "content-script\.js"\]/);
+  assert.match(sw, /SCRIPT_FILES = \["detection\.js", "caption-text\.js", "content-script\.js"\]/);
 });
 
 test("every .js file passes node --check", () => {

@@ -229,7 +229,7 @@ test("registration follows consent, mode, lists and granted sites", async () => 
   const registration = await send({ type: "sync" }, POPUP);
   assert.deepEqual(registration.matches, ["*://*.news.example/*", "http://127.0.0.1/*"]);
   const [script] = chrome.scripting.scripts;
-  assert.deepEqual(script.js, ["detection.js", "content-script.js"]);
+  assert.deepEqual(script.js, ["detection.js", "caption-text.js", "content-script.js"]);
   assert.equal(script.allFrames, true); // iframes, each matched by its own URL
   assert.equal(script.matchOriginAsFallback, true); // about:blank / srcdoc by their origin
   assert.deepEqual(script.excludeMatches, ["*://*.ads.example/*"]);
@@ -258,7 +258,7 @@ test("describe-tab injects through activeTab, then asks the page", async () => {
   log.tabMessages.length = 0;
   const answer = await send({ type: "describe-tab", tabId: 5 }, POPUP);
   assert.equal(answer.ok, true);
-  const files = ["detection.js", "content-script.js"];
+  const files = ["detection.js", "caption-text.js", "content-script.js"];
   assert.deepEqual(log.executed.at(-2), { target: { tabId: 5, frameIds: [0] }, files });
   assert.deepEqual(log.executed.at(-1), { target: { tabId: 5, allFrames: true }, files }); // iframes
   assert.deepEqual(log.tabMessages.map((m) => m.message.type), ["ping", "describe-now"]);
