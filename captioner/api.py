@@ -18,6 +18,12 @@ compared in constant time); rate limits by Flask-Limiter keyed by API key or add
 counted in images (``RATE_LIMIT_COSTS``); CORS for the browser extension's origins only;
 metrics in a registry owned by the app, so test apps never share counters; under gunicorn,
 ``/metrics`` adds up every worker's (``captioner.metrics``).
+
+Against other web pages: a request whose ``Host`` is not one the server answers to is refused
+first (400 ``host_not_allowed``: a DNS-rebinding page cannot reach a server on 127.0.0.1);
+a browser's POST (or other unsafe method) sent by a page of another site is refused (403
+``cross_site_request``, see ``_check_cross_site``); HTML answers carry a CSP, no framing and
+no Referer to other sites, and every answer ``nosniff``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -52,7 +59,7 @@ from captioner.engine import Engine, ModelUnavailable
 from captioner.errors import AltCapError, ConfigError
 from captioner.identity import ModelIdentity, model_identity, redact_model_path
 from captioner.metrics import Metrics
-from captioner.openapi import build_openapi
+from captioner.openapi import build_openapi, json_content, schema_ref
 from captioner.reports import NO_CAPTION_MESSAGE
 from captioner.service import (
     InvalidRequest,
@@ -68,6 +75,8 @@ from captioner.service import (
 from captioner.settings import Settings
 
 __all__ = [
+    "CrossSiteRequest",
+    "HostNotAllowed",
     "InvalidRequest",
     "Metrics",
     "ServiceState",
@@ -115,6 +124,39 @@ HTTP_CODES = {
     429: "rate_limited",
     431: "too_large",
 }
+
+
+# Host names the default ALLOWED_HOSTS always answers to, beside the address listened on.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# What SERVER_NAME says when the server listens on every address ("": not known).
+ALL_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+# Methods a page of another site may send: they change nothing (CORS still hides the answer).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The CSP of HTML answers that set none of their own (the page; reports and patched pages set
+# a sandbox). The page loads its script and style from /static and talks to this server only.
+HTML_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+HTML_HEADERS = {
+    "Content-Security-Policy": HTML_CSP,
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers without CSP 2
+    "Referrer-Policy": "same-origin",  # job and page URLs are not told to other sites
+}
+
+
+class HostNotAllowed(AltCapError):
+    """The Host header names a host this server does not answer to (ALTCAP_ALLOWED_HOSTS)."""
+
+    code = "host_not_allowed"
+    http_status = 400
+
+
+class CrossSiteRequest(AltCapError):
+    """A browser sent a POST (or other unsafe method) from a page of another site."""
+
+    code = "cross_site_request"
+    http_status = 403
 
 
 def state() -> ServiceState:
@@ -271,9 +313,23 @@ def metrics() -> Response:
 def openapi() -> Response:
     st = state()
     doc = build_openapi(st.settings)
-    for part in st.openapi_parts:
+    for part in [*st.openapi_parts, _document_host_check]:
         part(doc, st.settings)
     return jsonify(doc)
+
+
+def _document_host_check(doc: dict[str, Any], settings: Settings) -> None:
+    """Every operation may answer 400 ``host_not_allowed``: say so where one documents no
+    error. (Only unsafe methods get 403 ``cross_site_request``; each documents a default.)"""
+    refused = {
+        "description": "host_not_allowed: the Host header is not in ALTCAP_ALLOWED_HOSTS",
+        "content": json_content(schema_ref("Error")),
+    }
+    for item in doc["paths"].values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            if "default" not in responses:
+                responses.setdefault("400", refused)
 
 
 # --- the page ------------------------------------------------------------------------------
@@ -324,7 +380,108 @@ def render_page(
     )
 
 
-# --- cross-cutting: auth, CORS, rate limits, metrics, errors -------------------------------
+# --- cross-cutting: hosts, cross-site requests, auth, CORS, rate limits, metrics, errors ---
+
+
+class HostCheck:
+    """The first ``before_request`` hook: refuse a Host this server does not answer to.
+
+    A DNS-rebinding page (evil.example, its name pointed at 127.0.0.1 after it loaded) talks
+    to a loopback server as its own origin, and its requests say ``Host: evil.example``.
+    ``ALTCAP_ALLOWED_HOSTS`` names the hosts (port ignored; ``*`` wildcards). Unset: the
+    loopback names and the address the server listens on, which gunicorn and werkzeug give
+    as ``SERVER_NAME``; listening on every address (``0.0.0.0``, the Procfile's bind), the
+    server cannot know its public name, so any host is answered and a warning logged once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.allowed = settings.allowed_hosts
+        self.warned = False
+
+    def __call__(self) -> None:
+        name = host_name(request.host)  # "" when the header has characters a host cannot
+        if self.allowed:
+            if any(fnmatchcase(name, pattern) for pattern in self.allowed):
+                return
+        else:
+            bound = host_name(request.environ.get("SERVER_NAME", ""))
+            if bound in ALL_ADDRESSES:
+                self._warn_any_host(bound)
+                return
+            if name and (name in LOOPBACK_HOSTS or name == bound):
+                return
+        host = f"the host {name!r}" if name else "this Host header"
+        raise HostNotAllowed(
+            f"this server does not answer to {host}: its operator can add it to"
+            " ALTCAP_ALLOWED_HOSTS"
+        )
+
+    def _warn_any_host(self, bound: str) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning(
+                "listening on all addresses (%s) with ALTCAP_ALLOWED_HOSTS unset: every Host is"
+                " answered, so a DNS-rebinding web page can use this server; set"
+                " ALTCAP_ALLOWED_HOSTS to the names it is reached by",
+                bound or "unknown",
+            )
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header: lower case, without port, IPv6 brackets or final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def _check_cross_site() -> None:
+    """Refuse a browser's POST (PUT, DELETE, ...) sent by a page of another site.
+
+    A page anywhere can submit a form, multipart or urlencoded, to ``/caption-form`` or
+    ``/v1/captions`` without a CORS preflight; the answer stays unreadable to it, but the
+    server spends model time and downloads the URLs it names from inside its own network
+    (a loopback or intranet server that no outside page should reach).
+
+    Browsers say where a request comes from in ``Sec-Fetch-Site`` (every current one):
+    ``same-origin`` (the page's own script and form) and ``none`` (typed by the user) pass;
+    ``same-site`` (another port of 127.0.0.1 is one) and ``cross-site`` are refused unless
+    the ``Origin`` is one of ``ALTCAP_CORS_ORIGINS`` (the extension). Without that header
+    (older browsers), the ``Origin``, else the ``Referer``, must name this host. A request
+    with none of the three comes from outside a browser (curl, scripts) and passes.
+
+    Stateless, unlike a token in the form: nothing to share between workers or to expire in
+    an open page, and the API's clients need none (the checks of Go's
+    ``net/http.CrossOriginProtection``, plus the ``Referer``).
+    """
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("Origin", "")
+    if _origin_allowed(origin):
+        return
+    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    if site in ("same-origin", "none"):
+        return
+    if not site:
+        source = origin or request.headers.get("Referer", "")
+        if not source or urlsplit(source).netloc.lower() == request.host.lower():
+            return
+    raise CrossSiteRequest(
+        "a page of another site may not send this request: use this server's own page,"
+        " or call it from outside a browser (or from an origin in ALTCAP_CORS_ORIGINS)"
+    )
+
+
+def _security_headers(response: Response) -> Response:
+    """``nosniff`` on every answer; on HTML ones, the headers of ``HTML_HEADERS`` that the
+    view did not set itself (reports and patched pages keep their sandbox CSP)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.mimetype == "text/html":
+        for name, value in HTML_HEADERS.items():
+            response.headers.setdefault(name, value)
+    return response
 
 
 def bearer_token() -> str:
@@ -602,11 +759,18 @@ def init_app(
 
     # before_request hooks run in this order (and stop at the first that answers); the
     # after_request ones run in reverse, so the metrics see the final status.
-    hooks: list[Callable[[], Any]] = [_start_timer, _cors_preflight, _check_api_key]
+    hooks: list[Callable[[], Any]] = [
+        _start_timer,
+        HostCheck(settings),
+        _cors_preflight,
+        _check_cross_site,
+        _check_api_key,
+    ]
     for hook in hooks:
         app.before_request(hook)
     app.after_request(_record_request)
     app.after_request(_cors_headers)
+    app.after_request(_security_headers)
     if settings.rate_limit:
         st.limiter = _make_limiter(app, settings)
 

@@ -142,6 +142,18 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _hosts(value: str) -> tuple[str, ...]:
+    """Host names as the Host header gives them, without a port: lower case, an IPv6
+    address without its brackets (``[::1]`` is ``::1``); ``*`` wildcards."""
+    hosts = []
+    for host in _list(value.lower()):
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or "/" in host or host.count(":") == 1:  # a URL, or a port
+            raise ValueError("a comma-separated list of host names without scheme or port, or *")
+        hosts.append(host.rstrip("."))
+    return tuple(hosts)
+
+
 def _rate_limit(value: str) -> str:
     """A Flask-Limiter rate string ("120/minute", "10/second;500/hour"), or "" for none."""
     if value.strip().lower() in _OFF:
@@ -321,6 +333,14 @@ class Settings:
         EXTENSION_ORIGINS,
         _origins,
         "Comma-separated browser origins allowed to call the API (* wildcards; off = none)",
+    )
+    allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        _hosts,
+        "Comma-separated host names the service answers to (the Host header, without port;"
+        " * wildcards, * = any); others get 400 host_not_allowed, against DNS rebinding."
+        " Empty: localhost, 127.0.0.1, ::1 and the address the server listens on; listening"
+        " on all addresses (0.0.0.0, as the Procfile does), any host, with a warning",
     )
     trusted_proxies: int = _setting(
         0,
