@@ -8,9 +8,11 @@ their ``alt`` says anything. The rules are those of the browser extension
 ``aria-hidden=true`` count as decorative, while one labelled by ``aria-label``,
 ``aria-labelledby`` or ``title`` counts as described (``ok``).
 
-HTML is parsed with beautifulsoup4 on the standard library's ``html.parser`` (no lxml). That
-parser records where each tag starts, which is what lets ``patch_html`` edit the original text
-in place: only the alt attributes it sets change, never the author's formatting.
+HTML is parsed with beautifulsoup4 on the standard library's ``html.parser`` (no lxml), which
+records where each tag starts. ``patch_html`` edits the original text in place, so only the
+alt (and lang) attributes it sets change, never the author's formatting; but it asks an HTML5
+parser (``captioner.patch``) where the tags are, since ``html.parser`` takes some text of
+scripts for tags (issue 20).
 
 Fetching goes through ``captioner.fetch`` (the service's SSRF-safe downloader), asks
 robots.txt first, and waits a politeness delay between two requests to the same host.
@@ -19,7 +21,6 @@ robots.txt first, and waits a politeness delay between two requests to the same 
 from __future__ import annotations
 
 import codecs
-import html as html_lib
 import logging
 import re
 import threading
@@ -28,7 +29,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from html.parser import attrfind_tolerant, tagfind_tolerant
 from typing import Literal, NamedTuple
 from urllib.parse import urldefrag, urljoin, urlsplit
 from xml.parsers import expat
@@ -54,6 +54,7 @@ from .fetch import (
     fetch_document,
 )
 from .images import ALLOWED_FORMATS
+from .patch import Document, StartTag
 from .politeness import Pacer, origin_of
 
 __all__ = [
@@ -536,44 +537,6 @@ def needs_caption(verdict: str | None, mode: str = "missing") -> bool:
 # --- patching -----------------------------------------------------------------------
 
 
-def _line_starts(text: str) -> list[int]:
-    # html.parser counts lines by "\n" alone, so must we.
-    return [0] + [m.end() for m in re.finditer("\n", text)]
-
-
-def _start_tag(text: str, start: int, tag: Tag) -> re.Match[str] | None:
-    """The name of the start tag at ``start`` as html.parser reads it, or None when the text
-    there is not what the parser saw."""
-    match = tagfind_tolerant.match(text, start + 1) if text.startswith("<", start) else None
-    return match if match is not None and match.group(1).lower() == tag.name else None
-
-
-def _alt_edit(
-    text: str, match: re.Match[str], tag: Tag, caption: str
-) -> tuple[int, int, str] | None:
-    """(start, end, replacement) that sets alt in the start tag whose name ``match`` found
-    (``_start_tag``), or None when its attributes are not what the parser saw (then the tag
-    is left alone)."""
-    new = f'alt="{html_lib.escape(caption, quote=True)}"'
-    pos = match.end()
-    while m := attrfind_tolerant.match(text, pos):  # the very loop html.parser runs
-        if m.end() == pos:
-            break
-        name, rest, value = m.group(1, 2, 3)
-        if name.lower() == "alt":
-            if rest:
-                if value[:1] in "'\"" and value[:1] == value[-1:] and len(value) > 1:
-                    value = value[1:-1]
-                value = html_lib.unescape(value)
-            if (value if rest else "") != _attr(tag, "alt"):
-                return None
-            return m.start(1), m.end(2) if rest else m.end(1), new
-        pos = m.end()
-    if _attr(tag, "alt") is not None:
-        return None
-    return match.end(1), match.end(1), " " + new
-
-
 def patch_html(
     html: str | bytes, page_url: str, captions: Mapping[str, str], language: str | None = None
 ) -> str:
@@ -581,46 +544,75 @@ def patch_html(
     meaningless or an empty link's, on ``<img>`` and ``<input type=image>``.
 
     Every other character of the document stays as it was: the edits are made in the
-    original text at the positions the parser reports, not by re-serialising the tree.
-    A new alt goes right after the tag name; a meaningless one is replaced where it stands.
-    ``language``: the captions' language tag; an image whose own language (its nearest
-    ``lang``) is another, or none, and that has no ``lang`` of its own gets
-    ``lang=language`` too, so that screen readers speak the caption in its language.
+    original text, not by re-serialising a tree. A new alt goes right after the tag name; a
+    meaningless one is replaced where it stands. ``language``: the captions' language tag;
+    an image whose own language (its nearest ``lang``) is another, or none, and that has no
+    ``lang`` of its own gets ``lang=language`` too, so that screen readers speak the caption
+    in its language.
+
+    Which images need a caption is judged on the tree ``find_images`` reads; where their
+    tags are, and whether they are tags at all, is the HTML5 parser's word
+    (``captioner.patch``): an ``<img>`` in a script's text is left alone, and a patched page
+    that would parse otherwise than the original, beyond the attributes set, loses the
+    edits that cause it (each logged).
     """
     text = decode_html(html)
     with _html_errors(page_url):
         return _patched(text, page_url, captions, language)
 
 
+def _line_starts(text: str) -> list[int]:
+    # html.parser counts lines by "\n" alone, so must we.
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
 def _patched(text: str, page_url: str, captions: Mapping[str, str], language: str | None) -> str:
     soup = _soup(text)
     context = _Context(soup)
-    starts = _line_starts(text)
-    edits: list[tuple[int, int, str]] = []
+    wanted: list[tuple[Tag, str]] = []
     for tag, image in _walk(soup, page_url, context):
         caption = captions.get(image.image_url)
         if not caption or image.verdict not in NEEDS_CAPTION:
             continue
-        if tag.sourceline is None or tag.sourcepos is None:
+        if tag.sourceline is not None and tag.sourcepos is not None:
+            wanted.append((tag, caption))
+    if not wanted:
+        return text
+    document = Document(text)
+    starts = _line_starts(text)
+    changes: list[tuple[StartTag, dict[str, str]]] = []
+    for tag, caption in wanted:
+        start = starts[tag.sourceline - 1] + tag.sourcepos
+        found = document.start_tag(start)
+        if found is None or found.name != tag.name:
+            log.warning(
+                "left the <%s> at line %s of %s alone: to an HTML5 parser it is not a tag "
+                "(it is in a script, a comment or other text)",
+                tag.name,
+                tag.sourceline,
+                page_url,
+            )
             continue
-        match = _start_tag(text, starts[tag.sourceline - 1] + tag.sourcepos, tag)
-        edit = _alt_edit(text, match, tag, caption) if match is not None else None
-        if edit is None:
+        alt = found.attributes.get("alt")
+        if (alt.value if alt else None) != _attr(tag, "alt"):
             log.warning(
                 "could not patch the <%s> at line %s of %s", tag.name, tag.sourceline, page_url
             )
             continue
-        edits.append(edit)
+        values = {"alt": caption}
         lang = lang_to_mark(context.flags(tag).language, language)
-        if lang and _attr(tag, "lang") is None:
-            # Right after the tag name, as a new alt (both inserted there: alt first).
-            at = match.end(1)
-            edits.append((at, at, f' lang="{html_lib.escape(lang)}"'))
-    pieces, done = [], 0
-    for begin, end, replacement in sorted(edits):
-        pieces += [text[done:begin], replacement]
-        done = end
-    return "".join([*pieces, text[done:]])
+        if lang and "lang" not in found.attributes:
+            values["lang"] = lang
+        changes.append((found, values))
+    patched = document.set_attributes(changes)
+    for dropped in patched.dropped:
+        log.warning(
+            "left the <%s> at line %s of %s alone: the page parsed differently with its alt",
+            dropped.name,
+            document.line(dropped),
+            page_url,
+        )
+    return patched.text
 
 
 # --- sitemaps -----------------------------------------------------------------------
