@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -108,6 +109,8 @@ LIMITED_ENDPOINTS = frozenset(
 # What a request costs of the rate-limit budget, by endpoint (any other limited one costs 1):
 # the limit guards model time, so a request pays per image. ``jobs_api`` adds job creation.
 RATE_LIMIT_COSTS: dict[str, Callable[[], int]] = {}
+IPV6_CLIENT_PREFIX = 64  # an IPv6 client is counted by its /64, what one host may use
+
 # Endpoints whose errors are shown as the HTML page rather than as JSON.
 HTML_ENDPOINTS = frozenset({"page.caption_form"})
 
@@ -513,12 +516,27 @@ def _check_api_key() -> None:
         )
 
 
-def _rate_limit_key() -> str:
-    """Clients with a valid key are limited per key; everyone else per address."""
+def rate_limit_key() -> str:
+    """Who a request is, for the rate limit and (without keys) the cap on batch jobs: a
+    valid API key; else the client's address (``client_network``)."""
     token = bearer_token() or _form_value("api_key")
     if token and _valid_key(token):
         return "key:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:24]
-    return "addr:" + (request.remote_addr or "unknown")
+    return "addr:" + client_network(request.remote_addr or "unknown")
+
+
+def client_network(address: str) -> str:
+    """The address a client is counted by: an IPv4 address as it is, an IPv6 one as its
+    /64 (one host may use any address of its /64, so counting addresses counts nothing)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # "unknown", or whatever a WSGI server put there
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is the IPv4 client 192.0.2.1
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip), IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
 def _form_value(name: str) -> str:
@@ -725,7 +743,7 @@ def _new_limiter(app: Flask, settings: Settings) -> Any:
     from flask_limiter import Limiter
 
     return Limiter(
-        key_func=_rate_limit_key,
+        key_func=rate_limit_key,
         app=app,
         storage_uri=settings.ratelimit_storage,
         application_limits=[settings.rate_limit],  # one budget shared by the limited endpoints

@@ -32,6 +32,19 @@ Jobs do not stay forever: the sweep deletes the jobs that ended more than
 ``ALTCAP_JOB_RETENTION_S`` ago, with everything stored for them (``JobStore.purge``), and
 ``DELETE /v1/jobs/<id>`` deletes an ended job at once.
 
+The owner's rate limit (``ALTCAP_RATE_LIMIT``, ``JobBudget``) covers the images jobs caption,
+not only the request that submits them. An ``images`` job paid one per URL when it was
+submitted, so it is not charged again. A ``pages`` or ``sitemap`` job paid one per page (or 1)
+for the request; its images are known only once it is planned, so a consumer charges each
+chunk before captioning it, once, to the job's ``client`` (the rate-limit identity of the
+request that submitted it: its API key, or without keys its address), in the counters the
+API uses. A chunk the budget covers in part is split: its first images are captioned now,
+the others become a chunk of their own. A budget with nothing left *pauses* the job until the
+window resets (it stays ``running``; ``paused_until`` says when it goes on). So a job
+captions at most what its owner's budget allows, and every image in the end. Without API
+keys, a job's ``client`` is also whose cap on active jobs (``ALTCAP_JOB_MAX_ACTIVE``) it
+counts in.
+
 Queue and store: SQLite files in ``ALTCAP_DATA_DIR`` by default (the service's own threads,
 one machine), or one Redis for both with ``ALTCAP_QUEUE_URL=redis://...`` (any number of
 ``python -m captioner worker`` processes, on any machines).
@@ -39,6 +52,7 @@ one machine), or one Redis for both with ``ALTCAP_QUEUE_URL=redis://...`` (any n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -82,6 +96,8 @@ from captioner.settings import Settings
 
 if TYPE_CHECKING:
     from huey import Huey
+    from limits import RateLimitItem
+    from limits.strategies import RateLimiter
     from PIL import Image
 
     from captioner.captioner import Captioner, CaptionResult
@@ -94,6 +110,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidJob",
     "JobActive",
+    "JobBudget",
     "JobConsumer",
     "JobNotFound",
     "JobQueue",
@@ -126,6 +143,9 @@ WEBHOOK_ATTEMPTS = 4
 WEBHOOK_TIMEOUT_S = 10.0  # the most silence between two bytes of the answer
 WEBHOOK_DEADLINE_S = 30.0  # the most one delivery may take in all, however the receiver trickles
 MAX_IDEMPOTENCY_KEY = 255
+LIMITER_SCOPE = "global"  # Flask-Limiter's scope of application-wide limits, part of its keys
+BUDGET_MARGIN_S = 0.2  # a paused job goes on this long after its window has reset
+BUDGET_RETRY_S = 30.0  # the rate-limit counters cannot be read: a job waits this long
 JOB_FIELDS = frozenset(
     {
         "images",
@@ -180,8 +200,8 @@ class IdempotencyConflict(AltCapError):
 
 
 class TooManyJobs(AltCapError):
-    """The API key (or, without keys, the server) has ``ALTCAP_JOB_MAX_ACTIVE`` jobs queued
-    or running: one more waits until one of them ends (or is cancelled)."""
+    """The API key (or, without keys, the client address) has ``ALTCAP_JOB_MAX_ACTIVE`` jobs
+    queued or running: one more waits until one of them ends (or is cancelled)."""
 
     code = "too_many_jobs"
     http_status = 429
@@ -224,6 +244,84 @@ def _translating(method: Callable[..., T]) -> Callable[..., T]:
 class RetryLater(Exception):
     """Not the chunk's fault (the model is loading, the engine is full or shutting down):
     give the chunk back and try again in a while."""
+
+
+# --- the owner's rate-limit budget -----------------------------------------------------------
+
+
+class JobBudget:
+    """``ALTCAP_RATE_LIMIT`` as the API counts it, charged for the images jobs caption.
+
+    The counters are the API's: Flask-Limiter's fixed windows, keyed by the rate-limit
+    identity (``api.rate_limit_key``) and ``LIMITER_SCOPE``, in the same storage. In the
+    service that is its limiter itself (``jobs_api.init_app``); a ``python -m captioner
+    worker`` opens ``ALTCAP_RATELIMIT_STORAGE_URL`` (``from_settings``). With ``memory://``
+    every process counts apart: a worker then holds each client to the budget for the images
+    that worker captions, but neither it nor the service sees the other's counts. Share
+    Redis (a Redis ``ALTCAP_CACHE_URL`` is used by default) for one count everywhere.
+    """
+
+    def __init__(self, rate_limit: str, strategy: Callable[[], RateLimiter]) -> None:
+        import limits
+
+        self.items: list[RateLimitItem] = limits.parse_many(rate_limit)
+        self._strategy = strategy  # called at each charge: the service's may switch to memory
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobBudget | None:
+        """The budget of a process without the service's limiter (None: no rate limit); its
+        storage is opened at the first charge."""
+        if not settings.rate_limit:
+            return None
+        lock, made = threading.Lock(), []
+
+        def strategy() -> RateLimiter:
+            with lock:
+                if not made:
+                    from limits.storage import storage_from_string
+                    from limits.strategies import FixedWindowRateLimiter
+
+                    storage = storage_from_string(settings.ratelimit_storage)
+                    made.append(FixedWindowRateLimiter(storage))
+                return made[0]
+
+        return cls(settings.rate_limit, strategy)
+
+    def charge(self, client: str, wanted: int) -> tuple[int, float]:
+        """Charge ``client`` for up to ``wanted`` images, as many as every limit has left:
+        ``(charged, 0.0)``; or ``(0, wait_s)`` when a limit has nothing left, ``wait_s`` the
+        seconds until its window resets. Counters that cannot be read charge nothing, and
+        the wait is ``BUDGET_RETRY_S``.
+
+        Each counter is taken by one atomic increment, as Flask-Limiter takes it, so that
+        consumers charging one client at once (threads, or workers sharing Redis) never
+        caption more than its budget: what the increment shows was left is what is charged.
+        Counting a window past its limit changes nothing (it is spent either way); the
+        scarcest limit goes first, so with several limits the others are counted only
+        what was charged (but for a race between two of them)."""
+        args = (client, LIMITER_SCOPE)
+        try:
+            strategy = self._strategy()
+            scarcest_first = sorted(
+                self.items, key=lambda item: strategy.get_window_stats(item, *args).remaining
+            )
+            charged = wanted
+            for item in scarcest_first:
+                count = strategy.storage.incr(item.key_for(*args), item.get_expiry(), charged)
+                charged = min(charged, max(item.amount - (count - charged), 0))
+                if not charged:  # spent: wait for this window
+                    reset = strategy.get_window_stats(item, *args).reset_time
+                    return 0, max(reset - time.time(), 0.0) + BUDGET_MARGIN_S
+        except Exception as exc:  # Redis away: the job waits rather than captions unpaid
+            log.warning("rate-limit counters unavailable (%s: %s)", type(exc).__name__, exc)
+            return 0, BUDGET_RETRY_S
+        return charged, 0.0
+
+
+def _charged(spec: Mapping[str, Any]) -> bool:
+    """Does the consumer charge this job's images? Not an ``images`` job's (paid when it was
+    submitted), nor a job stored before jobs had clients."""
+    return bool(spec.get("client")) and "images" not in spec["source"]
 
 
 # --- job requests ---------------------------------------------------------------------------
@@ -431,6 +529,8 @@ class JobQueue:
         self.store = store or open_job_store(settings.queue_url, settings.data_dir)
         self.huey = huey or make_huey(settings)
         self.consumer: JobConsumer | None = None
+        # what consumers charge job images to; the service swaps in its limiter's (jobs_api)
+        self.budget: JobBudget | None = JobBudget.from_settings(settings)
         self._drain_task = self.huey.task(name="altcap.jobs.drain")(self._drain)
         self._webhook_task = self.huey.task(name="altcap.jobs.webhook")(self._webhook)
 
@@ -438,22 +538,30 @@ class JobQueue:
 
     @_translating
     def submit(
-        self, spec: Mapping[str, Any], key: str | None = None, scope: str = ""
+        self, spec: Mapping[str, Any], key: str | None = None, scope: str = "", client: str = ""
     ) -> tuple[dict[str, Any], bool]:
         """Store and enqueue a job; ``(status, created)``. A known idempotency ``key`` (per
         ``scope``, e.g. per API key) returns its job, or ``IdempotencyConflict`` if that job
-        was another one."""
+        was another one.
+
+        ``client``: the submitting request's rate-limit identity (``api.rate_limit_key``:
+        its API key, or without keys its address). The job's images are charged to it, and
+        its cap on active jobs (``ALTCAP_JOB_MAX_ACTIVE``) counts the job."""
         if scope:  # the API key's hash: only that key can read the job (see ``get``)
             spec = {**spec, "owner": scope}
+        # the client stays out of the fingerprint: a retry from a new address is no conflict
         fingerprint = _sha(json.dumps(spec, sort_keys=True, separators=(",", ":")))
+        if client:
+            spec = {**spec, "client": client}
         idem = _idem(key, scope) if key is not None else None
         most = self.settings.job_max_active
         job_id, created = self.store.create(uuid.uuid4().hex, spec, idem, fingerprint, most)
         if job_id == REFUSED:
             jobs = f"{most} batch job{'s are' if most != 1 else ' is'}"
+            whose = "for this API key" if self.settings.api_keys else "from this address"
             raise TooManyJobs(
-                f"{jobs} already queued or running for this API key (without keys: on this"
-                " server), the most at once: wait for one to end, or cancel one"
+                f"{jobs} already queued or running {whose}, the most at once: wait for one"
+                " to end, or cancel one"
             )
         job = self.store.get(job_id)
         if job is None:  # pragma: no cover (just written)
@@ -547,6 +655,7 @@ class JobQueue:
             "page_counts": page_counts(None if c == HTML_NOT_KEPT else c for c in codes),
             "verdicts": job["verdicts"],
             "progress": round(min(1.0, progress), 4),
+            "paused_until": _iso(self.paused_until(job)),
             "planned": job["planned"],
             "limited": job["limited"],
             "error": job["error"],
@@ -556,6 +665,14 @@ class JobQueue:
             "expires": _iso(self.expires(job)),
             "pages": pages,
         }
+
+    @staticmethod
+    def paused_until(job: Mapping[str, Any]) -> float | None:
+        """Until when the owner's spent rate limit holds the job (unix seconds), or None."""
+        until = job.get("paused_until")
+        if until is None or job["state"] not in ACTIVE_STATES or until <= time.time():
+            return None
+        return until
 
     def expires(self, job: Mapping[str, Any]) -> float | None:
         """When the retention sweep may delete this job (unix seconds): None while it runs,
@@ -971,6 +1088,15 @@ class JobConsumer:
             if claim is None:
                 return
             with self.holding(job_id, claim.n):
+                paid, wait = self.pay(job, claim)
+                if paid is None:
+                    if wait:  # the owner's budget is spent: this job waits for it
+                        log.info("job %s: its owner's rate limit is spent for %.1f s", job_id, wait)
+                        self.store.pause(job_id, wait)
+                        self.store.release(job_id, claim.n, self.owner)
+                        self.queue.wake(job_id, delay=wait)  # the sweep too, should this be lost
+                    return
+                claim = paid
                 try:
                     rows = self.run_chunk(job, claim)
                 except RetryLater as exc:
@@ -981,6 +1107,25 @@ class JobConsumer:
                 if self.store.complete_chunk(job_id, claim.n, rows) == FINISHED:
                     log.info("job %s finished", job_id)
                     self.queue.notify(job_id)
+
+    def pay(self, job: Mapping[str, Any], claim: Claim) -> tuple[Claim | None, float]:
+        """Charge a claimed chunk's images to the job's client (``JobBudget``), once per
+        chunk. Returns the claim to caption and 0.0: the whole chunk, or only its first
+        images when the budget covered only those (the others become a chunk of their own,
+        for later); or None and the seconds until the budget can pay anything; or None and
+        0.0 when the chunk is no longer this consumer's (its lease ran out meanwhile)."""
+        budget, spec = self.queue.budget, job["spec"]
+        if budget is None or claim.paid or claim.attempts > MAX_ATTEMPTS or not _charged(spec):
+            return claim, 0.0  # free, paid already, or failed without captioning (run_chunk)
+        charged, wait = budget.charge(spec["client"], len(claim.items))
+        if not charged:
+            return None, wait
+        items = claim.items
+        split = (items[:charged], items[charged:]) if charged < len(items) else None
+        if not self.store.mark_paid(job["id"], claim.n, self.owner, split):
+            log.warning("job %s chunk %d: lost its lease before captioning", job["id"], claim.n)
+            return None, 0.0
+        return dataclasses.replace(claim, items=items[:charged], paid=True), 0.0
 
     def _give_up_planning(self, job_id: str) -> None:
         """Planning died ``MAX_PLAN_ATTEMPTS`` times (its consumer killed, its plan refused

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from captioner import api, reports
 from captioner.errors import AltCapError
-from captioner.jobs import InvalidJob, JobQueue, parse_job
+from captioner.jobs import InvalidJob, JobBudget, JobQueue, parse_job
 from captioner.openapi import json_content, schema_ref
 from captioner.pages import VERDICTS
 from captioner.parsing import parse_decoding
@@ -79,11 +79,11 @@ def _json_body() -> Any:
 
 
 def _creation_cost() -> int:
-    """What creating a job costs of the rate limit: one per image URL of an ``images`` job,
-    one per listed page of a ``pages`` job, 1 for a sitemap (how many images a crawl finds
-    is not known when the job is submitted). A repeat of an idempotency key that already
-    started a job costs 1, like any request: it is a client retrying after a lost answer,
-    and it starts nothing."""
+    """What creating a job costs of the rate limit: one per image URL of an ``images`` job
+    (all it ever costs), one per listed page of a ``pages`` job, 1 for a sitemap. How many
+    images a crawl finds is not known yet: the consumers charge those as they caption them
+    (``jobs.JobBudget``). A repeat of an idempotency key that already started a job costs
+    1, like any request: it is a client retrying after a lost answer, and it starts nothing."""
     body = api.json_for_cost()
     if not isinstance(body, dict) or "sitemap" in body or _is_repeat(body):
         return 1
@@ -119,7 +119,8 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     decoding = parse_decoding(body.get("decoding"))
     check_model_limits(st.engine, decoding)
     spec = parse_job(body, st.settings, decoding)
-    job, created = _queue().submit(spec, _idempotency_key(body), _scope())
+    # the client: whom the job's images are charged to, and (without keys) whose job cap
+    job, created = _queue().submit(spec, _idempotency_key(body), _scope(), api.rate_limit_key())
     if created:
         _jobs().created.inc()
     return jsonify(job), 202 if created else 200, {"Location": job["url"]}
@@ -199,6 +200,9 @@ def init_app(app: Flask, queue: JobQueue) -> None:
     )
     app.extensions["altcap_jobs"] = JobsState(queue, created)
     api.RATE_LIMIT_COSTS["jobs.create_job"] = _creation_cost
+    limiter = st.limiter
+    if limiter is not None:  # this process's consumers charge job images to its counters
+        queue.budget = JobBudget(st.settings.rate_limit, lambda: limiter.limiter)
     app.register_blueprint(jobs)
 
 
@@ -278,6 +282,11 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
                 "properties": {k: {"type": "integer", "minimum": 0} for k in VERDICTS},
             },
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "paused_until": {
+                **nullable_time,
+                "description": "The owner's rate limit is spent: the job captions nothing more"
+                " until this time, then goes on (null: not paused)",
+            },
             "planned": {"type": "boolean"},
             "limited": {"type": "boolean"},
             "error": {"allOf": [ref("ErrorBody")], "nullable": True},

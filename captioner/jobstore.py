@@ -19,6 +19,9 @@ way is what makes the results exactly-once:
   never touches a queued or running job, and every write that may come late (a chunk that
   was in flight, a heartbeat, a webhook outcome) only updates what still exists, so nothing
   of a deleted job is ever written back. Cancelling only ends a job: its rows stay.
+- A job can be *paused* (``pause``): its owner's rate limit is spent, so no chunk of it is
+  claimed until the pause ends, when the sweep wakes it up. A chunk is marked *paid* once
+  its images were charged (``mark_paid``), so a chunk run again is not charged again.
 
 Rows are plain dicts (see ``captioner.reports.RESULT_FIELDS``) stored by ``seq``, their
 position in the job's report, so results come back in the same order every time.
@@ -49,6 +52,7 @@ __all__ = [
     "Plan",
     "RedisJobStore",
     "SQLiteJobStore",
+    "holder",
     "open_job_store",
 ]
 
@@ -83,6 +87,14 @@ class Claim:
     n: int
     items: list[dict[str, Any]]
     attempts: int  # including this one
+    paid: bool = False  # its images were charged to the owner's rate limit already
+
+
+def holder(spec: Mapping[str, Any]) -> str:
+    """Whose count of active jobs a job is in (``max_active``): its ``client`` (the rate-limit
+    identity: an API key's, or without keys the client address), else its ``owner`` (jobs
+    stored before jobs had clients); jobs with neither share ``""``."""
+    return str(spec.get("client") or spec.get("owner") or "")
 
 
 def _counts(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, int, int]:
@@ -108,9 +120,9 @@ class JobStore(ABC):
     ) -> tuple[str, bool]:
         """Store a new queued job; with an idempotency key already used, its job instead.
 
-        ``max_active`` > 0: refuse when the job's owner (``spec["owner"]``; jobs without
-        one share ``""``) already has that many jobs queued or running, in the same atomic
-        step. Returns ``(job_id, created)``; ``(REFUSED, False)`` when refused."""
+        ``max_active`` > 0: refuse when the job's holder (``holder(spec)``: its client, or
+        its owner) already has that many jobs queued or running, in the same atomic step.
+        Returns ``(job_id, created)``; ``(REFUSED, False)`` when refused."""
 
     @abstractmethod
     def find_idempotent(self, idem: str) -> str | None:
@@ -136,7 +148,22 @@ class JobStore(ABC):
 
     @abstractmethod
     def claim_chunk(self, job_id: str, owner: str, lease_s: float) -> Claim | None:
-        """Lease the next pending (or abandoned) chunk of an active job."""
+        """Lease the next pending (or abandoned) chunk of an active job that is not paused."""
+
+    @abstractmethod
+    def mark_paid(
+        self, job_id: str, n: int, owner: str, split: tuple[list[Any], list[Any]] | None = None
+    ) -> bool:
+        """Record that chunk ``n``, leased to ``owner``, had its images charged: later claims
+        of it say ``paid``. ``split``: (the items paid for, the others) when the owner's
+        budget covered only some: the chunk keeps the first, the others become a new
+        pending chunk (numbered last; the report's order is the rows', so it stays).
+        False, and nothing written, when ``owner`` no longer holds the chunk."""
+
+    @abstractmethod
+    def pause(self, job_id: str, wait_s: float) -> None:
+        """Claim no chunk of an active job for ``wait_s`` seconds (on the store's clock; a
+        longer pause already set stands). The sweep wakes the job up once it has passed."""
 
     @abstractmethod
     def complete_chunk(self, job_id: str, n: int, rows: Mapping[int, Mapping[str, Any]]) -> str:
@@ -173,10 +200,11 @@ class JobStore(ABC):
         """Jobs to wake up, and jobs whose webhook has been pending too long (to send again).
         Marks them as handled (``woken``, ``webhook_at``).
 
-        A job is woken where a lease (a chunk's, or planning's) ran out since the job was
-        last woken, however busy the job is otherwise: its consumer died. And where it has
-        claimable work and nothing touched it (claim, heartbeat, completion) for ``lease_s``,
-        nor a sweep woke it: a wake-up was lost, or a unit was given back."""
+        A job is woken where a lease (a chunk's, or planning's) or a pause ran out since the
+        job was last woken, however busy the job is otherwise: its consumer died, or its
+        owner's budget is back. And where it has claimable work, is not paused, and nothing
+        touched it (claim, heartbeat, completion) for ``lease_s``, nor a sweep woke it: a
+        wake-up was lost, or a unit was given back."""
 
     @abstractmethod
     def set_webhook(self, job_id: str, state: str) -> None:
@@ -232,6 +260,7 @@ def _record(raw: Mapping[str, Any]) -> dict[str, Any]:
         "verdicts": json.loads(raw.get("verdicts") or "{}"),
         "error": error,
         "webhook_state": raw.get("webhook_state") or None,
+        "paused_until": num("paused_until"),
     }
 
 
@@ -263,6 +292,7 @@ CREATE TABLE IF NOT EXISTS altcap_jobs (
     error_message TEXT,
     activity REAL NOT NULL,             -- last claim, heartbeat or completion
     woken REAL NOT NULL DEFAULT 0,      -- last wake-up sent by a sweep
+    paused_until REAL,                  -- the owner's rate limit is spent: no claims until
     webhook INTEGER NOT NULL DEFAULT 0,
     webhook_state TEXT,                 -- pending | sent | failed
     webhook_at REAL
@@ -279,6 +309,7 @@ CREATE TABLE IF NOT EXISTS altcap_job_chunks (
     owner TEXT,
     lease REAL,                         -- lease expiry (unix seconds)
     attempts INTEGER NOT NULL DEFAULT 0,
+    paid INTEGER NOT NULL DEFAULT 0,    -- its images were charged to the owner's rate limit
     PRIMARY KEY (job_id, n)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS altcap_job_rows (
@@ -300,7 +331,8 @@ CREATE TABLE IF NOT EXISTS altcap_job_pages (
 
 _JOB_COLUMNS = (
     "id, spec, fingerprint, state, created, started, finished, planned, total, done, failed,"
-    " skipped, chunks, chunks_done, limited, verdicts, error_code, error_message, webhook_state"
+    " skipped, chunks, chunks_done, limited, verdicts, error_code, error_message, webhook_state,"
+    " paused_until"
 )
 
 
@@ -332,12 +364,20 @@ class SQLiteJobStore(JobStore):
     def _migrate(conn: sqlite3.Connection) -> None:
         """Columns added since a store file was created (``CREATE TABLE IF NOT EXISTS``
         leaves an existing table as it was)."""
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(altcap_jobs)")}
-        added = {"plan_attempts": "INTEGER NOT NULL DEFAULT 0", "verdicts": "TEXT"}
-        for name, kind in added.items():
-            if name not in columns:
-                with contextlib.suppress(sqlite3.OperationalError):  # another process added it
-                    conn.execute(f"ALTER TABLE altcap_jobs ADD COLUMN {name} {kind}")
+        added = {
+            "altcap_jobs": {
+                "plan_attempts": "INTEGER NOT NULL DEFAULT 0",
+                "verdicts": "TEXT",
+                "paused_until": "REAL",
+            },
+            "altcap_job_chunks": {"paid": "INTEGER NOT NULL DEFAULT 0"},
+        }
+        for table, wanted in added.items():
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in wanted.items():
+                if name not in columns:
+                    with contextlib.suppress(sqlite3.OperationalError):  # another process did
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (a fresh one after a fork: connections must not cross it)."""
@@ -390,8 +430,9 @@ class SQLiteJobStore(JobStore):
             if max_active > 0:
                 (active,) = conn.execute(
                     "SELECT COUNT(*) FROM altcap_jobs WHERE state IN ('queued', 'running')"
-                    " AND COALESCE(json_extract(spec, '$.owner'), '') = ?",
-                    (str(spec.get("owner") or ""),),
+                    " AND COALESCE(NULLIF(json_extract(spec, '$.client'), ''),"
+                    " NULLIF(json_extract(spec, '$.owner'), ''), '') = ?",  # holder(spec)
+                    (holder(spec),),
                 ).fetchone()
                 if active >= max_active:
                     return REFUSED, False
@@ -526,25 +567,65 @@ class SQLiteJobStore(JobStore):
         now = time.time()
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT state, planned FROM altcap_jobs WHERE id = ?", (job_id,)
+                "SELECT state, planned, paused_until FROM altcap_jobs WHERE id = ?", (job_id,)
             ).fetchone()
-            if row is None or row[0] not in ACTIVE_STATES or not row[1]:
+            if row is None or row[0] not in ACTIVE_STATES or not row[1] or (row[2] or 0) > now:
                 return None
             chunk = conn.execute(
-                "SELECT n, items, attempts FROM altcap_job_chunks WHERE job_id = ?"
+                "SELECT n, items, attempts, paid FROM altcap_job_chunks WHERE job_id = ?"
                 " AND (state = 'pending' OR (state = 'leased' AND lease <= ?)) ORDER BY n LIMIT 1",
                 (job_id, now),
             ).fetchone()
             if chunk is None:
                 return None
-            n, items, attempts = chunk
+            n, items, attempts, paid = chunk
             conn.execute(
                 "UPDATE altcap_job_chunks SET state = 'leased', owner = ?, lease = ?,"
                 " attempts = attempts + 1 WHERE job_id = ? AND n = ?",
                 (owner, now + lease_s, job_id, n),
             )
             conn.execute("UPDATE altcap_jobs SET activity = ? WHERE id = ?", (now, job_id))
-        return Claim(n, json.loads(items), attempts + 1)
+        return Claim(n, json.loads(items), attempts + 1, bool(paid))
+
+    def mark_paid(
+        self, job_id: str, n: int, owner: str, split: tuple[list[Any], list[Any]] | None = None
+    ) -> bool:
+        with self._tx() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM altcap_job_chunks WHERE job_id = ? AND n = ? AND state = 'leased'"
+                " AND owner = ?",
+                (job_id, n, owner),
+            ).fetchone()
+            if held is None:
+                return False
+            if split is not None:
+                paid, rest = split
+                (last,) = conn.execute(
+                    "SELECT chunks FROM altcap_jobs WHERE id = ?", (job_id,)
+                ).fetchone()
+                conn.execute(
+                    "INSERT INTO altcap_job_chunks (job_id, n, items, state)"
+                    " VALUES (?, ?, ?, 'pending')",
+                    (job_id, last, _dumps(rest)),
+                )
+                conn.execute("UPDATE altcap_jobs SET chunks = chunks + 1 WHERE id = ?", (job_id,))
+                conn.execute(
+                    "UPDATE altcap_job_chunks SET items = ? WHERE job_id = ? AND n = ?",
+                    (_dumps(paid), job_id, n),
+                )
+            conn.execute(
+                "UPDATE altcap_job_chunks SET paid = 1 WHERE job_id = ? AND n = ?", (job_id, n)
+            )
+        return True
+
+    def pause(self, job_id: str, wait_s: float) -> None:
+        until = time.time() + wait_s
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE altcap_jobs SET paused_until = MAX(COALESCE(paused_until, 0), ?)"
+                " WHERE id = ? AND state IN ('queued', 'running')",
+                (until, job_id),
+            )
 
     def complete_chunk(self, job_id: str, n: int, rows: Mapping[int, Mapping[str, Any]]) -> str:
         now = time.time()
@@ -660,8 +741,11 @@ class SQLiteJobStore(JobStore):
                     "  (planned = 0 AND plan_lease > woken AND plan_lease <= :now)"
                     "  OR EXISTS (SELECT 1 FROM altcap_job_chunks c WHERE c.job_id = j.id"
                     "    AND c.state = 'leased' AND c.lease > j.woken AND c.lease <= :now)"
+                    # a pause ran out since the last wake-up: the owner's budget is back
+                    "  OR (paused_until > woken AND paused_until <= :now)"
                     # claimable work that nothing touched for a lease: a wake-up was lost
-                    "  OR (activity <= :quiet AND woken <= :quiet AND ("
+                    "  OR (activity <= :quiet AND woken <= :quiet"
+                    "   AND COALESCE(paused_until, 0) <= :now AND ("
                     "    (planned = 0 AND (plan_lease IS NULL OR plan_lease <= :now))"
                     "    OR EXISTS (SELECT 1 FROM altcap_job_chunks c WHERE c.job_id = j.id"
                     "      AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease <= :now))"
@@ -760,9 +844,9 @@ local function finish(p, id, state, t, code, msg)
 end
 """
 
-# An owner's jobs are a set (jobs-of:<owner>): a job joins it here, leaves it when deleted,
-# and one that has ended is dropped here, when its owner next creates one (so the set holds
-# about what is active, and counting it costs that much).
+# A holder's jobs are a set (jobs-of:<holder>, see ``holder``): a job joins it here, leaves
+# it when deleted, and one that has ended is dropped here, when its holder next creates one
+# (so the set holds about what is active, and counting it costs that much).
 _CREATE = """
 local p, id, spec, idem, fp, hook = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local owner, max_active = ARGV[7], tonumber(ARGV[8])
@@ -853,6 +937,7 @@ local p, id, owner, lease = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local jk = p .. id
 if not active(jk) or redis.call('HGET', jk, 'planned') ~= '1' then return false end
 local t = now()
+if tonumber(redis.call('HGET', jk, 'paused_until') or '0') > t then return false end
 local found = redis.call('ZRANGEBYSCORE', jk .. ':open', '-inf', t, 'LIMIT', 0, 1)
 if #found == 0 then return false end
 local n = found[1]
@@ -860,7 +945,33 @@ redis.call('ZADD', jk .. ':open', t + lease, n)
 redis.call('HSET', jk .. ':owner', n, owner)
 local attempts = redis.call('HINCRBY', jk .. ':attempts', n, 1)
 redis.call('HSET', jk, 'activity', t)
-return {n, redis.call('HGET', jk .. ':chunks', n), attempts}
+local paid = redis.call('SISMEMBER', jk .. ':paid', n)
+return {n, redis.call('HGET', jk .. ':chunks', n), attempts, paid}
+"""
+
+# ARGV: p, id, n, owner, then (for a split) the items paid for and the others, as JSON.
+_MARK_PAID = """
+local p, id, n, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local jk = p .. id
+if redis.call('HGET', jk .. ':owner', n) ~= owner then return 0 end
+if #ARGV >= 6 then
+  local last = redis.call('HINCRBY', jk, 'chunks', 1) - 1
+  redis.call('HSET', jk .. ':chunks', n, ARGV[5], last, ARGV[6])
+  redis.call('ZADD', jk .. ':open', 0, last)
+end
+redis.call('SADD', jk .. ':paid', n)
+return 1
+"""
+
+_PAUSE = """
+local p, id, wait = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local jk = p .. id
+if not active(jk) then return 0 end
+local until_t = now() + wait
+if tonumber(redis.call('HGET', jk, 'paused_until') or '0') < until_t then
+  redis.call('HSET', jk, 'paused_until', until_t)
+end
+return 1
 """
 
 # ARGV: p, id, n, done, failed, skipped, then seq/row pairs.
@@ -935,6 +1046,7 @@ for _, id in ipairs(redis.call('SMEMBERS', p .. 'active')) do
     local woken = tonumber(woken_s)
     local planned = redis.call('HGET', jk, 'planned') == '1'
     local plan_lease = tonumber(redis.call('HGET', jk, 'plan_lease') or '0')
+    local paused_until = tonumber(redis.call('HGET', jk, 'paused_until') or '0')
     -- a lease ran out since the last wake-up: its consumer died
     local wake
     if planned then
@@ -942,8 +1054,10 @@ for _, id in ipairs(redis.call('SMEMBERS', p .. 'active')) do
     else
       wake = plan_lease > woken and plan_lease <= t
     end
+    -- a pause ran out since the last wake-up: the owner's budget is back
+    if paused_until > woken and paused_until <= t then wake = true end
     -- claimable work that nothing touched for a lease: a wake-up was lost
-    if not wake and woken <= quiet
+    if not wake and woken <= quiet and paused_until <= t
         and tonumber(redis.call('HGET', jk, 'activity') or '0') <= quiet then
       if planned then
         wake = redis.call('ZCOUNT', jk .. ':open', '-inf', t) > 0
@@ -989,11 +1103,17 @@ local function delete_job(p, id)
   local spec = redis.call('HGET', jk, 'spec')
   if spec then
     local ok, decoded = pcall(cjson.decode, spec)
-    local owner = ok and type(decoded) == 'table' and decoded.owner or ''
-    redis.call('SREM', p .. 'jobs-of:' .. tostring(owner), id)
+    local holder = ''  -- as jobstore.holder(spec): the client, else the owner
+    if ok and type(decoded) == 'table' then
+      for _, name in ipairs({'client', 'owner'}) do
+        local v = decoded[name]
+        if holder == '' and type(v) == 'string' and v ~= '' then holder = v end
+      end
+    end
+    redis.call('SREM', p .. 'jobs-of:' .. holder, id)
   end
   redis.call('UNLINK', jk, jk .. ':chunks', jk .. ':open', jk .. ':owner', jk .. ':attempts',
-    jk .. ':done', jk .. ':rows', jk .. ':pages', jk .. ':pagemeta')
+    jk .. ':done', jk .. ':paid', jk .. ':rows', jk .. ':pages', jk .. ':pagemeta')
   redis.call('SREM', p .. 'active', id)
   redis.call('ZREM', p .. 'webhooks', id)
   redis.call('ZREM', p .. 'finished', id)
@@ -1027,12 +1147,13 @@ class RedisJobStore(JobStore):
     Keys, under ``altcap:jobs:``: ``<id>`` (a hash: state, counts, timestamps), and for each
     job ``<id>:chunks`` (items), ``<id>:open`` (a sorted set of unfinished chunks scored by
     lease expiry, 0 when pending), ``<id>:owner``, ``<id>:attempts``, ``<id>:done`` (chunk
-    marks), ``<id>:rows`` (seq -> row), ``<id>:pages`` and ``<id>:pagemeta``; plus ``active``
-    (ids of unfinished jobs), ``finished`` (ended jobs by end time, for the retention sweep),
-    ``webhooks``, ``idem:<key>`` and ``jobs-of:<owner>`` (an API key's jobs, for its cap on
-    active jobs). Each operation is one Lua script, which Redis runs
-    atomically. Use a Redis that persists (AOF ``appendfsync
-    everysec`` or better) if jobs must survive a restart of Redis itself.
+    marks), ``<id>:paid`` (chunks charged to the rate limit), ``<id>:rows`` (seq -> row),
+    ``<id>:pages`` and ``<id>:pagemeta``; plus ``active`` (ids of unfinished jobs),
+    ``finished`` (ended jobs by end time, for the retention sweep), ``webhooks``,
+    ``idem:<key>`` and ``jobs-of:<holder>`` (an API key's or a client address's jobs, for its
+    cap on active jobs). Each operation is one Lua script, which Redis runs atomically. Use a
+    Redis that persists (AOF ``appendfsync everysec`` or better) if jobs must survive a
+    restart of Redis itself.
     """
 
     def __init__(self, url: str, *, prefix: str = "altcap:jobs:") -> None:
@@ -1050,6 +1171,8 @@ class RedisJobStore(JobStore):
         self._fail = register(_LUA_HEAD + _FAIL)
         self._cancel = register(_LUA_HEAD + _CANCEL)
         self._claim_chunk = register(_LUA_HEAD + _CLAIM_CHUNK)
+        self._mark_paid = register(_LUA_HEAD + _MARK_PAID)
+        self._pause = register(_LUA_HEAD + _PAUSE)
         self._complete = register(_LUA_HEAD + _COMPLETE)
         self._release = register(_LUA_HEAD + _RELEASE)
         self._renew = register(_LUA_HEAD + _RENEW)
@@ -1075,7 +1198,7 @@ class RedisJobStore(JobStore):
     ) -> tuple[str, bool]:
         hook = "1" if spec.get("webhook") else "0"
         args = [self.prefix, job_id, _dumps(spec), idem or "", fingerprint, hook]
-        args += [str(spec.get("owner") or ""), max_active]
+        args += [holder(spec), max_active]
         found, created = self._create(args=args)
         return self._text(found), bool(created)
 
@@ -1118,8 +1241,19 @@ class RedisJobStore(JobStore):
         found = self._claim_chunk(args=[self.prefix, job_id, owner, lease_s])
         if not found:
             return None
-        n, items, attempts = found
-        return Claim(int(self._text(n)), json.loads(self._text(items)), int(attempts))
+        n, items, attempts, paid = found
+        return Claim(int(self._text(n)), json.loads(self._text(items)), int(attempts), bool(paid))
+
+    def mark_paid(
+        self, job_id: str, n: int, owner: str, split: tuple[list[Any], list[Any]] | None = None
+    ) -> bool:
+        args: list[Any] = [self.prefix, job_id, n, owner]
+        if split is not None:
+            args += [_dumps(split[0]), _dumps(split[1])]
+        return bool(self._mark_paid(args=args))
+
+    def pause(self, job_id: str, wait_s: float) -> None:
+        self._pause(args=[self.prefix, job_id, wait_s])
 
     def complete_chunk(self, job_id: str, n: int, rows: Mapping[int, Mapping[str, Any]]) -> str:
         args: list[Any] = [self.prefix, job_id, n, *_counts(rows)]

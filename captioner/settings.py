@@ -304,9 +304,9 @@ class Settings:
     rate_limit: str = _setting(
         "",
         _rate_limit,
-        "Images captioned per API key (else per client address), e.g. 120/minute: a request"
-        " costs one per image, a batch job one per image URL or page (a sitemap: 1);"
-        " empty = no limit",
+        "Images captioned per API key (else per client address, IPv6: per /64), e.g."
+        " 120/minute: a request costs one per image; a batch job one per image URL, or one per"
+        " page (a sitemap: 1) and then one per image it captions; empty = no limit",
     )
     ratelimit_storage_url: str = _setting(
         "",
@@ -373,8 +373,8 @@ class Settings:
     job_max_active: int = _setting(
         20,
         _int(0),
-        "Most batch jobs queued or running at once per API key (without API keys: in all);"
-        " more are refused with 429 too_many_jobs (0: no limit)",
+        "Most batch jobs queued or running at once per API key (without API keys: per client"
+        " address); more are refused with 429 too_many_jobs (0: no limit)",
     )
     job_lease_s: float = _setting(
         60.0,

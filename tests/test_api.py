@@ -625,6 +625,21 @@ def test_behind_a_proxy_clients_are_told_apart_by_x_forwarded_for(make_app) -> N
     assert [post("203.0.113.1"), post("203.0.113.2"), post("203.0.113.1")] == [200, 200, 429]
 
 
+def test_an_ipv6_client_is_limited_by_its_64_not_by_each_address(make_app) -> None:
+    """A host may use any address of its /64: counting addresses would count nothing."""
+    client = make_app(RATE_LIMIT="1/minute").test_client()
+    request = {"images": [{"data": b64(RED)}]}
+
+    def post(address: str) -> int:
+        return client.post("/v1/captions", json=request, environ_base={"REMOTE_ADDR": address})
+
+    codes = [post(a).status_code for a in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9")]
+    assert codes == [200, 429]
+    assert post("2001:db8:1:3::1").status_code == 200  # another /64
+    assert post("::ffff:192.0.2.1").status_code == 200  # an IPv4 client, mapped
+    assert post("192.0.2.1").status_code == 429  # the same client
+
+
 def test_workers_share_cache_and_limits_through_redis(make_app) -> None:
     """Two apps stand for two gunicorn workers: one Redis holds captions and rate limits."""
     from redis_server import RedisServer

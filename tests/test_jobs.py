@@ -42,6 +42,7 @@ from captioner.jobstore import (
     Plan,
     RedisJobStore,
     SQLiteJobStore,
+    holder,
 )
 from captioner.settings import Settings
 
@@ -272,6 +273,81 @@ def test_store_caps_the_active_jobs_of_each_owner(store: JobStore) -> None:
         assert second.encode() not in store._client.smembers(store.prefix + "jobs-of:a")
 
 
+def test_store_counts_active_jobs_by_client_else_owner(store: JobStore) -> None:
+    """Without API keys a job's client is its address, and the cap counts per client (issue
+    20: one address took every slot); an owner (a key, or a token a keyless server ignores)
+    does not open another count, and jobs stored before clients count by their owner."""
+    n = iter(range(100))
+
+    def create(**fields: str) -> str:
+        job_id, _ = store.create(f"{next(n):032x}", {"source": {}, **fields}, None, "fp", 1)
+        return job_id
+
+    first = create(client="addr:203.0.113.1")
+    assert create(client="addr:203.0.113.1", owner="made-up token") == REFUSED
+    assert create(client="addr:203.0.113.2") != REFUSED
+    assert create(owner="old") != REFUSED and create(owner="old") == REFUSED
+    assert create() != REFUSED and create() == REFUSED
+    if isinstance(store, RedisJobStore):  # deleting takes the job out of its client's set
+        store.cancel(first)
+        assert store.delete(first)
+        members = store._client.smembers(store.prefix + "jobs-of:addr:203.0.113.1")
+        assert first.encode() not in members
+    assert holder({"client": "", "owner": "o"}) == "o" and holder({}) == ""
+
+
+def test_store_pause_holds_claims_until_it_runs_out(store: JobStore) -> None:
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    store.commit_plan(job_id, _plan(2))
+    claim = store.claim_chunk(job_id, "a", 10)
+    assert claim is not None and not claim.paid
+    assert store.mark_paid(job_id, claim.n, "a")
+    assert not store.mark_paid(job_id, claim.n + 1, "a")  # not leased to a
+    store.pause(job_id, 0.4)
+    store.pause(job_id, 0.1)  # a shorter pause does not cut the longer one short
+    until = store.get(job_id)["paused_until"]
+    assert until is not None and 0.3 < until - time.time() <= 0.4
+    store.release(job_id, claim.n, "a")
+    assert store.claim_chunk(job_id, "b", 10) is None  # paused: nothing is claimed
+    assert store.sweep(0.01)[0] == []  # quiet, but paused: no wake-up for lost ones
+    time.sleep(0.45)
+    assert store.sweep(60)[0] == [job_id]  # the pause ran out: woken at once
+    assert store.sweep(60)[0] == []  # once
+    again = store.claim_chunk(job_id, "b", 10)
+    assert again is not None and again.n == claim.n and again.paid  # not charged twice
+    other = store.claim_chunk(job_id, "b", 10)
+    assert other is not None and not other.paid
+    assert not store.mark_paid(job_id, claim.n, "a")  # b holds it now
+    store.cancel(job_id)
+    store.pause(job_id, 5)  # an ended job is not paused
+    assert store.get(job_id)["paused_until"] < time.time()
+
+
+def test_store_splits_a_chunk_the_budget_paid_in_part(store: JobStore) -> None:
+    """The budget paid for 2 of a chunk's 3 images: the chunk keeps those, paid; the third
+    becomes the last chunk, unpaid; the job ends when both are done, its rows in order."""
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    items = [{"url": f"http://x/{i}.png", "rows": [[i, {}]]} for i in range(3)]
+    store.commit_plan(job_id, Plan(chunks=[items, [items[0]]], total=3))  # 2 chunks
+    claim = store.claim_chunk(job_id, "a", 10)
+    assert claim is not None and claim.n == 0
+    assert store.mark_paid(job_id, 0, "a", (items[:2], items[2:]))
+    assert store.get(job_id)["chunks"] == 3
+    store.release(job_id, 0, "a")  # the model was busy: claimed again, paid, its 2 images
+    again = store.claim_chunk(job_id, "a", 10)
+    assert again is not None and (again.n, again.items, again.paid) == (0, items[:2], True)
+    assert store.complete_chunk(job_id, 0, {0: _row(0), 1: _row(1)}) == RECORDED
+    second = store.claim_chunk(job_id, "a", 10)
+    assert second is not None and second.n == 1
+    assert store.complete_chunk(job_id, 1, {}) == RECORDED
+    rest = store.claim_chunk(job_id, "a", 10)
+    assert rest is not None and (rest.n, rest.items, rest.paid) == (2, items[2:], False)
+    assert store.complete_chunk(job_id, 2, {2: _row(2)}) == FINISHED
+    assert [r["image_url"] for r in store.rows(job_id)] == [f"http://x/{i}.png" for i in range(3)]
+
+
 def test_store_runs_a_job_to_the_end_exactly_once(store: JobStore) -> None:
     job_id = _job(store)
     assert store.claim_chunk(job_id, "a", 10) is None  # nothing before the plan
@@ -420,7 +496,9 @@ def test_an_older_sqlite_store_gains_the_columns_added_since(tmp_path: Path) -> 
     path = tmp_path / "old.sqlite3"
     old_schema = jobstore._SCHEMA.replace("    plan_attempts INTEGER NOT NULL DEFAULT 0,\n", "")
     old_schema = re.sub(r"    verdicts TEXT,[^\n]*\n", "", old_schema)
+    old_schema = re.sub(r"    (paused_until REAL|paid INTEGER)[^\n]*\n", "", old_schema)
     assert "plan_attempts" not in old_schema and "verdicts" not in old_schema
+    assert "paused_until" not in old_schema and "paid" not in old_schema
     with sqlite3.connect(path) as conn:
         conn.executescript(old_schema)
         conn.execute(  # a job planned before verdicts were counted
@@ -436,6 +514,10 @@ def test_an_older_sqlite_store_gains_the_columns_added_since(tmp_path: Path) -> 
         plan.verdicts = {"missing": 3, "empty_link": 1}
         store.commit_plan(job_id, plan)
         assert store.get(job_id)["verdicts"] == {"missing": 3, "empty_link": 1}
+        claim = store.claim_chunk(job_id, "a", 10)  # chunks gained paid, jobs paused_until
+        assert claim is not None and not claim.paid and store.mark_paid(job_id, claim.n, "a")
+        store.pause(job_id, 10)
+        assert store.get(job_id)["paused_until"] > time.time()
     finally:
         store.close()
 
@@ -679,6 +761,123 @@ def test_a_busy_model_gives_the_chunk_back_for_later(make_queue, site, monkeypat
     status = wait_for(queue, job["id"])
     assert status["counts"]["done"] == 3 and backend.calls == 3
     assert len(queue.rows(job["id"])) == 3
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[str]:
+    """A page with 10 distinct images, none with alt."""
+    root = tmp_path / "gallery"
+    root.mkdir()
+    for i in range(10):
+        (root / f"{i}.png").write_bytes(png_bytes((10 * i, 200, 60)))
+    imgs = "".join(f'<img src="{i}.png">' for i in range(10))
+    (root / "page.html").write_text(f"<html><body>{imgs}</body></html>")
+    with serve_directory(root) as base:
+        yield f"{base}/page.html"
+
+
+class CountingBackend(FakeBackend):
+    """Also records when each batch came and how many images it had."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batches: list[tuple[float, int]] = []
+
+    def caption(self, images, decoding):
+        self.batches.append((time.monotonic(), len(images)))
+        return super().caption(images, decoding)
+
+
+def test_a_page_job_captions_at_its_owners_rate_limit(make_queue, gallery) -> None:
+    """A page job's images are charged to its client as they are captioned (issue 20): under
+    4/second its 10 images go 4, 4, 2 in three windows, and the job then ends complete."""
+    backend = CountingBackend()
+    queue = make_queue(backend, workers=2, RATE_LIMIT="4/second", JOB_CHUNK_SIZE=32)
+    spec = parse_job({"pages": [gallery]}, queue.settings)
+    job, _ = queue.submit(spec, client="addr:203.0.113.1")
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "done" and status["counts"]["done"] == 10
+    assert status["paused_until"] is None
+    assert sorted(n for _, n in backend.batches) == [2, 4, 4]  # chunks of one window
+    times = [t for t, _ in backend.batches]
+    assert times[-1] - times[0] >= 1.5  # three windows of a second: at least two resets
+    assert queue.budget is not None
+    assert queue.budget.charge("addr:203.0.113.2", 5) == (4, 0.0)  # another client: its own
+    charged, wait = queue.budget.charge("addr:203.0.113.2", 1)
+    assert charged == 0 and 0 < wait <= 1.2
+
+
+def test_consumers_charging_one_client_at_once_never_exceed_its_budget(tmp_path: Path) -> None:
+    """Two consumers used to see the same 4 left and both take them: each takes its part by
+    one atomic increment, so 10/minute charges 10, however many charge together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    budget = jobs.JobBudget.from_settings(settings(tmp_path, RATE_LIMIT="10/minute"))
+    assert budget is not None
+    start = threading.Barrier(8)
+
+    def take(_: int) -> int:
+        start.wait()
+        return budget.charge("addr:c", 3)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(take, range(8))) == 10
+
+
+def test_with_several_limits_a_charge_takes_what_all_of_them_have_left(tmp_path: Path) -> None:
+    budget = jobs.JobBudget.from_settings(settings(tmp_path, RATE_LIMIT="3/second;5/minute"))
+    assert budget is not None
+    assert budget.charge("c", 4) == (3, 0.0)
+    charged, wait = budget.charge("c", 4)
+    assert charged == 0 and 0 < wait <= 1.25  # the second's window
+    time.sleep(wait)
+    assert budget.charge("c", 4) == (2, 0.0)  # the minute has 2 left
+    charged, wait = budget.charge("c", 1)
+    assert charged == 0 and 55 < wait <= 60.25  # the minute's window
+
+
+def test_a_job_without_a_client_or_of_image_urls_is_not_charged(make_queue, gallery, site):
+    """Jobs stored before jobs had clients, and images jobs (paid when submitted), caption
+    without charging; a chunk run again after the model was busy is charged once."""
+    base, _ = site
+    backend = FakeBackend()
+    queue = make_queue(backend, RATE_LIMIT="5/minute")
+    old, _ = queue.submit(parse_job({"pages": [gallery]}, queue.settings))
+    urls = [f"{base}/{i}.png" for i in range(6)]
+    images, _ = queue.submit(parse_job({"images": urls}, queue.settings), client="addr:c")
+    assert wait_for(queue, old["id"])["counts"]["done"] == 10
+    assert wait_for(queue, images["id"])["counts"]["done"] == 6
+    assert queue.budget is not None and queue.budget.charge("addr:c", 6) == (5, 0.0)
+
+
+def test_a_chunk_given_back_is_not_charged_again(make_queue, site, monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "RETRY_DELAY_S", 0.2)
+    base, _ = site
+    backend = FakeBackend(fail_first=2)  # the model is busy twice: the chunk runs 3 times
+    queue = make_queue(backend, RATE_LIMIT="5/minute", JOB_CHUNK_SIZE=32)
+    job, _ = queue.submit(parse_job({"pages": [f"{base}/one.html"]}, queue.settings), client="c")
+    status = wait_for(queue, job["id"])
+    assert status["state"] == "done" and backend.calls == 3
+    captioned = status["counts"]["done"]
+    assert captioned >= 2
+    assert queue.budget is not None
+    assert queue.budget.charge("c", 5) == (5 - captioned, 0.0)  # charged once: the rest is left
+
+
+def test_unreadable_rate_limit_counters_pause_the_job(make_queue, gallery, monkeypatch):
+    """The limiter's Redis is away: the job waits rather than captions without paying."""
+    from redis_server import free_port
+
+    monkeypatch.setattr(jobs, "BUDGET_RETRY_S", 30.0)
+    backend = FakeBackend()
+    storage = f"redis://127.0.0.1:{free_port()}/0"
+    queue = make_queue(backend, RATE_LIMIT="5/minute", RATELIMIT_STORAGE_URL=storage)
+    job, _ = queue.submit(parse_job({"pages": [gallery]}, queue.settings), client="c")
+    stop = time.monotonic() + 30
+    while not queue.status(job["id"])["paused_until"]:
+        assert time.monotonic() < stop
+        time.sleep(0.05)
+    assert backend.calls == 0 and queue.status(job["id"])["state"] == "running"
 
 
 def test_work_of_a_dead_consumer_is_picked_up_once(make_queue, site) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -48,6 +49,18 @@ def site(tmp_path_factory) -> Iterator[str]:
     )
     with serve_directory(root) as base:
         yield base
+
+
+@pytest.fixture(scope="module")
+def big_page(tmp_path_factory) -> Iterator[str]:
+    """One page with 12 distinct images, none with alt: a page job with 12 images to caption."""
+    root = tmp_path_factory.mktemp("big")
+    imgs = "".join(f'<img src="{i}.png">' for i in range(12))
+    (root / "page.html").write_text(f"<html><body>{imgs}</body></html>")
+    for i in range(12):
+        (root / f"{i}.png").write_bytes(png_bytes((20 * i, 10, 200)))
+    with serve_directory(root) as base:
+        yield f"{base}/page.html"
 
 
 @pytest.fixture
@@ -481,6 +494,128 @@ def test_a_job_over_the_whole_budget_is_refused_clearly(make_app) -> None:
     other = make_app(RATE_LIMIT="2/minute", JOB_WORKERS=0, JOB_MAX_IMAGES=3).test_client()
     assert_error(submit(other, {"images": images}), 400, "invalid_job")  # refused whole: 1
     assert submit(other, {"images": images[:1]}).status_code == 202  # 2 of 2
+
+
+def wait_paused(client: FlaskClient, url: str, headers: dict[str, str] | None = None) -> dict:
+    """The job once its owner's budget has paused it (or once it ended, which fails the test
+    of a job that should have been paused)."""
+    stop = time.monotonic() + 30
+    while True:
+        job = client.get(url, headers=headers or {}).get_json()
+        if job.get("paused_until") or job["state"] in ("done", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < stop, job
+        time.sleep(0.05)
+
+
+def one_image(client: FlaskClient, **environ: str) -> int:
+    body = {"images": [{"data": base64.b64encode(png_bytes()).decode()}]}
+    return client.post("/v1/captions", json=body, environ_base=environ).status_code
+
+
+def test_a_page_job_captions_only_what_the_budget_allows(make_app, big_page: str) -> None:
+    """Issue 20, finding 3: a page costs 1 to submit, so under 5/minute a one-page job used
+    to caption every image it found while a 6-image request got 429. Its images are charged
+    as they are captioned: 1 (the page) + 4 (one chunk) spend the window, and the job waits
+    for the next one, saying until when; the owner's own requests see the same budget."""
+    client = make_app(RATE_LIMIT="5/minute").test_client()
+    response = submit(client, {"pages": [big_page], "decoding": {"max_tokens": 2}})
+    assert response.status_code == 202
+    job = wait_paused(client, response.get_json()["url"])
+    assert job["state"] == "running" and job["counts"]["done"] == 4, job
+    resumes = datetime.fromisoformat(job["paused_until"].replace("Z", "+00:00"))
+    assert timedelta(0) < resumes - datetime.now(resumes.tzinfo) <= timedelta(seconds=61)
+    assert one_image(client) == 429  # the job spent the window: nothing is left
+    time.sleep(0.5)  # a paused job captions nothing more
+    assert client.get(job["url"]).get_json()["counts"]["done"] == 4
+    # another client's budget is its own
+    assert one_image(client, REMOTE_ADDR="203.0.113.9") == 200
+
+
+def test_a_separate_worker_charges_the_budget_the_service_counts(
+    make_app, big_page: str, tiny_captioner, tmp_path: Path
+) -> None:
+    """``python -m captioner worker`` processes have no Flask limiter: with the rate-limit
+    counters in Redis (here the cache's) they charge the ones the service counts requests in,
+    under the same key, and with the Redis job store the job waits there."""
+    from redis_server import RedisServer
+
+    from captioner.jobs import CaptionerBackend, JobQueue
+    from captioner.settings import Settings
+
+    with RedisServer() as redis:
+        config = {
+            "CACHE_URL": redis.url,
+            "QUEUE_URL": redis.url,
+            "RATE_LIMIT": "5/minute",
+            "DATA_DIR": tmp_path / "worker",
+            "ALLOW_PRIVATE_NETWORKS": True,
+            "JOB_CHUNK_SIZE": 32,
+            "CRAWL_DELAY_S": 0,
+        }
+        client = make_app(**config, JOB_WORKERS=0).test_client()
+        worker = JobQueue(Settings.load({}, config))
+        worker.start_consumer(CaptionerBackend(tiny_captioner), workers=1)
+        try:
+            body = {"pages": [big_page], "decoding": {"max_tokens": 2}}
+            job = wait_paused(client, submit(client, body).get_json()["url"])
+            assert job["state"] == "running" and job["counts"]["done"] == 4, job
+            assert one_image(client) == 429
+        finally:
+            worker.close(timeout=5)
+
+
+def test_an_image_job_pays_for_its_urls_once(make_app, site: str) -> None:
+    """An images job pays one per URL when it is submitted, and nothing more when captioned."""
+    client = make_app(RATE_LIMIT="7/minute").test_client()
+    urls = [f"{site}/{i}.png" for i in range(6)]
+    job = submit(client, {"images": urls, "decoding": {"max_tokens": 2}}).get_json()
+    done = wait_done(client, job["url"])
+    assert done["state"] == "done" and done["counts"]["done"] == 6
+    assert done["paused_until"] is None
+    assert one_image(client) == 200  # 7 of 7
+    assert one_image(client) == 429
+
+
+def test_without_keys_each_address_has_its_own_cap_on_jobs(make_app) -> None:
+    """Issue 20, finding 3: without API keys the ALTCAP_JOB_MAX_ACTIVE slots were one count
+    for everyone, so one address could take them all. Each address has its own count now (an
+    IPv6 client its /64); a bearer token a keyless server ignores does not open another."""
+    client = make_app(JOB_WORKERS=0, JOB_MAX_ACTIVE=2).test_client()
+    body = {"images": ["http://a.example/1.png"]}
+
+    def post(address: str, **headers: str):
+        return client.post(
+            "/v1/jobs", json=body, headers=headers, environ_base={"REMOTE_ADDR": address}
+        )
+
+    first = post("203.0.113.1")
+    assert first.status_code == 202 and post("203.0.113.1").status_code == 202
+    refused = post("203.0.113.1")
+    assert_error(refused, 429, "too_many_jobs")
+    assert "from this address" in refused.get_json()["error"]["message"]
+    assert_error(post("203.0.113.1", Authorization="Bearer made-up"), 429, "too_many_jobs")
+    assert post("203.0.113.2").status_code == 202  # another address still can
+    # jobs stay anyone's to read without keys, whichever address made them
+    url = first.get_json()["url"]
+    read = client.get(url, environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert read.status_code == 200
+    assert client.post(f"{url}/cancel").status_code == 200
+    assert post("203.0.113.1").status_code == 202  # a slot freed
+    assert post("2001:db8:1:2::1").status_code == 202
+    assert post("2001:db8:1:2::ffff").status_code == 202
+    assert_error(post("2001:db8:1:2:abcd::1"), 429, "too_many_jobs")  # the same /64
+    assert post("2001:db8:1:3::1").status_code == 202
+
+
+def test_behind_a_proxy_the_job_cap_is_per_forwarded_address(make_app) -> None:
+    client = make_app(JOB_WORKERS=0, JOB_MAX_ACTIVE=1, TRUSTED_PROXIES=1).test_client()
+    body = {"images": ["http://a.example/1.png"]}
+
+    def post(address: str) -> int:
+        return submit(client, body, **{"X-Forwarded-For": address}).status_code
+
+    assert [post("203.0.113.1"), post("203.0.113.2"), post("203.0.113.1")] == [202, 202, 429]
 
 
 def test_openapi_describes_the_jobs_endpoints(make_app) -> None:
