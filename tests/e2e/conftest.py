@@ -21,6 +21,7 @@ from extension_site import (
     TEST_PAGE,
     Service,
     copy_extension,
+    sha256_of_data,
 )
 from flask import request
 from helpers import png_bytes, serve_app, serve_directory, tiny_service_app
@@ -42,7 +43,9 @@ def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             body = json.loads(request.get_data(cache=True) or b"{}")  # the view reads it again
             with svc.lock:
                 svc.sent_urls += [i["url"] for i in body.get("images", []) if "url" in i]
-                svc.sent_data += [i["data"][:32] for i in body.get("images", []) if "data" in i]
+                data = [i["data"] for i in body.get("images", []) if "data" in i]
+                svc.sent_data += [d[:32] for d in data]
+                svc.sent_sha256 += [sha256_of_data(d) for d in data]
 
     @app.after_request
     def log_captions(response: Any) -> Any:

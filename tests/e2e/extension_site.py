@@ -6,6 +6,8 @@ pages; ``conftest.py`` turns these into fixtures.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import threading
@@ -203,6 +205,7 @@ class Service:
     captions: dict[str, str] = field(default_factory=dict)  # image URL -> caption sent back
     sent_urls: list[str] = field(default_factory=list)  # every image URL POSTed, in order
     sent_data: list[str] = field(default_factory=list)  # every image POSTed as data (its head)
+    sent_sha256: list[str] = field(default_factory=list)  # and the SHA-256 of its bytes
 
     def reset(self) -> None:
         with self.lock:
@@ -210,6 +213,7 @@ class Service:
             self.captions.clear()
             self.sent_urls.clear()
             self.sent_data.clear()
+            self.sent_sha256.clear()
 
     def from_browser(self, agent: str = "Chrom") -> list[tuple[str, str, str]]:
         """Requests whose User-Agent names the browser (``Firefox`` for Firefox)."""
@@ -218,6 +222,12 @@ class Service:
 
     def wait_for_caption(self, url: str) -> str:
         return wait_until(lambda: self.captions.get(url), f"no caption for {url}")
+
+
+def sha256_of_data(data: str) -> str:
+    """The SHA-256 (hex) of the bytes an image's ``data`` holds (base64, or a data: URL)."""
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    return hashlib.sha256(base64.b64decode(payload)).hexdigest()
 
 
 def wait_until(probe: Callable[[], Any], what: str, timeout: float = TIMEOUT_MS / 1000) -> Any:
@@ -234,11 +244,11 @@ def image_url(site: str, name: str) -> str:
     return site.rsplit("/", 1)[0] + f"/{name}.png"
 
 
-def copy_extension(target: Path) -> Path:
-    """extension/ copied to ``target`` with ``*://127.0.0.1/*`` granted at install (no
-    dialog to click)."""
+def copy_extension(target: Path, hosts: list[str] | None = None) -> Path:
+    """extension/ copied to ``target`` with ``hosts`` (``*://127.0.0.1/*`` unless told)
+    granted at install (no dialog to click)."""
     shutil.copytree(EXTENSION, target, ignore=shutil.ignore_patterns("tests"))
     manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    manifest["host_permissions"] = ["*://127.0.0.1/*"]
+    manifest["host_permissions"] = hosts or ["*://127.0.0.1/*"]
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return target

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from extension_site import (
@@ -38,17 +35,10 @@ from extension_site import (
 from helpers import assert_accessible
 
 try:
-    from playwright.sync_api import (
-        BrowserContext,
-        FrameLocator,
-        Locator,
-        Page,
-        Worker,
-        expect,
-        sync_playwright,
-    )
+    from playwright.sync_api import FrameLocator, Locator, Page, expect
 except ImportError as exc:  # fail, never skip: these tests are part of `make test`
     raise ImportError("Playwright is missing: `make test` installs it") from exc
+from chromium import Browser, launch
 
 PREFIX = re.compile(r"^Appears to be: \S")
 # Elements no description is written to (their alt or aria-label as the page wrote it).
@@ -67,81 +57,11 @@ def expect_timeout() -> Iterator[None]:
     expect.set_options(timeout=previous)
 
 
-@dataclass
-class Browser:
-    context: BrowserContext
-    extension_id: str
-    errors: list[str]  # uncaught errors on the pages opened with open_page()
-
-    @property
-    def worker(self) -> Worker:
-        workers = [w for w in self.context.service_workers if self.extension_id in w.url]
-        if workers:
-            return workers[0]
-        return self.context.wait_for_event("serviceworker", timeout=TIMEOUT_MS)
-
-    def url(self, page: str) -> str:
-        return f"chrome-extension://{self.extension_id}/{page}"
-
-    def open_page(self, url: str) -> Page:
-        page = self.context.new_page()
-        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
-        page.goto(url)
-        return page
-
-    def settings(self) -> dict[str, Any]:
-        return self.worker.evaluate("chrome.storage.sync.get(null)")
-
-    def tab_id(self, url: str) -> int:
-        tabs = self.worker.evaluate("chrome.tabs.query({})")
-        ids = [t["id"] for t in tabs if t.get("url") == url]
-        assert len(ids) == 1, tabs
-        return ids[0]
-
-
 @pytest.fixture
 def browser(extension_copy: Path, tmp_path: Path) -> Iterator[Browser]:
     """A fresh Chromium profile with the extension installed (not yet agreed to)."""
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.fail("Chromium is missing (Debian package `chromium`): `make test` installs it")
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            user_data_dir=tmp_path / "profile",
-            executable_path=executable,
-            headless=True,
-            args=[
-                "--headless=new",
-                f"--disable-extensions-except={extension_copy}",
-                f"--load-extension={extension_copy}",
-                "--no-sandbox",  # tests run as root in containers
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
-        try:
-            context.set_default_timeout(TIMEOUT_MS)
-            workers = context.service_workers or [
-                context.wait_for_event("serviceworker", timeout=TIMEOUT_MS)
-            ]
-            match = re.match(r"^chrome-extension://([a-p]{32})/", workers[0].url)
-            assert match, workers[0].url
-            # The install opens the options page by itself (that is where consent is given).
-            # Wait for it to load: while it is loading, Chrome may send it to a tab a test
-            # has just opened on the options page, interrupting that navigation.
-            options_url = f"chrome-extension://{match.group(1)}/options.html"
-
-            def options_page() -> list[Page]:
-                workers[0].evaluate("0")  # lets Playwright take in the browser's events
-                return [p for p in context.pages if p.url.startswith(options_url)]
-
-            opened = wait_until(options_page, "the options page did not open at install")
-            opened[0].wait_for_load_state()
-            yield Browser(context, match.group(1), [])
-        finally:
-            context.close()
+    with launch(extension_copy, tmp_path / "profile") as chromium:
+        yield chromium
 
 
 # --- steps -------------------------------------------------------------------------------

@@ -51,11 +51,19 @@ LEFT_ALONE = {  # element id -> its alt as the page wrote it
     "linked-text": "",  # alt="" beside its link's text
 }
 
-# Appended to the copy's background script (see the module docstring).
+# Appended to the copy's background script (see the module docstring): the options page's
+# "I agree" through the same saveSettings(), so the consent lands wherever that stores it.
 CONSENT = """
 // AltCap tests in Firefox only: what the options page's "I agree" stores.
-chrome.runtime.onInstalled.addListener(() => chrome.storage.sync.set(%s));
+import { saveSettings as altcapTestSave } from "./settings.js";
+chrome.runtime.onInstalled.addListener(() => altcapTestSave(%s));
 """
+
+
+def store_consent(extension: Path, settings: dict[str, object]) -> None:
+    """Make the copy at ``extension`` store ``settings`` and the consent at install."""
+    with (extension / "service-worker.js").open("a", encoding="utf-8") as f:
+        f.write(CONSENT % json.dumps({**settings, "consented": True}))
 
 
 @pytest.fixture
@@ -68,9 +76,7 @@ def firefox(
     if executable is None:
         pytest.fail("Firefox is missing (Debian package `firefox-esr`): `make test` installs it")
     extension = copy_extension(tmp_path / "extension")
-    stored = {"serverUrl": service.url, "consented": True, **getattr(request, "param", {})}
-    with (extension / "service-worker.js").open("a", encoding="utf-8") as f:
-        f.write(CONSENT % json.dumps(stored))
+    store_consent(extension, {"serverUrl": service.url, **getattr(request, "param", {})})
     browser = Firefox(executable, tmp_path / "profile")
     try:
         assert browser.install_extension(extension) == "altcap@altcap.invalid"
