@@ -3,10 +3,12 @@
  * that the page can be put back exactly. Elements with role="img" and a CSS background image
  * but no name get the caption as their aria-label instead (see detection.js).
  *
- * A classic script, injected after detection.js (registered for the sites the user allowed,
- * or through activeTab when asked: shortcut, popup, context menu). It never touches the
- * network: only the service worker does. It never throws into the page and logs nothing:
- * every entry point is wrapped in guard().
+ * A classic script, injected after detection.js, caption-text.js and page-image.js
+ * (registered for the sites the user allowed, or through activeTab when asked: shortcut,
+ * popup, context menu). It talks to no server: only the service worker does. When the worker
+ * asks for an image's bytes, page-image.js reads them as the page itself may (same-origin or
+ * CORS), or not at all. It never throws into the page and logs nothing: every entry point
+ * is wrapped in guard().
  *
  * Where it looks: the document and every shadow root in it (web components), nested ones
  * too, each watched by the same MutationObserver as soon as it is found. Closed roots as
@@ -30,6 +32,7 @@
   globalThis.__altcapContentScript = true;
 
   const D = globalThis.AltCapDetection;
+  const P = globalThis.AltCapPageImage; // page-image.js: an image's bytes, as the page reads them
   if (!D || typeof chrome === "undefined" || !chrome.runtime || !chrome.runtime.id) return;
 
   const BATCH_SIZE = 32; // images per message (and per server request)
@@ -37,7 +40,6 @@
   const FLUSH_DELAY_MS = 40; // gather images found together into one batch
   const COUNTS_DELAY_MS = 400; // badge updates, throttled
   const MAX_REWRITES = 3; // the page keeps resetting an alt we wrote: stop after this
-  const SNAPSHOT_MAX_SIDE = 1024; // canvas fall-back (blob:, SVG...): CLIP sees 224 px
   const PRIORITY = { focused: 0, visible: 1, other: 2 };
   const SELECTOR = 'img, input[type="image" i], [role~="img" i]'; // ARIA images: role="img"
   const WATCHED = ["src", "srcset", "sizes", "alt", "aria-label", "aria-labelledby", "aria-hidden", "role", "title"];
@@ -450,53 +452,46 @@
     const answer = await send({ type: "describe", images });
     const results = answer && Array.isArray(answer.results) ? answer.results : null;
     const byId = new Map((results || []).map((r) => [r && r.id, r]));
+    const asked = [];
     for (const item of batch) {
       const r = byId.get(item.id);
       if (r && typeof r.caption === "string" && r.caption) {
         const described = answerOf(r);
         captions.set(item.url, described);
         write(item.el, item.url, described);
-      } else if (r && r.error && r.error.code === "needs_canvas" && !item.data) {
-        const data = snapshot(item.el);
-        if (!data) {
-          fail(item);
-          continue;
-        }
-        setStatus(item.el, "queued");
-        queue.set(item.id, { ...item, data });
-        scheduleFlush(0);
+      } else if (r && r.error && mayRead(item, r.error.code)) {
+        asked.push(sendBytes(item, r.error.code));
       } else {
         fail(item);
       }
     }
+    await Promise.all(asked);
+  }
+
+  /** Whether to answer the worker's request for the image itself (`code`): once each. */
+  function mayRead(item, code) {
+    if (!P) return false; // page-image.js not injected: no bytes
+    if (code === "needs_bytes") return !item.data;
+    return code === "needs_canvas" && !item.snapshot;
+  }
+
+  /** Queue `item` again with the data the worker asked for, read as the page may read it; a
+   * failure where the page may not. */
+  async function sendBytes(item, code) {
+    const data = await P.imageData(item, code);
+    const s = info(item.el);
+    if (s.status !== "sent" || s.url !== item.url) return; // the page moved on meanwhile
+    if (!data) {
+      fail(item);
+      return;
+    }
+    setStatus(item.el, "queued");
+    queue.set(item.id, { ...item, data, snapshot: P.isSnapshot(data) });
+    scheduleFlush(0);
   }
 
   function fail(item) {
     if (info(item.el).status !== "described") setStatus(item.el, "failed");
-  }
-
-  /** A JPEG snapshot of an <img> as the browser renders it: for blob: images (the worker
-   * cannot read them) and formats the server does not decode (SVG, JPEG XL...). null when the
-   * canvas is tainted (a cross-origin image without CORS) or there is nothing to draw. */
-  function snapshot(el) {
-    try {
-      if (!el || String(el.tagName).toUpperCase() !== "IMG" || !el.complete) return null;
-      const w0 = el.naturalWidth || el.width; // an SVG without a size of its own: as laid out
-      const h0 = el.naturalHeight || el.height;
-      if (!w0 || !h0) return null;
-      const scale = Math.min(1, SNAPSHOT_MAX_SIDE / Math.max(w0, h0));
-      const canvas = document.createElement("canvas");
-      canvas.width = Math.max(1, Math.round(w0 * scale));
-      canvas.height = Math.max(1, Math.round(h0 * scale));
-      const ctx = canvas.getContext("2d");
-      ctx.fillStyle = "#fff"; // transparent areas read as white, as the server does
-      ctx.fillRect(0, 0, canvas.width, canvas.height);
-      ctx.drawImage(el, 0, 0, canvas.width, canvas.height);
-      const data = canvas.toDataURL("image/jpeg", 0.9);
-      return data.startsWith("data:image/jpeg;base64,") ? data : null;
-    } catch (_) {
-      return null; // tainted canvas or no 2D context
-    }
   }
 
   // --- announcements (screen readers) -------------------------------------------------------
@@ -729,13 +724,15 @@
     let described = captions.get(url);
     let error = null;
     if (!described) {
-      const id = "t" + nextId++;
-      let answer = await send({ type: "describe", images: [{ id, url }] });
+      const item = { id: "t" + nextId++, url, el };
+      let answer = await send({ type: "describe", images: [{ id: item.id, url }] });
       let r = answer && Array.isArray(answer.results) ? answer.results[0] : null;
-      if (r && r.error && r.error.code === "needs_canvas") {
-        const data = snapshot(el);
-        answer = data ? await send({ type: "describe", images: [{ id, url, data }] }) : null;
-        r = answer && Array.isArray(answer.results) ? answer.results[0] : r;
+      while (r && r.error && mayRead(item, r.error.code)) {
+        const data = await P.imageData(item, r.error.code);
+        if (!data) break;
+        Object.assign(item, { data, snapshot: P.isSnapshot(data) });
+        answer = await send({ type: "describe", images: [{ id: item.id, url, data }] });
+        r = answer && Array.isArray(answer.results) ? answer.results[0] : null;
       }
       if (r && typeof r.caption === "string" && r.caption) {
         described = answerOf(r);

@@ -1,7 +1,16 @@
-// Talking to the AltCap server: batching, back-off, the caption cache, and sending image
+// Talking to the AltCap server: batching, back-off, the caption cache, and asking for image
 // bytes when the server cannot fetch an image itself. An ES module used by the service
-// worker only (the one network caller). fetch, sleep and the clock are injected, so node
+// worker only (the one caller of the server). fetch, sleep and the clock are injected, so node
 // tests drive every path with fakes.
+//
+// The worker never downloads an image. A page chooses which image addresses it shows, and
+// the caption is written into that page, where its scripts read it: bytes the worker fetched
+// (with the user's cookies for another site, or merely with AltCap's access to that site or
+// the intranet) would let any page learn what is in images it cannot read itself. So the
+// worker asks the content script for the bytes ("needs_bytes", "needs_canvas"), which reads
+// them as the page itself may (same-origin, or shared through CORS), or not at all; and the
+// caption cache is kept per page (top-level page and frame), so that a caption made for one
+// site never reaches another.
 
 export const MAX_IMAGES_PER_REQUEST = 32; // the server's ALTCAP_MAX_IMAGES_PER_REQUEST default
 export const MAX_BODY_CHARS = 12 * 1024 * 1024; // request bodies stay under the 20 MiB default
@@ -10,16 +19,15 @@ export const MAX_RETRY_WAIT_MS = 30_000; // a longer Retry-After: give up now, p
 export const BACKOFF_BASE_MS = 500; // 0.5 s, 1 s, 2 s (+ up to 25% jitter)
 export const REQUEST_TIMEOUT_MS = 60_000;
 export const UNREACHABLE_PAUSE_MS = 15_000; // after the server could not be reached at all
-export const IMAGE_FETCH_TIMEOUT_MS = 15_000;
-export const MAX_IMAGE_BYTES = 10 * 1024 * 1024; // as the server's ALTCAP_FETCH_MAX_BYTES
 export const CACHE_SIZE = 2000; // captions remembered while the service worker lives
 
 // Server answers meaning "I read the image but cannot decode its format" (SVG markup,
-// JPEG XL...): the browser, which shows it, may send a snapshot instead (allowBytes).
+// JPEG XL...): the browser, which shows it, may send a snapshot instead (allowBytes), a JPEG.
 export const UNDECODABLE = new Set(["unsupported_image", "not_an_image"]);
+const SNAPSHOT = /^data:image\/jpeg;base64,/i; // what a snapshot is: its answer is final
 
 // Server answers meaning "I could not download that image" (private address, login needed,
-// timeout, ...): the browser, which can see it, may send the bytes instead (allowBytes).
+// timeout, ...): the page, which may be able to read it, may send the bytes (allowBytes).
 export const SERVER_FETCH_ERRORS = new Set([
   "fetch_failed",
   "blocked_address",
@@ -78,7 +86,7 @@ export function retryDelay(attempt, retryAfter = null, { now = Date.now(), rando
 }
 
 /** Image URLs the server is unlikely to reach (and must not be made to): private addresses
- * and intranet names. With allowBytes the service worker sends these as bytes directly. */
+ * and intranet names. With allowBytes their bytes are asked for at once (needs_bytes). */
 export function isIntranetUrl(url) {
   let host;
   try {
@@ -128,15 +136,6 @@ export function urlKind(url) {
 
 export function captionsEndpoint(serverUrl) {
   return serverUrl.replace(/\/+$/, "") + "/v1/captions";
-}
-
-export function toBase64(data) {
-  const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
-  let binary = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(binary);
 }
 
 function errorFromBody(body, status) {
@@ -250,52 +249,27 @@ export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
   }
 }
 
-/** Download an image from the browser (cookies included: it is the image the user sees) and
- * return it as base64. Only used with allowBytes. Throws CaptionError. */
-export async function fetchImageBase64(url, deps = {}) {
-  const fetchImpl = deps.fetch || globalThis.fetch;
-  const maxBytes = deps.maxBytes ?? MAX_IMAGE_BYTES;
-  let response;
-  try {
-    response = await fetchWithTimeout(
-      fetchImpl,
-      url,
-      { credentials: "include", redirect: "follow" },
-      deps.timeoutMs ?? IMAGE_FETCH_TIMEOUT_MS,
-    );
-  } catch {
-    throw new CaptionError("image_fetch_failed", "the browser could not download the image");
-  }
-  if (!response.ok) {
-    throw new CaptionError("image_fetch_failed", `the image answered HTTP ${response.status}`);
-  }
-  const type = (response.headers && response.headers.get("Content-Type")) || "";
-  if (/^text\//i.test(type)) {
-    throw new CaptionError("image_fetch_failed", "the image address returned a web page, not an image");
-  }
-  const length = Number(response.headers && response.headers.get("Content-Length"));
-  if (length > maxBytes) throw new CaptionError("too_large", "the image is too large to send");
-  const buffer = await response.arrayBuffer();
-  if (buffer.byteLength > maxBytes) throw new CaptionError("too_large", "the image is too large to send");
-  if (buffer.byteLength === 0) throw new CaptionError("empty_image", "the image is empty");
-  return toBase64(buffer);
-}
-
 function fail(code, message) {
   return { error: { code, message } };
 }
 
 /**
- * Captions for a content script's images, with a cache (by server + URL), in-flight
- * de-duplication, chunking, and the allowBytes fall-backs. describe() never throws: every
- * image gets {id, caption, cached} or {id, error: {code, message}}.
+ * Captions for a content script's images, with a cache, in-flight de-duplication, chunking,
+ * and the allowBytes fall-backs. describe() never throws: every image gets {id, caption,
+ * cached} or {id, error: {code, message}}.
+ *
+ * The cache is keyed by scope (private windows apart), partition (the top-level page and the
+ * frame that asked), server and image URL; a caption made from bytes is marked so, and
+ * forgotten as soon as a request comes with allowBytes off.
  */
 export class CaptionClient {
   constructor(deps = {}) {
     this.deps = deps; // {fetch, sleep, now, random, maxRetries, timeoutMs}
     this.now = deps.now || Date.now;
     this.cacheSize = deps.cacheSize ?? CACHE_SIZE;
-    this.cache = new Map(); // key -> answer as from the cache (insertion order = least recently used first)
+    // key -> {answer, fromBytes} (insertion order = least recently used first)
+    this.cache = new Map();
+    this.bytesCached = false; // some entry is fromBytes
     this.inflight = new Map(); // key -> Promise<result>
     this.pausedUntil = 0;
     this.pauseError = null;
@@ -305,25 +279,33 @@ export class CaptionClient {
     this.cache.clear();
   }
 
-  cacheGet(key) {
-    if (!key || !this.cache.has(key)) return undefined;
-    const answer = this.cache.get(key);
-    this.cache.delete(key); // refresh: most recently used last
-    this.cache.set(key, answer);
-    return answer;
+  /** Drop every caption that was made from image bytes. */
+  forgetBytes() {
+    if (!this.bytesCached) return;
+    for (const [key, entry] of this.cache) if (entry.fromBytes) this.cache.delete(key);
+    this.bytesCached = false;
   }
 
-  cacheSet(key, answer) {
+  cacheGet(key) {
+    if (!key || !this.cache.has(key)) return undefined;
+    const entry = this.cache.get(key);
+    this.cache.delete(key); // refresh: most recently used last
+    this.cache.set(key, entry);
+    return entry.answer;
+  }
+
+  cacheSet(key, answer, fromBytes) {
     if (!key) return;
     this.cache.delete(key);
-    this.cache.set(key, answer);
+    this.cache.set(key, { answer, fromBytes });
+    if (fromBytes) this.bytesCached = true;
     while (this.cache.size > this.cacheSize) this.cache.delete(this.cache.keys().next().value);
   }
 
-  /** What to do with one image: {error} | {key, payload} | {key, fetchUrl}. */
-  plan(image, settings, scope) {
+  /** What to do with one image: {error} | {key, payload}. */
+  plan(image, settings, where) {
     const { url, data } = image;
-    const key = url.length <= 4096 ? `${scope}\n${settings.serverUrl}\n${url}` : null;
+    const key = url.length <= 4096 ? `${where}\n${settings.serverUrl}\n${url}` : null;
     const kind = urlKind(url);
     const bytesOff = fail(
       "bytes_not_allowed",
@@ -337,18 +319,22 @@ export class CaptionClient {
       return settings.allowBytes ? fail("needs_canvas", "send the image as data") : bytesOff;
     }
     if (kind !== "http") return fail("unsupported_url", "AltCap describes http(s), data: and blob: images only");
-    if (settings.allowBytes && isIntranetUrl(url)) return { key, fetchUrl: url };
+    if (settings.allowBytes && isIntranetUrl(url)) {
+      return fail("needs_bytes", "the server cannot reach this address; send the image as the page reads it");
+    }
     return { key, payload: { url } };
   }
 
   /** images: [{id, url, data?}]; settings: {serverUrl, apiKey, allowBytes}; scope separates
-   * caches (private windows get their own). */
-  async describe(images, settings, { scope = "normal" } = {}) {
+   * private windows' captions, partition the pages' ("top-level origin, frame origin"). */
+  async describe(images, settings, { scope = "normal", partition = "" } = {}) {
+    if (!settings.allowBytes) this.forgetBytes();
+    const where = `${scope}\n${partition}`;
     const answers = new Map();
     const fresh = [];
     const waits = [];
     for (const image of images) {
-      const plan = this.plan(image, settings, scope);
+      const plan = this.plan(image, settings, where);
       if (plan.error) {
         answers.set(image.id, plan);
         continue;
@@ -362,7 +348,7 @@ export class CaptionClient {
       if (!promise) {
         let resolve;
         promise = new Promise((r) => (resolve = r));
-        fresh.push({ plan, url: image.url, snapshot: image.data !== undefined, resolve });
+        fresh.push({ plan, url: image.url, resolve });
         if (plan.key) this.inflight.set(plan.key, promise);
       }
       waits.push(promise.then((result) => answers.set(image.id, result)));
@@ -372,67 +358,40 @@ export class CaptionClient {
     return images.map((image) => ({ id: image.id, ...answers.get(image.id) }));
   }
 
-  async run(allJobs, settings) {
-    let jobs = allJobs;
+  async run(jobs, settings) {
     const results = new Map(); // job -> result
     try {
       if (this.paused() && this.pauseError) {
         for (const job of jobs) results.set(job, { error: { ...this.pauseError } });
-        jobs = [];
+      } else {
+        await this.send(jobs, settings, results);
       }
-      // Intranet images with allowBytes: download here first.
-      await Promise.all(
-        jobs
-          .filter((job) => job.plan.fetchUrl)
-          .map(async (job) => {
-            try {
-              job.plan.payload = { data: await fetchImageBase64(job.plan.fetchUrl, this.deps) };
-            } catch (err) {
-              results.set(job, fail(err.code || "image_fetch_failed", err.message));
-            }
-          }),
-      );
-      let pending = jobs.filter((job) => !results.has(job));
-      await this.send(pending, settings, results);
-
-      // The server could not download some images: try sending their bytes (allowBytes).
       if (settings.allowBytes) {
-        const retry = pending.filter((job) => {
-          const r = results.get(job);
-          return r.error && SERVER_FETCH_ERRORS.has(r.error.code) && !job.plan.fetchUrl && urlKind(job.url) === "http";
-        });
-        await Promise.all(
-          retry.map(async (job) => {
-            try {
-              job.plan.payload = { data: await fetchImageBase64(job.url, this.deps) };
-            } catch (err) {
-              const first = results.get(job).error;
-              results.set(job, fail(first.code, `${first.message}; the browser could not download it either (${err.message})`));
-              job.failedAgain = true;
-            }
-          }),
-        );
-        pending = retry.filter((job) => !job.failedAgain);
-        if (pending.length) await this.send(pending, settings, results);
-
-        // A format the browser shows but the server does not decode (SVG, JPEG XL...): the
-        // content script sends a snapshot of the rendered image instead, once.
         for (const job of jobs) {
           const r = results.get(job);
-          if (!job.snapshot && r && r.error && UNDECODABLE.has(r.error.code)) {
+          const code = r && r.error && r.error.code;
+          if (!code) continue;
+          if (SERVER_FETCH_ERRORS.has(code) && job.plan.payload.url) {
+            // The server could not download it: the page may be able to read it.
+            results.set(job, fail("needs_bytes", `${r.error.message}; send the image as the page reads it`));
+          } else if (UNDECODABLE.has(code) && !SNAPSHOT.test(job.plan.payload.data || "")) {
+            // A format the browser shows but the server does not decode (SVG, JPEG XL...):
+            // the content script sends a snapshot of it (a JPEG), whose answer is final.
             results.set(job, fail("needs_canvas", `${r.error.message}; send a snapshot`));
           }
         }
       }
     } catch (err) {
-      for (const job of allJobs) {
+      for (const job of jobs) {
         if (!results.has(job)) results.set(job, fail("internal_error", String(err && err.message)));
       }
     }
-    for (const job of allJobs) {
+    for (const job of jobs) {
       const result = results.get(job) || fail("internal_error", "no result");
       // A caption comes from readResult(): {caption, cached, language?} already.
-      if (result.caption && job.plan.key) this.cacheSet(job.plan.key, { ...result, cached: true });
+      if (result.caption && job.plan.key) {
+        this.cacheSet(job.plan.key, { ...result, cached: true }, job.plan.payload.data !== undefined);
+      }
       if (job.plan.key) this.inflight.delete(job.plan.key);
       job.resolve(result);
     }

@@ -18,7 +18,7 @@ import { TabFrames, combineStatus } from "./tab-state.js";
 
 const IDS = { runtimeId: chrome.runtime.id, extensionOrigin: chrome.runtime.getURL("") };
 const SCRIPT_ID = "altcap";
-const SCRIPT_FILES = ["detection.js", "caption-text.js", "content-script.js"];
+const SCRIPT_FILES = ["detection.js", "caption-text.js", "page-image.js", "content-script.js"];
 const MENU_ID = "altcap-describe-image";
 const COMMAND = "describe-page";
 const TAB_STATE_KEY = "tabFrames"; // in chrome.storage.session
@@ -88,6 +88,30 @@ function senderHost(sender) {
   const fromOrigin = sender.origin && sender.origin !== "null" ? hostnameOf(sender.origin) : "";
   const top = !sender.frameId && sender.tab ? hostnameOf(sender.tab.url) : "";
   return hostnameOf(sender.url) || fromOrigin || top;
+}
+
+function originOf(url) {
+  try {
+    const origin = new URL(url).origin; // a blob: URL's is its creator's
+    return origin && origin !== "null" ? origin : "";
+  } catch {
+    return "";
+  }
+}
+
+/** Whose captions these are: the top-level page's origin and the asking frame's, as the
+ * browser says them (never as the page does). A caption made for one of them (from bytes
+ * only that page could read, say) is never handed to another. Where the browser does not say
+ * (no access to the tab's address; an opaque or about:blank frame), the tab or the frame
+ * stands in: a partition of its own, never a shared one. */
+function partitionOf(sender) {
+  const tab = sender.tab || {};
+  const top = originOf(tab.url) || `tab:${tab.id}`;
+  const frame =
+    (sender.origin && sender.origin !== "null" ? sender.origin : "") ||
+    originOf(sender.url) ||
+    `frame:${tab.id}:${frameOf(sender)}:${sender.documentId || ""}`;
+  return `${top} ${frame}`;
 }
 
 function frameOf(sender) {
@@ -309,7 +333,7 @@ async function describe(images, sender) {
   }
   if (refusal) return { results: images.map((image) => ({ id: image.id, ...refusal })) };
   const scope = sender.tab && sender.tab.incognito ? "incognito" : "normal";
-  return { results: await client.describe(images, settings, { scope }) };
+  return { results: await client.describe(images, settings, { scope, partition: partitionOf(sender) }) };
 }
 
 async function setBadge(tabId, described) {

@@ -16,7 +16,7 @@ const RUNTIME_ID = "altcap-test";
 const code = (name) => fs.readFileSync(path.join(EXTENSION_DIR, name), "utf8");
 
 /** A page with the content script injected. `worker(message)` plays the service worker. */
-function page({ elements = [], worker, auto = true, hello = {}, setup, dom, clock, onHello } = {}) {
+function page({ elements = [], worker, auto = true, hello = {}, setup, dom, clock, onHello, globals: extra = {}, extensionUrl } = {}) {
   const document = new FakeDocument();
   for (const el of elements) document.add(el);
   if (setup) setup(document);
@@ -26,6 +26,7 @@ function page({ elements = [], worker, auto = true, hello = {}, setup, dom, cloc
   const chrome = {
     runtime: {
       id: RUNTIME_ID,
+      getURL: (p = "") => (extensionUrl || `chrome-extension://${RUNTIME_ID}/`) + p,
       async sendMessage(message) {
         sent.push(message);
         if (message.type === "hello") {
@@ -41,6 +42,10 @@ function page({ elements = [], worker, auto = true, hello = {}, setup, dom, cloc
   const globals = clock ? { performance: clock } : {}; // node's own otherwise: none in the page
   const context = vm.createContext({
     ...globals,
+    location: { origin: "https://example.com", href: "https://example.com/page.html" },
+    URL,
+    btoa,
+    ...extra,
     chrome,
     document,
     // Unref'd: a page's timers (e.g. a custom element it keeps looking at) must not keep the
@@ -74,6 +79,7 @@ function page({ elements = [], worker, auto = true, hello = {}, setup, dom, cloc
   context.window = context;
   vm.runInContext(code("detection.js"), context);
   vm.runInContext(code("caption-text.js"), context);
+  vm.runInContext(code("page-image.js"), context);
   vm.runInContext(code("content-script.js"), context);
 
   /** Send a message as the extension would (sender.id = ours unless given). */
@@ -394,6 +400,7 @@ test("a content script whose extension is gone stays quiet", async () => {
   context.window = context;
   vm.runInContext(code("detection.js"), context);
   vm.runInContext(code("caption-text.js"), context);
+  vm.runInContext(code("page-image.js"), context);
   assert.doesNotThrow(() => vm.runInContext(code("content-script.js"), context));
   await sleep(50);
 });
@@ -643,4 +650,143 @@ test("describe-now in another frame of the tab describes quietly", async () => {
   await sleep(350);
   assert.equal(el.getAttribute("alt"), "Appears to be: A picture of a.jpg.");
   assert.equal(p.document.elements.some((e) => e.hasAttribute("data-altcap-live")), false);
+});
+
+// --- what a hostile page must not get (issue 20) -------------------------------------------
+
+const PNG = new Uint8Array([137, 80, 78, 71]);
+const image = (bytes, type) => new Response(bytes, { headers: { "Content-Type": type } });
+
+/** A page's fetch() (records its calls), a canvas that records what is drawn on it, and an
+ * Image that decodes data: URLs. */
+function browserParts(respond = () => image(PNG, "image/png")) {
+  const fetched = [];
+  const drawn = [];
+  const fetch = async (url, init) => {
+    fetched.push({ url, init });
+    return respond(url, init);
+  };
+  class Image {
+    constructor() {
+      this.naturalWidth = 64;
+      this.naturalHeight = 48;
+    }
+    decode() {
+      return /^data:image\//.test(this.src) ? Promise.resolve() : Promise.reject(new Error("cannot decode"));
+    }
+  }
+  const canvas = () => ({
+    getContext: () => ({ fillRect() {}, drawImage: (source) => drawn.push(source) }),
+    toDataURL: () => "data:image/jpeg;base64,/9j/c25hcHNob3Q=",
+  });
+  const setup = (document) => {
+    const create = document.createElement.bind(document);
+    document.createElement = (tag) => (tag === "canvas" ? canvas() : create(tag));
+  };
+  return { fetched, drawn, globals: { fetch, Image }, setup };
+}
+
+/** A worker that asks for `code` (needs_bytes, needs_canvas) first, and captions data. */
+const askingFor = (code) => (message) => ({
+  results: message.images.map((i) =>
+    i.data ? { id: i.id, caption: `From ${i.data.slice(0, 22)}` } : { id: i.id, error: { code, message: "send the image" } },
+  ),
+});
+
+test("needs_bytes: the content script reads the image as the page may (CORS, the page's credentials)", async () => {
+  const parts = browserParts();
+  const own = img({ src: "https://example.com/own.png" });
+  const shared = img({ src: "https://cdn.example/shared.png" });
+  shared.crossOrigin = "use-credentials"; // <img crossorigin="use-credentials">: the page sends cookies
+  const hero = ariaImage({}, 'url("https://cdn.example/hero.png")');
+  const p = page({ elements: [own, shared, hero], worker: askingFor("needs_bytes"), ...parts });
+  await sleep(200);
+  assert.deepEqual(
+    parts.fetched.map((f) => [f.url, f.init.mode, f.init.credentials]),
+    [
+      ["https://example.com/own.png", "cors", "same-origin"],
+      ["https://cdn.example/shared.png", "cors", "include"],
+      ["https://cdn.example/hero.png", "cors", "same-origin"],
+    ],
+  );
+  assert.deepEqual(parts.drawn, []); // the bytes as read, not a drawing of the page's image
+  const second = describes(p.sent)[1].images;
+  assert.deepEqual(Array.from(second, (i) => i.data), Array(3).fill("data:image/png;base64,iVBORw=="));
+  assert.equal(own.getAttribute("alt"), "Appears to be: From data:image/png;base64,");
+  assert.equal(hero.getAttribute("aria-label"), "Appears to be: From data:image/png;base64,");
+});
+
+test("needs_bytes: an image the page may not read (CORS refused) is not sent, and fails", async () => {
+  const parts = browserParts(() => {
+    throw new TypeError("Failed to fetch"); // what a CORS refusal looks like
+  });
+  const stolen = ariaImage({}, 'url("http://victim.test/secret.png")');
+  const button = new FakeElement("input", { type: "image", src: "http://victim.test/secret.png" });
+  const p = page({ elements: [stolen, button], worker: askingFor("needs_bytes"), ...parts });
+  await sleep(200);
+  assert.equal(parts.fetched.length, 2);
+  assert.equal(describes(p.sent).length, 1); // the address only: no bytes follow
+  assert.equal(stolen.hasAttribute("aria-label"), false);
+  assert.equal(button.hasAttribute("alt"), false);
+  assert.equal((await p.message({ type: "status" })).failed, 2);
+});
+
+test("needs_bytes: a web page instead of an image, or one too large, is not sent", async () => {
+  const parts = browserParts((url) =>
+    url.endsWith("login") ? image("<html>", "text/html") : new Response(PNG, { headers: { "Content-Type": "image/png", "Content-Length": String(64 * 1024 * 1024) } }),
+  );
+  const p = page({
+    elements: [img({ src: "https://example.com/login" }), img({ src: "https://example.com/huge.png" })],
+    worker: askingFor("needs_bytes"),
+    ...parts,
+  });
+  await sleep(200);
+  assert.equal(describes(p.sent).length, 1);
+  assert.equal((await p.message({ type: "status" })).failed, 2);
+});
+
+test("in Firefox the bytes are read with content.fetch(), the page's own", async () => {
+  // The content script's own fetch() carries the extension's principal there.
+  const own = browserParts();
+  const pageFetch = browserParts();
+  const p = page({
+    elements: [img({ src: "https://example.com/own.png" })],
+    worker: askingFor("needs_bytes"),
+    extensionUrl: "moz-extension://0c1d/",
+    ...own,
+    globals: { ...own.globals, content: { fetch: pageFetch.globals.fetch } },
+  });
+  await sleep(200);
+  assert.equal(own.fetched.length, 0);
+  assert.equal(pageFetch.fetched.length, 1);
+  assert.equal(describes(p.sent).length, 2);
+});
+
+test("needs_canvas: the snapshot is drawn from the bytes the page may read, never from the element", async () => {
+  // Firefox lets an extension with access to all sites read a canvas that a cross-origin
+  // image tainted, and a same-origin address may redirect to another site: what an <img>
+  // shows is not proof that the page may read it.
+  const svg = "<svg xmlns='http://www.w3.org/2000/svg' width='20' height='10'/>";
+  const parts = browserParts(() => image(svg, "image/svg+xml"));
+  const el = img({ src: "https://example.com/drawing.svg" });
+  const p = page({ elements: [el], worker: askingFor("needs_canvas"), ...parts });
+  await sleep(200);
+  assert.equal(parts.drawn.length, 1);
+  assert.notEqual(parts.drawn[0], el);
+  assert.match(parts.drawn[0].src, /^data:image\/svg\+xml;base64,/);
+  assert.equal(describes(p.sent)[1].images[0].data, "data:image/jpeg;base64,/9j/c25hcHNob3Q=");
+  assert.match(el.getAttribute("alt"), /^Appears to be: From data:image\/jpeg;base64/);
+});
+
+test("blob: images are drawn only when the page itself made them", async () => {
+  const parts = browserParts();
+  const mine = img({ src: "blob:https://example.com/1b2c" });
+  const theirs = img({ src: "blob:https://other.example/3d4e" });
+  const p = page({ elements: [mine, theirs], worker: askingFor("needs_canvas"), ...parts });
+  await sleep(200);
+  assert.deepEqual(parts.drawn, [mine]);
+  assert.equal(parts.fetched.length, 0);
+  assert.ok(mine.getAttribute("alt"));
+  assert.equal(theirs.hasAttribute("alt"), false);
+  assert.equal((await p.message({ type: "status" })).failed, 1);
 });

@@ -53,6 +53,7 @@ test("every referenced file exists", () => {
     manifest.options_ui.page,
     "detection.js",
     "caption-text.js",
+    "page-image.js",
     "content-script.js",
     "meaningless-alt.json",
   ];
@@ -62,7 +63,7 @@ test("every referenced file exists", () => {
   for (const name of files) assert.ok(exists(name), name);
   // The files the service worker injects.
   const sw = read("service-worker.js");
-  assert.match(sw, /SCRIPT_FILES = \["detection\.js", "caption-text\.js", "content-script\.js"\]/);
+  assert.match(sw, /SCRIPT_FILES = \["detection\.js", "caption-text\.js", "page-image\.js", "content-script\.js"\]/);
 });
 
 test("every .js file passes node --check", () => {

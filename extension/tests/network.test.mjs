@@ -8,13 +8,11 @@ import {
   CaptionClient,
   MAX_RETRIES,
   chunk,
-  fetchImageBase64,
   isIntranetUrl,
   languageName,
   parseRetryAfter,
   postCaptions,
   retryDelay,
-  toBase64,
 } from "../network.js";
 
 const SERVER = { serverUrl: "http://127.0.0.1:8000", apiKey: "" };
@@ -89,12 +87,6 @@ test("intranet URLs", () => {
   for (const url of ["https://example.com/a.png", "http://8.8.8.8/a.png", "http://172.32.0.1/a", "http://[2001:db8::1]/a", "nonsense"]) {
     assert.equal(isIntranetUrl(url), false, url);
   }
-});
-
-test("toBase64", () => {
-  assert.equal(toBase64(new Uint8Array([0, 1, 2, 253, 254, 255])), "AAEC/f7/");
-  const big = new Uint8Array(100_000).fill(65);
-  assert.equal(Buffer.from(toBase64(big), "base64").length, 100_000);
 });
 
 test("postCaptions sends the documented request and reads the results", async () => {
@@ -179,26 +171,6 @@ test("401 and other client errors are not retried", async () => {
 test("a malformed answer is an error, not a crash", async () => {
   const server = fakeServer(() => json(200, { results: [] }));
   await assert.rejects(postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch: server.fetch, ...noSleep }), (err) => err.code === "bad_response");
-});
-
-test("fetchImageBase64: bytes with cookies, limits, refusals", async () => {
-  let seen;
-  const ok = async (url, init) => {
-    seen = init;
-    return new Response(new Uint8Array([1, 2, 3]), { headers: { "Content-Type": "image/png" } });
-  };
-  assert.equal(await fetchImageBase64("https://intranet/a.png", { fetch: ok }), "AQID");
-  assert.equal(seen.credentials, "include");
-  const page = async () => new Response("<html>", { headers: { "Content-Type": "text/html" } });
-  await assert.rejects(fetchImageBase64("https://x/a", { fetch: page }), (e) => e.code === "image_fetch_failed");
-  const big = async () => new Response(new Uint8Array(11), { headers: { "Content-Type": "image/png" } });
-  await assert.rejects(fetchImageBase64("https://x/a", { fetch: big, maxBytes: 10 }), (e) => e.code === "too_large");
-  const missing = async () => new Response("", { status: 404 });
-  await assert.rejects(fetchImageBase64("https://x/a", { fetch: missing }), (e) => e.code === "image_fetch_failed");
-  const down = async () => {
-    throw new TypeError("Failed to fetch");
-  };
-  await assert.rejects(fetchImageBase64("https://x/a", { fetch: down }), (e) => e.code === "image_fetch_failed");
 });
 
 // --- CaptionClient ---------------------------------------------------------------------------
@@ -294,17 +266,17 @@ test("client: with allowBytes, data: is sent as data and blob: asks for a canvas
   assert.deepEqual(server.calls.map((c) => c.body.images), [[{ data: "data:image/png;base64,AAAA" }], [{ data: "data:image/jpeg;base64,/9j/" }]]);
 });
 
-test("client: the server cannot fetch an image -> the browser sends its bytes (allowBytes)", async () => {
-  const server = fakeServer(({ url, body }) => {
-    if (url.endsWith("/v1/captions")) {
-      return json(200, {
-        results: body.images.map((image) =>
-          image.url ? { error: { code: "fetch_failed", message: "the image answered HTTP 403" }, source: {} } : { caption: "A chart.", tokens: 2, cached: false, source: {} },
-        ),
-      });
-    }
-    return new Response(new Uint8Array([9, 9, 9]), { headers: { "Content-Type": "image/png" } }); // the image itself
-  });
+test("client: the server cannot fetch an image -> the content script is asked for its bytes (allowBytes)", async () => {
+  // The worker downloads no image: with the user's cookies (or just its host access) it could
+  // read what the page cannot, and the caption lands in the page. The content script reads
+  // the bytes as the page itself may (same-origin or CORS), or the image goes undescribed.
+  const server = fakeServer(({ body }) =>
+    json(200, {
+      results: body.images.map((image) =>
+        image.url ? { error: { code: "fetch_failed", message: "the image answered HTTP 403" }, source: {} } : { caption: "A chart.", tokens: 2, cached: false, source: {} },
+      ),
+    }),
+  );
   const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
   const image = [{ id: "a", url: "https://members.example.com/chart.png" }];
 
@@ -312,26 +284,26 @@ test("client: the server cannot fetch an image -> the browser sends its bytes (a
   assert.equal(off[0].error.code, "fetch_failed");
   assert.equal(server.calls.length, 1);
 
-  const on = await client.describe(image, { ...SETTINGS, allowBytes: true });
-  assert.deepEqual(on, [{ id: "a", caption: "A chart.", cached: false }]);
-  assert.deepEqual(server.calls.slice(1).map((c) => c.url), [
-    "http://127.0.0.1:8000/v1/captions",
-    "https://members.example.com/chart.png",
-    "http://127.0.0.1:8000/v1/captions",
-  ]);
-  assert.deepEqual(server.calls[3].body.images, [{ data: "CQkJ" }]);
+  const on = { ...SETTINGS, allowBytes: true };
+  const asked = await client.describe(image, on);
+  assert.equal(asked[0].error.code, "needs_bytes");
+  assert.deepEqual(server.calls.map((c) => c.url), Array(2).fill("http://127.0.0.1:8000/v1/captions")); // nothing else
+  const sent = await client.describe([{ ...image[0], data: "data:image/png;base64,CQkJ" }], on);
+  assert.deepEqual(sent, [{ id: "a", caption: "A chart.", cached: false }]);
+  assert.deepEqual(server.calls[2].body.images, [{ data: "data:image/png;base64,CQkJ" }]);
 });
 
 test("client: a format the server cannot decode -> a snapshot is asked for, once (allowBytes)", async () => {
   // SVG (and JPEG XL...) render in the browser but are not decoded by the server: with
-  // allowBytes the content script is asked for a canvas snapshot; the snapshot's own answer
-  // is final, so it can never loop; without allowBytes the server's error stands.
+  // allowBytes the content script is asked for a snapshot (a JPEG, drawn from bytes the page
+  // may read); a JPEG's own answer is final, so it can never loop; without allowBytes the
+  // server's error stands.
   const server = fakeServer(({ body }) =>
     json(200, {
       results: body.images.map((image) =>
         image.url
           ? { error: { code: image.url.endsWith(".svg") ? "unsupported_image" : "not_an_image", message: "the data is SVG markup" }, source: {} }
-          : image.data.startsWith("data:image/jpeg")
+          : image.data.startsWith("data:image/jpeg;base64,/9j/")
             ? { caption: "A drawing of a house.", tokens: 5, cached: false, source: {} }
             : { error: { code: "not_an_image", message: "still no raster" }, source: {} },
       ),
@@ -349,21 +321,57 @@ test("client: a format the server cannot decode -> a snapshot is asked for, once
   const asked = await client.describe(images, on);
   assert.deepEqual(asked.map((r) => r.error.code), ["needs_canvas", "needs_canvas"]);
   assert.match(asked[0].error.message, /SVG markup; send a snapshot/);
+  const svg = await client.describe([{ ...images[0], data: "data:image/svg+xml;base64,PHN2Zz4=" }], on);
+  assert.equal(svg[0].error.code, "needs_canvas"); // the bytes themselves: draw them
   const snap = await client.describe([{ ...images[0], data: "data:image/jpeg;base64,/9j/" }], on);
   assert.deepEqual(snap, [{ id: "s", caption: "A drawing of a house.", cached: false }]);
-  const bad = await client.describe([{ ...images[1], data: "data:image/png;base64,AAAA" }], on);
+  const bad = await client.describe([{ ...images[1], data: "data:image/jpeg;base64,AAAA" }], on);
   assert.equal(bad[0].error.code, "not_an_image"); // a snapshot the server refuses: final
 });
 
-test("client: intranet images with allowBytes go as bytes straight away", async () => {
-  const server = fakeServer(({ url, body }) =>
-    url.endsWith("/v1/captions") ? captionAll({ body }) : new Response(new Uint8Array([1, 2, 3]), { headers: { "Content-Type": "image/png" } }),
-  );
+test("client: intranet images with allowBytes: their bytes are asked of the content script, none downloaded", async () => {
+  const server = fakeServer(captionAll);
   const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
   const results = await client.describe([{ id: "a", url: "http://wiki.corp/logo.png" }], { ...SETTINGS, allowBytes: true });
-  assert.ok(results[0].caption);
-  assert.deepEqual(server.calls.map((c) => c.url), ["http://wiki.corp/logo.png", "http://127.0.0.1:8000/v1/captions"]);
-  assert.deepEqual(server.calls[1].body.images, [{ data: "AQID" }]);
+  assert.equal(results[0].error.code, "needs_bytes");
+  assert.equal(server.calls.length, 0); // neither the image nor the server
+});
+
+test("client: captions are kept per page (top-level page and frame): another site asks again", async () => {
+  // A caption made for one site (from bytes only that site could read, say) must not reach
+  // another that asks for the same address; and which images another site showed is none of
+  // a page's business either.
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const image = [{ id: "a", url: "https://cdn.example/photo.jpg" }];
+  const victim = { partition: "https://victim.example https://victim.example" };
+  const hostile = { partition: "https://hostile.example https://hostile.example" };
+  assert.equal((await client.describe(image, SETTINGS, victim))[0].cached, false);
+  assert.equal((await client.describe(image, SETTINGS, victim))[0].cached, true);
+  assert.equal((await client.describe(image, SETTINGS, hostile))[0].cached, false);
+  assert.equal(server.calls.length, 2);
+  // ...in flight too: two sites asking at once are two requests.
+  const url = "https://cdn.example/other.jpg";
+  await Promise.all([
+    client.describe([{ id: "b", url }], SETTINGS, victim),
+    client.describe([{ id: "c", url }], SETTINGS, hostile),
+  ]);
+  assert.equal(server.calls.length, 4);
+});
+
+test("client: a caption made from bytes is not used once sending bytes is off", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const url = "https://members.example/chart.png";
+  const on = { ...SETTINGS, allowBytes: true };
+  const fromBytes = await client.describe([{ id: "a", url, data: "data:image/png;base64,CQkJ" }], on);
+  assert.equal(fromBytes[0].caption, "About bytes data:ima.");
+  assert.equal((await client.describe([{ id: "b", url }], on))[0].caption, "About bytes data:ima."); // cached
+  // Off: the server is asked for the address, and the bytes' caption is forgotten.
+  const off = await client.describe([{ id: "c", url }], SETTINGS);
+  assert.deepEqual(off, [{ id: "c", caption: `About ${url}.`, cached: false }]);
+  assert.equal(server.calls.length, 2);
+  assert.equal([...client.cache.values()].some((entry) => entry.fromBytes), false);
 });
 
 test("client: server down -> failures, then a pause without requests, then back", async () => {

@@ -229,7 +229,7 @@ test("registration follows consent, mode, lists and granted sites", async () => 
   const registration = await send({ type: "sync" }, POPUP);
   assert.deepEqual(registration.matches, ["*://*.news.example/*", "http://127.0.0.1/*"]);
   const [script] = chrome.scripting.scripts;
-  assert.deepEqual(script.js, ["detection.js", "caption-text.js", "content-script.js"]);
+  assert.deepEqual(script.js, ["detection.js", "caption-text.js", "page-image.js", "content-script.js"]);
   assert.equal(script.allFrames, true); // iframes, each matched by its own URL
   assert.equal(script.matchOriginAsFallback, true); // about:blank / srcdoc by their origin
   assert.deepEqual(script.excludeMatches, ["*://*.ads.example/*"]);
@@ -258,7 +258,7 @@ test("describe-tab injects through activeTab, then asks the page", async () => {
   log.tabMessages.length = 0;
   const answer = await send({ type: "describe-tab", tabId: 5 }, POPUP);
   assert.equal(answer.ok, true);
-  const files = ["detection.js", "caption-text.js", "content-script.js"];
+  const files = ["detection.js", "caption-text.js", "page-image.js", "content-script.js"];
   assert.deepEqual(log.executed.at(-2), { target: { tabId: 5, frameIds: [0] }, files });
   assert.deepEqual(log.executed.at(-1), { target: { tabId: 5, allFrames: true }, files }); // iframes
   assert.deepEqual(log.tabMessages.map((m) => m.message.type), ["ping", "describe-now"]);
@@ -388,4 +388,30 @@ test("each frame's own site decides: never sites, and about:blank frames by thei
   assert.equal((await send({ type: "hello" }, blank)).enabled, false);
   assert.equal((await send({ type: "hello" }, frame(5, "https://news.example/"))).enabled, true);
   chrome.storage.sync.data.sitesNever = [];
+});
+
+// --- what a hostile page must not get (issue 20) -------------------------------------------
+
+const onSite = (site, tabId = 5) => ({ id: ID, tab: { id: tabId, incognito: false, url: `${site}/` }, frameId: 0, url: `${site}/`, origin: site });
+
+test("captions are kept per page: another site asking for the same image is not answered from the cache", async () => {
+  await consent();
+  const images = [{ id: "i1", url: "https://cdn.example/kept-per-site.jpg" }];
+  const before = log.server.length;
+  assert.equal((await send({ type: "describe", images }, onSite("https://victim.example"))).results[0].cached, false);
+  assert.equal((await send({ type: "describe", images }, onSite("https://victim.example"))).results[0].cached, true);
+  assert.equal((await send({ type: "describe", images }, onSite("https://hostile.example", 6))).results[0].cached, false);
+  // an iframe of the hostile site inside the victim's page: another partition again
+  const framed = { ...onSite("https://victim.example"), frameId: 3, url: "https://hostile.example/ad", origin: "https://hostile.example" };
+  assert.equal((await send({ type: "describe", images }, framed)).results[0].cached, false);
+  assert.equal(log.server.length, before + 3);
+});
+
+test("the worker downloads no image, even with image bytes allowed: it asks the content script", async () => {
+  await consent({ allowBytes: true });
+  const before = log.server.length;
+  const answer = await send({ type: "describe", images: [{ id: "i1", url: "http://wiki.corp/private.png" }] });
+  assert.equal(answer.results[0].error.code, "needs_bytes");
+  assert.equal(log.server.length, before); // neither the image nor the server
+  chrome.storage.sync.data.allowBytes = false;
 });

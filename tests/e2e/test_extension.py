@@ -260,11 +260,12 @@ def test_an_image_the_server_cannot_decode_is_described_from_a_snapshot(
     browser: Browser, service: Service, site: str
 ) -> None:
     # An SVG, which the server does not decode. With image bytes allowed, an image on an
-    # intranet address (127.0.0.1 here) goes as bytes at once: the worker downloads the SVG
-    # and sends it, the server answers not_an_image (SVG markup), and the worker asks the
-    # content script for a snapshot, which sends the image as the browser drew it (a JPEG).
-    # The description is written as for any other image. (A public SVG takes the same path
-    # from the server's unsupported_image: network.test.mjs.)
+    # intranet address (127.0.0.1 here) goes as bytes at once: the worker asks the content
+    # script for them, which reads the SVG as the page may (its own image) and sends it, the
+    # server answers not_an_image (SVG markup), and the worker asks for a snapshot, which the
+    # content script draws from those bytes (a JPEG). The description is written as for any
+    # other image. (A public SVG takes the same path from the server's unsupported_image:
+    # network.test.mjs.)
     service.reset()
     options = open_options(browser)
     options.get_by_label("Send image bytes when the server cannot download an image").check()
@@ -274,7 +275,7 @@ def test_an_image_the_server_cannot_decode_is_described_from_a_snapshot(
     drawing = page.locator("#drawing")
     expect(drawing).to_have_attribute("alt", PREFIX)
     expect(drawing).to_have_attribute("data-altcap", "__none__")
-    svg = base64.b64encode(DRAWING_SVG.encode())[:32].decode()
+    svg = ("data:image/svg+xml;base64," + base64.b64encode(DRAWING_SVG.encode()).decode())[:32]
     with service.lock:
         assert service.sent_urls == []
         sent = list(service.sent_data)
