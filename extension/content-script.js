@@ -28,8 +28,12 @@
 (function () {
   "use strict";
   // Injected twice (registered script, then "describe now")? The first copy does the work.
-  if (globalThis.__altcapContentScript) return;
-  globalThis.__altcapContentScript = true;
+  // Its mark is a symbol of this world's registry: a page's named elements are properties of
+  // window even here (<div id="__altcapContentScript"> once switched AltCap off for its page),
+  // but their names are strings, and the page's scripts have a registry of their own.
+  const RUNNING = Symbol.for("altcap.content-script");
+  if (globalThis[RUNNING]) return;
+  globalThis[RUNNING] = true;
 
   const D = globalThis.AltCapDetection;
   const P = globalThis.AltCapPageImage; // page-image.js: an image's bytes, as the page reads them

@@ -654,6 +654,24 @@ test("describe-now in another frame of the tab describes quietly", async () => {
 
 // --- what a hostile page must not get (issue 20) -------------------------------------------
 
+test("a page cannot switch AltCap off by naming an element after its guard (DOM clobbering)", async () => {
+  // <div id="__altcapContentScript"> makes window.__altcapContentScript that element, in the
+  // content script's world too: a guard kept in that global took the page for one already
+  // described. The guard is a symbol now, which no element can be named.
+  const el = img({ src: "https://example.com/a.jpg" });
+  const named = (id) => new FakeElement("div", { id });
+  const p = page({
+    elements: [el],
+    worker: captionEach,
+    globals: { __altcapContentScript: named("__altcapContentScript"), AltCapDetection: named("AltCapDetection") },
+  });
+  await sleep(120);
+  assert.equal(el.getAttribute("alt"), "Appears to be: A picture of a.jpg.");
+  p.inject(); // a second copy (describe-now) still does nothing
+  await sleep(50);
+  assert.equal(p.sent.filter((m) => m.type === "hello").length, 1);
+});
+
 const PNG = new Uint8Array([137, 80, 78, 71]);
 const image = (bytes, type) => new Response(bytes, { headers: { "Content-Type": type } });
 

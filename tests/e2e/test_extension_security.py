@@ -10,6 +10,9 @@ read itself (its own image, and one the victim shares with every site through CO
 nothing of the private image: its bytes are read only as the page itself may read them, no
 request of the extension carries the victim's cookie, and a caption made for the victim's own
 page is not handed to another site.
+
+Also: a page cannot switch the extension off by naming an element after its guard (DOM
+clobbering).
 """
 
 from __future__ import annotations
@@ -260,6 +263,19 @@ def test_a_description_made_for_one_site_is_not_handed_to_another(
     assert not any(r["cookie"] for r in victim.requests("/secret.png")[asked_before:])
 
 
+def test_a_page_cannot_switch_the_extension_off_by_naming_an_element(
+    chromium: Browser, service: Service, hostile: Site
+) -> None:
+    # <div id="__altcapContentScript"> is window.__altcapContentScript, in the content
+    # script's world too: a check of that global took the page for one already described.
+    service.reset()
+    options = open_options(chromium)
+    set_server(options, service.url, agree=True)
+    page = chromium.open_page(f"{hostile.url}/clobber.html")
+    expect_machine_text(page, "#clobbered")
+    assert chromium.errors == []
+
+
 # --- Firefox -------------------------------------------------------------------------------
 
 FIREFOX_SETTINGS = {"allowBytes": True}
@@ -326,3 +342,11 @@ def test_firefox_a_description_made_for_one_site_is_not_handed_to_another(
     assert stolen_text(lambda js: firefox.evaluate(other, js)) == [None, None]
     assert secret_sent(service) == 1
     assert not any(r["cookie"] for r in victim.requests("/secret.png")[asked_before:])
+
+
+def test_firefox_a_page_cannot_switch_the_extension_off_by_naming_an_element(
+    firefox: Firefox, hostile: Site
+) -> None:
+    tab = firefox.new_tab()
+    firefox.navigate(tab, f"{hostile.url}/clobber.html")
+    firefox_machine_text(firefox, tab, "clobbered")
