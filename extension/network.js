@@ -204,6 +204,9 @@ export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
     body: JSON.stringify({ images: payloads }),
     credentials: "omit", // the user's cookies are none of the server's business
     cache: "no-store",
+    // A redirect (a 307 keeps the method and body) would send the images elsewhere, to an
+    // address the user never agreed to: refused, as the message below says.
+    redirect: "error",
   };
 
   for (let attempt = 0; ; attempt++) {
@@ -220,7 +223,7 @@ export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
       }
       throw new CaptionError(
         "server_unreachable",
-        `cannot reach the AltCap server at ${serverUrl} (is it running? is the address right?)`,
+        "cannot reach the AltCap server (is it running? is the address right? AltCap does not follow redirects: give the address the server answers at)",
       );
     }
 

@@ -9,6 +9,7 @@ import {
   DEFAULTS,
   coversAllSites,
   hostPattern,
+  isPlainHttpElsewhere,
   loadSettings,
   normalizeServerUrl,
   originPattern,
@@ -84,8 +85,14 @@ function requestHosts(hosts) {
   }
 }
 
+/** The warning under the server address: shown for plain http:// to another computer. */
+function warnIfPlain() {
+  $("server-url-warning").hidden = !isPlainHttpElsewhere($("server-url").value.trim());
+}
+
 function fill(settings) {
   $("server-url").value = settings.serverUrl;
+  warnIfPlain();
   $("api-key").value = settings.apiKey || "";
   $("prefix").value = settings.prefix;
   $("mode-auto").checked = settings.mode === "auto";
@@ -186,6 +193,7 @@ $("withdraw").addEventListener("click", async () => {
 });
 $("server-url").addEventListener("input", () => {
   $("consent-server").textContent = normalizeServerUrl($("server-url").value) || $("server-url").value;
+  warnIfPlain();
 });
 
 $("allow-server").addEventListener("click", () => {

@@ -404,8 +404,10 @@ async function checkServer() {
     return { ok: false, message: "Agree to the privacy notice first: until then AltCap contacts no server." };
   }
   const headers = settings.apiKey ? { Authorization: `Bearer ${settings.apiKey}` } : {};
+  const url = settings.serverUrl + "/readyz";
   try {
-    const response = await fetch(settings.serverUrl + "/readyz", { headers, credentials: "omit", cache: "no-store" });
+    // No redirect is followed (nor is one when captioning): "ready" must be this server's word.
+    const response = await fetch(url, { headers, credentials: "omit", cache: "no-store", redirect: "error" });
     const body = await response.json().catch(() => null);
     if (response.ok) {
       return { ok: true, message: `The AltCap server at ${settings.serverUrl} is ready${serverDetails(body)}.` };
@@ -413,10 +415,27 @@ async function checkServer() {
     const detail = body && body.error && body.error.message ? `: ${body.error.message}` : "";
     return { ok: false, message: `The server answered HTTP ${response.status}${detail}.` };
   } catch {
+    if (await redirects(url)) {
+      return {
+        ok: false,
+        message: `${settings.serverUrl} answers with a redirect to another address. AltCap follows no redirect (it would send your images, and the browser the request's body without the API key, to wherever it points): enter the address the server itself answers at, for example https:// instead of http://.`,
+      };
+    }
     return {
       ok: false,
       message: `Cannot reach ${settings.serverUrl}. Is the server running? If it does not allow this extension's origin (CORS), use "Allow AltCap to reach this server".`,
     };
+  }
+}
+
+/** Whether `url` answers with a redirect: asked once more without following it, and without
+ * the API key (fetch() fails the same way for a refused redirect as for no server at all). */
+async function redirects(url) {
+  try {
+    const response = await fetch(url, { credentials: "omit", cache: "no-store", redirect: "manual" });
+    return response.type === "opaqueredirect" || (response.status >= 300 && response.status < 400);
+  } catch {
+    return false;
   }
 }
 

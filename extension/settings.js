@@ -36,6 +36,23 @@ export function normalizeServerUrl(text) {
   return url.origin + url.pathname.replace(/\/+$/, "");
 }
 
+/** True for a plain http:// address on another computer: what is sent there (images, their
+ * addresses, the API key) crosses the network unencrypted. Loopback addresses (127.0.0.0/8,
+ * [::1], localhost and *.localhost) never leave this computer. */
+export function isPlainHttpElsewhere(url) {
+  let parsed;
+  try {
+    parsed = new URL(String(url ?? ""));
+  } catch {
+    return false;
+  }
+  if (parsed.protocol !== "http:") return false;
+  const host = parsed.hostname.toLowerCase().replace(/\.$/, "");
+  const loopback =
+    host === "localhost" || host.endsWith(".localhost") || host === "[::1]" || /^127(\.\d{1,3}){3}$/.test(host);
+  return !loopback;
+}
+
 /** A host the user typed ("Example.com", "https://www.example.com/page", "*.example.com",
  * "localhost:8080") -> "example.com", "www.example.com", "example.com", "localhost"; or null.
  * Ports are dropped: browser match patterns cannot name them. */

@@ -112,6 +112,9 @@ test("postCaptions sends the documented request and reads the results", async ()
   assert.equal(call.init.method, "POST");
   assert.equal(call.init.headers.Authorization, "Bearer k1");
   assert.equal(call.init.credentials, "omit");
+  // No redirect is followed: a 307 would send the body (image addresses or bytes) on to
+  // wherever it points, and "Check the server" would report that other server ready.
+  assert.equal(call.init.redirect, "error");
   assert.deepEqual(call.body, { images: [{ url: "https://example.com/cat.jpg" }, { data: "AAAA" }] });
 });
 
@@ -156,7 +159,11 @@ test("server down: retried, then server_unreachable", async () => {
     tries++;
     throw new TypeError("Failed to fetch");
   };
-  await assert.rejects(postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch, ...noSleep }), (err) => err.code === "server_unreachable");
+  await assert.rejects(
+    postCaptions([{ url: "https://x/a.png" }], SERVER, { fetch, ...noSleep }),
+    // a redirect refused looks the same to fetch(): the message says so
+    (err) => err.code === "server_unreachable" && /does not follow redirects/.test(err.message),
+  );
   assert.equal(tries, MAX_RETRIES + 1);
 });
 

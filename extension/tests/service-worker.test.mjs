@@ -39,6 +39,7 @@ let contentScriptPresent = false;
 // Frames of tab 7 that run the content script: frameId -> {showing, found, described, failed}.
 const tab7 = new Map();
 let injectableFrames = [0]; // what executeScript({allFrames}) reaches
+let redirecting = false; // the server's /readyz answers 307 to another origin
 
 const chrome = {
   runtime: {
@@ -120,6 +121,11 @@ globalThis.fetch = async (url, init = {}) => {
     return new Response(fs.readFileSync(path.join(EXTENSION_DIR, url.slice(ORIGIN.length))));
   }
   log.server.push({ url, init });
+  if (url.endsWith("/readyz") && redirecting) {
+    // What a browser does with a 307 to another origin, by the request's redirect mode.
+    if (init.redirect === "error") throw new TypeError("Failed to fetch");
+    if (init.redirect === "manual") return { type: "opaqueredirect", status: 0, ok: false, json: async () => null };
+  }
   if (url.endsWith("/readyz")) {
     return new Response(JSON.stringify({ status: "ready", model: "photos/final@1a2b3c4d", language: "de" }));
   }
@@ -414,4 +420,19 @@ test("the worker downloads no image, even with image bytes allowed: it asks the 
   assert.equal(answer.results[0].error.code, "needs_bytes");
   assert.equal(log.server.length, before); // neither the image nor the server
   chrome.storage.sync.data.allowBytes = false;
+});
+
+test("Check the server follows no redirect, and says so", async () => {
+  await consent();
+  redirecting = true;
+  try {
+    const check = await send({ type: "check-server" }, POPUP);
+    assert.equal(check.ok, false);
+    assert.match(check.message, /redirect/);
+    const asked = log.server.filter((r) => r.url.endsWith("/readyz")).slice(-2);
+    assert.deepEqual(asked.map((r) => r.init.redirect), ["error", "manual"]);
+    assert.equal(asked[1].init.headers, undefined); // the probe carries no API key
+  } finally {
+    redirecting = false;
+  }
 });

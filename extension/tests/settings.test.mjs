@@ -9,6 +9,7 @@ import {
   coversAllSites,
   hostMatches,
   hostPattern,
+  isPlainHttpElsewhere,
   loadSettings,
   normalizeHost,
   normalizeServerUrl,
@@ -144,4 +145,13 @@ test("the API key is stored locally, never synced", async () => {
   assert.equal(loaded.apiKey, "s3cret");
   assert.equal(loaded.serverUrl, "https://altcap.example");
   assert.equal(loaded.consented, true);
+});
+
+test("a plain http:// server on another computer is flagged; loopback and https are not", () => {
+  for (const url of ["http://altcap.example:8000", "http://192.168.1.20:8000", "http://10.0.0.1", "http://[fd00::1]:8000"]) {
+    assert.equal(isPlainHttpElsewhere(url), true, url);
+  }
+  for (const url of ["https://altcap.example", "http://127.0.0.1:8000", "http://127.8.9.10", "http://localhost:8000", "http://api.localhost", "http://[::1]:8000", "not a url"]) {
+    assert.equal(isPlainHttpElsewhere(url), false, url);
+  }
 });

@@ -12,7 +12,7 @@ request of the extension carries the victim's cookie, and a caption made for the
 page is not handed to another site.
 
 Also: a page cannot switch the extension off by naming an element after its guard (DOM
-clobbering).
+clobbering), and the extension follows no redirect of its server.
 """
 
 from __future__ import annotations
@@ -274,6 +274,69 @@ def test_a_page_cannot_switch_the_extension_off_by_naming_an_element(
     page = chromium.open_page(f"{hostile.url}/clobber.html")
     expect_machine_text(page, "#clobbered")
     assert chromium.errors == []
+
+
+def test_the_server_address_is_not_followed_through_a_redirect(
+    chromium: Browser, service: Service, hostile: Site
+) -> None:
+    # A server address that answers 307 to another origin: the browser would re-send the
+    # POST body (image addresses or bytes) there, without the API key.
+    moved = Site()
+    target = service.url
+
+    class Redirect(BaseHTTPRequestHandler):
+        def redirect(self) -> None:
+            with moved.lock:
+                moved.log.append({"path": self.path, "method": self.command})
+            self.send_response(307)
+            self.send_header("Location", target + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_OPTIONS = redirect
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with serve_handler(Redirect) as address:
+        service.reset()
+        options = open_options(chromium)
+        set_server(options, address, agree=True)
+        options.get_by_role("button", name="Check the server").click()
+        expect(options.locator("#status")).to_contain_text("redirect")
+        expect(options.locator("#status")).not_to_contain_text("is ready")
+        page = chromium.open_page(f"{hostile.url}/clobber.html")
+        wait_until(lambda: posted(moved), "the page's image was never asked about")
+        popup = open_popup(chromium, chromium.tab_id(f"{hostile.url}/clobber.html"))
+        expect(popup.locator("#failed")).to_have_text("1")
+        assert page.locator("#clobbered").get_attribute("alt") is None
+        assert ("POST", "/v1/captions") not in [r[:2] for r in service.from_browser()]
+        assert ("GET", "/readyz") not in [r[:2] for r in service.from_browser()]
+
+
+def posted(site: Site) -> bool:
+    with site.lock:
+        return any(r["method"] == "POST" for r in site.log)
+
+
+def test_the_options_warn_of_a_plain_http_server_on_another_computer(chromium: Browser) -> None:
+    options = open_options(chromium)
+    field_ = options.get_by_label("AltCap server address")
+    warning = options.locator("#server-url-warning")
+    for address, shown in [
+        ("http://altcap.example:8000", True),
+        ("http://192.168.1.20:8000", True),
+        ("https://altcap.example", False),
+        ("http://127.0.0.1:8000", False),
+        ("http://localhost:8000", False),
+        ("http://[::1]:8000", False),
+    ]:
+        field_.fill(address)
+        if shown:
+            expect(warning).to_be_visible()
+            expect(warning).to_contain_text("not encrypted")
+        else:
+            expect(warning).to_be_hidden()
 
 
 # --- Firefox -------------------------------------------------------------------------------
