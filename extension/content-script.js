@@ -44,6 +44,17 @@
   const FLUSH_DELAY_MS = 40; // gather images found together into one batch
   const COUNTS_DELAY_MS = 400; // badge updates, throttled
   const MAX_REWRITES = 3; // the page keeps resetting an alt we wrote: stop after this
+  // What a failed "Describe this image" says, by error code: AltCap's words only, never the
+  // server's (its address, its messages), since the page reads its own live region.
+  const FAILURES = {
+    no_consent: "agree to the privacy notice in AltCap's options first",
+    incognito_off: "AltCap is off in private windows",
+    bytes_not_allowed: "it is not at a public address, and sending image bytes is off in AltCap's options",
+    needs_bytes: "this page does not let AltCap read it",
+    needs_canvas: "this page does not let AltCap read it",
+    server_unreachable: "the AltCap server did not answer",
+    server_timeout: "the AltCap server did not answer",
+  };
   const PRIORITY = { focused: 0, visible: 1, other: 2 };
   const SELECTOR = 'img, input[type="image" i], [role~="img" i]'; // ARIA images: role="img"
   const WATCHED = ["src", "srcset", "sizes", "alt", "aria-label", "aria-labelledby", "aria-hidden", "role", "title"];
@@ -742,11 +753,12 @@
         described = answerOf(r);
         captions.set(url, described);
       } else {
-        error = (r && r.error) || (answer && answer.error) || { message: "no answer from AltCap" };
+        error = (r && r.error) || (answer && answer.error) || { code: "no_answer" };
       }
     }
     if (!described) {
-      announce(`AltCap could not describe this image: ${error.message || error.code}.`);
+      const reason = FAILURES[error.code];
+      announce(`AltCap could not describe this image${reason ? ": " + reason : ""}.`);
       return { ok: false, error };
     }
     if (el) write(el, url, described, true);

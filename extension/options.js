@@ -163,7 +163,10 @@ async function finishSave(values, consent, access) {
     changes.consented = false;
     notes.push("The server address changed, so AltCap stopped sending images: read the notice and agree again.");
   }
-  await saveSettings(changes);
+  const saved = await saveSettings(changes);
+  if (saved.apiKeyKept === "session") {
+    notes.push("This browser gives AltCap no private place to keep the API key: it is kept until the browser closes.");
+  }
   const granted = await access;
   if (granted === false) notes.push('Access to the "always" sites was not granted; AltCap describes them only when you ask.');
   else if (typeof granted === "string") notes.push(`Access to the "always" sites could not be requested: ${granted}.`);

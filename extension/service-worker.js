@@ -177,8 +177,8 @@ async function doSync() {
 }
 
 async function setup() {
-  // The API key is in storage.local; content scripts have no use for storage at all, so
-  // close both areas to them where the browser supports it (Chrome with per-area levels).
+  // Content scripts have no use for storage at all (the API key is not there either: see
+  // settings.js), so close both areas to them where the browser supports it (Chrome).
   for (const area of [chrome.storage.local, chrome.storage.sync]) {
     try {
       await area.setAccessLevel({ accessLevel: "TRUSTED_CONTEXTS" });
@@ -211,9 +211,9 @@ chrome.runtime.onInstalled.addListener((details) => {
 });
 chrome.runtime.onStartup.addListener(() => setup());
 chrome.storage.onChanged.addListener((changes, area) => {
-  if (area === "sync" && ["consented", "mode", "sitesAlways", "sitesNever"].some((k) => k in changes)) {
-    syncRegistration();
-  }
+  // The consent is this browser's (storage.local); the preferences roam (storage.sync).
+  const keys = area === "local" ? ["consented", "consentedServer"] : ["serverUrl", "mode", "sitesAlways", "sitesNever"];
+  if ((area === "local" || area === "sync") && keys.some((k) => k in changes)) syncRegistration();
 });
 chrome.permissions.onAdded.addListener(() => syncRegistration());
 chrome.permissions.onRemoved.addListener(() => syncRegistration());

@@ -3,9 +3,15 @@
 // node tests cover it.
 //
 // Where settings live:
-//   chrome.storage.sync  - everything in DEFAULTS (follows the user to their other browsers)
-//   chrome.storage.local - apiKey only: a secret stays on this machine; only the service
-//                          worker and the options page read it, never a content script.
+//   chrome.storage.sync  - everything in DEFAULTS but the consent (the preferences follow the
+//                          user to their other browsers)
+//   chrome.storage.local - the consent, {consented, consentedServer}: given in this browser
+//                          and for that server address, so it neither roams to a browser where
+//                          the user never agreed nor covers a server address synced from one
+//   secretStore()        - apiKey: IndexedDB of the extension's own origin, which the service
+//                          worker and the options page open and no content script can (they
+//                          run in the page's origin). Not storage.local: Firefox hands that to
+//                          content scripts, with no setAccessLevel() to stop it.
 
 export const DEFAULTS = Object.freeze({
   serverUrl: "http://127.0.0.1:8000", // the AltCap service (make run serves here)
@@ -17,6 +23,8 @@ export const DEFAULTS = Object.freeze({
   allowIncognito: false, // describe in private windows (when the browser lets AltCap run there)
   consented: false, // nothing reaches the server before the user agrees on the options page
 });
+
+const SYNCED = Object.keys(DEFAULTS).filter((key) => key !== "consented");
 
 export const MODES = Object.freeze(["auto", "on-demand"]);
 export const MAX_PREFIX_LENGTH = 80;
@@ -195,24 +203,121 @@ export function withSite(settings, host, on) {
 
 // --- storage (chrome.* from here on) -----------------------------------------------------
 
-/** All settings plus apiKey. `storage` defaults to chrome.storage (tests pass a fake). */
-export async function loadSettings(storage = globalThis.chrome.storage) {
+const SECRETS_DB = "altcap"; // IndexedDB database of the extension's origin
+const SECRETS_STORE = "secrets"; // its object store: name -> value
+
+/** A key-value store in IndexedDB (`factory`: indexedDB); every call throws where there is
+ * none (node, or a browser that keeps it from extensions, as Firefox may in permanent
+ * private browsing). */
+export function indexedDbStore(factory = globalThis.indexedDB) {
+  const open = () =>
+    new Promise((resolve, reject) => {
+      if (!factory) throw new Error("no IndexedDB here");
+      const request = factory.open(SECRETS_DB, 1);
+      request.onupgradeneeded = () => request.result.createObjectStore(SECRETS_STORE);
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+  async function run(mode, action) {
+    const db = await open();
+    try {
+      return await new Promise((resolve, reject) => {
+        const tx = db.transaction(SECRETS_STORE, mode);
+        const request = action(tx.objectStore(SECRETS_STORE));
+        tx.oncomplete = () => resolve(request.result);
+        tx.onerror = () => reject(tx.error);
+        tx.onabort = () => reject(tx.error || new Error("IndexedDB transaction aborted"));
+      });
+    } finally {
+      db.close();
+    }
+  }
+  return {
+    get: (name) => run("readonly", (store) => store.get(name)),
+    set: (name, value) => run("readwrite", (store) => store.put(value, name)),
+  };
+}
+
+/** Where secrets (the API key) are kept: `disk` (IndexedDB of the extension's origin); where
+ * that fails, storage.session, which content scripts cannot read either (Chrome's default
+ * access level, Firefox's only one) but which is emptied when the browser closes. set()
+ * resolves to "disk" or "session". */
+export function secretStore(storage = globalThis.chrome.storage, disk = indexedDbStore()) {
+  return {
+    async get(name) {
+      try {
+        const value = await disk.get(name);
+        if (value !== undefined) return value;
+      } catch {
+        // no IndexedDB here: the session copy, if any
+      }
+      return storage.session ? (await storage.session.get([name]))[name] : undefined;
+    },
+    async set(name, value) {
+      try {
+        await disk.set(name, value);
+        return "disk";
+      } catch (err) {
+        if (!storage.session) throw err;
+        await storage.session.set({ [name]: value });
+        return "session";
+      }
+    },
+  };
+}
+
+/** All settings plus apiKey. `storage` defaults to chrome.storage (tests pass fakes). */
+export async function loadSettings(storage = globalThis.chrome.storage, secrets = secretStore(storage)) {
   const [synced, local] = await Promise.all([
-    storage.sync.get(Object.keys(DEFAULTS)),
-    storage.local.get(["apiKey"]),
+    storage.sync.get([...SYNCED, "consented"]),
+    storage.local.get(["consented", "consentedServer", "apiKey"]),
   ]);
   const settings = normalizeSettings(synced);
-  settings.apiKey = typeof local.apiKey === "string" ? local.apiKey : "";
+  let consent = local;
+  if (!("consented" in local) && "consented" in synced) {
+    // Kept in storage.sync by an older version: moved here once, and taken out of sync so
+    // that it reaches no other browser.
+    consent = { consented: synced.consented === true, consentedServer: settings.serverUrl };
+    await storage.local.set(consent);
+    await storage.sync.remove("consented");
+  }
+  settings.consented = consent.consented === true && consent.consentedServer === settings.serverUrl;
+  settings.apiKey = await loadApiKey(storage, secrets, local.apiKey);
   return settings;
 }
 
-/** Save some settings; apiKey goes to storage.local, the rest to storage.sync. */
-export async function saveSettings(partial, storage = globalThis.chrome.storage) {
-  const { apiKey, ...rest } = partial;
-  const writes = [];
+async function loadApiKey(storage, secrets, legacy) {
+  let key = await secrets.get("apiKey");
+  if (legacy !== undefined) {
+    // An older version kept it in storage.local: into the secret store, out of there.
+    if (typeof key !== "string" && typeof legacy === "string") {
+      await secrets.set("apiKey", legacy);
+      key = legacy;
+    }
+    await storage.local.remove("apiKey");
+  }
+  return typeof key === "string" ? key : "";
+}
+
+/** Save some settings: the consent to storage.local (for the server address saved with it,
+ * or the current one), apiKey to the secret store, the rest to storage.sync. Resolves to
+ * {apiKeyKept: "disk" | "session"} when a key was saved. */
+export async function saveSettings(partial, storage = globalThis.chrome.storage, secrets = secretStore(storage)) {
+  const { apiKey, consented, ...rest } = partial;
   const synced = {};
-  for (const key of Object.keys(rest)) if (key in DEFAULTS) synced[key] = rest[key];
+  for (const key of Object.keys(rest)) if (SYNCED.includes(key)) synced[key] = rest[key];
+  const writes = [];
   if (Object.keys(synced).length) writes.push(storage.sync.set(synced));
-  if (apiKey !== undefined) writes.push(storage.local.set({ apiKey: String(apiKey) }));
+  if (consented !== undefined) {
+    const server =
+      normalizeServerUrl(synced.serverUrl) ?? normalizeSettings(await storage.sync.get(["serverUrl"])).serverUrl;
+    writes.push(storage.local.set({ consented: consented === true, consentedServer: server }));
+  }
+  const saved = {};
+  if (apiKey !== undefined) {
+    saved.apiKeyKept = await secrets.set("apiKey", String(apiKey));
+    writes.push(storage.local.remove("apiKey")); // an older version's copy
+  }
   await Promise.all(writes);
+  return saved;
 }

@@ -808,3 +808,17 @@ test("blob: images are drawn only when the page itself made them", async () => {
   assert.equal(theirs.hasAttribute("alt"), false);
   assert.equal((await p.message({ type: "status" })).failed, 1);
 });
+
+test("a failed \"Describe this image\" says so without the server's words or address", async () => {
+  // The live region is in the page: the page reads what is announced.
+  const el = img({ src: "https://example.com/a.jpg" });
+  const worker = (m) => ({
+    results: m.images.map((i) => ({ id: i.id, error: { code: "server_unreachable", message: "cannot reach the AltCap server at http://10.9.8.7:8000" } })),
+  });
+  const p = page({ elements: [el], worker, auto: false });
+  const answer = await p.message({ type: "describe-target", srcUrl: "https://example.com/a.jpg" });
+  assert.equal(answer.ok, false);
+  await sleep(200);
+  const live = p.document.elements.find((e) => e.hasAttribute("data-altcap-live"));
+  assert.equal(live.textContent, "AltCap could not describe this image: the AltCap server did not answer.");
+});

@@ -29,6 +29,9 @@ function area() {
     async set(values) {
       Object.assign(data, values);
     },
+    async remove(keys) {
+      for (const k of [keys].flat()) delete data[k];
+    },
     async setAccessLevel() {},
   };
 }
@@ -147,8 +150,15 @@ function send(message, sender = CONTENT) {
   });
 }
 
+/** What the options page's "I agree" stores: the consent in storage.local, for the server. */
 async function consent(extra = {}) {
-  Object.assign(chrome.storage.sync.data, { consented: true, ...extra });
+  Object.assign(chrome.storage.sync.data, extra);
+  const consentedServer = chrome.storage.sync.data.serverUrl || "http://127.0.0.1:8000";
+  Object.assign(chrome.storage.local.data, { consented: true, consentedServer });
+}
+
+function withdraw() {
+  chrome.storage.local.data.consented = false;
 }
 
 test("install: menu created, options opened for the consent, nothing registered yet", async () => {
@@ -201,6 +211,7 @@ test("after consent: captions, API key sent to the server only, badge", async ()
   assert.equal(hello.auto, true);
   assert.equal(hello.prefix, "Appears to be: ");
   assert.equal(JSON.stringify(hello).includes("k-123"), false); // the key never reaches a page
+  assert.equal("apiKey" in chrome.storage.local.data, false); // moved where no content script reads
   const answer = await send({ type: "describe", images: [{ id: "i1", url: "https://example.com/cat.jpg" }] });
   assert.deepEqual(answer.results, [{ id: "i1", caption: "A cat on a sofa.", cached: false }]);
   assert.equal(log.server.length, 1);
@@ -251,7 +262,7 @@ test("registration follows consent, mode, lists and granted sites", async () => 
   assert.deepEqual({ registered: log.registered.length, unregistered: log.unregistered }, before);
   assert.equal(log.updated.length > 0, true);
 
-  chrome.storage.sync.data.consented = false;
+  withdraw();
   assert.deepEqual((await send({ type: "sync" }, POPUP)).matches, []);
   assert.equal(chrome.scripting.scripts.length, 0);
   assert.equal(log.unregistered, before.unregistered + 1);
@@ -276,7 +287,7 @@ test("the shortcut describes the active tab; without consent it opens the option
   await Promise.all(chrome.commands.onCommand.fire("describe-page", { id: 9 }));
   assert.deepEqual(log.tabMessages.at(-1), { tabId: 9, message: { type: "describe-now" }, options: { frameId: 0 } });
 
-  chrome.storage.sync.data.consented = false;
+  withdraw();
   const opened = log.optionsOpened;
   await Promise.all(chrome.commands.onCommand.fire("describe-page", { id: 9 }));
   assert.equal(log.optionsOpened, opened + 1);
@@ -435,4 +446,16 @@ test("Check the server follows no redirect, and says so", async () => {
   } finally {
     redirecting = false;
   }
+});
+
+test("consent kept in storage.local: withdrawing it there unregisters the content script", async () => {
+  await consent();
+  granted = ["http://127.0.0.1/*"];
+  await send({ type: "sync" }, POPUP);
+  assert.equal(chrome.scripting.scripts.length, 1);
+  withdraw();
+  await Promise.all(chrome.storage.onChanged.fire({ consented: { newValue: false } }, "local"));
+  await sleep(20);
+  assert.equal(chrome.scripting.scripts.length, 0);
+  granted = [];
 });

@@ -17,6 +17,7 @@ import {
   originPattern,
   parseHostList,
   saveSettings,
+  secretStore,
   siteRule,
   withSite,
 } from "../settings.js";
@@ -131,20 +132,100 @@ function fakeStorage() {
       async set(values) {
         Object.assign(data, values);
       },
+      async remove(keys) {
+        for (const k of [keys].flat()) delete data[k];
+      },
     };
   };
-  return { sync: area(), local: area() };
+  return { sync: area(), local: area(), session: area() };
 }
 
-test("the API key is stored locally, never synced", async () => {
+/** A secret store as secretStore() makes one, in memory (IndexedDB in the browser). */
+function fakeSecrets() {
+  const data = {};
+  return {
+    data,
+    async get(name) {
+      return data[name];
+    },
+    async set(name, value) {
+      data[name] = value;
+      return "disk";
+    },
+  };
+}
+
+test("the API key is kept in the extension's own store, never in storage.local or sync", async () => {
+  // Firefox lets content scripts read storage.local (Chrome does not, after setAccessLevel);
+  // IndexedDB of the extension's own origin no content script can open, in either browser.
   const storage = fakeStorage();
-  await saveSettings({ serverUrl: "https://altcap.example", apiKey: "s3cret", consented: true, junk: 1 }, storage);
-  assert.deepEqual(storage.sync.data, { serverUrl: "https://altcap.example", consented: true });
-  assert.deepEqual(storage.local.data, { apiKey: "s3cret" });
-  const loaded = await loadSettings(storage);
+  const secrets = fakeSecrets();
+  const saved = await saveSettings({ serverUrl: "https://altcap.example", apiKey: "s3cret", junk: 1 }, storage, secrets);
+  assert.deepEqual(storage.sync.data, { serverUrl: "https://altcap.example" });
+  assert.deepEqual(storage.local.data, {});
+  assert.deepEqual(secrets.data, { apiKey: "s3cret" });
+  assert.equal(saved.apiKeyKept, "disk");
+  const loaded = await loadSettings(storage, secrets);
   assert.equal(loaded.apiKey, "s3cret");
   assert.equal(loaded.serverUrl, "https://altcap.example");
-  assert.equal(loaded.consented, true);
+});
+
+test("an API key an older version left in storage.local moves to the secret store", async () => {
+  const storage = fakeStorage();
+  const secrets = fakeSecrets();
+  storage.local.data.apiKey = "old-key";
+  assert.equal((await loadSettings(storage, secrets)).apiKey, "old-key");
+  assert.deepEqual(storage.local.data, {});
+  assert.deepEqual(secrets.data, { apiKey: "old-key" });
+});
+
+test("without IndexedDB the key is kept for the session only, where content scripts cannot read it", async () => {
+  const storage = fakeStorage();
+  const broken = {
+    async get() {
+      throw new Error("IndexedDB is not available here");
+    },
+    async set() {
+      throw new Error("IndexedDB is not available here");
+    },
+  };
+  const store = secretStore(storage, broken);
+  const saved = await saveSettings({ apiKey: "k" }, storage, store);
+  assert.equal(saved.apiKeyKept, "session");
+  assert.deepEqual(storage.session.data, { apiKey: "k" });
+  assert.deepEqual(storage.local.data, {});
+  assert.equal((await loadSettings(storage, store)).apiKey, "k");
+});
+
+test("consent is this browser's (storage.local), given for one server", async () => {
+  const storage = fakeStorage();
+  const secrets = fakeSecrets();
+  await saveSettings({ serverUrl: "https://altcap.example", consented: true }, storage, secrets);
+  assert.deepEqual(storage.sync.data, { serverUrl: "https://altcap.example" }); // nothing to roam
+  assert.deepEqual(storage.local.data, { consented: true, consentedServer: "https://altcap.example" });
+  assert.equal((await loadSettings(storage, secrets)).consented, true);
+  // Another browser of the same user gets the synced settings but not the consent.
+  const other = fakeStorage();
+  Object.assign(other.sync.data, storage.sync.data);
+  assert.equal((await loadSettings(other, fakeSecrets())).consented, false);
+  // A server address synced from elsewhere is not the one agreed to here.
+  storage.sync.data.serverUrl = "https://elsewhere.example";
+  assert.equal((await loadSettings(storage, secrets)).consented, false);
+  storage.sync.data.serverUrl = "https://altcap.example";
+  await saveSettings({ consented: false }, storage, secrets);
+  assert.equal((await loadSettings(storage, secrets)).consented, false);
+});
+
+test("a consent an older version kept in storage.sync moves here once, and leaves sync", async () => {
+  const storage = fakeStorage();
+  Object.assign(storage.sync.data, { serverUrl: "https://altcap.example", consented: true });
+  assert.equal((await loadSettings(storage, fakeSecrets())).consented, true);
+  assert.deepEqual(storage.local.data, { consented: true, consentedServer: "https://altcap.example" });
+  assert.equal("consented" in storage.sync.data, false);
+  // Once moved, a synced value (an older version elsewhere) is not taken again.
+  await saveSettings({ consented: false }, storage, fakeSecrets());
+  storage.sync.data.consented = true;
+  assert.equal((await loadSettings(storage, fakeSecrets())).consented, false);
 });
 
 test("a plain http:// server on another computer is flagged; loopback and https are not", () => {
