@@ -18,7 +18,7 @@ PORT ?= 8000
 TINY_MODEL ?= .cache/tiny-model
 GUNICORN := $(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) "app:create_app()"
 
-.PHONY: run run-tiny test lint bench bench-serve venv deps-test clean
+.PHONY: run run-tiny test lint docs docs-check bench bench-serve venv deps-test clean
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt requirements-train.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,13 +49,23 @@ deps-test:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: venv deps-test lint
+test: venv deps-test lint docs-check
 	node --test extension/tests/*.test.mjs
 	$(PY) -m pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The documentation site (docs/, mkdocs.yml) into site/, its generated blocks (tables from
+# Settings and TrainOptions, the HTTP operations from /openapi.json) rewritten first.
+docs: venv
+	$(PY) docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# As CI builds it: a broken link, anchor or reference, or a stale generated block, fails.
+docs-check: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: venv
 	$(PY) bench/decode.py
@@ -64,4 +74,4 @@ bench-serve: venv
 	$(PY) bench/serve.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache site
