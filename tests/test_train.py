@@ -577,10 +577,10 @@ def test_a_blank_model_option_takes_the_paper_value_declared_with_it(store, tiny
     )  # --init's
 
 
-def test_readme_documents_the_train_options():
-    """The README's option table is options_table() (regenerate it with
-    ``python -c "from captioner.train.options import options_table; print(options_table())"``)."""
-    assert O.options_table() in (REPO / "README.md").read_text(encoding="utf-8")
+def test_docs_document_the_train_options():
+    """The training page's option table is options_table() (``python docs/generate.py``
+    rewrites it)."""
+    assert O.options_table() in (REPO / "docs" / "training.md").read_text(encoding="utf-8")
 
 
 # --- collapse: one caption for every image (item 13) -----------------------------------
