@@ -18,13 +18,13 @@ PORT ?= 8000
 TINY_MODEL ?= .cache/tiny-model
 GUNICORN := $(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) "app:create_app()"
 
-.PHONY: run run-tiny test lint docs docs-check bench bench-serve venv deps-test clean
+.PHONY: run run-tiny test test-wheel lint docs docs-check bench bench-serve venv deps-test clean
 
-$(VENV)/.stamp: requirements.txt requirements-dev.txt requirements-train.txt
+$(VENV)/.stamp: pyproject.toml requirements.txt requirements-dev.txt requirements-train.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q -e ".[train,dev]"  # altcap itself (editable) with the requirements files' lists
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -49,9 +49,14 @@ deps-test:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: venv deps-test lint docs-check
+test: venv deps-test lint docs-check test-wheel
 	node --test extension/tests/*.test.mjs
 	$(PY) -m pytest -q
+
+# The wheel, installed into a fresh virtualenv outside the checkout, running `altcap make-tiny`
+# and `altcap caption` there (a couple of minutes; pip's cache keeps later runs short).
+test-wheel: deps-test
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash tests/packaging/check_wheel.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,11 +1,19 @@
+"""``python -m captioner`` and the ``altcap`` console script: one entry, the same subcommands."""
+
 import os
 import sys
 
 from .cpus import OMP_WAIT_POLICY
 
-# Before anything loads torch (and with it OpenMP, which reads this once): see cpus.py.
-os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
 
-from .cli import main  # after the variable above
+def entry() -> int:
+    """Run the CLI on ``sys.argv``; the console script ``altcap`` (pyproject.toml) calls this."""
+    # Before anything loads torch (and with it OpenMP, which reads this once): see cpus.py.
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    from .cli import main  # after the variable above; cli loads torch only in its commands
 
-sys.exit(main())
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
