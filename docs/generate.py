@@ -71,13 +71,20 @@ def openapi_document() -> dict[str, Any]:
 
     Built by the real application factory and asked through Flask's test client, so it is
     exactly what a server serves; ``ALTCAP_*`` variables of the shell are left out (the docs
-    describe the defaults), and the model never loads (its loader waits forever in the
-    engine's daemon thread).
+    describe the defaults), and the model never loads: the loader waits until the document
+    is read, then the app is closed, so no engine thread outlives the call (a test suite
+    asks for it too).
     """
     _on_path()
     from app import create_app
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ALTCAP_")}
+    read = threading.Event()
+
+    def loader() -> None:
+        read.wait()
+        raise RuntimeError("no model: the docs only read /openapi.json")
+
     with tempfile.TemporaryDirectory() as data, mock.patch.dict(os.environ, clean, clear=True):
         app = create_app(
             {
@@ -85,10 +92,14 @@ def openapi_document() -> dict[str, Any]:
                 "DATA_DIR": data,
                 "CACHE_URL": "off",
                 "JOB_WORKERS": 0,
-                "LOADER": threading.Event().wait,
+                "LOADER": loader,
             }
         )
-        return app.test_client().get("/openapi.json").get_json()
+        try:
+            return app.test_client().get("/openapi.json").get_json()
+        finally:
+            read.set()
+            app.extensions["altcap"].close()
 
 
 def _cell(text: str) -> str:
