@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .alttext import MAX_ALT_CHARS, alt_text
-from .cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
-from .config import DecodingSettings
-from .errors import AltCapError, InvalidSettings
-from .fetch import FetchLimits, Resolver, fetch_image
-from .images import load_image
-from .pages import (
+from captioner.alttext import MAX_ALT_CHARS, alt_text
+from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
+from captioner.config import DecodingSettings
+from captioner.errors import AltCapError, InvalidSettings
+from captioner.fetch import FetchLimits, Resolver, fetch_image
+from captioner.images import load_image
+from captioner.pages import (
     MODES,
     VERDICTS,
     Crawler,
@@ -43,8 +43,8 @@ from .pages import (
     needs_caption,
     patch_html,
 )
-from .progress import progress
-from .reports import (
+from captioner.progress import progress
+from captioner.reports import (
     FORMATS,
     STATUSES,
     caption_outcome,
@@ -496,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
     file), none with ``--no-progress``; then where the files went and the summary line."""
     import io
 
-    from .captioner import Captioner
+    from captioner.captioner import Captioner
 
     if args.max_pages < 1 or args.max_images < 1:
         raise InvalidSettings("--max-pages and --max-images must be >= 1")

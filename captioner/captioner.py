@@ -12,19 +12,19 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from . import cpu_kernel
-from .alttext import clean_caption
-from .checkpoints import load_pretrained
-from .config import DecodingSettings
-from .decoding import StopRule, generate
-from .errors import InvalidSettings
-from .graphs import GraphedGreedy
-from .images import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
-from .lm import CachedGPT2
-from .model import ClipCapModel
-from .packed import can_pack, pack_linears
-from .pretrained import DEFAULT_MODEL, resolve
-from .vision import LeanVision
+from captioner import cpu_kernel
+from captioner.alttext import clean_caption
+from captioner.checkpoints import load_pretrained
+from captioner.config import DecodingSettings
+from captioner.decoding import StopRule, generate
+from captioner.errors import InvalidSettings
+from captioner.graphs import GraphedGreedy
+from captioner.images import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
+from captioner.lm import CachedGPT2
+from captioner.model import ClipCapModel
+from captioner.packed import can_pack, pack_linears
+from captioner.pretrained import DEFAULT_MODEL, resolve
+from captioner.vision import LeanVision
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ try:  # transformers 5
 except ImportError:  # transformers 4
     from transformers.modeling_utils import no_init_weights
 
-from .config import ClipCapConfig, MappingType
-from .errors import CheckpointMismatch, ModelError, ModelNotFound
-from .model import ClipCapModel, build_mapper
+from captioner.config import ClipCapConfig, MappingType
+from captioner.errors import CheckpointMismatch, ModelError, ModelNotFound
+from captioner.model import ClipCapModel, build_mapper
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -15,17 +15,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
-from .errors import AltCapError, NotAnImage
+from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
+from captioner.errors import AltCapError, NotAnImage
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from .captioner import Captioner
-    from .identity import model_identity
-    from .images import load_image
+    from captioner.captioner import Captioner
+    from captioner.identity import model_identity
+    from captioner.images import load_image
 
     settings = decoding_from_args(args)
     paths, failed = _image_paths(args.images, args.json)
@@ -55,7 +55,7 @@ def _caption(args: argparse.Namespace) -> int:
 def _image_paths(given: Sequence[str], as_json: bool) -> tuple[list[str], int]:
     """The files to caption: those given, and each folder's images (recursively, sorted),
     as ``embed`` and ``evaluate`` read a folder; and how many folders held none."""
-    from .train.data import IMAGE_EXTENSIONS  # stdlib only: no torch on this path
+    from captioner.train.data import IMAGE_EXTENSIONS  # stdlib only: no torch on this path
 
     paths, failed = [], 0
     for path in given:
@@ -80,7 +80,7 @@ def _report(path: str, e: AltCapError, as_json: bool) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .checkpoints import convert_checkpoint
+    from captioner.checkpoints import convert_checkpoint
 
     out = convert_checkpoint(
         args.checkpoint,
@@ -97,7 +97,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from .tiny import make_tiny
+    from captioner.tiny import make_tiny
 
     print(make_tiny(args.out_dir, args.mapping, seed=args.seed))
     return 0
@@ -147,11 +147,11 @@ def _more_subcommands() -> list[Callable[[Any], None]]:
     """Subcommands defined next to their code: each module's ``register(subparsers)`` adds
     its parser with ``set_defaults(func=...)`` (a function taking the args, returning the exit
     status)."""
-    from .batch import register as batch
-    from .train.embed import register as embed
-    from .train.evaluate import register as evaluate
-    from .train.train import register as train
-    from .worker import register as worker
+    from captioner.batch import register as batch
+    from captioner.train.embed import register as embed
+    from captioner.train.evaluate import register as evaluate
+    from captioner.train.train import register as train
+    from captioner.worker import register as worker
 
     return [embed, batch, train, evaluate, worker]
 

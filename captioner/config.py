@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import InvalidSettings
+from captioner.errors import InvalidSettings
 
 MappingType = Literal["mlp", "transformer"]
 DecodingMethod = Literal["greedy", "beam", "nucleus"]

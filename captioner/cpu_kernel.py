@@ -70,7 +70,7 @@ def _compiler() -> list[str] | None:
 
 
 def _cache_dir() -> Path:
-    from .pretrained import altcap_cache_dir
+    from captioner.pretrained import altcap_cache_dir
 
     return altcap_cache_dir() / "kernels"
 

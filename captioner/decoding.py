@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import DecodingSettings
-from .lm import CachedGPT2
+from captioner.config import DecodingSettings
+from captioner.lm import CachedGPT2
 
 if TYPE_CHECKING:
-    from .graphs import GraphedGreedy
+    from captioner.graphs import GraphedGreedy
 
 
 @dataclass(frozen=True)

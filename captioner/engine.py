@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import DecodingSettings
-from .errors import AltCapError, ModelError
+from captioner.config import DecodingSettings
+from captioner.errors import AltCapError, ModelError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .captioner import Captioner, CaptionResult
+    from captioner.captioner import Captioner, CaptionResult
 
 __all__ = [
     "CaptionFuture",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoding import StopRule
-from .lm import CachedGPT2, KVCache
+from captioner.decoding import StopRule
+from captioner.lm import CachedGPT2, KVCache
 
 CHECK_EVERY = 4  # steps between host syncs that look for an all-finished batch
 

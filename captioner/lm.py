@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
-from . import cpu_kernel
-from .packed import Linear, can_pack
+from captioner import cpu_kernel
+from captioner.packed import Linear, can_pack
 
 
 @dataclass

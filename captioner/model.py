@@ -16,7 +16,7 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from .config import ClipCapConfig
+from captioner.config import ClipCapConfig
 
 
 class MLPMapper(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernel import KernelLinear
+from captioner.cpu_kernel import KernelLinear
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:

@@ -39,10 +39,10 @@ from bs4.element import PreformattedString
 from bs4.exceptions import ParserRejectedMarkup
 from protego import Protego
 
-from .alttext import Verdict, classify_alt
-from .config import lang_to_mark
-from .errors import AltCapError, InvalidSettings
-from .fetch import (
+from captioner.alttext import Verdict, classify_alt
+from captioner.config import lang_to_mark
+from captioner.errors import AltCapError, InvalidSettings
+from captioner.fetch import (
     DEFAULT_LIMITS,
     HTML_TYPES,
     FetchLimits,
@@ -53,9 +53,9 @@ from .fetch import (
     check_url,
     fetch_document,
 )
-from .images import ALLOWED_FORMATS
-from .patch import Document, StartTag
-from .politeness import Pacer, origin_of
+from captioner.images import ALLOWED_FORMATS
+from captioner.patch import Document, StartTag
+from captioner.politeness import Pacer, origin_of
 
 __all__ = [
     "MODES",

@@ -27,10 +27,10 @@ import huggingface_hub
 from huggingface_hub import constants as hf_constants
 from tqdm.auto import tqdm
 
-from .checkpoints import convert_checkpoint, is_model_dir
-from .config import MappingType
-from .errors import DownloadFailed, ModelNotFound
-from .identity import HUB_ID
+from captioner.checkpoints import convert_checkpoint, is_model_dir
+from captioner.config import MappingType
+from captioner.errors import DownloadFailed, ModelNotFound
+from captioner.identity import HUB_ID
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from .errors import AltCapError
+from captioner.errors import AltCapError
 
 __all__ = [
     "FORMATS",
@@ -140,7 +140,7 @@ def write_rows(
     """
     _check(fmt)
     if fmt == "html":
-        from .html_report import write_html  # jinja2: only when asked for
+        from captioner.html_report import write_html  # jinja2: only when asked for
 
         write_html(rows, out, language=language, patched=patched)
     elif fmt == "csv":

@@ -13,9 +13,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2TokenizerFast, PreTrainedTokenizerBase
 
-from .alttext import unreadable
-from .config import ClipCapConfig, MappingType
-from .model import ClipCapModel
+from captioner.alttext import unreadable
+from captioner.config import ClipCapConfig, MappingType
+from captioner.model import ClipCapModel
 
 EOS = "<|endoftext|>"
 _COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
@@ -94,7 +94,7 @@ def tiny_config(
 
 def make_tiny(out_dir: str | os.PathLike, mapping_type: MappingType = "mlp", seed: int = 0) -> Path:
     """Write a tiny random-weight model directory and return its path."""
-    from .checkpoints import save_pretrained
+    from captioner.checkpoints import save_pretrained
 
     tokenizer, model = tiny_tokenizer_and_model(mapping_type, seed)
     return save_pretrained(model, tokenizer, out_dir)

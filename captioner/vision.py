@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModelWithProjection
 
-from . import cpu_kernel
-from .lm import attend_one
-from .packed import Linear, PackedLinear, can_pack
+from captioner import cpu_kernel
+from captioner.lm import attend_one
+from captioner.packed import Linear, PackedLinear, can_pack
 
 
 class LeanVision:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..checkpoints import save_pretrained
-from ..errors import AltCapError
-from ..model import ClipCapModel
-from .parts import first_line
+from captioner.checkpoints import save_pretrained
+from captioner.errors import AltCapError
+from captioner.model import ClipCapModel
+from captioner.train.parts import first_line
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"

@@ -30,11 +30,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..errors import AltCapError, CheckpointMismatch, ModelError
-from ..images import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, load_image, preprocess
-from .data import FORMATS, Item, detect_format, read_dataset
-from .parts import altcap_model, first_line, from_pretrained
-from .store import INDEX_NAME, EmbeddingStore, EncoderInfo, StoreError, weights_sha
+from captioner.errors import AltCapError, CheckpointMismatch, ModelError
+from captioner.images import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, load_image, preprocess
+from captioner.train.data import FORMATS, Item, detect_format, read_dataset
+from captioner.train.parts import altcap_model, first_line, from_pretrained
+from captioner.train.store import INDEX_NAME, EmbeddingStore, EncoderInfo, StoreError, weights_sha
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_encoder(
 
     An AltCap model given as ``image_encoder`` loads as its vision tower. ``hint`` ends the
     message of an image encoder that cannot be loaded: what to give instead."""
-    from ..captioner import pick_device, pick_dtype
+    from captioner.captioner import pick_device, pick_dtype
 
     if model is not None and image_encoder is not None:
         raise ModelError("give either a model or an image encoder, not both")
@@ -111,8 +111,8 @@ def _load_model_vision(name: str | None):
     from safetensors import SafetensorError, safe_open
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ..checkpoints import WEIGHTS_NAME, load_config
-    from ..pretrained import DEFAULT_MODEL, resolve
+    from captioner.checkpoints import WEIGHTS_NAME, load_config
+    from captioner.pretrained import DEFAULT_MODEL, resolve
 
     model_dir = resolve(name or DEFAULT_MODEL)
     config = load_config(model_dir)

@@ -33,11 +33,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
-from ..config import DecodingSettings, same_language
-from ..errors import AltCapError
-from .collapse import evaluate_warning, one_caption_for_all
-from .data import Item, detect_format, read_dataset
+from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
+from captioner.config import DecodingSettings, same_language
+from captioner.errors import AltCapError
+from captioner.train.collapse import evaluate_warning, one_caption_for_all
+from captioner.train.data import Item, detect_format, read_dataset
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 NO_JAVA = (
@@ -219,7 +219,7 @@ def caption_items(
     """Caption every readable image: ({image id: caption}, [skipped images with the reason]).
     Images are decoded in a thread pool while the model works on the previous batch.
     ``fmt``: the set's format, which says what its image ids are (``coco_image_id``)."""
-    from ..images import load_image
+    from captioner.images import load_image
 
     def load(item: Item):
         try:
@@ -270,7 +270,7 @@ def evaluate(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Caption a set and score it: (report, captions in the COCO results format)."""
-    from ..captioner import Captioner
+    from captioner.captioner import Captioner
 
     t0 = time.perf_counter()
     fmt = detect_format(annotations)
@@ -417,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import main as cli_main
+    from captioner.cli import main as cli_main
 
     return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 

@@ -17,9 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-from ..config import is_language_tag
-from ..errors import InvalidSettings
-from .collapse import RECIPE_LR
+from captioner.config import is_language_tag
+from captioner.errors import InvalidSettings
+from captioner.train.collapse import RECIPE_LR
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAPPINGS = ("mlp", "transformer")

@@ -44,14 +44,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from .. import cpu_kernel
-from ..checkpoints import load_pretrained
-from ..config import DecodingSettings
-from ..decoding import StopRule, generate
-from ..errors import InvalidSettings
-from ..lm import CachedGPT2
-from ..model import ClipCapModel
-from .checkpoint import (
+from captioner import cpu_kernel
+from captioner.checkpoints import load_pretrained
+from captioner.config import DecodingSettings
+from captioner.decoding import StopRule, generate
+from captioner.errors import InvalidSettings
+from captioner.lm import CachedGPT2
+from captioner.model import ClipCapModel
+from captioner.train.checkpoint import (
     CHECKPOINTS,
     CKPT_FORMAT,
     FINAL,
@@ -65,12 +65,12 @@ from .checkpoint import (
     save_final,
     set_rng_state,
 )
-from .collapse import PROBE_IMAGES, one_caption_for_all, train_warning
-from .dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
-from .distributed import init_distributed
-from .options import TrainOptions, add_arguments, options_from_args
-from .parts import build_model, set_trainable, train_mode
-from .store import EmbeddingStore
+from captioner.train.collapse import PROBE_IMAGES, one_caption_for_all, train_warning
+from captioner.train.dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
+from captioner.train.distributed import init_distributed
+from captioner.train.options import TrainOptions, add_arguments, options_from_args
+from captioner.train.parts import build_model, set_trainable, train_mode
+from captioner.train.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -673,7 +673,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import main as cli_main
+    from captioner.cli import main as cli_main
 
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
