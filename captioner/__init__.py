@@ -9,7 +9,7 @@ __all__ = ["AltCapError", "CaptionResult", "Captioner", "ClipCapConfig", "Decodi
 def __getattr__(name: str):
     # The facade pulls in torch and transformers: load it on first use, not on import.
     if name in ("Captioner", "CaptionResult"):
-        from captioner import captioner
+        from captioner import pipeline
 
-        return getattr(captioner, name)
+        return getattr(pipeline, name)
     raise AttributeError(name)

@@ -28,9 +28,9 @@ from captioner.alttext import (
     tidy_text,
     unreadable,
 )
+from captioner.crawl.pages import find_images
 from captioner.errors import ConfigError
-from captioner.pages import find_images
-from captioner.settings import Settings
+from captioner.serve.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "tests/vectors/alttext.json").read_text())
@@ -258,8 +258,8 @@ def test_caption_in_the_api_answer_is_bounded_and_clean(tmp_path, limit):
 
 @pytest.mark.usefixtures("altcap_env")
 def test_caption_in_job_rows_reports_and_patched_pages_is_bounded_and_clean(tmp_path):
-    from captioner.jobs import JobQueue, parse_job
-    from captioner.reports import write_rows
+    from captioner.jobs.queue import JobQueue, parse_job
+    from captioner.jobs.reports import write_rows
 
     site = tmp_path / "site"
     site.mkdir()
@@ -322,8 +322,8 @@ class _Captioner(_Backend):
 
 
 def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
-    from captioner.batch import PENDING, caption_rows
-    from captioner.fetch import FetchLimits
+    from captioner.cli.batch import PENDING, caption_rows
+    from captioner.crawl.fetch import FetchLimits
 
     (tmp_path / "0.png").write_bytes(png_bytes())
     with serve_directory(tmp_path) as base:
@@ -339,8 +339,8 @@ def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
 
 
 def test_caption_that_is_only_invisible_characters_is_no_caption(tmp_path):
-    from captioner.batch import PENDING, caption_rows
-    from captioner.fetch import FetchLimits
+    from captioner.cli.batch import PENDING, caption_rows
+    from captioner.crawl.fetch import FetchLimits
 
     (tmp_path / "0.png").write_bytes(png_bytes())
     with serve_directory(tmp_path) as base:

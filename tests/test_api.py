@@ -27,7 +27,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from captioner.engine import DeadlineExceeded, InternalError, Overloaded
+from captioner.serve.engine import DeadlineExceeded, InternalError, Overloaded
 
 RED = png_bytes((200, 30, 30))
 BLUE = png_bytes((30, 30, 200))
@@ -206,7 +206,7 @@ def test_importing_app_builds_nothing() -> None:
 
 
 def test_the_model_loads_in_the_engine_thread(make_app, tiny_dir) -> None:
-    from captioner.captioner import Captioner
+    from captioner.pipeline import Captioner
 
     threads: list[str] = []
 
@@ -231,7 +231,7 @@ def test_healthz_and_readyz(client: FlaskClient, tiny_dir) -> None:
 
 
 def test_not_ready_until_the_model_has_loaded(make_app, tiny_dir) -> None:
-    from captioner.captioner import Captioner
+    from captioner.pipeline import Captioner
 
     go = threading.Event()
 
@@ -503,12 +503,12 @@ def test_engine_failures_fail_the_request(make_app, outcome, status: int, code: 
 
 
 def test_a_bug_is_a_500_without_details(client: FlaskClient, monkeypatch) -> None:
-    import captioner.service
+    import captioner.serve.service
 
     def broken(*args: Any, **kwargs: Any) -> Image.Image:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(captioner.service.images, "load_image", broken)
+    monkeypatch.setattr(captioner.serve.service.images, "load_image", broken)
     response = client.post("/v1/captions", json={"images": [{"data": b64(BLUE)}]})
     assert response.status_code == 500
     error = error_of(response)
@@ -810,8 +810,8 @@ def test_the_form_works_without_javascript(client: FlaskClient) -> None:
 def test_an_empty_caption_is_said_plainly(make_app) -> None:
     """The model wrote nothing readable (cleaned to ""): the API answers "", the page says so
     instead of showing an empty suggestion."""
-    from captioner.api import NO_CAPTION
-    from captioner.captioner import CaptionResult
+    from captioner.pipeline import CaptionResult
+    from captioner.web.api import NO_CAPTION
 
     client = make_app(ENGINE=FakeEngine(lambda: CaptionResult("", "\ufffd", 1))).test_client()
     api = client.post("/v1/captions", json={"images": [{"data": b64(RED)}]}).get_json()
@@ -846,7 +846,7 @@ def test_the_form_asks_for_a_key_when_the_server_has_keys(make_app) -> None:
 def test_a_model_retrained_in_place_is_not_answered_from_the_old_cache(
     make_app, tmp_path, server: ImageServer
 ) -> None:
-    from captioner.tiny import make_tiny
+    from captioner.model.tiny import make_tiny
 
     model_dir = make_tiny(tmp_path / "runs" / "photos" / "final", seed=0)
 

@@ -12,11 +12,11 @@ import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, LATIN1_HTML, serve_site
 
-from captioner import progress as progress_module
 from captioner.alttext import alt_text
-from captioner.batch import page_counts, patched_name, summary_line
-from captioner.cli import main
-from captioner.progress import ProgressLines
+from captioner.cli import progress as progress_module
+from captioner.cli.batch import page_counts, patched_name, summary_line
+from captioner.cli.main import main
+from captioner.cli.progress import ProgressLines
 
 ALT_ATTR = re.compile(r"""\s+alt\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
 METADATA_URL = "http://169.254.169.254/latest/logo.png"
@@ -455,8 +455,8 @@ def test_a_job_counts_pages_apart_and_the_robots_page_as_skipped(
 ) -> None:
     """Batch jobs plan with ``batch.plan``: the page robots.txt keeps crawlers out of is a
     skipped row in their counts too, and their status counts pages apart."""
-    from captioner.jobs import CaptionerBackend, JobQueue, parse_job
-    from captioner.settings import Settings
+    from captioner.jobs.queue import CaptionerBackend, JobQueue, parse_job
+    from captioner.serve.settings import Settings
 
     settings = Settings.load(
         {},
@@ -498,10 +498,10 @@ def test_patched_names() -> None:
 def test_an_image_the_model_has_nothing_readable_for_is_skipped(site) -> None:
     """A caption that cleaned to "" is no suggestion: the row is ``skipped`` with
     ``no_caption``, not ``done`` with an empty caption, and nothing is patched with it."""
-    from captioner.batch import PENDING, caption_rows
-    from captioner.fetch import FetchLimits
+    from captioner.cli.batch import PENDING, caption_rows
+    from captioner.crawl.fetch import FetchLimits
     from captioner.images import preprocess
-    from captioner.reports import make_row
+    from captioner.jobs.reports import make_row
 
     class Result:
         def __init__(self, text: str) -> None:

@@ -14,7 +14,8 @@ import pytest
 import redis
 from redis_server import RedisServer, RedisServerError, free_port
 
-from captioner.cache import (
+from captioner.errors import AltCapError
+from captioner.serve.cache import (
     Cache,
     CacheConfigError,
     NullCache,
@@ -26,7 +27,6 @@ from captioner.cache import (
     open_cache,
     sha256_hex,
 )
-from captioner.errors import AltCapError
 
 SHA_A = sha256_hex(b"image a")
 SHA_B = sha256_hex(b"image b")
@@ -376,13 +376,13 @@ def test_sqlite_locked_database_is_a_logged_miss(
     cache.set(key(), RESULT)
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # hold the write lock
-    with caplog.at_level(logging.WARNING, logger="captioner.cache"):
+    with caplog.at_level(logging.WARNING, logger="captioner.serve.cache"):
         for _ in range(5):
             cache.set(key(sha=SHA_B), RESULT)  # no exception
     assert cache.get(key()) == RESULT  # WAL: readers are not blocked by the writer
     assert cache.get(key(sha=SHA_B)) is None
     assert cache.stats()["errors"] == 5
-    warnings = [r for r in caplog.records if r.name == "captioner.cache"]
+    warnings = [r for r in caplog.records if r.name == "captioner.serve.cache"]
     assert len(warnings) == 1  # rate-limited
     assert "locked" in warnings[0].getMessage()
     blocker.execute("ROLLBACK")
@@ -442,14 +442,14 @@ def test_redis_going_away_mid_flight(caplog: pytest.LogCaptureFixture) -> None:
         assert cache.get(key()) == RESULT
         server.stop()
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="captioner.cache"):
+        with caplog.at_level(logging.WARNING, logger="captioner.serve.cache"):
             assert cache.get(key()) is None
             cache.set(key(), RESULT)  # no exception
             assert cache.get_url_hash("https://example.org/a.png") is None
             cache.set_url_hash("https://example.org/a.png", SHA_A, ttl_s=60)
         assert time.monotonic() - started < 5
         assert cache.stats()["errors"] == 4
-        assert [r.name for r in caplog.records] == ["captioner.cache"]  # rate-limited
+        assert [r.name for r in caplog.records] == ["captioner.serve.cache"]  # rate-limited
         server.start()  # same port, empty: the client reconnects on its own
         cache.set(key(), RESULT)
         assert cache.get(key()) == RESULT

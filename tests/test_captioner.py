@@ -13,7 +13,7 @@ from PIL import Image
 
 from captioner import Captioner, DecodingSettings
 from captioner.alttext import clean_caption
-from captioner.cli import main
+from captioner.cli.main import main
 from captioner.errors import InvalidSettings, NotAnImage
 
 COLOURS = [(200, 30, 30), (20, 160, 40), (30, 40, 220), (250, 250, 250), (0, 0, 0)]

@@ -10,15 +10,15 @@ import torch
 from helpers import write_reference_parts
 from transformers import CLIPVisionModelWithProjection, GPT2Config
 
-from captioner.checkpoints import (
+from captioner.errors import CheckpointMismatch, ModelError, ModelNotFound
+from captioner.model.checkpoints import (
     convert_reference,
     load_pretrained,
     load_reference_checkpoint,
     save_pretrained,
 )
-from captioner.errors import CheckpointMismatch, ModelError, ModelNotFound
-from captioner.model import MLPMapper
-from captioner.tiny import tiny_tokenizer_and_model
+from captioner.model.modeling import MLPMapper
+from captioner.model.tiny import tiny_tokenizer_and_model
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

@@ -7,7 +7,7 @@ import json
 
 from helpers import png_bytes
 
-from captioner.cli import main
+from captioner.cli.main import main
 
 
 def test_caption_a_folder(tiny_dir, tmp_path, capsys):

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from captioner.cli import build_parser
+from captioner.cli.main import build_parser
 from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from captioner.config import DecodingSettings
 from captioner.errors import InvalidSettings

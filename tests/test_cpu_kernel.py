@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from captioner import cpu_kernel
-from captioner.lm import CachedGPT2
-from captioner.tiny import tiny_tokenizer_and_model
+from captioner.model.tiny import tiny_tokenizer_and_model
+from captioner.runtime import cpu_kernel
+from captioner.runtime.lm import CachedGPT2
 
 needs_cpu = pytest.mark.skipif(
     not cpu_kernel.cpu_supported(), reason="this CPU has no AVX512-BF16 (CI's has: see below)"
@@ -64,7 +64,7 @@ def test_gelu_is_applied_to_the_float32_sums():
 @needs_cpu
 @pytest.mark.parametrize(("pos", "d"), [(0, 64), (10, 64), (29, 64), (6, 20)])
 def test_attention_step_matches_torch(pos, d):
-    from captioner.lm import attend_one
+    from captioner.runtime.lm import attend_one
 
     g = torch.Generator().manual_seed(pos)
     qkv = torch.randn(5, 3 * 3 * d, generator=g).to(torch.bfloat16)  # 3 heads, one position
@@ -348,8 +348,8 @@ def test_full_size_mapper_does_not_depend_on_the_batch():
     """ClipCap's MLP mapper (512 -> 3840 -> 7680): plain and oneDNN-packed layers round a lone
     row differently from a batch of 8 (this test fails with ``kernel=False``), which made
     bfloat16 captions change with their batch-mates."""
-    from captioner.model import MLPMapper
-    from captioner.packed import pack_linears
+    from captioner.model.modeling import MLPMapper
+    from captioner.runtime.packed import pack_linears
 
     torch.manual_seed(0)
     mapper = MLPMapper(512, 768, 10).to(torch.bfloat16).eval()
@@ -419,7 +419,7 @@ def test_compiler_failure_falls_back_to_onednn(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(cpu_kernel, "cpu_supported", lambda: True)
     cpu_kernel.library.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="captioner.cpu_kernel"):
+        with caplog.at_level(logging.WARNING, logger="captioner.runtime.cpu_kernel"):
             assert cpu_kernel.library() is None
         assert "oneDNN instead" in caplog.text and "false failed" in caplog.text
         assert not cpu_kernel.available(torch.device("cpu"), torch.bfloat16)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from captioner.config import DecodingSettings
-from captioner.decoding import StopRule, generate, nucleus_filter
-from captioner.lm import CachedGPT2
-from captioner.reference import reference_beam, reference_greedy
-from captioner.tiny import tiny_tokenizer_and_model
+from captioner.model.tiny import tiny_tokenizer_and_model
+from captioner.runtime.decoding import StopRule, generate, nucleus_filter
+from captioner.runtime.lm import CachedGPT2
+from captioner.runtime.reference import reference_beam, reference_greedy
 
 N = 6
 SEED = 5
@@ -121,7 +121,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_static_graphed_greedy_equals_eager(setup, device):
     """The static-shape step (CUDA graphs on a GPU; the same code without capture on CPU)
     gives the tokens of the eager loop, for odd batch sizes (padded to a power of two)."""
-    from captioner.graphs import GraphedGreedy
+    from captioner.runtime.graphs import GraphedGreedy
 
     model, _, prefix, stop_id, row, pos = setup
     dtype = torch.float64 if device == "cpu" else torch.float32

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from captioner.cli import main
+from captioner.cli.main import main
 from captioner.errors import ModelError
 from captioner.images import load_image
 from captioner.train.data import read_dataset
@@ -28,7 +28,7 @@ def encoder(tiny_dir):
 @pytest.fixture(scope="module")
 def vision_dir(tiny_dir, tmp_path_factory):
     """The tiny model's vision tower saved as a plain CLIPVisionModelWithProjection directory."""
-    from captioner.checkpoints import load_pretrained
+    from captioner.model.checkpoints import load_pretrained
 
     model, _ = load_pretrained(tiny_dir)
     out = tmp_path_factory.mktemp("vision")
@@ -177,7 +177,7 @@ def test_cli_interrupt_then_resume(tmp_path, tiny_dir, monkeypatch, capsys):
 
 
 def test_other_dataset_or_encoder_refused(tmp_path, encoder, tiny_dir):
-    from captioner.tiny import make_tiny
+    from captioner.model.tiny import make_tiny
 
     items = read_dataset(make_shapes(tmp_path / "a", 4))
     embed_dataset(items, encoder, tmp_path / "out", shard_size=2, progress=False)

@@ -17,8 +17,10 @@ import torch
 from helpers import png_bytes
 
 from captioner import DecodingSettings
-from captioner.captioner import CaptionResult
-from captioner.engine import (
+from captioner.errors import AltCapError, InvalidSettings, ModelNotFound
+from captioner.images import load_image
+from captioner.pipeline import CaptionResult
+from captioner.serve.engine import (
     CaptionFuture,
     DeadlineExceeded,
     Engine,
@@ -26,8 +28,6 @@ from captioner.engine import (
     ModelUnavailable,
     Overloaded,
 )
-from captioner.errors import AltCapError, InvalidSettings, ModelNotFound
-from captioner.images import load_image
 
 TIMEOUT = 10.0  # generous: only reached when something is broken
 COLOURS = [(200, 30, 30), (20, 160, 40), (30, 40, 220), (250, 250, 250), (0, 0, 0), (90, 90, 0)]
@@ -365,7 +365,7 @@ def test_load_failure_is_kept_and_reported(pixels, exc):
 def test_a_failing_batch_fails_only_its_own_items(make_engine, spy, pixels, caplog):
     engine = make_engine()
     spy.fail_next = True
-    with caplog.at_level(logging.ERROR, logger="captioner.engine"):
+    with caplog.at_level(logging.ERROR, logger="captioner.serve.engine"):
         doomed = hold_worker(engine, spy, pixels[0])
         others = [engine.submit(pixels[1], GREEDY), engine.submit(pixels[2], GREEDY)]
         spy.gate.set()

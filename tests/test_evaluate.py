@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.cli import main
+from captioner.cli.main import main
 from captioner.train import evaluate as E
 from captioner.train.synthetic import make_shapes
 
@@ -242,7 +242,7 @@ def test_one_caption_for_every_image_is_a_warning(tiny_dir, tmp_path, capsys, mo
     mapper that has learnt nothing) writes one caption for all: said on stderr and in the
     report, pointing at --lr."""
     monkeypatch.setattr(E, "java_path", lambda: None)  # scores do not matter here: faster
-    from captioner.checkpoints import load_pretrained, save_pretrained
+    from captioner.model.checkpoints import load_pretrained, save_pretrained
 
     model, tok = load_pretrained(tiny_dir)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Tests for captioner.fetch: a real local HTTP(S) server, a stubbed resolver, and every
+"""Tests for captioner.crawl.fetch: a real local HTTP(S) server, a stubbed resolver, and every
 address spelling an SSRF attempt might use.
 
 The local server listens on 127.0.0.1 only. Fetches reach it through ``HOST``, a public-looking
@@ -28,8 +28,7 @@ import pytest
 import urllib3
 from PIL import Image
 
-from captioner.errors import AltCapError
-from captioner.fetch import (
+from captioner.crawl.fetch import (
     BlockedAddress,
     FetchedImage,
     FetchError,
@@ -37,6 +36,7 @@ from captioner.fetch import (
     check_url,
     fetch_image,
 )
+from captioner.errors import AltCapError
 
 UrlFor = Callable[..., str]  # the ``url`` fixture: url("/path", host=HOST)
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from app import default_loader
-from captioner.identity import (
+from captioner.model.identity import (
     SAMPLE,
     ModelChanged,
     model_identity,
     redact_model_path,
 )
-from captioner.settings import Settings
-from captioner.tiny import make_tiny
+from captioner.model.tiny import make_tiny
+from captioner.serve.settings import Settings
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ import redis
 from helpers import png_bytes, serve_directory, serve_handler
 from redis_server import RedisServer
 
-from captioner import jobs
 from captioner.errors import AltCapError
-from captioner.jobs import (
+from captioner.jobs import queue as jobs
+from captioner.jobs.queue import (
     CaptionerBackend,
     IdempotencyConflict,
     InvalidJob,
@@ -31,7 +31,7 @@ from captioner.jobs import (
     RetryLater,
     parse_job,
 )
-from captioner.jobstore import (
+from captioner.jobs.store import (
     DUPLICATE,
     FINISHED,
     INACTIVE,
@@ -44,7 +44,7 @@ from captioner.jobstore import (
     SQLiteJobStore,
     holder,
 )
-from captioner.settings import Settings
+from captioner.serve.settings import Settings
 
 FAST = {"max_tokens": 4}  # short captions: the tiny model's time goes to the point
 
@@ -491,7 +491,7 @@ def test_store_counts_planning_attempts_like_chunk_attempts(store: JobStore) -> 
 def test_an_older_sqlite_store_gains_the_columns_added_since(tmp_path: Path) -> None:
     import sqlite3
 
-    from captioner import jobstore
+    from captioner.jobs import store as jobstore
 
     path = tmp_path / "old.sqlite3"
     old_schema = jobstore._SCHEMA.replace("    plan_attempts INTEGER NOT NULL DEFAULT 0,\n", "")
@@ -971,7 +971,7 @@ class FakeEngine:
 
 
 def test_the_engine_backend_retries_only_a_busy_engine() -> None:
-    from captioner.engine import DeadlineExceeded, InternalError, ModelUnavailable, Overloaded
+    from captioner.serve.engine import DeadlineExceeded, InternalError, ModelUnavailable, Overloaded
 
     images = [object(), object()]
     crash = InternalError("the model crashed on this image")
@@ -989,7 +989,7 @@ def test_the_engine_backend_retries_only_a_busy_engine() -> None:
 
 def test_an_internal_error_on_one_image_fails_its_row_and_ends_the_job(make_queue, site):
     """Before the fix, any 5xx outcome gave the chunk back uncounted: a poison image looped."""
-    from captioner.engine import InternalError
+    from captioner.serve.engine import InternalError
 
     base, _ = site
     calls: list[int] = []
@@ -1029,8 +1029,8 @@ def test_an_image_the_model_has_nothing_readable_for_is_a_skipped_row(make_queue
 def test_job_captions_are_cached_by_model_identity(make_queue, site, tiny_dir, tmp_path) -> None:
     """A shared cache answers a consumer of the same model directory after a restart, and
     not one of the same directory retrained in place (the path alone is the same)."""
-    from captioner.cache import SQLiteCache
-    from captioner.tiny import make_tiny
+    from captioner.model.tiny import make_tiny
+    from captioner.serve.cache import SQLiteCache
 
     base, _ = site
     model_dir = shutil.copytree(tiny_dir, tmp_path / "runs" / "final")
@@ -1056,9 +1056,9 @@ def test_job_captions_are_cached_by_model_identity(make_queue, site, tiny_dir, t
 def test_a_job_never_serves_a_cache_entry_of_another_shape(make_queue, site, tmp_path) -> None:
     """Entries are shared with the service; one without its token count is not a caption
     result (the service already refused it, jobs served its ``caption``)."""
-    from captioner.cache import SQLiteCache, cache_key, sha256_hex
     from captioner.config import DecodingSettings
-    from captioner.identity import model_identity
+    from captioner.model.identity import model_identity
+    from captioner.serve.cache import SQLiteCache, cache_key, sha256_hex
 
     base, root = site
     queue = make_queue(DATA_DIR=tmp_path / "data")

@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from helpers import png_bytes, serve_directory
 
 from app import create_app
-from captioner.jobstore import Plan
+from captioner.jobs.store import Plan
 
 EXTENSION = "chrome-extension://abcdefghijklmnop"
 
@@ -540,8 +540,8 @@ def test_a_separate_worker_charges_the_budget_the_service_counts(
     under the same key, and with the Redis job store the job waits there."""
     from redis_server import RedisServer
 
-    from captioner.jobs import CaptionerBackend, JobQueue
-    from captioner.settings import Settings
+    from captioner.jobs.queue import CaptionerBackend, JobQueue
+    from captioner.serve.settings import Settings
 
     with RedisServer() as redis:
         config = {

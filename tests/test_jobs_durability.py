@@ -32,8 +32,8 @@ from helpers import QuietHandler, png_bytes, serve_handler
 from PIL import Image
 from redis_server import RedisServer
 
-from captioner.jobs import JobQueue, parse_job, recovery_bounds_s
-from captioner.settings import Settings
+from captioner.jobs.queue import JobQueue, parse_job, recovery_bounds_s
+from captioner.serve.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = 200

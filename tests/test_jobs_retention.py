@@ -22,8 +22,8 @@ import redis
 from redis_server import RedisServer
 
 from captioner.errors import AltCapError
-from captioner.jobs import JobActive, JobConsumer, JobNotFound, JobQueue, parse_job
-from captioner.jobstore import (
+from captioner.jobs.queue import JobActive, JobConsumer, JobNotFound, JobQueue, parse_job
+from captioner.jobs.store import (
     DUPLICATE,
     FINISHED,
     JobStore,
@@ -31,7 +31,7 @@ from captioner.jobstore import (
     RedisJobStore,
     SQLiteJobStore,
 )
-from captioner.settings import Settings
+from captioner.serve.settings import Settings
 
 RETENTION = 100.0
 TABLES = {

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = textwrap.dedent(
     """
     import sys
-    from captioner.metrics import Metrics
+    from captioner.serve.metrics import Metrics
 
-    class Engine:  # what Metrics reads from captioner.engine.Engine
+    class Engine:  # what Metrics reads from captioner.serve.engine.Engine
         ready = READY
         def stats(self):
             return {"queue_depth": DEPTH}

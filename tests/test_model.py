@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from captioner.config import ClipCapConfig
-from captioner.lm import CachedGPT2
-from captioner.model import MLPMapper, TransformerMapper
-from captioner.tiny import tiny_tokenizer_and_model
+from captioner.model.modeling import MLPMapper, TransformerMapper
+from captioner.model.tiny import tiny_tokenizer_and_model
+from captioner.runtime.lm import CachedGPT2
 
 
 def test_mlp_mapper_shapes_and_keys():
@@ -109,7 +109,7 @@ def test_config_round_trip_and_validation():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_linears_match_plain_ones(dtype):
-    from captioner.packed import can_pack, pack_linears
+    from captioner.runtime.packed import can_pack, pack_linears
 
     if not can_pack(torch.device("cpu"), dtype):
         pytest.fail("oneDNN weight packing is unavailable in this torch build")

@@ -18,11 +18,11 @@ import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, POST_HTML, serve_site, sitemapindex, urlset
 
-from captioner import pages
-from captioner.batch import PENDING, Source, caption_rows, plan
+from captioner.cli.batch import PENDING, Source, caption_rows, plan
 from captioner.config import same_language
-from captioner.fetch import FetchLimits, fetch_document
-from captioner.pages import (
+from captioner.crawl import pages
+from captioner.crawl.fetch import FetchLimits, fetch_document
+from captioner.crawl.pages import (
     Crawler,
     CrawlError,
     PageImage,
@@ -32,7 +32,7 @@ from captioner.pages import (
     parse_srcset,
     patch_html,
 )
-from captioner.politeness import Pacer
+from captioner.crawl.politeness import Pacer
 
 LOCAL = FetchLimits(allow_private=True, connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
 VECTORS = Path(__file__).parent / "vectors" / "alttext.json"

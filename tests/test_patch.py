@@ -17,9 +17,9 @@ from pathlib import Path
 import html5lib
 import pytest
 
-from captioner import patch
-from captioner.pages import patch_html
-from captioner.patch import Document, _start_tag
+from captioner.crawl import patch
+from captioner.crawl.pages import patch_html
+from captioner.crawl.patch import Document, _start_tag
 
 BASE = "http://site.test/"
 

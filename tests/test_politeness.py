@@ -1,4 +1,4 @@
-"""Politeness to sites (captioner/politeness.py): downloads at once per host and turns per
+"""Politeness to sites (captioner/crawl/politeness.py): downloads at once per host and turns per
 origin, in one process and, through a real Redis, over several consumers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis_server import RedisServer
 
-from captioner.politeness import (
+from captioner.crawl.politeness import (
     HostSlots,
     Pacer,
     RedisHostSlots,
@@ -138,7 +138,7 @@ def test_slots_fall_back_to_the_process_cap_while_redis_is_down(
     slots = RedisHostSlots(other_client(redis_server), 2, lease_s=30)
     redis_server.stop()
     try:
-        with caplog.at_level(logging.WARNING, logger="captioner.politeness"):
+        with caplog.at_level(logging.WARNING, logger="captioner.crawl.politeness"):
             most = run_downloads(lambda _: slots, URLS[:8])  # no error, no hang
     finally:
         redis_server.start()
@@ -164,7 +164,7 @@ def test_pacer_books_turns_per_origin() -> None:
 
 
 def test_pacer_forgets_origins_whose_turn_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("captioner.politeness.PACER_ORIGINS", 3)
+    monkeypatch.setattr("captioner.crawl.politeness.PACER_ORIGINS", 3)
     now = [0.0]
     pacer = Pacer(lambda: now[0])
     for i in range(3):
@@ -196,7 +196,7 @@ def test_redis_pacer_falls_back_to_the_process_turns_while_redis_is_down(
     pacer = RedisPacer(other_client(redis_server))
     redis_server.stop()
     try:
-        with caplog.at_level(logging.WARNING, logger="captioner.politeness"):
+        with caplog.at_level(logging.WARNING, logger="captioner.crawl.politeness"):
             waits = [pacer.reserve("https://a.example", 10.0) for _ in range(2)]
     finally:
         redis_server.start()

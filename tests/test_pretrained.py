@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import write_reference_parts
 
-import captioner.pretrained as pretrained
+import captioner.model.pretrained as pretrained
 from captioner import Captioner
 from captioner.errors import DownloadFailed, ModelNotFound
 

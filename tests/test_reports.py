@@ -10,9 +10,9 @@ import json
 import pytest
 from bs4 import BeautifulSoup
 
-from captioner.html_report import NO_PAGE, VERDICT_LABELS
-from captioner.pages import VERDICTS
-from captioner.reports import (
+from captioner.crawl.pages import VERDICTS
+from captioner.jobs.html_report import NO_PAGE, VERDICT_LABELS
+from captioner.jobs.reports import (
     RESULT_FIELDS,
     UnknownFormat,
     content_type,
@@ -108,7 +108,7 @@ def test_formats_and_content_types() -> None:
 
 
 def test_make_row_takes_the_error_code_and_message_from_an_error() -> None:
-    from captioner.fetch import BlockedAddress
+    from captioner.crawl.fetch import BlockedAddress
 
     row = make_row(page_url=None, image_url="u", status="failed", error=BlockedAddress("nope"))
     assert (row["error_code"], row["error_message"]) == ("blocked_address", "nope")

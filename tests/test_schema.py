@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from captioner import fetch
+from captioner.crawl import fetch
 
 PUBLIC_ADDRESS = "93.184.215.14"
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "30"))  # per operation and mode

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.settings import (
+from captioner.serve.settings import (
     ENV_PREFIX,
     ConfigError,
     Settings,
@@ -147,13 +147,13 @@ def test_create_app_refuses_a_storage_it_cannot_use(
     """A storage whose client library is missing (memcached:// without pymemcache)."""
     from limits.errors import ConfigurationError
 
-    import captioner.api
+    import captioner.web.api
     from app import create_app
 
     def missing_library(*args: object) -> None:
         raise ConfigurationError("memcached prerequisite not available")
 
-    monkeypatch.setattr(captioner.api, "_new_limiter", missing_library)
+    monkeypatch.setattr(captioner.web.api, "_new_limiter", missing_library)
     config = {"RATE_LIMIT": "1/second", "RATELIMIT_STORAGE_URL": "memcached://localhost"}
     with pytest.raises(ConfigError, match="ALTCAP_RATELIMIT_STORAGE_URL"):
         create_app({**config, "DATA_DIR": tmp_path, "MODEL": str(tmp_path / "none")})
@@ -174,8 +174,11 @@ def test_table_documents_every_setting() -> None:
 
 
 def test_readme_documents_every_variable() -> None:
-    """The README's configuration table must list every variable (generate it with
-    ``python -c "from captioner.settings import markdown_table; print(markdown_table())"``)."""
+    """The README's configuration table must list every variable.
+
+    Generate it with
+    ``python -c "from captioner.serve.settings import markdown_table; print(markdown_table())"``.
+    """
     assert README.exists(), "README.md is missing"
     text = README.read_text(encoding="utf-8")
     missing = [r.name for r in Settings.table() if not re.search(rf"\b{r.name}\b", text)]

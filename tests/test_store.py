@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from captioner.tiny import tiny_config
+from captioner.model.tiny import tiny_config
 from captioner.train.store import (
     INDEX_NAME,
     EmbeddingStore,

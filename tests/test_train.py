@@ -21,10 +21,10 @@ from helpers import png_bytes
 from safetensors.torch import load_file
 
 from captioner import Captioner
-from captioner.checkpoints import load_pretrained, save_pretrained
-from captioner.cli import main
+from captioner.cli.main import main
 from captioner.errors import InvalidSettings, ModelError
-from captioner.tiny import make_tiny
+from captioner.model.checkpoints import load_pretrained, save_pretrained
+from captioner.model.tiny import make_tiny
 from captioner.train import options as O
 from captioner.train import train as T
 from captioner.train.checkpoint import (
@@ -461,7 +461,7 @@ def test_cli_missing_store_is_one_line(tiny_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize(("bf16_cpu", "want"), [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_on_the_cpu_follows_its_instructions(monkeypatch, bf16_cpu, want):
-    from captioner import cpu_kernel
+    from captioner.runtime import cpu_kernel
     from captioner.train.train import resolve_precision
 
     monkeypatch.setattr(cpu_kernel, "cpu_supported", lambda: bf16_cpu)

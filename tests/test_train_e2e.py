@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from captioner import Captioner
-from captioner.checkpoints import save_pretrained
-from captioner.cli import main
-from captioner.model import ClipCapModel
-from captioner.tiny import tiny_config, train_tokenizer
+from captioner.cli.main import main
+from captioner.model.checkpoints import save_pretrained
+from captioner.model.modeling import ClipCapModel
+from captioner.model.tiny import tiny_config, train_tokenizer
 from captioner.train.synthetic import make_shapes, shape_vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner import cpu_kernel
-from captioner.tiny import tiny_tokenizer_and_model
-from captioner.vision import LeanVision
+from captioner.model.tiny import tiny_tokenizer_and_model
+from captioner.runtime import cpu_kernel
+from captioner.runtime.vision import LeanVision
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,9 @@ from gunicorn_server import Gunicorn
 from test_api import EXTENSION, RED, CheckedClient, FakeEngine, b64, error_of, wait_ready
 
 from app import create_app
-from captioner.captioner import CaptionResult
 from captioner.errors import ConfigError
-from captioner.settings import Settings
+from captioner.pipeline import CaptionResult
+from captioner.serve.settings import Settings
 
 EVIL = "https://evil.example"
 
@@ -324,7 +324,7 @@ def test_listening_on_every_address_allows_any_host_with_a_warning(
     and says once that ALTCAP_ALLOWED_HOSTS should name it."""
     client = make_app().test_client()
     everywhere = {"SERVER_NAME": address}
-    with caplog.at_level(logging.WARNING, logger="captioner.api"):
+    with caplog.at_level(logging.WARNING, logger="captioner.web.api"):
         for host in ("altcap.example.org", "evil.example", "localhost"):
             response = client.get("/healthz", headers={"Host": host}, environ_overrides=everywhere)
             assert response.status_code == 200

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from captioner.checkpoints import save_pretrained
 from captioner.errors import AltCapError
-from captioner.model import ClipCapModel
+from captioner.model.checkpoints import save_pretrained
+from captioner.model.modeling import ClipCapModel
 from captioner.train.parts import first_line
 
 CHECKPOINTS = "checkpoints"

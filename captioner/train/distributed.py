@@ -34,7 +34,7 @@ class Dist:
 def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
     """Single process, or one of ``torchrun``'s (RANK/WORLD_SIZE/LOCAL_RANK): nccl on CUDA,
     gloo on the CPU."""
-    from captioner.captioner import pick_device
+    from captioner.pipeline import pick_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

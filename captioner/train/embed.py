@@ -93,7 +93,7 @@ def load_encoder(
 
     An AltCap model given as ``image_encoder`` loads as its vision tower. ``hint`` ends the
     message of an image encoder that cannot be loaded: what to give instead."""
-    from captioner.captioner import pick_device, pick_dtype
+    from captioner.pipeline import pick_device, pick_dtype
 
     if model is not None and image_encoder is not None:
         raise ModelError("give either a model or an image encoder, not both")
@@ -111,8 +111,8 @@ def _load_model_vision(name: str | None):
     from safetensors import SafetensorError, safe_open
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from captioner.checkpoints import WEIGHTS_NAME, load_config
-    from captioner.pretrained import DEFAULT_MODEL, resolve
+    from captioner.model.checkpoints import WEIGHTS_NAME, load_config
+    from captioner.model.pretrained import DEFAULT_MODEL, resolve
 
     model_dir = resolve(name or DEFAULT_MODEL)
     config = load_config(model_dir)

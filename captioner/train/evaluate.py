@@ -270,7 +270,7 @@ def evaluate(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Caption a set and score it: (report, captions in the COCO results format)."""
-    from captioner.captioner import Captioner
+    from captioner.pipeline import Captioner
 
     t0 = time.perf_counter()
     fmt = detect_format(annotations)
@@ -278,7 +278,7 @@ def evaluate(
     if limit is not None:
         items = items[:limit]
     captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
-    settings = captioner.settings(settings)
+    settings = captioner.serve.settings(settings)
     t1 = time.perf_counter()
     captions, skipped = caption_items(
         captioner,
@@ -417,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from captioner.cli import main as cli_main
+    from captioner.cli.main import main as cli_main
 
     return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 

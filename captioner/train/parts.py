@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from captioner.checkpoints import CONFIG_NAME, load_pretrained
 from captioner.config import ClipCapConfig
 from captioner.errors import InvalidSettings, ModelError
-from captioner.model import ClipCapModel, build_mapper
+from captioner.model.checkpoints import CONFIG_NAME, load_pretrained
+from captioner.model.modeling import ClipCapModel, build_mapper
 from captioner.train.options import TrainOptions
 from captioner.train.store import EncoderInfo, weights_sha
 
@@ -123,7 +123,7 @@ def quiet_transformers(progress: bool = True) -> Iterator[None]:
 def altcap_model(source: str) -> str | None:
     """``source`` as an AltCap model (a local model directory or a registry name), or None
     for a Hugging Face part. A model directory given as a part loads as that part."""
-    from captioner.pretrained import REGISTRY
+    from captioner.model.pretrained import REGISTRY
 
     if source in REGISTRY:
         return source
@@ -140,7 +140,7 @@ def _load_language_model(source: str) -> tuple[nn.Module, PreTrainedTokenizerBas
 
     model = altcap_model(source)
     if model is not None:  # its GPT-2 and tokenizer (the vision tower loads along, unused)
-        from captioner.pretrained import resolve
+        from captioner.model.pretrained import resolve
 
         clipcap, tokenizer = load_pretrained(resolve(model))
         return clipcap.lm, tokenizer, clipcap.config.language_model
@@ -158,7 +158,7 @@ def build_model(
     saying where its parts came from. Refuses a vision tower other than the one that made
     the embeddings."""
     if opts.init:
-        from captioner.pretrained import resolve
+        from captioner.model.pretrained import resolve
 
         base, tokenizer = load_pretrained(resolve(opts.init))
         config = ClipCapConfig(

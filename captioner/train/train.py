@@ -44,13 +44,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from captioner import cpu_kernel
-from captioner.checkpoints import load_pretrained
 from captioner.config import DecodingSettings
-from captioner.decoding import StopRule, generate
 from captioner.errors import InvalidSettings
-from captioner.lm import CachedGPT2
-from captioner.model import ClipCapModel
+from captioner.model.checkpoints import load_pretrained
+from captioner.model.modeling import ClipCapModel
+from captioner.runtime import cpu_kernel
+from captioner.runtime.decoding import StopRule, generate
+from captioner.runtime.lm import CachedGPT2
 from captioner.train.checkpoint import (
     CHECKPOINTS,
     CKPT_FORMAT,
@@ -673,7 +673,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from captioner.cli import main as cli_main
+    from captioner.cli.main import main as cli_main
 
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
