@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.decode import FORCED, IdTokenizer, full_size_model, pixels
 from captioner.pipeline import Captioner
-from captioner.runtime.decoding import StopRule, generate
+from captioner.runtime.decoding import generate
+from captioner.runtime.stopping import StopRule
 
 
 def main() -> None:

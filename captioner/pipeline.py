@@ -15,20 +15,21 @@ from transformers import PreTrainedTokenizerBase
 from captioner.alttext import clean_caption
 from captioner.config import DecodingSettings
 from captioner.errors import InvalidSettings
-from captioner.images import DEFAULT_MAX_PIXELS, ImageInput, load_image, preprocess
+from captioner.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from captioner.model.checkpoints import load_pretrained
 from captioner.model.modeling import ClipCapModel
 from captioner.model.pretrained import DEFAULT_MODEL, resolve
+from captioner.model.processing import preprocess
 from captioner.runtime import cpu_kernel
-from captioner.runtime.decoding import StopRule, generate
+from captioner.runtime.decoding import generate
+from captioner.runtime.device import pick_device, pick_dtype
 from captioner.runtime.graphs import GraphedGreedy
 from captioner.runtime.lm import CachedGPT2
 from captioner.runtime.packed import can_pack, pack_linears
+from captioner.runtime.stopping import StopRule
 from captioner.runtime.vision import LeanVision
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -49,25 +50,6 @@ class CaptionResult:
             "timings_ms": self.timings,
             "batch_size": self.batch_size,
         }
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidSettings("device 'cuda' was asked for but no CUDA GPU is available")
-    return dev
-
-
-def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise InvalidSettings(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    return DTYPES[dtype]
 
 
 class Captioner:

@@ -322,8 +322,9 @@ class _Captioner(_Backend):
 
 
 def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
-    from captioner.cli.batch import PENDING, caption_rows
     from captioner.crawl.fetch import FetchLimits
+    from captioner.jobs.plan import caption_rows
+    from captioner.jobs.rows import PENDING
 
     (tmp_path / "0.png").write_bytes(png_bytes())
     with serve_directory(tmp_path) as base:
@@ -339,8 +340,9 @@ def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
 
 
 def test_caption_that_is_only_invisible_characters_is_no_caption(tmp_path):
-    from captioner.cli.batch import PENDING, caption_rows
     from captioner.crawl.fetch import FetchLimits
+    from captioner.jobs.plan import caption_rows
+    from captioner.jobs.rows import PENDING
 
     (tmp_path / "0.png").write_bytes(png_bytes())
     with serve_directory(tmp_path) as base:

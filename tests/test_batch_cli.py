@@ -14,9 +14,11 @@ from testsite import INDEX_HTML, LATIN1_HTML, serve_site
 
 from captioner.alttext import alt_text
 from captioner.cli import progress as progress_module
-from captioner.cli.batch import page_counts, patched_name, summary_line
+from captioner.cli.batch import summary_line
 from captioner.cli.main import main
 from captioner.cli.progress import ProgressLines
+from captioner.jobs.plan import patched_name
+from captioner.jobs.rows import page_counts
 
 ALT_ATTR = re.compile(r"""\s+alt\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
 METADATA_URL = "http://169.254.169.254/latest/logo.png"
@@ -498,10 +500,10 @@ def test_patched_names() -> None:
 def test_an_image_the_model_has_nothing_readable_for_is_skipped(site) -> None:
     """A caption that cleaned to "" is no suggestion: the row is ``skipped`` with
     ``no_caption``, not ``done`` with an empty caption, and nothing is patched with it."""
-    from captioner.cli.batch import PENDING, caption_rows
     from captioner.crawl.fetch import FetchLimits
-    from captioner.images import preprocess
-    from captioner.jobs.reports import make_row
+    from captioner.jobs.plan import caption_rows
+    from captioner.jobs.rows import PENDING, make_row
+    from captioner.model.processing import preprocess
 
     class Result:
         def __init__(self, text: str) -> None:

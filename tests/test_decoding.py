@@ -7,9 +7,10 @@ import torch
 
 from captioner.config import DecodingSettings
 from captioner.model.tiny import tiny_tokenizer_and_model
-from captioner.runtime.decoding import StopRule, generate, nucleus_filter
+from captioner.runtime.decoding import generate, nucleus_filter
 from captioner.runtime.lm import CachedGPT2
 from captioner.runtime.reference import reference_beam, reference_greedy
+from captioner.runtime.stopping import StopRule
 
 N = 6
 SEED = 5

@@ -11,11 +11,8 @@ from captioner.cli.main import main
 from captioner.errors import ModelError
 from captioner.images import load_image
 from captioner.train.data import read_dataset
-from captioner.train.embed import (
-    DatasetMismatch,
-    embed_dataset,
-    load_encoder,
-)
+from captioner.train.embed import DatasetMismatch, embed_dataset
+from captioner.train.encoder import load_encoder
 from captioner.train.store import EmbeddingStore, EncoderMismatch
 from captioner.train.synthetic import LAYOUTS, make_shapes
 

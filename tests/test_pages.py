@@ -18,7 +18,6 @@ import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, POST_HTML, serve_site, sitemapindex, urlset
 
-from captioner.cli.batch import PENDING, Source, caption_rows, plan
 from captioner.config import same_language
 from captioner.crawl import pages
 from captioner.crawl.fetch import FetchLimits, fetch_document
@@ -33,6 +32,8 @@ from captioner.crawl.pages import (
     patch_html,
 )
 from captioner.crawl.politeness import Pacer
+from captioner.jobs.plan import Source, caption_rows, plan
+from captioner.jobs.rows import PENDING
 
 LOCAL = FetchLimits(allow_private=True, connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
 VECTORS = Path(__file__).parent / "vectors" / "alttext.json"

@@ -12,14 +12,8 @@ from bs4 import BeautifulSoup
 
 from captioner.crawl.pages import VERDICTS
 from captioner.jobs.html_report import NO_PAGE, VERDICT_LABELS
-from captioner.jobs.reports import (
-    RESULT_FIELDS,
-    UnknownFormat,
-    content_type,
-    format_for_path,
-    make_row,
-    write_rows,
-)
+from captioner.jobs.reports import UnknownFormat, content_type, format_for_path, write_rows
+from captioner.jobs.rows import RESULT_FIELDS, make_row
 
 ROWS = [
     make_row(

@@ -36,7 +36,7 @@ from captioner.train.checkpoint import (
 )
 from captioner.train.collapse import Collapse, one_caption_for_all
 from captioner.train.dataset import IGNORE, split_by_image, tokenize_captions
-from captioner.train.embed import load_encoder
+from captioner.train.encoder import load_encoder
 from captioner.train.parts import ARCH_OPTIONS, architecture, build_model
 from captioner.train.store import EmbeddingStore
 

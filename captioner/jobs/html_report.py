@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from captioner.cli.batch import ROBOTS, verdict_counts
 from captioner.config import lang_to_mark
+from captioner.jobs.rows import ROBOTS, verdict_counts
 
 __all__ = ["VERDICT_LABELS", "write_html"]
 
@@ -37,7 +37,7 @@ VERDICT_LABELS = {
 NO_PAGE = "Image addresses given directly"
 
 _env = Environment(
-    loader=PackageLoader("captioner", "templates"),
+    loader=PackageLoader("captioner.jobs", "templates"),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,

@@ -4,7 +4,7 @@ A job goes through three steps, each run by whichever consumer gets to it first:
 
 1. **submit** (the API, in the request): the job is validated and stored as ``queued``, and
    one huey message, a *wake-up* for the job, is enqueued.
-2. **plan** (a consumer): pages are crawled, images found and judged (``batch.plan``, the
+2. **plan** (a consumer): pages are crawled, images found and judged (``plan.plan``, the
    same code as ``python -m captioner batch``), and the images to caption are split into
    chunks of ``ALTCAP_JOB_CHUNK_SIZE``. The plan is stored in one atomic write, then more
    wake-ups are enqueued so that other consumers join in.
@@ -74,10 +74,12 @@ from urllib.parse import urlsplit
 from captioner.alttext import alt_text
 from captioner.config import DecodingSettings
 from captioner.crawl import fetch
+from captioner.crawl.pages import Crawler, patch_html
 from captioner.crawl.politeness import HostSlots, Pacer, RedisHostSlots, RedisPacer
 from captioner.errors import AltCapError
 from captioner.images import load_image
-from captioner.jobs.reports import caption_outcome
+from captioner.jobs import plan as batch
+from captioner.jobs.rows import PENDING, caption_outcome, page_counts, verdict_counts
 from captioner.jobs.store import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -99,6 +101,7 @@ from captioner.serve.cache import (
     get_caption,
     sha256_hex,
 )
+from captioner.serve.engine import DeadlineExceeded, ModelUnavailable, Overloaded
 from captioner.serve.settings import Settings
 
 if TYPE_CHECKING:
@@ -491,7 +494,6 @@ def _transient(error: AltCapError) -> bool:
     """Worth retrying the chunk for, without counting an attempt: the engine is busy,
     loading or stopping. Anything else, an ``InternalError`` (500) above all, is the image's
     own failure: retrying it without counting would loop forever on a poison image."""
-    from captioner.serve.engine import DeadlineExceeded, ModelUnavailable, Overloaded
 
     return isinstance(error, Overloaded | ModelUnavailable | DeadlineExceeded)
 
@@ -640,7 +642,6 @@ class JobQueue:
             }
             for p in (self.store.pages(job["id"]) if job["planned"] and kind != "images" else [])
         ]
-        from captioner.cli.batch import page_counts  # as build_plan imports batch
 
         codes = [(p["error"] or {}).get("code") for p in pages]  # None: read
         return {
@@ -700,7 +701,6 @@ class JobQueue:
     ) -> str:
         """Page ``n`` (1-based, as in ``pages``) with the job's captions filled in as alt;
         ``language``: the captions' language tag (see ``pages.patch_html``)."""
-        from captioner.crawl.pages import patch_html
 
         self.get(job_id, scope)
         # n comes from the URL: past any page number, it must not reach the store (an
@@ -1146,14 +1146,11 @@ class JobConsumer:
             self.queue.notify(job_id)
 
     def plan(self, job: Mapping[str, Any]) -> None:
-        """Crawl and judge (``batch.plan``), split into chunks, store it all at once."""
-        from captioner.cli import batch
-        from captioner.crawl.pages import Crawler
-
+        """Crawl and judge (``plan.plan``), split into chunks, store it all at once."""
         job_id, spec = job["id"], job["spec"]
         last_check = [time.monotonic()]
 
-        def still_wanted(_: int) -> None:  # batch.plan's progress hook, once per page
+        def still_wanted(_: int) -> None:  # plan.plan's progress hook, once per page
             if self.stopping:
                 raise _Stop
             if time.monotonic() - last_check[0] > 1.0:
@@ -1283,7 +1280,7 @@ def _rows(
 
 
 def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = None) -> Plan:
-    """A ``batch.Plan`` (rows in report order, pending ones to caption) as stored chunks.
+    """A ``plan.Plan`` (rows in report order, pending ones to caption) as stored chunks.
 
     Each distinct pending image URL is captioned once, in the chunk of its first row; its
     item lists every row it fills (one per page it is on). Pages keep their HTML (for their
@@ -1291,7 +1288,6 @@ def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = Non
     site of huge pages must not make that write too large for the store. ``spec`` (the
     job's) tells whether ``max_pages`` cut the job short.
     """
-    from captioner.cli.batch import PENDING, verdict_counts
 
     rows: dict[int, dict[str, Any]] = {}
     items: dict[str, dict[str, Any]] = {}

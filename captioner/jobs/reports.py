@@ -15,36 +15,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from captioner.errors import AltCapError
+from captioner.jobs.rows import RESULT_FIELDS
 
 __all__ = [
     "FORMATS",
-    "NO_CAPTION",
-    "NO_CAPTION_MESSAGE",
-    "RESULT_FIELDS",
-    "STATUSES",
     "UnknownFormat",
-    "caption_outcome",
     "content_type",
     "format_for_path",
-    "make_row",
     "write_rows",
 ]
 
-RESULT_FIELDS = (
-    "page_url",  # the page the image is on; None for image URLs given directly
-    "image_url",  # absolute URL of the image; None for a row about a page that failed
-    "alt",  # the author's alt as written; None when the attribute is absent
-    "verdict",  # missing | meaningless | empty_link | decorative | ok; None for bare image URLs
-    "status",  # done | failed | skipped
-    "caption",  # the suggested alt text when done
-    "error_code",  # stable code (captioner.errors) when failed, or why it was skipped
-    "error_message",
-)
-STATUSES = ("done", "failed", "skipped")
-# A caption that cleaned to nothing (see alttext.clean_caption): the image is skipped, not
-# done, so a site owner sees it among the images still needing alt text, with the reason.
-NO_CAPTION = "no_caption"
-NO_CAPTION_MESSAGE = "the model found nothing readable to say about this image"
 FORMATS = {
     "json": "application/json",
     "jsonl": "application/x-ndjson",
@@ -74,41 +54,6 @@ def format_for_path(path: str, default: str = "csv") -> str:
     """The format a file name asks for (``report.jsonl`` -> ``jsonl``), else ``default``."""
     suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
     return suffix if suffix in FORMATS else _check(default)
-
-
-def make_row(
-    *,
-    page_url: str | None,
-    image_url: str | None,
-    alt: str | None = None,
-    verdict: str | None = None,
-    status: str,
-    caption: str | None = None,
-    error: AltCapError | None = None,
-    error_code: str | None = None,
-    error_message: str | None = None,
-) -> dict[str, Any]:
-    """One result row with every field, in order; ``error`` fills the two error fields."""
-    if error is not None:
-        error_code, error_message = error.code, error.message
-    return {
-        "page_url": page_url,
-        "image_url": image_url,
-        "alt": alt,
-        "verdict": verdict,
-        "status": status,
-        "caption": caption,
-        "error_code": error_code,
-        "error_message": error_message,
-    }
-
-
-def caption_outcome(caption: str) -> dict[str, Any]:
-    """The fields of a row whose image was captioned: ``done`` with its caption, or, for a
-    caption that cleaned to nothing, ``skipped`` with ``error_code`` ``no_caption``."""
-    if caption:
-        return {"status": "done", "caption": caption}
-    return {"status": "skipped", "error_code": NO_CAPTION, "error_message": NO_CAPTION_MESSAGE}
 
 
 def _project(row: Mapping[str, Any]) -> dict[str, Any]:

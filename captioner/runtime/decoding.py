@@ -7,35 +7,12 @@ interact, and sampling draws each row's noise from its own generator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
 from captioner.config import DecodingSettings
+from captioner.runtime.graphs import GraphedGreedy
 from captioner.runtime.lm import CachedGPT2
-
-if TYPE_CHECKING:
-    from captioner.runtime.graphs import GraphedGreedy
-
-
-@dataclass(frozen=True)
-class StopRule:
-    """When a row is finished: at ``stop_id`` (".") or ``eos_id``, never before ``min_tokens``."""
-
-    stop_id: int | None
-    eos_id: int | None
-    min_tokens: int = 0
-
-    def hits(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
-        """Bool mask of rows whose just-generated ``tokens`` (step is 0-based) end them."""
-        hit = torch.zeros_like(tokens, dtype=torch.bool)
-        if step + 1 < self.min_tokens:
-            return hit
-        for i in (self.stop_id, self.eos_id):
-            if i is not None:
-                hit |= tokens == i
-        return hit
+from captioner.runtime.stopping import StopRule
 
 
 def generate(

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from captioner.runtime.decoding import StopRule
 from captioner.runtime.lm import CachedGPT2, KVCache
+from captioner.runtime.stopping import StopRule
 
 CHECK_EVERY = 4  # steps between host syncs that look for an all-finished batch
 

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from captioner.errors import AltCapError
 from captioner.model.checkpoints import save_pretrained
 from captioner.model.modeling import ClipCapModel
-from captioner.train.parts import first_line
+from captioner.train.loading import first_line
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"

@@ -414,13 +414,3 @@ def run(args: argparse.Namespace) -> int:
         value = report["metrics"][name]
         print(f"{name:8s} {'n/a' if value is None else f'{value:.4f}'}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from captioner.cli.main import main as cli_main
-
-    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,8 +49,9 @@ from captioner.errors import InvalidSettings
 from captioner.model.checkpoints import load_pretrained
 from captioner.model.modeling import ClipCapModel
 from captioner.runtime import cpu_kernel
-from captioner.runtime.decoding import StopRule, generate
+from captioner.runtime.decoding import generate
 from captioner.runtime.lm import CachedGPT2
+from captioner.runtime.stopping import StopRule
 from captioner.train.checkpoint import (
     CHECKPOINTS,
     CKPT_FORMAT,
@@ -670,13 +671,3 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(final)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from captioner.cli.main import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -55,7 +55,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from captioner.config import DecodingSettings, lang_to_mark
 from captioner.errors import AltCapError, ConfigError
-from captioner.jobs.reports import NO_CAPTION_MESSAGE
+from captioner.jobs.rows import NO_CAPTION_MESSAGE
 from captioner.model.identity import ModelIdentity, model_identity, redact_model_path
 from captioner.serve import parsing
 from captioner.serve.cache import Cache, cache_key

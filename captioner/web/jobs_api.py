@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from captioner.crawl.pages import VERDICTS
 from captioner.errors import AltCapError
-from captioner.jobs import reports
+from captioner.jobs import reports, rows
 from captioner.jobs.queue import InvalidJob, JobBudget, JobQueue, parse_job
 from captioner.serve.openapi import json_content, schema_ref
 from captioner.serve.parsing import parse_decoding
@@ -305,10 +305,10 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
     nullable = {"type": "string", "nullable": True}
     schemas["ResultRow"] = {
         "type": "object",
-        "required": list(reports.RESULT_FIELDS),
+        "required": list(rows.RESULT_FIELDS),
         "properties": {
-            **{name: nullable for name in reports.RESULT_FIELDS},
-            "status": {"type": "string", "enum": list(reports.STATUSES)},
+            **{name: nullable for name in rows.RESULT_FIELDS},
+            "status": {"type": "string", "enum": list(rows.STATUSES)},
         },
     }
     job_id = {
