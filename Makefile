@@ -56,6 +56,7 @@ test: venv deps-test lint
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports  # the layers and contracts in pyproject.toml
 
 bench: venv
 	$(PY) bench/decode.py

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from captioner.cli import batch, worker
+from captioner.cli.train import register_embed, register_evaluate, register_train
 from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from captioner.errors import AltCapError, NotAnImage
 
@@ -147,13 +149,7 @@ def _more_subcommands() -> list[Callable[[Any], None]]:
     """Subcommands defined next to their code: each module's ``register(subparsers)`` adds
     its parser with ``set_defaults(func=...)`` (a function taking the args, returning the exit
     status)."""
-    from captioner.cli.batch import register as batch
-    from captioner.cli.worker import register as worker
-    from captioner.train.embed import register as embed
-    from captioner.train.evaluate import register as evaluate
-    from captioner.train.train import register as train
-
-    return [embed, batch, train, evaluate, worker]
+    return [register_embed, batch.register, register_train, register_evaluate, worker.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -267,7 +267,7 @@ class Engine:
         ``InvalidSettings`` here, in the caller, rather than through the future.
         """
         captioner = self._require_model()
-        settings = captioner.serve.settings(settings)  # validated here, never inside a batch
+        settings = captioner.settings(settings)  # validated here, never inside a batch
         size = captioner.config.image_size
         if tuple(pixels.shape) != (3, size, size):
             raise ValueError(
@@ -325,7 +325,7 @@ class Engine:
         together. Raises only for the whole request: ``ModelUnavailable``, ``InvalidSettings``.
         """
         captioner = self._require_model()
-        settings = captioner.serve.settings(settings)
+        settings = captioner.settings(settings)
         deadline = _deadline(time.monotonic(), timeout_s, None)
         # Preprocess here, in the calling thread: the worker's time is for the model only.
         pixels = [captioner.preprocess([im])[0] for im in images]

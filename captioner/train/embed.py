@@ -30,13 +30,12 @@ from tqdm.auto import tqdm
 from captioner.errors import AltCapError
 from captioner.images import DEFAULT_MAX_PIXELS, load_image
 from captioner.model.processing import preprocess
-from captioner.train.data import FORMATS, Item, detect_format, read_dataset
+from captioner.train.data import Item, detect_format, read_dataset
 from captioner.train.encoder import ImageEncoder, load_encoder
+from captioner.train.options import DEFAULT_SHARD_SIZE
 from captioner.train.store import INDEX_NAME, EmbeddingStore, EncoderInfo, StoreError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SHARD_SIZE = 4096
 
 
 class DatasetMismatch(StoreError):
@@ -181,86 +180,6 @@ def _write_shard(
 
 
 # --- CLI --------------------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> None:
-    """Add ``embed`` to ``python -m captioner``."""
-    p = subparsers.add_parser(
-        "embed",
-        help="CLIP-embed a captioned image set into a resumable store (for `train`)",
-        description="CLIP image embeddings of a captioned data set, written in shards to OUT_DIR "
-        "for `train`. Run the same command again to resume an interrupted run; bad or missing "
-        "images are skipped and counted.",
-    )
-    p.add_argument(
-        "dataset",
-        metavar="DATASET",
-        help="COCO captions_*.json, Karpathy dataset_coco.json, a .csv/.tsv or .jsonl of "
-        "(image, caption) rows, or a folder of images with same-named .txt captions",
-    )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="the embedding store to create or resume")
-    p.add_argument(
-        "--format", choices=FORMATS, default=None, help="data set format (default: detected)"
-    )
-    p.add_argument(
-        "--image-root",
-        metavar="DIR",
-        default=None,
-        help="where relative image paths start (default: the annotation file's folder; COCO "
-        "also tries images/ and ../<train2014|val2014...>/)",
-    )
-    p.add_argument(
-        "--split",
-        default=None,
-        help="Karpathy split: train (includes restval), val, test or restval (default: all)",
-    )
-    p.add_argument(
-        "--image-column", metavar="NAME", default="image", help="CSV/JSONL image path column"
-    )
-    p.add_argument(
-        "--caption-column", metavar="NAME", default="caption", help="CSV/JSONL caption column"
-    )
-    enc = p.add_mutually_exclusive_group()
-    enc.add_argument(
-        "--model",
-        metavar="NAME|DIR",
-        default=None,
-        help="use the image encoder of this ClipCap model (name, directory or Hub id; "
-        "default: clipcap-coco, i.e. openai/clip-vit-base-patch32)",
-    )
-    enc.add_argument(
-        "--image-encoder",
-        metavar="ID|DIR",
-        default=None,
-        help="a CLIP vision model (Hub id or directory) with its preprocessor_config.json",
-    )
-    p.add_argument(
-        "--batch-size", metavar="N", type=int, default=64, help="images per forward pass (64)"
-    )
-    p.add_argument(
-        "--shard-size",
-        metavar="N",
-        type=int,
-        default=DEFAULT_SHARD_SIZE,
-        help=f"images per shard file, the unit of resumption ({DEFAULT_SHARD_SIZE}; a resumed "
-        "store keeps its own)",
-    )
-    p.add_argument(
-        "--workers",
-        metavar="N",
-        type=int,
-        default=0,
-        help="DataLoader processes decoding images (default 0: in the main process)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="encoder precision (default: bfloat16 on GPU, float32 on CPU); stored as float32",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
+from captioner.cliopts import decoding_from_args
 from captioner.config import DecodingSettings, same_language
 from captioner.errors import AltCapError
 from captioner.train.collapse import evaluate_warning, one_caption_for_all
@@ -278,7 +278,7 @@ def evaluate(
     if limit is not None:
         items = items[:limit]
     captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
-    settings = captioner.serve.settings(settings)
+    settings = captioner.settings(settings)
     t1 = time.perf_counter()
     captions, skipped = caption_items(
         captioner,
@@ -343,36 +343,6 @@ def _write_json(path: str, data: Any) -> None:
 
 
 # --- CLI -------------------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="caption a COCO-format set and compute BLEU, METEOR, ROUGE-L, CIDEr",
-        description=__doc__.splitlines()[0].strip("`"),
-    )
-    p.add_argument("model", help="model name, directory (e.g. OUT_DIR/final) or Hub id")
-    p.add_argument(
-        "annotations",
-        help="official COCO captions_*.json (or Karpathy dataset_coco.json with --split, "
-        "a .csv/.jsonl, a captioned folder)",
-    )
-    p.add_argument(
-        "--image-root",
-        metavar="DIR",
-        default=None,
-        help="where the images are (COCO: the val2014/ folder; default: found next to the file)",
-    )
-    p.add_argument("--split", default=None, help="Karpathy split to evaluate (e.g. test)")
-    add_decoding_arguments(p.add_argument_group("decoding (as `caption`)"))
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--workers", type=int, default=4, help="image-decoding threads (4)")
-    add_device_arguments(p)
-    p.add_argument("--out", default=None, help="write the JSON report here")
-    p.add_argument("--captions-out", default=None, help="write the captions (COCO results)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from captioner.config import is_language_tag
 from captioner.errors import InvalidSettings
 from captioner.train.collapse import RECIPE_LR
 
+DEFAULT_SHARD_SIZE = 4096  # images per shard file of an embedding store (`embed`)
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAPPINGS = ("mlp", "transformer")
 

@@ -69,7 +69,7 @@ from captioner.train.checkpoint import (
 from captioner.train.collapse import PROBE_IMAGES, one_caption_for_all, train_warning
 from captioner.train.dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
 from captioner.train.distributed import init_distributed
-from captioner.train.options import TrainOptions, add_arguments, options_from_args
+from captioner.train.options import TrainOptions, options_from_args
 from captioner.train.parts import build_model, set_trainable, train_mode
 from captioner.train.store import EmbeddingStore
 
@@ -649,21 +649,6 @@ def train(opts: TrainOptions) -> Path:
 
 
 # --- CLI -------------------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a ClipCap prefix model on an embedding store",
-        description=(
-            "Train a ClipCap mapper (and GPT-2) on CLIP embeddings written by `embed`. "
-            "The trained model is written to OUT_DIR/final; checkpoints to "
-            "OUT_DIR/checkpoints; the loss log to OUT_DIR/log.jsonl. Multi-GPU: run the "
-            "same command under `torchrun --nproc_per_node=N -m captioner train ...`."
-        ),
-    )
-    add_arguments(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
