@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from captioner.errors import InvalidSettings
 
 MappingType = Literal["mlp", "transformer"]
 DecodingMethod = Literal["greedy", "beam", "nucleus"]
+DECODING_METHODS: tuple[str, ...] = get_args(DecodingMethod)
+
+# The limits of DecodingSettings, declared once: validate() checks them, and the OpenAPI
+# schema (captioner.serve.openapi) and the CLI's help are built from them.
+MAX_BEAM_SIZE = 32  # beams per image: the batch grows by this factor
+MAX_TEMPERATURE = 10  # above this, sampling is noise
+MAX_NEW_TOKENS = 256  # new tokens per caption (max_tokens, and min_tokens under it)
 
 # A BCP 47 language tag as HTML's lang attribute takes it: a 2-3 letter language, then
 # subtags (script, region, variant) of 1-8 letters or digits: "en", "pt-BR", "zh-Hant".
@@ -116,18 +123,18 @@ class DecodingSettings:
     stop_at_eos: bool = True  # stop at the tokenizer's end-of-text token
 
     def validate(self) -> DecodingSettings:
-        if self.method not in ("greedy", "beam", "nucleus"):
+        if self.method not in DECODING_METHODS:
             raise InvalidSettings(
                 f"decoding method must be greedy, beam or nucleus, not {self.method!r}"
             )
-        if not 1 <= self.beam_size <= 32:
-            raise InvalidSettings("beam_size must be between 1 and 32")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise InvalidSettings(f"beam_size must be between 1 and {MAX_BEAM_SIZE}")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidSettings("top_p must be in (0, 1]")
-        if not 0.0 < self.temperature <= 10.0:
-            raise InvalidSettings("temperature must be in (0, 10]")
-        if not 1 <= self.max_tokens <= 256:
-            raise InvalidSettings("max_tokens must be between 1 and 256")
+        if not 0.0 < self.temperature <= MAX_TEMPERATURE:
+            raise InvalidSettings(f"temperature must be in (0, {MAX_TEMPERATURE}]")
+        if not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
+            raise InvalidSettings(f"max_tokens must be between 1 and {MAX_NEW_TOKENS}")
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise InvalidSettings("min_tokens must be between 0 and max_tokens")
         return self

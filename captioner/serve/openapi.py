@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from captioner.config import DECODING_METHODS, MAX_BEAM_SIZE, MAX_NEW_TOKENS, MAX_TEMPERATURE
 from captioner.crawl import fetch
 from captioner.serve.parsing import MAX_SEED, MAX_STOP_TOKEN
 from captioner.serve.settings import Settings
@@ -48,18 +49,18 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "method": {"type": "string", "enum": ["greedy", "beam", "nucleus"]},
-            "beam_size": {"type": "integer", "minimum": 1, "maximum": 32},
+            "method": {"type": "string", "enum": list(DECODING_METHODS)},
+            "beam_size": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM_SIZE},
             "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
             "temperature": {
                 "type": "number",
                 "minimum": 0,
                 "exclusiveMinimum": True,
-                "maximum": 10,
+                "maximum": MAX_TEMPERATURE,
             },
             "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True},
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": 256},
-            "min_tokens": {"type": "integer", "minimum": 0, "maximum": 256},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_NEW_TOKENS},
+            "min_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_NEW_TOKENS},
             "stop_token": {"type": "string", "maxLength": MAX_STOP_TOKEN, "nullable": True},
             "stop_at_eos": {"type": "boolean"},
         },

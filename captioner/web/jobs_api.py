@@ -25,7 +25,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import Counter
 
-from captioner.crawl.pages import VERDICTS
+from captioner.crawl.pages import MODES, VERDICTS
 from captioner.errors import AltCapError
 from captioner.jobs import reports, rows
 from captioner.jobs.queue import InvalidJob, JobBudget, JobQueue, parse_job
@@ -234,7 +234,7 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
                 "items": url,
             },
             "sitemap": url,
-            "mode": {"type": "string", "enum": ["missing", "all"]},
+            "mode": {"type": "string", "enum": list(MODES)},
             "decoding": ref("Decoding"),
             "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255},
             "webhook": url,
