@@ -491,7 +491,7 @@ def test_store_counts_planning_attempts_like_chunk_attempts(store: JobStore) -> 
 def test_an_older_sqlite_store_gains_the_columns_added_since(tmp_path: Path) -> None:
     import sqlite3
 
-    from captioner.jobs import store as jobstore
+    from captioner.jobs.store import sqlite as jobstore
 
     path = tmp_path / "old.sqlite3"
     old_schema = jobstore._SCHEMA.replace("    plan_attempts INTEGER NOT NULL DEFAULT 0,\n", "")

@@ -20,18 +20,18 @@ from testsite import INDEX_HTML, POST_HTML, serve_site, sitemapindex, urlset
 
 from captioner.config import same_language
 from captioner.crawl import pages
+from captioner.crawl.crawler import Crawler
 from captioner.crawl.fetch import FetchLimits, fetch_document
 from captioner.crawl.pages import (
-    Crawler,
     CrawlError,
     PageImage,
     find_images,
     needs_caption,
-    parse_sitemap,
     parse_srcset,
     patch_html,
 )
 from captioner.crawl.politeness import Pacer
+from captioner.crawl.sitemaps import parse_sitemap
 from captioner.jobs.plan import Source, caption_rows, plan
 from captioner.jobs.rows import PENDING
 

@@ -74,7 +74,8 @@ from urllib.parse import urlsplit
 from captioner.alttext import alt_text
 from captioner.config import DecodingSettings
 from captioner.crawl import fetch
-from captioner.crawl.pages import MODES, Crawler, patch_html
+from captioner.crawl.crawler import Crawler
+from captioner.crawl.pages import MODES, patch_html
 from captioner.crawl.politeness import HostSlots, Pacer, RedisHostSlots, RedisPacer
 from captioner.errors import AltCapError
 from captioner.images import load_image
