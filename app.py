@@ -20,7 +20,8 @@ from typing import Any
 from flask import Flask
 
 from captioner import cpus
-from captioner.jobs.queue import EngineBackend, JobQueue
+from captioner.jobs.backends import EngineBackend
+from captioner.jobs.queue import JobQueue
 from captioner.model.identity import ModelChanged, ModelIdentity, model_identity
 from captioner.serve.cache import open_cache
 from captioner.serve.engine import Engine

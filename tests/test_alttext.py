@@ -258,8 +258,9 @@ def test_caption_in_the_api_answer_is_bounded_and_clean(tmp_path, limit):
 
 @pytest.mark.usefixtures("altcap_env")
 def test_caption_in_job_rows_reports_and_patched_pages_is_bounded_and_clean(tmp_path):
-    from captioner.jobs.queue import JobQueue, parse_job
+    from captioner.jobs.queue import JobQueue
     from captioner.jobs.reports import write_rows
+    from captioner.jobs.request import parse_job
 
     site = tmp_path / "site"
     site.mkdir()

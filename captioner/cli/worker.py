@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     from captioner import cpus
     from captioner.errors import InvalidSettings
-    from captioner.jobs.queue import CaptionerBackend, JobQueue
+    from captioner.jobs.backends import CaptionerBackend
+    from captioner.jobs.queue import JobQueue
     from captioner.model.identity import ModelChanged, model_identity
     from captioner.pipeline import Captioner
     from captioner.serve.cache import open_cache

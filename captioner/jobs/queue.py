@@ -53,34 +53,53 @@ one machine), or one Redis for both with ``ALTCAP_QUEUE_URL=redis://...`` (any n
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from captioner.alttext import alt_text
 from captioner.config import DecodingSettings
 from captioner.crawl import fetch
 from captioner.crawl.crawler import Crawler
-from captioner.crawl.pages import MODES, patch_html
+from captioner.crawl.pages import patch_html
 from captioner.crawl.politeness import HostSlots, Pacer, RedisHostSlots, RedisPacer
 from captioner.errors import AltCapError
 from captioner.images import load_image
 from captioner.jobs import plan as batch
-from captioner.jobs.rows import PENDING, caption_outcome, page_counts, verdict_counts
+from captioner.jobs.backends import (
+    CaptionBackend,
+    RetryLater,
+    make_huey,
+)
+from captioner.jobs.budget import (
+    JobBudget,
+    _charged,
+)
+from captioner.jobs.chunks import (
+    HTML_NOT_KEPT,
+    _rows,
+    build_plan,
+)
+from captioner.jobs.request import (
+    IdempotencyConflict,
+    JobActive,
+    JobNotFound,
+    PageNotFound,
+    TooManyJobs,
+    _idem,
+    _iso,
+    _sha,
+    _translating,
+)
+from captioner.jobs.rows import page_counts
 from captioner.jobs.store import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -89,9 +108,11 @@ from captioner.jobs.store import (
     REFUSED,
     Claim,
     JobStore,
-    Plan,
     is_redis_url,
     open_job_store,
+)
+from captioner.jobs.webhooks import (
+    post_json,
 )
 from captioner.model.identity import ModelIdentity, model_identity
 from captioner.serve.cache import (
@@ -102,424 +123,45 @@ from captioner.serve.cache import (
     get_caption,
     sha256_hex,
 )
-from captioner.serve.engine import DeadlineExceeded, ModelUnavailable, Overloaded
 from captioner.serve.settings import Settings
 
 if TYPE_CHECKING:
     from huey import Huey
-    from limits import RateLimitItem
-    from limits.strategies import RateLimiter
-    from PIL import Image
 
-    from captioner.pipeline import Captioner, CaptionResult
-    from captioner.serve.engine import Engine
 
 __all__ = [
-    "CaptionBackend",
-    "CaptionerBackend",
-    "EngineBackend",
-    "IdempotencyConflict",
-    "InvalidJob",
-    "JobActive",
-    "JobBudget",
     "JobConsumer",
-    "JobNotFound",
     "JobQueue",
-    "PageNotFound",
-    "QueueUnavailable",
-    "RetryLater",
     "heartbeat_s",
-    "make_huey",
-    "parse_job",
     "recovery_bounds_s",
 ]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-QUEUE_FILE = "jobs-queue.sqlite3"
-HUEY_NAME = "altcap"
 FETCH_THREADS = 8  # downloads of one chunk in parallel (fewer to one host: HostSlots)
 MAX_ATTEMPTS = 5  # a chunk whose consumer died this many times fails (a poison image)
 MAX_PLAN_ATTEMPTS = 3  # planning that died this many times (OOM, a store write refused) fails
 MAX_PAGE_NUMBER = 2**31 - 1  # far beyond any job's max_pages; larger n are simply not found
-MAX_JOB_HTML = 50 * 1024 * 1024  # HTML kept per job for patched pages; later pages keep none
-HTML_NOT_KEPT = "html_not_kept"  # the error of a page whose HTML was past MAX_JOB_HTML
 MAX_FANOUT = 32  # wake-ups enqueued once a job is planned: at most this many consumers join
 RETRY_DELAY_S = 5.0  # the model is loading or overloaded: look at the job again after this
 HEARTBEAT_MAX_S = 5.0  # the longest between two lease renewals (and sweeps) of a consumer
 QUEUE_POLL_S = 1.0  # the longest an idle consumer thread waits before it polls huey again
-ENGINE_TIMEOUT_S = 600.0  # the most a chunk waits for the service's engine
 WEBHOOK_ATTEMPTS = 4
-WEBHOOK_TIMEOUT_S = 10.0  # the most silence between two bytes of the answer
-WEBHOOK_DEADLINE_S = 30.0  # the most one delivery may take in all, however the receiver trickles
-MAX_IDEMPOTENCY_KEY = 255
-LIMITER_SCOPE = "global"  # Flask-Limiter's scope of application-wide limits, part of its keys
-BUDGET_MARGIN_S = 0.2  # a paused job goes on this long after its window has reset
-BUDGET_RETRY_S = 30.0  # the rate-limit counters cannot be read: a job waits this long
-JOB_FIELDS = frozenset(
-    {
-        "images",
-        "pages",
-        "sitemap",
-        "mode",
-        "decoding",
-        "idempotency_key",
-        "webhook",
-        "max_pages",
-        "max_images",
-    }
-)
 
 
 # --- errors ---------------------------------------------------------------------------------
 
 
-class InvalidJob(AltCapError):
-    """The job request cannot be run: no source, two sources, bad URLs, limits exceeded."""
-
-    code = "invalid_job"
-    http_status = 400
-
-
-class JobNotFound(AltCapError):
-    code = "job_not_found"
-    http_status = 404
-
-
-class PageNotFound(AltCapError):
-    code = "page_not_found"
-    http_status = 404
-
-
-class JobActive(AltCapError):
-    """Deleting a job that is still queued or running: cancel it first, then delete it.
-
-    ``DELETE`` used to cancel such a job (and a second one deleted it): a client that still
-    does so, or retries a cancel that timed out, is refused and loses nothing."""
-
-    code = "job_active"
-    http_status = 409
-
-
-class IdempotencyConflict(AltCapError):
-    """An idempotency key sent again with another job: a client bug, never a silent reuse."""
-
-    code = "idempotency_conflict"
-    http_status = 409
-
-
-class TooManyJobs(AltCapError):
-    """The API key (or, without keys, the client address) has ``ALTCAP_JOB_MAX_ACTIVE`` jobs
-    queued or running: one more waits until one of them ends (or is cancelled)."""
-
-    code = "too_many_jobs"
-    http_status = 429
-
-
-class QueueUnavailable(AltCapError):
-    """The job store or queue cannot be reached (Redis down, SQLite locked for too long)."""
-
-    code = "queue_unavailable"
-    http_status = 503
-
-
-def _store_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
-    try:
-        import redis
-    except ImportError:  # pragma: no cover (installed with the service)
-        pass
-    else:
-        errors.append(redis.RedisError)
-    return tuple(errors)
-
-
-def _translating(method: Callable[..., T]) -> Callable[..., T]:
-    """Store and queue failures reach API clients as ``queue_unavailable`` (503), not 500."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return method(*args, **kwargs)
-        except _store_errors() as exc:
-            log.warning("job store or queue unavailable: %s: %s", type(exc).__name__, exc)
-            raise QueueUnavailable(
-                "the job queue is unavailable right now; retry shortly"
-            ) from None
-
-    return wrapper
-
-
-class RetryLater(Exception):
-    """Not the chunk's fault (the model is loading, the engine is full or shutting down):
-    give the chunk back and try again in a while."""
-
-
 # --- the owner's rate-limit budget -----------------------------------------------------------
-
-
-class JobBudget:
-    """``ALTCAP_RATE_LIMIT`` as the API counts it, charged for the images jobs caption.
-
-    The counters are the API's: Flask-Limiter's fixed windows, keyed by the rate-limit
-    identity (``api.rate_limit_key``) and ``LIMITER_SCOPE``, in the same storage. In the
-    service that is its limiter itself (``jobs_api.init_app``); a ``python -m captioner
-    worker`` opens ``ALTCAP_RATELIMIT_STORAGE_URL`` (``from_settings``). With ``memory://``
-    every process counts apart: a worker then holds each client to the budget for the images
-    that worker captions, but neither it nor the service sees the other's counts. Share
-    Redis (a Redis ``ALTCAP_CACHE_URL`` is used by default) for one count everywhere.
-    """
-
-    def __init__(self, rate_limit: str, strategy: Callable[[], RateLimiter]) -> None:
-        import limits
-
-        self.items: list[RateLimitItem] = limits.parse_many(rate_limit)
-        self._strategy = strategy  # called at each charge: the service's may switch to memory
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> JobBudget | None:
-        """The budget of a process without the service's limiter (None: no rate limit); its
-        storage is opened at the first charge."""
-        if not settings.rate_limit:
-            return None
-        lock, made = threading.Lock(), []
-
-        def strategy() -> RateLimiter:
-            with lock:
-                if not made:
-                    from limits.storage import storage_from_string
-                    from limits.strategies import FixedWindowRateLimiter
-
-                    storage = storage_from_string(settings.ratelimit_storage)
-                    made.append(FixedWindowRateLimiter(storage))
-                return made[0]
-
-        return cls(settings.rate_limit, strategy)
-
-    def charge(self, client: str, wanted: int) -> tuple[int, float]:
-        """Charge ``client`` for up to ``wanted`` images, as many as every limit has left:
-        ``(charged, 0.0)``; or ``(0, wait_s)`` when a limit has nothing left, ``wait_s`` the
-        seconds until its window resets. Counters that cannot be read charge nothing, and
-        the wait is ``BUDGET_RETRY_S``.
-
-        Each counter is taken by one atomic increment, as Flask-Limiter takes it, so that
-        consumers charging one client at once (threads, or workers sharing Redis) never
-        caption more than its budget: what the increment shows was left is what is charged.
-        Counting a window past its limit changes nothing (it is spent either way); the
-        scarcest limit goes first, so with several limits the others are counted only
-        what was charged (but for a race between two of them)."""
-        args = (client, LIMITER_SCOPE)
-        try:
-            strategy = self._strategy()
-            scarcest_first = sorted(
-                self.items, key=lambda item: strategy.get_window_stats(item, *args).remaining
-            )
-            charged = wanted
-            for item in scarcest_first:
-                count = strategy.storage.incr(item.key_for(*args), item.get_expiry(), charged)
-                charged = min(charged, max(item.amount - (count - charged), 0))
-                if not charged:  # spent: wait for this window
-                    reset = strategy.get_window_stats(item, *args).reset_time
-                    return 0, max(reset - time.time(), 0.0) + BUDGET_MARGIN_S
-        except Exception as exc:  # Redis away: the job waits rather than captions unpaid
-            log.warning("rate-limit counters unavailable (%s: %s)", type(exc).__name__, exc)
-            return 0, BUDGET_RETRY_S
-        return charged, 0.0
-
-
-def _charged(spec: Mapping[str, Any]) -> bool:
-    """Does the consumer charge this job's images? Not an ``images`` job's (paid when it was
-    submitted), nor a job stored before jobs had clients."""
-    return bool(spec.get("client")) and "images" not in spec["source"]
 
 
 # --- job requests ---------------------------------------------------------------------------
 
 
-def _check_url(url: object, where: str) -> str:
-    """A syntax check only: the SSRF checks run at fetch time, where DNS answers count."""
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidJob(f"{where} must be a non-empty URL string")
-    url = url.strip()
-    if len(url) > fetch.MAX_URL_LENGTH:
-        raise InvalidJob(f"{where} is longer than {fetch.MAX_URL_LENGTH} characters")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise InvalidJob(f"{where} is not a valid URL") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        raise InvalidJob(f"{where} must be an absolute http(s) URL")
-    return url
-
-
-def _limit(body: Mapping[str, Any], name: str, most: int) -> int:
-    value = body.get(name)
-    if value is None:
-        return most
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise InvalidJob(f"{name} must be an integer between 1 and {most}")
-    return value
-
-
-def parse_job(
-    body: object, settings: Settings, decoding: DecodingSettings | None = None
-) -> dict[str, Any]:
-    """A job's JSON body as a spec (plain JSON data, stored with the job), or ``InvalidJob``.
-
-    ``decoding`` is the already-parsed ``"decoding"`` object (the API parses it the way
-    ``POST /v1/captions`` does); without it, the field is read here.
-    """
-    if not isinstance(body, dict):
-        raise InvalidJob("the body must be a JSON object with images, pages or sitemap")
-    unknown = set(body) - JOB_FIELDS
-    if unknown:
-        raise InvalidJob(f"unknown field(s): {', '.join(sorted(unknown))}")
-    kinds = [k for k in ("images", "pages", "sitemap") if k in body]
-    if len(kinds) != 1:
-        raise InvalidJob("give exactly one of images, pages or sitemap")
-    kind = kinds[0]
-    source: dict[str, Any]
-    if kind == "sitemap":
-        source = {"sitemap": _check_url(body["sitemap"], "sitemap")}
-    else:
-        urls = body[kind]
-        most = settings.job_max_images if kind == "images" else settings.job_max_pages
-        if not isinstance(urls, list) or not urls:
-            raise InvalidJob(f"{kind} must be a non-empty list of URLs")
-        if len(urls) > most:
-            raise InvalidJob(f"too many {kind}: {len(urls)} (at most {most} per job)")
-        source = {kind: [_check_url(u, f"{kind}[{i}]") for i, u in enumerate(urls)]}
-    mode = body.get("mode", "missing")
-    if mode not in MODES:
-        raise InvalidJob(f"mode must be one of {', '.join(MODES)}")
-    if decoding is None:
-        raw = body.get("decoding") or {}
-        if not isinstance(raw, dict):
-            raise InvalidJob("decoding must be an object")
-        decoding = DecodingSettings.from_dict(raw)
-    webhook = body.get("webhook")
-    return {
-        "source": source,
-        "mode": mode,
-        "decoding": decoding.to_dict(),
-        "webhook": _check_url(webhook, "webhook") if webhook is not None else None,
-        "max_pages": _limit(body, "max_pages", settings.job_max_pages),
-        "max_images": _limit(body, "max_images", settings.job_max_images),
-    }
-
-
-def idempotency_key(key: object) -> str:
-    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise InvalidJob(f"the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    return key
-
-
-def _idem(key: object, scope: str) -> str:
-    """How an idempotency key is stored: hashed, with the scope (API key) it belongs to."""
-    return _sha(f"{scope}\0{idempotency_key(key)}")
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    moment = datetime.fromtimestamp(ts, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 # --- huey -----------------------------------------------------------------------------------
 
 
-def make_huey(settings: Settings) -> Huey:
-    """The queue: SQLite next to the job store, or the Redis of ``ALTCAP_QUEUE_URL``.
-
-    Results are off: tasks return nothing, all state is in the job store.
-    """
-    from huey import RedisHuey, SqliteHuey
-
-    if is_redis_url(settings.queue_url):
-        return RedisHuey(HUEY_NAME, url=settings.queue_url.strip(), results=False, read_timeout=1)
-    path = Path(settings.data_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(HUEY_NAME, filename=str(path / QUEUE_FILE), results=False, timeout=30)
-
-
 # --- captioning backends ----------------------------------------------------------------------
-
-
-class CaptionBackend(Protocol):
-    """What captions a chunk's decoded images: the service's engine, or a worker's model."""
-
-    max_pixels: int
-
-    def wait_ready(self, timeout: float) -> bool: ...
-
-    def caption(
-        self, images: Sequence[Image.Image], decoding: DecodingSettings
-    ) -> list[CaptionResult | AltCapError]: ...
-
-
-class EngineBackend:
-    """Through the service's ``Engine``: job images share batches with API requests."""
-
-    def __init__(self, engine: Engine, max_pixels: int) -> None:
-        self.engine = engine
-        self.max_pixels = max_pixels
-
-    def wait_ready(self, timeout: float) -> bool:
-        return self.engine.wait_ready(timeout)
-
-    def caption(
-        self, images: Sequence[Image.Image], decoding: DecodingSettings
-    ) -> list[CaptionResult | AltCapError]:
-        try:
-            # A finite timeout: with none, Engine's futures wait on math.inf, which
-            # Condition.wait refuses (OverflowError). A chunk waiting this long is retried.
-            outcomes = self.engine.caption_images(images, decoding, timeout_s=ENGINE_TIMEOUT_S)
-        except AltCapError as exc:
-            if _transient(exc):  # loading, shutting down, full: not the images' fault
-                raise RetryLater(exc.message) from None
-            return [exc] * len(images)
-        for outcome in outcomes:
-            if isinstance(outcome, AltCapError) and _transient(outcome):
-                raise RetryLater(outcome.message)  # overloaded: the whole chunk again later
-        return outcomes  # other errors (a model crash on an image) are that image's failed row
-
-
-def _transient(error: AltCapError) -> bool:
-    """Worth retrying the chunk for, without counting an attempt: the engine is busy,
-    loading or stopping. Anything else, an ``InternalError`` (500) above all, is the image's
-    own failure: retrying it without counting would loop forever on a poison image."""
-
-    return isinstance(error, Overloaded | ModelUnavailable | DeadlineExceeded)
-
-
-class CaptionerBackend:
-    """A model of its own (``python -m captioner worker``), one batch at a time."""
-
-    def __init__(self, captioner: Captioner) -> None:
-        self.captioner = captioner
-        self.max_pixels = captioner.max_pixels
-        self._lock = threading.Lock()  # one batch at a time; downloads run beside it
-
-    def wait_ready(self, timeout: float) -> bool:
-        return True
-
-    def caption(
-        self, images: Sequence[Image.Image], decoding: DecodingSettings
-    ) -> list[CaptionResult | AltCapError]:
-        cap = self.captioner
-        try:
-            settings = cap.settings(decoding)
-        except AltCapError as exc:  # e.g. max_tokens beyond this model's positions
-            return [exc] * len(images)
-        with self._lock:
-            pixels = cap.preprocess(list(images))
-            return list(cap.caption_pixels(pixels, settings))
 
 
 # --- the queue: submitting and reading ------------------------------------------------------
@@ -824,71 +466,6 @@ class JobQueue:
 
 def _plausible_id(job_id: str) -> bool:
     return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
-
-
-def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
-    """POST ``body`` to ``url`` with the fetcher's SSRF rules: the URL's addresses are checked
-    and connected to directly (no second DNS lookup), no redirects followed. Returns the
-    status; raises ``FetchError`` for a connection failure or a status that is not 2xx, and
-    ``FetchTimeout`` past ``WEBHOOK_DEADLINE_S`` in all.
-
-    Only the status matters, so the answer's body is never read: a receiver that streams an
-    endless body costs nothing, and one that answers a byte at a time is cut off by the
-    total deadline (socket timeouts alone only bound the silence between two bytes)."""
-    import urllib3
-
-    checked = fetch.check_url(url, limits)
-    headers = {
-        "Host": checked.host_header,
-        "User-Agent": limits.user_agent,
-        "Content-Type": "application/json",
-        "Connection": "close",
-    }
-    deadline = fetch.Deadline(WEBHOOK_DEADLINE_S)
-    last: Exception | None = None
-    try:
-        for address in checked.addresses:
-            remaining = _webhook_time_left(deadline, checked.host)
-            timeout = urllib3.Timeout(
-                connect=min(limits.connect_timeout, remaining),
-                read=min(WEBHOOK_TIMEOUT_S, remaining),
-            )
-            pool = fetch.pinned_pool(checked, address, timeout, limits, deadline)
-            try:
-                response = pool.urlopen(
-                    "POST",
-                    checked.target,
-                    body=body,
-                    headers=headers,
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,  # the status line and headers only
-                    decode_content=False,
-                )
-                status = response.status
-                response.close()  # unread: the connection closes, nothing more is received
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                last = exc
-                continue
-            finally:
-                pool.close()
-                deadline.release()
-            if not 200 <= status < 300:
-                raise fetch.FetchError(f"the webhook answered HTTP {status}")
-            return status
-        _webhook_time_left(deadline, checked.host)
-    finally:
-        deadline.close()
-    raise fetch.FetchError(f"could not deliver the webhook to {checked.host}") from last
-
-
-def _webhook_time_left(deadline: fetch.Deadline, host: str) -> float:
-    try:
-        return deadline.remaining()
-    except fetch.FetchTimeout:
-        raise fetch.FetchTimeout(
-            f"the webhook receiver {host} took longer than {WEBHOOK_DEADLINE_S:.0f} s"
-        ) from None
 
 
 # --- consuming ------------------------------------------------------------------------------
@@ -1260,85 +837,6 @@ class JobConsumer:
             if isinstance(outcome, str):
                 outcomes[url] = alt_text(outcome, limit)
         return _rows(claim.items, outcomes)
-
-
-def _rows(
-    items: Sequence[Mapping[str, Any]], outcomes: Mapping[str, str | AltCapError]
-) -> dict[int, dict[str, Any]]:
-    """The finished rows of a chunk: every occurrence of every image, by seq."""
-    out: dict[int, dict[str, Any]] = {}
-    for item in items:
-        outcome = outcomes[item["url"]]
-        for seq, template in item["rows"]:
-            row = dict(template)
-            if isinstance(outcome, AltCapError):
-                row.update(status="failed", error_code=outcome.code, error_message=outcome.message)
-            else:
-                row.update(caption_outcome(outcome))
-            out[seq] = row
-    return out
-
-
-def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = None) -> Plan:
-    """A ``plan.Plan`` (rows in report order, pending ones to caption) as stored chunks.
-
-    Each distinct pending image URL is captioned once, in the chunk of its first row; its
-    item lists every row it fills (one per page it is on). Pages keep their HTML (for their
-    patched copies) up to ``MAX_JOB_HTML`` in all: the plan is written in one step, and a
-    site of huge pages must not make that write too large for the store. ``spec`` (the
-    job's) tells whether ``max_pages`` cut the job short.
-    """
-
-    rows: dict[int, dict[str, Any]] = {}
-    items: dict[str, dict[str, Any]] = {}
-    for seq, row in enumerate(found.rows):
-        if row["status"] == PENDING:
-            item = items.setdefault(row["image_url"], {"url": row["image_url"], "rows": []})
-            item["rows"].append([seq, {**row, "status": None}])
-        else:
-            rows[seq] = row
-    ordered = list(items.values())
-    chunks = [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
-    pages = []
-    kept = 0
-    for page in found.pages:
-        html = page.html
-        error = page.error.to_dict() if page.error is not None else None
-        if html is not None:
-            kept += len(html.encode("utf-8", "surrogatepass"))
-            if kept > MAX_JOB_HTML:
-                html = None
-                message = (
-                    f"its patched copy was not kept: the job's pages exceed "
-                    f"{MAX_JOB_HTML // (1024 * 1024)} MiB of HTML in all (its images are "
-                    "still captioned)"
-                )
-                error = {"code": HTML_NOT_KEPT, "message": message}
-        meta = {"n": page.index, "url": page.url, "final_url": page.final_url}
-        pages.append({**meta, "html": html, "error": error})
-    return Plan(
-        chunks=chunks,
-        rows=rows,
-        pages=pages,
-        total=len(found.rows),
-        limited=_limited(found, spec),
-        verdicts=verdict_counts(found.rows),
-    )
-
-
-def _limited(found: Any, spec: Mapping[str, Any] | None) -> bool:
-    """A limit cut the job short: ``max_images`` skipped images, or ``max_pages`` left pages
-    out (of a page list, exactly; of a sitemap, when the crawl stopped at the limit)."""
-    if any(row.get("error_code") == "max_images" for row in found.rows):
-        return True
-    if spec is None:
-        return False
-    source, max_pages = spec["source"], spec["max_pages"]
-    if "pages" in source:
-        return len(dict.fromkeys(source["pages"])) > max_pages
-    if "sitemap" in source:
-        return len(found.pages) >= max_pages
-    return False
 
 
 def _consumer(huey: Huey, workers: int) -> Any:

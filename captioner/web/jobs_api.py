@@ -28,7 +28,9 @@ from prometheus_client import Counter
 from captioner.crawl.pages import MODES, VERDICTS
 from captioner.errors import AltCapError
 from captioner.jobs import reports, rows
-from captioner.jobs.queue import InvalidJob, JobBudget, JobQueue, parse_job
+from captioner.jobs.budget import JobBudget
+from captioner.jobs.queue import JobQueue
+from captioner.jobs.request import InvalidJob, parse_job
 from captioner.serve.openapi import json_content, schema_ref
 from captioner.serve.parsing import parse_decoding
 from captioner.serve.service import (

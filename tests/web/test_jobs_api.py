@@ -540,7 +540,8 @@ def test_a_separate_worker_charges_the_budget_the_service_counts(
     under the same key, and with the Redis job store the job waits there."""
     from redis_server import RedisServer
 
-    from captioner.jobs.queue import CaptionerBackend, JobQueue
+    from captioner.jobs.backends import CaptionerBackend
+    from captioner.jobs.queue import JobQueue
     from captioner.serve.settings import Settings
 
     with RedisServer() as redis:

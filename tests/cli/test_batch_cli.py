@@ -457,7 +457,9 @@ def test_a_job_counts_pages_apart_and_the_robots_page_as_skipped(
 ) -> None:
     """Batch jobs plan with ``batch.plan``: the page robots.txt keeps crawlers out of is a
     skipped row in their counts too, and their status counts pages apart."""
-    from captioner.jobs.queue import CaptionerBackend, JobQueue, parse_job
+    from captioner.jobs.backends import CaptionerBackend
+    from captioner.jobs.queue import JobQueue
+    from captioner.jobs.request import parse_job
     from captioner.serve.settings import Settings
 
     settings = Settings.load(

@@ -36,7 +36,7 @@ from captioner.jobs.plan import Source, caption_rows, plan
 from captioner.jobs.rows import PENDING
 
 LOCAL = FetchLimits(allow_private=True, connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
-VECTORS = Path(__file__).parent / "vectors" / "alttext.json"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "alttext.json"
 LINK_VECTORS = VECTORS.with_name("links.json")
 BASE = "http://site.test/"
 

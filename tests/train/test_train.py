@@ -40,7 +40,7 @@ from captioner.train.encoder import load_encoder
 from captioner.train.parts import ARCH_OPTIONS, architecture, build_model
 from captioner.train.store import EmbeddingStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COLOURS = ["red", "green", "blue", "yellow"]
 SHAPES = ["circle", "square", "star"]
 

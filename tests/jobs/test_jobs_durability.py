@@ -32,10 +32,11 @@ from helpers import QuietHandler, png_bytes, serve_handler
 from PIL import Image
 from redis_server import RedisServer
 
-from captioner.jobs.queue import JobQueue, parse_job, recovery_bounds_s
+from captioner.jobs.queue import JobQueue, recovery_bounds_s
+from captioner.jobs.request import parse_job
 from captioner.serve.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 200
 CHUNK = 10
 LEASE_S = 2

@@ -15,7 +15,7 @@ from captioner.serve.settings import (
     markdown_table,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_need_no_environment() -> None:

@@ -22,7 +22,8 @@ import redis
 from redis_server import RedisServer
 
 from captioner.errors import AltCapError
-from captioner.jobs.queue import JobActive, JobConsumer, JobNotFound, JobQueue, parse_job
+from captioner.jobs.queue import JobConsumer, JobQueue
+from captioner.jobs.request import JobActive, JobNotFound, parse_job
 from captioner.jobs.store import (
     DUPLICATE,
     FINISHED,

@@ -19,16 +19,18 @@ from helpers import png_bytes, serve_directory, serve_handler
 from redis_server import RedisServer
 
 from captioner.errors import AltCapError
+from captioner.jobs import backends, chunks, webhooks
+from captioner.jobs import budget as budget_module
 from captioner.jobs import queue as jobs
-from captioner.jobs.queue import (
-    CaptionerBackend,
+from captioner.jobs.backends import CaptionerBackend, RetryLater
+from captioner.jobs.budget import JobBudget
+from captioner.jobs.queue import JobQueue
+from captioner.jobs.request import (
     IdempotencyConflict,
     InvalidJob,
     JobActive,
     JobNotFound,
-    JobQueue,
     PageNotFound,
-    RetryLater,
     parse_job,
 )
 from captioner.jobs.store import (
@@ -812,7 +814,7 @@ def test_consumers_charging_one_client_at_once_never_exceed_its_budget(tmp_path:
     one atomic increment, so 10/minute charges 10, however many charge together."""
     from concurrent.futures import ThreadPoolExecutor
 
-    budget = jobs.JobBudget.from_settings(settings(tmp_path, RATE_LIMIT="10/minute"))
+    budget = JobBudget.from_settings(settings(tmp_path, RATE_LIMIT="10/minute"))
     assert budget is not None
     start = threading.Barrier(8)
 
@@ -825,7 +827,7 @@ def test_consumers_charging_one_client_at_once_never_exceed_its_budget(tmp_path:
 
 
 def test_with_several_limits_a_charge_takes_what_all_of_them_have_left(tmp_path: Path) -> None:
-    budget = jobs.JobBudget.from_settings(settings(tmp_path, RATE_LIMIT="3/second;5/minute"))
+    budget = JobBudget.from_settings(settings(tmp_path, RATE_LIMIT="3/second;5/minute"))
     assert budget is not None
     assert budget.charge("c", 4) == (3, 0.0)
     charged, wait = budget.charge("c", 4)
@@ -868,7 +870,7 @@ def test_unreadable_rate_limit_counters_pause_the_job(make_queue, gallery, monke
     """The limiter's Redis is away: the job waits rather than captions without paying."""
     from redis_server import free_port
 
-    monkeypatch.setattr(jobs, "BUDGET_RETRY_S", 30.0)
+    monkeypatch.setattr(budget_module, "BUDGET_RETRY_S", 30.0)
     backend = FakeBackend()
     storage = f"redis://127.0.0.1:{free_port()}/0"
     queue = make_queue(backend, RATE_LIMIT="5/minute", RATELIMIT_STORAGE_URL=storage)
@@ -944,7 +946,7 @@ def test_a_plan_the_store_refuses_is_retried_then_fails(make_queue, site, monkey
 def test_pages_past_the_html_budget_keep_no_html_and_say_why(make_queue, site, monkeypatch):
     base, root = site
     size = len((root / "one.html").read_bytes())
-    monkeypatch.setattr(jobs, "MAX_JOB_HTML", size + 10)  # one.html fits, three.html does not
+    monkeypatch.setattr(chunks, "MAX_JOB_HTML", size + 10)  # one.html fits, three.html does not
     queue = make_queue(FakeBackend())
     pages = [f"{base}/one.html", f"{base}/three.html"]
     job, _ = queue.submit(parse_job({"pages": pages}, queue.settings))
@@ -952,7 +954,7 @@ def test_pages_past_the_html_budget_keep_no_html_and_say_why(make_queue, site, m
     assert status["state"] == "done" and status["counts"]["done"] == 5  # still captioned
     assert status["pages"][0]["patched_url"] and status["pages"][0]["error"] is None
     assert status["pages"][1]["patched_url"] is None
-    assert status["pages"][1]["error"]["code"] == jobs.HTML_NOT_KEPT
+    assert status["pages"][1]["error"]["code"] == chunks.HTML_NOT_KEPT
     assert "An image of" in queue.patched_page(job["id"], 1)
     with pytest.raises(PageNotFound, match="not kept"):
         queue.patched_page(job["id"], 2)
@@ -976,15 +978,15 @@ def test_the_engine_backend_retries_only_a_busy_engine() -> None:
     images = [object(), object()]
     crash = InternalError("the model crashed on this image")
     ok = Result("A caption.")
-    outcomes = jobs.EngineBackend(FakeEngine([ok, crash]), 100).caption(images, None)
+    outcomes = backends.EngineBackend(FakeEngine([ok, crash]), 100).caption(images, None)
     assert outcomes == [ok, crash]  # a poison image fails its row, never loops forever
-    whole = jobs.EngineBackend(FakeEngine(error=crash), 100).caption(images, None)
+    whole = backends.EngineBackend(FakeEngine(error=crash), 100).caption(images, None)
     assert whole == [crash, crash]
     for busy in (Overloaded("full"), ModelUnavailable("loading"), DeadlineExceeded("late")):
         with pytest.raises(RetryLater):
-            jobs.EngineBackend(FakeEngine([ok, busy]), 100).caption(images, None)
+            backends.EngineBackend(FakeEngine([ok, busy]), 100).caption(images, None)
         with pytest.raises(RetryLater):
-            jobs.EngineBackend(FakeEngine(error=busy), 100).caption(images, None)
+            backends.EngineBackend(FakeEngine(error=busy), 100).caption(images, None)
 
 
 def test_an_internal_error_on_one_image_fails_its_row_and_ends_the_job(make_queue, site):
@@ -1001,7 +1003,7 @@ def test_an_internal_error_on_one_image_fails_its_row_and_ends_the_job(make_queu
     engine = FakeEngine()
     engine.caption_images = crash_on_the_first
     engine.wait_ready = lambda timeout: True
-    queue = make_queue(jobs.EngineBackend(engine, 40_000_000))
+    queue = make_queue(backends.EngineBackend(engine, 40_000_000))
     urls = [f"{base}/{i}.png" for i in range(3)]
     job, _ = queue.submit(parse_job({"images": urls}, queue.settings))
     status = wait_for(queue, job["id"])
@@ -1015,7 +1017,7 @@ def test_an_image_the_model_has_nothing_readable_for_is_a_skipped_row(make_queue
     base, _ = site
     engine = FakeEngine([Result("A caption."), Result("")])
     engine.wait_ready = lambda timeout: True
-    queue = make_queue(jobs.EngineBackend(engine, 40_000_000))
+    queue = make_queue(backends.EngineBackend(engine, 40_000_000))
     job, _ = queue.submit(parse_job({"images": [f"{base}/0.png", f"{base}/1.png"]}, queue.settings))
     status = wait_for(queue, job["id"])
     assert status["counts"] == {"total": 2, "done": 1, "failed": 0, "skipped": 1}
@@ -1253,13 +1255,13 @@ def test_a_webhook_receiver_cannot_hold_or_flood_the_sender(tmp_path, endless_se
     """Only the status is read, and the whole POST has a deadline: an endless body is not
     downloaded, headers sent a byte at a time (each within the read timeout) are cut off."""
     url, handler = endless_server
-    monkeypatch.setattr(jobs, "WEBHOOK_DEADLINE_S", 1.0)
+    monkeypatch.setattr(webhooks, "WEBHOOK_DEADLINE_S", 1.0)
     limits = settings(tmp_path).fetch_limits()
     outcome: list[Any] = []
 
     def send() -> None:
         try:
-            outcome.append(jobs.post_json(url, b"{}", limits))
+            outcome.append(webhooks.post_json(url, b"{}", limits))
         except AltCapError as exc:
             outcome.append(exc)
 
@@ -1280,10 +1282,10 @@ def test_a_webhook_receiver_cannot_hold_or_flood_the_sender(tmp_path, endless_se
 def test_webhooks_to_blocked_addresses_are_not_sent(tmp_path: Path) -> None:
     limits = settings(tmp_path, ALLOW_PRIVATE_NETWORKS=False).fetch_limits()
     with pytest.raises(AltCapError) as info:
-        jobs.post_json("http://127.0.0.1:9/hook", b"{}", limits)
+        webhooks.post_json("http://127.0.0.1:9/hook", b"{}", limits)
     assert info.value.code == "blocked_address"
     with pytest.raises(AltCapError) as info:
-        jobs.post_json("http://169.254.169.254/latest", b"{}", limits)
+        webhooks.post_json("http://169.254.169.254/latest", b"{}", limits)
     assert info.value.code == "blocked_address"
 
 
