@@ -323,7 +323,7 @@ class _Captioner(_Backend):
 
 
 def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
-    from captioner.crawl.fetch import FetchLimits
+    from captioner.crawl.urls import FetchLimits
     from captioner.jobs.plan import caption_rows
     from captioner.jobs.rows import PENDING
 
@@ -341,7 +341,7 @@ def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
 
 
 def test_caption_that_is_only_invisible_characters_is_no_caption(tmp_path):
-    from captioner.crawl.fetch import FetchLimits
+    from captioner.crawl.urls import FetchLimits
     from captioner.jobs.plan import caption_rows
     from captioner.jobs.rows import PENDING
 

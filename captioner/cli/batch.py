@@ -20,8 +20,8 @@ from urllib.parse import quote
 from captioner.cli.progress import progress
 from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from captioner.crawl.crawler import Crawler
-from captioner.crawl.fetch import FetchLimits
 from captioner.crawl.pages import MODES
+from captioner.crawl.urls import FetchLimits
 from captioner.errors import AltCapError, InvalidSettings
 from captioner.jobs.plan import (
     DEFAULT_MAX_IMAGES,

@@ -11,17 +11,7 @@ from dataclasses import dataclass, field
 
 from protego import Protego
 
-from captioner.crawl.fetch import (
-    DEFAULT_LIMITS,
-    HTML_TYPES,
-    FetchLimits,
-    HTTPStatusError,
-    Resolver,
-    TooLarge,
-    UnsupportedDocument,
-    check_url,
-    fetch_document,
-)
+from captioner.crawl.fetch import HTML_TYPES, fetch_document
 from captioner.crawl.pages import (
     InvalidSitemap,
     NotHTML,
@@ -31,6 +21,15 @@ from captioner.crawl.pages import (
 )
 from captioner.crawl.politeness import Pacer, origin_of
 from captioner.crawl.sitemaps import parse_sitemap
+from captioner.crawl.urls import (
+    DEFAULT_LIMITS,
+    FetchLimits,
+    HTTPStatusError,
+    Resolver,
+    TooLarge,
+    UnsupportedDocument,
+    check_url,
+)
 from captioner.errors import AltCapError, InvalidSettings
 
 __all__ = ["Crawler", "Page", "SitemapCrawl"]

@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 from captioner.alttext import MAX_ALT_CHARS, alt_text
 from captioner.config import DecodingSettings
 from captioner.crawl.crawler import Crawler
-from captioner.crawl.fetch import FetchLimits, Resolver, fetch_image
+from captioner.crawl.fetch import fetch_image
 from captioner.crawl.pages import MODES, RobotsDisallowed, find_images, needs_caption, patch_html
+from captioner.crawl.urls import FetchLimits, Resolver
 from captioner.errors import AltCapError, InvalidSettings
 from captioner.images import load_image
 from captioner.jobs.rows import PENDING, caption_outcome, make_row

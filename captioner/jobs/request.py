@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from captioner.config import DecodingSettings
-from captioner.crawl import fetch
+from captioner.crawl import urls
 from captioner.crawl.pages import MODES
 from captioner.errors import AltCapError
 from captioner.serve.settings import Settings
@@ -136,8 +136,8 @@ def _check_url(url: object, where: str) -> str:
     if not isinstance(url, str) or not url.strip():
         raise InvalidJob(f"{where} must be a non-empty URL string")
     url = url.strip()
-    if len(url) > fetch.MAX_URL_LENGTH:
-        raise InvalidJob(f"{where} is longer than {fetch.MAX_URL_LENGTH} characters")
+    if len(url) > urls.MAX_URL_LENGTH:
+        raise InvalidJob(f"{where} is longer than {urls.MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -3,7 +3,7 @@ with a deadline however the receiver trickles."""
 
 from __future__ import annotations
 
-from captioner.crawl import fetch
+from captioner.crawl import fetch, urls
 
 __all__ = ["WEBHOOK_DEADLINE_S", "WEBHOOK_TIMEOUT_S", "post_json"]
 
@@ -13,7 +13,7 @@ WEBHOOK_TIMEOUT_S = 10.0  # the most silence between two bytes of the answer
 WEBHOOK_DEADLINE_S = 30.0  # the most one delivery may take in all, however the receiver trickles
 
 
-def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
+def post_json(url: str, body: bytes, limits: urls.FetchLimits) -> int:
     """POST ``body`` to ``url`` with the fetcher's SSRF rules: the URL's addresses are checked
     and connected to directly (no second DNS lookup), no redirects followed. Returns the
     status; raises ``FetchError`` for a connection failure or a status that is not 2xx, and
@@ -24,7 +24,7 @@ def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
     total deadline (socket timeouts alone only bound the silence between two bytes)."""
     import urllib3
 
-    checked = fetch.check_url(url, limits)
+    checked = urls.check_url(url, limits)
     headers = {
         "Host": checked.host_header,
         "User-Agent": limits.user_agent,
@@ -61,18 +61,18 @@ def post_json(url: str, body: bytes, limits: fetch.FetchLimits) -> int:
                 pool.close()
                 deadline.release()
             if not 200 <= status < 300:
-                raise fetch.FetchError(f"the webhook answered HTTP {status}")
+                raise urls.FetchError(f"the webhook answered HTTP {status}")
             return status
         _webhook_time_left(deadline, checked.host)
     finally:
         deadline.close()
-    raise fetch.FetchError(f"could not deliver the webhook to {checked.host}") from last
+    raise urls.FetchError(f"could not deliver the webhook to {checked.host}") from last
 
 
 def _webhook_time_left(deadline: fetch.Deadline, host: str) -> float:
     try:
         return deadline.remaining()
-    except fetch.FetchTimeout:
-        raise fetch.FetchTimeout(
+    except urls.FetchTimeout:
+        raise urls.FetchTimeout(
             f"the webhook receiver {host} took longer than {WEBHOOK_DEADLINE_S:.0f} s"
         ) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from captioner.config import DECODING_METHODS, MAX_BEAM_SIZE, MAX_NEW_TOKENS, MAX_TEMPERATURE
-from captioner.crawl import fetch
+from captioner.crawl import urls
 from captioner.serve.parsing import MAX_SEED, MAX_STOP_TOKEN
 from captioner.serve.settings import Settings
 
@@ -202,7 +202,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "name": "url",
                         "in": "query",
                         "required": True,
-                        "schema": {"type": "string", "maxLength": fetch.MAX_URL_LENGTH},
+                        "schema": {"type": "string", "maxLength": urls.MAX_URL_LENGTH},
                     }
                 ],
                 "responses": {

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from captioner.alttext import MAX_ALT_CHARS
-from captioner.crawl.fetch import FetchLimits
+from captioner.crawl.urls import FetchLimits
 from captioner.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "ConfigError", "SettingDoc", "Settings", "markdown_table"]

@@ -502,7 +502,7 @@ def test_patched_names() -> None:
 def test_an_image_the_model_has_nothing_readable_for_is_skipped(site) -> None:
     """A caption that cleaned to "" is no suggestion: the row is ``skipped`` with
     ``no_caption``, not ``done`` with an empty caption, and nothing is patched with it."""
-    from captioner.crawl.fetch import FetchLimits
+    from captioner.crawl.urls import FetchLimits
     from captioner.jobs.plan import caption_rows
     from captioner.jobs.rows import PENDING, make_row
     from captioner.model.processing import preprocess

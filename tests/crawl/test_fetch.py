@@ -28,14 +28,8 @@ import pytest
 import urllib3
 from PIL import Image
 
-from captioner.crawl.fetch import (
-    BlockedAddress,
-    FetchedImage,
-    FetchError,
-    FetchLimits,
-    check_url,
-    fetch_image,
-)
+from captioner.crawl.fetch import FetchedImage, fetch_image
+from captioner.crawl.urls import BlockedAddress, FetchError, FetchLimits, check_url
 from captioner.errors import AltCapError
 
 UrlFor = Callable[..., str]  # the ``url`` fixture: url("/path", host=HOST)

@@ -21,7 +21,7 @@ from testsite import INDEX_HTML, POST_HTML, serve_site, sitemapindex, urlset
 from captioner.config import same_language
 from captioner.crawl import pages
 from captioner.crawl.crawler import Crawler
-from captioner.crawl.fetch import FetchLimits, fetch_document
+from captioner.crawl.fetch import fetch_document
 from captioner.crawl.pages import (
     CrawlError,
     PageImage,
@@ -32,6 +32,7 @@ from captioner.crawl.pages import (
 )
 from captioner.crawl.politeness import Pacer
 from captioner.crawl.sitemaps import parse_sitemap
+from captioner.crawl.urls import FetchLimits
 from captioner.jobs.plan import Source, caption_rows, plan
 from captioner.jobs.rows import PENDING
 

@@ -102,7 +102,7 @@ def test_formats_and_content_types() -> None:
 
 
 def test_make_row_takes_the_error_code_and_message_from_an_error() -> None:
-    from captioner.crawl.fetch import BlockedAddress
+    from captioner.crawl.urls import BlockedAddress
 
     row = make_row(page_url=None, image_url="u", status="failed", error=BlockedAddress("nope"))
     assert (row["error_code"], row["error_message"]) == ("blocked_address", "nope")

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from captioner.crawl import fetch
+from captioner.crawl import fetch, urls
 
 PUBLIC_ADDRESS = "93.184.215.14"
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "30"))  # per operation and mode
@@ -41,9 +41,9 @@ CHECKS = [
 ]
 
 
-def fake_fetch(url: str, limits: fetch.FetchLimits = fetch.DEFAULT_LIMITS, **_: object):
+def fake_fetch(url: str, limits: urls.FetchLimits = urls.DEFAULT_LIMITS, **_: object):
     """Check the URL for real (resolving every host to a public address), then 'download'."""
-    fetch.check_url(url, limits, resolver=lambda host, port: [PUBLIC_ADDRESS])
+    urls.check_url(url, limits, resolver=lambda host, port: [PUBLIC_ADDRESS])
     return fetch.FetchedImage(url, url, "image/png", png_bytes())
 
 
