@@ -33,7 +33,7 @@ class JobBudget:
     """``ALTCAP_RATE_LIMIT`` as the API counts it, charged for the images jobs caption.
 
     The counters are the API's: Flask-Limiter's fixed windows, keyed by the rate-limit
-    identity (``api.rate_limit_key``) and ``LIMITER_SCOPE``, in the same storage. In the
+    identity (``hooks.rate_limit_key``) and ``LIMITER_SCOPE``, in the same storage. In the
     service that is its limiter itself (``jobs_api.init_app``); a ``python -m captioner
     worker`` opens ``ALTCAP_RATELIMIT_STORAGE_URL`` (``from_settings``). With ``memory://``
     every process counts apart: a worker then holds each client to the budget for the images

@@ -195,7 +195,7 @@ class JobQueue:
         ``scope``, e.g. per API key) returns its job, or ``IdempotencyConflict`` if that job
         was another one.
 
-        ``client``: the submitting request's rate-limit identity (``api.rate_limit_key``:
+        ``client``: the submitting request's rate-limit identity (``hooks.rate_limit_key``:
         its API key, or without keys its address). The job's images are charged to it, and
         its cap on active jobs (``ALTCAP_JOB_MAX_ACTIVE``) counts the job."""
         if scope:  # the API key's hash: only that key can read the job (see ``get``)

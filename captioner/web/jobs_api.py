@@ -40,7 +40,7 @@ from captioner.serve.service import (
     check_model_limits,
 )
 from captioner.serve.settings import Settings
-from captioner.web import api
+from captioner.web import api, hooks
 
 __all__ = ["JobsState", "init_app", "jobs", "openapi_part"]
 
@@ -68,15 +68,15 @@ def _queue() -> JobQueue:
 
 def _scope() -> str:
     """The caller's API key, hashed: idempotency keys and jobs belong to it."""
-    token = api.bearer_token()  # already checked by the app's auth hook when keys are set
+    token = hooks.bearer_token()  # already checked by the app's auth hook when keys are set
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:32] if token else ""
 
 
 def _json_body() -> Any:
-    if not api.is_json_request():
+    if not hooks.is_json_request():
         raise UnsupportedMediaType("send the job as application/json")
     try:
-        return api.request_json()  # parsed once: the rate-limit cost read it already
+        return hooks.request_json()  # parsed once: the rate-limit cost read it already
     except InvalidRequest as exc:
         raise InvalidJob(exc.message) from None
 
@@ -87,13 +87,13 @@ def _creation_cost() -> int:
     images a crawl finds is not known yet: the consumers charge those as they caption them
     (``jobs.JobBudget``). A repeat of an idempotency key that already started a job costs
     1, like any request: it is a client retrying after a lost answer, and it starts nothing."""
-    body = api.json_for_cost()
+    body = hooks.json_for_cost()
     if not isinstance(body, dict) or "sitemap" in body or _is_repeat(body):
         return 1
-    settings = api.state().settings
+    settings = hooks.state().settings
     if "images" in body:
-        return api.list_cost(body["images"], settings.job_max_images)
-    return api.list_cost(body.get("pages"), settings.job_max_pages)
+        return hooks.list_cost(body["images"], settings.job_max_images)
+    return hooks.list_cost(body.get("pages"), settings.job_max_pages)
 
 
 def _idempotency_key(body: dict[str, Any]) -> Any:
@@ -115,7 +115,7 @@ def _is_repeat(body: dict[str, Any]) -> bool:
 
 @jobs.post("")
 def create_job() -> tuple[Response, int, dict[str, str]]:
-    st = api.state()
+    st = hooks.state()
     body = _json_body()
     if not isinstance(body, dict):
         raise InvalidJob("the body must be a JSON object with images, pages or sitemap")
@@ -123,7 +123,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     check_model_limits(st.engine, decoding)
     spec = parse_job(body, st.settings, decoding)
     # the client: whom the job's images are charged to, and (without keys) whose job cap
-    job, created = _queue().submit(spec, _idempotency_key(body), _scope(), api.rate_limit_key())
+    job, created = _queue().submit(spec, _idempotency_key(body), _scope(), hooks.rate_limit_key())
     if created:
         _jobs().created.inc()
     return jsonify(job), 202 if created else 200, {"Location": job["url"]}
@@ -156,7 +156,7 @@ def job_results(job_id: str) -> Response:
     content_type = reports.content_type(fmt)  # invalid_format for anything else
     rows = _queue().rows(job_id, _scope())
     out = io.StringIO()
-    language = api.captions_language(api.state())
+    language = api.captions_language(hooks.state())
     reports.write_rows(rows, fmt, out, language=language, patched=_patched_links(job_id, fmt))
     response = Response(out.getvalue(), content_type=content_type)
     if fmt == "csv":
@@ -170,7 +170,7 @@ def job_results(job_id: str) -> Response:
 def _patched_links(job_id: str, fmt: str) -> dict[str, str] | None:
     """The HTML report's links to the patched pages: only where a browser can follow them,
     on a server without API keys (a link does not carry the key)."""
-    if fmt != "html" or api.state().settings.api_keys:
+    if fmt != "html" or hooks.state().settings.api_keys:
         return None
     pages = _queue().status(job_id, _scope())["pages"]
     return {p["url"]: p["patched_url"] for p in pages if p["patched_url"]}
@@ -181,7 +181,7 @@ def patched_page(job_id: str, n: int) -> Response:
     from captioner.crawl.pages import declared_encoding  # bs4: imported on use, as jobs.py does
 
     # The captions' language: the served model's (the job's consumers load the same model).
-    language = api.captions_language(api.state())
+    language = api.captions_language(hooks.state())
     html = _queue().patched_page(job_id, n, _scope(), language)
     charset = declared_encoding(html)  # the page's own <meta charset>: saved copies stay right
     body = html.encode(charset, "xmlcharrefreplace")  # a caption it cannot spell: &#NNN;
@@ -202,7 +202,7 @@ def init_app(app: Flask, queue: JobQueue) -> None:
         registry=st.metrics.registry,
     )
     app.extensions["altcap_jobs"] = JobsState(queue, created)
-    api.RATE_LIMIT_COSTS["jobs.create_job"] = _creation_cost
+    hooks.RATE_LIMIT_COSTS["jobs.create_job"] = _creation_cost
     limiter = st.limiter
     if limiter is not None:  # this process's consumers charge job images to its counters
         queue.budget = JobBudget(st.settings.rate_limit, lambda: limiter.limiter)

@@ -147,13 +147,13 @@ def test_create_app_refuses_a_storage_it_cannot_use(
     """A storage whose client library is missing (memcached:// without pymemcache)."""
     from limits.errors import ConfigurationError
 
-    import captioner.web.api
+    import captioner.web.hooks
     from app import create_app
 
     def missing_library(*args: object) -> None:
         raise ConfigurationError("memcached prerequisite not available")
 
-    monkeypatch.setattr(captioner.web.api, "_new_limiter", missing_library)
+    monkeypatch.setattr(captioner.web.hooks, "_new_limiter", missing_library)
     config = {"RATE_LIMIT": "1/second", "RATELIMIT_STORAGE_URL": "memcached://localhost"}
     with pytest.raises(ConfigError, match="ALTCAP_RATELIMIT_STORAGE_URL"):
         create_app({**config, "DATA_DIR": tmp_path, "MODEL": str(tmp_path / "none")})

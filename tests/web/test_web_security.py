@@ -324,7 +324,7 @@ def test_listening_on_every_address_allows_any_host_with_a_warning(
     and says once that ALTCAP_ALLOWED_HOSTS should name it."""
     client = make_app().test_client()
     everywhere = {"SERVER_NAME": address}
-    with caplog.at_level(logging.WARNING, logger="captioner.web.api"):
+    with caplog.at_level(logging.WARNING, logger="captioner.web.hooks"):
         for host in ("altcap.example.org", "evil.example", "localhost"):
             response = client.get("/healthz", headers={"Host": host}, environ_overrides=everywhere)
             assert response.status_code == 200
