@@ -21,6 +21,7 @@ from flask import Flask
 
 from captioner import cpus
 from captioner.jobs.backends import EngineBackend
+from captioner.jobs.consumer import start_consumer
 from captioner.jobs.queue import JobQueue
 from captioner.model.identity import ModelChanged, ModelIdentity, model_identity
 from captioner.serve.cache import open_cache
@@ -65,7 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         engine.start()  # last: nothing above can fail and leave a loading thread behind
     if settings.job_workers:  # job consumer threads, after the fork too (like the engine's)
         backend = EngineBackend(engine, settings.max_image_pixels)
-        queue.start_consumer(backend, workers=settings.job_workers, cache=cache, model=model)
+        start_consumer(queue, backend, workers=settings.job_workers, cache=cache, model=model)
     return app
 
 

@@ -258,6 +258,7 @@ def test_caption_in_the_api_answer_is_bounded_and_clean(tmp_path, limit):
 
 @pytest.mark.usefixtures("altcap_env")
 def test_caption_in_job_rows_reports_and_patched_pages_is_bounded_and_clean(tmp_path):
+    from captioner.jobs.consumer import start_consumer
     from captioner.jobs.queue import JobQueue
     from captioner.jobs.reports import write_rows
     from captioner.jobs.request import parse_job
@@ -274,7 +275,7 @@ def test_caption_in_job_rows_reports_and_patched_pages_is_bounded_and_clean(tmp_
         "MAX_ALT_CHARS": 60,
     }
     queue = JobQueue(Settings.load({}, overrides))
-    queue.start_consumer(_Backend(HOSTILE), workers=1)
+    start_consumer(queue, _Backend(HOSTILE), workers=1)
     try:
         with serve_directory(site) as base:
             job, _ = queue.submit(parse_job({"pages": [f"{base}/page.html"]}, queue.settings))

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from captioner import cpus
     from captioner.errors import InvalidSettings
     from captioner.jobs.backends import CaptionerBackend
+    from captioner.jobs.consumer import start_consumer
     from captioner.jobs.queue import JobQueue
     from captioner.model.identity import ModelChanged, model_identity
     from captioner.pipeline import Captioner
@@ -85,8 +86,13 @@ def run(args: argparse.Namespace) -> int:
     log.info("model %r loaded; consuming jobs with %d threads", settings.model, args.threads)
     cache = open_cache(settings.cache_url, settings.data_dir)
     queue = JobQueue(settings)
-    consumer = queue.start_consumer(
-        CaptionerBackend(captioner), workers=args.threads, cache=cache, embedded=False, model=model
+    consumer = start_consumer(
+        queue,
+        CaptionerBackend(captioner),
+        workers=args.threads,
+        cache=cache,
+        embedded=False,
+        model=model,
     )
     consumer.huey_consumer.shutdown_timeout = args.shutdown_timeout
     try:

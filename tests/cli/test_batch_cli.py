@@ -458,6 +458,7 @@ def test_a_job_counts_pages_apart_and_the_robots_page_as_skipped(
     """Batch jobs plan with ``batch.plan``: the page robots.txt keeps crawlers out of is a
     skipped row in their counts too, and their status counts pages apart."""
     from captioner.jobs.backends import CaptionerBackend
+    from captioner.jobs.consumer import start_consumer
     from captioner.jobs.queue import JobQueue
     from captioner.jobs.request import parse_job
     from captioner.serve.settings import Settings
@@ -473,7 +474,7 @@ def test_a_job_counts_pages_apart_and_the_robots_page_as_skipped(
     )
     queue = JobQueue(settings)
     try:
-        queue.start_consumer(CaptionerBackend(tiny_captioner), workers=1)
+        start_consumer(queue, CaptionerBackend(tiny_captioner), workers=1)
         pages = [site.url(p) for p in ("blog/post.html", "private/secret.html", "gone.html")]
         spec = parse_job({"pages": pages, "decoding": {"max_tokens": 4}}, settings)
         job, _ = queue.submit(spec)

@@ -21,9 +21,11 @@ from redis_server import RedisServer
 from captioner.errors import AltCapError
 from captioner.jobs import backends, chunks, webhooks
 from captioner.jobs import budget as budget_module
+from captioner.jobs import consumer as consumer_module
 from captioner.jobs import queue as jobs
 from captioner.jobs.backends import CaptionerBackend, RetryLater
 from captioner.jobs.budget import JobBudget
+from captioner.jobs.consumer import start_consumer
 from captioner.jobs.queue import JobQueue
 from captioner.jobs.request import (
     IdempotencyConflict,
@@ -114,7 +116,7 @@ def make_queue(tmp_path: Path) -> Iterator[Callable[..., JobQueue]]:
     def make(backend: Any = None, workers: int = 1, **overrides: Any) -> JobQueue:
         queue = JobQueue(settings(tmp_path, **overrides))
         if backend is not None:
-            queue.start_consumer(backend, workers=workers)
+            start_consumer(queue, backend, workers=workers)
         made.append(queue)
         return queue
 
@@ -753,7 +755,7 @@ def test_cancelling_a_finished_job_changes_nothing_and_deleting_a_running_one_is
 
 
 def test_a_busy_model_gives_the_chunk_back_for_later(make_queue, site, monkeypatch) -> None:
-    monkeypatch.setattr(jobs, "RETRY_DELAY_S", 0.2)
+    monkeypatch.setattr(consumer_module, "RETRY_DELAY_S", 0.2)
     base, _ = site
     backend = FakeBackend(fail_first=2)
     queue = make_queue(backend)
@@ -853,7 +855,7 @@ def test_a_job_without_a_client_or_of_image_urls_is_not_charged(make_queue, gall
 
 
 def test_a_chunk_given_back_is_not_charged_again(make_queue, site, monkeypatch) -> None:
-    monkeypatch.setattr(jobs, "RETRY_DELAY_S", 0.2)
+    monkeypatch.setattr(consumer_module, "RETRY_DELAY_S", 0.2)
     base, _ = site
     backend = FakeBackend(fail_first=2)  # the model is busy twice: the chunk runs 3 times
     queue = make_queue(backend, RATE_LIMIT="5/minute", JOB_CHUNK_SIZE=32)
@@ -903,10 +905,10 @@ def test_work_of_a_dead_consumer_is_picked_up_once(make_queue, site) -> None:
 
 def test_a_chunk_that_keeps_killing_its_consumer_fails(make_queue) -> None:
     queue = make_queue()
-    consumer = jobs.JobConsumer(queue, FakeBackend(), workers=1)
+    consumer = consumer_module.JobConsumer(queue, FakeBackend(), workers=1)
     items = [{"url": "http://x/1.png", "rows": [[0, {"image_url": "http://x/1.png"}]]}]
     job = {"id": "0" * 32, "spec": {"decoding": {}}}
-    rows = consumer.run_chunk(job, Claim(0, items, jobs.MAX_ATTEMPTS + 1))
+    rows = consumer.run_chunk(job, Claim(0, items, consumer_module.MAX_ATTEMPTS + 1))
     assert rows[0]["status"] == "failed" and rows[0]["error_code"] == "chunk_failed"
 
 
@@ -915,10 +917,10 @@ def test_planning_that_keeps_dying_fails_the_job(make_queue, monkeypatch) -> Non
     site every lease forever: past MAX_PLAN_ATTEMPTS the job fails with plan_failed."""
     queue = make_queue()
     job, _ = queue.submit(parse_job({"pages": ["http://x.example/"]}, queue.settings))
-    for n in range(jobs.MAX_PLAN_ATTEMPTS):
+    for n in range(consumer_module.MAX_PLAN_ATTEMPTS):
         assert queue.store.claim_plan(job["id"], f"dead-{n}", 0.01)
         time.sleep(0.02)
-    consumer = jobs.JobConsumer(queue, FakeBackend(), workers=1)
+    consumer = consumer_module.JobConsumer(queue, FakeBackend(), workers=1)
     monkeypatch.setattr(consumer, "plan", lambda job: pytest.fail("planned again"))
     consumer.drain(job["id"])
     status = queue.status(job["id"])
@@ -929,13 +931,13 @@ def test_a_plan_the_store_refuses_is_retried_then_fails(make_queue, site, monkey
     base, _ = site
     queue = make_queue(JOB_LEASE_S=0.05)
     job, _ = queue.submit(parse_job({"pages": [f"{base}/one.html"]}, queue.settings))
-    consumer = jobs.JobConsumer(queue, FakeBackend(), workers=1)
+    consumer = consumer_module.JobConsumer(queue, FakeBackend(), workers=1)
 
     def refuse(job_id: str, plan: Plan) -> str:
         raise redis.ResponseError("query buffer limit")
 
     monkeypatch.setattr(queue.store, "commit_plan", refuse)
-    for _ in range(jobs.MAX_PLAN_ATTEMPTS):
+    for _ in range(consumer_module.MAX_PLAN_ATTEMPTS):
         with pytest.raises(redis.ResponseError):
             consumer.drain(job["id"])
         time.sleep(0.1)  # the lease of the "dead" planner runs out
@@ -1043,7 +1045,7 @@ def test_job_captions_are_cached_by_model_identity(make_queue, site, tiny_dir, t
         """A new consumer (its own queue) on the shared cache: how many model calls."""
         backend = FakeBackend()
         queue = make_queue(DATA_DIR=tmp_path / f"data-{next(runs)}", MODEL=str(model_dir))
-        queue.start_consumer(backend, workers=1, cache=cache)
+        start_consumer(queue, backend, workers=1, cache=cache)
         job, _ = queue.submit(parse_job({"images": urls}, queue.settings))
         assert wait_for(queue, job["id"])["counts"]["done"] == 3
         return backend.calls
@@ -1070,7 +1072,7 @@ def test_a_job_never_serves_a_cache_entry_of_another_shape(make_queue, site, tmp
         model = model_identity(queue.settings.model).cache_id
         key = cache_key(model, DecodingSettings().to_dict(), sha)
         cache.set(key, {"caption": "stale"})
-        queue.start_consumer(backend, workers=1, cache=cache)
+        start_consumer(queue, backend, workers=1, cache=cache)
         job, _ = queue.submit(parse_job({"images": [f"{base}/0.png"]}, queue.settings))
         assert wait_for(queue, job["id"])["counts"]["done"] == 1
     assert backend.calls == 1
@@ -1136,7 +1138,7 @@ def test_consumers_sharing_a_redis_queue_share_the_per_host_cap(
     try:
         with serve_handler(handler) as base:
             for queue in queues:
-                queue.start_consumer(FakeBackend(), workers=2)
+                start_consumer(queue, FakeBackend(), workers=2)
             urls = [f"{base}/{i}.png" for i in range(24)]
             body = {"images": urls, "decoding": FAST}
             job, _ = queues[0].submit(parse_job(body, queues[0].settings))
@@ -1294,7 +1296,7 @@ def test_redis_queue_and_store_run_a_job(tmp_path: Path, redis_server, site) -> 
     base, _ = site
     queue = JobQueue(settings(tmp_path, QUEUE_URL=redis_server.url))
     assert isinstance(queue.store, RedisJobStore)
-    queue.start_consumer(FakeBackend(), workers=2)
+    start_consumer(queue, FakeBackend(), workers=2)
     try:
         job, _ = queue.submit(parse_job({"pages": [f"{base}/one.html"]}, queue.settings))
         status = wait_for(queue, job["id"])

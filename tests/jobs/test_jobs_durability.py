@@ -32,7 +32,8 @@ from helpers import QuietHandler, png_bytes, serve_handler
 from PIL import Image
 from redis_server import RedisServer
 
-from captioner.jobs.queue import JobQueue, recovery_bounds_s
+from captioner.jobs.consumer import recovery_bounds_s
+from captioner.jobs.queue import JobQueue
 from captioner.jobs.request import parse_job
 from captioner.serve.settings import Settings
 

@@ -22,7 +22,8 @@ import redis
 from redis_server import RedisServer
 
 from captioner.errors import AltCapError
-from captioner.jobs.queue import JobConsumer, JobQueue
+from captioner.jobs.consumer import JobConsumer, start_consumer
+from captioner.jobs.queue import JobQueue
 from captioner.jobs.request import JobActive, JobNotFound, parse_job
 from captioner.jobs.store import (
     DUPLICATE,
@@ -441,7 +442,7 @@ def test_a_running_consumer_deletes_expired_jobs_on_its_own(tmp_path: Path) -> N
     try:
         done = _done(queue.store)
         queued = _new(queue.store)  # no wake-up was sent for it: it only waits
-        queue.start_consumer(NoBackend(), workers=1)
+        start_consumer(queue, NoBackend(), workers=1)
         deadline = time.monotonic() + 15
         while queue.store.get(done) is not None:
             assert time.monotonic() < deadline, "the sweep never deleted the job"

@@ -541,6 +541,7 @@ def test_a_separate_worker_charges_the_budget_the_service_counts(
     from redis_server import RedisServer
 
     from captioner.jobs.backends import CaptionerBackend
+    from captioner.jobs.consumer import start_consumer
     from captioner.jobs.queue import JobQueue
     from captioner.serve.settings import Settings
 
@@ -556,7 +557,7 @@ def test_a_separate_worker_charges_the_budget_the_service_counts(
         }
         client = make_app(**config, JOB_WORKERS=0).test_client()
         worker = JobQueue(Settings.load({}, config))
-        worker.start_consumer(CaptionerBackend(tiny_captioner), workers=1)
+        start_consumer(worker, CaptionerBackend(tiny_captioner), workers=1)
         try:
             body = {"pages": [big_page], "decoding": {"max_tokens": 2}}
             job = wait_paused(client, submit(client, body).get_json()["url"])
