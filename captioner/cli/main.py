@@ -19,15 +19,16 @@ from captioner.cli import batch, worker
 from captioner.cli.train import register_embed, register_evaluate, register_train
 from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
 from captioner.errors import AltCapError, NotAnImage
+from captioner.images import load_image
+from captioner.model.identity import model_identity
+from captioner.train.data import IMAGE_EXTENSIONS
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from captioner.images import load_image
-    from captioner.model.identity import model_identity
-    from captioner.pipeline import Captioner
+    from captioner.pipeline import Captioner  # torch: when the command runs, not for --help
 
     settings = decoding_from_args(args)
     paths, failed = _image_paths(args.images, args.json)
@@ -57,8 +58,6 @@ def _caption(args: argparse.Namespace) -> int:
 def _image_paths(given: Sequence[str], as_json: bool) -> tuple[list[str], int]:
     """The files to caption: those given, and each folder's images (recursively, sorted),
     as ``embed`` and ``evaluate`` read a folder; and how many folders held none."""
-    from captioner.train.data import IMAGE_EXTENSIONS  # stdlib only: no torch on this path
-
     paths, failed = [], 0
     for path in given:
         if not os.path.isdir(path):
@@ -82,7 +81,7 @@ def _report(path: str, e: AltCapError, as_json: bool) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from captioner.model.checkpoints import convert_checkpoint
+    from captioner.model.checkpoints import convert_checkpoint  # torch: not for --help
 
     out = convert_checkpoint(
         args.checkpoint,
@@ -99,7 +98,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from captioner.model.tiny import make_tiny
+    from captioner.model.tiny import make_tiny  # torch: not for --help
 
     print(make_tiny(args.out_dir, args.mapping, seed=args.seed))
     return 0

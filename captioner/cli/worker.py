@@ -20,6 +20,12 @@ import logging
 import os
 from typing import Any
 
+from captioner import cpus
+from captioner.errors import InvalidSettings
+from captioner.model.identity import ModelChanged, model_identity
+from captioner.serve.cache import open_cache
+from captioner.serve.settings import Settings
+
 __all__ = ["register", "run"]
 
 log = logging.getLogger(__name__)
@@ -51,15 +57,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch  # the model's: imported here, so `--help` does not load it
 
-    from captioner import cpus
-    from captioner.errors import InvalidSettings
+    # the jobs engine and the model import torch: here, so that `--help` does not load it
     from captioner.jobs.backends import CaptionerBackend
     from captioner.jobs.consumer import start_consumer
     from captioner.jobs.queue import JobQueue
-    from captioner.model.identity import ModelChanged, model_identity
     from captioner.pipeline import Captioner
-    from captioner.serve.cache import open_cache
-    from captioner.serve.settings import Settings
 
     if args.threads < 1:
         raise InvalidSettings("--threads must be >= 1")

@@ -15,6 +15,7 @@ from transformers import GPT2TokenizerFast, PreTrainedTokenizerBase
 
 from captioner.alttext import unreadable
 from captioner.config import ClipCapConfig, MappingType
+from captioner.model.checkpoints import save_pretrained
 from captioner.model.modeling import ClipCapModel
 
 EOS = "<|endoftext|>"
@@ -94,8 +95,6 @@ def tiny_config(
 
 def make_tiny(out_dir: str | os.PathLike, mapping_type: MappingType = "mlp", seed: int = 0) -> Path:
     """Write a tiny random-weight model directory and return its path."""
-    from captioner.model.checkpoints import save_pretrained
-
     tokenizer, model = tiny_tokenizer_and_model(mapping_type, seed)
     return save_pretrained(model, tokenizer, out_dir)
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from captioner.model.pretrained import altcap_cache_dir
+
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
@@ -70,8 +72,6 @@ def _compiler() -> list[str] | None:
 
 
 def _cache_dir() -> Path:
-    from captioner.model.pretrained import altcap_cache_dir
-
     return altcap_cache_dir() / "kernels"
 
 

@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 
 from captioner.errors import CheckpointMismatch, ModelError
+from captioner.model.checkpoints import WEIGHTS_NAME, load_config
+from captioner.model.pretrained import DEFAULT_MODEL, resolve
 from captioner.model.processing import CLIP_MEAN, CLIP_STD, preprocess
 from captioner.runtime.device import pick_device, pick_dtype
 from captioner.train.loading import altcap_model, first_line, from_pretrained
@@ -80,9 +82,6 @@ def load_encoder(
 def _load_model_vision(name: str | None):
     from safetensors import SafetensorError, safe_open
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from captioner.model.checkpoints import WEIGHTS_NAME, load_config
-    from captioner.model.pretrained import DEFAULT_MODEL, resolve
 
     model_dir = resolve(name or DEFAULT_MODEL)
     config = load_config(model_dir)

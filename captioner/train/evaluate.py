@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from captioner.cliopts import decoding_from_args
 from captioner.config import DecodingSettings, same_language
 from captioner.errors import AltCapError
+from captioner.images import load_image
+from captioner.pipeline import Captioner
 from captioner.train.collapse import evaluate_warning, one_caption_for_all
 from captioner.train.data import Item, detect_format, read_dataset
 
@@ -219,7 +221,6 @@ def caption_items(
     """Caption every readable image: ({image id: caption}, [skipped images with the reason]).
     Images are decoded in a thread pool while the model works on the previous batch.
     ``fmt``: the set's format, which says what its image ids are (``coco_image_id``)."""
-    from captioner.images import load_image
 
     def load(item: Item):
         try:
@@ -270,8 +271,6 @@ def evaluate(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Caption a set and score it: (report, captions in the COCO results format)."""
-    from captioner.pipeline import Captioner
-
     t0 = time.perf_counter()
     fmt = detect_format(annotations)
     items = read_dataset(annotations, fmt, image_root=image_root, split=split)

@@ -18,6 +18,7 @@ from captioner.config import ClipCapConfig
 from captioner.errors import InvalidSettings, ModelError
 from captioner.model.checkpoints import load_pretrained
 from captioner.model.modeling import ClipCapModel, build_mapper
+from captioner.model.pretrained import resolve
 from captioner.train.encoder import load_encoder
 from captioner.train.loading import (
     IMAGE_ENCODER_HINT,
@@ -62,8 +63,6 @@ def _load_language_model(source: str) -> tuple[nn.Module, PreTrainedTokenizerBas
 
     model = altcap_model(source)
     if model is not None:  # its GPT-2 and tokenizer (the vision tower loads along, unused)
-        from captioner.model.pretrained import resolve
-
         clipcap, tokenizer = load_pretrained(resolve(model))
         return clipcap.lm, tokenizer, clipcap.config.language_model
     lm = from_pretrained(GPT2LMHeadModel, source, "language model", LANGUAGE_MODEL_HINT)
@@ -80,8 +79,6 @@ def build_model(
     saying where its parts came from. Refuses a vision tower other than the one that made
     the embeddings."""
     if opts.init:
-        from captioner.model.pretrained import resolve
-
         base, tokenizer = load_pretrained(resolve(opts.init))
         config = ClipCapConfig(
             **architecture(opts, base.config),

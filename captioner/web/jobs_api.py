@@ -25,7 +25,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import Counter
 
-from captioner.crawl.pages import MODES, VERDICTS
+from captioner.crawl.pages import MODES, VERDICTS, declared_encoding
 from captioner.errors import AltCapError
 from captioner.jobs import reports, rows
 from captioner.jobs.budget import JobBudget
@@ -178,8 +178,6 @@ def _patched_links(job_id: str, fmt: str) -> dict[str, str] | None:
 
 @jobs.get("/<job_id>/pages/<int:n>/patched")
 def patched_page(job_id: str, n: int) -> Response:
-    from captioner.crawl.pages import declared_encoding  # bs4: imported on use, as jobs.py does
-
     # The captions' language: the served model's (the job's consumers load the same model).
     language = api.captions_language(hooks.state())
     html = _queue().patched_page(job_id, n, _scope(), language)
