@@ -3,45 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from captioner.errors import InvalidSettings
+from captioner.lang import is_language_tag
 
 MappingType = Literal["mlp", "transformer"]
 DecodingMethod = Literal["greedy", "beam", "nucleus"]
 DECODING_METHODS: tuple[str, ...] = get_args(DecodingMethod)
 
 # The limits of DecodingSettings, declared once: validate() checks them, and the OpenAPI
-# schema (captioner.serve.openapi) and the CLI's help are built from them.
+# schema (captioner.serve.openapi) is built from them.
 MAX_BEAM_SIZE = 32  # beams per image: the batch grows by this factor
 MAX_TEMPERATURE = 10  # above this, sampling is noise
 MAX_NEW_TOKENS = 256  # new tokens per caption (max_tokens, and min_tokens under it)
-
-# A BCP 47 language tag as HTML's lang attribute takes it: a 2-3 letter language, then
-# subtags (script, region, variant) of 1-8 letters or digits: "en", "pt-BR", "zh-Hant".
-_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
-
-
-def is_language_tag(value: object) -> bool:
-    """True for a language tag fit for HTML's ``lang`` attribute (``en``, ``pt-BR``)."""
-    return isinstance(value, str) and _LANGUAGE_TAG.fullmatch(value) is not None
-
-
-def same_language(where: str | None, text: str) -> bool:
-    """Whether text in language ``text`` reads right where the language is ``where``: the
-    same primary subtag (``en-GB`` text on an ``en`` page is fine; no language is not)."""
-    if not where:
-        return False
-    return where.split("-")[0].strip().lower() == text.split("-")[0].strip().lower()
-
-
-def lang_to_mark(where: str | None, text: str | None) -> str | None:
-    """The ``lang`` that text in language ``text`` needs where the language is ``where``:
-    ``text`` where they differ (or ``where`` says none); None where no mark is needed, or
-    the text's language is not known."""
-    return text if text and not same_language(where, text) else None
 
 
 @dataclass

@@ -35,10 +35,10 @@ from bs4.element import PreformattedString
 from bs4.exceptions import ParserRejectedMarkup
 
 from captioner.alttext import Verdict, classify_alt
-from captioner.config import lang_to_mark
 from captioner.crawl.patch import Document, StartTag
 from captioner.errors import AltCapError, InvalidSettings
 from captioner.images import ALLOWED_FORMATS
+from captioner.lang import lang_to_mark
 
 __all__ = [
     "MODES",

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from captioner.config import lang_to_mark
 from captioner.jobs.rows import ROBOTS, verdict_counts
+from captioner.lang import lang_to_mark
 
 __all__ = ["VERDICT_LABELS", "write_html"]
 

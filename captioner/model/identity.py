@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from captioner.config import is_language_tag
 from captioner.errors import ModelError
+from captioner.lang import is_language_tag
 
 __all__ = ["HUB_ID", "ModelChanged", "ModelIdentity", "model_identity", "redact_model_path"]
 

@@ -34,9 +34,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from captioner.cliopts import decoding_from_args
-from captioner.config import DecodingSettings, same_language
+from captioner.config import DecodingSettings
 from captioner.errors import AltCapError
 from captioner.images import load_image
+from captioner.lang import same_language
 from captioner.pipeline import Captioner
 from captioner.train.collapse import evaluate_warning, one_caption_for_all
 from captioner.train.data import Item, detect_format, read_dataset

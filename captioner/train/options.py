@@ -17,8 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-from captioner.config import is_language_tag
 from captioner.errors import InvalidSettings
+from captioner.lang import is_language_tag
 from captioner.train.collapse import RECIPE_LR
 
 DEFAULT_SHARD_SIZE = 4096  # images per shard file of an embedding store (`embed`)

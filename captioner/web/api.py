@@ -48,9 +48,10 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from captioner.config import DecodingSettings, lang_to_mark
+from captioner.config import DecodingSettings
 from captioner.errors import AltCapError
 from captioner.jobs.rows import NO_CAPTION_MESSAGE
+from captioner.lang import lang_to_mark
 from captioner.model.identity import ModelIdentity, model_identity, redact_model_path
 from captioner.serve import parsing
 from captioner.serve.cache import Cache, cache_key

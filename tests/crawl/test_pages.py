@@ -18,7 +18,6 @@ import pytest
 from bs4 import BeautifulSoup
 from testsite import INDEX_HTML, POST_HTML, serve_site, sitemapindex, urlset
 
-from captioner.config import same_language
 from captioner.crawl import pages
 from captioner.crawl.crawler import Crawler
 from captioner.crawl.fetch import fetch_document
@@ -35,6 +34,7 @@ from captioner.crawl.sitemaps import parse_sitemap
 from captioner.crawl.urls import FetchLimits
 from captioner.jobs.plan import Source, caption_rows, plan
 from captioner.jobs.rows import PENDING
+from captioner.lang import same_language
 
 LOCAL = FetchLimits(allow_private=True, connect_timeout=2.0, read_timeout=2.0, total_timeout=5.0)
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "alttext.json"
