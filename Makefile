@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 APT_TEST_PACKAGES ?= redis-server chromium firefox-esr prometheus
 # METEOR (pycocoevalcap) runs Java: any installed JRE will do, else Debian's default one.
 JAVA_PACKAGE ?= default-jre-headless
-# The bfloat16 CPU kernel (captioner/kernels/) is compiled on first use: any C compiler.
+# The bfloat16 CPU kernel (captioner/runtime/kernels/) is compiled on first use: any C compiler.
 CC_PACKAGE ?= gcc
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -61,6 +61,7 @@ test-wheel: deps-test
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports  # the layers and contracts in pyproject.toml
 
 # The documentation site (docs/, mkdocs.yml) into site/, its generated blocks (tables from
 # Settings and TrainOptions, the HTTP operations from /openapi.json) rewritten first.

@@ -19,12 +19,15 @@ from typing import Any
 
 from flask import Flask
 
-from captioner import api, cpus, jobs_api
-from captioner.cache import open_cache
-from captioner.engine import Engine
-from captioner.identity import ModelChanged, ModelIdentity, model_identity
-from captioner.jobs import EngineBackend, JobQueue
-from captioner.settings import Settings
+from captioner import cpus
+from captioner.jobs.backends import EngineBackend
+from captioner.jobs.consumer import start_consumer
+from captioner.jobs.queue import JobQueue
+from captioner.model.identity import ModelChanged, ModelIdentity, model_identity
+from captioner.serve.cache import open_cache
+from captioner.serve.engine import Engine
+from captioner.serve.settings import Settings
+from captioner.web import api, jobs_api
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -45,7 +48,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     cache = open_cache(settings.cache_url, settings.data_dir)
     # Once, before the model loads: the public name and the cache identity of ALTCAP_MODEL
-    # (a local path is neither; see captioner/identity.py). Views and job consumers share it.
+    # (a local path is neither; see captioner/model/identity.py). Views and job consumers share it.
     model = model_identity(settings.model)
     engine = config.get("ENGINE")
     own_engine = engine is None
@@ -63,7 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         engine.start()  # last: nothing above can fail and leave a loading thread behind
     if settings.job_workers:  # job consumer threads, after the fork too (like the engine's)
         backend = EngineBackend(engine, settings.max_image_pixels)
-        queue.start_consumer(backend, workers=settings.job_workers, cache=cache, model=model)
+        start_consumer(queue, backend, workers=settings.job_workers, cache=cache, model=model)
     return app
 
 
@@ -79,7 +82,7 @@ def default_loader(settings: Settings, model: ModelIdentity | None = None) -> Ca
     def load() -> Any:
         import torch  # heavy: only in the engine's thread, after gunicorn's fork
 
-        from captioner.captioner import Captioner
+        from captioner.pipeline import Captioner
 
         # Here, in the thread that runs the model: OpenMP's thread count is per thread.
         torch.set_num_threads(settings.torch_threads or cpus.torch_threads())

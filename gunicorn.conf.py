@@ -111,7 +111,7 @@ access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"
 # --- hooks -----------------------------------------------------------------------------
 
 
-METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # = captioner.metrics.MULTIPROC_ENV (no app import here)
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # = serve.metrics.MULTIPROC_ENV; no app import here
 _made: list[str] = []  # the metrics directory on_starting created, for on_exit
 
 
@@ -120,7 +120,7 @@ def on_starting(server) -> None:
     give the workers one directory for their metrics.
 
     ``/metrics`` must report the whole server, not whichever worker took the scrape, so the
-    workers run prometheus-client's multiprocess mode (``captioner/metrics.py``): each writes
+    workers run prometheus-client's multiprocess mode (``captioner/serve/metrics.py``): each writes
     its values to files in ``PROMETHEUS_MULTIPROC_DIR``, which must be set before they import
     prometheus-client and must start empty. A fresh temporary directory, removed on exit,
     unless the variable is set already: then that directory, its old files deleted.

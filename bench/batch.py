@@ -112,8 +112,9 @@ class Workers:
 
 
 def run_config(args, model: Path, base: str, n: int, config: str, workdir: Path) -> dict:
-    from captioner.jobs import JobQueue, parse_job
-    from captioner.settings import Settings
+    from captioner.jobs.queue import JobQueue
+    from captioner.jobs.request import parse_job
+    from captioner.serve.settings import Settings
 
     processes, threads = (int(x) for x in config.split("x"))
     data = workdir / f"data-{config}"

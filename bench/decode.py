@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import CLIPVisionConfig, GPT2Config
 
-from captioner.captioner import Captioner
 from captioner.config import ClipCapConfig, DecodingSettings
-from captioner.model import ClipCapModel
-from captioner.reference import reference_greedy
+from captioner.model.modeling import ClipCapModel
+from captioner.pipeline import Captioner
+from captioner.runtime.reference import reference_greedy
 
 NEW_TOKENS = 20
 FORCED = DecodingSettings(

@@ -12,8 +12,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.decode import FORCED, IdTokenizer, full_size_model, pixels
-from captioner.captioner import Captioner
-from captioner.decoding import StopRule, generate
+from captioner.pipeline import Captioner
+from captioner.runtime.decoding import generate
+from captioner.runtime.stopping import StopRule
 
 
 def main() -> None:

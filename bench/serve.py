@@ -94,14 +94,14 @@ def synthetic_gpt2_tokenizer():
 
 def full_model_dir(out: Path = FULL_MODEL_DIR) -> Path:
     """The full-size model directory, written on first use (~1 GB, float32 weights)."""
-    from captioner.checkpoints import is_model_dir
+    from captioner.model.checkpoints import is_model_dir
 
     config = out / "config.json"
     if is_model_dir(out) and json.loads(config.read_text()).get("source") == FULL_MODEL_SOURCE:
         return out
     print(f"# writing the full-size random-weight model to {out} (once)", flush=True)
     from bench.decode import full_size_model
-    from captioner.checkpoints import save_pretrained
+    from captioner.model.checkpoints import save_pretrained
 
     model = full_size_model()
     model.config.source = FULL_MODEL_SOURCE
@@ -109,7 +109,7 @@ def full_model_dir(out: Path = FULL_MODEL_DIR) -> Path:
 
 
 def tiny_model_dir(out: Path) -> Path:
-    from captioner.tiny import make_tiny
+    from captioner.model.tiny import make_tiny
 
     return make_tiny(out, "mlp", seed=0)
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import CLIPVisionConfig, GPT2Config, get_linear_schedule_with_warmup
 
 from captioner.config import ClipCapConfig
-from captioner.model import ClipCapModel
+from captioner.model.modeling import ClipCapModel
 from captioner.train.dataset import IGNORE
 from captioner.train.parts import set_trainable, train_mode
 from captioner.train.train import make_optimizer, resolve_precision, train_step

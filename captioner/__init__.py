@@ -1,7 +1,7 @@
 """AltCap: alt text for images with a ClipCap model (CLIP -> prefix -> GPT-2)."""
 
-from .config import ClipCapConfig, DecodingSettings
-from .errors import AltCapError
+from captioner.config import ClipCapConfig, DecodingSettings
+from captioner.errors import AltCapError
 
 __all__ = ["AltCapError", "CaptionResult", "Captioner", "ClipCapConfig", "DecodingSettings"]
 
@@ -9,7 +9,7 @@ __all__ = ["AltCapError", "CaptionResult", "Captioner", "ClipCapConfig", "Decodi
 def __getattr__(name: str):
     # The facade pulls in torch and transformers: load it on first use, not on import.
     if name in ("Captioner", "CaptionResult"):
-        from . import captioner
+        from captioner import pipeline
 
-        return getattr(captioner, name)
+        return getattr(pipeline, name)
     raise AttributeError(name)

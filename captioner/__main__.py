@@ -3,14 +3,14 @@
 import os
 import sys
 
-from .cpus import OMP_WAIT_POLICY
+from captioner.cpus import OMP_WAIT_POLICY
 
 
 def entry() -> int:
     """Run the CLI on ``sys.argv``; the console script ``altcap`` (pyproject.toml) calls this."""
     # Before anything loads torch (and with it OpenMP, which reads this once): see cpus.py.
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-    from .cli import main  # after the variable above; cli loads torch only in its commands
+    from captioner.cli.main import main  # after the variable above; torch only in commands
 
     return main()
 

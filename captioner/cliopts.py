@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, get_args
 
-from .config import DecodingMethod, DecodingSettings
+from captioner.config import DecodingMethod, DecodingSettings
 
 __all__ = ["DTYPE_CHOICES", "add_decoding_arguments", "add_device_arguments", "decoding_from_args"]
 

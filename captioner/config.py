@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from .errors import InvalidSettings
+from captioner.errors import InvalidSettings
+from captioner.lang import is_language_tag
 
 MappingType = Literal["mlp", "transformer"]
 DecodingMethod = Literal["greedy", "beam", "nucleus"]
+DECODING_METHODS: tuple[str, ...] = get_args(DecodingMethod)
 
-# A BCP 47 language tag as HTML's lang attribute takes it: a 2-3 letter language, then
-# subtags (script, region, variant) of 1-8 letters or digits: "en", "pt-BR", "zh-Hant".
-_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
-
-
-def is_language_tag(value: object) -> bool:
-    """True for a language tag fit for HTML's ``lang`` attribute (``en``, ``pt-BR``)."""
-    return isinstance(value, str) and _LANGUAGE_TAG.fullmatch(value) is not None
-
-
-def same_language(where: str | None, text: str) -> bool:
-    """Whether text in language ``text`` reads right where the language is ``where``: the
-    same primary subtag (``en-GB`` text on an ``en`` page is fine; no language is not)."""
-    if not where:
-        return False
-    return where.split("-")[0].strip().lower() == text.split("-")[0].strip().lower()
-
-
-def lang_to_mark(where: str | None, text: str | None) -> str | None:
-    """The ``lang`` that text in language ``text`` needs where the language is ``where``:
-    ``text`` where they differ (or ``where`` says none); None where no mark is needed, or
-    the text's language is not known."""
-    return text if text and not same_language(where, text) else None
+# The limits of DecodingSettings, declared once: validate() checks them, and the OpenAPI
+# schema (captioner.serve.openapi) is built from them.
+MAX_BEAM_SIZE = 32  # beams per image: the batch grows by this factor
+MAX_TEMPERATURE = 10  # above this, sampling is noise
+MAX_NEW_TOKENS = 256  # new tokens per caption (max_tokens, and min_tokens under it)
 
 
 @dataclass
@@ -116,18 +99,18 @@ class DecodingSettings:
     stop_at_eos: bool = True  # stop at the tokenizer's end-of-text token
 
     def validate(self) -> DecodingSettings:
-        if self.method not in ("greedy", "beam", "nucleus"):
+        if self.method not in DECODING_METHODS:
             raise InvalidSettings(
                 f"decoding method must be greedy, beam or nucleus, not {self.method!r}"
             )
-        if not 1 <= self.beam_size <= 32:
-            raise InvalidSettings("beam_size must be between 1 and 32")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise InvalidSettings(f"beam_size must be between 1 and {MAX_BEAM_SIZE}")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidSettings("top_p must be in (0, 1]")
-        if not 0.0 < self.temperature <= 10.0:
-            raise InvalidSettings("temperature must be in (0, 10]")
-        if not 1 <= self.max_tokens <= 256:
-            raise InvalidSettings("max_tokens must be between 1 and 256")
+        if not 0.0 < self.temperature <= MAX_TEMPERATURE:
+            raise InvalidSettings(f"temperature must be in (0, {MAX_TEMPERATURE}]")
+        if not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
+            raise InvalidSettings(f"max_tokens must be between 1 and {MAX_NEW_TOKENS}")
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise InvalidSettings("min_tokens must be between 0 and max_tokens")
         return self

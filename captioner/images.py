@@ -1,4 +1,5 @@
-"""Untrusted image bytes → RGB ``PIL.Image`` → CLIP input tensor.
+"""Untrusted image bytes → RGB ``PIL.Image`` (no torch here: the crawler and the service's
+settings use it; ``captioner.model.processing`` makes the CLIP tensor).
 
 Every image AltCap sees comes from a stranger (an upload, a URL on someone's page), so
 decoding is defensive: the format is sniffed from magic bytes and only an allowlist of
@@ -6,9 +7,6 @@ common web formats reaches a PIL plugin; the pixel count is checked from the hea
 before any pixel is decoded; truncated files are refused instead of half-decoded into
 grey; and every failure is one of the typed ``ImageError`` subclasses from
 ``captioner.errors``, so the API answers with a stable code instead of a 500.
-
-``preprocess`` reproduces ``transformers.CLIPImageProcessor`` (shortest side to 224 with
-PIL bicubic, centre crop, CLIP mean/std) in a few numpy operations over the whole batch.
 """
 
 from __future__ import annotations
@@ -18,10 +16,8 @@ import os
 import re
 import struct
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps, features
 
 from captioner.errors import (
@@ -35,12 +31,9 @@ from captioner.errors import (
 
 __all__ = [
     "ALLOWED_FORMATS",
-    "CLIP_MEAN",
-    "CLIP_STD",
     "DEFAULT_MAX_PIXELS",
     "ImageInput",
     "load_image",
-    "preprocess",
     "sniff_format",
 ]
 
@@ -64,19 +57,12 @@ ALLOWED_FORMATS: frozenset[str] = frozenset(
 # 40 MP covers any camera photo; a 3-channel image this size is ~120 MB once decoded.
 DEFAULT_MAX_PIXELS: int = 40_000_000
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 ImageInput = bytes | bytearray | memoryview | Image.Image | str | os.PathLike
 
 _WHITE = (255, 255, 255, 255)
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _EXIF_ORIENTATION = 0x0112
 
-# Above this many pixels in the resized (pre-crop) image, resize only the crop box.
-# Exact CLIP preprocessing resizes the whole image, and for a 1 x 40M strip that would be
-# a 224 x 9e9 intermediate; the box path is within a few grey levels and costs nothing.
-_MAX_INTERMEDIATE_PIXELS = 4_000_000
 
 # --- format sniffing ------------------------------------------------------------------
 
@@ -374,48 +360,3 @@ def _high_depth_to_l(im: Image.Image) -> Image.Image:
         else:
             scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-
-
-# --- CLIP tensor ------------------------------------------------------------------------
-
-
-def preprocess(
-    images: Sequence[Image.Image],
-    *,
-    image_size: int = 224,
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
-) -> torch.Tensor:
-    """Batch images into the ``(N, 3, image_size, image_size)`` float32 tensor CLIP expects.
-
-    Same steps as ``CLIPImageProcessor``: shortest side to ``image_size`` with PIL
-    bicubic (long side truncated to int), centre crop with the top/left offset rounded
-    down, ``/255``, then ``(x - mean) / std``. Matching it keeps embeddings identical to
-    those the mapping network was trained on. Images not in RGB are converted first.
-    """
-    if image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}")
-    batch = np.empty((len(images), image_size, image_size, 3), dtype=np.uint8)  # (N, H, W, C)
-    for i, im in enumerate(images):
-        batch[i] = _resize_and_crop(im if im.mode == "RGB" else im.convert("RGB"), image_size)
-    mean_arr = np.asarray(mean, dtype=np.float32)
-    std_arr = np.asarray(std, dtype=np.float32)
-    x = (batch.astype(np.float32) / np.float32(255.0) - mean_arr) / std_arr
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # (N, C, H, W)
-
-
-def _resize_and_crop(im: Image.Image, size: int) -> np.ndarray:
-    """Shortest side to ``size`` (bicubic), then the central ``size`` x ``size`` square."""
-    width, height = im.size
-    if width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_w, new_h = int(size * width / height), size
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    if new_w * new_h > _MAX_INTERMEDIATE_PIXELS:
-        sx, sy = width / new_w, height / new_h
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC, box=box))
-    if (new_w, new_h) != (width, height):
-        im = im.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    return np.asarray(im)[top : top + size, left : left + size]

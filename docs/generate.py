@@ -52,7 +52,7 @@ def _on_path() -> None:
 def settings_table() -> str:
     """Every ``ALTCAP_*`` variable with its default and meaning (``Settings``)."""
     _on_path()
-    from captioner.settings import markdown_table
+    from captioner.serve.settings import markdown_table
 
     return markdown_table()
 
@@ -77,7 +77,7 @@ def openapi_document() -> dict[str, Any]:
     """
     _on_path()
     from app import create_app
-    from captioner.engine import ModelUnavailable
+    from captioner.serve.engine import ModelUnavailable
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ALTCAP_")}
     read = threading.Event()
@@ -96,7 +96,7 @@ def openapi_document() -> dict[str, Any]:
                 "LOADER": loader,
             }
         )
-        engine_log = logging.getLogger("captioner.engine")
+        engine_log = logging.getLogger("captioner")
         level = engine_log.level
         try:
             return app.test_client().get("/openapi.json").get_json()

@@ -266,7 +266,7 @@
   }
 
   /** What the element's own markup tells a screen-reader user, and why: the verdict of
-   * captioner/pages.py's _alt_verdict() ("missing" | "meaningless" need a description;
+   * captioner/crawl/pages.py's _alt_verdict() ("missing" | "meaningless" need a description;
    * "decorative" | "ok" do not), with the rule that decided it as `reason`. */
   function altVerdict(el) {
     const aria = isAriaImage(el);

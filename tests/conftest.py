@@ -19,14 +19,14 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny MLP-mapper model directory (random weights, trained BPE tokenizer)."""
-    from captioner.tiny import make_tiny
+    from captioner.model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-mlp"), "mlp", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_transformer_dir(tmp_path_factory) -> Path:
-    from captioner.tiny import make_tiny
+    from captioner.model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-transformer"), "transformer", seed=0)
 

@@ -31,7 +31,7 @@ def write_reference_parts(out: Path, mapping: str = "mlp", seed: int = 0):
     Returns (pt_path, vision_dir, lm_dir, original_model)."""
     import torch
 
-    from captioner.tiny import tiny_tokenizer_and_model
+    from captioner.model.tiny import tiny_tokenizer_and_model
 
     tokenizer, model = tiny_tokenizer_and_model(mapping, seed=seed)
     state = {}

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 
 import app as altcap_app
-from captioner.settings import Settings
+from captioner.serve.settings import Settings
 
 
 class SlowCaptioner:

@@ -28,9 +28,9 @@ from captioner.alttext import (
     tidy_text,
     unreadable,
 )
+from captioner.crawl.pages import find_images
 from captioner.errors import ConfigError
-from captioner.pages import find_images
-from captioner.settings import Settings
+from captioner.serve.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "tests/vectors/alttext.json").read_text())
@@ -258,8 +258,10 @@ def test_caption_in_the_api_answer_is_bounded_and_clean(tmp_path, limit):
 
 @pytest.mark.usefixtures("altcap_env")
 def test_caption_in_job_rows_reports_and_patched_pages_is_bounded_and_clean(tmp_path):
-    from captioner.jobs import JobQueue, parse_job
-    from captioner.reports import write_rows
+    from captioner.jobs.consumer import start_consumer
+    from captioner.jobs.queue import JobQueue
+    from captioner.jobs.reports import write_rows
+    from captioner.jobs.request import parse_job
 
     site = tmp_path / "site"
     site.mkdir()
@@ -273,7 +275,7 @@ def test_caption_in_job_rows_reports_and_patched_pages_is_bounded_and_clean(tmp_
         "MAX_ALT_CHARS": 60,
     }
     queue = JobQueue(Settings.load({}, overrides))
-    queue.start_consumer(_Backend(HOSTILE), workers=1)
+    start_consumer(queue, _Backend(HOSTILE), workers=1)
     try:
         with serve_directory(site) as base:
             job, _ = queue.submit(parse_job({"pages": [f"{base}/page.html"]}, queue.settings))
@@ -322,8 +324,9 @@ class _Captioner(_Backend):
 
 
 def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
-    from captioner.batch import PENDING, caption_rows
-    from captioner.fetch import FetchLimits
+    from captioner.crawl.urls import FetchLimits
+    from captioner.jobs.plan import caption_rows
+    from captioner.jobs.rows import PENDING
 
     (tmp_path / "0.png").write_bytes(png_bytes())
     with serve_directory(tmp_path) as base:
@@ -339,8 +342,9 @@ def test_caption_in_batch_cli_rows_is_bounded_and_clean(tmp_path):
 
 
 def test_caption_that_is_only_invisible_characters_is_no_caption(tmp_path):
-    from captioner.batch import PENDING, caption_rows
-    from captioner.fetch import FetchLimits
+    from captioner.crawl.urls import FetchLimits
+    from captioner.jobs.plan import caption_rows
+    from captioner.jobs.rows import PENDING
 
     (tmp_path / "0.png").write_bytes(png_bytes())
     with serve_directory(tmp_path) as base:

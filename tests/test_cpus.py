@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from captioner import cpus
-from captioner.engine import Overloaded
-from captioner.service import Admission
+from captioner.serve.engine import Overloaded
+from captioner.serve.service import Admission
 
 
 @pytest.fixture(autouse=True)

@@ -20,15 +20,8 @@ from PIL import Image, ImageFile, ImageSequence
 
 from captioner import images
 from captioner.errors import ImageError
-from captioner.images import (
-    ALLOWED_FORMATS,
-    CLIP_MEAN,
-    CLIP_STD,
-    DEFAULT_MAX_PIXELS,
-    load_image,
-    preprocess,
-    sniff_format,
-)
+from captioner.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, load_image, sniff_format
+from captioner.model.processing import CLIP_MEAN, CLIP_STD, preprocess
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..checkpoints import save_pretrained
-from ..errors import AltCapError
-from ..model import ClipCapModel
-from .parts import first_line
+from captioner.errors import AltCapError
+from captioner.model.checkpoints import save_pretrained
+from captioner.model.modeling import ClipCapModel
+from captioner.train.loading import first_line
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"

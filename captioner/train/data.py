@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AltCapError
+from captioner.errors import AltCapError
 
 log = logging.getLogger(__name__)
 

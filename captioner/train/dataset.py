@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from ..errors import ModelError
+from captioner.errors import ModelError
 
 IGNORE = -100  # label of positions the loss skips (never 0: that is a real token id)
 

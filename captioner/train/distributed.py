@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from captioner.runtime.device import pick_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -34,8 +36,6 @@ class Dist:
 def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
     """Single process, or one of ``torchrun``'s (RANK/WORLD_SIZE/LOCAL_RANK): nccl on CUDA,
     gloo on the CPU."""
-    from ..captioner import pick_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), pick_device(device)

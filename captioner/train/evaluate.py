@@ -33,11 +33,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
-from ..config import DecodingSettings, same_language
-from ..errors import AltCapError
-from .collapse import evaluate_warning, one_caption_for_all
-from .data import Item, detect_format, read_dataset
+from captioner.cliopts import decoding_from_args
+from captioner.config import DecodingSettings
+from captioner.errors import AltCapError
+from captioner.images import load_image
+from captioner.lang import same_language
+from captioner.pipeline import Captioner
+from captioner.train.collapse import evaluate_warning, one_caption_for_all
+from captioner.train.data import Item, detect_format, read_dataset
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 NO_JAVA = (
@@ -219,7 +222,6 @@ def caption_items(
     """Caption every readable image: ({image id: caption}, [skipped images with the reason]).
     Images are decoded in a thread pool while the model works on the previous batch.
     ``fmt``: the set's format, which says what its image ids are (``coco_image_id``)."""
-    from ..images import load_image
 
     def load(item: Item):
         try:
@@ -270,8 +272,6 @@ def evaluate(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Caption a set and score it: (report, captions in the COCO results format)."""
-    from ..captioner import Captioner
-
     t0 = time.perf_counter()
     fmt = detect_format(annotations)
     items = read_dataset(annotations, fmt, image_root=image_root, split=split)
@@ -345,36 +345,6 @@ def _write_json(path: str, data: Any) -> None:
 # --- CLI -------------------------------------------------------------------------------
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="caption a COCO-format set and compute BLEU, METEOR, ROUGE-L, CIDEr",
-        description=__doc__.splitlines()[0].strip("`"),
-    )
-    p.add_argument("model", help="model name, directory (e.g. OUT_DIR/final) or Hub id")
-    p.add_argument(
-        "annotations",
-        help="official COCO captions_*.json (or Karpathy dataset_coco.json with --split, "
-        "a .csv/.jsonl, a captioned folder)",
-    )
-    p.add_argument(
-        "--image-root",
-        metavar="DIR",
-        default=None,
-        help="where the images are (COCO: the val2014/ folder; default: found next to the file)",
-    )
-    p.add_argument("--split", default=None, help="Karpathy split to evaluate (e.g. test)")
-    add_decoding_arguments(p.add_argument_group("decoding (as `caption`)"))
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--workers", type=int, default=4, help="image-decoding threads (4)")
-    add_device_arguments(p)
-    p.add_argument("--out", default=None, help="write the JSON report here")
-    p.add_argument("--captions-out", default=None, help="write the captions (COCO results)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise EvaluationError("--limit must be >= 1", code="invalid_settings")
@@ -414,13 +384,3 @@ def run(args: argparse.Namespace) -> int:
         value = report["metrics"][name]
         print(f"{name:8s} {'n/a' if value is None else f'{value:.4f}'}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import main as cli_main
-
-    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

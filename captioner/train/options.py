@@ -17,9 +17,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-from ..config import is_language_tag
-from ..errors import InvalidSettings
-from .collapse import RECIPE_LR
+from captioner.errors import InvalidSettings
+from captioner.lang import is_language_tag
+from captioner.train.collapse import RECIPE_LR
+
+DEFAULT_SHARD_SIZE = 4096  # images per shard file of an embedding store (`embed`)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAPPINGS = ("mlp", "transformer")

@@ -8,22 +8,27 @@ vectors than it was trained on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..checkpoints import CONFIG_NAME, load_pretrained
-from ..config import ClipCapConfig
-from ..errors import InvalidSettings, ModelError
-from ..model import ClipCapModel, build_mapper
-from .options import TrainOptions
-from .store import EncoderInfo, weights_sha
+from captioner.config import ClipCapConfig
+from captioner.errors import InvalidSettings, ModelError
+from captioner.model.checkpoints import load_pretrained
+from captioner.model.modeling import ClipCapModel, build_mapper
+from captioner.model.pretrained import resolve
+from captioner.train.encoder import load_encoder
+from captioner.train.loading import (
+    IMAGE_ENCODER_HINT,
+    LANGUAGE_MODEL_HINT,
+    altcap_model,
+    from_pretrained,
+    load_part,
+)
+from captioner.train.options import TrainOptions
+from captioner.train.store import EncoderInfo, weights_sha
 
 T = TypeVar("T")
 
@@ -52,96 +57,12 @@ def architecture(opts: TrainOptions, base: ClipCapConfig | None) -> dict[str, An
     return out
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an error, cut short: enough for a one-line CLI message."""
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
-
-
-# What a part that cannot be loaded should be instead, said after the reason.
-IMAGE_ENCODER_HINT = (
-    "give a CLIP vision model (Hub id, or a directory with config.json and weights when "
-    "offline) or an AltCap model directory with --image-encoder, or --init MODEL_DIR"
-)
-LANGUAGE_MODEL_HINT = (
-    "give a GPT-2 (Hub id, or a directory with weights and tokenizer when offline) or an "
-    "AltCap model directory with --language-model, or --init MODEL_DIR for both parts"
-)
-
-
-def load_part(load: Callable[[str], T], source: str, what: str, hint: str) -> T:
-    """``load(source)`` for a Hugging Face part given as a Hub id or a directory.
-
-    transformers says "not found", "offline" or "bad config" with OSError or ValueError, and
-    a config of another kind of model can fail anywhere in it; the user gets one ModelError
-    line naming the part and what to give."""
-    try:
-        return load(source)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(f"cannot load the {what} {source!r} ({first_line(e)}); {hint}") from None
-
-
-def from_pretrained(cls: Any, source: str, what: str, hint: str) -> Any:
-    """``cls.from_pretrained(source)``, refused unless every weight was in ``source``.
-
-    transformers fills the weights it does not find with random ones and prints a report of
-    every key: a directory of another model would load as a random part. Its report is
-    silenced here; what matters in it (missing weights) becomes one ModelError line."""
-
-    def load(s: str) -> Any:
-        with quiet_transformers(progress=not Path(s).is_dir()):
-            model, info = cls.from_pretrained(s, output_loading_info=True)
-        missing = sorted(info["missing_keys"])
-        if missing:
-            raise ModelError(
-                f"{s!r} holds no {what}: {len(missing)} of its weights are missing "
-                f"(first: {missing[0]}); {hint}"
-            )
-        return model
-
-    return load_part(load, source, what, hint)
-
-
-@contextlib.contextmanager
-def quiet_transformers(progress: bool = True) -> Iterator[None]:
-    """transformers' warnings (its load report) off; its progress bars too unless
-    ``progress`` (a download shows one worth seeing)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars and not progress:
-            hf_logging.enable_progress_bar()
-
-
-def altcap_model(source: str) -> str | None:
-    """``source`` as an AltCap model (a local model directory or a registry name), or None
-    for a Hugging Face part. A model directory given as a part loads as that part."""
-    from ..pretrained import REGISTRY
-
-    if source in REGISTRY:
-        return source
-    try:
-        config = json.loads((Path(source).expanduser() / CONFIG_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return source if isinstance(config, dict) and config.get("model_type") == "clipcap" else None
-
-
 def _load_language_model(source: str) -> tuple[nn.Module, PreTrainedTokenizerBase, str]:
     """GPT-2 and its tokenizer, and where they came from (for config.json)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     model = altcap_model(source)
     if model is not None:  # its GPT-2 and tokenizer (the vision tower loads along, unused)
-        from ..pretrained import resolve
-
         clipcap, tokenizer = load_pretrained(resolve(model))
         return clipcap.lm, tokenizer, clipcap.config.language_model
     lm = from_pretrained(GPT2LMHeadModel, source, "language model", LANGUAGE_MODEL_HINT)
@@ -158,8 +79,6 @@ def build_model(
     saying where its parts came from. Refuses a vision tower other than the one that made
     the embeddings."""
     if opts.init:
-        from ..pretrained import resolve
-
         base, tokenizer = load_pretrained(resolve(opts.init))
         config = ClipCapConfig(
             **architecture(opts, base.config),
@@ -175,10 +94,9 @@ def build_model(
         info = EncoderInfo.from_config(config)
         info = dataclasses.replace(info, weights_sha=weights_sha(vision))
     else:
-        from .embed import load_encoder  # the loader `embed` used: same preprocessing read
-
         image_encoder = opts.image_encoder or encoder.image_encoder
         language_model = opts.language_model or "gpt2"
+        # the loader `embed` used: the same preprocessing read
         clip = load_encoder(
             image_encoder=image_encoder, device="cpu", dtype="float32", hint=IMAGE_ENCODER_HINT
         )

@@ -27,9 +27,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..checkpoints import atomic_write
-from ..config import ClipCapConfig
-from ..errors import AltCapError
+from captioner.config import ClipCapConfig
+from captioner.errors import AltCapError
+from captioner.model.checkpoints import atomic_write
 
 FORMAT = "altcap-embeddings"
 VERSION = 1

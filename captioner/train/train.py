@@ -44,14 +44,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from .. import cpu_kernel
-from ..checkpoints import load_pretrained
-from ..config import DecodingSettings
-from ..decoding import StopRule, generate
-from ..errors import InvalidSettings
-from ..lm import CachedGPT2
-from ..model import ClipCapModel
-from .checkpoint import (
+from captioner.config import DecodingSettings
+from captioner.errors import InvalidSettings
+from captioner.model.checkpoints import load_pretrained
+from captioner.model.modeling import ClipCapModel
+from captioner.runtime import cpu_kernel
+from captioner.runtime.decoding import generate
+from captioner.runtime.lm import CachedGPT2
+from captioner.runtime.stopping import StopRule
+from captioner.train.checkpoint import (
     CHECKPOINTS,
     CKPT_FORMAT,
     FINAL,
@@ -65,12 +66,12 @@ from .checkpoint import (
     save_final,
     set_rng_state,
 )
-from .collapse import PROBE_IMAGES, one_caption_for_all, train_warning
-from .dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
-from .distributed import init_distributed
-from .options import TrainOptions, add_arguments, options_from_args
-from .parts import build_model, set_trainable, train_mode
-from .store import EmbeddingStore
+from captioner.train.collapse import PROBE_IMAGES, one_caption_for_all, train_warning
+from captioner.train.dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
+from captioner.train.distributed import init_distributed
+from captioner.train.options import TrainOptions, options_from_args
+from captioner.train.parts import build_model, set_trainable, train_mode
+from captioner.train.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -650,33 +651,8 @@ def train(opts: TrainOptions) -> Path:
 # --- CLI -------------------------------------------------------------------------------
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a ClipCap prefix model on an embedding store",
-        description=(
-            "Train a ClipCap mapper (and GPT-2) on CLIP embeddings written by `embed`. "
-            "The trained model is written to OUT_DIR/final; checkpoints to "
-            "OUT_DIR/checkpoints; the loss log to OUT_DIR/log.jsonl. Multi-GPU: run the "
-            "same command under `torchrun --nproc_per_node=N -m captioner train ...`."
-        ),
-    )
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
 def run(args: argparse.Namespace) -> int:
     final = train(options_from_args(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(final)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

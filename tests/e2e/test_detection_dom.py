@@ -4,7 +4,7 @@ in Firefox.
 The node tests give ``detection.js`` fake elements; whether an image is all a link or
 button holds depends on the tree around it (text nodes, comments, nested elements, SVG,
 ``aria-labelledby`` targets), so those rules run here on markup each browser parses, against
-the vectors ``captioner/pages.py`` is held to (``tests/vectors/links.json``): the extension
+the vectors ``captioner/crawl/pages.py`` is held to (``tests/vectors/links.json``): the extension
 and the batch reports must agree on which images need a description, in both browsers.
 """
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from helpers import assert_accessible, png_bytes, serve_app, serve_directory, tiny_service_app
 
-from captioner.reports import make_row, write_rows
+from captioner.jobs.reports import write_rows
+from captioner.jobs.rows import make_row
 
 try:
     from playwright.sync_api import Browser, Page, Route, expect, sync_playwright

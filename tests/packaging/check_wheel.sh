@@ -81,7 +81,7 @@ step "the C kernels compile from site-packages into the cache, never into site-p
 "$vpy" -c '
 import os
 from pathlib import Path
-from captioner import cpu_kernel
+from captioner.runtime import cpu_kernel
 kernels = Path(os.environ["HF_HOME"]) / "altcap" / "kernels"  # $ALTCAP_CACHE unset: the default
 if cpu_kernel.cpu_supported():  # the bfloat16 caption above has built and loaded them
     assert list(kernels.glob("altcap-kernels-*.so")), f"the caption built no kernels in {kernels}"

@@ -1,0 +1,1 @@
+"""CLI: ``python -m captioner`` subcommands, one module per command family."""

@@ -1,0 +1,1 @@
+"""Crawl: fetching (SSRF-safe), politeness, pages, sitemaps, patching HTML."""

@@ -1,0 +1,1 @@
+"""Jobs: the batch-job queue, its stores (SQLite, Redis), plans and reports."""

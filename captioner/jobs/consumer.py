@@ -1,0 +1,506 @@
+"""Consuming batch jobs: the huey worker threads of one process that plan jobs and caption
+their chunks under leases, and the keeper thread that renews the leases and sweeps.
+
+See ``captioner.jobs.queue`` for how a job goes from queued to done and survives crashes;
+``start_consumer`` attaches a consumer to a ``JobQueue`` (one per process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from captioner.alttext import alt_text
+from captioner.config import DecodingSettings
+from captioner.crawl import fetch
+from captioner.crawl.crawler import Crawler
+from captioner.crawl.politeness import HostSlots, Pacer, RedisHostSlots, RedisPacer
+from captioner.errors import AltCapError
+from captioner.images import load_image
+from captioner.jobs import plan as batch
+from captioner.jobs.backends import (
+    CaptionBackend,
+    RetryLater,
+)
+from captioner.jobs.budget import (
+    _charged,
+)
+from captioner.jobs.chunks import (
+    _rows,
+    build_plan,
+)
+from captioner.jobs.store import (
+    ACTIVE_STATES,
+    FINISHED,
+    RECORDED,
+    Claim,
+    is_redis_url,
+)
+from captioner.model.identity import ModelIdentity, model_identity
+from captioner.serve.cache import (
+    Cache,
+    NullCache,
+    cache_key,
+    caption_value,
+    get_caption,
+    sha256_hex,
+)
+from captioner.serve.settings import Settings
+
+if TYPE_CHECKING:
+    from huey import Huey
+from captioner.jobs.queue import JobQueue
+
+__all__ = [
+    "JobConsumer",
+    "consume_forever",
+    "heartbeat_s",
+    "recovery_bounds_s",
+    "start_consumer",
+]
+
+log = logging.getLogger(__name__)
+
+FETCH_THREADS = 8  # downloads of one chunk in parallel (fewer to one host: HostSlots)
+MAX_ATTEMPTS = 5  # a chunk whose consumer died this many times fails (a poison image)
+MAX_PLAN_ATTEMPTS = 3  # planning that died this many times (OOM, a store write refused) fails
+MAX_FANOUT = 32  # wake-ups enqueued once a job is planned: at most this many consumers join
+RETRY_DELAY_S = 5.0  # the model is loading or overloaded: look at the job again after this
+HEARTBEAT_MAX_S = 5.0  # the longest between two lease renewals (and sweeps) of a consumer
+QUEUE_POLL_S = 1.0  # the longest an idle consumer thread waits before it polls huey again
+
+
+class _Stop(Exception):
+    """Planning interrupted: the job was cancelled, or this consumer is stopping."""
+
+
+def _politeness(settings: Settings) -> tuple[HostSlots, Pacer, Callable[[], None]]:
+    """The download cap and crawl turns every job of this consumer shares, and how to let
+    go of them: in Redis when the queue is, so they hold for all consumers on all machines
+    (``captioner.crawl.politeness``)."""
+    per_host = settings.job_downloads_per_host
+    if not is_redis_url(settings.queue_url):
+        return HostSlots(per_host), Pacer(), lambda: None
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.queue_url.strip(), socket_timeout=5, socket_connect_timeout=5
+    )
+    # A download ends within the fetch timeout; the lease only matters for a consumer killed
+    # mid-download, whose slot it frees.
+    lease_s = settings.fetch_timeout_s + 5
+    return RedisHostSlots(client, per_host, lease_s=lease_s), RedisPacer(client), client.close
+
+
+def heartbeat_s(lease_s: float) -> float:
+    """How often a consumer renews its leases and sweeps: four times a lease, at most every
+    ``HEARTBEAT_MAX_S`` (a lease outlives three missed heartbeats)."""
+    return min(lease_s / 4, HEARTBEAT_MAX_S)
+
+
+def recovery_bounds_s(lease_s: float) -> tuple[float, float]:
+    """When a killed consumer's chunk (or planning) is claimed again: (earliest, latest),
+    in seconds after the kill, given another consumer with a thread free.
+
+    Its lease runs out ``lease_s`` after its last heartbeat, so between
+    ``lease_s - heartbeat`` and ``lease_s`` after the kill; the next sweep of any consumer
+    (one per heartbeat) wakes the job up, and an idle consumer thread sees the wake-up
+    within ``QUEUE_POLL_S``. At the default 60 s lease: 55 to 66 s (0.92 to 1.1 x the
+    lease; within 1.25 x for any lease of 24 s or more). A consumer started after the
+    lease ran out sweeps at start."""
+    beat = heartbeat_s(lease_s)
+    return lease_s - beat, lease_s + beat + QUEUE_POLL_S
+
+
+class JobConsumer:
+    """Runs the jobs of one ``JobQueue`` in this process: huey worker threads that plan jobs
+    and caption chunks, and one keeper thread that renews this process's leases and sweeps
+    for abandoned work."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        backend: CaptionBackend,
+        *,
+        workers: int,
+        cache: Cache | None = None,
+        model: ModelIdentity | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("a consumer needs at least one worker thread")
+        self.queue = queue
+        self.store = queue.store
+        self.settings = queue.settings
+        self.backend = backend
+        self.cache = cache or NullCache()
+        # Cache keys use the model's identity, not ALTCAP_MODEL as written: a model directory
+        # retrained in place must not be answered from the old model's captions. The service
+        # passes the identity it computed at start-up; a worker computes its own here.
+        self.model = model or model_identity(self.settings.model)
+        self.lease_s = self.settings.job_lease_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held: set[tuple[str, int | str]] = set()
+        self._held_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._started = False
+        self.host_slots, self.pacer, self._close_politeness = _politeness(self.settings)
+        self.huey_consumer = _consumer(queue.huey, workers)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Threads only: call after any fork (gunicorn runs ``create_app`` in the worker)."""
+        self._keeper = threading.Thread(target=self._keep, name="altcap-jobs-keeper", daemon=True)
+        self._keeper.start()
+        self._started = True
+        self.huey_consumer.start()
+
+    def run(self) -> None:
+        """Consume in the foreground until SIGINT or SIGTERM (``python -m captioner worker``)."""
+        self._keeper = threading.Thread(target=self._keep, name="altcap-jobs-keeper", daemon=True)
+        self._keeper.start()
+        try:
+            self.huey_consumer.run()  # returns after a graceful stop (it waits for the threads)
+        finally:
+            self._stopping.set()
+            self._give_back()
+            self._close_politeness()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work; wait up to ``timeout`` for the chunks in flight, then give back
+        whatever is still held so other consumers can take it at once."""
+        self._stopping.set()
+        if self._started:
+            self.huey_consumer.shutdown_timeout = timeout
+            self.huey_consumer.stop(graceful=True)
+        self._give_back()
+        self._close_politeness()
+        if self._keeper is not None:
+            self._keeper.join(timeout=2)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set() or self.huey_consumer.stop_flag.is_set()
+
+    def _give_back(self) -> None:
+        with self._held_lock:
+            held = list(self._held)
+        for job_id, unit in held:
+            try:
+                self.store.release(job_id, unit, self.owner)
+            except Exception:  # the store is gone: the lease will simply expire
+                log.warning("could not release %s of job %s", unit, job_id, exc_info=True)
+
+    # --- leases ------------------------------------------------------------------------
+
+    @contextmanager
+    def holding(self, job_id: str, unit: int | str) -> Iterator[None]:
+        key = (job_id, unit)
+        with self._held_lock:
+            self._held.add(key)
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._held.discard(key)
+
+    def _keep(self) -> None:
+        """At start and every heartbeat: renew this process's leases, then sweep (one sweep
+        per heartbeat is what ``recovery_bounds_s`` counts on); delete expired jobs only
+        every lease/2."""
+        beat = heartbeat_s(self.lease_s)
+        purge_every = self.lease_s / 2
+        next_purge = 0.0
+        wait = 0.0
+        while not self._stopping.wait(wait):
+            wait = beat
+            try:
+                with self._held_lock:
+                    held = sorted(self._held, key=str)
+                self.store.renew(self.owner, held, self.lease_s)
+                purge = time.monotonic() >= next_purge
+                if purge:
+                    next_purge = time.monotonic() + purge_every
+                self.sweep(purge=purge)
+            except Exception:  # Redis restarting, SQLite locked: try again next beat
+                log.warning("job heartbeat or sweep failed", exc_info=True)
+
+    def sweep(self, *, now: float | None = None, purge: bool = True) -> list[str]:
+        """Wake up jobs with abandoned work; resend stale webhooks; with ``purge``, delete
+        the jobs that ended more than ``ALTCAP_JOB_RETENTION_S`` ago. Returns the jobs woken.
+
+        Every consumer process sweeps, so with several of them the deletions race: harmless,
+        each one is atomic and deleting twice deletes nothing more. ``now`` replaces the
+        store's clock for the retention (tests)."""
+        jobs, hooks = self.store.sweep(self.lease_s)
+        for job_id in jobs:
+            log.info("job %s: abandoned work found, waking it up", job_id)
+            self.queue.wake(job_id)
+        for job_id in hooks:
+            self.queue.notify(job_id)
+        retention = self.settings.job_retention_s
+        if purge and retention > 0:
+            deleted = self.store.purge(retention, now=now)
+            if deleted:
+                log.info("deleted %d job(s) ended over %.0f s ago", len(deleted), retention)
+        return jobs
+
+    # --- the work ----------------------------------------------------------------------
+
+    def drain(self, job_id: str) -> None:
+        """Plan the job if nobody has, then caption its chunks until none is left."""
+        if not self.backend.wait_ready(timeout=RETRY_DELAY_S):
+            self.queue.wake(job_id, delay=RETRY_DELAY_S)
+            return
+        while not self.stopping:
+            job = self.store.get(job_id)
+            if job is None or job["state"] not in ACTIVE_STATES:
+                return
+            if not job["planned"]:
+                attempt = self.store.claim_plan(job_id, self.owner, self.lease_s)
+                if not attempt:
+                    return  # another consumer plans it, and will wake others when done
+                if attempt > MAX_PLAN_ATTEMPTS:
+                    self._give_up_planning(job_id)
+                    return
+                with self.holding(job_id, "plan"):
+                    self.plan(job)
+                continue
+            claim = self.store.claim_chunk(job_id, self.owner, self.lease_s)
+            if claim is None:
+                return
+            with self.holding(job_id, claim.n):
+                paid, wait = self.pay(job, claim)
+                if paid is None:
+                    if wait:  # the owner's budget is spent: this job waits for it
+                        log.info("job %s: its owner's rate limit is spent for %.1f s", job_id, wait)
+                        self.store.pause(job_id, wait)
+                        self.store.release(job_id, claim.n, self.owner)
+                        self.queue.wake(job_id, delay=wait)  # the sweep too, should this be lost
+                    return
+                claim = paid
+                try:
+                    rows = self.run_chunk(job, claim)
+                except RetryLater as exc:
+                    log.info("job %s chunk %d: %s; retrying later", job_id, claim.n, exc)
+                    self.store.release(job_id, claim.n, self.owner)
+                    self.queue.wake(job_id, delay=RETRY_DELAY_S)
+                    return
+                if self.store.complete_chunk(job_id, claim.n, rows) == FINISHED:
+                    log.info("job %s finished", job_id)
+                    self.queue.notify(job_id)
+
+    def pay(self, job: Mapping[str, Any], claim: Claim) -> tuple[Claim | None, float]:
+        """Charge a claimed chunk's images to the job's client (``JobBudget``), once per
+        chunk. Returns the claim to caption and 0.0: the whole chunk, or only its first
+        images when the budget covered only those (the others become a chunk of their own,
+        for later); or None and the seconds until the budget can pay anything; or None and
+        0.0 when the chunk is no longer this consumer's (its lease ran out meanwhile)."""
+        budget, spec = self.queue.budget, job["spec"]
+        if budget is None or claim.paid or claim.attempts > MAX_ATTEMPTS or not _charged(spec):
+            return claim, 0.0  # free, paid already, or failed without captioning (run_chunk)
+        charged, wait = budget.charge(spec["client"], len(claim.items))
+        if not charged:
+            return None, wait
+        items = claim.items
+        split = (items[:charged], items[charged:]) if charged < len(items) else None
+        if not self.store.mark_paid(job["id"], claim.n, self.owner, split):
+            log.warning("job %s chunk %d: lost its lease before captioning", job["id"], claim.n)
+            return None, 0.0
+        return dataclasses.replace(claim, items=items[:charged], paid=True), 0.0
+
+    def _give_up_planning(self, job_id: str) -> None:
+        """Planning died ``MAX_PLAN_ATTEMPTS`` times (its consumer killed, its plan refused
+        by the store): fail the job rather than crawl the site again every lease, forever."""
+        message = (
+            f"gave up planning after {MAX_PLAN_ATTEMPTS} attempts: the consumer stopped or the"
+            " plan could not be stored each time (a site too large for one job?)"
+        )
+        log.warning("job %s failed: plan_failed", job_id)
+        if self.store.fail(job_id, "plan_failed", message):
+            self.queue.notify(job_id)
+
+    def plan(self, job: Mapping[str, Any]) -> None:
+        """Crawl and judge (``plan.plan``), split into chunks, store it all at once."""
+        job_id, spec = job["id"], job["spec"]
+        last_check = [time.monotonic()]
+
+        def still_wanted(_: int) -> None:  # plan.plan's progress hook, once per page
+            if self.stopping:
+                raise _Stop
+            if time.monotonic() - last_check[0] > 1.0:
+                last_check[0] = time.monotonic()
+                current = self.store.get(job_id)
+                if current is None or current["state"] not in ACTIVE_STATES:
+                    raise _Stop
+
+        try:
+            crawler = Crawler(
+                self.settings.fetch_limits(), delay_s=self.settings.crawl_delay_s, pacer=self.pacer
+            )
+            found = batch.plan(
+                batch.Source.from_dict(spec["source"]),
+                crawler,
+                mode=spec["mode"],
+                max_pages=spec["max_pages"],
+                max_images=spec["max_images"],
+                progress=still_wanted,
+            )
+        except _Stop:
+            self.store.release(job_id, "plan", self.owner)
+            return
+        except AltCapError as exc:  # e.g. the sitemap itself cannot be read
+            log.info("job %s failed: %s: %s", job_id, exc.code, exc.message)
+            if self.store.fail(job_id, exc.code, exc.message):
+                self.queue.notify(job_id)
+            return
+        except Exception:
+            log.exception("job %s: planning failed", job_id)
+            if self.store.fail(job_id, "internal_error", "planning the job failed; it was logged"):
+                self.queue.notify(job_id)
+            return
+        plan = build_plan(found, self.settings.job_chunk_size, spec)
+        outcome = self.store.commit_plan(job_id, plan)
+        log.info(
+            "job %s planned: %d rows, %d chunks (%s)", job_id, plan.total, len(plan.chunks), outcome
+        )
+        if outcome == FINISHED:
+            self.queue.notify(job_id)
+        elif outcome == RECORDED and len(plan.chunks) > 1:
+            self.queue.wake(job_id, copies=min(len(plan.chunks) - 1, MAX_FANOUT))
+
+    def run_chunk(self, job: Mapping[str, Any], claim: Claim) -> dict[int, dict[str, Any]]:
+        """Download, decode and caption one chunk: its result rows by seq.
+
+        Errors stay with their image (a failed row); only ``RetryLater`` gives the whole
+        chunk back. A chunk whose consumers kept dying fails rather than loop forever.
+        """
+        if claim.attempts > MAX_ATTEMPTS:
+            error = AltCapError(
+                f"gave up after {MAX_ATTEMPTS} attempts: the consumer stopped each time",
+                code="chunk_failed",
+            )
+            return _rows(claim.items, {item["url"]: error for item in claim.items})
+        try:
+            return self._caption_chunk(job, claim)
+        except RetryLater:
+            raise
+        except Exception:
+            log.exception("job %s chunk %d failed", job["id"], claim.n)
+            error = AltCapError(
+                "captioning failed on the server; it was logged", code="internal_error"
+            )
+            return _rows(claim.items, {item["url"]: error for item in claim.items})
+
+    def _caption_chunk(self, job: Mapping[str, Any], claim: Claim) -> dict[int, dict[str, Any]]:
+        decoding = DecodingSettings.from_dict(job["spec"]["decoding"])
+        settings = decoding.to_dict()
+        model = self.model.cache_id
+        limits = self.settings.fetch_limits()
+        urls = [item["url"] for item in claim.items]
+        outcomes: dict[str, str | AltCapError] = {}
+
+        def prepare(url: str) -> tuple[str, Any, str | None]:
+            """(url, a caption from the cache / a decoded image / an error, image sha)."""
+            try:
+                with self.host_slots.hold(url):
+                    data = fetch.fetch_image(url, limits).data
+                sha = sha256_hex(data)
+                hit = get_caption(self.cache, cache_key(model, settings, sha))
+                if hit is not None:
+                    return url, hit["caption"], sha
+                return url, load_image(data, max_pixels=self.backend.max_pixels), sha
+            except AltCapError as exc:
+                return url, exc, None
+
+        with ThreadPoolExecutor(min(FETCH_THREADS, len(urls)), "altcap-job-fetch") as pool:
+            prepared = list(pool.map(prepare, urls))
+        todo = []
+        for url, value, sha in prepared:
+            if isinstance(value, (str, AltCapError)):
+                outcomes[url] = value
+            else:
+                todo.append((url, value, sha))
+        if todo:
+            results = self.backend.caption([image for _, image, _ in todo], decoding)
+            for (url, _, sha), result in zip(todo, results, strict=True):
+                if isinstance(result, AltCapError):
+                    outcomes[url] = result
+                    continue
+                outcomes[url] = result.text
+                value = caption_value(result.text, result.tokens)
+                self.cache.set(cache_key(model, settings, str(sha)), value)
+        limit = self.settings.max_alt_chars  # rows hold alt text: the model's words, bounded
+        for url, outcome in outcomes.items():
+            if isinstance(outcome, str):
+                outcomes[url] = alt_text(outcome, limit)
+        return _rows(claim.items, outcomes)
+
+
+def _consumer(huey: Huey, workers: int) -> Any:
+    """A huey consumer of ``workers`` threads that leaves signals alone when embedded.
+
+    Idle threads poll SQLite every 0.1 s at first, backing off to once every
+    ``QUEUE_POLL_S`` (Redis blocks on BRPOP instead, answering at once); health checks
+    restart a worker thread that died.
+    """
+    from huey.consumer import Consumer
+
+    class _Consumer(Consumer):
+        embedded = True
+
+        def _set_signal_handlers(self) -> None:
+            if not self.embedded:  # run() in the foreground: SIGINT/SIGTERM stop gracefully
+                super()._set_signal_handlers()
+
+        def run(self) -> None:
+            self.embedded = False
+            super().run()
+
+    return _Consumer(
+        huey,
+        workers=workers,
+        periodic=False,
+        initial_delay=0.1,
+        backoff=1.5,
+        max_delay=QUEUE_POLL_S,
+        worker_type="thread",
+        graceful_signal="TERM",
+        shutdown_timeout=30.0,
+    )
+
+
+def consume_forever(queue: JobQueue, backend: CaptionBackend, workers: int, cache: Cache) -> None:
+    """Run a standalone consumer in the foreground (the ``worker`` subcommand)."""
+    consumer = start_consumer(queue, backend, workers=workers, cache=cache, embedded=False)
+    consumer.run()
+
+
+def start_consumer(
+    queue: JobQueue,
+    backend: CaptionBackend,
+    *,
+    workers: int,
+    cache: Cache | None = None,
+    embedded: bool = True,
+    model: ModelIdentity | None = None,
+) -> JobConsumer:
+    """Start consuming in this process: ``workers`` huey threads, plus a keeper thread
+    for heartbeats and sweeps. ``embedded``: inside another program (the web service),
+    so leave signal handling to it. ``model``: see ``JobConsumer``. One consumer per queue."""
+    if queue.consumer is not None:
+        raise RuntimeError("this JobQueue already has a consumer")
+    consumer = JobConsumer(queue, backend, workers=workers, cache=cache, model=model)
+    queue.consumer = consumer
+    if embedded:
+        consumer.start()
+    return consumer

@@ -1,0 +1,1 @@
+"""Model: configuration, network, checkpoints, named models (no serving, no training)."""

@@ -1,0 +1,1 @@
+"""Serve: the engine (micro-batching), cache, settings, metrics, OpenAPI (no Flask)."""

@@ -1,0 +1,342 @@
+"""The OpenAPI 3 document of the service, served at ``/openapi.json``.
+
+Built per app from its settings, so the limits in it (images per request, the API key
+scheme) are this deployment's. Blueprints registered elsewhere add their own paths
+(``ServiceState.openapi_parts``, see ``captioner.web.jobs_api``) with ``schema_ref`` and
+``json_content``. Plain dictionaries only: no Flask here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from captioner.config import DECODING_METHODS, MAX_BEAM_SIZE, MAX_NEW_TOKENS, MAX_TEMPERATURE
+from captioner.crawl import urls
+from captioner.serve.parsing import MAX_SEED, MAX_STOP_TOKEN
+from captioner.serve.settings import Settings
+
+__all__ = ["build_openapi", "json_content", "schema_ref"]
+
+MODEL_DESCRIPTION = (
+    "The model's public name: a registry name or Hub repo id as configured; for a local model "
+    "directory, its last two path components and a fingerprint of its content "
+    "(`photos/final@1a2b3c4d`), never the server's path. The fingerprint changes when the "
+    "model is retrained."
+)
+LANGUAGE_DESCRIPTION = (
+    "The language of the captions, as a BCP 47 tag (`en` for ClipCap's models; a model "
+    "trained with `--language` says its own): give it as the `lang` of the text a caption "
+    "goes into where the page around it is in another language. Absent only from an answer "
+    "given from the cache before the model has loaded, when the model is a name or Hub id."
+)
+
+
+def json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON ``content`` map: ``{"application/json": {"schema": schema}}``."""
+    return {"application/json": {"schema": schema}}
+
+
+def schema_ref(name: str) -> dict[str, str]:
+    """A reference to one of ``components.schemas``."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def build_openapi(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3 description of this service, with this deployment's limits in it."""
+    error = {"description": "An error (see the code)", "content": json_content(schema_ref("Error"))}
+    html = {"text/html": {"schema": {"type": "string"}}}
+    decoding = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "method": {"type": "string", "enum": list(DECODING_METHODS)},
+            "beam_size": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM_SIZE},
+            "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+            "temperature": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": MAX_TEMPERATURE,
+            },
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_NEW_TOKENS},
+            "min_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_NEW_TOKENS},
+            "stop_token": {"type": "string", "maxLength": MAX_STOP_TOKEN, "nullable": True},
+            "stop_at_eos": {"type": "boolean"},
+        },
+    }
+    schemas = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": schema_ref("ErrorBody")},
+        },
+        "ErrorBody": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "example": "invalid_request"},
+                "message": {"type": "string"},
+            },
+        },
+        "Decoding": decoding,
+        "ImageInput": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["url"],
+                    "additionalProperties": False,
+                    "properties": {"url": {"type": "string", "format": "uri"}},
+                },
+                {
+                    "type": "object",
+                    "required": ["data"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "data": {
+                            "type": "string",
+                            "format": "byte",
+                            "description": "Base64 image bytes (a data: URL also works)",
+                        }
+                    },
+                },
+            ]
+        },
+        "CaptionsRequest": {
+            "type": "object",
+            "required": ["images"],
+            "additionalProperties": False,
+            "properties": {
+                "images": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.max_images_per_request,
+                    "items": schema_ref("ImageInput"),
+                },
+                "decoding": schema_ref("Decoding"),
+            },
+        },
+        "Source": {
+            "type": "object",
+            "required": ["kind"],
+            "properties": {
+                "kind": {"type": "string", "enum": ["url", "upload", "data"]},
+                "url": {"type": "string"},
+                "filename": {"type": "string"},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+        },
+        "Caption": {
+            "type": "object",
+            "required": ["caption", "tokens", "cached", "source"],
+            "properties": {
+                "caption": {
+                    "type": "string",
+                    "description": "alt text; empty when the model wrote nothing readable",
+                },
+                "tokens": {"type": "integer", "minimum": 0},
+                "cached": {"type": "boolean"},
+                "source": schema_ref("Source"),
+            },
+        },
+        "ImageError": {
+            "type": "object",
+            "required": ["error", "source"],
+            "properties": {
+                "error": schema_ref("ErrorBody"),
+                "source": schema_ref("Source"),
+            },
+        },
+        "CaptionsResponse": {
+            "type": "object",
+            "required": ["model", "decoding", "results"],
+            "properties": {
+                "model": {"type": "string", "description": MODEL_DESCRIPTION},
+                "language": {"type": "string", "description": LANGUAGE_DESCRIPTION},
+                "decoding": {"type": "object"},
+                "results": {
+                    "type": "array",
+                    "items": {"anyOf": [schema_ref("Caption"), schema_ref("ImageError")]},
+                },
+            },
+        },
+    }
+    captions_ok = {
+        "description": "One result per image, in order",
+        "content": json_content(schema_ref("CaptionsResponse")),
+    }
+    paths = {
+        "/v1/captions": {
+            "post": {
+                "operationId": "createCaptions",
+                "summary": "Caption images given as URLs, base64 data or uploads",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        **json_content(schema_ref("CaptionsRequest")),
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "image": {
+                                        "type": "array",
+                                        "items": {"type": "string", "format": "binary"},
+                                    },
+                                    "url": {"type": "array", "items": {"type": "string"}},
+                                    "decoding": {
+                                        "type": "string",
+                                        "description": "Decoding settings as JSON text",
+                                    },
+                                },
+                            }
+                        },
+                    },
+                },
+                "responses": {"200": captions_ok, "default": error},
+            },
+            "get": {
+                "operationId": "getCaption",
+                "summary": "Caption one image by URL (cacheable: ETag, Cache-Control)",
+                "parameters": [
+                    {
+                        "name": "url",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "maxLength": urls.MAX_URL_LENGTH},
+                    }
+                ],
+                "responses": {
+                    "200": captions_ok,
+                    "304": {"description": "Not modified (If-None-Match matched the ETag)"},
+                    "default": error,
+                },
+            },
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Alive",
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"type": "string"}},
+                            }
+                        ),
+                    }
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: 200 once the model is loaded",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Ready",
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "required": ["status", "model", "language"],
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "model": {
+                                        "type": "string",
+                                        "description": MODEL_DESCRIPTION,
+                                    },
+                                    "language": {
+                                        "type": "string",
+                                        "description": LANGUAGE_DESCRIPTION,
+                                    },
+                                },
+                            }
+                        ),
+                    },
+                    "503": {
+                        "description": "Not ready",
+                        "content": json_content(schema_ref("Error")),
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of the server (under gunicorn: all its workers)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format, or OpenMetrics when the Accept "
+                        "header prefers it",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "default": error,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OpenAPI 3", "content": json_content({"type": "object"})}
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "page",
+                "summary": "A page to caption one image by hand",
+                "security": [],
+                "responses": {"200": {"description": "HTML", "content": html}},
+            }
+        },
+        "/caption-form": {
+            "post": {
+                "operationId": "captionForm",
+                "summary": "The page's form without JavaScript: renders the page with the result",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "image": {"type": "string", "format": "binary"},
+                                    "url": {"type": "string"},
+                                    "api_key": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {"description": "The page with the caption", "content": html},
+                    "default": {"description": "The page with the error", "content": html},
+                },
+            }
+        },
+    }
+    doc: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "AltCap",
+            "version": "1",
+            "description": "Alt text for images: a ClipCap captioning model behind a small API.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    if settings.api_keys:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+    return doc

@@ -1,0 +1,202 @@
+"""Request bodies into ``Item``s and ``DecodingSettings``, with a clear error for bad input.
+
+Kept apart from the views and free of Flask: the functions take the body bytes or the
+parsed multipart fields, so the rules (types, counts, base64 forms) read and test on their
+own. Types are checked here; value ranges are the ``DecodingSettings`` dataclass's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import TYPE_CHECKING, Any
+
+from captioner.config import DecodingSettings
+from captioner.errors import InvalidSettings
+from captioner.serve.service import InvalidRequest, Item
+
+if TYPE_CHECKING:  # only the types: the views hand over werkzeug's parsed multipart fields
+    from werkzeug.datastructures import FileStorage, MultiDict
+
+__all__ = [
+    "MAX_SEED",
+    "MAX_STOP_TOKEN",
+    "check_count",
+    "decode_base64",
+    "empty_upload",
+    "load_json",
+    "parse_decoding",
+    "parse_form",
+    "parse_json",
+    "upload_item",
+]
+
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; stay in the signed range
+MAX_STOP_TOKEN = 64  # characters: a stop "token" is a short piece of text
+
+_NUMBER = (int, float)
+# decoding field -> (accepted JSON types, how to say so)
+_DECODING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "method": ((str,), "a string"),
+    "beam_size": ((int,), "an integer"),
+    "top_p": (_NUMBER, "a number"),
+    "temperature": (_NUMBER, "a number"),
+    "seed": ((int, type(None)), "an integer or null"),
+    "max_tokens": ((int,), "an integer"),
+    "min_tokens": ((int,), "an integer"),
+    "stop_token": ((str, type(None)), "a string or null"),
+    "stop_at_eos": ((bool,), "true or false"),
+}
+
+
+def parse_decoding(value: object) -> DecodingSettings:
+    """Decoding settings from request JSON; types are checked here, ranges by the dataclass."""
+    if value is None:
+        return DecodingSettings()
+    if not isinstance(value, dict):
+        raise InvalidRequest("decoding must be an object")
+    for key, v in value.items():
+        if key not in _DECODING_TYPES:
+            raise InvalidSettings(f"unknown decoding setting {key!r}")
+        types, expected = _DECODING_TYPES[key]
+        # bool is an int in Python, but true is not a beam size.
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise InvalidRequest(f"decoding.{key} must be {expected}")
+    if value.get("seed") is not None and not 0 <= value["seed"] <= MAX_SEED:
+        raise InvalidSettings(f"seed must be between 0 and {MAX_SEED}")
+    stop = value.get("stop_token")
+    if isinstance(stop, str) and len(stop) > MAX_STOP_TOKEN:
+        raise InvalidSettings(f"stop_token must be at most {MAX_STOP_TOKEN} characters")
+    return DecodingSettings.from_dict(value)
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard or URL-safe base64, whitespace ignored, ``data:...;base64,`` prefix allowed."""
+    if text.startswith("data:") and "," in text:
+        header, text = text.split(",", 1)
+        if not header.endswith(";base64"):
+            raise InvalidRequest("a data: URL must be base64-encoded (data:image/png;base64,...)")
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("data is not valid base64") from None
+
+
+def load_json(body_bytes: bytes) -> Any:
+    """A request body as JSON, or ``InvalidRequest`` saying why it is not."""
+    try:
+        body = json.loads(body_bytes)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
+    path = unencodable_string(body)
+    if path is not None:
+        where = (path or "the body")[:200]
+        raise InvalidRequest(
+            f"{where} is not valid Unicode text: it holds a lone surrogate (\\ud800-\\udfff)"
+        )
+    return body
+
+
+def unencodable_string(value: Any) -> str | None:
+    """Where in parsed JSON a string (key or value) is not Unicode text (``images[0].url``;
+    ``""``: the value itself), or None.
+
+    JSON may escape lone surrogates (``"\\ud800"``), and ``json.loads`` accepts them, but
+    such a string cannot be encoded as UTF-8: left in, it fails later, far from the request
+    (a database insert, a hash, a log line). Every client string is checked here, once.
+    """
+    stack = [(value, "")]
+    while stack:  # iterative: the nesting depth is the client's to choose
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if unencodable_string(key) is not None:
+                    return f"a key of {path or 'the body'}"
+                stack.append((item, f"{path}.{key}" if path else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+    return None
+
+
+def parse_json(body: Any, max_images: int) -> tuple[list[Item], DecodingSettings]:
+    """``{"images": [{"url"} | {"data"}, ...], "decoding": {...}}``, already parsed
+    (``load_json``).
+
+    Bad base64 in one image is that image's error, not the request's: the others still
+    get their captions.
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object with an images list")
+    unknown = set(body) - {"images", "decoding"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    raw_items = body.get("images")
+    if not isinstance(raw_items, list):
+        raise InvalidRequest("images must be a list of {url} or {data} objects")
+    check_count(len(raw_items), max_images)
+    items = []
+    for i, raw in enumerate(raw_items):
+        if not isinstance(raw, dict) or len(raw) != 1 or not set(raw) <= {"url", "data"}:
+            raise InvalidRequest(f"images[{i}] must be an object with one field: url or data")
+        ((kind, value),) = raw.items()
+        if not isinstance(value, str):
+            raise InvalidRequest(f"images[{i}].{kind} must be a string")
+        if kind == "url":
+            items.append(Item({"kind": "url", "url": value}, url=value))
+            continue
+        item = Item({"kind": "data"})
+        try:
+            item.data = decode_base64(value)
+        except InvalidRequest as exc:
+            item.error = InvalidRequest(f"images[{i}].{exc.message}")
+        items.append(item)
+    return items, parse_decoding(body.get("decoding"))
+
+
+def parse_form(
+    files: MultiDict[str, FileStorage], form: MultiDict[str, str], max_images: int
+) -> tuple[list[Item], DecodingSettings]:
+    """Multipart uploads (``image``, several allowed) and ``url`` fields, in that order."""
+    items = [upload_item(f) for f in files.getlist("image") if not empty_upload(f)]
+    items += [
+        Item({"kind": "url", "url": u.strip()}, url=u.strip())
+        for u in form.getlist("url")
+        if u.strip()
+    ]
+    check_count(len(items), max_images)
+    decoding_text = form.get("decoding", "").strip()
+    decoding = None
+    if decoding_text:
+        try:
+            decoding = json.loads(decoding_text)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("the decoding field must be a JSON object") from None
+    return items, parse_decoding(decoding)
+
+
+def upload_item(upload: FileStorage) -> Item:
+    return Item({"kind": "upload", "filename": upload.filename or ""}, data=upload.read())
+
+
+def empty_upload(upload: FileStorage) -> bool:
+    """A browser sends an empty, nameless part for a file input left empty."""
+    if upload.filename:
+        return False
+    head = upload.stream.read(1)
+    upload.stream.seek(0)
+    return not head
+
+
+def check_count(n: int, max_images: int) -> None:
+    if n == 0:
+        raise InvalidRequest("no images: send at least one image or URL")
+    if n > max_images:
+        raise InvalidRequest(f"too many images: {n} (at most {max_images} per request)")

@@ -1,0 +1,1 @@
+"""Web: the Flask application (the only module tree that imports Flask)."""

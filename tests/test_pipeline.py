@@ -1,0 +1,169 @@
+"""The Captioner facade and the CLI, on tiny model directories loaded through the real code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import png_bytes, write_reference_parts
+from PIL import Image
+
+from captioner import Captioner, DecodingSettings
+from captioner.alttext import clean_caption
+from captioner.cli.main import main
+from captioner.errors import InvalidSettings, NotAnImage
+
+COLOURS = [(200, 30, 30), (20, 160, 40), (30, 40, 220), (250, 250, 250), (0, 0, 0)]
+
+
+def test_caption_inputs_and_results(tiny_captioner, tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes((20, 160, 40)))
+    pil = Image.new("RGB", (40, 60), (30, 40, 220))
+    results = tiny_captioner.caption([png_bytes(), str(path), pil])
+    assert len(results) == 3
+    for r in results:
+        assert r.text == clean_caption(r.raw) and r.text.endswith(".")
+        assert 1 <= r.tokens <= 67
+        assert {"encode_ms", "decode_ms", "total_ms", "preprocess_ms"} <= r.timings.keys()
+        assert r.batch_size == 3
+    # order is kept: the same image alone gives the same text as in the batch
+    assert tiny_captioner.caption(pil)[0].text == results[2].text
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "nucleus"])
+def test_batched_equals_single_images(tiny_captioner, method):
+    images = [png_bytes(c, size=(50 + 7 * i, 40)) for i, c in enumerate(COLOURS)]
+    s = DecodingSettings(method=method, seed=11, max_tokens=12)
+    batched = [r.raw for r in tiny_captioner.caption(images, s, batch_size=8)]
+    single = [tiny_captioner.caption(im, s)[0].raw for im in images]
+    assert batched == single
+    split = [r.raw for r in tiny_captioner.caption(images, s, batch_size=2)]
+    assert split == batched
+
+
+def test_caption_is_the_model_output(tiny_dir, tiny_captioner):
+    """Changing the weights must change captions: the facade really decodes with the model."""
+    other = Captioner.from_pretrained(str(tiny_dir), device="cpu")
+    with torch.no_grad():
+        for p in other.model.mapper.parameters():
+            p.mul_(-3.0)
+    images = [png_bytes(c) for c in COLOURS]
+    a = [r.raw for r in tiny_captioner.caption(images, max_tokens=10)]
+    b = [r.raw for r in other.caption(images, max_tokens=10)]
+    assert a != b
+
+
+def test_bfloat16_runs_and_settings_are_checked(tiny_dir):
+    cap = Captioner.from_pretrained(str(tiny_dir), device="cpu", dtype="bfloat16")
+    assert cap.model.lm.transformer.wte.weight.dtype == torch.bfloat16
+    assert cap.caption(png_bytes(), max_tokens=5)[0].tokens <= 5
+    with pytest.raises(InvalidSettings):
+        cap.caption(png_bytes(), method="sideways")
+    with pytest.raises(InvalidSettings):
+        Captioner.from_pretrained(str(tiny_dir), dtype="int3")
+    with pytest.raises(NotAnImage):
+        cap.caption(b"<html>not an image</html>")
+
+
+def test_clean_caption():
+    assert clean_caption(" a dog on a  couch .") == "A dog on a couch."
+    assert clean_caption("a cat...") == "A cat."
+    assert clean_caption("two birds") == "Two birds."
+    assert clean_caption("  ") == ""
+
+
+def test_the_tiny_model_writes_readable_captions(tiny_captioner):
+    """Its random weights never pick the tokens that are no text alone (their embeddings are
+    zero): demos and tests get captions, not U+FFFD that cleans to nothing."""
+    for r in tiny_captioner.caption([png_bytes(c) for c in COLOURS]):
+        assert r.text and "\ufffd" not in r.raw and r.raw.isprintable()
+
+
+def test_clean_caption_drops_what_a_screen_reader_should_not_read():
+    # a caption cut inside a character: GPT-2's tokenizer writes U+FFFD for the lost bytes
+    assert clean_caption("a cat with a \ufffd") == "A cat with a."
+    assert clean_caption("\ufffd\ufffd dog") == "Dog."
+    assert clean_caption("a\x00 b\x1b[0m c\x7f") == "A b[0m c."  # control characters
+    assert clean_caption("a\tcat\non a mat") == "A cat on a mat."  # whitespace is spacing
+    assert clean_caption("un café ☕") == "Un café ☕."  # real characters stay
+    assert clean_caption("\ufffd") == ""  # nothing left: no caption, not "."
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_caption_json(tiny_dir, tmp_path, capsys):
+    paths = []
+    for i, c in enumerate(COLOURS[:3]):
+        p = tmp_path / f"im{i}.png"
+        p.write_bytes(png_bytes(c))
+        paths.append(str(p))
+    rc = main(["caption", *paths, "--model", str(tiny_dir), "--json", "--max-tokens", "8"])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["image"] for x in lines] == paths
+    # alt text, or "" where the random tiny model wrote only cut-off bytes (U+FFFD)
+    assert all(x["caption"] in ("", clean_caption(x["caption"])) for x in lines)
+    assert any(x["caption"].endswith(".") for x in lines)
+    assert all(x["tokens"] <= 8 for x in lines)
+    # the model's public name, as the service reports it, not the local path
+    assert all(x["model"].startswith(f"{tiny_dir.parent.name}/{tiny_dir.name}@") for x in lines)
+    assert all(x["language"] == "en" for x in lines)  # the captions' language tag
+    rc = main(
+        ["caption", paths[0], "--model", str(tiny_dir), "--decoding", "beam", "--beam-size", "3"]
+    )
+    assert rc == 0 and capsys.readouterr().out.strip().endswith(".")
+
+
+def test_cli_bad_image_fails_alone(tiny_dir, tmp_path, capsys):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    good.write_bytes(png_bytes())
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    rc = main(["caption", str(bad), str(good), "--model", str(tiny_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert str(good) in out and str(bad) not in out
+    assert err.count("\n") == 1 and "bad.png" in err and "Traceback" not in err
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    """The real entry point: a missing model is one line on stderr, exit 1, no traceback."""
+    p = tmp_path / "x.png"
+    p.write_bytes(png_bytes())
+    proc = subprocess.run(
+        [sys.executable, "-m", "captioner", "caption", str(p), "--model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: model_not_found:")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_cli_make_tiny_and_convert(tmp_path, capsys):
+    assert main(["make-tiny", str(tmp_path / "tiny"), "--mapping", "transformer"]) == 0
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()
+    pt, vision_dir, lm_dir, _ = write_reference_parts(tmp_path / "ref", "mlp")
+    out = tmp_path / "converted"
+    argv = ["convert-clipcap", str(pt), str(out), "--mapping", "mlp", "--prefix-length", "4"]
+    argv += ["--image-encoder", str(vision_dir), "--language-model", str(lm_dir)]
+    assert main(argv) == 0
+    cap = Captioner.from_pretrained(str(out), device="cpu")
+    assert cap.caption(png_bytes())[0].text
+    capsys.readouterr()
+    argv[4] = "transformer"
+    assert main(argv) == 1
+    assert "checkpoint_mismatch" in capsys.readouterr().err
+
+
+def test_max_tokens_is_bounded_by_the_model(tiny_captioner):
+    room = tiny_captioner.lm.max_positions - tiny_captioner.config.prefix_length
+    assert tiny_captioner.caption(png_bytes(), max_tokens=room, min_tokens=room)[0].tokens == room
+    with pytest.raises(InvalidSettings) as e:
+        tiny_captioner.caption(png_bytes(), max_tokens=room + 1)
+    assert str(room) in e.value.message
