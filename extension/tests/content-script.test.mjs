@@ -98,6 +98,13 @@ const captionEach = (message) => ({
 
 const describes = (sent) => sent.filter((m) => m.type === "describe");
 
+/** Wait until `condition()` holds (a few seconds at most): on a busy machine a fixed sleep can
+ * end before the content script's round trips do. */
+async function until(condition, timeoutMs = 5000) {
+  const end = Date.now() + timeoutMs;
+  while (!(await condition()) && Date.now() < end) await sleep(10);
+}
+
 test("describes missing and meaningless alts only, in one batch", async () => {
   const none = img({ src: "https://example.com/cat.jpg" });
   const meaningless = img({ src: "https://example.com/dog.jpg", alt: "image" });
@@ -718,7 +725,7 @@ test("needs_bytes: the content script reads the image as the page may (CORS, the
   shared.crossOrigin = "use-credentials"; // <img crossorigin="use-credentials">: the page sends cookies
   const hero = ariaImage({}, 'url("https://cdn.example/hero.png")');
   const p = page({ elements: [own, shared, hero], worker: askingFor("needs_bytes"), ...parts });
-  await sleep(200);
+  await until(() => own.hasAttribute("alt") && hero.hasAttribute("aria-label"));
   assert.deepEqual(
     parts.fetched.map((f) => [f.url, f.init.mode, f.init.credentials]),
     [
@@ -741,7 +748,7 @@ test("needs_bytes: an image the page may not read (CORS refused) is not sent, an
   const stolen = ariaImage({}, 'url("http://victim.test/secret.png")');
   const button = new FakeElement("input", { type: "image", src: "http://victim.test/secret.png" });
   const p = page({ elements: [stolen, button], worker: askingFor("needs_bytes"), ...parts });
-  await sleep(200);
+  await until(async () => (await p.message({ type: "status" })).failed === 2);
   assert.equal(parts.fetched.length, 2);
   assert.equal(describes(p.sent).length, 1); // the address only: no bytes follow
   assert.equal(stolen.hasAttribute("aria-label"), false);
@@ -758,7 +765,7 @@ test("needs_bytes: a web page instead of an image, or one too large, is not sent
     worker: askingFor("needs_bytes"),
     ...parts,
   });
-  await sleep(200);
+  await until(async () => (await p.message({ type: "status" })).failed === 2);
   assert.equal(describes(p.sent).length, 1);
   assert.equal((await p.message({ type: "status" })).failed, 2);
 });
@@ -774,7 +781,7 @@ test("in Firefox the bytes are read with content.fetch(), the page's own", async
     ...own,
     globals: { ...own.globals, content: { fetch: pageFetch.globals.fetch } },
   });
-  await sleep(200);
+  await until(() => describes(p.sent).length >= 2);
   assert.equal(own.fetched.length, 0);
   assert.equal(pageFetch.fetched.length, 1);
   assert.equal(describes(p.sent).length, 2);
@@ -788,7 +795,7 @@ test("needs_canvas: the snapshot is drawn from the bytes the page may read, neve
   const parts = browserParts(() => image(svg, "image/svg+xml"));
   const el = img({ src: "https://example.com/drawing.svg" });
   const p = page({ elements: [el], worker: askingFor("needs_canvas"), ...parts });
-  await sleep(200);
+  await until(() => el.hasAttribute("alt"));
   assert.equal(parts.drawn.length, 1);
   assert.notEqual(parts.drawn[0], el);
   assert.match(parts.drawn[0].src, /^data:image\/svg\+xml;base64,/);
