@@ -76,7 +76,7 @@ def openapi_document() -> dict[str, Any]:
     asks for it too).
     """
     _on_path()
-    from app import create_app
+    from captioner.web.app import create_app
     from captioner.serve.engine import ModelUnavailable
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ALTCAP_")}
