@@ -76,8 +76,8 @@ def openapi_document() -> dict[str, Any]:
     asks for it too).
     """
     _on_path()
-    from captioner.web.app import create_app
     from captioner.serve.engine import ModelUnavailable
+    from captioner.web.app import create_app
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ALTCAP_")}
     read = threading.Event()
