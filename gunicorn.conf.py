@@ -6,7 +6,7 @@ own copy of the model. That shapes most of what follows: few workers, many threa
 
 Anything here can be overridden on the command line (``--bind``, ``--timeout 300``) or with
 ``GUNICORN_CMD_ARGS``; both win over this file. AltCap's own settings stay ``ALTCAP_*``
-environment variables, read by each worker (see the README's configuration table).
+environment variables, read by each worker (see docs/configuration.md).
 """
 
 from __future__ import annotations

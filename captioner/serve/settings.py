@@ -1,8 +1,8 @@
 """Service settings: one frozen dataclass, read from ``ALTCAP_*`` environment variables.
 
 Every setting has a default that works on a laptop (``make run`` sets nothing), and every
-field carries its own description, so the README's configuration table is generated from
-(and checked against) this file instead of drifting away from it. A bad value stops the
+field carries its own description, so the docs' configuration table (docs/configuration.md)
+is generated from (and checked against) this file instead of drifting away from it. A bad value stops the
 service at start-up with an ``invalid_config`` error naming the variable, rather than
 failing later, per request, in some less obvious way.
 
@@ -34,7 +34,7 @@ _OFF = frozenset({"off", "none", "false", "0", "no", "disabled"})
 
 
 class SettingDoc(NamedTuple):
-    """One row of the configuration table in the README."""
+    """One row of the configuration table in the docs."""
 
     name: str  # the environment variable
     default: str  # as it would be written in the environment ("" = unset)
@@ -433,7 +433,7 @@ class Settings:
 
     @classmethod
     def table(cls) -> list[SettingDoc]:
-        """Every variable with its default and description (the README table)."""
+        """Every variable with its default and description (the docs' table)."""
         return [
             SettingDoc(ENV_PREFIX + f.name.upper(), f.metadata["shown"], f.metadata["help"])
             for f in dataclasses.fields(cls)
@@ -462,7 +462,7 @@ class Settings:
 
 
 def markdown_table(rows: Iterable[SettingDoc] | None = None) -> str:
-    """The configuration table as Markdown, ready for the README."""
+    """The configuration table as Markdown, for docs/configuration.md."""
     rows = Settings.table() if rows is None else rows
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for row in rows:

@@ -18,7 +18,7 @@ MIN_IMAGES = 4  # fewer images giving one caption may be chance
 SHARE = 0.9  # "every image": the commonest caption covers this share of them or more...
 FEW = 2  # ...or the images got this many captions at most, where their references name
 FEW_REFERENCES = 4  # at least this many different things
-RECIPE_LR = "3e-3"  # the --lr the README's from-scratch recipe learns at (tiny model, shapes)
+RECIPE_LR = "3e-3"  # the --lr the docs' from-scratch recipe learns at (tiny model, shapes)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def train_warning(collapse: Collapse, lr: float) -> str:
     return (
         f"warning: {collapse.describe('held-out images')}: the model does not use the image "
         f"yet. If this lasts, raise --lr ({lr:g} now; the paper's 2e-5 is for COCO's 566k "
-        f"captions; the README's small-set recipe from scratch learns at {RECIPE_LR})"
+        f"captions; the docs' small-set recipe from scratch learns at {RECIPE_LR})"
     )
 
 
@@ -71,6 +71,6 @@ def evaluate_warning(collapse: Collapse) -> str:
     return (
         f"warning: {collapse.describe('images')}: the model does not use the image. It was "
         "trained too briefly or with too low a --lr (train's default 2e-5 is the paper's, for "
-        "COCO's 566k captions; the README's small-set recipe from scratch learns at "
+        "COCO's 566k captions; the docs' small-set recipe from scratch learns at "
         f"{RECIPE_LR})"
     )

@@ -1,8 +1,9 @@
 """``train``'s options: one dataclass whose fields carry their default, flag and help.
 
 ``TrainOptions`` is the one place a training option is declared. The ``train`` parser, its
-``--help`` and the README's option table are built from its fields, so a default shown to the
-user is the default the run uses (a test holds the README's table to ``options_table()``).
+``--help`` and the docs' option table (docs/training.md) are built from its fields, so a
+default shown to the user is the default the run uses (a test holds the docs' table to
+``options_table()``).
 
 Model options left blank take the ``--init`` model's value, else the paper's; a field says
 which with ``paper=``, and ``parts.architecture`` reads the same value from here.
@@ -125,7 +126,7 @@ class TrainOptions:
     lr: float = _opt(
         2e-5,
         "AdamW peak learning rate. The paper's, for COCO's 566k captions: a new mapper on a "
-        "small set learns nothing at it for thousands of steps (the README's small-set "
+        "small set learns nothing at it for thousands of steps (the docs' small-set "
         f"recipe from scratch uses {RECIPE_LR})",
         "optimisation",
     )
@@ -228,7 +229,7 @@ def _base_type(name: str) -> type:
 
 
 def shown_default(f: dataclasses.Field) -> str:
-    """The default as help and the README write it."""
+    """The default as help and the docs write it."""
     m = f.metadata
     if m["paper"] is not None:
         paper = m["paper"]
@@ -280,7 +281,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 def options_table() -> str:
-    """Every option with its default and meaning, as Markdown (the README's table)."""
+    """Every option with its default and meaning, as Markdown (the docs' table)."""
     lines = ["| option | default | meaning |", "|---|---|---|"]
     for f in _FIELDS.values():
         if f.default is dataclasses.MISSING:
