@@ -2,9 +2,9 @@
 
 Every setting has a default that works on a laptop (``make run`` sets nothing), and every
 field carries its own description, so the docs' configuration table (docs/configuration.md)
-is generated from (and checked against) this file instead of drifting away from it. A bad value stops the
-service at start-up with an ``invalid_config`` error naming the variable, rather than
-failing later, per request, in some less obvious way.
+is generated from (and checked against) this file instead of drifting away from it. A bad
+value stops the service at start-up with an ``invalid_config`` error naming the variable,
+rather than failing later, per request, in some less obvious way.
 
 Precedence: defaults, then the environment, then an explicit ``overrides`` mapping (the
 ``test_config`` of ``create_app``). Overrides win over the environment so that a test suite
