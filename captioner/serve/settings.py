@@ -280,7 +280,7 @@ class Settings:
         _int(16),
         "Longest alt text a caption becomes (characters, the ellipsis included), in API"
         " answers, job rows, reports and patched pages: longer ones are cut at a word with"
-        " an ellipsis (the extension also cuts what any server sends at 250)",
+        f" an ellipsis (the extension also cuts what any server sends at {MAX_ALT_CHARS})",
     )
     cache_url: str = _setting(
         "",
