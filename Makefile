@@ -8,7 +8,10 @@ PIP := $(PY) -m pip
 # TORCH_SPEC (and PIP_EXTRA_INDEX_URL) for another build, e.g. a CUDA one.
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages the test suite drives for real.
-APT_TEST_PACKAGES ?= redis-server chromium firefox-esr prometheus
+APT_TEST_PACKAGES ?= redis-server chromium firefox-esr prometheus fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf
+# Tesseract's language models for reading text in images (ALTCAP_OCR_LANGS adds others:
+# tesseract-ocr-deu, ...); `make run` installs them too.
+OCR_PACKAGES ?= tesseract-ocr-eng
 # METEOR (pycocoevalcap) runs Java: any installed JRE will do, else Debian's default one.
 JAVA_PACKAGE ?= default-jre-headless
 # The bfloat16 CPU kernel (captioner/runtime/kernels/) is compiled on first use: any C compiler.
@@ -18,7 +21,7 @@ PORT ?= 8000
 TINY_MODEL ?= .cache/tiny-model
 GUNICORN := $(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) "app:create_app()"
 
-.PHONY: run run-tiny test test-wheel lint docs docs-check bench bench-serve venv deps-test clean
+.PHONY: run run-tiny deps-run test test-wheel lint docs docs-check bench bench-serve venv deps-test clean
 
 $(VENV)/.stamp: pyproject.toml requirements.txt requirements-dev.txt requirements-train.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,16 +34,24 @@ venv: $(VENV)/.stamp
 
 # The service on 127.0.0.1:8000 (HOST=, PORT= to change), serving $$ALTCAP_MODEL (default
 # clipcap-coco, downloaded on first use).
-run: venv
+run: venv deps-run
 	$(GUNICORN)
 
 # The same with a tiny random-weight model that works offline (gibberish captions).
-run-tiny: venv
+run-tiny: venv deps-run
 	test -f $(TINY_MODEL)/config.json || $(PY) -m captioner make-tiny $(TINY_MODEL)
 	ALTCAP_MODEL=$(TINY_MODEL) $(GUNICORN)
 
+deps-run:
+	@missing=""; for p in $(OCR_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
 deps-test:
-	@missing=""; for p in $(APT_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_TEST_PACKAGES) $(OCR_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v java >/dev/null || missing="$$missing $(JAVA_PACKAGE)"; \
 	command -v $${CC:-cc} >/dev/null || missing="$$missing $(CC_PACKAGE)"; \
 	if [ -n "$$missing" ]; then \

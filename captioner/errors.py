@@ -92,3 +92,24 @@ class InvalidSettings(AltCapError):
     """Decoding or model settings out of range."""
 
     code = "invalid_settings"
+
+
+# --- reading text in images (OCR) ---------------------------------------------------
+
+
+class OcrError(AltCapError):
+    """Reading the text of one image failed. Never fails a caption: the result carries the
+    code as a warning and no text."""
+
+    code = "ocr_failed"
+    http_status = 500
+
+
+class OcrTimeout(OcrError):
+    code = "ocr_timeout"
+
+
+class OcrUnavailable(ConfigError):
+    """The OCR engine or its language data is not installed: text reading is off."""
+
+    code = "ocr_unavailable"

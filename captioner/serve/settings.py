@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from captioner.alttext import MAX_ALT_CHARS
 from captioner.crawl.urls import FetchLimits
+from captioner.describe import MAX_TEXT_CHARS, AltRule
 from captioner.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "ConfigError", "SettingDoc", "Settings", "markdown_table"]
@@ -282,6 +283,41 @@ class Settings:
         " answers, job rows, reports and patched pages: longer ones are cut at a word with"
         f" an ellipsis (the extension also cuts what any server sends at {MAX_ALT_CHARS})",
     )
+    ocr: str = _setting(
+        "on",
+        _choice("on", "off"),
+        "Read the text in images (Tesseract OCR): results gain text and an alt that says it"
+        ' ("Appears to say: ..."); off: alt is the caption. A request can turn it off'
+        ' with "read_text": false',
+    )
+    ocr_langs: str = _setting(
+        "",
+        _text,
+        "Languages of the text read, as en,de or Tesseract's eng+deu; empty = the model's"
+        " caption language. Each needs its model installed (Debian: tesseract-ocr-deu...)",
+    )
+    ocr_max_chars: int = _setting(
+        MAX_TEXT_CHARS,
+        _int(16),
+        "Most characters of an image's text inside its alt: longer text is cut at a"
+        " sentence end, else a word (the text field itself is not cut)",
+    )
+    ocr_label: str = _setting(
+        "",
+        _text,
+        "What comes before an image's text in an alt; empty = 'Appears to say:' in the"
+        " captions' language",
+    )
+    ocr_timeout_s: float = _setting(
+        2.0,
+        _seconds(allow_zero=False),
+        "Seconds reading one image's text may take; past it the caption is answered"
+        " without text, with the warning ocr_timeout",
+        shown="2",
+    )
+    ocr_threads: int = _setting(
+        2, _int(1), "Images whose text is read at once, beside the captioning (per worker)"
+    )
     cache_url: str = _setting(
         "",
         _text,
@@ -449,6 +485,10 @@ class Settings:
         if self.cache_url.lower().startswith(("redis://", "rediss://")):
             return self.cache_url
         return "memory://"
+
+    def alt_rule(self) -> AltRule:
+        """How results' alt is made from caption and text (``captioner.describe``)."""
+        return AltRule(self.max_alt_chars, self.ocr_max_chars, self.ocr_label)
 
     def fetch_limits(self) -> FetchLimits:
         """Download limits for image URLs; the per-connection timeouts never exceed the total."""
