@@ -34,7 +34,22 @@ FONT_DIRS = ("/usr/share/fonts/truetype", "/usr/share/fonts/opentype", "/usr/loc
 TEXT_KINDS = ("button", "banner", "heading", "dark", "two_lines", "small_ui", "photo")
 KINDS = (*TEXT_KINDS, "picture")
 
-WORDS = ["sign", "up", "log", "in", "buy", "now", "shop", "sale", "free", "shipping", "learn", "more", "contact", "us", "about", "our", "team", "download", "the", "app", "subscribe", "today", "newsletter", "order", "online", "open", "daily", "from", "menu", "home", "search", "cart", "checkout", "account", "settings", "help", "support", "privacy", "policy", "terms", "of", "service", "new", "arrivals", "best", "sellers", "summer", "winter", "spring", "autumn", "collection", "limited", "offer", "only", "this", "week", "book", "your", "table", "tickets", "available", "register", "join", "event", "conference", "workshop", "welcome", "back", "read", "article", "watch", "video", "listen", "podcast", "share", "follow", "us", "on", "twitter", "news", "weather", "sports", "music", "travel", "food", "health", "science", "business", "world", "local", "city", "park", "museum", "library", "school", "garden", "kitchen", "coffee", "bakery", "market", "fresh", "organic", "local", "farm", "closed", "for", "holidays", "opening", "hours", "monday", "friday", "saturday", "sunday", "call", "today", "visit", "store", "near", "you", "discover", "explore", "create", "build", "start", "project", "community", "volunteer", "donate", "save", "the", "date", "annual", "report", "results", "growth", "quarter", "revenue", "chart", "data", "annual", "meeting", "warning", "caution", "wet", "floor", "exit", "entrance", "parking", "no", "smoking", "please", "wait", "loading", "error", "page", "not", "found", "try", "again", "submit", "cancel", "continue", "next", "previous", "back", "close", "menu", "more"]
+_COPY = (
+    "sign up log in buy now shop sale free shipping learn more contact us about our team "
+    "download the app subscribe today newsletter order online open daily from menu home "
+    "search cart checkout account settings help support privacy policy terms of service new "
+    "arrivals best sellers summer winter spring autumn collection limited offer only this "
+    "week book your table tickets available register join event conference workshop welcome "
+    "back read article watch video listen podcast share follow us on twitter news weather "
+    "sports music travel food health science business world local city park museum library "
+    "school garden kitchen coffee bakery market fresh organic local farm closed for "
+    "holidays opening hours monday friday saturday sunday call today visit store near you "
+    "discover explore create build start project community volunteer donate save the date "
+    "annual report results growth quarter revenue chart data annual meeting warning caution "
+    "wet floor exit entrance parking no smoking please wait loading error page not found "
+    "try again submit cancel continue next previous back close menu more"
+)
+WORDS = tuple(_COPY.split())
 DIGITS = ("2026", "24/7", "50%", "$19.99", "10:30", "No. 5", "3 for 2", "1st", "$5", "100")
 
 
@@ -251,12 +266,8 @@ def make_picture(rng: random.Random) -> Sample:
                 y = h // 2 + (i - 1) * m // 5
                 draw.rectangle((w // 2 - m // 3, y - m // 24, w // 2 + m // 3, y + m // 24), fill=c)
         elif kind == "cross":
-            draw.line(
-                (w / 2 - m / 3, h / 2 - m / 3, w / 2 + m / 3, h / 2 + m / 3), fill=c, width=m // 12
-            )
-            draw.line(
-                (w / 2 - m / 3, h / 2 + m / 3, w / 2 + m / 3, h / 2 - m / 3), fill=c, width=m // 12
-            )
+            draw.line((w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half), fill=c, width=bar)
+            draw.line((w / 2 - half, h / 2 + half, w / 2 + half, h / 2 - half), fill=c, width=bar)
         else:
             pts = [
                 (w / 2 + m / 3 * math.cos(a), h / 2 + m / 3 * math.sin(a)) for a in (0, 2.3, 3.98)

@@ -9,12 +9,24 @@ Tesseract itself, and docs/ocr.md for the measurements behind the choice of engi
 
 from __future__ import annotations
 
+import logging
+
 from captioner.errors import OcrUnavailable
 from captioner.read.languages import find_tessdata, tesseract_codes
 from captioner.read.pool import TextOutcome, TextPool
 from captioner.read.reader import Line, Reading, TextReader
 
-__all__ = ["Line", "Reading", "TextOutcome", "TextPool", "TextReader", "open_reader"]
+__all__ = [
+    "Line",
+    "Reading",
+    "TextOutcome",
+    "TextPool",
+    "TextReader",
+    "open_pool",
+    "open_reader",
+]
+
+log = logging.getLogger(__name__)
 
 
 def open_reader(
@@ -33,3 +45,25 @@ def open_reader(
         raise OcrUnavailable(
             f"tesserocr is not installed ({exc}): pip install tesserocr, or set ALTCAP_OCR=off"
         ) from exc
+
+
+def open_pool(
+    enabled: bool,
+    langs: str = "",
+    model_language: str = "en",
+    *,
+    threads: int = 2,
+    timeout_s: float = 2.0,
+) -> tuple[TextPool | None, str | None]:
+    """``(pool, None)``, or ``(None, warning)`` when reading is off (``None``) or the engine
+    cannot be opened (``"ocr_unavailable"``, logged once with what to install): captions are
+    served either way, the results then carry the warning.
+    """
+    if not enabled:
+        return None, None
+    try:
+        reader = open_reader(langs, model_language)
+    except OcrUnavailable as exc:
+        log.error("text in images will not be read: %s", exc.message)
+        return None, OcrUnavailable.code
+    return TextPool(reader, threads=threads, timeout_s=timeout_s), None
