@@ -18,7 +18,7 @@ from captioner.errors import OcrUnavailable
 __all__ = ["TESSDATA_DIRS", "find_tessdata", "tesseract_codes"]
 
 # Where Debian/Ubuntu (tesseract-ocr-* 4.x and 5.x), Fedora, Homebrew and a source build
-# put the models; TESSDATA_PREFIX (Tesseract's own variable) or ALTCAP_TESSDATA goes first.
+# put the models; TESSDATA_PREFIX (Tesseract's own variable) goes first.
 TESSDATA_DIRS = (
     "/usr/share/tesseract-ocr/5/tessdata",
     "/usr/share/tesseract-ocr/4.00/tessdata",
@@ -68,7 +68,7 @@ def tesseract_codes(langs: str, model_language: str = "en") -> tuple[str, ...]:
 def find_tessdata(codes: tuple[str, ...], where: str | None = None) -> str:
     """The first folder that holds every ``<code>.traineddata``; ``OcrUnavailable`` naming the
     packages to install when there is none."""
-    env = [where, os.environ.get("ALTCAP_TESSDATA"), os.environ.get("TESSDATA_PREFIX")]
+    env = [where, os.environ.get("TESSDATA_PREFIX")]  # Tesseract's own variable
     candidates = [d for d in env if d] + list(TESSDATA_DIRS)
     for folder in candidates:
         for path in (Path(folder), Path(folder) / "tessdata"):
@@ -77,6 +77,6 @@ def find_tessdata(codes: tuple[str, ...], where: str | None = None) -> str:
     packages = " ".join(f"tesseract-ocr-{code.replace('_', '-').lower()}" for code in codes)
     raise OcrUnavailable(
         f"no Tesseract language data for {'+'.join(codes)} in {', '.join(candidates)}; "
-        f"install it (Debian: apt-get install {packages}) or set ALTCAP_TESSDATA, "
+        f"install it (Debian: apt-get install {packages}) or set TESSDATA_PREFIX, "
         "or set ALTCAP_OCR=off"
     )
