@@ -42,8 +42,15 @@ TARGET_HEIGHT_PX = 32  # text lines are upscaled to about this height (x-height 
 MAX_UPSCALE = 4.0
 MAX_SIDE_PX = 2400  # larger images are read at this size: text this small is not alt
 MARGIN_PX = 12
+WHITE_INK = 200  # every channel at least this: white type
+BLACK_INK = 60  # every channel at most this: black type
+EDGE_STEP = 60  # grey step between neighbours that counts as a sharp edge (type's edges)
+BAND_ROW_DENSITY = 0.02  # share of a row's pixels on sharp edges for it to hold type
+MIN_BAND_PX = 8
+MAX_BANDS = 4  # bands read apart, densest first: the cost stays bounded on busy photos
 INK_DIFFERENCE = 40  # grey levels from the ground for a pixel to count as ink
-PLAIN_GROUND_STD = 18.0  # grey std-dev outside the text under which the ground is "plain"
+PLAIN_GROUND_SHARE = 0.08  # at most this share of the ground may differ from its median
+# colour (a button's corners, a thin rule) for the ground to count as plain
 TEXT_AREA_SHARE = 0.35  # text lines covering this share of the image: mostly text
 ONE_LETTER_WORDS = frozenset("aAI&+0123456789")  # a lone character kept only if one of these
 
@@ -119,21 +126,46 @@ class TextReader:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             grey, scale = _prepare(image)
-            lines, conf = self._pass(grey, scale, deadline, "otsu")
+            lines, conf = self._pass(grey, scale, image.size, deadline, "otsu")
             if conf < SURE_CONFIDENCE and min(image.size) >= 64:
                 for variant, pixels in _alternatives(image, grey):
-                    alt_lines, alt_conf = self._pass(pixels, scale, deadline, variant)
+                    alt_lines, alt_conf = self._pass(pixels, scale, image.size, deadline, variant)
                     if _weight(alt_lines) > _weight(lines):
                         lines, conf = alt_lines, alt_conf
+                if conf < SURE_CONFIDENCE:
+                    band_lines = self._bands(image, deadline)
+                    if _weight(band_lines) > _weight(lines):
+                        lines = band_lines
         except (OcrError, MemoryError):
             raise
         except Exception as exc:  # a reader failure is one image's problem, never a crash
             raise OcrError(f"reading the text failed: {type(exc).__name__}: {exc}") from exc
         return Reading(tuple(lines), _mostly_text(image, lines))
 
+    def _bands(self, image: Image.Image, deadline: float | None) -> list[Line]:
+        """Read each band of dense edges apart, each prepared against its own surroundings
+        (a caption box on a photo, white type over a sky): what a whole-image threshold
+        cannot separate."""
+        out: list[Line] = []
+        for box in _edge_bands(image)[:MAX_BANDS]:
+            crop = image.crop(box)
+            pixels, scale = _prepare(crop)
+            lines, _ = self._pass(pixels, scale, crop.size, deadline, "otsu")
+            for line in lines:
+                left, top, right, bottom = line.box
+                shifted = (left + box[0], top + box[1], right + box[0], bottom + box[1])
+                out.append(Line(line.words, line.confidence, shifted))
+        return out
+
     def _pass(
-        self, grey: Image.Image, scale: float, deadline: float | None, threshold: str
+        self,
+        grey: Image.Image,
+        scale: float,
+        size: tuple[int, int],
+        deadline: float | None,
+        threshold: str,
     ) -> tuple[list[Line], float]:
+        """One Tesseract reading of prepared pixels: (kept lines, their mean confidence)."""
         api = self._api()
         api.SetVariable("thresholding_method", "2" if threshold == "sauvola" else "0")
         api.SetImage(grey)
@@ -146,7 +178,7 @@ class TextReader:
             if deadline is not None and time.monotonic() >= deadline:
                 raise OcrTimeout("reading the text ran out of time")
             raise OcrError("Tesseract could not recognise the image")
-        lines = _lines(api.GetTSVText(0), scale)
+        lines = _lines(api.GetTSVText(0), scale, size)
         n = sum(len(line.words) for line in lines)
         conf = sum(line.confidence * len(line.words) for line in lines) / n if n else 0.0
         return lines, conf
@@ -194,22 +226,51 @@ def _border_median(grey: Image.Image) -> int:
 
 
 def _alternatives(image: Image.Image, grey: Image.Image):
-    """Other ways to see the same image, for text the grey Otsu pass missed: each colour
-    channel (red on green is one grey), and Sauvola's local threshold (text over a photo)."""
+    """Other ways to see the same image, for text the grey pass missed: Sauvola's local
+    threshold, and white or black ink alone (type set straight on a photo is nearly always
+    one of the two, whatever the photo does around it)."""
     yield "sauvola", grey
-    if image.mode == "RGB":
-        base = _prepare_like(image, grey)
-        for channel in base:
-            yield "otsu", channel
+    if image.mode != "RGB":
+        return
+    rgb = np.asarray(image, dtype=np.uint8)
+    size = (grey.width - 2 * MARGIN_PX, grey.height - 2 * MARGIN_PX)
+    for ink in (rgb.min(axis=2) >= WHITE_INK, rgb.max(axis=2) <= BLACK_INK):
+        if 0.002 < ink.mean() < 0.5:  # some ink, and not the ground itself
+            mask = Image.fromarray(np.where(ink, 0, 255).astype(np.uint8)).resize(size)
+            yield "otsu", ImageOps.expand(mask, border=MARGIN_PX, fill=255)
 
 
-def _prepare_like(image: Image.Image, grey: Image.Image) -> list[Image.Image]:
-    out = []
-    for band in image.split():
-        band = _dark_on_light(band)
-        band = band.resize((grey.width - 2 * MARGIN_PX, grey.height - 2 * MARGIN_PX))
-        out.append(ImageOps.expand(band, border=MARGIN_PX, fill=_border_median(band)))
-    return out
+def _edge_bands(image: Image.Image) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) around rows of dense sharp edges, densest first:
+    where lines of type are, on a ground whose own edges are soft (a photo's)."""
+    a = np.asarray(_grey(image), dtype=np.int16)
+    h, w = a.shape
+    edges = np.zeros_like(a, dtype=bool)
+    edges[:, 1:] |= np.abs(np.diff(a, axis=1)) > EDGE_STEP
+    edges[1:, :] |= np.abs(np.diff(a, axis=0)) > EDGE_STEP
+    rows = edges.mean(axis=1) > BAND_ROW_DENSITY
+    boxes = []
+    for top, bottom in _runs(rows):
+        height = bottom - top
+        if not MIN_BAND_PX <= height <= h // 2:
+            continue
+        cols = edges[top:bottom].any(axis=0)
+        # columns within a letter's height of an edge belong to the same run of words
+        near = np.convolve(cols, np.ones(height, dtype=int), mode="same") > 0
+        for left, right in _runs(near):
+            if right - left < height:
+                continue
+            pad = height // 2
+            box = (max(0, left - pad), max(0, top - pad), min(w, right + pad), min(h, bottom + pad))
+            boxes.append((edges[top:bottom, left:right].mean(), box))
+    return [box for _, box in sorted(boxes, reverse=True)]
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    change = np.flatnonzero(np.diff(padded))
+    return list(zip(change[::2].tolist(), change[1::2].tolist(), strict=True))
 
 
 def _weight(lines: list[Line]) -> float:
@@ -219,7 +280,12 @@ def _weight(lines: list[Line]) -> float:
     )
 
 
-def _lines(tsv: str, scale: float) -> list[Line]:
+def _at_edge(box: tuple[int, ...], size: tuple[int, int]) -> bool:
+    left, top, right, bottom = box
+    return left <= 1 or top <= 1 or right >= size[0] - 1 or bottom >= size[1] - 1
+
+
+def _lines(tsv: str, scale: float, size: tuple[int, int]) -> list[Line]:
     """Tesseract's TSV -> kept lines, in its order; boxes back in original pixels."""
     groups: dict[tuple[int, int, int], list[tuple[str, float, tuple[int, int, int, int]]]] = {}
     for row in tsv.splitlines():
@@ -237,12 +303,14 @@ def _lines(tsv: str, scale: float) -> list[Line]:
         confidence = sum(c for _, c, _ in words) / len(words)
         if confidence < MIN_LINE_CONFIDENCE:
             continue
-        if len(words) == 1 and len(words[0][0]) == 1 and len(groups) == 1:
-            continue  # one character alone in the image: a shape, far more often than not
         box = tuple(
             round((f(b[i] for _, _, b in words) - MARGIN_PX) / scale)
             for i, f in ((0, min), (1, min), (2, max), (3, max))
         )
+        if len("".join(w for w, _, _ in words)) <= 2 and (
+            confidence < SURE_CONFIDENCE or _at_edge(box, size)
+        ):
+            continue  # one or two unsure characters, or at the edge: a shape or a border
         lines.append(Line(tuple(w for w, _, _ in words), confidence, box))  # type: ignore[arg-type]
     return lines
 
@@ -268,5 +336,9 @@ def _mostly_text(image: Image.Image, lines: list[Line]) -> bool:
     share = mask.mean()
     if share >= TEXT_AREA_SHARE:
         return True
-    rest = np.asarray(image.convert("RGB"), dtype=np.float32)[~mask]
-    return bool(rest.size == 0 or rest.std(axis=0).max() < PLAIN_GROUND_STD)
+    rest = np.asarray(image.convert("RGB"), dtype=np.int16)[~mask]  # (N, 3)
+    if rest.size == 0:
+        return True
+    ground = np.median(rest, axis=0)
+    other = np.abs(rest - ground).max(axis=1) > INK_DIFFERENCE
+    return bool(other.mean() < PLAIN_GROUND_SHARE)
