@@ -27,6 +27,7 @@ import http.server
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -127,6 +128,7 @@ def run_config(args, model: Path, base: str, n: int, config: str, workdir: Path)
         "ALLOW_PRIVATE_NETWORKS": "true",
         "JOB_CHUNK_SIZE": str(args.chunk_size),
         "QUEUE_URL": args.queue_url,
+        "OCR": args.ocr,  # reading the text in images (bench/ocr.py compares on and off)
     }
     if args.queue_url:
         import redis
@@ -172,6 +174,21 @@ def run_config(args, model: Path, base: str, n: int, config: str, workdir: Path)
         queue.close()
 
 
+def text_pngs(n: int) -> list[bytes]:
+    """``n`` distinct web images of text (buttons, banners, text over photos...) as PNG."""
+    import io
+
+    from bench.textimages import TEXT_KINDS, make_text_image
+
+    rng = random.Random(11)
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        make_text_image(rng, TEXT_KINDS[i % len(TEXT_KINDS)]).image.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
 def markdown(result: dict) -> str:
     lines = [
         "| consumers | threads each | torch threads each | images | seconds | images/s | failed |",
@@ -201,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue-url", default="", help="redis://... (default: SQLite)")
     p.add_argument("--ready-timeout", type=float, default=300)
     p.add_argument("--timeout", type=float, default=7200, help="seconds a job may take")
+    p.add_argument(
+        "--text-share", type=float, default=0.0, help="share of images of text (bench/textimages)"
+    )
+    p.add_argument("--ocr", default="on", choices=["on", "off"], help="read text (ALTCAP_OCR)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.images < 1:
@@ -212,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         model = tiny_model_dir(workdir / "tiny") if args.tiny else full_model_dir()
         site = workdir / "images"
         site.mkdir()
+        texts = text_pngs(round(args.images * args.text_share))
         for i in range(args.images):
-            (site / f"{i}.png").write_bytes(noise_png((7, i), args.image_size))
+            data = texts[i] if i < len(texts) else noise_png((7, i), args.image_size)
+            (site / f"{i}.png").write_bytes(data)
         httpd, base = serve(site)
         print(
             f"# {args.images} images, {'tiny' if args.tiny else 'full-size'} model, "
@@ -231,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             "new_tokens": NEW_TOKENS,
             "dtype": args.dtype,
             "chunk_size": args.chunk_size,
+            "ocr": args.ocr,
+            "text_share": args.text_share,
             "runs": runs,
         }
         print(markdown(result))

@@ -8,6 +8,7 @@ caption is. A failure or a timeout is one image's warning, never its caption's f
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -30,7 +31,13 @@ class TextPool:
     def __init__(self, reader: TextReader, threads: int = 2, timeout_s: float = 2.0) -> None:
         self.reader = reader
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max(1, threads), "altcap-ocr")
+        threads = max(1, threads)
+        # Each thread loads its own Tesseract (~0.2 s for eng) before it reads: all of them
+        # now, in the background, so that no image's time budget pays for it.
+        self._pool = ThreadPoolExecutor(threads, "altcap-ocr", initializer=reader.warm)
+        barrier = threading.Barrier(threads)
+        for _ in range(threads):
+            self._pool.submit(barrier.wait, 60)
 
     @property
     def engine_id(self) -> str:

@@ -102,6 +102,10 @@ class TextReader:
         """Names the engine, its version, the languages and this reader's rules (cache keys)."""
         return f"tesseract-{self.version}:{'+'.join(self.codes)}:r{READER_VERSION}"
 
+    def warm(self) -> None:
+        """Load this thread's Tesseract now rather than on its first image."""
+        self._api()
+
     def _api(self) -> Any:
         api = getattr(self._local, "api", None)
         if api is None:
