@@ -62,7 +62,8 @@ def test_text_on_a_picture_is_not_mostly_text(reader):
     img = Image.new("RGB", (640, 360), (40, 120, 60))
     draw = ImageDraw.Draw(img)
     for i in range(12):  # a busy picture: the ground is far from plain
-        draw.ellipse((i * 50, (i * 37) % 300, i * 50 + 90, (i * 37) % 300 + 90), fill=(i * 20, 90, 200))
+        x, y = i * 50, (i * 37) % 300
+        draw.ellipse((x, y, x + 90, y + 90), fill=(i * 20, 90, 200))
     draw.rectangle((180, 150, 460, 210), fill="white")
     draw.text((200, 160), "Fresh bakery", font=ImageFont.truetype(FONT, 36), fill="black")
     reading = reader.read(img)
