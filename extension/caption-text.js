@@ -4,7 +4,9 @@
  * content script applies this to every caption it is sent before writing or announcing it:
  * no bidi controls that make what is shown differ from what is read (U+202E shows "gpj.exe"
  * as "exe.jpg"), no invisible characters that hide or pad words, no control characters, and
- * at most MAX_ALT_CHARS characters, cut at a word boundary with "…".
+ * at most MAX_ALT_CHARS characters, cut at a word boundary with "…". The same goes for the
+ * server's `alt` (issue 22: an image's own text, or the caption with it), which is written
+ * instead of the caption when it says something.
  *
  * altText() is the twin of captioner/alttext.py alt_text(); tests/vectors/caption-text.json
  * holds both to the same output. Lengths are in code points (Python's len(), [...s].length
@@ -136,16 +138,47 @@
     return boundText(tidyText(caption), maxChars);
   }
 
-  /** A "describe" answer from the service worker with every result's caption through
-   * altText() (a caption with nothing left becomes "", which the content script treats as
-   * no caption); any other message answer unchanged. */
-  function cleanAnswer(answer) {
-    if (!answer || typeof answer !== "object" || !Array.isArray(answer.results)) return answer;
-    const results = answer.results.map((r) =>
-      r && typeof r === "object" && typeof r.caption === "string" ? { ...r, caption: altText(r.caption) } : r,
-    );
-    return { ...answer, results };
+  // What a server says an alt was made of (captioner/describe.py ALT_FROM); anything else
+  // is read as "caption".
+  const ALT_FROM = Object.freeze(["caption", "text", "caption_and_text"]);
+
+  /** One result of a "describe" answer, cleaned: `caption` and `alt` through altText(), and
+   * `alt`, the words to write, the server's alt when one says something, else the caption
+   * (a server from before alt existed sends none), with `alt_from` saying which. An alt and
+   * a caption with nothing left become "", which the content script treats as no caption.
+   * Anything without a caption or an alt (an error) comes back unchanged. */
+  function cleanResult(r) {
+    if (!r || typeof r !== "object" || (typeof r.caption !== "string" && typeof r.alt !== "string")) return r;
+    const caption = typeof r.caption === "string" ? altText(r.caption) : "";
+    const alt = typeof r.alt === "string" ? altText(r.alt) : "";
+    if (!alt) return { ...r, caption, alt: caption, alt_from: "caption" };
+    return { ...r, caption, alt, alt_from: ALT_FROM.includes(r.alt_from) ? r.alt_from : "caption" };
   }
 
-  root.AltCapCaptionText = Object.freeze({ MAX_ALT_CHARS, ELLIPSIS, tidyText, boundText, altText, cleanAnswer });
+  /** A "describe" answer from the service worker with every result through cleanResult();
+   * any other message answer unchanged. */
+  function cleanAnswer(answer) {
+    if (!answer || typeof answer !== "object" || !Array.isArray(answer.results)) return answer;
+    return { ...answer, results: answer.results.map(cleanResult) };
+  }
+
+  /** The mark before an alt, by what it says: `prefixes.textPrefix` ("Appears to say: ") for
+   * an image's own text, `prefixes.prefix` ("Appears to be: ") for a caption, alone or with
+   * the text after it (that alt names the text itself: "... Appears to say: ..."). */
+  function prefixFor(prefixes, altFrom) {
+    const p = prefixes || {};
+    return altFrom === "text" && typeof p.textPrefix === "string" ? p.textPrefix : p.prefix;
+  }
+
+  root.AltCapCaptionText = Object.freeze({
+    MAX_ALT_CHARS,
+    ELLIPSIS,
+    ALT_FROM,
+    tidyText,
+    boundText,
+    altText,
+    cleanResult,
+    cleanAnswer,
+    prefixFor,
+  });
 })(globalThis);

@@ -1,7 +1,8 @@
 /* AltCap content script: finds images without a useful description, asks the service worker
- * for captions and writes them as alt text ("Appears to be: ..."), marked with data-altcap so
- * that the page can be put back exactly. Elements with role="img" and a CSS background image
- * but no name get the caption as their aria-label instead (see detection.js).
+ * for captions and writes them as alt text ("Appears to be: ..."; an image of text gets its
+ * text, "Appears to say: ..."), marked with data-altcap so that the page can be put back
+ * exactly. Elements with role="img" and a CSS background image but no name get the caption
+ * as their aria-label instead (see detection.js).
  *
  * A classic script, injected after detection.js, caption-text.js and page-image.js
  * (registered for the sites the user allowed, or through activeTab when asked: shortcut,
@@ -19,8 +20,9 @@
  * counts its own images, and the service worker adds the frames up.
  *
  * Messages it sends (chrome.runtime.sendMessage, to the service worker):
- *   {type: "hello"} -> {consented, enabled, auto, showing, prefix, words, stopwords}
- *   {type: "describe", images: [{id, url, data?}]} -> {results: [{id, caption} | {id, error}]}
+ *   {type: "hello"} -> {consented, enabled, auto, showing, prefix, textPrefix, words, stopwords}
+ *   {type: "describe", images: [{id, url, data?}]}
+ *     -> {results: [{id, caption, alt, alt_from, text?, language?} | {id, error}]}
  *   {type: "counts", found, described, failed}
  * Messages it answers (from the service worker, same extension only):
  *   ping, status, describe-now {quiet?}, describe-target {srcUrl}, toggle {showing?}, restore
@@ -71,7 +73,13 @@
   const SLICE_MS = 8; // longest run of scanning before the page gets the main thread back
   const SLICE_CHECK_EVERY = 64; // elements between two looks at the clock
 
-  let config = { consented: false, enabled: false, auto: false, prefix: "Appears to be: " };
+  let config = {
+    consented: false,
+    enabled: false,
+    auto: false,
+    prefix: "Appears to be: ",
+    textPrefix: "Appears to say: ",
+  };
   let started = false; // observers attached
   let showing = true; // captions written (the popup's toggle hides them)
   let summaryPending = false; // announce a summary when the queue drains ("describe now")
@@ -97,7 +105,8 @@
   const state = new WeakMap(); // element -> {status, url, rewrites}
   const written = new WeakMap(); // element -> the alt text (or aria-label) we wrote
   const queue = new Map(); // id -> {id, el, url, data?, priority, order}
-  const captions = new Map(); // url -> {caption, language?}, for this page's lifetime (survives toggling)
+  // url -> {caption, alt, alt_from, language?}, for this page's lifetime (survives toggling)
+  const captions = new Map();
   const visible = new Set(); // elements near the viewport (IntersectionObserver)
   const counts = { found: 0, described: 0, failed: 0 };
 
@@ -363,9 +372,9 @@
     return verdict === "missing" || verdict === "meaningless";
   }
 
-  /** Write prefix + caption as el's description (alt, or an ARIA image's aria-label);
-   * `described`: {caption, language?}. `explicit`: the user asked for this one image
-   * (context menu), so it is written even where AltCap is not running on the page. */
+  /** Write prefix + alt as el's description (alt, or an ARIA image's aria-label);
+   * `described`: {caption, alt, alt_from, language?}. `explicit`: the user asked for this
+   * one image (context menu), so it is written even where AltCap is not running on the page. */
   function write(el, url, described, explicit = false) {
     const s = info(el);
     s.url = url;
@@ -373,7 +382,7 @@
       setStatus(el, null);
       return false;
     }
-    const text = D.captionText(config.prefix, described.caption);
+    const text = spoken(described);
     written.set(el, text); // before the write, so the observer knows the change is ours
     D.applyCaption(el, text, described.language);
     setStatus(el, "described");
@@ -470,7 +479,7 @@
     const asked = [];
     for (const item of batch) {
       const r = byId.get(item.id);
-      if (r && typeof r.caption === "string" && r.caption) {
+      if (r && typeof r.alt === "string" && r.alt) {
         const described = answerOf(r);
         captions.set(item.url, described);
         write(item.el, item.url, described);
@@ -749,7 +758,7 @@
         answer = await send({ type: "describe", images: [{ id: item.id, url, data }] });
         r = answer && Array.isArray(answer.results) ? answer.results[0] : null;
       }
-      if (r && typeof r.caption === "string" && r.caption) {
+      if (r && typeof r.alt === "string" && r.alt) {
         described = answerOf(r);
         captions.set(url, described);
       } else {
@@ -762,16 +771,23 @@
       return { ok: false, error };
     }
     if (el) write(el, url, described, true);
-    announce(D.captionText(config.prefix, described.caption), described.language);
-    return { ok: true, caption: described.caption };
+    announce(spoken(described), described.language);
+    return { ok: true, caption: described.caption, alt: described.alt };
   }
 
-  /** What is kept of a caption answer: {caption, language?} (language: a tag the server
-   * gave, checked by the service worker). */
+  /** What is kept of a caption answer, cleaned by caption-text.js: {caption, alt, alt_from,
+   * language?} (alt: the words to write, the caption unless the server's alt says more;
+   * language: a tag the server gave, checked by the service worker). */
   function answerOf(r) {
-    return typeof r.language === "string" && r.language
-      ? { caption: r.caption, language: r.language }
-      : { caption: r.caption };
+    const described = { caption: r.caption, alt: r.alt, alt_from: r.alt_from };
+    if (typeof r.language === "string" && r.language) described.language = r.language;
+    return described;
+  }
+
+  /** What a screen reader gets for `described`: its alt after the mark that fits it,
+   * "Appears to say: " for an image's own text, "Appears to be: " otherwise. */
+  function spoken(described) {
+    return D.captionText(globalThis.AltCapCaptionText.prefixFor(config, described.alt_from), described.alt);
   }
 
   /** The site was switched off: put the page back and stop (captions stay cached, so asking

@@ -159,11 +159,37 @@ export function languageName(tag) {
   }
 }
 
-/** One server result -> {caption, cached, language?} | {error: {code, message}};
- * `language`: the answer's, for all its captions (passed on when it is a valid tag). */
+// What an alt was made of (captioner/describe.py ALT_FROM): the marks differ ("Appears to
+// say: " before an image's own text, "Appears to be: " before a caption, with text or not).
+export const ALT_FROM = Object.freeze(["caption", "text", "caption_and_text"]);
+export const MAX_WARNINGS = 8; // codes kept from one result ("ocr_timeout"...)
+const WARNING_CODE = /^[a-z][a-z0-9_]{0,63}$/;
+
+/**
+ * One server result -> {caption, alt, alt_from, text?, warnings?, cached, language?} |
+ * {error: {code, message}}.
+ *
+ * `alt` is what to write: the server's alt when it sends one that says something (an image
+ * of text: its text; a picture with text: the caption and the text), else the caption (a
+ * server from before issue 22 sends no alt), and `alt_from` which of those it is
+ * ("caption" when unknown). `text` (what the image says, lines joined by "\n") and
+ * `warnings` are passed on when the server sent them. `language`: the answer's, for all its
+ * captions (passed on when it is a valid tag).
+ */
 export function readResult(r, language) {
-  if (r && typeof r === "object" && typeof r.caption === "string" && r.caption.trim()) {
-    const answer = { caption: r.caption.trim(), cached: r.cached === true };
+  const said = (v) => (typeof v === "string" ? v.trim() : "");
+  const caption = r && typeof r === "object" ? said(r.caption) : "";
+  const alt = r && typeof r === "object" ? said(r.alt) : "";
+  if (caption || alt) {
+    const answer = alt
+      ? { caption, alt, alt_from: ALT_FROM.includes(r.alt_from) ? r.alt_from : "caption" }
+      : { caption, alt: caption, alt_from: "caption" };
+    if (typeof r.text === "string") answer.text = r.text;
+    if (Array.isArray(r.warnings)) {
+      const warnings = r.warnings.filter((w) => typeof w === "string" && WARNING_CODE.test(w));
+      if (warnings.length) answer.warnings = warnings.slice(0, MAX_WARNINGS);
+    }
+    answer.cached = r.cached === true;
     if (typeof language === "string" && LANGUAGE_TAG.test(language)) answer.language = language;
     return answer;
   }
@@ -259,7 +285,8 @@ function fail(code, message) {
 /**
  * Captions for a content script's images, with a cache, in-flight de-duplication, chunking,
  * and the allowBytes fall-backs. describe() never throws: every image gets {id, caption,
- * cached} or {id, error: {code, message}}.
+ * alt, alt_from, text?, warnings?, cached, language?} (readResult()) or {id, error: {code,
+ * message}}.
  *
  * The cache is keyed by scope (private windows apart), partition (the top-level page and the
  * frame that asked), server and image URL; a caption made from bytes is marked so, and
@@ -391,8 +418,10 @@ export class CaptionClient {
     }
     for (const job of jobs) {
       const result = results.get(job) || fail("internal_error", "no result");
-      // A caption comes from readResult(): {caption, cached, language?} already.
-      if (result.caption && job.plan.key) {
+      // A description comes from readResult(): {caption, alt, alt_from, text?, warnings?,
+      // cached, language?} already, all of it kept (an alt made of the image's text is
+      // written with its own mark, so a cache hit must say what it was made of).
+      if (result.alt && job.plan.key) {
         this.cacheSet(job.plan.key, { ...result, cached: true }, job.plan.payload.data !== undefined);
       }
       if (job.plan.key) this.inflight.delete(job.plan.key);

@@ -65,6 +65,7 @@ function readForm() {
       serverUrl,
       apiKey: $("api-key").value.trim(),
       prefix: $("prefix").value.slice(0, 80),
+      textPrefix: $("text-prefix").value.slice(0, 80),
       mode: $("mode-on-demand").checked ? "on-demand" : "auto",
       sitesAlways: always.hosts,
       sitesNever: never.hosts,
@@ -95,6 +96,7 @@ function fill(settings) {
   warnIfPlain();
   $("api-key").value = settings.apiKey || "";
   $("prefix").value = settings.prefix;
+  $("text-prefix").value = settings.textPrefix;
   $("mode-auto").checked = settings.mode === "auto";
   $("mode-on-demand").checked = settings.mode === "on-demand";
   $("sites-always").value = settings.sitesAlways.join("\n");

@@ -319,6 +319,7 @@ async function hello(sender) {
     auto: enabled && (settings.mode === "auto" || rule === "always"),
     showing: !hidden, // a frame that loads after "hide" starts hidden too
     prefix: settings.prefix,
+    textPrefix: settings.textPrefix,
     ...(await meaninglessWords()), // words, stopwords
   };
 }

@@ -16,6 +16,7 @@
 export const DEFAULTS = Object.freeze({
   serverUrl: "http://127.0.0.1:8000", // the AltCap service (make run serves here)
   prefix: "Appears to be: ", // marks machine-written alt text for screen-reader users
+  textPrefix: "Appears to say: ", // the mark before an image's own text, read by the server
   mode: "auto", // "auto": describe on sites AltCap may access; "on-demand": only when asked
   sitesAlways: Object.freeze([]), // hosts described automatically, whatever the mode
   sitesNever: Object.freeze([]), // hosts AltCap never describes by itself
@@ -176,13 +177,17 @@ function hostArray(value) {
   return out.slice(0, MAX_SITES);
 }
 
+function prefixOr(value, fallback) {
+  return typeof value === "string" ? value.slice(0, MAX_PREFIX_LENGTH) : fallback;
+}
+
 /** Stored values -> complete, valid settings (anything odd falls back to its default). */
 export function normalizeSettings(raw) {
   const s = raw && typeof raw === "object" ? raw : {};
   return {
     serverUrl: normalizeServerUrl(s.serverUrl) ?? DEFAULTS.serverUrl,
-    prefix:
-      typeof s.prefix === "string" ? s.prefix.slice(0, MAX_PREFIX_LENGTH) : DEFAULTS.prefix,
+    prefix: prefixOr(s.prefix, DEFAULTS.prefix),
+    textPrefix: prefixOr(s.textPrefix, DEFAULTS.textPrefix),
     mode: MODES.includes(s.mode) ? s.mode : DEFAULTS.mode,
     sitesAlways: hostArray(s.sitesAlways),
     sitesNever: hostArray(s.sitesNever),

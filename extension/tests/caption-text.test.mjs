@@ -75,6 +75,40 @@ test("cleanAnswer: every caption of a describe answer, nothing else", () => {
   assert.equal(T.cleanAnswer({ results: [{ id: "a", caption: "\u202e\u200b" }] }).results[0].caption, "");
 });
 
+test("cleanResult: the alt is cleaned like a caption, and the caption stands in for a missing one", () => {
+  // issue 22: an alt from the server goes through the same rule as a caption.
+  const text = T.cleanResult({ id: "a", caption: "a sign", alt: "\u202eSALE\u200b 50% OFF", alt_from: "text", text: "SALE\n50% OFF" });
+  assert.deepEqual({ ...text }, { id: "a", caption: "a sign", alt: "SALE 50% OFF", alt_from: "text", text: "SALE\n50% OFF" });
+  const long = T.cleanResult({ id: "a", caption: "a sign", alt: HOSTILE, alt_from: "caption_and_text" });
+  assert.equal(long.alt, T.altText(HOSTILE));
+  assert.ok(codePoints(long.alt) <= 250 && !INVISIBLE.test(long.alt));
+  assert.equal(long.alt_from, "caption_and_text");
+  // No alt (an older server), one that is no string, or one with nothing readable: the caption.
+  for (const alt of [undefined, null, 3, ["SALE"], "", "\u202e\u200b "]) {
+    const r = T.cleanResult({ id: "a", caption: HOSTILE, alt, alt_from: "text" });
+    assert.equal(r.alt, T.altText(HOSTILE), JSON.stringify(alt));
+    assert.equal(r.caption, T.altText(HOSTILE));
+    assert.equal(r.alt_from, "caption", JSON.stringify(alt)); // and marked as one
+  }
+  // An alt_from this extension does not know: marked as a caption.
+  assert.equal(T.cleanResult({ caption: "x", alt: "y", alt_from: "ocr" }).alt_from, "caption");
+  // A text alone (the model found no words): still a description; nothing at all: none.
+  assert.deepEqual({ ...T.cleanResult({ alt: "EXIT", alt_from: "text" }) }, { caption: "", alt: "EXIT", alt_from: "text" });
+  assert.equal(T.cleanResult({ caption: "\u200b", alt: "\u2060" }).alt, "");
+  const error = { id: "b", error: { code: "fetch_failed", message: "x" } };
+  assert.equal(T.cleanResult(error), error);
+});
+
+test("prefixFor: 'Appears to say' before an image's own text, 'Appears to be' otherwise", () => {
+  const prefixes = { prefix: PREFIX, textPrefix: "Appears to say: " };
+  assert.equal(T.prefixFor(prefixes, "text"), "Appears to say: ");
+  assert.equal(T.prefixFor(prefixes, "caption"), PREFIX);
+  assert.equal(T.prefixFor(prefixes, "caption_and_text"), PREFIX); // its alt names the text itself
+  assert.equal(T.prefixFor(prefixes, undefined), PREFIX);
+  assert.equal(T.prefixFor({ ...prefixes, textPrefix: "" }, "text"), ""); // the user wants none
+  assert.equal(T.prefixFor({ prefix: PREFIX }, "text"), PREFIX); // no text prefix known
+});
+
 test("caption-text.js can be injected twice into one world", () => {
   const context = vm.createContext({});
   loadCaptionText(context);
@@ -82,8 +116,9 @@ test("caption-text.js can be injected twice into one world", () => {
 });
 
 /** A page with the three scripts injected as the service worker injects them; `caption`
- * is what the "server" answers for every image. */
+ * is what the "server" answers for every image (a string, or the whole result). */
 function page(elements, caption) {
+  const result = typeof caption === "string" ? { caption } : caption;
   const document = new FakeDocument();
   for (const el of elements) document.add(el);
   let onMessage = null;
@@ -91,8 +126,8 @@ function page(elements, caption) {
     runtime: {
       id: RUNTIME_ID,
       async sendMessage(message) {
-        if (message.type === "hello") return { consented: true, enabled: true, auto: true, prefix: PREFIX, words: WORDS };
-        if (message.type === "describe") return { results: message.images.map((i) => ({ id: i.id, caption })) };
+        if (message.type === "hello") return { consented: true, enabled: true, auto: true, prefix: PREFIX, textPrefix: "Appears to say: ", words: WORDS };
+        if (message.type === "describe") return { results: message.images.map((i) => ({ id: i.id, ...result })) };
         return { ok: true };
       },
       onMessage: { addListener: (fn) => (onMessage = fn) },
@@ -154,4 +189,30 @@ test("a caption of nothing but invisible characters is no caption: nothing is wr
   await sleep(150);
   assert.equal(photo.hasAttribute("alt"), false);
   assert.equal(photo.hasAttribute("data-altcap"), false);
+});
+
+test("an image of text is written and announced with its text, bounded and clean", async () => {
+  const banner = img({ src: "https://example.com/sale.png" });
+  const hero = ariaImage();
+  const p = page([banner, hero], { caption: "a sign", text: "SALE\n50% OFF", alt: "SALE\u200b 50% OFF\u202e", alt_from: "text" });
+  await sleep(150);
+  assert.equal(banner.getAttribute("alt"), "Appears to say: SALE 50% OFF");
+  assert.equal(hero.getAttribute("aria-label"), "Appears to say: SALE 50% OFF");
+  const answer = await p.message({ type: "describe-target", srcUrl: "https://example.com/sale.png" });
+  assert.equal(answer.alt, "SALE 50% OFF");
+  await sleep(200);
+  const live = p.document.elements.find((e) => e.hasAttribute("data-altcap-live"));
+  assert.equal(live.textContent, "Appears to say: SALE 50% OFF");
+});
+
+test("a picture with text keeps 'Appears to be'; an alt with nothing readable falls back to the caption", async () => {
+  const shop = img({ src: "https://example.com/shop.jpg" });
+  page([shop], { caption: "A shop window.", text: "Summer sale", alt: "A shop window. Appears to say: Summer sale", alt_from: "caption_and_text" });
+  await sleep(150);
+  assert.equal(shop.getAttribute("alt"), PREFIX + "A shop window. Appears to say: Summer sale");
+
+  const photo = img({ src: "https://example.com/photo.jpg" });
+  page([photo], { caption: "A dog on a couch.", alt: "\u202e\u200b", alt_from: "text" });
+  await sleep(150);
+  assert.equal(photo.getAttribute("alt"), PREFIX + "A dog on a couch.");
 });

@@ -377,6 +377,31 @@ test("context menu: caption one image, write it, announce it", async () => {
   assert.equal(kept.getAttribute("alt"), "Our CEO");
 });
 
+test("an image of text gets its text after the text prefix from hello, through toggles", async () => {
+  // issue 22: the server's alt is written instead of the caption, with the mark that fits it.
+  const says = (message) => ({
+    results: message.images.map((image) =>
+      image.url.endsWith("sale.png")
+        ? { id: image.id, caption: "a sign", text: "SALE\n50% OFF", alt: "SALE 50% OFF", alt_from: "text", language: "en" }
+        : { id: image.id, caption: "A cat.", text: "", alt: "A cat.", alt_from: "caption", language: "en" },
+    ),
+  });
+  const sale = img({ src: "https://example.com/sale.png" });
+  const cat = img({ src: "https://example.com/cat.jpg" });
+  const p = page({ elements: [sale, cat], worker: says, hello: { textPrefix: "Image text: " } });
+  await sleep(120);
+  assert.equal(sale.getAttribute("alt"), "Image text: SALE 50% OFF");
+  assert.equal(sale.getAttribute("data-altcap"), "__none__");
+  assert.equal(cat.getAttribute("alt"), "Appears to be: A cat.");
+  await p.message({ type: "toggle" });
+  assert.equal(sale.hasAttribute("alt"), false);
+  await p.message({ type: "toggle" }); // from the page's cache: still text, still its mark
+  assert.equal(sale.getAttribute("alt"), "Image text: SALE 50% OFF");
+  assert.equal(describes(p.sent).length, 1);
+  const status = await p.message({ type: "status" });
+  assert.equal(status.described, 2);
+});
+
 test("messages from elsewhere are ignored; injecting twice is harmless", async () => {
   const el = img({ src: "https://example.com/a.jpg" });
   const p = page({ elements: [el], worker: captionEach, auto: false });

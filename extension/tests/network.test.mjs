@@ -12,6 +12,7 @@ import {
   languageName,
   parseRetryAfter,
   postCaptions,
+  readResult,
   retryDelay,
 } from "../network.js";
 
@@ -104,7 +105,7 @@ test("postCaptions sends the documented request and reads the results", async ()
     { fetch: server.fetch, ...noSleep },
   );
   assert.deepEqual(results, [
-    { caption: "A cat.", cached: true },
+    { caption: "A cat.", alt: "A cat.", alt_from: "caption", cached: true },
     { error: { code: "not_an_image", message: "nope" } },
   ]);
   const [call] = server.calls;
@@ -116,6 +117,79 @@ test("postCaptions sends the documented request and reads the results", async ()
   // wherever it points, and "Check the server" would report that other server ready.
   assert.equal(call.init.redirect, "error");
   assert.deepEqual(call.body, { images: [{ url: "https://example.com/cat.jpg" }, { data: "AAAA" }] });
+});
+
+// --- issue 22: the text in images ------------------------------------------------------------
+
+test("readResult: the server's alt, what it was made of, its text and warnings", () => {
+  // An image that is mostly text (a banner): its alt is its text.
+  assert.deepEqual(
+    readResult(
+      { caption: "a sign on a wall", text: "SALE\n50% OFF", alt: "SALE 50% OFF", alt_from: "text", warnings: [], cached: false },
+      "en",
+    ),
+    { caption: "a sign on a wall", alt: "SALE 50% OFF", alt_from: "text", text: "SALE\n50% OFF", cached: false, language: "en" },
+  );
+  // A picture with some text: the caption, then the text.
+  const both = "A shop window. Appears to say: Summer sale";
+  assert.deepEqual(readResult({ caption: "A shop window", text: "Summer sale", alt: both, alt_from: "caption_and_text" }), {
+    caption: "A shop window",
+    alt: both,
+    alt_from: "caption_and_text",
+    text: "Summer sale",
+    cached: false,
+  });
+  // Text that was looked for and not found, and text reading that ran out of time.
+  assert.deepEqual(readResult({ caption: "A dog.", text: "", alt: "A dog.", alt_from: "caption" }), {
+    caption: "A dog.",
+    alt: "A dog.",
+    alt_from: "caption",
+    text: "",
+    cached: false,
+  });
+  const late = readResult({ caption: "A dog.", alt: "A dog.", alt_from: "caption", warnings: ["ocr_timeout", 7, "<b>", "x".repeat(80)] });
+  assert.deepEqual(late.warnings, ["ocr_timeout"]); // codes only
+  assert.equal("text" in late, false); // not read: no text, not ""
+  // An image of text the model found no words for: the text alone describes it.
+  assert.deepEqual(readResult({ caption: "", text: "EXIT", alt: "EXIT", alt_from: "text" }), {
+    caption: "",
+    alt: "EXIT",
+    alt_from: "text",
+    text: "EXIT",
+    cached: false,
+  });
+});
+
+test("readResult: without a usable alt, the caption is the alt (servers from before issue 22)", () => {
+  const caption = { caption: "  A cat.  ", alt: "A cat.", alt_from: "caption", cached: false };
+  for (const alt of [undefined, null, 42, ["A cat."], { text: "x" }, "", "   "]) {
+    const r = readResult({ caption: "  A cat.  ", alt, alt_from: "text" });
+    assert.deepEqual(r, { ...caption, caption: "A cat." }, JSON.stringify(alt));
+  }
+  // An alt_from this extension does not know is marked as a caption.
+  for (const altFrom of [undefined, "ocr", 1, "TEXT"]) {
+    assert.equal(readResult({ caption: "A cat.", alt: "CAT", alt_from: altFrom }).alt_from, "caption", String(altFrom));
+  }
+  // Neither says anything: no description.
+  assert.equal(readResult({ caption: " ", alt: "" }).error.code, "bad_response");
+  assert.equal(readResult({ alt: 5 }).error.code, "bad_response");
+});
+
+test("client: the cache keeps the alt, what it was made of and the text with the caption", async () => {
+  const server = fakeServer(({ body }) =>
+    json(200, {
+      language: "en",
+      results: body.images.map(() => ({ caption: "a sign", text: "SALE\n50% OFF", alt: "SALE 50% OFF", alt_from: "text", cached: false })),
+    }),
+  );
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const url = "https://example.com/sale.png";
+  const described = { caption: "a sign", alt: "SALE 50% OFF", alt_from: "text", text: "SALE\n50% OFF", language: "en" };
+  assert.deepEqual(await client.describe([{ id: "a", url }], SETTINGS), [{ id: "a", ...described, cached: false }]);
+  // From the cache: still text, still "Appears to say", with no second request.
+  assert.deepEqual(await client.describe([{ id: "b", url }], SETTINGS), [{ id: "b", ...described, cached: true }]);
+  assert.equal(server.calls.length, 1);
+  assert.deepEqual(server.calls[0].body, { images: [{ url }] }); // text reading: the server's default
 });
 
 test("429 and 503: wait as Retry-After says, then succeed", async () => {
@@ -190,10 +264,11 @@ test("client: captions in order, one POST per 32 images, cache on the second cal
   const images = Array.from({ length: 70 }, (_, i) => ({ id: `i${i}`, url: `https://example.com/${i}.jpg` }));
   const results = await client.describe(images, SETTINGS);
   assert.equal(results.length, 70);
-  assert.deepEqual(results[5], { id: "i5", caption: "About https://example.com/5.jpg.", cached: false });
+  const about5 = { caption: "About https://example.com/5.jpg.", alt: "About https://example.com/5.jpg.", alt_from: "caption" };
+  assert.deepEqual(results[5], { id: "i5", ...about5, cached: false });
   assert.deepEqual(server.calls.map((c) => c.body.images.length), [32, 32, 6]);
   const again = await client.describe([{ id: "x", url: "https://example.com/5.jpg" }], SETTINGS);
-  assert.deepEqual(again, [{ id: "x", caption: "About https://example.com/5.jpg.", cached: true }]);
+  assert.deepEqual(again, [{ id: "x", ...about5, cached: true }]);
   assert.equal(server.calls.length, 3); // no new request
 });
 
@@ -206,14 +281,15 @@ test("the captions' language comes with each caption, from the server's answer a
     });
   const german = new CaptionClient({ fetch: fakeServer(answer("de")).fetch, ...noSleep });
   const first = await german.describe([{ id: "a", url: "https://example.com/dog.jpg" }], SETTINGS);
-  assert.deepEqual(first, [{ id: "a", caption: "Ein Hund.", cached: false, language: "de" }]);
+  const dog = { caption: "Ein Hund.", alt: "Ein Hund.", alt_from: "caption" };
+  assert.deepEqual(first, [{ id: "a", ...dog, cached: false, language: "de" }]);
   const again = await german.describe([{ id: "b", url: "https://example.com/dog.jpg" }], SETTINGS);
-  assert.deepEqual(again, [{ id: "b", caption: "Ein Hund.", cached: true, language: "de" }]);
+  assert.deepEqual(again, [{ id: "b", ...dog, cached: true, language: "de" }]);
   // no language (an older server), or one that is no language tag: none is passed on
   for (const language of [undefined, 'de" onload="x', "", 42, "english!"]) {
     const client = new CaptionClient({ fetch: fakeServer(answer(language)).fetch, ...noSleep });
     const [r] = await client.describe([{ id: "c", url: "https://example.com/dog.jpg" }], SETTINGS);
-    assert.deepEqual(r, { id: "c", caption: "Ein Hund.", cached: false }, String(language));
+    assert.deepEqual(r, { id: "c", ...dog, cached: false }, String(language));
   }
 });
 
@@ -296,7 +372,7 @@ test("client: the server cannot fetch an image -> the content script is asked fo
   assert.equal(asked[0].error.code, "needs_bytes");
   assert.deepEqual(server.calls.map((c) => c.url), Array(2).fill("http://127.0.0.1:8000/v1/captions")); // nothing else
   const sent = await client.describe([{ ...image[0], data: "data:image/png;base64,CQkJ" }], on);
-  assert.deepEqual(sent, [{ id: "a", caption: "A chart.", cached: false }]);
+  assert.deepEqual(sent, [{ id: "a", caption: "A chart.", alt: "A chart.", alt_from: "caption", cached: false }]);
   assert.deepEqual(server.calls[2].body.images, [{ data: "data:image/png;base64,CQkJ" }]);
 });
 
@@ -331,7 +407,8 @@ test("client: a format the server cannot decode -> a snapshot is asked for, once
   const svg = await client.describe([{ ...images[0], data: "data:image/svg+xml;base64,PHN2Zz4=" }], on);
   assert.equal(svg[0].error.code, "needs_canvas"); // the bytes themselves: draw them
   const snap = await client.describe([{ ...images[0], data: "data:image/jpeg;base64,/9j/" }], on);
-  assert.deepEqual(snap, [{ id: "s", caption: "A drawing of a house.", cached: false }]);
+  const house = "A drawing of a house.";
+  assert.deepEqual(snap, [{ id: "s", caption: house, alt: house, alt_from: "caption", cached: false }]);
   const bad = await client.describe([{ ...images[1], data: "data:image/jpeg;base64,AAAA" }], on);
   assert.equal(bad[0].error.code, "not_an_image"); // a snapshot the server refuses: final
 });
@@ -376,7 +453,7 @@ test("client: a caption made from bytes is not used once sending bytes is off", 
   assert.equal((await client.describe([{ id: "b", url }], on))[0].caption, "About bytes data:ima."); // cached
   // Off: the server is asked for the address, and the bytes' caption is forgotten.
   const off = await client.describe([{ id: "c", url }], SETTINGS);
-  assert.deepEqual(off, [{ id: "c", caption: `About ${url}.`, cached: false }]);
+  assert.deepEqual(off, [{ id: "c", caption: `About ${url}.`, alt: `About ${url}.`, alt_from: "caption", cached: false }]);
   assert.equal(server.calls.length, 2);
   assert.equal([...client.cache.values()].some((entry) => entry.fromBytes), false);
 });

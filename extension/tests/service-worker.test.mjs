@@ -210,10 +210,12 @@ test("after consent: captions, API key sent to the server only, badge", async ()
   const hello = await send({ type: "hello" });
   assert.equal(hello.auto, true);
   assert.equal(hello.prefix, "Appears to be: ");
+  assert.equal(hello.textPrefix, "Appears to say: ");
   assert.equal(JSON.stringify(hello).includes("k-123"), false); // the key never reaches a page
   assert.equal("apiKey" in chrome.storage.local.data, false); // moved where no content script reads
   const answer = await send({ type: "describe", images: [{ id: "i1", url: "https://example.com/cat.jpg" }] });
-  assert.deepEqual(answer.results, [{ id: "i1", caption: "A cat on a sofa.", cached: false }]);
+  const cat = "A cat on a sofa.";
+  assert.deepEqual(answer.results, [{ id: "i1", caption: cat, alt: cat, alt_from: "caption", cached: false }]);
   assert.equal(log.server.length, 1);
   assert.equal(log.server[0].url, "http://127.0.0.1:8000/v1/captions");
   assert.equal(log.server[0].init.headers.Authorization, "Bearer k-123");

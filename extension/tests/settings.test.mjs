@@ -25,6 +25,7 @@ import {
 test("defaults are the documented ones", () => {
   assert.equal(DEFAULTS.serverUrl, "http://127.0.0.1:8000");
   assert.equal(DEFAULTS.prefix, "Appears to be: ");
+  assert.equal(DEFAULTS.textPrefix, "Appears to say: "); // before an image's own text
   assert.equal(DEFAULTS.mode, "auto");
   assert.equal(DEFAULTS.allowBytes, false);
   assert.equal(DEFAULTS.consented, false);
@@ -101,6 +102,7 @@ test("normalizeSettings drops what it cannot trust", () => {
   const s = normalizeSettings({
     serverUrl: "javascript:alert(1)",
     prefix: 5,
+    textPrefix: ["Says: "],
     mode: "sometimes",
     sitesAlways: ["Example.com", "example.com", "bad host", 3],
     allowBytes: "yes",
@@ -108,11 +110,14 @@ test("normalizeSettings drops what it cannot trust", () => {
   });
   assert.equal(s.serverUrl, DEFAULTS.serverUrl);
   assert.equal(s.prefix, DEFAULTS.prefix);
+  assert.equal(s.textPrefix, DEFAULTS.textPrefix);
   assert.equal(s.mode, "auto");
   assert.deepEqual(s.sitesAlways, ["example.com"]);
   assert.equal(s.allowBytes, false);
   assert.equal(s.consented, false);
   assert.equal(normalizeSettings({ prefix: "x".repeat(500) }).prefix.length, 80);
+  assert.equal(normalizeSettings({ textPrefix: "x".repeat(500) }).textPrefix.length, 80);
+  assert.equal(normalizeSettings({ textPrefix: "" }).textPrefix, ""); // no mark: the user's choice
 });
 
 test("withSite moves a host between the lists", () => {

@@ -57,6 +57,7 @@ def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 for image, result in pairs:
                     if "url" in image and isinstance(result.get("caption"), str):
                         svc.captions[image["url"]] = result["caption"]
+                        svc.results[image["url"]] = result
         return response
 
     with serve_app(app) as url:

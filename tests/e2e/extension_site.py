@@ -203,6 +203,7 @@ class Service:
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, agent
     captions: dict[str, str] = field(default_factory=dict)  # image URL -> caption sent back
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # image URL -> its result
     sent_urls: list[str] = field(default_factory=list)  # every image URL POSTed, in order
     sent_data: list[str] = field(default_factory=list)  # every image POSTed as data (its head)
     sent_sha256: list[str] = field(default_factory=list)  # and the SHA-256 of its bytes
@@ -211,6 +212,7 @@ class Service:
         with self.lock:
             self.requests.clear()
             self.captions.clear()
+            self.results.clear()
             self.sent_urls.clear()
             self.sent_data.clear()
             self.sent_sha256.clear()
@@ -222,6 +224,10 @@ class Service:
 
     def wait_for_caption(self, url: str) -> str:
         return wait_until(lambda: self.captions.get(url), f"no caption for {url}")
+
+    def wait_for_result(self, url: str) -> dict[str, Any]:
+        """The whole result the server sent for the image at ``url`` (caption, text, alt...)."""
+        return wait_until(lambda: self.results.get(url), f"no result for {url}")
 
 
 def sha256_of_data(data: str) -> str:
