@@ -4,6 +4,11 @@ Captioning costs a forward pass through CLIP and a GPT-2 decode; looking up a fi
 caption costs a key lookup. Results are keyed by (model id, decoding settings, SHA-256 of
 the image bytes) so a new model or different settings never serve a stale caption, and a
 second memo maps image URLs to the hash of their bytes so a repeated URL skips the download.
+The text read in an image (``captioner.read``) is cached apart from its caption, keyed by
+(reader's ``engine_id``, SHA-256 of the image bytes): it does not depend on the captioning
+model or its settings, and a new Tesseract, other languages or other reading rules change
+the ``engine_id`` and so never serve a stale reading. Only readings are stored, never a
+failure or a timeout: those are tried again next time.
 
 Backends:
 
@@ -33,10 +38,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from captioner.errors import ConfigError
+
+if TYPE_CHECKING:  # the type only: the cache itself needs no OCR engine
+    from captioner.read import Reading
 
 __all__ = [
     "Cache",
@@ -47,8 +55,11 @@ __all__ = [
     "cache_key",
     "caption_value",
     "get_caption",
+    "get_text",
     "open_cache",
     "sha256_hex",
+    "text_key",
+    "text_value",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +67,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KEY_VERSION = 1  # bump to invalidate every cached caption after a change in what a key means
+TEXT_KEY_VERSION = 1  # the same for every cached reading (text_key)
 DEFAULT_SQLITE_NAME = "cache.sqlite3"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CAPTION = "cap:"  # namespaces inside one store; Redis adds its own "altcap:" prefix
@@ -109,6 +121,32 @@ def get_caption(cache: Cache, key: str) -> dict[str, Any] | None:
         return None
     tokens = value.get("tokens")
     return value if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+
+
+def text_key(image_sha256: str, engine_id: str) -> str:
+    """Key of one image's reading: its bytes' SHA-256 and the reader that read it
+    (``TextPool.engine_id``: Tesseract's version, the languages, the reader's rules).
+
+    Its payload differs from every ``cache_key`` payload (a ``text`` field, no ``model``),
+    so the two kinds of entry share one store without meeting.
+    """
+    if not isinstance(engine_id, str) or not engine_id:
+        raise ValueError("engine_id must be a non-empty string")
+    payload = {"v": TEXT_KEY_VERSION, "text": engine_id, "image": _check_sha256(image_sha256)}
+    return sha256_hex(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
+
+
+def text_value(reading: Reading) -> dict[str, Any]:
+    """What is stored under a ``text_key``: a reading's text and whether the image is text."""
+    return {"text": reading.text, "mostly_text": reading.mostly_text}
+
+
+def get_text(cache: Cache, key: str) -> dict[str, Any] | None:
+    """The reading under ``key`` (``text_value``'s shape), or None (none, or another shape)."""
+    value = cache.get(key)
+    if value is None or not isinstance(value.get("text"), str):
+        return None
+    return value if isinstance(value.get("mostly_text"), bool) else None
 
 
 def _canonical(obj: object, where: str) -> object:

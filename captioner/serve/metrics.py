@@ -32,9 +32,12 @@ from prometheus_client.exposition import choose_encoder
 
 from captioner.serve.engine import Engine
 
-__all__ = ["MULTIPROC_ENV", "Metrics", "multiprocess_dir"]
+__all__ = ["MULTIPROC_ENV", "TEXT_READ_OUTCOMES", "Metrics", "multiprocess_dir"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
+# How reading an image's text ended: a reading with text, a reading without, the cache's
+# reading, or no reading (the warning codes ocr_timeout, ocr_failed, ocr_unavailable).
+TEXT_READ_OUTCOMES = ("text", "none", "cached", "timeout", "failed", "unavailable")
 
 
 def multiprocess_dir() -> str | None:
@@ -94,13 +97,13 @@ class Metrics:
             self.model_ready.set_function(lambda: 1.0 if engine.ready else 0.0)
         self.cache_hits = Counter(
             "altcap_cache_hits",
-            "Cache lookups that found an entry (kind: caption or url)",
+            "Cache lookups that found an entry (kind: caption, text or url)",
             ["kind"],
             registry=r,
         )
         self.cache_misses = Counter(
             "altcap_cache_misses",
-            "Cache lookups that found nothing (kind: caption or url)",
+            "Cache lookups that found nothing (kind: caption, text or url)",
             ["kind"],
             registry=r,
         )
@@ -110,6 +113,14 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.text_reads = Counter(
+            "altcap_text_reads",
+            "Images whose text was wanted, by outcome (" + ", ".join(TEXT_READ_OUTCOMES) + ")",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in TEXT_READ_OUTCOMES:  # every outcome scraped from the start, as 0
+            self.text_reads.labels(outcome)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """The engine's ``on_batch`` hook (runs in its worker thread: keep it quick)."""

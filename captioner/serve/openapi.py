@@ -12,7 +12,9 @@ from typing import Any
 
 from captioner.config import DECODING_METHODS, MAX_BEAM_SIZE, MAX_NEW_TOKENS, MAX_TEMPERATURE
 from captioner.crawl import urls
+from captioner.describe import ALT_FROM
 from captioner.serve.parsing import MAX_SEED, MAX_STOP_TOKEN
+from captioner.serve.service import TEXT_WARNING_OUTCOMES
 from captioner.serve.settings import Settings
 
 __all__ = ["build_openapi", "json_content", "schema_ref"]
@@ -29,6 +31,40 @@ LANGUAGE_DESCRIPTION = (
     "goes into where the page around it is in another language. Absent only from an answer "
     "given from the cache before the model has loaded, when the model is a name or Hub id."
 )
+READ_TEXT_DESCRIPTION = (
+    "Read the text in the images (OCR), for `text` and an `alt` that says it; false: captions "
+    "only (as with ALTCAP_OCR=off on the server)."
+)
+RESULT_PROPERTIES: dict[str, Any] = {  # one image's description (captioner/describe.py)
+    "caption": {
+        "type": "string",
+        "description": "The model's words, bounded as alt text; empty when it wrote nothing "
+        "readable",
+    },
+    "text": {
+        "type": "string",
+        "description": "What the image says, lines joined by a newline; empty when it says "
+        "nothing. Absent when its text was not read: read_text false, ALTCAP_OCR=off, or a "
+        "warning",
+    },
+    "alt": {
+        "type": "string",
+        "description": "What to write into the page: the text for an image of text, else the "
+        "caption, followed by 'Appears to say:' and the text when the picture has some",
+    },
+    "alt_from": {
+        "type": "string",
+        "enum": list(ALT_FROM),
+        "description": "What the alt was made of",
+    },
+    "warnings": {
+        "type": "array",
+        "items": {"type": "string", "enum": list(TEXT_WARNING_OUTCOMES)},
+        "minItems": 1,
+        "description": "Why the text is missing (the caption is answered all the same); "
+        "absent when there is nothing to say",
+    },
+}
 
 
 def json_content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +150,11 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "items": schema_ref("ImageInput"),
                 },
                 "decoding": schema_ref("Decoding"),
+                "read_text": {
+                    "type": "boolean",
+                    "default": True,
+                    "description": READ_TEXT_DESCRIPTION,
+                },
             },
         },
         "Source": {
@@ -128,14 +169,11 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         },
         "Caption": {
             "type": "object",
-            "required": ["caption", "tokens", "cached", "source"],
+            "required": ["caption", "alt", "alt_from", "tokens", "cached", "source"],
             "properties": {
-                "caption": {
-                    "type": "string",
-                    "description": "alt text; empty when the model wrote nothing readable",
-                },
+                **RESULT_PROPERTIES,
                 "tokens": {"type": "integer", "minimum": 0},
-                "cached": {"type": "boolean"},
+                "cached": {"type": "boolean", "description": "The caption came from the cache"},
                 "source": schema_ref("Source"),
             },
         },
@@ -187,6 +225,11 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                                         "type": "string",
                                         "description": "Decoding settings as JSON text",
                                     },
+                                    "read_text": {
+                                        "type": "boolean",
+                                        "description": "true or false (also 1 or 0). "
+                                        + READ_TEXT_DESCRIPTION,
+                                    },
                                 },
                             }
                         },
@@ -203,7 +246,14 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "in": "query",
                         "required": True,
                         "schema": {"type": "string", "maxLength": urls.MAX_URL_LENGTH},
-                    }
+                    },
+                    {
+                        "name": "read_text",
+                        "in": "query",
+                        "required": False,
+                        "description": "true or false (also 1 or 0). " + READ_TEXT_DESCRIPTION,
+                        "schema": {"type": "boolean", "default": True},
+                    },
                 ],
                 "responses": {
                     "200": captions_ok,

@@ -1,4 +1,5 @@
-"""Request bodies into ``Item``s and ``DecodingSettings``, with a clear error for bad input.
+"""Request bodies into ``Job``s (``Item``s, ``DecodingSettings``, ``read_text``), with a
+clear error for bad input.
 
 Kept apart from the views and free of Flask: the functions take the body bytes or the
 parsed multipart fields, so the rules (types, counts, base64 forms) read and test on their
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from captioner.config import DecodingSettings
 from captioner.errors import InvalidSettings
-from captioner.serve.service import InvalidRequest, Item
+from captioner.serve.service import InvalidRequest, Item, Job
 
 if TYPE_CHECKING:  # only the types: the views hand over werkzeug's parsed multipart fields
     from werkzeug.datastructures import FileStorage, MultiDict
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # only the types: the views hand over werkzeug's parsed multi
 __all__ = [
     "MAX_SEED",
     "MAX_STOP_TOKEN",
+    "READ_TEXT_WORDS",
     "check_count",
     "decode_base64",
     "empty_upload",
@@ -29,11 +31,14 @@ __all__ = [
     "parse_decoding",
     "parse_form",
     "parse_json",
+    "parse_read_text",
     "upload_item",
 ]
 
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; stay in the signed range
 MAX_STOP_TOKEN = 64  # characters: a stop "token" is a short piece of text
+# read_text as a form field or query parameter (JSON takes true or false): word -> value
+READ_TEXT_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 _NUMBER = (int, float)
 # decoding field -> (accepted JSON types, how to say so)
@@ -69,6 +74,18 @@ def parse_decoding(value: object) -> DecodingSettings:
     if isinstance(stop, str) and len(stop) > MAX_STOP_TOKEN:
         raise InvalidSettings(f"stop_token must be at most {MAX_STOP_TOKEN} characters")
     return DecodingSettings.from_dict(value)
+
+
+def parse_read_text(value: object) -> bool:
+    """The ``read_text`` flag: JSON ``true``/``false``, or a form or query word
+    (``READ_TEXT_WORDS``, any case); absent (None) means true."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in READ_TEXT_WORDS:
+        return READ_TEXT_WORDS[value.strip().lower()]
+    raise InvalidRequest("read_text must be true or false")
 
 
 def decode_base64(text: str) -> bytes:
@@ -126,22 +143,25 @@ def unencodable_string(value: Any) -> str | None:
     return None
 
 
-def parse_json(body: Any, max_images: int) -> tuple[list[Item], DecodingSettings]:
-    """``{"images": [{"url"} | {"data"}, ...], "decoding": {...}}``, already parsed
-    (``load_json``).
+def parse_json(body: Any, max_images: int) -> Job:
+    """``{"images": [{"url"} | {"data"}, ...], "decoding": {...}, "read_text": bool}``,
+    already parsed (``load_json``); the job has no deadline yet.
 
     Bad base64 in one image is that image's error, not the request's: the others still
     get their captions.
     """
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object with an images list")
-    unknown = set(body) - {"images", "decoding"}
+    unknown = set(body) - {"images", "decoding", "read_text"}
     if unknown:
         raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     raw_items = body.get("images")
     if not isinstance(raw_items, list):
         raise InvalidRequest("images must be a list of {url} or {data} objects")
     check_count(len(raw_items), max_images)
+    read_text = body.get("read_text", True)
+    if not isinstance(read_text, bool):  # JSON has booleans: no "false" strings here
+        raise InvalidRequest("read_text must be true or false")
     items = []
     for i, raw in enumerate(raw_items):
         if not isinstance(raw, dict) or len(raw) != 1 or not set(raw) <= {"url", "data"}:
@@ -158,13 +178,14 @@ def parse_json(body: Any, max_images: int) -> tuple[list[Item], DecodingSettings
         except InvalidRequest as exc:
             item.error = InvalidRequest(f"images[{i}].{exc.message}")
         items.append(item)
-    return items, parse_decoding(body.get("decoding"))
+    return Job(items, parse_decoding(body.get("decoding")), read_text=read_text)
 
 
 def parse_form(
     files: MultiDict[str, FileStorage], form: MultiDict[str, str], max_images: int
-) -> tuple[list[Item], DecodingSettings]:
-    """Multipart uploads (``image``, several allowed) and ``url`` fields, in that order."""
+) -> Job:
+    """Multipart uploads (``image``, several allowed) and ``url`` fields, in that order, a
+    ``decoding`` field (JSON text) and a ``read_text`` field (``parse_read_text``)."""
     items = [upload_item(f) for f in files.getlist("image") if not empty_upload(f)]
     items += [
         Item({"kind": "url", "url": u.strip()}, url=u.strip())
@@ -179,7 +200,8 @@ def parse_form(
             decoding = json.loads(decoding_text)
         except (ValueError, RecursionError):
             raise InvalidRequest("the decoding field must be a JSON object") from None
-    return items, parse_decoding(decoding)
+    read_text = parse_read_text(form.get("read_text"))
+    return Job(items, parse_decoding(decoding), read_text=read_text)
 
 
 def upload_item(upload: FileStorage) -> Item:

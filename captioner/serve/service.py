@@ -1,9 +1,15 @@
-"""One captioning request's way through the service: cache, download, decode, model.
+"""One captioning request's way through the service: cache, download, decode, model, text.
 
 This is the part of the HTTP service that needs no Flask: what one app's views share
 (``ServiceState``), the images of one request from input to result (``Item``, ``Job``),
 and ``run_job``, which fills in a result or an error for every image. The views in
 ``captioner.web.api`` parse a request into a ``Job``, call ``run_job`` and render the items.
+
+Reading the text in an image (``captioner.read``) runs beside the captioning: an image is
+handed to the app's reader pool as soon as it is decoded, so its text is read while the
+engine computes the batch its caption is in; its outcome is collected after the caption.
+A reading that fails, times out or cannot happen (no Tesseract) costs the image its text,
+never its caption: the result then carries the warning's code and an alt from the caption.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,12 +26,22 @@ from typing import Any
 from PIL import Image
 
 from captioner import images
-from captioner.alttext import alt_text
 from captioner.config import DecodingSettings
 from captioner.crawl import fetch
-from captioner.errors import AltCapError, InvalidSettings
+from captioner.describe import describe
+from captioner.errors import AltCapError, InvalidSettings, OcrError, OcrTimeout, OcrUnavailable
 from captioner.model.identity import ModelIdentity
-from captioner.serve.cache import Cache, cache_key, caption_value, get_caption, sha256_hex
+from captioner.read import Reading, TextPool, open_pool
+from captioner.serve.cache import (
+    Cache,
+    cache_key,
+    caption_value,
+    get_caption,
+    get_text,
+    sha256_hex,
+    text_key,
+    text_value,
+)
 from captioner.serve.engine import DeadlineExceeded, Engine, Overloaded
 from captioner.serve.metrics import Metrics
 from captioner.serve.settings import Settings
@@ -40,10 +56,18 @@ __all__ = [
     "UnsupportedMediaType",
     "check_model_limits",
     "lookup_url_memo",
+    "open_text_pool",
     "run_job",
 ]
 
 FETCH_THREADS = 8  # URLs of one request downloaded in parallel
+# A reading's warning code -> its outcome in the altcap_text_reads metric
+# (metrics.TEXT_READ_OUTCOMES); any other code counts as "failed".
+TEXT_WARNING_OUTCOMES = {
+    OcrTimeout.code: "timeout",
+    OcrError.code: "failed",
+    OcrUnavailable.code: "unavailable",
+}
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -118,17 +142,48 @@ class ServiceState:
     jobs: Any = None  # captioner.jobs.queue.JobQueue, set by jobs_api.init_app
     # Blueprints registered elsewhere add their paths to /openapi.json: f(doc, settings).
     openapi_parts: list[Callable[[dict[str, Any], Settings], None]] = field(default_factory=list)
+    # Reading the text in images (``open_text_pool``): the pool, or None with the warning
+    # every result then carries ("ocr_unavailable"), or None and None when ALTCAP_OCR=off.
+    reader: TextPool | None = None
+    reader_warning: str | None = None
     admission: Admission = field(init=False)  # from settings.max_in_flight
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.max_in_flight)
 
+    def captions_language(self) -> str | None:
+        """The language tag of the captions served: the loaded model's; before it has loaded
+        (answers from the cache), what the model directory says, if it is one; else None."""
+        captioner = self.engine.captioner
+        return captioner.language if captioner is not None else self.model.language
+
     def close(self) -> None:
-        """Stop the job consumer and the engine, release the cache (tests; a clean shutdown)."""
+        """Stop the job consumer, the engine and the readers, release the cache (tests; a
+        clean shutdown)."""
         if self.jobs is not None:
             self.jobs.close()  # first: its chunks in flight still need the engine
         self.engine.close()
+        if self.reader is not None:
+            self.reader.close()
         self.cache.close()
+
+
+def open_text_pool(settings: Settings, model: ModelIdentity) -> tuple[TextPool | None, str | None]:
+    """The app's reader pool for the text in images, opened once per process.
+
+    ``open_pool``'s ``(pool, None)``, ``(None, "ocr_unavailable")`` or, with ``ALTCAP_OCR=off``,
+    ``(None, None)``. Opened at start-up, before the model has loaded (in its thread): the
+    captions' language comes from the model directory's config (``model.language``), else it
+    is "en", ClipCap's, which is also what a registry name or Hub id serves. It only matters
+    when ``ALTCAP_OCR_LANGS`` is empty.
+    """
+    return open_pool(
+        settings.ocr == "on",
+        settings.ocr_langs,
+        model.language or "en",
+        threads=settings.ocr_threads,
+        timeout_s=settings.ocr_timeout_s,
+    )
 
 
 # --- one image on its way through a request ----------------------------------------------
@@ -143,9 +198,14 @@ class Item:
     data: bytes | None = None
     sha: str | None = None  # SHA-256 of the image bytes, once known
     memo_checked: bool = False  # the URL memo was already consulted
-    image: Image.Image | None = None  # decoded, waiting for the model
-    result: dict[str, Any] | None = None  # {"caption", "tokens"}
-    cached: bool = False
+    image: Image.Image | None = None  # decoded, waiting for the model and/or the reader
+    # {"caption", "tokens"} (caption_value) until the end of run_job, then
+    # {"caption", "text"?, "alt", "alt_from", "tokens"} (describe)
+    result: dict[str, Any] | None = None
+    cached: bool = False  # the caption came from the cache
+    reading: Future[Reading] | None = None  # the text being read
+    text: dict[str, Any] | None = None  # {"text", "mostly_text"} (text_value), once known
+    warnings: list[str] = field(default_factory=list)  # codes: why the text is missing
     error: AltCapError | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -155,21 +215,21 @@ class Item:
         if self.error is not None or self.result is None:
             error = self.error or InvalidRequest("the image was not processed")
             return {"error": error.to_dict(), "source": source}
-        return {
-            "caption": self.result["caption"],
-            "tokens": self.result["tokens"],
-            "cached": self.cached,
-            "source": source,
-        }
+        out = {**self.result, "cached": self.cached, "source": source}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 @dataclass
 class Job:
-    """A captioning request: its images, its decoding settings and its deadline."""
+    """A captioning request: its images, its decoding settings, its deadline, and whether
+    the text in its images is wanted (``read_text``; the service may have reading off)."""
 
     items: list[Item]
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
     deadline: float = math.inf  # time.monotonic()
+    read_text: bool = True
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -193,15 +253,29 @@ def check_model_limits(engine: Engine, decoding: DecodingSettings) -> None:
 def run_job(st: ServiceState, job: Job) -> None:
     """Fill in every item's result or error; raise only for the whole request.
 
-    Order of work: the URL memo and the caption cache first (a repeated URL is answered
-    without downloading anything), then downloads and decoding (in parallel threads when
-    there are several images), then one call to the engine for whatever is left, whose
-    images can share batches with other requests'. Beyond ``max_in_flight`` requests at
-    once, raises ``Overloaded`` before any of that. A result's caption is what may become
-    alt text: ``alttext.alt_text``, at most ``max_alt_chars`` (cached or not).
+    Order of work: the URL memo and the caches first (a repeated URL is answered without
+    downloading anything when its caption and its text are both cached), then downloads
+    and decoding (in parallel threads when there are several images), each decoded image
+    handed to the reader pool at once, then one call to the engine for whatever is left,
+    whose images can share batches with other requests'; last, the readings, waited for
+    within the request's time. Beyond ``max_in_flight`` requests at once, raises
+    ``Overloaded`` before any of that. Each result is ``describe``'s (``caption``, ``text``,
+    ``alt``, ``alt_from``, bounded by ``Settings.alt_rule``) with the caption's ``tokens``,
+    cached or not.
     """
     with st.admission.slot(st.engine.retry_after):
-        _run_job(st, job)
+        try:
+            _run_job(st, job)
+        finally:  # a request that failed whole leaves no reading behind
+            for item in job.items:
+                if item.reading is not None:
+                    item.reading.cancel()
+                item.reading, item.image = None, None
+
+
+def _reader(st: ServiceState, job: Job) -> TextPool | None:
+    """The pool that reads this job's text, or None: not wanted, or the service cannot."""
+    return st.reader if job.read_text else None
 
 
 def _run_job(st: ServiceState, job: Job) -> None:
@@ -214,7 +288,8 @@ def _run_job(st: ServiceState, job: Job) -> None:
         for item in todo:
             _prepare(st, job, settings, item)
 
-    waiting = [item for item in todo if item.image is not None]
+    # The images still to caption; the others (cached captions) may be here for their text.
+    waiting = [item for item in todo if item.image is not None and item.result is None]
     if waiting:
         remaining = job.remaining()
         if remaining <= 0:
@@ -223,7 +298,6 @@ def _run_job(st: ServiceState, job: Job) -> None:
             [item.image for item in waiting], job.decoding, timeout_s=remaining
         )
         for item, outcome in zip(waiting, outcomes, strict=True):
-            item.image = None
             if isinstance(outcome, AltCapError):
                 if outcome.http_status >= 500:  # the service, not this image: fail the request
                     raise outcome
@@ -232,12 +306,52 @@ def _run_job(st: ServiceState, job: Job) -> None:
             item.result = caption_value(outcome.text, outcome.tokens)
             st.cache.set(cache_key(st.model.cache_id, settings, str(item.sha)), item.result)
 
+    reader = _reader(st, job)
+    for item in todo:
+        if reader is not None and item.reading is not None and item.error is None:
+            _collect_text(st, job, reader, item)
+
+    language = st.captions_language()
+    rule = st.settings.alt_rule()
+    unavailable = job.read_text and st.reader is None and st.reader_warning is not None
     for item in job.items:
         if item.result is not None:  # the cache keeps the model's words; alt is bounded here
-            alt = alt_text(item.result["caption"], st.settings.max_alt_chars)
-            item.result = {**item.result, "caption": alt}
+            if unavailable:
+                item.warnings.append(str(st.reader_warning))
+                st.metrics.text_reads.labels(_text_outcome(str(st.reader_warning))).inc()
+            text = item.text or {}
+            described = describe(
+                item.result["caption"],
+                text.get("text"),
+                bool(text.get("mostly_text")),
+                language=language,
+                rule=rule,
+            )
+            item.result = {**described, "tokens": item.result["tokens"]}
         outcome = "error" if item.error else "cached" if item.cached else "captioned"
         st.metrics.images.labels(outcome).inc()
+
+
+def _collect_text(st: ServiceState, job: Job, reader: TextPool, item: Item) -> None:
+    """Wait for ``item``'s reading (within the request's time) and cache what it read."""
+    assert item.reading is not None
+    # The reader's own timeout counts from the submit, which was earlier: waiting this long
+    # from now is enough, and the request's deadline stays the request's.
+    wait_s = min(job.remaining(), reader.timeout_s)
+    reading, warning = reader.outcome(item.reading, timeout_s=wait_s)
+    item.reading = None
+    if reading is None:  # logged by the pool; never cached, so read again next time
+        code = warning or OcrError.code
+        item.warnings.append(code)
+        st.metrics.text_reads.labels(_text_outcome(code)).inc()
+        return
+    item.text = text_value(reading)
+    st.cache.set(text_key(str(item.sha), reader.engine_id), item.text)
+    st.metrics.text_reads.labels("text" if reading.text else "none").inc()
+
+
+def _text_outcome(code: str) -> str:
+    return TEXT_WARNING_OUTCOMES.get(code, "failed")
 
 
 def lookup_url_memo(st: ServiceState, item: Item) -> None:
@@ -250,11 +364,14 @@ def lookup_url_memo(st: ServiceState, item: Item) -> None:
 
 
 def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -> None:
-    """Cache lookups, download and decoding for one item; errors stay with the item."""
+    """Cache lookups, download, decoding and the start of reading for one item; errors stay
+    with the item."""
     try:
         model = st.model.cache_id
         lookup_url_memo(st, item)
-        if item.sha is not None and _from_cache(st, item, cache_key(model, settings, item.sha)):
+        if item.sha is not None and _from_cache(
+            st, job, item, cache_key(model, settings, item.sha)
+        ):
             return
         if item.data is None and item.url is not None:
             remaining = job.remaining()
@@ -274,17 +391,41 @@ def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -
         item.sha = sha256_hex(data)
         if item.url is not None and st.settings.url_ttl_s > 0:
             st.cache.set_url_hash(item.url, item.sha, st.settings.url_ttl_s)
-        if item.sha != known and _from_cache(st, item, cache_key(model, settings, item.sha)):
+        if item.sha != known and _from_cache(st, job, item, cache_key(model, settings, item.sha)):
             return
         item.image = images.load_image(data, max_pixels=st.settings.max_image_pixels)
         item.data = None  # the decoded image is all that is needed from here on
+        reader = _reader(st, job)
+        if reader is not None:  # read while the engine captions
+            item.reading = reader.submit(item.image)
     except AltCapError as exc:
-        item.error = exc
+        if item.cached and item.result is not None:
+            # The caption came from the cache; only its text needed the image, and getting
+            # the image failed (a URL that is gone since): the caption, without text.
+            code = OcrTimeout.code if isinstance(exc, DeadlineExceeded) else OcrError.code
+            item.warnings.append(code)
+            st.metrics.text_reads.labels(_text_outcome(code)).inc()
+        else:
+            item.error = exc
 
 
-def _from_cache(st: ServiceState, item: Item, key: str) -> bool:
+def _from_cache(st: ServiceState, job: Job, item: Item, key: str) -> bool:
+    """Whether the cache answers ``item`` whole: its caption, and its text when wanted.
+
+    A cached caption whose text is wanted and not cached stays in ``item.result``: the
+    image is then still fetched and decoded, for the reader only.
+    """
     value = get_caption(st.cache, key)
     st.metrics.cache_lookup("caption", value is not None)
-    if value is not None:
-        item.result, item.cached, item.data = value, True, None
-    return value is not None
+    item.result, item.cached, item.text = value, value is not None, None
+    if value is None:
+        return False
+    reader = _reader(st, job)
+    if reader is not None:
+        item.text = get_text(st.cache, text_key(str(item.sha), reader.engine_id))
+        st.metrics.cache_lookup("text", item.text is not None)
+        if item.text is None:
+            return False
+        st.metrics.text_reads.labels("cached").inc()
+    item.data = None
+    return True

@@ -6,11 +6,13 @@ model), ``parsing`` (request bodies), ``metrics`` (Prometheus) and ``openapi`` (
 document). ``init_app`` wires one application:
 
 - ``api`` (``/v1/captions``): JSON or multipart in, one result or one error per image out,
-  in order, so one broken image never costs the others their captions;
+  in order, so one broken image never costs the others their captions; each result has the
+  caption, the text in the image (``read_text``) and the alt made of them;
 - ``ops``: ``/healthz`` (the process is alive), ``/readyz`` (the model is loaded),
   ``/metrics`` (Prometheus), ``/openapi.json``;
 - ``page``: ``/``, a form that works without JavaScript (``POST /caption-form`` renders the
-  result) and is enhanced by a few lines of JavaScript when it is there.
+  result: the alt, and the caption and text it was made of) and is enhanced by a few lines
+  of JavaScript when it is there.
 
 Cross-cutting rules apply to all of them: every error is ``{"error": {"code", "message"}}``
 with a stable code and never a traceback; optional API keys (``Authorization: Bearer``,
@@ -67,6 +69,7 @@ from captioner.serve.service import (
     UnsupportedMediaType,
     check_model_limits,
     lookup_url_memo,
+    open_text_pool,
     run_job,
 )
 from captioner.serve.settings import Settings
@@ -130,7 +133,7 @@ HTTP_CODES = {
 # --- from the request to a job ------------------------------------------------------------
 
 
-def parse_request(max_images: int) -> tuple[list[Item], DecodingSettings]:
+def parse_request(max_images: int) -> Job:
     mimetype = request.mimetype
     if is_json_request():
         return parsing.parse_json(request_json(), max_images)
@@ -142,10 +145,12 @@ def parse_request(max_images: int) -> tuple[list[Item], DecodingSettings]:
     )
 
 
-def new_job(items: list[Item], decoding: DecodingSettings) -> Job:
+def new_job(job: Job) -> Job:
+    """``job`` with the request's deadline, once its settings fit the model."""
     st = state()
-    check_model_limits(st.engine, decoding)
-    return Job(items, decoding, time.monotonic() + st.settings.request_timeout_s)
+    check_model_limits(st.engine, job.decoding)
+    job.deadline = time.monotonic() + st.settings.request_timeout_s
+    return job
 
 
 # --- /v1/captions ------------------------------------------------------------------------
@@ -155,8 +160,7 @@ def new_job(items: list[Item], decoding: DecodingSettings) -> Job:
 def captions_post() -> Response:
     """Caption up to ``max_images_per_request`` images; per-image errors, in order, 200."""
     st = state()
-    items, decoding = parse_request(st.settings.max_images_per_request)
-    job = new_job(items, decoding)
+    job = new_job(parse_request(st.settings.max_images_per_request))
     run_job(st, job)
     return jsonify(_envelope(st, job))
 
@@ -168,24 +172,35 @@ def captions_get() -> Response:
     url = request.args.get("url", "").strip()
     if not url:
         raise InvalidRequest("the url query parameter is required")
+    read_text = parsing.parse_read_text(request.args.get("read_text"))
     item = Item({"kind": "url", "url": url}, url=url)
-    job = new_job([item], DecodingSettings())
-    settings = job.decoding.to_dict()
+    job = new_job(Job([item], DecodingSettings(), read_text=read_text))
     lookup_url_memo(st, item)
     if item.sha is not None:  # answer a revalidation without downloading or captioning
-        etag = cache_key(st.model.cache_id, settings, item.sha)
+        etag = _etag(st, job, item.sha)
         if request.if_none_match.contains_weak(etag):
             return _not_modified(st, etag)
     run_job(st, job)
     if item.error is not None:
         raise item.error
-    etag = cache_key(st.model.cache_id, settings, str(item.sha))  # set: the image was read
+    response = jsonify(_envelope(st, job))
+    if item.warnings:  # the text could not be read: an answer to replace, not to keep
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    etag = _etag(st, job, str(item.sha))  # set: the image was read
     if request.if_none_match.contains_weak(etag):
         return _not_modified(st, etag)
-    response = jsonify(_envelope(st, job))
     response.set_etag(etag, weak=True)  # weak: "cached" differs between equivalent answers
     response.headers["Cache-Control"] = _cache_control(st)
     return response
+
+
+def _etag(st: ServiceState, job: Job, sha: str) -> str:
+    """The validator of a GET answer: the caption's cache key, with what read the text (or
+    that none did) among its settings, so a new reader or ``read_text`` is a new answer."""
+    reader = st.reader.engine_id if st.reader is not None and job.read_text else ""
+    settings = {**job.decoding.to_dict(), "text_engine": reader}
+    return cache_key(st.model.cache_id, settings, sha)
 
 
 def _envelope(st: ServiceState, job: Job) -> dict[str, Any]:
@@ -201,10 +216,8 @@ def _envelope(st: ServiceState, job: Job) -> dict[str, Any]:
 
 
 def captions_language(st: ServiceState) -> str | None:
-    """The language tag of the captions served: the loaded model's; before it has loaded
-    (answers from the cache), what the model directory says, if it is one; else None."""
-    captioner = st.engine.captioner
-    return captioner.language if captioner is not None else st.model.language
+    """The language tag of the captions served (``ServiceState.captions_language``)."""
+    return st.captions_language()
 
 
 def _not_modified(st: ServiceState, etag: str) -> Response:
@@ -302,7 +315,7 @@ def caption_form() -> tuple[str, int]:
         item = Item({"kind": "url", "url": url}, url=url)
     else:
         raise InvalidRequest("choose an image file or paste an image URL")
-    run_job(st, new_job([item], DecodingSettings()))
+    run_job(st, new_job(Job([item])))
     if item.error is not None:
         raise item.error
     return render_page(result=item.to_json(), url=url), 200
@@ -310,6 +323,22 @@ def caption_form() -> tuple[str, int]:
 
 # what the page says for an empty caption (batch reports give the same reason)
 NO_CAPTION = f"No suggestion: {NO_CAPTION_MESSAGE}."
+# The page's words for a result's parts; the page's JavaScript reads them from the page.
+PAGE_WORDS: dict[str, Any] = {
+    "caption": "The model's caption",
+    "text": "Text in the image",
+    "no_text": "No text was found in the image.",
+    "alt_from": {  # describe.ALT_FROM
+        "caption": "Made from the model's caption.",
+        "text": "Made from the text in the image: the image is mostly text.",
+        "caption_and_text": "Made from the model's caption and the text in the image.",
+    },
+    "warnings": {  # service.TEXT_WARNING_OUTCOMES
+        "ocr_timeout": "The text in the image was not read: reading it took too long.",
+        "ocr_failed": "The text in the image was not read: reading it failed.",
+        "ocr_unavailable": "The text in the image was not read: this server cannot read text.",
+    },
+}
 
 
 def render_page(
@@ -325,6 +354,7 @@ def render_page(
         model=st.model.name,
         language=lang_to_mark("en", captions_language(st)),  # the page itself is English
         no_caption=NO_CAPTION,
+        words=PAGE_WORDS,
     )
 
 
@@ -423,12 +453,22 @@ def init_app(
     cache: Cache,
     model: ModelIdentity | None = None,
 ) -> ServiceState:
-    """Attach the service to ``app``: state, hooks (in order), blueprints, error handlers.
+    """Attach the service to ``app``: state (with the reader pool for the text in images,
+    ``open_text_pool``), hooks (in order), blueprints, error handlers.
 
     ``model`` is the served model's identity (``captioner.model.identity``), computed here from
     ``settings.model`` unless the caller (``create_app``) already has it."""
     model = model or model_identity(settings.model)
-    st = ServiceState(settings, engine, cache, Metrics(engine), model)
+    reader, reader_warning = open_text_pool(settings, model)  # once per process (worker)
+    st = ServiceState(
+        settings,
+        engine,
+        cache,
+        Metrics(engine),
+        model,
+        reader=reader,
+        reader_warning=reader_warning,
+    )
     app.extensions["altcap"] = st
     engine.on_batch = st.metrics.observe_batch
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length

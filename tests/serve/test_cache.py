@@ -15,6 +15,7 @@ import redis
 from redis_server import RedisServer, RedisServerError, free_port
 
 from captioner.errors import AltCapError
+from captioner.read import Line, Reading
 from captioner.serve.cache import (
     Cache,
     CacheConfigError,
@@ -24,8 +25,11 @@ from captioner.serve.cache import (
     cache_key,
     caption_value,
     get_caption,
+    get_text,
     open_cache,
     sha256_hex,
+    text_key,
+    text_value,
 )
 
 SHA_A = sha256_hex(b"image a")
@@ -184,6 +188,42 @@ def test_get_caption_serves_only_caption_results(cache: Cache) -> None:
     for wrong in ({"caption": "A"}, {"caption": 7, "tokens": 3}, {"caption": "A", "tokens": True}):
         cache.set(key, wrong)
         assert get_caption(cache, key) is None
+
+
+def test_text_key_is_pinned_and_apart_from_caption_keys() -> None:
+    # The service and batch jobs share readings under these keys: change them on purpose
+    # (bump TEXT_KEY_VERSION) and update this value.
+    engine = "tesseract-5.5.4:eng:r1"
+    assert text_key(SHA_A, engine) == (
+        "f3509c62b1f36f752f340614a2f3c034229ac9e70b7aac5ee396f08806a7975e"
+    )
+    keys = {
+        text_key(SHA_A, engine),
+        text_key(SHA_B, engine),
+        text_key(SHA_A, "tesseract-5.5.4:eng+deu:r1"),  # other languages
+        text_key(SHA_A, "tesseract-5.5.4:eng:r2"),  # other reading rules
+        cache_key(engine, {}, SHA_A),
+    }
+    assert len(keys) == 5
+    assert text_key(SHA_A.upper(), engine) == text_key(SHA_A, engine)
+    for sha, engine_id in (("not-a-hash", engine), (SHA_A, "")):
+        with pytest.raises(ValueError):
+            text_key(sha, engine_id)
+
+
+def test_get_text_serves_only_readings(cache: Cache) -> None:
+    key = text_key(SHA_A, "tesseract-5.5.4:eng:r1")
+    assert get_text(cache, key) is None
+    reading = Reading(
+        (Line(("SALE", "50%"), 91.0, (0, 0, 10, 10)), Line(("OFF",), 90.0, (0, 12, 10, 20))), True
+    )
+    cache.set(key, text_value(reading))
+    assert get_text(cache, key) == {"text": "SALE 50%\nOFF", "mostly_text": True}
+    cache.set(key, text_value(Reading()))
+    assert get_text(cache, key) == {"text": "", "mostly_text": False}
+    for wrong in ({"text": "A"}, {"text": 7, "mostly_text": True}, {"text": "A", "mostly_text": 1}):
+        cache.set(key, wrong)
+        assert get_text(cache, key) is None
 
 
 def test_miss(cache: Cache) -> None:

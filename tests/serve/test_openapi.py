@@ -36,3 +36,27 @@ def test_each_documented_maximum_is_the_settings_maximum(field: str, past: float
 def test_min_tokens_is_bounded_like_max_tokens() -> None:
     props = decoding_schema()
     assert props["min_tokens"]["maximum"] == props["max_tokens"]["maximum"]
+
+
+def test_results_document_caption_text_and_alt() -> None:
+    """A result's alt_from and warnings take the values the service gives (one declaration
+    each: ``describe.ALT_FROM``, the service's warning codes), and read_text is an input of
+    every way to ask."""
+    from captioner.describe import ALT_FROM
+    from captioner.serve.service import TEXT_WARNING_OUTCOMES
+
+    doc = build_openapi(Settings.load({}, {}))
+    schemas = doc["components"]["schemas"]
+    caption = schemas["Caption"]
+    assert {"caption", "alt", "alt_from"} <= set(caption["required"])
+    assert "text" not in caption["required"] and "warnings" not in caption["required"]
+    props = caption["properties"]
+    assert props["alt_from"]["enum"] == list(ALT_FROM)
+    assert props["warnings"]["items"]["enum"] == list(TEXT_WARNING_OUTCOMES)
+    assert props["text"]["type"] == "string"
+
+    assert schemas["CaptionsRequest"]["properties"]["read_text"]["type"] == "boolean"
+    post = doc["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
+    assert "read_text" in post["multipart/form-data"]["schema"]["properties"]
+    get = doc["paths"]["/v1/captions"]["get"]["parameters"]
+    assert [p["schema"]["type"] for p in get if p["name"] == "read_text"] == ["boolean"]

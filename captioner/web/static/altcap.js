@@ -1,6 +1,7 @@
 // Progressive enhancement for the AltCap page: send the form with fetch() to /v1/captions
-// and announce the caption in the live region, without reloading the page. Without
-// JavaScript the same form posts to /caption-form and the server renders the result.
+// and announce the alt text (and the caption and text it was made of) in the live region,
+// without reloading the page. Without JavaScript the same form posts to /caption-form and
+// the server renders the result.
 "use strict";
 
 (function () {
@@ -8,26 +9,69 @@
   const result = document.getElementById("result");
   if (!form || !result || !window.fetch || !window.FormData) return;
 
-  // kind: "caption", "empty", "error" or "progress"; the live region announces what it holds.
-  function show(text, kind, language) {
-    const parts = [];
-    if (kind === "caption") parts.push(["", "Suggested alt text (machine-generated):"]);
+  // The page's words for a result's parts (the server's PAGE_WORDS).
+  let words = {};
+  try {
+    words = JSON.parse(result.dataset.words || "{}");
+  } catch (err) {
+    words = {};
+  }
+
+  function paragraph(text, id, cls, language) {
+    const p = document.createElement("p");
+    if (id) p.id = id;
+    if (cls) p.className = cls;
+    if (language) p.lang = language;
+    p.textContent = text;
+    return p;
+  }
+
+  // kind: "empty", "error" or "progress"; the live region announces what it holds.
+  function show(text, kind) {
     if (kind === "error") text = "Error: " + text;
-    parts.push([kind, text]);
-    result.replaceChildren(
-      ...parts.map(([cls, content]) => {
-        const p = document.createElement("p");
-        if (cls) p.id = p.className = cls;
-        if (cls === "empty") p.className = "hint";
-        // The caption in its own language, where that is not the page's (a model trained
-        // on other captions may not write English).
-        if (cls === "caption" && language && primary(language) !== primary(document.documentElement.lang)) {
-          p.lang = language;
-        }
-        p.textContent = content;
-        return p;
-      })
-    );
+    const p = kind === "empty" ? paragraph(text, "empty", "hint") : paragraph(text, kind, kind);
+    result.replaceChildren(p);
+  }
+
+  // One result of /v1/captions: the alt, and the caption and text it was made of, as the
+  // server renders them on /caption-form.
+  function showResult(r, language) {
+    // The caption in its own language, where that is not the page's (a model trained on
+    // other captions may not write English).
+    const lang = language && primary(language) !== primary(document.documentElement.lang) ? language : "";
+    const alt = typeof r.alt === "string" ? r.alt : r.caption; // a server without text reading
+    const from = r.alt_from || "caption";
+    if (!alt) {
+      show(result.dataset.empty, "empty");
+      return;
+    }
+    const parts = [paragraph("Suggested alt text (machine-generated):")];
+    if (from === "caption") {
+      parts.push(paragraph(r.caption, "caption", "caption", lang));
+    } else {
+      parts.push(paragraph(alt, "alt", "caption", from === "caption_and_text" ? lang : ""));
+      parts.push(paragraph((words.alt_from || {})[from] || "", "alt-from", "hint"));
+      const list = document.createElement("dl");
+      list.className = "parts";
+      const add = (term, text, id, cls, language) => {
+        const dt = document.createElement("dt");
+        dt.textContent = term;
+        const dd = document.createElement("dd");
+        dd.id = id;
+        if (cls) dd.className = cls;
+        if (language) dd.lang = language;
+        dd.textContent = text;
+        list.append(dt, dd);
+      };
+      if (r.caption) add(words.caption || "Caption", r.caption, "caption", "", lang);
+      add(words.text || "Text", r.text || "", "text", "text", "");
+      parts.push(list);
+    }
+    if (r.text === "" && words.no_text) parts.push(paragraph(words.no_text, "no-text", "hint"));
+    for (const code of r.warnings || []) {
+      parts.push(paragraph((words.warnings || {})[code] || code, "", "hint warning"));
+    }
+    result.replaceChildren(...parts);
   }
 
   function primary(tag) {
@@ -62,10 +106,8 @@
         show(message, "error");
       } else if (body.results[0].error) {
         show(body.results[0].error.message, "error");
-      } else if (body.results[0].caption) {
-        show(body.results[0].caption, "caption", body.language);
       } else {
-        show(result.dataset.empty, "empty");
+        showResult(body.results[0], body.language);
       }
     } catch (err) {
       show("the server could not be reached", "error");
