@@ -19,6 +19,8 @@ are images of text). Prints Markdown; ``--json`` writes the numbers.
 
     python bench/ocr.py                          # 350 images, seed 2026
     python bench/ocr.py --via-cli --batch 200    # + the CLI path, + batch throughput
+    python bench/ocr.py --via-cli --batch 200 --json bench/results/ocr-cpu.json \
+        --markdown bench/results/ocr-cpu.md        # the figures in docs/ocr.md
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-share", type=float, default=0.3, help="images of text in --batch")
     p.add_argument("--batch-tiny", action="store_true", help="the tiny model in --batch")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--markdown", help="write the table here (docs/ocr.md includes it)")
     args = p.parse_args(argv)
 
     samples = make_set(args.images, seed=args.seed)
@@ -220,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         result["cli"] = run_cli(samples, model)
     if args.batch:
         result["batch"] = run_batch(args.batch, args.text_share, args.batch_tiny)
-    print(markdown(result))
+    table = markdown(result)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
