@@ -1,5 +1,5 @@
 """Command-line options shared by the subcommands that caption (``caption``, ``batch``,
-``evaluate``).
+``evaluate``), and those that read the text in images (``caption``, ``batch``).
 
 One declaration, so the same flag has the same name, default and help everywhere, and the
 defaults are ``DecodingSettings``'s own: changing a default there changes every CLI.
@@ -13,7 +13,13 @@ from typing import Any, get_args
 
 from captioner.config import DecodingMethod, DecodingSettings
 
-__all__ = ["DTYPE_CHOICES", "add_decoding_arguments", "add_device_arguments", "decoding_from_args"]
+__all__ = [
+    "DTYPE_CHOICES",
+    "add_decoding_arguments",
+    "add_device_arguments",
+    "add_reading_arguments",
+    "decoding_from_args",
+]
 
 # The names captioner.DTYPES accepts, spelt out here so the CLI need not import torch.
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
@@ -65,3 +71,21 @@ def add_device_arguments(parser: Any) -> None:
     """Add ``--device`` and ``--dtype``, passed on to ``Captioner.from_pretrained``."""
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="(default: auto)")
+
+
+def add_reading_arguments(parser: Any) -> None:
+    """Add ``--no-read-text`` and ``--ocr-langs`` (``args.read_text``, ``args.ocr_langs``;
+    None: ``ALTCAP_OCR_LANGS``). ``ALTCAP_OCR=off`` turns reading off whatever the flags."""
+    parser.add_argument(
+        "--no-read-text",
+        dest="read_text",
+        action="store_false",
+        help="do not read the text in images (OCR): alt is the caption",
+    )
+    parser.add_argument(
+        "--ocr-langs",
+        default=None,
+        metavar="LANGS",
+        help="languages of the text in images, as en,de or eng+deu (default: ALTCAP_OCR_LANGS,"
+        " else the captions' language)",
+    )

@@ -10,6 +10,9 @@ name ``site`` would be shadowed by the standard library's ``site`` module). The 
 * ``/blog/post.html``: ``<base href="/assets/">``, ``../``, root-relative and
   protocol-relative URLs, an image shared with the index;
 * ``/latin1.html``: an ISO-8859-1 page (patched copies must keep its encoding);
+* ``/text.html`` (in no sitemap): an image of text (``SALE_TEXT``, its alt is its text), a
+  picture with a small sign (``SIGN_TEXT``: caption, then "Appears to say: OPEN") and a
+  plain picture;
 * ``/private/secret.html``: disallowed by ``/robots.txt``; ``/notes.txt``: not HTML;
 * ``/sitemap_index.xml`` -> ``/sitemap-main.xml``, ``/sitemap-more.xml.gz`` (gzip) and
   ``/sitemap-broken.xml`` (404), listing the pages above and ``/gone.html`` (404).
@@ -21,6 +24,7 @@ gzip bomb, ``Content-Encoding: gzip``); ``Site.requests`` logs every path asked 
 from __future__ import annotations
 
 import gzip
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +33,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from helpers import QuietHandler, png_bytes
+from PIL import Image, ImageDraw, ImageFont
 
 # Image files of the site (path under the root -> colour); each a distinct real PNG.
 IMAGES: dict[str, tuple[int, int, int]] = {
@@ -107,6 +112,23 @@ POST_HTML = """<html><head><base href="/assets/"><title>A post</title></head>
 </body></html>
 """
 
+# Images of text, drawn with a real font for the real OCR engine to read.
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+SALE_TEXT = "SALE 50% OFF"  # img/sale.png: black on white, 40 px, nothing else
+SIGN_TEXT = "OPEN"  # img/shop.png: a sign in a drawn landscape
+
+TEXT_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Images of text</title></head>
+<body>
+<h1>Images of text</h1>
+<img src="img/sale.png">
+<img src="img/shop.png" alt="photo">
+<img src="img/missing.png">
+</body>
+</html>
+"""
+
 LATIN1_HTML = """<html><head><meta charset="iso-8859-1"><title>Café</title></head>
 <body><p>Crème brûlée.</p><img src="latin/caf.png"></body></html>
 """
@@ -159,11 +181,39 @@ class Site:
         target.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sale_png() -> bytes:
+    """An image of text: ``SALE_TEXT`` in black on white, 40 px DejaVu Sans."""
+    image = Image.new("RGB", (420, 80), "white")
+    ImageDraw.Draw(image).text((20, 15), SALE_TEXT, fill="black", font=ImageFont.truetype(FONT, 40))
+    return _png(image)
+
+
+def shop_png() -> bytes:
+    """A picture with some text: sky, grass, a sun and a small sign saying ``SIGN_TEXT``."""
+    image = Image.new("RGB", (320, 240), (70, 130, 180))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 170, 320, 240), fill=(60, 140, 60))
+    draw.ellipse((220, 30, 280, 90), fill=(250, 220, 60))
+    draw.rectangle((40, 60, 190, 110), fill="white", outline="black", width=3)
+    draw.text((55, 68), SIGN_TEXT, fill="black", font=ImageFont.truetype(FONT, 28))
+    draw.rectangle((110, 110, 120, 190), fill=(100, 70, 40))  # its post
+    return _png(image)
+
+
 def build_site(site: Site) -> None:
     """Write the site's files (the server must be up: sitemaps hold absolute URLs)."""
     for path, color in IMAGES.items():
         site.write(path, png_bytes(color))
     site.write("img/notanimage.png", "this is text, not a PNG\n")
+    site.write("img/sale.png", sale_png())
+    site.write("img/shop.png", shop_png())
+    site.write("text.html", TEXT_HTML)
     site.write("index.html", INDEX_HTML)
     site.write("blog/post.html", POST_HTML.format(host=site.host))
     site.write("latin1.html", LATIN1_HTML.encode("iso-8859-1"))

@@ -18,7 +18,12 @@ from typing import Any
 from urllib.parse import quote
 
 from captioner.cli.progress import progress
-from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
+from captioner.cliopts import (
+    add_decoding_arguments,
+    add_device_arguments,
+    add_reading_arguments,
+    decoding_from_args,
+)
 from captioner.crawl.crawler import Crawler
 from captioner.crawl.pages import MODES
 from captioner.crawl.urls import FetchLimits
@@ -35,8 +40,10 @@ from captioner.jobs.plan import (
     patched_pages,
     plan,
 )
+from captioner.jobs.reading import Describer
 from captioner.jobs.reports import FORMATS, format_for_path, write_rows
 from captioner.jobs.rows import STATUSES, page_counts, verdict_counts
+from captioner.serve.settings import Settings
 
 __all__ = ["InvalidOutput", "register", "run", "summary_line"]
 
@@ -107,6 +114,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     add_decoding_arguments(p)
     add_device_arguments(p)
+    add_reading_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars or lines on stderr")
     p.set_defaults(func=run)
 
@@ -214,7 +222,11 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         _output_dir(out_dir, "--patched-dir")
 
+    service = Settings.load(os.environ)  # ALTCAP_OCR*, ALTCAP_MAX_ALT_CHARS: as the service
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    describer = Describer.open(
+        service, cap.language, read_text=args.read_text, langs=args.ocr_langs
+    )
     limits = FetchLimits(allow_private=args.allow_private, allow_private_hint=ALLOW_PRIVATE_HINT)
     crawler = Crawler(limits, delay_s=args.delay, respect_robots=not args.ignore_robots)
     show = "none" if args.no_progress else "bars" if sys.stderr.isatty() else "lines"
@@ -230,14 +242,18 @@ def run(args: argparse.Namespace) -> int:
             counted=lambda n: setattr(bar, "total", n),
         )
     with progress(show if job.todo else "none", "images", "image", len(job.todo)) as bar:
-        captions = caption_rows(
-            job.rows,
-            cap,
-            settings,
-            limits=limits,
-            batch_size=args.batch_size,
-            progress=bar.update,
-        )
+        try:
+            alts = caption_rows(
+                job.rows,
+                cap,
+                settings,
+                limits=limits,
+                batch_size=args.batch_size,
+                progress=bar.update,
+                describer=describer,
+            )
+        finally:
+            describer.close()
 
     wrote = []
     for out, fmt in reports:
@@ -252,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             wrote.append(f"wrote the {fmt} report to {Path(out).resolve()}")
     if out_dir is not None:
         copies = 0
-        for page, text in patched_pages(job.pages, captions, cap.language):
+        for page, text in patched_pages(job.pages, alts, cap.language):
             _write_text(out_dir / patched_name(page.index, page.url), text, page.encoding)
             copies += 1
         wrote.append(f"wrote {_count(copies, 'patched page')} to {out_dir.resolve()}{os.sep}")

@@ -17,10 +17,17 @@ from typing import Any
 
 from captioner.cli import batch, worker
 from captioner.cli.train import register_embed, register_evaluate, register_train
-from captioner.cliopts import add_decoding_arguments, add_device_arguments, decoding_from_args
+from captioner.cliopts import (
+    add_decoding_arguments,
+    add_device_arguments,
+    add_reading_arguments,
+    decoding_from_args,
+)
 from captioner.errors import AltCapError, NotAnImage
 from captioner.images import load_image
+from captioner.jobs.reading import Describer, cancel
 from captioner.model.identity import model_identity
+from captioner.serve.settings import Settings
 from captioner.train.data import IMAGE_EXTENSIONS
 
 EXIT_USAGE = 2
@@ -28,30 +35,49 @@ EXIT_FAILED = 1
 
 
 def _caption(args: argparse.Namespace) -> int:
+    """Caption image files, reading their text meanwhile; print each one's alt (``--json``:
+    one object per image with ``caption``, ``text``, ``alt``, ``alt_from`` and, when its
+    text could not be read, ``warnings``)."""
     from captioner.pipeline import Captioner  # torch: when the command runs, not for --help
 
     settings = decoding_from_args(args)
+    service = Settings.load(os.environ)  # ALTCAP_OCR*, ALTCAP_MAX_ALT_CHARS: as the service
     paths, failed = _image_paths(args.images, args.json)
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     model = model_identity(args.model).name  # --json: the public name, as the service reports it
     language = cap.language
+    describer = Describer.open(service, language, read_text=args.read_text, langs=args.ocr_langs)
     named = len(paths) > 1 or any(map(os.path.isdir, args.images))  # a folder's: always
-    # a batch at a time: a folder of many images is never held in memory at once
-    for start in range(0, len(paths), args.batch_size):
-        loaded = []
-        for path in paths[start : start + args.batch_size]:  # one bad file fails alone
+    try:
+        # a batch at a time: a folder of many images is never held in memory at once
+        for start in range(0, len(paths), args.batch_size):
+            loaded = []
+            for path in paths[start : start + args.batch_size]:  # one bad file fails alone
+                try:
+                    loaded.append((path, load_image(path, max_pixels=cap.max_pixels)))
+                except AltCapError as e:
+                    failed += 1
+                    _report(path, e, args.json)
+            reading = [describer.submit(im) for _, im in loaded]  # beside the model
             try:
-                loaded.append((path, load_image(path, max_pixels=cap.max_pixels)))
-            except AltCapError as e:
-                failed += 1
-                _report(path, e, args.json)
-        results = cap.caption([im for _, im in loaded], settings, batch_size=args.batch_size)
-        for (path, _), r in zip(loaded, results, strict=True):
-            if args.json:
-                line = {"image": path, **r.to_dict(), "model": model, "language": language}
-                print(json.dumps(line))
-            else:
-                print(f"{path}\t{r.text}" if named else r.text)
+                results = cap.caption(
+                    [im for _, im in loaded], settings, batch_size=args.batch_size
+                )
+            except BaseException:
+                cancel(reading)
+                raise
+            for (path, _), r, future in zip(loaded, results, reading, strict=True):
+                text, warning = describer.collect(future)
+                described = describer.describe(r.text, text)
+                if args.json:
+                    line = {"image": path, **r.to_dict(), **described}
+                    if warning:
+                        line["warnings"] = [warning]
+                    print(json.dumps({**line, "model": model, "language": language}))
+                else:
+                    print(f"{path}\t{described['alt']}" if named else described["alt"])
+    finally:
+        describer.close()
     return EXIT_FAILED if failed else 0
 
 
@@ -119,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_arguments(c)
     c.add_argument("--batch-size", type=int, default=32)
     add_device_arguments(c)
-    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_reading_arguments(c)
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: caption, text, alt, alt_from and more",
+    )
     c.set_defaults(func=_caption)
 
     v = sub.add_parser("convert-clipcap", help="convert a ClipCap .pt checkpoint to a model dir")

@@ -81,6 +81,13 @@ class EngineBackend:
         self.engine = engine
         self.max_pixels = max_pixels
 
+    @property
+    def language(self) -> str | None:
+        """The captions' language tag once the model has loaded (else the consumer takes
+        the model directory's, ``ModelIdentity.language``)."""
+        captioner = self.engine.captioner
+        return captioner.language if captioner is not None else None
+
     def wait_ready(self, timeout: float) -> bool:
         return self.engine.wait_ready(timeout)
 
@@ -115,6 +122,7 @@ class CaptionerBackend:
     def __init__(self, captioner: Captioner) -> None:
         self.captioner = captioner
         self.max_pixels = captioner.max_pixels
+        self.language = captioner.language  # the captions' (the alt's "Appears to say:")
         self._lock = threading.Lock()  # one batch at a time; downloads run beside it
 
     def wait_ready(self, timeout: float) -> bool:

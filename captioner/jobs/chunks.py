@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from captioner.errors import AltCapError
-from captioner.jobs.rows import PENDING, caption_outcome, verdict_counts
+from captioner.jobs.rows import PENDING, verdict_counts
 from captioner.jobs.store import (
     Plan,
 )
@@ -21,9 +21,10 @@ HTML_NOT_KEPT = "html_not_kept"  # the error of a page whose HTML was past MAX_J
 
 
 def _rows(
-    items: Sequence[Mapping[str, Any]], outcomes: Mapping[str, str | AltCapError]
+    items: Sequence[Mapping[str, Any]], outcomes: Mapping[str, Mapping[str, Any] | AltCapError]
 ) -> dict[int, dict[str, Any]]:
-    """The finished rows of a chunk: every occurrence of every image, by seq."""
+    """The finished rows of a chunk: every occurrence of every image, by seq; an image's
+    outcome is its error or its described fields (``rows.described``)."""
     out: dict[int, dict[str, Any]] = {}
     for item in items:
         outcome = outcomes[item["url"]]
@@ -32,7 +33,7 @@ def _rows(
             if isinstance(outcome, AltCapError):
                 row.update(status="failed", error_code=outcome.code, error_message=outcome.message)
             else:
-                row.update(caption_outcome(outcome))
+                row.update(outcome)
             out[seq] = row
     return out
 

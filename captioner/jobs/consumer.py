@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from captioner.alttext import alt_text
 from captioner.config import DecodingSettings
 from captioner.crawl import fetch
 from captioner.crawl.crawler import Crawler
@@ -37,6 +36,7 @@ from captioner.jobs.chunks import (
     _rows,
     build_plan,
 )
+from captioner.jobs.reading import Describer, cancel
 from captioner.jobs.store import (
     ACTIVE_STATES,
     FINISHED,
@@ -51,12 +51,17 @@ from captioner.serve.cache import (
     cache_key,
     caption_value,
     get_caption,
+    get_text,
     sha256_hex,
+    text_key,
 )
 from captioner.serve.settings import Settings
 
 if TYPE_CHECKING:
     from huey import Huey
+    from PIL import Image
+
+    from captioner.read import TextPool
 from captioner.jobs.queue import JobQueue
 
 __all__ = [
@@ -133,6 +138,7 @@ class JobConsumer:
         workers: int,
         cache: Cache | None = None,
         model: ModelIdentity | None = None,
+        text_pool: TextPool | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("a consumer needs at least one worker thread")
@@ -153,6 +159,16 @@ class JobConsumer:
         self._keeper: threading.Thread | None = None
         self._started = False
         self.host_slots, self.pacer, self._close_politeness = _politeness(self.settings)
+        # The text in images, read beside the captioning (ALTCAP_OCR*): the service's reader
+        # pool when it passes one (closed by the service), else one of this consumer's own.
+        # A job may ask for none ("read_text": false): the same alt rule, no reader.
+        language = getattr(backend, "language", None) or self.model.language or "en"
+        if text_pool is not None:
+            self.describer = Describer(text_pool, None, self.settings.alt_rule(), language)
+        else:
+            self.describer = Describer.open(self.settings, language)
+        self._own_pool = text_pool is None
+        self.no_text = self.describer.without_text()
         self.huey_consumer = _consumer(queue.huey, workers)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -174,6 +190,7 @@ class JobConsumer:
             self._stopping.set()
             self._give_back()
             self._close_politeness()
+            self._close_pool()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking work; wait up to ``timeout`` for the chunks in flight, then give back
@@ -184,8 +201,13 @@ class JobConsumer:
             self.huey_consumer.stop(graceful=True)
         self._give_back()
         self._close_politeness()
+        self._close_pool()
         if self._keeper is not None:
             self._keeper.join(timeout=2)
+
+    def _close_pool(self) -> None:
+        if self._own_pool:
+            self.describer.close()
 
     @property
     def stopping(self) -> bool:
@@ -402,48 +424,78 @@ class JobConsumer:
             return _rows(claim.items, {item["url"]: error for item in claim.items})
 
     def _caption_chunk(self, job: Mapping[str, Any], claim: Claim) -> dict[int, dict[str, Any]]:
+        """Download the chunk's images, read their text while the model captions them, and
+        describe each (``reading.Describer``); captions and readings come from the cache
+        where it has them, and go into it otherwise."""
         decoding = DecodingSettings.from_dict(job["spec"]["decoding"])
         settings = decoding.to_dict()
         model = self.model.cache_id
         limits = self.settings.fetch_limits()
         urls = [item["url"] for item in claim.items]
-        outcomes: dict[str, str | AltCapError] = {}
+        describer = self.describer if job["spec"].get("read_text", True) else self.no_text
+        engine = describer.pool.engine_id if describer.pool is not None else None
 
-        def prepare(url: str) -> tuple[str, Any, str | None]:
-            """(url, a caption from the cache / a decoded image / an error, image sha)."""
+        def prepare(url: str) -> _Prepared | AltCapError:
+            """The image's cached caption and reading, and the decoded image if one is missing."""
             try:
                 with self.host_slots.hold(url):
                     data = fetch.fetch_image(url, limits).data
-                sha = sha256_hex(data)
-                hit = get_caption(self.cache, cache_key(model, settings, sha))
-                if hit is not None:
-                    return url, hit["caption"], sha
-                return url, load_image(data, max_pixels=self.backend.max_pixels), sha
+                got = _Prepared(sha256_hex(data))
+                hit = get_caption(self.cache, cache_key(model, settings, got.sha))
+                got.caption = hit["caption"] if hit is not None else None
+                if engine is not None:
+                    got.text = get_text(self.cache, text_key(got.sha, engine))
+                if got.caption is None or (engine is not None and got.text is None):
+                    got.image = load_image(data, max_pixels=self.backend.max_pixels)
+                return got
             except AltCapError as exc:
-                return url, exc, None
+                return exc
 
         with ThreadPoolExecutor(min(FETCH_THREADS, len(urls)), "altcap-job-fetch") as pool:
-            prepared = list(pool.map(prepare, urls))
-        todo = []
-        for url, value, sha in prepared:
-            if isinstance(value, (str, AltCapError)):
-                outcomes[url] = value
-            else:
-                todo.append((url, value, sha))
-        if todo:
-            results = self.backend.caption([image for _, image, _ in todo], decoding)
-            for (url, _, sha), result in zip(todo, results, strict=True):
-                if isinstance(result, AltCapError):
-                    outcomes[url] = result
-                    continue
-                outcomes[url] = result.text
-                value = caption_value(result.text, result.tokens)
-                self.cache.set(cache_key(model, settings, str(sha)), value)
-        limit = self.settings.max_alt_chars  # rows hold alt text: the model's words, bounded
-        for url, outcome in outcomes.items():
-            if isinstance(outcome, str):
-                outcomes[url] = alt_text(outcome, limit)
+            prepared = dict(zip(urls, pool.map(prepare, urls), strict=True))
+        good = {url: p for url, p in prepared.items() if isinstance(p, _Prepared)}
+        reading = {  # read beside the captioning below (Tesseract releases the GIL)
+            url: describer.submit(p.image)
+            for url, p in good.items()
+            if p.image is not None and engine is not None and p.text is None
+        }
+        outcomes: dict[str, Mapping[str, Any] | AltCapError] = {
+            url: p for url, p in prepared.items() if isinstance(p, AltCapError)
+        }
+        todo = [(url, p) for url, p in good.items() if p.caption is None]
+        try:
+            if todo:
+                images = [p.image for _, p in todo]
+                results = self.backend.caption(images, decoding)  # type: ignore[arg-type]
+                for (url, p), result in zip(todo, results, strict=True):
+                    if isinstance(result, AltCapError):
+                        outcomes[url] = result
+                        continue
+                    p.caption = result.text
+                    value = caption_value(result.text, result.tokens)
+                    self.cache.set(cache_key(model, settings, p.sha), value)
+        except BaseException:
+            cancel(reading.values())
+            raise
+        for url, p in good.items():
+            warning = describer.warning if engine is None else None
+            if url in reading:
+                p.text, warning = describer.collect(reading[url])
+                if p.text is not None and engine is not None:
+                    self.cache.set(text_key(p.sha, engine), p.text)
+            if url not in outcomes:
+                outcomes[url] = describer.fields(str(p.caption), p.text, warning)
         return _rows(claim.items, outcomes)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """One image of a chunk on its way to a row: what the cache had, the image for the rest."""
+
+    sha: str
+    caption: str | None = None
+    text: dict[str, Any] | None = None  # reading.text_value's
+    image: Image.Image | None = None
 
 
 def _consumer(huey: Huey, workers: int) -> Any:
@@ -493,13 +545,17 @@ def start_consumer(
     cache: Cache | None = None,
     embedded: bool = True,
     model: ModelIdentity | None = None,
+    text_pool: TextPool | None = None,
 ) -> JobConsumer:
     """Start consuming in this process: ``workers`` huey threads, plus a keeper thread
     for heartbeats and sweeps. ``embedded``: inside another program (the web service),
-    so leave signal handling to it. ``model``: see ``JobConsumer``. One consumer per queue."""
+    so leave signal handling to it. ``model``: see ``JobConsumer``; ``text_pool``: the
+    service's reader pool, shared (else the consumer opens its own). One consumer per queue."""
     if queue.consumer is not None:
         raise RuntimeError("this JobQueue already has a consumer")
-    consumer = JobConsumer(queue, backend, workers=workers, cache=cache, model=model)
+    consumer = JobConsumer(
+        queue, backend, workers=workers, cache=cache, model=model, text_pool=text_pool
+    )
     queue.consumer = consumer
     if embedded:
         consumer.start()

@@ -1,5 +1,5 @@
 """Batch results as a web page people read: the report's rows by page, each image shown
-beside its verdict, the author's alt and the suggested one.
+beside its verdict, the author's alt, the suggested one and the text read in it.
 
 The JSON, JSON Lines and CSV reports are for programs and spreadsheets; this one is for the
 people who fix the alt text (content editors), who need to see the picture to judge a
@@ -20,10 +20,11 @@ from typing import Any, TextIO
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from captioner.errors import OcrError, OcrTimeout, OcrUnavailable
 from captioner.jobs.rows import ROBOTS, verdict_counts
 from captioner.lang import lang_to_mark
 
-__all__ = ["VERDICT_LABELS", "write_html"]
+__all__ = ["VERDICT_LABELS", "WARNING_LABELS", "write_html"]
 
 # What each verdict (pages.VERDICTS) means, in the report's words.
 VERDICT_LABELS = {
@@ -32,6 +33,12 @@ VERDICT_LABELS = {
     "empty_link": "Empty alt, and the image is all its link or button holds",
     "ok": "Has alt text",
     "decorative": "Decorative (empty alt)",
+}
+# What a row's warnings (its text not read: captioner.errors' OCR codes) mean, in words.
+WARNING_LABELS = {
+    OcrError.code: "the text in it could not be read",
+    OcrTimeout.code: "reading the text in it took too long",
+    OcrUnavailable.code: "no text was read (the OCR engine is not installed)",
 }
 # Images on no page: the rows of a job or run over image URLs.
 NO_PAGE = "Image addresses given directly"
@@ -96,6 +103,7 @@ def write_html(
         found=found,
         pages=pages,
         labels=VERDICT_LABELS,
+        warning_labels=WARNING_LABELS,
         no_page=NO_PAGE,
         web=_is_web_url,
         robots=ROBOTS,

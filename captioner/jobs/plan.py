@@ -6,7 +6,8 @@ lack useful alt text, each with a suggested description, and optionally patched 
 pages:
 
     source ──page_urls──▶ pages ──plan──▶ rows (pending / skipped / failed)
-           ──caption_rows──▶ rows done or failed ──patched_pages──▶ HTML with alt filled in
+           ──caption_rows──▶ rows done (caption, text, alt) or failed
+           ──patched_pages──▶ HTML with alt filled in
 
 Rows are images, except one row (``image_url`` None) for each page or sitemap that was not
 read: ``failed`` with its error, or ``skipped`` with ``robots_disallowed`` where the site's
@@ -23,15 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from captioner.alttext import MAX_ALT_CHARS, alt_text
+from captioner.alttext import MAX_ALT_CHARS
 from captioner.config import DecodingSettings
 from captioner.crawl.crawler import Crawler
 from captioner.crawl.fetch import fetch_image
 from captioner.crawl.pages import MODES, RobotsDisallowed, find_images, needs_caption, patch_html
 from captioner.crawl.urls import FetchLimits, Resolver
+from captioner.describe import AltRule
 from captioner.errors import AltCapError, InvalidSettings
 from captioner.images import load_image
-from captioner.jobs.rows import PENDING, caption_outcome, make_row
+from captioner.jobs.reading import Describer, cancel
+from captioner.jobs.rows import PENDING, make_row
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
@@ -161,7 +164,7 @@ def plan(
     wanted: set[str] = set()
 
     def add(page_url: str | None, image_url: str, alt: str | None, verdict: str | None) -> None:
-        fields = dict(page_url=page_url, image_url=image_url, alt=alt, verdict=verdict)
+        fields = dict(page_url=page_url, image_url=image_url, author_alt=alt, verdict=verdict)
         if not needs_caption(verdict, mode):
             result.rows.append(make_row(**fields, status="skipped"))
         elif image_url in wanted or len(wanted) < max_images:
@@ -225,23 +228,28 @@ def caption_rows(
     resolver: Resolver | None = None,
     progress: Progress | None = None,
     max_alt_chars: int = MAX_ALT_CHARS,
+    describer: Describer | None = None,
 ) -> dict[str, str]:
-    """Download and caption every distinct image of the ``pending`` rows, and finish those
-    rows (``done`` with a caption, ``skipped`` with ``no_caption`` when it cleaned to nothing,
-    or ``failed`` with the download or decode error) in place. A row's caption is alt text:
-    ``alttext.alt_text``, at most ``max_alt_chars``.
+    """Download, read and caption every distinct image of the ``pending`` rows, and finish
+    those rows in place: ``done`` with caption, text and alt (``reading.Describer``),
+    ``skipped`` with ``no_caption`` when there is nothing to say, or ``failed`` with the
+    download or decode error. A text that could not be read is a warning of the row.
 
     Images are fetched with the service's SSRF-safe ``fetch_image`` a few at a time, the
     next batch while the model captions this one, and captioned in batches of
-    ``batch_size``. Returns image URL -> caption of those done, what ``patch_html`` takes.
+    ``batch_size``; their text is read meanwhile, on the describer's threads. Without a
+    ``describer`` no text is read and alt is the caption, at most ``max_alt_chars``.
+    Returns image URL -> alt of those done, what ``patch_html`` takes.
     """
     if batch_size < 1:
         raise InvalidSettings("batch_size must be >= 1")
+    if describer is None:
+        describer = Describer(rule=AltRule(max_chars=max_alt_chars))
     by_url: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == PENDING:
             by_url.setdefault(row["image_url"], []).append(row)
-    captions: dict[str, str] = {}
+    alts: dict[str, str] = {}
     urls = list(by_url)
     max_pixels = getattr(captioner, "max_pixels", 40_000_000)
     chunks = [urls[i : i + batch_size] for i in range(0, len(urls), batch_size)]
@@ -262,22 +270,27 @@ def caption_rows(
                 else:
                     good.append((url, outcome))
             if good:
+                reading = [describer.submit(im) for _, im in good]  # beside the model
                 try:
                     pixels = captioner.preprocess([im for _, im in good])
                     results = captioner.caption_pixels(pixels, settings)
                 except AltCapError as exc:  # the whole batch shares the failure
+                    cancel(reading)
                     for url, _ in good:
                         _finish(by_url[url], status="failed", error=exc)
+                except BaseException:
+                    cancel(reading)
+                    raise
                 else:
-                    for (url, _), result in zip(good, results, strict=True):
-                        alt = alt_text(result.text, max_alt_chars)
-                        outcome = caption_outcome(alt)
+                    for (url, _), result, future in zip(good, results, reading, strict=True):
+                        text, warning = describer.collect(future)
+                        outcome = describer.fields(result.text, text, warning)
                         _finish(by_url[url], **outcome)
                         if outcome["status"] == "done":
-                            captions[url] = alt
+                            alts[url] = outcome["alt"]
             if progress:
                 progress(len(chunk))
-    return captions
+    return alts
 
 
 def _finish(rows: Iterable[dict[str, Any]], **outcome: Any) -> None:
@@ -300,13 +313,14 @@ def patched_name(index: int, url: str) -> str:
 
 
 def patched_pages(
-    pages: Iterable[PageResult], captions: Mapping[str, str], language: str | None = None
+    pages: Iterable[PageResult], alts: Mapping[str, str], language: str | None = None
 ) -> Iterator[tuple[PageResult, str]]:
-    """(page, its HTML with the suggested alt filled in) for every page that was fetched;
-    ``language``: the captions' (see ``patch_html``)."""
+    """(page, its HTML with the suggested alt filled in) for every page that was fetched:
+    ``alts`` is image URL -> alt (``caption_rows``'); ``language``: the captions' (see
+    ``patch_html``)."""
     for page in pages:
         if patchable(page):
-            yield page, patch_html(page.html, str(page.final_url), captions, language)
+            yield page, patch_html(page.html, str(page.final_url), alts, language)
 
 
 def patchable(page: PageResult) -> bool:

@@ -81,7 +81,7 @@ from captioner.jobs.request import (
     _sha,
     _translating,
 )
-from captioner.jobs.rows import page_counts
+from captioner.jobs.rows import page_counts, upgraded
 from captioner.jobs.store import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -260,6 +260,7 @@ class JobQueue:
             "source": shown,
             "mode": spec["mode"],
             "decoding": spec["decoding"],
+            "read_text": spec.get("read_text", True),  # jobs stored before it read text
             "webhook": spec.get("webhook"),
             "counts": {
                 "total": total,
@@ -301,13 +302,13 @@ class JobQueue:
     @_translating
     def rows(self, job_id: str, scope: str | None = None) -> list[dict[str, Any]]:
         self.get(job_id, scope)
-        return self.store.rows(job_id)
+        return [upgraded(row) for row in self.store.rows(job_id)]
 
     @_translating
     def patched_page(
         self, job_id: str, n: int, scope: str | None = None, language: str | None = None
     ) -> str:
-        """Page ``n`` (1-based, as in ``pages``) with the job's captions filled in as alt;
+        """Page ``n`` (1-based, as in ``pages``) with the job's suggested alt filled in;
         ``language``: the captions' language tag (see ``pages.patch_html``)."""
 
         self.get(job_id, scope)
@@ -319,12 +320,12 @@ class JobQueue:
             if kept and kept[0]["error"].get("code") == HTML_NOT_KEPT:
                 raise PageNotFound(f"job {job_id} page {n}: {kept[0]['error']['message']}")
             raise PageNotFound(f"job {job_id} has no fetched page {n}")
-        captions = {
-            row["image_url"]: row["caption"]
-            for row in self.store.rows(job_id)
+        alts = {
+            row["image_url"]: row["alt"]
+            for row in map(upgraded, self.store.rows(job_id))
             if row.get("status") == "done" and row.get("page_url") == page["url"]
         }
-        return patch_html(page["html"], page["final_url"] or page["url"], captions, language)
+        return patch_html(page["html"], page["final_url"] or page["url"], alts, language)
 
     @_translating
     def cancel(self, job_id: str, scope: str | None = None) -> dict[str, Any]:

@@ -63,6 +63,8 @@ def _project(row: Mapping[str, Any]) -> dict[str, Any]:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, (list, tuple)):  # warnings: codes, one cell, space-separated
+        value = " ".join(map(str, value))
     text = str(value)
     return "'" + text if text.startswith(_FORMULA_START) else text
 
@@ -78,10 +80,11 @@ def write_rows(
     """Write ``rows`` (only the ``RESULT_FIELDS``, in that order) to ``out``.
 
     ``json`` is one array document, ``jsonl`` one object per line, ``csv`` a header row and
-    quoted cells (``None`` is an empty cell). Rows are streamed: a job's results need not fit
-    in one string. ``html`` is a page to read, by page; ``language`` (the captions' language
-    tag) marks its suggestions where they are not English, and ``patched`` (page URL -> the
-    address of its patched copy) links each page to it.
+    quoted cells (``None`` is an empty cell, ``warnings`` its codes separated by spaces, an
+    image's ``text`` keeps its line breaks inside the quotes). Rows are streamed: a job's
+    results need not fit in one string. ``html`` is a page to read, by page; ``language``
+    (the captions' language tag) marks its suggestions where they are not English, and
+    ``patched`` (page URL -> the address of its patched copy) links each page to it.
     """
     _check(fmt)
     if fmt == "html":

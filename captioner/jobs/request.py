@@ -51,6 +51,7 @@ JOB_FIELDS = frozenset(
         "webhook",
         "max_pages",
         "max_images",
+        "read_text",
     }
 )
 
@@ -193,6 +194,9 @@ def parse_job(
             raise InvalidJob("decoding must be an object")
         decoding = DecodingSettings.from_dict(raw)
     webhook = body.get("webhook")
+    read_text = body.get("read_text", True)
+    if not isinstance(read_text, bool):
+        raise InvalidJob("read_text must be true or false")
     return {
         "source": source,
         "mode": mode,
@@ -200,6 +204,7 @@ def parse_job(
         "webhook": _check_url(webhook, "webhook") if webhook is not None else None,
         "max_pages": _limit(body, "max_pages", settings.job_max_pages),
         "max_images": _limit(body, "max_images", settings.job_max_images),
+        "read_text": read_text,  # off: alt is the caption (ALTCAP_OCR=off turns it off for all)
     }
 
 

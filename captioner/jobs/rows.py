@@ -19,19 +19,24 @@ __all__ = [
     "RESULT_FIELDS",
     "ROBOTS",
     "STATUSES",
-    "caption_outcome",
+    "described",
     "make_row",
     "page_counts",
+    "upgraded",
     "verdict_counts",
 ]
 
 RESULT_FIELDS = (
     "page_url",  # the page the image is on; None for image URLs given directly
     "image_url",  # absolute URL of the image; None for a row about a page that failed
-    "alt",  # the author's alt as written; None when the attribute is absent
+    "author_alt",  # the author's alt as written; None when the attribute is absent
     "verdict",  # missing | meaningless | empty_link | decorative | ok; None for bare image URLs
     "status",  # done | failed | skipped
-    "caption",  # the suggested alt text when done
+    "caption",  # the model's words (bounded as alt) when done
+    "text",  # what the image says, lines joined by "\n"; "" none; None when not read
+    "alt",  # the suggested alt text when done: caption, text or both (captioner.describe)
+    "alt_from",  # caption | text | caption_and_text (describe.ALT_FROM) when done
+    "warnings",  # codes of what went wrong without failing the row (ocr_timeout...); a list
     "error_code",  # stable code (captioner.errors) when failed, or why it was skipped
     "error_message",
 )
@@ -48,10 +53,14 @@ def make_row(
     *,
     page_url: str | None,
     image_url: str | None,
-    alt: str | None = None,
+    author_alt: str | None = None,
     verdict: str | None = None,
     status: str,
     caption: str | None = None,
+    text: str | None = None,
+    alt: str | None = None,
+    alt_from: str | None = None,
+    warnings: Iterable[str] = (),
     error: AltCapError | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
@@ -62,21 +71,57 @@ def make_row(
     return {
         "page_url": page_url,
         "image_url": image_url,
-        "alt": alt,
+        "author_alt": author_alt,
         "verdict": verdict,
         "status": status,
         "caption": caption,
+        "text": text,
+        "alt": alt,
+        "alt_from": alt_from,
+        "warnings": list(warnings),
         "error_code": error_code,
         "error_message": error_message,
     }
 
 
-def caption_outcome(caption: str) -> dict[str, Any]:
-    """The fields of a row whose image was captioned: ``done`` with its caption, or, for a
-    caption that cleaned to nothing, ``skipped`` with ``error_code`` ``no_caption``."""
-    if caption:
-        return {"status": "done", "caption": caption}
-    return {"status": "skipped", "error_code": NO_CAPTION, "error_message": NO_CAPTION_MESSAGE}
+def described(description: Mapping[str, Any], warnings: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of a row whose image was described (``describe.describe``'s answer).
+
+    ``done`` with its caption, text and alt; or, when there is no alt (a caption that
+    cleaned to nothing and no text), ``skipped`` with ``error_code`` ``no_caption``.
+    ``warnings`` are codes of what failed without failing the row (the text not read).
+    """
+    fields = {"text": description.get("text"), "warnings": list(warnings)}
+    if description["alt"]:
+        return {
+            **fields,
+            "status": "done",
+            "caption": description["caption"],
+            "alt": description["alt"],
+            "alt_from": description["alt_from"],
+        }
+    return {
+        **fields,
+        "status": "skipped",
+        "error_code": NO_CAPTION,
+        "error_message": NO_CAPTION_MESSAGE,
+    }
+
+
+def upgraded(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row stored before the text in images was read, in today's fields: its ``alt`` was
+    the author's (now ``author_alt``), its ``caption`` the suggested alt (now ``alt``)."""
+    if "author_alt" in row:
+        return dict(row)
+    old = dict(row)
+    old["author_alt"] = old.pop("alt", None)
+    done = old.get("status") == "done"
+    return {
+        **make_row(page_url=None, image_url=None, status=""),
+        **old,
+        "alt": old.get("caption") if done else None,
+        "alt_from": "caption" if done else None,
+    }
 
 
 def page_counts(errors: Iterable[str | None]) -> dict[str, int]:

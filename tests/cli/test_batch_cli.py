@@ -10,13 +10,14 @@ import time
 
 import pytest
 from bs4 import BeautifulSoup
-from testsite import INDEX_HTML, LATIN1_HTML, serve_site
+from testsite import INDEX_HTML, LATIN1_HTML, SALE_TEXT, SIGN_TEXT, TEXT_HTML, serve_site
 
 from captioner.alttext import alt_text
 from captioner.cli import progress as progress_module
 from captioner.cli.batch import summary_line
 from captioner.cli.main import main
 from captioner.cli.progress import ProgressLines
+from captioner.describe import describe
 from captioner.jobs.plan import patched_name
 from captioner.jobs.rows import page_counts
 
@@ -25,10 +26,14 @@ METADATA_URL = "http://169.254.169.254/latest/logo.png"
 FIELDS = [
     "page_url",
     "image_url",
-    "alt",
+    "author_alt",
     "verdict",
     "status",
     "caption",
+    "text",
+    "alt",
+    "alt_from",
+    "warnings",
     "error_code",
     "error_message",
 ]
@@ -133,14 +138,16 @@ def test_sitemap_to_csv_report_and_patched_pages(
         ]
     )
 
-    def done(page, path, alt, verdict):
-        return [page, site.url(path), alt, verdict, "done", caption_of(path), None, None]
+    def done(page, path, alt, verdict):  # a plain picture: no text in it, alt is the caption
+        c = caption_of(path)
+        return [page, site.url(path), alt, verdict, "done", c, "", c, "caption", "", None, None]
 
     def skipped(page, path, alt, verdict):
-        return [page, site.url(path), alt, verdict, "skipped", None, None, None]
+        return [page, site.url(path), alt, verdict, "skipped", *[None] * 7]
 
     def failed(page, image, code, message, verdict="missing"):
-        return [page, image, None, verdict if image else None, "failed", None, code, message]
+        verdict = verdict if image else None
+        return [page, image, None, verdict, "failed", *[None] * 5, code, message]
 
     red = "A red square on a white wall"
     expected = [
@@ -172,7 +179,7 @@ def test_sitemap_to_csv_report_and_patched_pages(
         skipped(post, "img/good.png", red, "ok"),
         done(post, "img/missing.png", None, "missing"),  # captioned once, reported per page
         done(post, "assets/dog.png", "spacer", "meaningless"),
-        [secret, None, None, None, "skipped", None, "robots_disallowed",
+        [secret, None, None, None, "skipped", *[None] * 5, "robots_disallowed",
          f"robots.txt disallows {secret}"],  # politeness, not a failure
         done(latin, "latin/caf.png", None, "missing"),
         failed(notes, None, "not_html",
@@ -228,15 +235,16 @@ def test_image_list_to_json(site, tiny_dir, caption_of, tmp_path) -> None:
     out = tmp_path / "report.json"
     assert batch(tiny_dir, "--images", str(urls), "--allow-private", "--out", str(out)) == 0
     rows = json.loads(out.read_text())
+    good, cat = caption_of("img/good.png"), caption_of("assets/cat.png")
     assert [list(r.values()) for r in rows] == [
-        [None, site.url("img/good.png"), None, None, "done", caption_of("img/good.png"), None,
+        [None, site.url("img/good.png"), None, None, "done", good, "", good, "caption", [], None,
          None],
-        [None, site.url("assets/cat.png"), None, None, "done", caption_of("assets/cat.png"), None,
+        [None, site.url("assets/cat.png"), None, None, "done", cat, "", cat, "caption", [], None,
          None],
-        [None, site.url("nope.png"), None, None, "failed", None, "fetch_failed",
-         "the image server answered HTTP 404"],
-        [None, "ftp://example.com/a.png", None, None, "failed", None, "invalid_url",
-         "only http and https URLs can be fetched"],
+        [None, site.url("nope.png"), None, None, "failed", None, None, None, None, [],
+         "fetch_failed", "the image server answered HTTP 404"],
+        [None, "ftp://example.com/a.png", None, None, "failed", None, None, None, None, [],
+         "invalid_url", "only http and https URLs can be fetched"],
     ]  # fmt: skip
     assert all(list(r) == FIELDS for r in rows)
 
@@ -248,7 +256,7 @@ def test_image_list_to_json(site, tiny_dir, caption_of, tmp_path) -> None:
     suggestions = [caption_of("img/good.png"), caption_of("assets/cat.png"), "", ""]
     assert [td.get_text() for td in soup.select("tbody td:nth-of-type(4)")] == suggestions
     with table.open(newline="", encoding="utf-8") as f:
-        assert [row["caption"] for row in csv.DictReader(f)] == suggestions
+        assert [row["alt"] for row in csv.DictReader(f)] == suggestions
 
 
 def test_private_addresses_are_refused_unless_allowed(site, tiny_dir, capsys) -> None:
@@ -529,3 +537,94 @@ def test_an_image_the_model_has_nothing_readable_for_is_skipped(site) -> None:
     ]
     assert "nothing readable" in rows[1]["error_message"]
     assert captions[urls[0]] == "A red square."
+
+
+def test_images_of_text_get_their_text_as_alt(site, tiny_dir, tiny_captioner, tmp_path) -> None:
+    """Issue 22: the text in images is read (the real Tesseract) beside the captioning; an
+    image of text gets its text as alt, a picture with text its caption and then the text,
+    in every report and in the patched page."""
+    reports = [tmp_path / f"report.{fmt}" for fmt in ("json", "csv", "html")]
+    patched = tmp_path / "patched"
+    args = ["--pages", site.url("text.html"), "--allow-private", "--delay", "0"]
+    args += ["--max-tokens", "4", "--patched-dir", str(patched)]
+    assert batch(tiny_dir, *args, *(a for r in reports for a in ("--out", str(r)))) == 0
+
+    def caption(path: str) -> str:
+        return alt_text(tiny_captioner.caption(site.image_bytes(path), max_tokens=4)[0].text)
+
+    sale, shop, plain = caption("img/sale.png"), caption("img/shop.png"), caption("img/missing.png")
+    shop_alt = describe(shop, SIGN_TEXT, False)["alt"]
+    assert shop_alt == f"{shop.rstrip('.')}. Appears to say: {SIGN_TEXT}"
+    want = [  # image, author_alt, verdict, caption, text, alt, alt_from
+        ("img/sale.png", None, "missing", sale, SALE_TEXT, SALE_TEXT, "text"),
+        ("img/shop.png", "photo", "meaningless", shop, SIGN_TEXT, shop_alt, "caption_and_text"),
+        ("img/missing.png", None, "missing", plain, "", plain, "caption"),
+    ]
+    rows = json.loads(reports[0].read_text(encoding="utf-8"))
+    assert [list(r) for r in rows] == [FIELDS] * 3
+    assert [
+        (r["image_url"], r["author_alt"], r["verdict"], r["caption"], r["text"], r["alt"],
+         r["alt_from"], r["status"], r["warnings"])
+        for r in rows
+    ] == [(site.url(w[0]), *w[1:], "done", []) for w in want]  # fmt: skip
+
+    with reports[1].open(newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["caption"], r["text"], r["alt"], r["alt_from"]) for r in table] == [
+        (c, t, a, f) for _, _, _, c, t, a, f in want
+    ]
+
+    soup = BeautifulSoup(reports[2].read_text(encoding="utf-8"), "html.parser")
+    heads = [th.get_text() for th in soup.select("thead th")]
+    assert heads[4:6] == ["Suggested alt", "Text in the image"]
+    cells = [[td.get_text() for td in tr.find_all("td")] for tr in soup.select("tbody tr")]
+    assert [(c[3], c[4], c[5]) for c in cells] == [
+        (SALE_TEXT, SALE_TEXT, "Described"),
+        (shop_alt, SIGN_TEXT, "Described"),
+        (plain, "(none)", "Described"),
+    ]
+
+    page = (patched / "1-text.html").read_text(encoding="utf-8")
+    alts = [img.get("alt") for img in BeautifulSoup(page, "html.parser").find_all("img")]
+    assert alts == [SALE_TEXT, shop_alt, plain]
+    assert ALT_ATTR.sub("", page) == ALT_ATTR.sub("", TEXT_HTML)
+
+
+def test_no_read_text_leaves_the_text_out(site, tiny_dir, tmp_path) -> None:
+    out = tmp_path / "report.jsonl"
+    args = ["--pages", site.url("text.html"), "--allow-private", "--delay", "0"]
+    assert batch(tiny_dir, *args, "--max-tokens", "4", "--no-read-text", "--out", str(out)) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["text"], r["alt_from"], r["warnings"]) for r in rows] == [(None, "caption", [])] * 3
+    assert all(r["alt"] == r["caption"] for r in rows)
+
+
+def test_a_text_that_takes_too_long_is_a_warning_not_a_failure(
+    site, tiny_dir, tmp_path, monkeypatch
+) -> None:
+    """Past ALTCAP_OCR_TIMEOUT_S the row is done with its caption as alt and the warning
+    ``ocr_timeout``; the reader is slowed down, its output is its own."""
+    from captioner.read.reader import TextReader
+
+    read = TextReader.read
+
+    def slow_read(self, image, timeout_s=None):
+        time.sleep(1.0)
+        return read(self, image, timeout_s=timeout_s)
+
+    monkeypatch.setattr(TextReader, "read", slow_read)
+    monkeypatch.setenv("ALTCAP_OCR_TIMEOUT_S", "0.2")
+    out, page = tmp_path / "report.json", tmp_path / "report.html"
+    args = ["--images", "-", "--allow-private", "--max-tokens", "4"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(site.url("img/sale.png") + "\n"))
+    assert batch(tiny_dir, *args, "--out", str(out), "--out", str(page)) == 0
+    (row,) = json.loads(out.read_text())
+    assert (row["status"], row["text"], row["alt"], row["alt_from"], row["warnings"]) == (
+        "done",
+        None,
+        row["caption"],
+        "caption",
+        ["ocr_timeout"],
+    )
+    status = BeautifulSoup(page.read_text(), "html.parser").select("tbody td")[-1].get_text()
+    assert status == "Described; reading the text in it took too long"

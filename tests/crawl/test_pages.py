@@ -716,7 +716,7 @@ def test_plan_rows_for_pages(site) -> None:
     urls = [site.url("index.html"), site.url("private/secret.html"), site.url("gone.html")]
     job = plan(Source(pages=tuple(urls)), crawler(), mode="missing")
     rows = [
-        (r["page_url"], r["image_url"], r["alt"], r["verdict"], r["status"], r["error_code"])
+        (r["page_url"], r["image_url"], r["author_alt"], r["verdict"], r["status"], r["error_code"])
         for r in job.rows
     ]
     want = [

@@ -17,6 +17,7 @@ import pytest
 import redis
 from helpers import png_bytes, serve_directory, serve_handler
 from redis_server import RedisServer
+from testsite import SALE_TEXT, SIGN_TEXT, serve_site
 
 from captioner.errors import AltCapError
 from captioner.jobs import backends, chunks, webhooks
@@ -176,7 +177,7 @@ def test_parse_job_gives_a_complete_spec(tmp_path: Path) -> None:
     s = settings(tmp_path, JOB_MAX_IMAGES=5)
     spec = parse_job({"images": ["http://a.example/x.png"], "decoding": FAST}, s)
     assert spec["source"] == {"images": ["http://a.example/x.png"]}
-    assert spec["mode"] == "missing" and spec["webhook"] is None
+    assert spec["mode"] == "missing" and spec["webhook"] is None and spec["read_text"] is True
     assert spec["decoding"]["max_tokens"] == 4
     assert (spec["max_images"], spec["max_pages"]) == (5, s.job_max_pages)
     spec = parse_job({"sitemap": "https://a.example/sitemap.xml", "mode": "all"}, s)
@@ -202,6 +203,8 @@ def test_parse_job_gives_a_complete_spec(tmp_path: Path) -> None:
         {"sitemap": ["http://a.example/s.xml"]},
         {"sitemap": "http://a.example/s.xml", "webhook": "javascript:alert(1)"},
         {"sitemap": "http://a.example/s.xml", "colour": "blue"},
+        {"sitemap": "http://a.example/s.xml", "read_text": "no"},
+        {"sitemap": "http://a.example/s.xml", "read_text": 0},
     ],
 )
 def test_parse_job_refuses_bad_requests(tmp_path: Path, body: Any) -> None:
@@ -1079,6 +1082,118 @@ def test_a_job_never_serves_a_cache_entry_of_another_shape(make_queue, site, tmp
     assert queue.rows(job["id"])[0]["caption"] != "stale"
 
 
+# --- the text in images (issue 22) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_site(tmp_path_factory) -> Iterator[Any]:
+    with serve_site(tmp_path_factory.mktemp("text-site")) as site:
+        yield site
+
+
+def _sign_alt(caption: str) -> str:
+    return f"{caption} Appears to say: {SIGN_TEXT}"
+
+
+def test_a_job_reads_the_text_in_images_for_their_alt(make_queue, text_site) -> None:
+    """The real Tesseract reads each image beside the captioning: an image of text gets its
+    text as alt, a picture with a sign its caption and the sign's words; the patched page
+    gets the alt; ``"read_text": false`` leaves the text out."""
+    queue = make_queue(FakeBackend())
+    job, _ = queue.submit(parse_job({"pages": [text_site.url("text.html")]}, queue.settings))
+    assert wait_for(queue, job["id"])["counts"]["done"] == 3
+    assert queue.status(job["id"])["read_text"] is True
+    rows = queue.rows(job["id"])
+    sale, shop = "An image of 420x80 pixels.", "An image of 320x240 pixels."
+    plain = "An image of 64x48 pixels."
+    assert [(r["caption"], r["text"], r["alt"], r["alt_from"], r["warnings"]) for r in rows] == [
+        (sale, SALE_TEXT, SALE_TEXT, "text", []),
+        (shop, SIGN_TEXT, _sign_alt(shop), "caption_and_text", []),
+        (plain, "", plain, "caption", []),
+    ]
+    assert [r["author_alt"] for r in rows] == [None, "photo", None]
+    patched = queue.patched_page(job["id"], 1)
+    assert re.findall(r'alt="([^"]*)"', patched) == [SALE_TEXT, _sign_alt(shop), plain]
+
+    body = {"pages": [text_site.url("text.html")], "read_text": False}
+    job, _ = queue.submit(parse_job(body, queue.settings))
+    wait_for(queue, job["id"])
+    assert queue.status(job["id"])["read_text"] is False
+    rows = queue.rows(job["id"])
+    assert [(r["text"], r["alt"], r["alt_from"]) for r in rows] == [
+        (None, r["caption"], "caption") for r in rows
+    ]
+
+
+def test_job_readings_are_cached_beside_the_captions(
+    make_queue, text_site, tmp_path, monkeypatch
+) -> None:
+    """A second consumer on the shared cache reads nothing and captions nothing again."""
+    from captioner.read.reader import TextReader
+    from captioner.serve.cache import SQLiteCache
+
+    reads: list[int] = []
+    read = TextReader.read
+
+    def counted(self, image, timeout_s=None):  # the real reading, counted
+        reads.append(1)
+        return read(self, image, timeout_s=timeout_s)
+
+    monkeypatch.setattr(TextReader, "read", counted)
+    urls = [text_site.url("img/sale.png"), text_site.url("img/shop.png")]
+    with SQLiteCache(tmp_path / "cache.sqlite3") as cache:
+        seen = []
+        for run in range(2):
+            backend = FakeBackend()
+            queue = make_queue(DATA_DIR=tmp_path / f"data-{run}")
+            start_consumer(queue, backend, workers=1, cache=cache)
+            job, _ = queue.submit(parse_job({"images": urls}, queue.settings))
+            assert wait_for(queue, job["id"])["counts"]["done"] == 2
+            seen.append((backend.calls, len(reads), [r["alt"] for r in queue.rows(job["id"])]))
+    assert seen[0][:2] == (1, 2) and seen[1][:2] == (0, 2)  # the second run: all cached
+    assert seen[0][2] == seen[1][2] == [SALE_TEXT, _sign_alt("An image of 320x240 pixels.")]
+
+
+def test_a_job_text_that_takes_too_long_is_a_warning(make_queue, text_site, monkeypatch) -> None:
+    from captioner.read.reader import TextReader
+
+    read = TextReader.read
+
+    def slow(self, image, timeout_s=None):  # slowed down; what it reads is its own
+        time.sleep(1.0)
+        return read(self, image, timeout_s=timeout_s)
+
+    monkeypatch.setattr(TextReader, "read", slow)
+    queue = make_queue(FakeBackend(), OCR_TIMEOUT_S=0.2)
+    job, _ = queue.submit(parse_job({"images": [text_site.url("img/sale.png")]}, queue.settings))
+    assert wait_for(queue, job["id"])["counts"] == {
+        "total": 1,
+        "done": 1,
+        "failed": 0,
+        "skipped": 0,
+    }
+    (row,) = queue.rows(job["id"])
+    assert (row["text"], row["alt"], row["warnings"]) == (None, row["caption"], ["ocr_timeout"])
+
+
+def test_rows_stored_before_the_text_was_read_keep_their_meaning(make_queue, site) -> None:
+    """A job stored by an older AltCap: its ``alt`` was the author's, its ``caption`` the
+    suggestion; results and patched pages read them as such."""
+    from captioner.jobs.rows import upgraded
+
+    old = {"page_url": "p", "image_url": "i", "alt": "image", "verdict": "meaningless",
+           "status": "done", "caption": "A cat.", "error_code": None,
+           "error_message": None}  # fmt: skip
+    row = upgraded(old)
+    assert (row["author_alt"], row["alt"], row["alt_from"], row["text"]) == (
+        "image",
+        "A cat.",
+        "caption",
+        None,
+    )
+    assert upgraded(row) == row
+
+
 # --- politeness: downloads to one host -------------------------------------------------------
 
 
@@ -1097,14 +1212,17 @@ class SlowImages(BaseHTTPRequestHandler):
         try:
             time.sleep(0.15)
             body = png_bytes((int(self.path.strip("/").split(".")[0]) * 9 % 256, 40, 60))
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
         finally:
+            # out before the answer goes: once the client has the body it frees its slot,
+            # and the next download may arrive before this thread would run a later line
+            # (counted twice on a busy machine)
             with cls.lock:
                 cls.inside -= 1
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass

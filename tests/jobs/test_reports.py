@@ -11,18 +11,23 @@ import pytest
 from bs4 import BeautifulSoup
 
 from captioner.crawl.pages import VERDICTS
-from captioner.jobs.html_report import NO_PAGE, VERDICT_LABELS
+from captioner.errors import OcrError, OcrTimeout, OcrUnavailable
+from captioner.jobs.html_report import NO_PAGE, VERDICT_LABELS, WARNING_LABELS
 from captioner.jobs.reports import UnknownFormat, content_type, format_for_path, write_rows
 from captioner.jobs.rows import RESULT_FIELDS, make_row
 
+DOG = 'A "dog", running\nin a park.'
 ROWS = [
     make_row(
         page_url="https://example.com/a",
         image_url="https://example.com/a.png",
-        alt=None,
+        author_alt=None,
         verdict="missing",
         status="done",
-        caption='A "dog", running\nin a park.',
+        caption=DOG,
+        text="",
+        alt=DOG,
+        alt_from="caption",
     ),
     make_row(
         page_url=None,
@@ -44,8 +49,9 @@ def render(fmt: str, rows=ROWS) -> str:
 def test_json_is_one_array_of_rows_with_every_field_in_order() -> None:
     data = json.loads(render("json"))
     assert [list(row) for row in data] == [list(RESULT_FIELDS)] * 3
-    assert data[0]["caption"] == 'A "dog", running\nin a park.'
-    assert data[0]["alt"] is None and data[1]["verdict"] is None
+    assert data[0]["caption"] == data[0]["alt"] == 'A "dog", running\nin a park.'
+    assert data[0]["author_alt"] is None and data[1]["verdict"] is None
+    assert data[0]["text"] == "" and data[1]["text"] is None and data[1]["warnings"] == []
     assert data[1]["error_code"] == "fetch_failed"
     assert "x" not in data[2]  # only the report's columns
     assert json.loads(render("json", [])) == []
@@ -68,20 +74,41 @@ def test_csv_has_a_header_and_round_trips_quotes_commas_and_newlines() -> None:
         "done",
         'A "dog", running\nin a park.',
         "",
+        'A "dog", running\nin a park.',
+        "caption",
+        "",
+        "",
         "",
     ]
-    assert table[3] == ["https://example.com/c", "", "", "", "skipped", "", "", ""]
+    assert table[3] == ["https://example.com/c", "", "", "", "skipped"] + [""] * 7
     assert len(table) == 4
+
+
+def test_csv_keeps_the_lines_of_a_text_and_lists_the_warnings() -> None:
+    row = make_row(
+        page_url=None,
+        image_url="https://example.com/sign.png",
+        status="done",
+        caption="A sign.",
+        text="OPEN\n9 to 5",
+        alt="A sign. Appears to say: OPEN 9 to 5",
+        alt_from="caption_and_text",
+        warnings=["ocr_timeout", "another"],
+    )
+    (header, cells) = list(csv.reader(io.StringIO(render("csv", [row]), newline="")))
+    named = dict(zip(header, cells, strict=True))
+    assert named["text"] == "OPEN\n9 to 5" and named["warnings"] == "ocr_timeout another"
+    assert json.loads(render("json", [row]))[0]["warnings"] == ["ocr_timeout", "another"]
 
 
 @pytest.mark.parametrize(
     "cell", ['=HYPERLINK("http://evil")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
 )
 def test_csv_neutralises_spreadsheet_formulas(cell: str) -> None:
-    row = make_row(page_url="p", image_url="i", alt=cell, verdict="ok", status="skipped")
+    row = make_row(page_url="p", image_url="i", author_alt=cell, verdict="ok", status="skipped")
     table = list(csv.reader(io.StringIO(render("csv", [row]), newline="")))
     assert table[1][2] == "'" + cell
-    assert json.loads(render("json", [row]))[0]["alt"] == cell  # JSON keeps the text as is
+    assert json.loads(render("json", [row]))[0]["author_alt"] == cell  # JSON keeps it as is
 
 
 def test_formats_and_content_types() -> None:
@@ -116,15 +143,19 @@ HOSTILE = [
     make_row(
         page_url="https://example.com/a",
         image_url="javascript:alert(1)",
-        alt='<script>alert("alt")</script>',
+        author_alt='<script>alert("alt")</script>',
         verdict="meaningless",
         status="done",
         caption="A <b>bold</b> claim & more.",
+        text="<i>Sale</i>\n50% off",
+        alt="A <b>bold</b> claim & more. Appears to say: <i>Sale</i> 50% off",
+        alt_from="caption_and_text",
+        warnings=[],
     ),
     make_row(
         page_url="https://example.com/a",
         image_url="https://example.com/empty.png",
-        alt="",
+        author_alt="",
         verdict="empty_link",
         status="skipped",
         error_code="no_caption",
@@ -165,7 +196,7 @@ def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
     assert [len(t.tbody.find_all("tr")) for t in tables] == [3, 1]  # page c: no image
     assert [t.caption.get_text() for t in tables] == ["3 images", "1 image"]
     for table in tables:
-        assert [th["scope"] for th in table.thead.find_all("th")] == ["col"] * 6
+        assert [th["scope"] for th in table.thead.find_all("th")] == ["col"] * 7
         assert all(tr.find("th")["scope"] == "row" for tr in table.tbody.find_all("tr"))
     first = [" ".join(td.get_text().split()) for td in tables[0].tbody.tr.find_all(["th", "td"])]
     assert first == [
@@ -174,6 +205,7 @@ def test_html_report_is_a_page_per_site_page_with_headed_tables() -> None:
         VERDICT_LABELS["missing"],
         "(none)",
         'A "dog", running in a park.',
+        "(none)",  # the text read: none
         "Described",
     ]
     # the picture beside it, as decoration: the row's text says what it is
@@ -230,12 +262,15 @@ def test_html_report_escapes_what_page_authors_wrote() -> None:
     assert soup.find("script") is None and soup.find("b") is None
     rows = soup.find_all("table")[0].tbody.find_all("tr")[1:]  # page a's later rows
     cells = [td.get_text() for td in rows[0].find_all("td")]
-    assert cells[2] == '<script>alert("alt")</script>' and cells[3] == "A <b>bold</b> claim & more."
+    assert cells[2] == '<script>alert("alt")</script>'
+    assert cells[3] == "A <b>bold</b> claim & more. Appears to say: <i>Sale</i> 50% off"
+    assert cells[4] == "<i>Sale</i>\n50% off" and "said" in rows[0].find_all("td")[4]["class"]
     # only http(s) addresses become links or pictures
     assert rows[0].find("a") is None and rows[0].find("img") is None
     assert all(a["href"].startswith("https://") for a in soup.find_all("a"))
     assert [td.get_text() for td in rows[1].find_all("td")][2:] == [
         "(empty)",
+        "",
         "",
         "Skipped: the model found nothing readable to say about this image",
     ]
@@ -248,7 +283,7 @@ def test_html_report_marks_suggestions_in_another_language() -> None:
     marked = german.find_all("td", attrs={"lang": "de"})
     assert [td.get_text() for td in marked] == [
         'A "dog", running\nin a park.',
-        "A <b>bold</b> claim & more.",
+        "A <b>bold</b> claim & more. Appears to say: <i>Sale</i> 50% off",
     ]  # the suggestions only, not the empty ones
     assert html_report([], language="de").find("table") is None  # no rows: the summary alone
 
@@ -264,3 +299,18 @@ def test_html_report_links_pages_to_their_patched_copies() -> None:
 
 def test_every_verdict_has_words_in_the_html_report() -> None:
     assert tuple(VERDICT_LABELS) == VERDICTS  # the summary's order: most urgent first
+
+
+def test_html_report_says_why_a_text_was_not_read() -> None:
+    row = make_row(
+        page_url=None,
+        image_url="https://example.com/sign.png",
+        status="done",
+        caption="A sign.",
+        alt="A sign.",
+        alt_from="caption",
+        warnings=["ocr_timeout"],
+    )
+    cells = [td.get_text() for td in html_report([row]).tbody.find_all("td")]
+    assert cells[3:] == ["A sign.", "", "Described; reading the text in it took too long"]
+    assert set(WARNING_LABELS) == {OcrError.code, OcrTimeout.code, OcrUnavailable.code}
