@@ -61,14 +61,21 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
         )
-    api.init_app(app, settings, engine, cache, model)
+    st = api.init_app(app, settings, engine, cache, model)
     queue = JobQueue(settings)  # batch jobs: SQLite in DATA_DIR, or ALTCAP_QUEUE_URL's Redis
     jobs_api.init_app(app, queue)
     if own_engine:
         engine.start()  # last: nothing above can fail and leave a loading thread behind
     if settings.job_workers:  # job consumer threads, after the fork too (like the engine's)
         backend = EngineBackend(engine, settings.max_image_pixels)
-        start_consumer(queue, backend, workers=settings.job_workers, cache=cache, model=model)
+        start_consumer(  # the service's reader pool reads the jobs' images too
+            queue,
+            backend,
+            workers=settings.job_workers,
+            cache=cache,
+            model=model,
+            text_pool=st.reader,
+        )
     return app
 
 

@@ -137,10 +137,14 @@ def test_an_image_job_from_submission_to_reports(client: FlaskClient, site: str)
     assert list(rows[0]) == [
         "page_url",
         "image_url",
-        "alt",
+        "author_alt",
         "verdict",
         "status",
         "caption",
+        "text",
+        "alt",
+        "alt_from",
+        "warnings",
         "error_code",
         "error_message",
     ]
