@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transformers import CLIPVisionConfig, GPT2Config
+from transformers import CLIPTextConfig, CLIPVisionConfig, GPT2Config
 
 from captioner.config import ClipCapConfig, DecodingSettings
 from captioner.model.modeling import ClipCapModel
@@ -54,14 +54,28 @@ class IdTokenizer:
         return " ".join(map(str, ids))
 
 
-def full_size_model(seed: int = 0) -> ClipCapModel:
+class ClipIdTokenizer:
+    """Stands in for CLIP's tokenizer: one token a word, between start and end tokens, so a
+    caption of the forced 20 new tokens costs the text tower what a 20-token caption does."""
+
+    eos_token_id = 49407
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [[49406, *(320 for _ in t.split()), 49407] for t in texts]}
+
+
+def full_size_model(seed: int = 0, text_tower: bool = False) -> ClipCapModel:
+    """With ``text_tower``, also CLIP ViT-B/32's text tower (the other weights are the same)."""
     torch.manual_seed(seed)
     cfg = ClipCapConfig(
         vision_config=CLIPVisionConfig(projection_dim=512).to_dict(),  # ViT-B/32
         text_config=GPT2Config().to_dict(),  # GPT-2 124M
         prefix_length=10,
+        clip_text_config=CLIPTextConfig(projection_dim=512).to_dict() if text_tower else {},
     )
-    return ClipCapModel.from_config(cfg).eval()
+    model = ClipCapModel.from_config(cfg).eval()
+    model.clip_tokenizer = ClipIdTokenizer() if text_tower else None
+    return model
 
 
 def sync(device: torch.device) -> None:
@@ -126,6 +140,39 @@ def bench_altcap(cap: Captioner, batch: int, repeats: int) -> tuple[float, list[
     return batch / statistics.median(times), times
 
 
+def bench_confidence(plain: Captioner, scored: Captioner, dtype: str, batch: int) -> dict:
+    """Captioning with and without a confidence on every caption, interleaved (a shared
+    machine drifts): captions/s with it and the time it adds, as a share of captioning."""
+    px = pixels(batch, plain.device, plain.dtype)
+    without, with_, text_ms = [], [], []
+    plain.caption_pixels(px, FORCED), scored.caption_pixels(px, FORCED)  # warm-up
+    for _ in range(5):
+        without.append(timed_once(lambda: plain.caption_pixels(px, FORCED), plain.device))
+        t = time.perf_counter()
+        result = scored.caption_pixels(px, FORCED)
+        sync(scored.device)
+        with_.append(time.perf_counter() - t)
+        text_ms.append(result[0].timings["confidence_ms"])
+    base, scored_s = statistics.median(without), statistics.median(with_)
+    return {
+        "method": "AltCap + confidence",
+        "dtype": dtype,
+        "batch": batch,
+        "captions_s": batch / scored_s,
+        "confidence_ms": statistics.median(text_ms),
+        "added_pct": 100 * statistics.median(text_ms) / 1e3 / base,
+        "wall_added_pct": 100 * (scored_s - base) / base,
+    }
+
+
+def timed_once(fn, device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
 def machine_probe() -> dict[str, float]:
     """What this (shared) CPU gives right now: memory bandwidth and bfloat16 matrix product
     speed, so that a run can be read against the state of the machine it ran in."""
@@ -180,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the CLIP tower (GPU)")
+    p.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also time AltCap with CLIP's text tower scoring every caption (its added cost)",
+    )
     args = p.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     device = torch.device(args.device)
@@ -234,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                 row["p90_ms"] = ms[int(0.9 * (len(ms) - 1))]
             rows.append(row)
             print(row, flush=True)
+        if args.confidence:  # the same model plus the text tower: what confidence adds
+            scored = Captioner(
+                full_size_model(text_tower=True), IdTokenizer(), device=device, dtype=dtype
+            )
+            for b in batches:
+                rows.append(bench_confidence(cap, scored, name, b))
+                print(rows[-1], flush=True)
+            del scored
     if not gpu:
         info["probe_end"] = machine_probe()
         print(f"# machine at the end: {info['probe_end']}", flush=True)
@@ -257,7 +317,7 @@ def markdown(rows: list[dict]) -> str:
             gen[key] = max(gen.get(key, 0.0), r["captions_s"])
     lines = [
         "| method | dtype | batch | captions/s | × naive fp32 | × generate (same dtype, batch) "
-        "| p50 / p90 ms |",
+        "| p50 / p90 ms (confidence: added) |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -265,6 +325,8 @@ def markdown(rows: list[dict]) -> str:
         key = (r["dtype"], r["batch"])
         xg = f"{r['captions_s'] / gen[key]:.2f}" if key in gen and r["method"] == "AltCap" else "–"
         lat = f"{r['p50_ms']:.0f} / {r['p90_ms']:.0f}" if "p50_ms" in r else ""
+        if "added_pct" in r:  # the confidence rows: what scoring every caption adds
+            lat = f"+{r['confidence_ms']:.0f} ms (+{r['added_pct']:.1f}%)"
         lines.append(
             f"| {r['method']} | {r['dtype']} | {r['batch']} | {r['captions_s']:.2f} "
             f"| {xn} | {xg} | {lat} |"

@@ -44,10 +44,23 @@ class ClipCapConfig:
     text_config: dict[str, Any] = field(default_factory=dict)  # GPT2Config.to_dict()
     source: str = ""  # free text: how this directory was made (conversion, training run)
     language: str = "en"  # BCP 47 tag of the captions it writes (HTML lang); ClipCap's: English
+    # CLIP's text tower (optional): it scores how well a text matches the image embedding.
+    clip_text_config: dict[str, Any] = field(default_factory=dict)  # CLIPTextConfig; {}: none
+    text_encoder: str = ""  # where the text tower and its tokenizer came from ("" = none)
+    clip_logit_scale: float = 100.0  # CLIP's learned exp(logit_scale): logits = this * cosine
+    # confidence = sigmoid(confidence_slope * (cosine - confidence_center)), see
+    # docs/confidence.md. Defaults: the logistic tangent to CLIPScore (2.5 * cosine, Hessel
+    # et al. 2021) at its midpoint 0.5; a calibration run fits both to a model's own data.
+    confidence_center: float = 0.2  # cosine that gets confidence 0.5
+    confidence_slope: float = 10.0  # confidence per unit of cosine at the centre, times 4
 
     @property
     def clip_dim(self) -> int:
         return int(self.vision_config.get("projection_dim", 512))
+
+    @property
+    def has_text_tower(self) -> bool:
+        return bool(self.clip_text_config)
 
     @property
     def gpt_dim(self) -> int:
@@ -78,6 +91,15 @@ class ClipCapConfig:
         for name in ("prefix_length", "clip_length", "num_layers", "num_heads", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise InvalidSettings(f"{name} must be >= 1")
+        if self.has_text_tower:
+            text_dim = int(self.clip_text_config.get("projection_dim", 512))
+            if text_dim != self.clip_dim:
+                raise InvalidSettings(
+                    f"the CLIP text tower projects to {text_dim} dimensions, the image tower "
+                    f"to {self.clip_dim}: they must be the two towers of one CLIP model"
+                )
+        if not self.confidence_slope > 0:
+            raise InvalidSettings("confidence_slope must be > 0 (a higher cosine: more confident)")
         if not is_language_tag(self.language):
             raise InvalidSettings(
                 f"language must be a language tag such as 'en' or 'pt-BR', not {self.language!r}"

@@ -14,12 +14,14 @@ from transformers import PreTrainedTokenizerBase
 
 from captioner.alttext import clean_caption
 from captioner.config import DecodingSettings
-from captioner.errors import InvalidSettings
+from captioner.errors import InvalidSettings, ModelError
 from captioner.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from captioner.model.checkpoints import load_pretrained
 from captioner.model.modeling import ClipCapModel
 from captioner.model.pretrained import DEFAULT_MODEL, resolve
 from captioner.model.processing import preprocess
+from captioner.model.scoring import clip_token_ids, cosine
+from captioner.model.scoring import confidence as confidence_of
 from captioner.runtime import cpu_kernel
 from captioner.runtime.decoding import generate
 from captioner.runtime.device import pick_device, pick_dtype
@@ -41,15 +43,23 @@ class CaptionResult:
     tokens: int  # new tokens generated (the stop token included)
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds
     batch_size: int = 1
+    # CLIP's view of the caption (None for a model without a text tower): ``similarity`` is
+    # the cosine of the image and caption embeddings, ``confidence`` its calibrated mapping
+    # to [0, 1] (scoring.confidence, docs/confidence.md)
+    confidence: float | None = None
+    similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "caption": self.text,
             "raw": self.raw,
             "tokens": self.tokens,
             "timings_ms": self.timings,
             "batch_size": self.batch_size,
         }
+        if self.confidence is not None:  # absent, not null, without a text tower
+            d["confidence"] = self.confidence
+        return d
 
 
 class Captioner:
@@ -81,6 +91,8 @@ class Captioner:
             pack_linears(self.model.vision)
         if self.kernel:  # a few rows per image: the batch-invariant kernel (cpu_kernel.py)
             pack_linears(self.model.mapper, kernel=True)
+        if self.packed and self.model.clip_text is not None:  # a whole batch of texts at once
+            pack_linears(self.model.clip_text)
         self.tokenizer = tokenizer
         self.lm = CachedGPT2(self.model.lm, pack=self.packed, kernel=self.kernel)
         cuda = self.device.type == "cuda"
@@ -142,6 +154,69 @@ class Captioner:
         pixels = pixel_values.to(self.device, self.dtype)
         return self._encode(pixels).float()
 
+    @property
+    def can_score(self) -> bool:
+        """Whether the model has CLIP's text tower (scores, confidence)."""
+        return self.model.has_text_tower
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> (T, clip_dim) CLIP text embeddings, float32, in one text-tower pass."""
+        if not self.can_score:
+            raise ModelError(
+                f"the model {self.model_id or ''} has no CLIP text tower, so it cannot score "
+                "texts; convert or make it again to include one (docs/confidence.md)"
+            )
+        if not texts:
+            return torch.empty(0, self.config.clip_dim)
+        max_length = int(self.model.clip_text.config.max_position_embeddings)
+        ids, mask = clip_token_ids(self.model.clip_tokenizer, texts, max_length)
+        return self.model.encode_texts(ids.to(self.device), mask.to(self.device)).float()
+
+    @torch.inference_mode()
+    def score(
+        self,
+        images: torch.Tensor | ImageInput | Sequence[ImageInput],
+        texts: Sequence[str] | Sequence[Sequence[str]],
+    ) -> torch.Tensor:
+        """Cosine similarities of images and texts in CLIP's space, float32 on the CPU.
+
+        ``images``: (N, clip_dim) image embeddings (from ``embed``, as ``caption_pixels``
+        computes them), (N, 3, S, S) preprocessed pixels, or N images (bytes, paths, PIL).
+        ``texts``: N strings, one per image -> (N,); or N lists of k strings each (candidates,
+        say) -> (N, k). All texts go through the text tower in one pass.
+        Map a cosine to a confidence with ``confidence``.
+        """
+        embeds = self._image_embeds(images)
+        nested = bool(texts) and not isinstance(texts[0], str)
+        rows = [list(t) for t in texts] if nested else [[t] for t in texts]
+        k = len(rows[0]) if rows else 0
+        if len(rows) != len(embeds) or any(len(r) != k for r in rows):
+            raise InvalidSettings(
+                f"score needs one text (or the same number of texts) per image: "
+                f"{len(embeds)} images, {[len(r) for r in rows]} texts"
+            )
+        text_embeds = self.embed_texts([t for r in rows for t in r]).view(len(rows), k, -1)
+        cos = cosine(embeds.unsqueeze(1), text_embeds)  # (N, k)
+        return cos.cpu() if nested else cos[:, 0].cpu()
+
+    def confidence(self, similarity: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities -> confidences in (0, 1), by this model's calibrated rule."""
+        return confidence_of(similarity, self.config)
+
+    def _image_embeds(self, images: torch.Tensor | ImageInput | Sequence[ImageInput]):
+        if isinstance(images, torch.Tensor) and images.dim() == 2:
+            return images.to(self.device).float()  # (N, clip_dim): already embedded
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            return self.embed(images)
+        if isinstance(images, (bytes, bytearray, str, Image.Image)) or not isinstance(
+            images, Sequence
+        ):
+            images = [images]
+        return self.embed(
+            self.preprocess([load_image(im, max_pixels=self.max_pixels) for im in images])
+        )
+
     def caption(
         self,
         images: ImageInput | Sequence[ImageInput],
@@ -183,19 +258,28 @@ class Captioner:
         settings = self.settings(settings)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
-        prefix = self.model.prefix(self.embed(pixel_values).to(self.dtype))
+        embeds = self.embed(pixel_values)  # (B, clip_dim): the prefix's, and the scores'
+        prefix = self.model.prefix(embeds.to(self.dtype))
         sync()
         t1 = time.perf_counter()
         ids = generate(self.lm, prefix, settings, self.stop_rule(settings), self.graphed)
         t2 = time.perf_counter()
-        timings = {
-            "encode_ms": (t1 - t0) * 1e3,
-            "decode_ms": (t2 - t1) * 1e3,
-            "total_ms": (t2 - t0) * 1e3,
-        }
+        raws = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        texts = [clean_caption(raw) for raw in raws]
+        timings = {"encode_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3}
+        similarity = conf = None
+        if self.can_score:  # what CLIP makes of each caption: one text-tower pass
+            similarity = self.score(embeds, texts)
+            conf = self.confidence(similarity)
+            sync()
+            timings["confidence_ms"] = (time.perf_counter() - t2) * 1e3
+        timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         timings = {k: round(v, 3) for k, v in timings.items()}
         out = []
-        for row in ids:
-            raw = self.tokenizer.decode(row, skip_special_tokens=True)
-            out.append(CaptionResult(clean_caption(raw), raw, len(row), dict(timings), len(ids)))
+        for i, (row, raw, text) in enumerate(zip(ids, raws, texts, strict=True)):
+            r = CaptionResult(text, raw, len(row), dict(timings), len(ids))
+            if similarity is not None:
+                r.similarity = round(float(similarity[i]), 4)
+                r.confidence = round(float(conf[i]), 4)
+            out.append(r)
         return out

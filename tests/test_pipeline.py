@@ -167,3 +167,57 @@ def test_max_tokens_is_bounded_by_the_model(tiny_captioner):
     with pytest.raises(InvalidSettings) as e:
         tiny_captioner.caption(png_bytes(), max_tokens=room + 1)
     assert str(room) in e.value.message
+
+
+# --- scores and confidence (CLIP's text tower) ----------------------------------------------
+
+
+def test_every_caption_gets_a_confidence_from_one_text_pass(tiny_captioner):
+    images = [png_bytes(c) for c in COLOURS]
+    results = tiny_captioner.caption(images, max_tokens=8)
+    for r in results:
+        assert 0.0 < r.confidence < 1.0 and -1.0 <= r.similarity <= 1.0
+        assert r.to_dict()["confidence"] == r.confidence
+        assert "confidence_ms" in r.timings
+    # the same numbers as scoring the captions afterwards
+    sims = tiny_captioner.score(images, [r.text for r in results])
+    torch.testing.assert_close(
+        sims, torch.tensor([r.similarity for r in results]), atol=1e-4, rtol=0
+    )
+    alone = tiny_captioner.caption(images[1], max_tokens=8)[0]
+    assert alone.confidence == pytest.approx(results[1].confidence, abs=1e-4)
+
+
+def test_score_forms(tiny_captioner):
+    images = [png_bytes(c) for c in COLOURS[:2]]
+    pixels = tiny_captioner.preprocess([Image.new("RGB", (64, 48), c) for c in COLOURS[:2]])
+    embeds = tiny_captioner.embed(pixels)
+    one = tiny_captioner.score(images, ["a red circle.", "a green square."])
+    assert one.shape == (2,)
+    torch.testing.assert_close(
+        tiny_captioner.score(pixels, ["a red circle.", "a green square."]), one
+    )
+    torch.testing.assert_close(
+        tiny_captioner.score(embeds, ["a red circle.", "a green square."]), one
+    )
+    many = tiny_captioner.score(
+        embeds, [["a red circle.", "x", "a dog"], ["a green square.", "y", "z"]]
+    )
+    assert many.shape == (2, 3)
+    torch.testing.assert_close(many[:, 0], one)
+    with pytest.raises(InvalidSettings):
+        tiny_captioner.score(embeds, ["only one text"])
+
+
+def test_a_model_without_text_tower_captions_without_confidence(tmp_path):
+    from captioner.errors import ModelError
+    from captioner.model.checkpoints import save_pretrained
+    from captioner.model.tiny import tiny_tokenizer_and_model
+
+    tok, model = tiny_tokenizer_and_model("mlp", text_tower=False)
+    cap = Captioner.from_pretrained(str(save_pretrained(model, tok, tmp_path / "m")), device="cpu")
+    r = cap.caption(png_bytes(), max_tokens=5)[0]
+    assert r.confidence is None and "confidence" not in r.to_dict()
+    assert "confidence_ms" not in r.timings
+    with pytest.raises(ModelError):
+        cap.score([png_bytes()], ["a cat."])

@@ -2,22 +2,30 @@
 
 A model directory holds ``config.json`` (a ClipCapConfig: every hyper-parameter, the full
 vision and text configs, and where the parts came from), ``model.safetensors`` (vision tower,
-mapper and GPT-2 together) and the tokenizer files. It rebuilds its model without downloads.
+mapper and GPT-2 together, and CLIP's text tower under ``clip_text.`` when it has one), GPT-2's
+tokenizer files, and CLIP's tokenizer in ``clip_tokenizer/`` with the text tower. It rebuilds
+its model without downloads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextModelWithProjection,
     CLIPVisionModelWithProjection,
     GPT2Config,
     GPT2LMHeadModel,
@@ -35,6 +43,7 @@ from captioner.model.modeling import ClipCapModel, build_mapper
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CLIP_TOKENIZER_DIR = "clip_tokenizer"  # CLIP's tokenizer, beside GPT-2's (same file names)
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -67,10 +76,30 @@ def save_pretrained(
         tokenizer.save_pretrained(tmp)
         for f in Path(tmp).iterdir():
             os.replace(f, out / f.name)
+    if model.has_text_tower:
+        _save_folder(out / CLIP_TOKENIZER_DIR, model.clip_tokenizer.save_pretrained)
+    elif model.config.has_text_tower:
+        raise ModelError("the model has a CLIP text tower but no CLIP tokenizer to save")
     atomic_write(out / WEIGHTS_NAME, lambda t: save_model(model, t, metadata={"format": "pt"}))
     text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
     atomic_write(out / CONFIG_NAME, lambda t: Path(t).write_text(text))
     return out
+
+
+def _save_folder(path: Path, write: Callable[[str], object]) -> None:
+    """Fill a temp folder beside ``path``, then swap it in: never a half-written folder."""
+    tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.")
+    old = None
+    try:
+        write(tmp)
+        if path.exists():  # a directory cannot be replaced in one rename: move it aside first
+            old = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.")
+            os.replace(path, Path(old) / path.name)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            if leftover and os.path.exists(leftover):
+                shutil.rmtree(leftover)
 
 
 def load_config(model_dir: str | os.PathLike) -> ClipCapConfig:
@@ -104,7 +133,16 @@ def load_pretrained(model_dir: str | os.PathLike) -> tuple[ClipCapModel, PreTrai
         )
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load the tokenizer from {model_dir}: {e}") from None
+    if config.has_text_tower:
+        model.clip_tokenizer = load_clip_tokenizer(model_dir / CLIP_TOKENIZER_DIR)
     return model.eval(), tokenizer
+
+
+def load_clip_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load CLIP's tokenizer from {path}: {e}") from None
 
 
 def _load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -220,8 +258,10 @@ def convert_reference(
     image_encoder: str = "",
     language_model: str = "",
     source: str = "",
+    text_tower: ClipTextTower | None = None,
 ) -> ClipCapModel:
-    """Build a ClipCapModel from a reference state dict and a ready vision tower.
+    """Build a ClipCapModel from a reference state dict and a ready vision tower (and, when
+    given, the text tower of the same CLIP model).
 
     The mapper and GPT-2 weights come from the checkpoint; the options given must agree with
     it, and every shape is checked, so a checkpoint trained on another CLIP (e.g. 640-d
@@ -274,10 +314,20 @@ def convert_reference(
         text_config=text_config.to_dict(),
         source=source,
     )
-    model = ClipCapModel(config, vision, build_mapper(config), GPT2LMHeadModel(text_config))
+    clip_text = clip_tokenizer = None
+    if text_tower is not None:
+        clip_text, clip_tokenizer = text_tower.model, text_tower.tokenizer
+        config.clip_text_config = clip_text.config.to_dict()
+        config.text_encoder = image_encoder  # one CLIP model: both towers from one source
+        config.clip_logit_scale = text_tower.logit_scale
+        config.validate()
+    lm = GPT2LMHeadModel(text_config)
+    model = ClipCapModel(config, vision, build_mapper(config), lm, clip_text, clip_tokenizer)
     full = {f"lm.{k}": v for k, v in lm_state.items()}
     full.update({f"mapper.{k}": v for k, v in mapper_state.items()})
     full.update({f"vision.{k}": v for k, v in vision.state_dict().items()})
+    if clip_text is not None:
+        full.update({f"clip_text.{k}": v for k, v in clip_text.state_dict().items()})
     _load_checked(model, full, "the ClipCap checkpoint")
     return model.eval()
 
@@ -301,7 +351,7 @@ def convert_checkpoint(
     record where the parts come from when the sources are local copies."""
     state = load_reference_checkpoint(checkpoint)  # a bad checkpoint fails before any loading
     try:
-        vision = CLIPVisionModelWithProjection.from_pretrained(vision_source)
+        vision, text_tower = load_clip_towers(vision_source)
         text_config = GPT2Config.from_pretrained(text_source)
         tokenizer = AutoTokenizer.from_pretrained(text_source)
     except OSError as e:
@@ -320,5 +370,37 @@ def convert_checkpoint(
         image_encoder=image_encoder or str(vision_source),
         language_model=language_model or str(text_source),
         source=source or f"converted from {Path(checkpoint).name}",
+        text_tower=text_tower,
     )
     return save_pretrained(model, tokenizer, out_dir)
+
+
+@dataclass
+class ClipTextTower:
+    """CLIP's text tower and projection, its tokenizer, and CLIP's logit scale."""
+
+    model: CLIPTextModelWithProjection
+    tokenizer: PreTrainedTokenizerBase
+    logit_scale: float  # exp of CLIPModel.logit_scale (100.0 for OpenAI's CLIP)
+
+
+def load_clip_towers(
+    source: str | os.PathLike,
+) -> tuple[CLIPVisionModelWithProjection, ClipTextTower | None]:
+    """The vision tower of a CLIP model (a directory or Hub id), and its text tower and
+    tokenizer when the source is a whole CLIP model (``openai/clip-vit-base-patch32`` is);
+    a vision-only source gives ``None`` for the text tower. Raises OSError as transformers."""
+    config = AutoConfig.from_pretrained(source)
+    if not isinstance(config, CLIPConfig):
+        return CLIPVisionModelWithProjection.from_pretrained(source), None
+    clip = CLIPModel.from_pretrained(source)  # once, then split: the two towers and the scale
+    # the sub-configs may carry a stale projection_dim: the projections are the whole model's
+    config.vision_config.projection_dim = config.text_config.projection_dim = config.projection_dim
+    with no_init_weights():
+        vision = CLIPVisionModelWithProjection(config.vision_config)
+        text = CLIPTextModelWithProjection(config.text_config)
+    vision.vision_model, vision.visual_projection = clip.vision_model, clip.visual_projection
+    text.text_model, text.text_projection = clip.text_model, clip.text_projection
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    scale = float(clip.logit_scale.detach().exp())
+    return vision.eval(), ClipTextTower(text.eval(), tokenizer, scale)

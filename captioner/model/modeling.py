@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
     GPT2Config,
     GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
 )
 
 from captioner.config import ClipCapConfig
@@ -140,7 +143,13 @@ def build_mapper(config: ClipCapConfig) -> nn.Module:
 
 
 class ClipCapModel(nn.Module):
-    """CLIP vision tower + mapping network + GPT-2, with the prefix entering via inputs_embeds."""
+    """CLIP vision tower + mapping network + GPT-2, with the prefix entering via inputs_embeds.
+
+    Optionally CLIP's text tower too (``clip_text``, from the same CLIP model as the vision
+    tower, with its tokenizer in ``clip_tokenizer``): it embeds texts into the space of the
+    image embeddings, so that a caption, a candidate or an author's alt can be scored
+    against the image. It never takes part in writing captions.
+    """
 
     def __init__(
         self,
@@ -148,13 +157,21 @@ class ClipCapModel(nn.Module):
         vision: CLIPVisionModelWithProjection,
         mapper: nn.Module,
         lm: GPT2LMHeadModel,
+        clip_text: CLIPTextModelWithProjection | None = None,
+        clip_tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
         super().__init__()
+        if (clip_text is None) != (not config.has_text_tower):
+            raise ValueError("config.clip_text_config and clip_text must come together")
         self.config = config
         self.vision = vision
         self.mapper = mapper
         self.lm = lm
+        self.clip_text = clip_text  # state dict prefix "clip_text."; None: captions only
+        self.clip_tokenizer = clip_tokenizer  # not a module: saved as files, not tensors
         self.vision.requires_grad_(False)  # the image encoder is always frozen
+        if clip_text is not None:
+            clip_text.requires_grad_(False)  # and so is the text tower (CLIP trains them)
 
     @classmethod
     def from_config(cls, config: ClipCapConfig) -> ClipCapModel:
@@ -162,12 +179,33 @@ class ClipCapModel(nn.Module):
         config.validate()
         vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**config.vision_config))
         lm = GPT2LMHeadModel(GPT2Config(**config.text_config))
-        return cls(config, vision, build_mapper(config), lm)
+        mapper = build_mapper(config)
+        clip_text = None  # drawn last: a seed gives the other parts the same weights either way
+        if config.has_text_tower:
+            clip_text = CLIPTextModelWithProjection(CLIPTextConfig(**config.clip_text_config))
+        return cls(config, vision, mapper, lm, clip_text)
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.clip_text is not None and self.clip_tokenizer is not None
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) pixels -> (B, clip_dim) CLIP image embeddings (OpenAI ``encode_image``)."""
         return self.vision(pixel_values=pixel_values).image_embeds
+
+    @torch.no_grad()
+    def encode_texts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(T, L) CLIP token ids -> (T, clip_dim) CLIP text embeddings (OpenAI ``encode_text``).
+
+        Each row must hold the tokenizer's end-of-text token: CLIP pools there (see
+        ``scoring.clip_token_ids``)."""
+        if self.clip_text is None:
+            raise ValueError("this model has no CLIP text tower")
+        out = self.clip_text(input_ids=input_ids, attention_mask=attention_mask)
+        return out.text_embeds
 
     def prefix(self, clip_embeds: torch.Tensor) -> torch.Tensor:
         """(B, clip_dim) -> (B, prefix_length, gpt_dim) GPT-2 input embeddings."""

@@ -2,9 +2,9 @@
 
 ``resolve(name_or_path)`` turns what a user typed into a local model directory:
 - a local model directory is used as it is;
-- a registry name (``clipcap-coco``) is fetched once from the Hub (CLIP vision tower, GPT-2
-  config and tokenizer, the authors' ``.pt`` weights), converted, and cached as a model
-  directory under the AltCap cache;
+- a registry name (``clipcap-coco``) is fetched once from the Hub (the CLIP model: its vision
+  tower, text tower and tokenizer; GPT-2's config and tokenizer; the authors' ``.pt``
+  weights), converted, and cached as a model directory under the AltCap cache;
 - anything else that looks like ``owner/name`` is a Hub repo holding a model directory, fetched
   through the Hugging Face cache (``HF_HOME``, ``HF_HUB_OFFLINE`` and tokens apply).
 
@@ -41,7 +41,7 @@ DEFAULT_MODEL = "clipcap-coco"
 class PretrainedSpec:
     """Where a named model's parts come from."""
 
-    image_encoder: str  # Hub id of the CLIP model whose vision tower is used
+    image_encoder: str  # Hub id of the CLIP model: its vision tower, and text tower for scores
     language_model: str  # Hub id of GPT-2: its config and tokenizer
     weights_repo: str  # Hub repo with the authors' .pt state dict
     weights_file: str
@@ -69,9 +69,18 @@ REGISTRY: dict[str, PretrainedSpec] = {
     ),
 }
 
-_VISION_FILES = ["config.json", "preprocessor_config.json"]
+# the CLIP model's configs and its tokenizer (the text tower's weights share the vision's file)
+_VISION_FILES = [
+    "config.json",
+    "preprocessor_config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
 _TEXT_FILES = ["config.json", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"]
-_MODEL_DIR_FILES = ["*.json", "*.txt", "model.safetensors"]
+_MODEL_DIR_FILES = ["*.json", "*.txt", "model.safetensors", "clip_tokenizer/*"]
 
 
 def altcap_cache_dir() -> Path:

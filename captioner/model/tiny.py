@@ -6,12 +6,13 @@ with a byte-level BPE tokenizer trained on a few caption-like sentences.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2TokenizerFast, PreTrainedTokenizerBase
+from transformers import CLIPConfig, CLIPModel, GPT2TokenizerFast, PreTrainedTokenizerBase
 
 from captioner.alttext import unreadable
 from captioner.config import ClipCapConfig, MappingType
@@ -59,7 +60,9 @@ def tiny_config(
     prefix_length: int = 4,
     image_size: int = 32,
     eos_token_id: int = 0,
+    text_tower: bool = False,
 ) -> ClipCapConfig:
+    """The tiny architecture (with a CLIP text tower of the same tiny size if asked)."""
     vision = {
         "hidden_size": 32,
         "intermediate_size": 64,
@@ -78,7 +81,21 @@ def tiny_config(
         "bos_token_id": eos_token_id,
         "eos_token_id": eos_token_id,
     }
+    clip_text = {
+        "vocab_size": vocab_size,  # the tiny models' CLIP tokenizer is their GPT-2 one
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 32,  # tokens per text: captions of shapes need ~10
+        "projection_dim": vision["projection_dim"],
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,  # CLIP pools at the first end-of-text token
+        "pad_token_id": eos_token_id,
+    }
     return ClipCapConfig(
+        clip_text_config=clip_text if text_tower else {},
+        text_encoder="tiny-random-clip-text" if text_tower else "",
         mapping_type=mapping_type,
         prefix_length=prefix_length,
         clip_length=prefix_length,
@@ -94,18 +111,24 @@ def tiny_config(
 
 
 def make_tiny(out_dir: str | os.PathLike, mapping_type: MappingType = "mlp", seed: int = 0) -> Path:
-    """Write a tiny random-weight model directory and return its path."""
+    """Write a tiny random-weight model directory (with a text tower) and return its path.
+
+    A trained one, which writes right captions of simple shapes: ``captioner.train.demo``."""
     tokenizer, model = tiny_tokenizer_and_model(mapping_type, seed)
     return save_pretrained(model, tokenizer, out_dir)
 
 
 def tiny_tokenizer_and_model(
-    mapping_type: MappingType = "mlp", seed: int = 0
+    mapping_type: MappingType = "mlp", seed: int = 0, *, text_tower: bool = True
 ) -> tuple[PreTrainedTokenizerBase, ClipCapModel]:
+    """A tiny random model and its tokenizer (also its CLIP tokenizer, with a text tower)."""
     tokenizer = train_tokenizer()
     torch.manual_seed(seed)
-    config = tiny_config(len(tokenizer), mapping_type, eos_token_id=tokenizer.eos_token_id)
+    config = tiny_config(
+        len(tokenizer), mapping_type, eos_token_id=tokenizer.eos_token_id, text_tower=text_tower
+    )
     model = ClipCapModel.from_config(config)
+    model.clip_tokenizer = tokenizer if text_tower else None
     # Random weights pick any token, and over a third of this vocabulary are bytes that are no
     # text alone (parts of multi-byte characters, control characters): captions of nothing
     # but those clean to "". Zero embeddings (tied to the output layer) give those tokens a
@@ -114,3 +137,30 @@ def tiny_tokenizer_and_model(
     with torch.no_grad():
         model.lm.get_input_embeddings().weight[no_text] = 0.0
     return tokenizer, model
+
+
+def save_clip_model(model: ClipCapModel, out_dir: str | os.PathLike) -> Path:
+    """Write a model's two CLIP towers as one ``CLIPModel`` directory with its tokenizer: what
+    a CLIP repo on the Hub holds (``openai/clip-vit-base-patch32``), for offline tests of
+    conversion and named models."""
+    cfg = model.config
+    config = CLIPConfig(
+        text_config=cfg.clip_text_config,
+        vision_config=cfg.vision_config,
+        projection_dim=cfg.clip_dim,
+    )
+    clip = CLIPModel(config)
+    clip.vision_model, clip.visual_projection = (
+        model.vision.vision_model,
+        model.vision.visual_projection,
+    )
+    clip.text_model, clip.text_projection = (
+        model.clip_text.text_model,
+        model.clip_text.text_projection,
+    )
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(cfg.clip_logit_scale))
+    out = Path(out_dir)
+    clip.save_pretrained(out)
+    model.clip_tokenizer.save_pretrained(out)
+    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import write_reference_parts
+from helpers import png_bytes, write_reference_parts
 
 import captioner.model.pretrained as pretrained
 from captioner import Captioner
@@ -125,3 +125,27 @@ def test_unknown_names_and_folders(tmp_path):
     with pytest.raises(ModelNotFound) as e:
         pretrained.resolve(str(tmp_path))
     assert "not a model directory" in e.value.message
+
+
+def test_named_model_takes_the_text_tower_from_its_clip_model(fake_hub):
+    """The Hub's CLIP repo is a whole CLIPModel: both towers and the tokenizer come from it."""
+    from captioner.model.tiny import save_clip_model, tiny_tokenizer_and_model
+
+    repos, calls, tmp = fake_hub
+    _, original = tiny_tokenizer_and_model("mlp", seed=0)
+    repos["openai/clip-vit-base-patch32"] = save_clip_model(original, tmp / "hub" / "clip")
+    cap = Captioner.from_pretrained("clipcap-coco", device="cpu")
+    assert cap.can_score and cap.config.text_encoder == "openai/clip-vit-base-patch32"
+    asked = {
+        p for kind, repo, pats in calls if repo == "openai/clip-vit-base-patch32" for p in pats
+    }
+    assert {"tokenizer_config.json", "vocab.json", "merges.txt"} <= asked
+    result = cap.caption(png_bytes(), max_tokens=5)[0]
+    assert 0.0 < result.confidence < 1.0 and "confidence" in result.to_dict()
+
+
+def test_named_model_from_a_vision_only_clip_still_captions(fake_hub):
+    cap = Captioner.from_pretrained("clipcap-coco", device="cpu")  # the fixture's CLIP: vision
+    assert not cap.can_score and cap.config.text_encoder == ""
+    result = cap.caption(png_bytes(), max_tokens=5)[0]
+    assert result.confidence is None and "confidence" not in result.to_dict()

@@ -1,0 +1,66 @@
+"""The trained demo model (``make-tiny --trained``): real captions and real scores."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from captioner import Captioner
+from captioner.train.demo import train_tiny
+from captioner.train.synthetic import draw_shape
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
+
+
+@pytest.fixture(scope="session")
+def demo_captioner(tmp_path_factory) -> Captioner:
+    """Trained once per session (about 30 s on one thread)."""
+    out = train_tiny(tmp_path_factory.mktemp("demo") / "model", seed=0)
+    return Captioner.from_pretrained(str(out), device="cpu", dtype="float32")
+
+
+def test_it_captions_a_held_out_red_circle(demo_captioner):
+    image = draw_shape("red", "circle", rng=random.Random(1234))  # jitter never trained on
+    result = demo_captioner.caption(image)[0]
+    assert result.text == "A red circle on a white background."
+    assert result.confidence > 0.5
+
+
+def test_the_right_caption_outscores_swapped_ones(demo_captioner):
+    rng = random.Random(99)
+    images = [draw_shape("red", "circle", rng=rng), draw_shape("blue", "star", rng=rng)]
+    texts = [
+        [
+            "a red circle on a white background.",
+            "a blue circle on a white background.",  # another colour
+            "a red square on a white background.",  # another shape
+            "a green triangle on a white background.",  # both
+        ],
+        [
+            "a blue star on a white background.",
+            "a yellow star on a white background.",
+            "a blue triangle on a white background.",
+            "a red circle on a white background.",
+        ],
+    ]
+    scores = demo_captioner.score(images, texts)  # (2, 4)
+    assert (scores[:, :1] > scores[:, 1:]).all(), scores
+    conf = demo_captioner.confidence(scores)
+    assert (conf[:, 0] > 0.5).all() and (conf[:, 1:] < 0.5).all(), conf
+
+
+def test_training_is_deterministic(demo_captioner, tmp_path):
+    """The same seed, the same weights and calibration: a second run gives the same model."""
+    import torch
+
+    from captioner.model.checkpoints import load_pretrained
+
+    again, _ = load_pretrained(train_tiny(tmp_path / "again", seed=0))
+    first = demo_captioner.model.config
+    assert again.config.confidence_center == first.confidence_center
+    reference, _ = load_pretrained(demo_captioner.model_id)
+    for (name, a), b in zip(
+        reference.state_dict().items(), again.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
