@@ -162,6 +162,12 @@
     return { ...answer, results: answer.results.map(cleanResult) };
   }
 
+  /** Whether an alt made of `altFrom` holds the image's own text ("text", or
+   * "caption_and_text"): the only alt written for a thin banner (detection.js textOnly). */
+  function holdsText(altFrom) {
+    return altFrom === "text" || altFrom === "caption_and_text";
+  }
+
   /** The mark before an alt, by what it says: `prefixes.textPrefix` ("Appears to say: ") for
    * an image's own text, `prefixes.prefix` ("Appears to be: ") for a caption, alone or with
    * the text after it (that alt names the text itself: "... Appears to say: ..."). */
@@ -179,6 +185,7 @@
     altText,
     cleanResult,
     cleanAnswer,
+    holdsText,
     prefixFor,
   });
 })(globalThis);

@@ -102,7 +102,7 @@
   let sliceEnd = 0;
   let sliceTicks = 0;
 
-  const state = new WeakMap(); // element -> {status, url, rewrites}
+  const state = new WeakMap(); // element -> {status, url, rewrites, textOnly}
   const written = new WeakMap(); // element -> the alt text (or aria-label) we wrote
   const queue = new Map(); // id -> {id, el, url, data?, priority, order}
   // url -> {caption, alt, alt_from, language?}, for this page's lifetime (survives toggling)
@@ -135,7 +135,8 @@
   function info(el) {
     let s = state.get(el);
     if (!s) {
-      s = { status: null, url: "", rewrites: 0 };
+      // textOnly: a thin banner (detection.js), written only with its own text
+      s = { status: null, url: "", rewrites: 0, textOnly: false };
       state.set(el, s);
     }
     return s;
@@ -186,7 +187,8 @@
     if (s.status === "described" || s.status === "failed" || s.status === "given-up") return;
     const verdict = D.assess(el, window);
     if (verdict.action !== "describe") return; // "wait": the load listener looks again
-    const cached = captions.get(verdict.url);
+    s.textOnly = verdict.textOnly === true;
+    const cached = captions.get(verdict.url); // a banner answered by a caption: not sent again
     if (cached) {
       write(el, verdict.url, cached);
       return;
@@ -374,11 +376,15 @@
 
   /** Write prefix + alt as el's description (alt, or an ARIA image's aria-label);
    * `described`: {caption, alt, alt_from, language?}. `explicit`: the user asked for this
-   * one image (context menu), so it is written even where AltCap is not running on the page. */
+   * one image (context menu), so it is written even where AltCap is not running on the page,
+   * and even a thin banner's caption. A thin banner otherwise gets its own text only: with a
+   * caption alone it is left as it was, counted nowhere (neither described nor failed). */
   function write(el, url, described, explicit = false) {
     const s = info(el);
     s.url = url;
-    if (!showing || (!started && !explicit) || !stillNeedsIt(el, url)) {
+    if (explicit) s.textOnly = false;
+    const unwanted = s.textOnly && !globalThis.AltCapCaptionText.holdsText(described.alt_from);
+    if (!showing || (!started && !explicit) || unwanted || !stillNeedsIt(el, url)) {
       setStatus(el, null);
       return false;
     }

@@ -258,11 +258,21 @@
   }
 
   const MIN_SIDE = 16; // CSS px: smaller renders are icons, bullets, spacers
-  const BANNER_RATIO = 2.5; // long side / short side
+  // A thin banner (long side / short side above BANNER_RATIO, short side under
+  // BANNER_SHORT_SIDE CSS px) is worth describing only by its text: a caption of a strip says
+  // nothing ("a close up of a wall"), but many are text (an ad, a site's name, a heading
+  // drawn as an image, a wide button), which the server reads (issue 22).
+  const BANNER_RATIO = 2.5;
   const BANNER_SHORT_SIDE = 150; // CSS px
 
   function result(action, reason, url) {
     return { action, reason, url: url || "" };
+  }
+
+  /** Whether a render of w x h CSS px is a thin banner (see BANNER_RATIO). */
+  function isBannerShape(w, h) {
+    const short = Math.min(w, h);
+    return short > 0 && Math.max(w, h) / short > BANNER_RATIO && short < BANNER_SHORT_SIDE;
   }
 
   /** What the element's own markup tells a screen-reader user, and why: the verdict of
@@ -392,7 +402,8 @@
 
   /** Decide what to do with one element.
    * action "describe": needs a caption (reason: "missing" | "meaningless" | "empty_link";
-   * url set);
+   * url set); `textOnly: true` on a thin banner: write its description only when it is the
+   * image's own text (alt_from "text" or "caption_and_text"), never a caption alone;
    * action "wait": not loaded yet, look again on its load event;
    * action "skip": leave it alone (reason says why).
    * `win` (optional) gives getComputedStyle for visibility:hidden. */
@@ -428,10 +439,7 @@
     const h = Number(box && box.height) || 0;
     // Also catches display:none (0 x 0); the content script looks again when it shows up.
     if (w < MIN_SIDE || h < MIN_SIDE) return result("skip", "too-small");
-    const short = Math.min(w, h);
-    if (Math.max(w, h) / short > BANNER_RATIO && short < BANNER_SHORT_SIDE) {
-      return result("skip", "banner");
-    }
+    if (isBannerShape(w, h)) return { ...result("describe", verdict, url), textOnly: true };
     return result("describe", verdict, url);
   }
 

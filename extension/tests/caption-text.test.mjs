@@ -109,6 +109,12 @@ test("prefixFor: 'Appears to say' before an image's own text, 'Appears to be' ot
   assert.equal(T.prefixFor({ prefix: PREFIX }, "text"), PREFIX); // no text prefix known
 });
 
+test("holdsText: the alts a thin banner may get hold the image's own text", () => {
+  assert.equal(T.holdsText("text"), true);
+  assert.equal(T.holdsText("caption_and_text"), true);
+  for (const other of ["caption", undefined, null, "", "TEXT", "ocr"]) assert.equal(T.holdsText(other), false, String(other));
+});
+
 test("caption-text.js can be injected twice into one world", () => {
   const context = vm.createContext({});
   loadCaptionText(context);

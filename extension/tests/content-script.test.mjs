@@ -402,6 +402,61 @@ test("an image of text gets its text after the text prefix from hello, through t
   assert.equal(status.described, 2);
 });
 
+test("a thin banner is written only with its own text, never a caption alone", async () => {
+  // issue 22: a banner's caption says nothing ("a close up of a wall"); its text does.
+  const BANNER = { rect: { width: 728, height: 90 } };
+  const answers = {
+    "sale.png": { caption: "a sign", text: "FREE SHIPPING", alt: "FREE SHIPPING", alt_from: "text" },
+    "shop.png": { caption: "A shop.", text: "Summer sale", alt: "A shop. Appears to say: Summer sale", alt_from: "caption_and_text" },
+    "strip.png": { caption: "A blue wall.", text: "", alt: "A blue wall.", alt_from: "caption" },
+    "old.png": { caption: "An orange wall." }, // a server from before issue 22: no alt_from
+    "photo.jpg": { caption: "A cat.", text: "", alt: "A cat.", alt_from: "caption" },
+  };
+  const worker = (message) => ({
+    results: message.images.map((image) => ({ id: image.id, ...answers[image.url.split("/").pop()] })),
+  });
+  const at = (name, attrs = {}, opts = BANNER) => img({ src: `https://example.com/${name}`, ...attrs }, opts);
+  const sale = at("sale.png");
+  const shop = at("shop.png");
+  const strip = at("strip.png");
+  const old = at("old.png", { alt: "banner" }); // meaningless: as good as none
+  const photo = at("photo.jpg", {}, {}); // 300 x 200: no banner
+  const p = page({ elements: [sale, shop, strip, old, photo], worker });
+  await until(() => photo.hasAttribute("alt"));
+  await sleep(20);
+
+  assert.equal(describes(p.sent).length, 1); // banners are sent with the rest
+  assert.equal(describes(p.sent)[0].images.length, 5);
+  assert.equal(sale.getAttribute("alt"), "Appears to say: FREE SHIPPING");
+  assert.equal(sale.getAttribute("data-altcap"), "__none__");
+  assert.equal(shop.getAttribute("alt"), "Appears to be: A shop. Appears to say: Summer sale");
+  assert.equal(photo.getAttribute("alt"), "Appears to be: A cat."); // a caption, not a banner
+  for (const el of [strip, old]) assert.equal(el.hasAttribute("data-altcap"), false);
+  assert.equal(strip.hasAttribute("alt"), false);
+  assert.equal(old.getAttribute("alt"), "banner");
+  // Counted as a skipped banner always was: neither needing a description nor failed.
+  let status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.failed], [3, 3, 0]);
+
+  // Hidden and shown, then looked at again (describe-now, visibility): never written, never
+  // sent again (the caption is cached), still not counted.
+  await p.message({ type: "toggle" });
+  assert.equal(sale.hasAttribute("alt"), false);
+  await p.message({ type: "toggle" });
+  assert.equal(sale.getAttribute("alt"), "Appears to say: FREE SHIPPING");
+  await p.message({ type: "describe-now", quiet: true });
+  p.observers.intersection[0].callback([{ target: strip, isIntersecting: true }]);
+  await sleep(120);
+  assert.equal(strip.hasAttribute("alt"), false);
+  assert.equal(describes(p.sent).length, 1);
+  status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.failed], [3, 3, 0]);
+
+  // "Describe this image" is the user asking: the banner's caption is announced and written.
+  await p.message({ type: "describe-target", srcUrl: "https://example.com/strip.png" });
+  assert.equal(strip.getAttribute("alt"), "Appears to be: A blue wall.");
+});
+
 test("messages from elsewhere are ignored; injecting twice is harmless", async () => {
   const el = img({ src: "https://example.com/a.jpg" });
   const p = page({ elements: [el], worker: captionEach, auto: false });

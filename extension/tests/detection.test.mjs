@@ -166,15 +166,24 @@ test("aria-labelledby is resolved through the document", () => {
   assert.equal(reason(img({ "aria-labelledby": "nothing-here" }, { doc })), "describe:missing");
 });
 
-test("size rules: tiny renders, tracking pixels, thin banners", () => {
+test("size rules: tiny renders, tracking pixels; thin banners are described by their text only", () => {
   assert.equal(reason(img({}, { rect: { width: 15, height: 200 } })), "skip:too-small");
   assert.equal(reason(img({}, { rect: { width: 0, height: 0 } })), "skip:too-small"); // display:none
   assert.equal(reason(img({}, { natural: [1, 1], rect: { width: 300, height: 300 } })), "skip:tracking-pixel");
-  assert.equal(reason(img({}, { rect: { width: 728, height: 90 } })), "skip:banner");
-  assert.equal(reason(img({}, { rect: { width: 90, height: 728 } })), "skip:banner");
-  assert.equal(reason(img({}, { rect: { width: 1200, height: 400 } })), "describe:missing"); // tall enough
-  assert.equal(reason(img({}, { rect: { width: 250, height: 100 } })), "describe:missing"); // ratio 2.5
-  assert.equal(reason(img({}, { rect: { width: 16, height: 16 } })), "describe:missing");
+  const textOnly = (rect, attrs = {}) => D.assess(img(attrs, { rect })).textOnly === true;
+  // A thin banner is sent (its text may be read), marked textOnly: no caption alone for it.
+  for (const rect of [{ width: 728, height: 90 }, { width: 90, height: 728 }, { width: 800, height: 40 }]) {
+    assert.equal(reason(img({}, { rect })), "describe:missing", JSON.stringify(rect));
+    assert.equal(textOnly(rect), true, JSON.stringify(rect));
+  }
+  assert.equal(reason(img({ alt: "banner" }, { rect: { width: 728, height: 90 } })), "describe:meaningless");
+  assert.equal(textOnly({ width: 728, height: 90 }, { alt: "banner" }), true);
+  assert.equal(reason(img({ alt: "Free shipping" }, { rect: { width: 728, height: 90 } })), "skip:author-alt");
+  // Not banners: tall enough, a ratio of 2.5 at most, a square.
+  for (const rect of [{ width: 1200, height: 400 }, { width: 250, height: 100 }, { width: 16, height: 16 }]) {
+    assert.equal(reason(img({}, { rect })), "describe:missing", JSON.stringify(rect));
+    assert.equal(textOnly(rect), false, JSON.stringify(rect));
+  }
 });
 
 test("loading, broken and URL-less images", () => {

@@ -41,6 +41,9 @@ IMAGES = {
     "linked-text": (200, 130, 60),  # alt="" beside its link's text: decorative
 }
 DESCRIBED = {"none", "filename", "change1", "change2", "added", "lazy", "hero", "linked"}
+# What reaches the server: those, and the thin banner, sent for the text it might hold (a
+# plain colour: answered with a caption alone, which AltCap does not write for a banner).
+SENT = DESCRIBED | {"banner"}
 
 TEST_PAGE = """<!doctype html>
 <html lang="en">

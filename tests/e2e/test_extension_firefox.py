@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from extension_site import (
     COMPONENTS_DESCRIBED,
-    DESCRIBED,
+    SENT,
     TIMEOUT_MS,
     Service,
     copy_extension,
@@ -191,7 +191,7 @@ def test_firefox_describes_exactly_the_images_that_need_it(
         assert alt_of(firefox, tab, by_id(name)) == {"alt": alt, "mark": None}, name
     with service.lock:
         sent = sorted(service.sent_urls)
-    assert sent == sorted(image_url(site, n) for n in DESCRIBED), "exactly these, each once"
+    assert sent == sorted(image_url(site, n) for n in SENT), "exactly these, each once"
     assert ("POST", "/v1/captions") in [r[:2] for r in service.from_browser("Firefox")]
     assert service.from_browser("Chrom") == []
 
