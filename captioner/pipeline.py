@@ -29,6 +29,7 @@ from captioner.runtime.graphs import GraphedGreedy
 from captioner.runtime.lm import CachedGPT2
 from captioner.runtime.packed import can_pack, pack_linears
 from captioner.runtime.stopping import StopRule
+from captioner.runtime.text import LeanText
 from captioner.runtime.vision import LeanVision
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,12 @@ class Captioner:
             pack_linears(self.model.vision)
         if self.kernel:  # a few rows per image: the batch-invariant kernel (cpu_kernel.py)
             pack_linears(self.model.mapper, kernel=True)
-        if self.packed and self.model.clip_text is not None:  # a whole batch of texts at once
+        self._encode_text = self.model.encode_texts
+        if self.packed and self.model.clip_text is not None:  # CPU: a leaner forward (text.py)
+            try:
+                self._encode_text = LeanText(self.model.clip_text)
+            except ValueError as exc:  # a CLIP variant it does not cover: the module's own
+                log.info("CLIP's text tower runs its own forward: %s", exc)
             pack_linears(self.model.clip_text)
         self.tokenizer = tokenizer
         self.lm = CachedGPT2(self.model.lm, pack=self.packed, kernel=self.kernel)
@@ -171,7 +177,7 @@ class Captioner:
             return torch.empty(0, self.config.clip_dim)
         max_length = int(self.model.clip_text.config.max_position_embeddings)
         ids, mask = clip_token_ids(self.model.clip_tokenizer, texts, max_length)
-        return self.model.encode_texts(ids.to(self.device), mask.to(self.device)).float()
+        return self._encode_text(ids.to(self.device), mask.to(self.device)).float()
 
     @torch.inference_mode()
     def score(

@@ -108,3 +108,14 @@ def test_text_tower_must_match_the_image_tower():
             text_config=GPT2Config().to_dict(),
             clip_text_config={"projection_dim": 16},
         ).validate()
+
+
+def test_the_lean_text_forward_equals_the_module():
+    """The pipeline's CPU text forward (runtime/text.py): the same embeddings, padding too."""
+    from captioner.runtime.text import LeanText
+
+    tok, model = tiny_tokenizer_and_model("mlp", seed=1)
+    model.eval()
+    texts = ["a red circle.", "an orange star on a white background.", ""]
+    ids, mask = clip_token_ids(tok, texts, 32)
+    torch.testing.assert_close(LeanText(model.clip_text)(ids, mask), model.encode_texts(ids, mask))
