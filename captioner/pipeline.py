@@ -31,6 +31,7 @@ from captioner.runtime.packed import can_pack, pack_linears
 from captioner.runtime.stopping import StopRule
 from captioner.runtime.text import LeanText
 from captioner.runtime.vision import LeanVision
+from captioner.trust import GENERIC_TEXTS, MATCH_SCORE, alt_check
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class CaptionResult:
     # to [0, 1] (scoring.confidence, docs/confidence.md)
     confidence: float | None = None
     similarity: float | None = None
+    # An author's alt checked against the image (``caption_pixels(..., alts=)``): the
+    # cosines of the alt and of the best generic text, and trust.alt_check's verdict
+    alt_similarity: float | None = None
+    generic_similarity: float | None = None
+    alt_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -60,6 +66,8 @@ class CaptionResult:
         }
         if self.confidence is not None:  # absent, not null, without a text tower
             d["confidence"] = self.confidence
+        if self.alt_check is not None:
+            d["alt_check"] = dict(self.alt_check)
         return d
 
 
@@ -108,6 +116,7 @@ class Captioner:
         self.model_id = model_id
         self.max_pixels = max_pixels
         self.default_settings = DecodingSettings()
+        self.alt_match_score = MATCH_SCORE  # ALTCAP_ALT_MATCH_SCORE (trust.alt_check)
 
     @classmethod
     def from_pretrained(
@@ -229,12 +238,14 @@ class Captioner:
         settings: DecodingSettings | None = None,
         *,
         batch_size: int = 32,
+        alts: Sequence[str | None] | None = None,
         **overrides: Any,
     ) -> list[CaptionResult]:
         """Caption images (bytes, paths or PIL images): one result per image, in order.
 
-        A bad image raises its typed ``ImageError``; decode first with ``images.load_image``
-        to handle failures image by image.
+        ``alts``: an author's alt per image (None: none) to check against it (``alt_check``;
+        needs a text tower). A bad image raises its typed ``ImageError``; decode first with
+        ``images.load_image`` to handle failures image by image.
         """
         if isinstance(images, (bytes, bytearray, str, Image.Image)) or not isinstance(
             images, Sequence
@@ -250,7 +261,8 @@ class Captioner:
             ]
             pixels = self.preprocess(chunk)
             pre_ms = (time.perf_counter() - t0) * 1e3
-            for r in self.caption_pixels(pixels, settings):
+            some = None if alts is None else list(alts[start : start + batch_size])
+            for r in self.caption_pixels(pixels, settings, alts=some):
                 r.timings["preprocess_ms"] = round(pre_ms, 3)
                 r.timings["total_ms"] = round(r.timings["total_ms"] + pre_ms, 3)
                 results.append(r)
@@ -258,9 +270,19 @@ class Captioner:
 
     @torch.inference_mode()
     def caption_pixels(
-        self, pixel_values: torch.Tensor, settings: DecodingSettings | None = None
+        self,
+        pixel_values: torch.Tensor,
+        settings: DecodingSettings | None = None,
+        alts: Sequence[str | None] | None = None,
     ) -> list[CaptionResult]:
-        """Caption a preprocessed batch (B, 3, S, S) in one pass."""
+        """Caption a preprocessed batch (B, 3, S, S) in one pass.
+
+        With a text tower, every caption gets its ``confidence``, and every image with an
+        author's alt in ``alts`` (one per image, None for none) its ``alt_check``, from one
+        text-tower pass over the captions, the alts and ``trust.GENERIC_TEXTS``.
+        """
+        if alts is not None and len(alts) != len(pixel_values):
+            raise InvalidSettings(f"{len(alts)} alts for {len(pixel_values)} images")
         settings = self.settings(settings)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
@@ -273,9 +295,10 @@ class Captioner:
         raws = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
         texts = [clean_caption(raw) for raw in raws]
         timings = {"encode_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3}
+        checks: dict[int, dict[str, float]] = {}
         similarity = conf = None
-        if self.can_score:  # what CLIP makes of each caption: one text-tower pass
-            similarity = self.score(embeds, texts)
+        if self.can_score:  # what CLIP makes of each caption (and alt): one text-tower pass
+            similarity, checks = self._scores(embeds, texts, alts)
             conf = self.confidence(similarity)
             sync()
             timings["confidence_ms"] = (time.perf_counter() - t2) * 1e3
@@ -287,5 +310,33 @@ class Captioner:
             if similarity is not None:
                 r.similarity = round(float(similarity[i]), 4)
                 r.confidence = round(float(conf[i]), 4)
+            if i in checks:
+                r.alt_similarity = round(checks[i]["alt"], 4)
+                r.generic_similarity = round(checks[i]["generic"], 4)
+                r.alt_check = alt_check(
+                    checks[i]["alt"],
+                    checks[i]["caption"],
+                    checks[i]["generic"],
+                    self.alt_match_score,
+                )
             out.append(r)
         return out
+
+    def _scores(
+        self, embeds: torch.Tensor, captions: list[str], alts: Sequence[str | None] | None
+    ) -> tuple[torch.Tensor, dict[int, dict[str, float]]]:
+        """(B,) caption cosines, and {image index: cosines of its alt, caption and the best
+        generic text} for the images with an alt; all texts in one text-tower pass."""
+        asked = [(i, a) for i, a in enumerate(alts or []) if isinstance(a, str) and a.strip()]
+        generic = list(GENERIC_TEXTS) if asked else []
+        texts = captions + [a for _, a in asked] + generic
+        text_embeds = self.embed_texts(texts)  # (B + A + G, D)
+        b, a = len(captions), len(asked)
+        caption_cos = cosine(embeds, text_embeds[:b]).cpu()  # (B,)
+        checks = {}
+        for j, (i, _) in enumerate(asked):
+            image = embeds[i : i + 1]  # (1, D)
+            alt_cos = float(cosine(image, text_embeds[b + j : b + j + 1])[0])
+            generic_cos = float(cosine(image, text_embeds[b + a :]).max())
+            checks[i] = {"alt": alt_cos, "caption": float(caption_cos[i]), "generic": generic_cos}
+        return caption_cos, checks

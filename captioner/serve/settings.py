@@ -26,6 +26,7 @@ from captioner.alttext import MAX_ALT_CHARS
 from captioner.crawl.urls import FetchLimits
 from captioner.describe import MAX_TEXT_CHARS, AltRule
 from captioner.errors import ConfigError
+from captioner.trust import MATCH_SCORE, MIN_CONFIDENCE
 
 __all__ = ["ENV_PREFIX", "ConfigError", "SettingDoc", "Settings", "markdown_table"]
 
@@ -59,6 +60,23 @@ def _int(minimum: int) -> Callable[[str], int]:
         if n < minimum:
             raise ValueError("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
         return n
+
+    return parse
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("a number between 0 and 1")
+    return number
+
+
+def _float_at_least(minimum: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not math.isfinite(number) or number < minimum:
+            raise ValueError(f"a number of at least {minimum}")
+        return number
 
     return parse
 
@@ -282,6 +300,21 @@ class Settings:
         "Longest alt text a caption becomes (characters, the ellipsis included), in API"
         " answers, job rows, reports and patched pages: longer ones are cut at a word with"
         f" an ellipsis (the extension also cuts what any server sends at {MAX_ALT_CHARS})",
+    )
+    min_confidence: float = _setting(
+        MIN_CONFIDENCE,
+        _fraction,
+        "Confidence (0-1) below which a caption is not said: results carry confident=false,"
+        " the extension writes nothing, reports say low_confidence (models with CLIP's text"
+        " tower; docs/confidence.md)",
+        shown=str(MIN_CONFIDENCE),
+    )
+    alt_match_score: float = _setting(
+        MATCH_SCORE,
+        _float_at_least(0.0),
+        "An author's alt 'matches' its image at this score or more: 0 = no better than"
+        " 'an image.', 1 = as good as AltCap's own caption (docs/confidence.md)",
+        shown=str(MATCH_SCORE),
     )
     ocr: str = _setting(
         "on",
