@@ -19,6 +19,7 @@ are images of text). Prints Markdown; ``--json`` writes the numbers.
 
     python bench/ocr.py                          # 350 images, seed 2026
     python bench/ocr.py --via-cli --batch 200    # + the CLI path, + batch throughput
+    python bench/ocr.py --serve 100              # + p50 added per image in the service
     python bench/ocr.py --via-cli --batch 200 --json bench/results/ocr-cpu.json \
         --markdown bench/results/ocr-cpu.md        # the figures in docs/ocr.md
 """
@@ -156,6 +157,54 @@ def run_batch(images: int, text_share: float, tiny: bool) -> dict:
     return out
 
 
+def run_serve(samples: list[Sample], rounds: int) -> dict:
+    """Added latency in the service: one client, one image per request, full-size model,
+    the same images with ``read_text`` false and true in turn (caches off), p50 of each."""
+    import base64
+    import io
+
+    from bench.serve import FORCED, full_model_dir
+    from captioner.web.app import create_app
+
+    app = create_app(
+        {
+            "MODEL": str(full_model_dir()),
+            "DEVICE": "cpu",
+            "DTYPE": "bfloat16",
+            "CACHE_URL": "off",
+            "DATA_DIR": tempfile.mkdtemp(prefix="altcap-ocr-serve-"),
+            "JOB_WORKERS": 0,
+            "TESTING": True,
+        }
+    )
+    st = app.extensions["altcap"]
+    st.engine.wait_ready(600)
+    client = app.test_client()
+    bodies = []
+    for s in samples[:rounds]:
+        buf = io.BytesIO()
+        s.image.save(buf, "PNG")
+        bodies.append(base64.b64encode(buf.getvalue()).decode())
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i, data in enumerate([bodies[0], *bodies]):  # the first request warms up, unmeasured
+        for read in (False, True):
+            body = {"images": [{"data": data}], "decoding": FORCED, "read_text": read}
+            t0 = time.perf_counter()
+            r = client.post("/v1/captions", json=body)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            assert r.status_code == 200, r.get_data(as_text=True)
+            if i:
+                times[read].append(elapsed)
+    st.close()
+    p50 = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {
+        "requests": len(bodies),
+        "p50_ms_off": p50[False],
+        "p50_ms_on": p50[True],
+        "added_p50_ms": p50[True] - p50[False],
+    }
+
+
 def markdown(result: dict) -> str:
     lines = [
         "| engine | word recall | word precision | pictures given text | p50 ms | p90 ms |",
@@ -178,6 +227,14 @@ def markdown(result: dict) -> str:
             f"{f(r['word_precision'], '.3f')} | {r['pictures_given_text']} / {r['pictures']} "
             "| | |"
         )
+    if "serve" in result:
+        v = result["serve"]
+        lines.append("")
+        lines.append(
+            f"Service, one image per request (full-size model, bfloat16, 20 tokens): p50 "
+            f"{v['p50_ms_off']:.0f} ms without reading, {v['p50_ms_on']:.0f} ms with: "
+            f"{v['added_p50_ms']:+.0f} ms."
+        )
     if "batch" in result:
         b = result["batch"]
         lines.append("")
@@ -196,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--via-cli", action="store_true", help="also score `caption --json`")
     p.add_argument("--model", default="", help="model for --via-cli (default: a tiny one)")
     p.add_argument("--batch", type=int, default=0, help="images for the batch on/off runs")
+    p.add_argument("--serve", type=int, default=0, help="requests for the service latency")
     p.add_argument("--text-share", type=float, default=0.3, help="images of text in --batch")
     p.add_argument("--batch-tiny", action="store_true", help="the tiny model in --batch")
     p.add_argument("--json", help="write the results here")
@@ -221,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             tmp = tempfile.mkdtemp(prefix="altcap-ocr-model-")
             model = str(tiny_model_dir(Path(tmp) / "tiny"))
         result["cli"] = run_cli(samples, model)
+    if args.serve:
+        result["serve"] = run_serve(samples, args.serve)
     if args.batch:
         result["batch"] = run_batch(args.batch, args.text_share, args.batch_tiny)
     table = markdown(result)
