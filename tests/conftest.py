@@ -32,6 +32,32 @@ def tiny_transformer_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """The trained demo model (``make-tiny --trained``: real captions of synthetic shapes,
+    real confidences), trained once and kept under .cache/ for as long as the code that
+    makes it is unchanged (about 40 s; the key is a hash of that code)."""
+    import hashlib
+
+    from captioner.model.checkpoints import is_model_dir
+    from captioner.train.demo import train_tiny
+
+    root = Path(__file__).resolve().parent.parent
+    sources = ["captioner/train/demo.py", "captioner/train/synthetic.py", "captioner/model/tiny.py"]
+    key = hashlib.sha256(b"".join((root / f).read_bytes() for f in sources)).hexdigest()[:12]
+    out = root / ".cache" / f"test-demo-model-{key}"
+    if not is_model_dir(out):
+        train_tiny(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_captioner(demo_dir):
+    from captioner import Captioner
+
+    return Captioner.from_pretrained(str(demo_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def tiny_captioner(tiny_dir):
     from captioner import Captioner
 

@@ -6,18 +6,10 @@ import random
 
 import pytest
 
-from captioner import Captioner
 from captioner.train.demo import train_tiny
 from captioner.train.synthetic import draw_shape
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest
-
-
-@pytest.fixture(scope="session")
-def demo_captioner(tmp_path_factory) -> Captioner:
-    """Trained once per session (about 30 s on one thread)."""
-    out = train_tiny(tmp_path_factory.mktemp("demo") / "model", seed=0)
-    return Captioner.from_pretrained(str(out), device="cpu", dtype="float32")
 
 
 def test_it_captions_a_held_out_red_circle(demo_captioner):
