@@ -131,6 +131,7 @@ class _Item:
     deadline: float  # time.monotonic(); math.inf for none
     arrived: float  # time.monotonic() at submit
     future: CaptionFuture
+    alt: str | None = None  # an author's alt to check against the image
 
 
 @dataclass
@@ -258,8 +259,12 @@ class Engine:
         *,
         timeout_s: float | None = None,
         deadline: float | None = None,
+        alt: str | None = None,
     ) -> CaptionFuture:
         """Queue one preprocessed image (3, S, S); the future gives its ``CaptionResult``.
+
+        ``alt``: an author's alt to check against the image in the same batch
+        (``CaptionResult.alt_check``; models with CLIP's text tower).
 
         ``deadline`` is a ``time.monotonic()`` value, ``timeout_s`` one relative to now; with
         both the earlier wins, with neither the item never expires. Raises
@@ -277,7 +282,7 @@ class Engine:
         deadline = _deadline(now, timeout_s, deadline)
         if deadline <= now:
             raise DeadlineExceeded("the deadline had passed before the image was queued")
-        item = _Item(pixels, settings, deadline, now, CaptionFuture(deadline))
+        item = _Item(pixels, settings, deadline, now, CaptionFuture(deadline), alt)
 
         expired: list[_Item] = []
         refusal: AltCapError | None = None
@@ -317,8 +322,10 @@ class Engine:
         images: Sequence[Image.Image],
         settings: DecodingSettings | None = None,
         timeout_s: float | None = None,
+        alts: Sequence[str | None] | None = None,
     ) -> list[CaptionResult | AltCapError]:
-        """Caption decoded images, one result or typed error per image, in order.
+        """Caption decoded images, one result or typed error per image, in order; ``alts``
+        (one per image, None for none) are checked against their images (``submit``).
 
         Each image is submitted on its own so it can share a batch with other requests.
         All are preprocessed before the first is submitted, so they reach the queue
@@ -330,9 +337,10 @@ class Engine:
         # Preprocess here, in the calling thread: the worker's time is for the model only.
         pixels = [captioner.preprocess([im])[0] for im in images]
         slots: list[CaptionFuture | AltCapError] = []
-        for p in pixels:
+        for i, p in enumerate(pixels):
+            alt = alts[i] if alts is not None else None
             try:
-                slots.append(self.submit(p, settings, deadline=deadline))
+                slots.append(self.submit(p, settings, deadline=deadline, alt=alt))
             except AltCapError as e:
                 slots.append(e)
         out: list[CaptionResult | AltCapError] = []
@@ -489,7 +497,11 @@ class Engine:
         internal = ""  # an unexpected failure: each future gets its own InternalError
         try:
             pixels = torch.stack([item.pixels for item in batch])  # (B, 3, S, S)
-            results = captioner.caption_pixels(pixels, settings)
+            alts = [item.alt for item in batch]
+            if any(a is not None for a in alts):
+                results = captioner.caption_pixels(pixels, settings, alts=alts)
+            else:
+                results = captioner.caption_pixels(pixels, settings)
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} captions for a batch of {len(batch)}")
         except AltCapError as e:
