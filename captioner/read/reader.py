@@ -34,7 +34,7 @@ from captioner.errors import OcrError, OcrTimeout
 
 __all__ = ["Reading", "TextReader"]
 
-READER_VERSION = 1  # part of the cache key: bump when the reading of an image changes
+READER_VERSION = 2  # part of the cache key: bump when the reading of an image changes
 MIN_WORD_CONFIDENCE = 60.0  # Tesseract's 0-100 word confidence; below: a fragment
 MIN_LINE_CONFIDENCE = 70.0  # a line whose kept words average less is dropped whole
 SURE_CONFIDENCE = 85.0  # a first pass averaging this much needs no second try
@@ -131,13 +131,16 @@ class TextReader:
         try:
             grey, scale = _prepare(image)
             lines, conf = self._pass(grey, scale, image.size, deadline, "otsu")
-            if conf < SURE_CONFIDENCE and min(image.size) >= 64:
+            # Second tries cost 3-5 more passes: only where text may have been missed, i.e.
+            # the first pass was unsure, or found nothing where rows of sharp edges are.
+            bands = _edge_bands(image) if conf < SURE_CONFIDENCE else []
+            if (lines or bands) and conf < SURE_CONFIDENCE and min(image.size) >= 64:
                 for variant, pixels in _alternatives(image, grey):
                     alt_lines, alt_conf = self._pass(pixels, scale, image.size, deadline, variant)
                     if _weight(alt_lines) > _weight(lines):
                         lines, conf = alt_lines, alt_conf
-                if conf < SURE_CONFIDENCE:
-                    band_lines = self._bands(image, deadline)
+                if bands and conf < SURE_CONFIDENCE:
+                    band_lines = self._bands(image, bands, deadline)
                     if _weight(band_lines) > _weight(lines):
                         lines = band_lines
         except (OcrError, MemoryError):
@@ -146,12 +149,14 @@ class TextReader:
             raise OcrError(f"reading the text failed: {type(exc).__name__}: {exc}") from exc
         return Reading(tuple(lines), _mostly_text(image, lines))
 
-    def _bands(self, image: Image.Image, deadline: float | None) -> list[Line]:
+    def _bands(
+        self, image: Image.Image, bands: list[tuple[int, int, int, int]], deadline: float | None
+    ) -> list[Line]:
         """Read each band of dense edges apart, each prepared against its own surroundings
         (a caption box on a photo, white type over a sky): what a whole-image threshold
         cannot separate."""
         out: list[Line] = []
-        for box in _edge_bands(image)[:MAX_BANDS]:
+        for box in bands[:MAX_BANDS]:
             crop = image.crop(box)
             pixels, scale = _prepare(crop)
             lines, _ = self._pass(pixels, scale, crop.size, deadline, "otsu")
