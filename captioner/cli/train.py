@@ -132,7 +132,8 @@ def register_train(subparsers: Any) -> None:
 def register_evaluate(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="caption a COCO-format set and compute BLEU, METEOR, ROUGE-L, CIDEr",
+        help="caption a COCO-format set and compute BLEU, METEOR, ROUGE-L, CIDEr (and, with "
+        "CLIP's text tower, the confidence thresholds for this model)",
         description=__doc__.splitlines()[0].strip("`"),
     )
     p.add_argument("model", help="model name, directory (e.g. OUT_DIR/final) or Hub id")
@@ -155,5 +156,12 @@ def register_evaluate(subparsers: Any) -> None:
     add_device_arguments(p)
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--captions-out", default=None, help="write the captions (COCO results)")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="write the confidence rule fitted on this set (confidence_center, "
+        "confidence_slope) into MODEL's config.json, a model directory; the suggested "
+        "ALTCAP_MIN_CONFIDENCE and ALTCAP_ALT_MATCH_SCORE are printed (needs CLIP's text tower)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_evaluate)

@@ -11,6 +11,10 @@ warnings) and the captions in the COCO results format (``[{"image_id", "file_nam
 "caption"}]``). Images that cannot be read are reported and skipped; the scores cover the
 images that were captioned. One caption for (nearly) every image is a warning: the model does
 not use the image (``collapse``).
+
+A model with CLIP's text tower is also calibrated on the set (``calibration``): the score
+distributions of reference, generated and shuffled captions and the thresholds that separate
+them; ``--calibrate`` writes the fitted confidence rule into the model's config.json.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from captioner.errors import AltCapError
 from captioner.images import load_image
 from captioner.lang import same_language
 from captioner.pipeline import Captioner
+from captioner.train import calibration
 from captioner.train.collapse import evaluate_warning, one_caption_for_all
 from captioner.train.data import Item, detect_format, read_dataset
 
@@ -218,10 +223,12 @@ def caption_items(
     workers: int = 4,
     progress: bool = True,
     fmt: str = "coco",
+    scores: calibration.Scores | None = None,
 ) -> tuple[dict[int | str, str], list[dict[str, str]]]:
     """Caption every readable image: ({image id: caption}, [skipped images with the reason]).
     Images are decoded in a thread pool while the model works on the previous batch.
-    ``fmt``: the set's format, which says what its image ids are (``coco_image_id``)."""
+    ``fmt``: the set's format, which says what its image ids are (``coco_image_id``).
+    ``scores``: gathers each image's CLIP scores for calibration (needs a text tower)."""
 
     def load(item: Item):
         try:
@@ -248,9 +255,11 @@ def caption_items(
                     )
             if ok:
                 pixels = captioner.preprocess([im for _, im in ok])
-                for (item, _), r in zip(
-                    ok, captioner.caption_pixels(pixels, settings), strict=True
-                ):
+                if scores is None:
+                    results = captioner.caption_pixels(pixels, settings)
+                else:
+                    results = scores.caption_batch(captioner, pixels, settings, [i for i, _ in ok])
+                for (item, _), r in zip(ok, results, strict=True):
                     captions[coco_image_id(item, fmt)] = r.text
             bar.update(len(loaded))
     bar.close()
@@ -270,15 +279,33 @@ def evaluate(
     dtype: str | None = None,
     workers: int = 4,
     progress: bool = True,
+    calibrate: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Caption a set and score it: (report, captions in the COCO results format)."""
+    """Caption a set and score it: (report, captions in the COCO results format).
+
+    With a text tower, the report has a ``calibration`` section (``train.calibration``);
+    ``calibrate`` also writes its fitted confidence rule into the model directory ``model``."""
     t0 = time.perf_counter()
+    if calibrate and not Path(model).expanduser().is_dir():
+        raise EvaluationError(
+            f"--calibrate writes into a model directory, and {model!r} is a name or Hub id: "
+            "copy its directory (named models are kept under $ALTCAP_CACHE, by default "
+            "$HF_HOME/altcap/NAME) and evaluate the copy",
+            code="invalid_settings",
+        )
     fmt = detect_format(annotations)
     items = read_dataset(annotations, fmt, image_root=image_root, split=split)
     if limit is not None:
         items = items[:limit]
     captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
     settings = captioner.settings(settings)
+    if calibrate and not captioner.can_score:
+        raise EvaluationError(
+            f"--calibrate needs CLIP's text tower, and {model} has none "
+            "(convert or make the model again to include one: docs/confidence.md)",
+            code="invalid_settings",
+        )
+    scores = calibration.Scores.for_items(items) if captioner.can_score else None
     t1 = time.perf_counter()
     captions, skipped = caption_items(
         captioner,
@@ -288,6 +315,7 @@ def evaluate(
         workers=workers,
         progress=progress,
         fmt=fmt,
+        scores=scores,
     )
     if not captions:
         raise EvaluationError(
@@ -301,6 +329,19 @@ def evaluate(
     keys = list(captions)
     collapse = one_caption_for_all([captions[k] for k in keys], [references[k][0] for k in keys])
     warnings = [evaluate_warning(collapse)] if collapse is not None else []
+    calibrated = calibration.report(scores, captioner.config) if scores is not None else None
+    if calibrated is not None and calibrate and calibrated["similarity_cut"]["auroc"] > 0.5:
+        fit = calibrated["confidence_rule"]["fitted"]
+        path = calibration.write_calibration(
+            model, fit["confidence_center"], fit["confidence_slope"]
+        )
+        calibrated["written"] = str(path)
+    elif calibrate and calibrated is None:
+        raise EvaluationError(
+            "--calibrate needs at least two captioned images with different captions",
+            code="invalid_settings",
+        )
+    t4 = time.perf_counter()
     report = {
         "model": model,
         "model_source": captioner.config.source,
@@ -324,10 +365,19 @@ def evaluate(
             "load": round(t1 - t0, 3),
             "captioning": round(t2 - t1, 3),
             "scoring": round(t3 - t2, 3),
-            "total": round(t3 - t0, 3),
+            "total": round(t4 - t0, 3),
         },
         "images_per_s": round(len(captions) / max(t2 - t1, 1e-9), 2),
     }
+    if calibrated is not None:
+        report["calibration"] = calibrated
+        report["time_s"]["calibration"] = round(t4 - t3, 3)
+    else:
+        report["calibration_note"] = (
+            "no calibration: the model has no CLIP text tower to score captions with"
+            if scores is None
+            else "no calibration: it needs at least two images with different captions"
+        )
     names = file_names(items)
     files = {coco_image_id(it, fmt): names[it.image] for it in items}
     results = [{"image_id": k, "file_name": files[k], "caption": v} for k, v in captions.items()]
@@ -363,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         workers=args.workers,
         progress=not args.no_progress,
+        calibrate=args.calibrate,
     )
     if args.out:
         _write_json(args.out, report)
@@ -383,4 +434,17 @@ def run(args: argparse.Namespace) -> int:
     for name in METRICS:
         value = report["metrics"][name]
         print(f"{name:8s} {'n/a' if value is None else f'{value:.4f}'}")
+    if "calibration" in report:
+        print("\n".join(calibration.lines(report["calibration"])))
+        for warning in report["calibration"]["warnings"]:
+            print(warning, file=sys.stderr)
+    else:
+        print(f"note: {report['calibration_note']}", file=sys.stderr)
+    if args.calibrate and not report.get("calibration", {}).get("written"):
+        print(
+            "error: calibration_not_written: references do not score above shuffled ones, "
+            "so config.json was left as it was",
+            file=sys.stderr,
+        )
+        return 1
     return 0
