@@ -18,7 +18,7 @@ JAVA_PACKAGE ?= default-jre-headless
 CC_PACKAGE ?= gcc
 HOST ?= 127.0.0.1
 PORT ?= 8000
-TINY_MODEL ?= .cache/tiny-model
+TINY_MODEL ?= .cache/tiny-demo
 GUNICORN := $(VENV)/bin/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) "app:create_app()"
 
 .PHONY: run run-tiny deps-run test test-wheel lint docs docs-check bench bench-serve venv deps-test clean
@@ -37,9 +37,11 @@ venv: $(VENV)/.stamp
 run: venv deps-run
 	$(GUNICORN)
 
-# The same with a tiny random-weight model that works offline (gibberish captions).
+# The same with the tiny demo model, trained on synthetic shapes on first use (about a
+# minute, offline): real captions and confidences of drawn shapes ("A red circle on a white
+# background."), nonsense on anything else.
 run-tiny: venv deps-run
-	test -f $(TINY_MODEL)/config.json || $(PY) -m captioner make-tiny $(TINY_MODEL)
+	test -f $(TINY_MODEL)/config.json || $(PY) -m captioner make-tiny --trained $(TINY_MODEL)
 	ALTCAP_MODEL=$(TINY_MODEL) $(GUNICORN)
 
 deps-run:

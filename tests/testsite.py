@@ -13,6 +13,9 @@ name ``site`` would be shadowed by the standard library's ``site`` module). The 
 * ``/text.html`` (in no sitemap): an image of text (``SALE_TEXT``, its alt is its text), a
   picture with a small sign (``SIGN_TEXT``: caption, then "Appears to say: OPEN") and a
   plain picture;
+* ``/shapes.html`` (in no sitemap): shapes drawn as the trained demo model learnt them
+  (``SHAPES``): a red circle with its right alt, another with a swapped one (``SWAPPED_ALT``),
+  and a green square without alt;
 * ``/private/secret.html``: disallowed by ``/robots.txt``; ``/notes.txt``: not HTML;
 * ``/sitemap_index.xml`` -> ``/sitemap-main.xml``, ``/sitemap-more.xml.gz`` (gzip) and
   ``/sitemap-broken.xml`` (404), listing the pages above and ``/gone.html`` (404).
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import random
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +38,8 @@ from pathlib import Path
 
 from helpers import QuietHandler, png_bytes
 from PIL import Image, ImageDraw, ImageFont
+
+from captioner.train.synthetic import draw_shape
 
 # Image files of the site (path under the root -> colour); each a distinct real PNG.
 IMAGES: dict[str, tuple[int, int, int]] = {
@@ -129,6 +135,25 @@ TEXT_HTML = """<!DOCTYPE html>
 </html>
 """
 
+# Drawn shapes (train.synthetic.draw_shape: colour, shape, seed), for the demo model.
+SHAPES = {
+    "shapes/circle.png": ("red", "circle", 1),
+    "shapes/circle-2.png": ("red", "circle", 2),
+    "shapes/square.png": ("green", "square", 3),
+}
+RIGHT_ALT = "A red circle on a white background."
+SWAPPED_ALT = "A blue star on a white background."  # on a red circle: another colour and shape
+SHAPES_HTML = f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Shapes</title></head>
+<body>
+<img src="shapes/circle.png" alt="{RIGHT_ALT}">
+<img src="shapes/circle-2.png" alt="{SWAPPED_ALT}">
+<img src="shapes/square.png">
+</body>
+</html>
+"""
+
 LATIN1_HTML = """<html><head><meta charset="iso-8859-1"><title>Café</title></head>
 <body><p>Crème brûlée.</p><img src="latin/caf.png"></body></html>
 """
@@ -214,6 +239,9 @@ def build_site(site: Site) -> None:
     site.write("img/sale.png", sale_png())
     site.write("img/shop.png", shop_png())
     site.write("text.html", TEXT_HTML)
+    for path, (colour, shape, seed) in SHAPES.items():
+        site.write(path, _png(draw_shape(colour, shape, rng=random.Random(seed))))
+    site.write("shapes.html", SHAPES_HTML)
     site.write("index.html", INDEX_HTML)
     site.write("blog/post.html", POST_HTML.format(host=site.host))
     site.write("latin1.html", LATIN1_HTML.encode("iso-8859-1"))

@@ -111,6 +111,19 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="allow loopback and private addresses (intranet sites)",
     )
+    p.add_argument(
+        "--no-check-alts",
+        dest="check_alts",
+        action="store_false",
+        help="do not check author alts against their images (a model with CLIP's text tower"
+        " checks each alt that says something, at the cost of a caption per such image)",
+    )
+    p.add_argument(
+        "--include-low-confidence",
+        action="store_true",
+        help="patched pages also get alts from captions below ALTCAP_MIN_CONFIDENCE"
+        " (reported as low_confidence; left out by default)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     add_decoding_arguments(p)
     add_device_arguments(p)
@@ -222,8 +235,12 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         _output_dir(out_dir, "--patched-dir")
 
-    service = Settings.load(os.environ)  # ALTCAP_OCR*, ALTCAP_MAX_ALT_CHARS: as the service
+    # ALTCAP_OCR*, ALTCAP_MAX_ALT_CHARS, ALTCAP_MIN_CONFIDENCE, ALTCAP_ALT_MATCH_SCORE: as
+    # the service
+    service = Settings.load(os.environ)
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    cap.alt_match_score = service.alt_match_score
+    check_alts = args.check_alts and cap.can_score  # no text tower: nothing to check with
     describer = Describer.open(
         service, cap.language, read_text=args.read_text, langs=args.ocr_langs
     )
@@ -240,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
             max_images=args.max_images,
             progress=bar.update,
             counted=lambda n: setattr(bar, "total", n),
+            check_alts=check_alts,
         )
     with progress(show if job.todo else "none", "images", "image", len(job.todo)) as bar:
         try:
@@ -251,6 +269,9 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 progress=bar.update,
                 describer=describer,
+                mode=args.mode,
+                check_alts=check_alts,
+                include_low_confidence=args.include_low_confidence,
             )
         finally:
             describer.close()
@@ -289,9 +310,13 @@ def summary_line(rows: Sequence[Mapping[str, Any]], pages: Mapping[str, int] | N
     images by status, then by verdict::
 
         3 pages (1 skipped by robots.txt), 12 images: 9 done, 1 failed, 2 skipped; by ...
+
+    ``low_confidence`` is counted after ``done`` when there are any.
     """
     images = [r for r in rows if r.get("image_url") is not None]
     counts = {s: sum(r["status"] == s for r in images) for s in STATUSES}
+    if not counts["low_confidence"]:  # only said where a model with a text tower found some
+        del counts["low_confidence"]
     line = f"{_count(len(images), 'image')}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     if pages is not None:
         unread = [

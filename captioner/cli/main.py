@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from captioner.cli import batch, worker
+from captioner.cli import batch, check_alt, worker
 from captioner.cli.train import register_embed, register_evaluate, register_train
 from captioner.cliopts import (
     add_decoding_arguments,
@@ -23,12 +23,13 @@ from captioner.cliopts import (
     add_reading_arguments,
     decoding_from_args,
 )
-from captioner.errors import AltCapError, NotAnImage
+from captioner.errors import AltCapError, InvalidSettings, NotAnImage
 from captioner.images import load_image
 from captioner.jobs.reading import Describer, cancel
 from captioner.model.identity import model_identity
 from captioner.serve.settings import Settings
 from captioner.train.data import IMAGE_EXTENSIONS
+from captioner.trust import is_confident
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -36,14 +37,16 @@ EXIT_FAILED = 1
 
 def _caption(args: argparse.Namespace) -> int:
     """Caption image files, reading their text meanwhile; print each one's alt (``--json``:
-    one object per image with ``caption``, ``text``, ``alt``, ``alt_from`` and, when its
-    text could not be read, ``warnings``)."""
+    one object per image with ``caption``, ``text``, ``alt``, ``alt_from``, with a text
+    tower ``confidence`` and ``confident`` (``trust.is_confident``), ``candidates`` when
+    asked for several, and, when its text could not be read, ``warnings``)."""
     from captioner.pipeline import Captioner  # torch: when the command runs, not for --help
 
     settings = decoding_from_args(args)
     service = Settings.load(os.environ)  # ALTCAP_OCR*, ALTCAP_MAX_ALT_CHARS: as the service
     paths, failed = _image_paths(args.images, args.json)
     cap = Captioner.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    cap.alt_match_score = service.alt_match_score
     model = model_identity(args.model).name  # --json: the public name, as the service reports it
     language = cap.language
     describer = Describer.open(service, language, read_text=args.read_text, langs=args.ocr_langs)
@@ -71,6 +74,11 @@ def _caption(args: argparse.Namespace) -> int:
                 described = describer.describe(r.text, text)
                 if args.json:
                     line = {"image": path, **r.to_dict(), **described}
+                    if r.confidence is not None:
+                        line["confident"] = is_confident(r.confidence, service.min_confidence)
+                    candidates = getattr(r, "candidates", None)  # decoding's candidates > 1
+                    if candidates:
+                        line["candidates"] = candidates
                     if warning:
                         line["warnings"] = [warning]
                     print(json.dumps({**line, "model": model, "language": language}))
@@ -124,9 +132,16 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
+    if args.trained:
+        if args.mapping is not None:
+            raise InvalidSettings("--mapping does not apply with --trained (an MLP mapper)")
+        from captioner.train.demo import train_tiny  # torch, training: not for --help
+
+        print(train_tiny(args.out_dir, seed=args.seed))
+        return 0
     from captioner.model.tiny import make_tiny  # torch: not for --help
 
-    print(make_tiny(args.out_dir, args.mapping, seed=args.seed))
+    print(make_tiny(args.out_dir, args.mapping or "mlp", seed=args.seed))
     return 0
 
 
@@ -164,10 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--language-model", default="gpt2", help="ID or DIR (config + tokenizer)")
     v.set_defaults(func=_convert)
 
-    t = sub.add_parser("make-tiny", help="write a tiny random-weight model directory")
+    t = sub.add_parser(
+        "make-tiny", help="write a tiny model directory (random weights, or --trained)"
+    )
     t.add_argument("out_dir")
-    t.add_argument("--mapping", choices=["mlp", "transformer"], default="mlp")
+    t.add_argument(
+        "--mapping", choices=["mlp", "transformer"], default=None, help="(mlp; not with --trained)"
+    )
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--trained",
+        action="store_true",
+        help="train it on synthetic shapes, about a minute: real captions and confidences",
+    )
     t.set_defaults(func=_make_tiny)
 
     for register in _more_subcommands():
@@ -179,7 +203,14 @@ def _more_subcommands() -> list[Callable[[Any], None]]:
     """Subcommands defined next to their code: each module's ``register(subparsers)`` adds
     its parser with ``set_defaults(func=...)`` (a function taking the args, returning the exit
     status)."""
-    return [register_embed, batch.register, register_train, register_evaluate, worker.register]
+    return [
+        register_embed,
+        batch.register,
+        check_alt.register,
+        register_train,
+        register_evaluate,
+        worker.register,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=settings.dtype,
         max_pixels=settings.max_image_pixels,
     )
+    captioner.alt_match_score = settings.alt_match_score  # ALTCAP_ALT_MATCH_SCORE
     if model_identity(settings.model) != model:
         raise ModelChanged("the model directory changed while it was loading; start again")
     log.info("model %r loaded; consuming jobs with %d threads", settings.model, args.threads)

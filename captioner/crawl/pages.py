@@ -42,6 +42,7 @@ from captioner.lang import lang_to_mark
 
 __all__ = [
     "MODES",
+    "SUSPECT_ALT",
     "VERDICTS",
     "CrawlError",
     "InvalidHTML",
@@ -61,11 +62,22 @@ log = logging.getLogger(__name__)
 
 MODES = ("missing", "all")
 # alttext's verdicts, plus one that needs the page: "empty_link", alt="" on the image that is
-# all a link or button holds (which then has no name: see _Context.naming_image).
-PageVerdict = Verdict | Literal["empty_link"]
+# all a link or button holds (which then has no name: see _Context.naming_image); and one
+# that needs the model, which the scanner never gives: "suspect_alt", an alt that says
+# something ("ok") but that the alt check (captioner.trust) finds does not match its image
+# (batch rows only; the extension's verdicts and tests/vectors do not have it).
+PageVerdict = Verdict | Literal["empty_link", "suspect_alt"]
+SUSPECT_ALT = "suspect_alt"
 NEEDS_CAPTION: frozenset[str] = frozenset({"missing", "meaningless", "empty_link"})
 # Every verdict, the ones that most need a caption first (reports and summaries list them so).
-VERDICTS: tuple[PageVerdict, ...] = ("missing", "meaningless", "empty_link", "ok", "decorative")
+VERDICTS: tuple[PageVerdict, ...] = (
+    "missing",
+    "meaningless",
+    "empty_link",
+    SUSPECT_ALT,
+    "ok",
+    "decorative",
+)
 Element = Literal["img", "source", "input"]
 
 # Lazy-loading scripts keep the real image here and a placeholder in src/srcset.

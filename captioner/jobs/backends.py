@@ -70,7 +70,10 @@ class CaptionBackend(Protocol):
     def wait_ready(self, timeout: float) -> bool: ...
 
     def caption(
-        self, images: Sequence[Image.Image], decoding: DecodingSettings
+        self,
+        images: Sequence[Image.Image],
+        decoding: DecodingSettings,
+        alts: Sequence[str | None] | None = None,
     ) -> list[CaptionResult | AltCapError]: ...
 
 
@@ -88,16 +91,29 @@ class EngineBackend:
         captioner = self.engine.captioner
         return captioner.language if captioner is not None else None
 
+    @property
+    def can_score(self) -> bool:
+        """Whether the loaded model has CLIP's text tower (confidence, alt checks)."""
+        captioner = self.engine.captioner
+        return captioner is not None and captioner.can_score
+
     def wait_ready(self, timeout: float) -> bool:
         return self.engine.wait_ready(timeout)
 
     def caption(
-        self, images: Sequence[Image.Image], decoding: DecodingSettings
+        self,
+        images: Sequence[Image.Image],
+        decoding: DecodingSettings,
+        alts: Sequence[str | None] | None = None,
     ) -> list[CaptionResult | AltCapError]:
+        """One result or error per image; ``alts``: an author's alt per image to check."""
+        # A finite timeout: with none, Engine's futures wait on math.inf, which
+        # Condition.wait refuses (OverflowError). A chunk waiting this long is retried.
+        more = {"alts": list(alts)} if alts is not None else {}
         try:
-            # A finite timeout: with none, Engine's futures wait on math.inf, which
-            # Condition.wait refuses (OverflowError). A chunk waiting this long is retried.
-            outcomes = self.engine.caption_images(images, decoding, timeout_s=ENGINE_TIMEOUT_S)
+            outcomes = self.engine.caption_images(
+                images, decoding, timeout_s=ENGINE_TIMEOUT_S, **more
+            )
         except AltCapError as exc:
             if _transient(exc):  # loading, shutting down, full: not the images' fault
                 raise RetryLater(exc.message) from None
@@ -125,12 +141,21 @@ class CaptionerBackend:
         self.language = captioner.language  # the captions' (the alt's "Appears to say:")
         self._lock = threading.Lock()  # one batch at a time; downloads run beside it
 
+    @property
+    def can_score(self) -> bool:
+        """Whether the model has CLIP's text tower (confidence, alt checks)."""
+        return self.captioner.can_score
+
     def wait_ready(self, timeout: float) -> bool:
         return True
 
     def caption(
-        self, images: Sequence[Image.Image], decoding: DecodingSettings
+        self,
+        images: Sequence[Image.Image],
+        decoding: DecodingSettings,
+        alts: Sequence[str | None] | None = None,
     ) -> list[CaptionResult | AltCapError]:
+        """One result or error per image; ``alts``: an author's alt per image to check."""
         cap = self.captioner
         try:
             settings = cap.settings(decoding)
@@ -138,4 +163,4 @@ class CaptionerBackend:
             return [exc] * len(images)
         with self._lock:
             pixels = cap.preprocess(list(images))
-            return list(cap.caption_pixels(pixels, settings))
+            return list(cap.caption_pixels(pixels, settings, alts=alts))

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from captioner.errors import AltCapError
-from captioner.jobs.rows import PENDING, verdict_counts
+from captioner.jobs.rows import PENDING, checked_alt, finished, verdict_counts
 from captioner.jobs.store import (
     Plan,
 )
@@ -21,19 +21,25 @@ HTML_NOT_KEPT = "html_not_kept"  # the error of a page whose HTML was past MAX_J
 
 
 def _rows(
-    items: Sequence[Mapping[str, Any]], outcomes: Mapping[str, Mapping[str, Any] | AltCapError]
+    items: Sequence[Mapping[str, Any]],
+    outcomes: Mapping[str, Mapping[str | None, Mapping[str, Any]] | AltCapError],
+    mode: str = "missing",
+    check_alts: bool = False,
 ) -> dict[int, dict[str, Any]]:
-    """The finished rows of a chunk: every occurrence of every image, by seq; an image's
-    outcome is its error or its described fields (``rows.described``)."""
+    """The finished rows of a chunk: every occurrence of every image, by seq. An image's
+    outcome is its error, or its described fields (``rows.described``) by the author alt
+    they checked (``plan.alt_groups``; None: the rows that check none), each row finished
+    with its own (``rows.finished``)."""
     out: dict[int, dict[str, Any]] = {}
     for item in items:
         outcome = outcomes[item["url"]]
         for seq, template in item["rows"]:
-            row = dict(template)
             if isinstance(outcome, AltCapError):
+                row = dict(template)
                 row.update(status="failed", error_code=outcome.code, error_message=outcome.message)
             else:
-                row.update(outcome)
+                alt = checked_alt(template) if check_alts else None
+                row = finished(template, outcome.get(alt, outcome[None]), mode)
             out[seq] = row
     return out
 

@@ -164,7 +164,9 @@ class JobConsumer:
         # A job may ask for none ("read_text": false): the same alt rule, no reader.
         language = getattr(backend, "language", None) or self.model.language or "en"
         if text_pool is not None:
-            self.describer = Describer(text_pool, None, self.settings.alt_rule(), language)
+            self.describer = Describer(
+                text_pool, None, self.settings.alt_rule(), language, self.settings.min_confidence
+            )
         else:
             self.describer = Describer.open(self.settings, language)
         self._own_pool = text_pool is None
@@ -376,6 +378,9 @@ class JobConsumer:
                 max_pages=spec["max_pages"],
                 max_images=spec["max_images"],
                 progress=still_wanted,
+                # author alts to check: the job's choice, with a model that can (text tower)
+                check_alts=spec.get("check_alts", True)
+                and bool(getattr(self.backend, "can_score", False)),
             )
         except _Stop:
             self.store.release(job_id, "plan", self.owner)
@@ -426,14 +431,26 @@ class JobConsumer:
     def _caption_chunk(self, job: Mapping[str, Any], claim: Claim) -> dict[int, dict[str, Any]]:
         """Download the chunk's images, read their text while the model captions them, and
         describe each (``reading.Describer``); captions and readings come from the cache
-        where it has them, and go into it otherwise."""
-        decoding = DecodingSettings.from_dict(job["spec"]["decoding"])
+        where it has them, and go into it otherwise.
+
+        With ``check_alts`` (a model with a text tower) an image is captioned once per
+        author alt it checks (``plan.alt_groups``), never from the cache: the check is made
+        in the captioning's pass. A cached caption without a confidence, from before the
+        model could score, is made again."""
+        spec = job["spec"]
+        decoding = DecodingSettings.from_dict(spec["decoding"])
         settings = decoding.to_dict()
         model = self.model.cache_id
         limits = self.settings.fetch_limits()
         urls = [item["url"] for item in claim.items]
-        describer = self.describer if job["spec"].get("read_text", True) else self.no_text
+        describer = self.describer if spec.get("read_text", True) else self.no_text
         engine = describer.pool.engine_id if describer.pool is not None else None
+        scores = bool(getattr(self.backend, "can_score", False))
+        check = scores and spec.get("check_alts", True)
+        checks = {
+            item["url"]: [alt for alt, _ in batch.alt_groups([t for _, t in item["rows"]], check)]
+            for item in claim.items
+        }
 
         def prepare(url: str) -> _Prepared | AltCapError:
             """The image's cached caption and reading, and the decoded image if one is missing."""
@@ -442,7 +459,9 @@ class JobConsumer:
                     data = fetch.fetch_image(url, limits).data
                 got = _Prepared(sha256_hex(data))
                 hit = get_caption(self.cache, cache_key(model, settings, got.sha))
-                got.caption = hit["caption"] if hit is not None else None
+                confidence = hit.get("confidence") if hit is not None else None
+                if hit is not None and checks[url] == [None] and (confidence or not scores):
+                    got.caption, got.confidence = hit["caption"], confidence
                 if engine is not None:
                     got.text = get_text(self.cache, text_key(got.sha, engine))
                 if got.caption is None or (engine is not None and got.text is None):
@@ -459,21 +478,28 @@ class JobConsumer:
             for url, p in good.items()
             if p.image is not None and engine is not None and p.text is None
         }
-        outcomes: dict[str, Mapping[str, Any] | AltCapError] = {
+        outcomes: dict[str, Mapping[str | None, Mapping[str, Any]] | AltCapError] = {
             url: p for url, p in prepared.items() if isinstance(p, AltCapError)
         }
-        todo = [(url, p) for url, p in good.items() if p.caption is None]
+        todo = [(url, p, a) for url, p in good.items() if p.caption is None for a in checks[url]]
         try:
             if todo:
-                images = [p.image for _, p in todo]
-                results = self.backend.caption(images, decoding)  # type: ignore[arg-type]
-                for (url, p), result in zip(todo, results, strict=True):
+                images = [p.image for _, p, _ in todo]
+                alts = [alt for _, _, alt in todo]
+                more = {"alts": alts} if any(a is not None for a in alts) else {}
+                results = self.backend.caption(images, decoding, **more)  # type: ignore[arg-type]
+                for (url, p, alt), result in zip(todo, results, strict=True):
                     if isinstance(result, AltCapError):
                         outcomes[url] = result
                         continue
-                    p.caption = result.text
-                    value = caption_value(result.text, result.tokens)
-                    self.cache.set(cache_key(model, settings, p.sha), value)
+                    confidence = getattr(result, "confidence", None)
+                    p.checked[alt] = (result.text, confidence, getattr(result, "alt_check", None))
+                    if p.caption is None:
+                        p.caption, p.confidence = result.text, confidence
+                        value = caption_value(result.text, result.tokens)
+                        if confidence is not None:
+                            value["confidence"] = confidence
+                        self.cache.set(cache_key(model, settings, p.sha), value)
         except BaseException:
             cancel(reading.values())
             raise
@@ -483,9 +509,16 @@ class JobConsumer:
                 p.text, warning = describer.collect(reading[url])
                 if p.text is not None and engine is not None:
                     self.cache.set(text_key(p.sha, engine), p.text)
-            if url not in outcomes:
-                outcomes[url] = describer.fields(str(p.caption), p.text, warning)
-        return _rows(claim.items, outcomes)
+            if url in outcomes:
+                continue
+            checked = p.checked or {None: (str(p.caption), p.confidence, None)}
+            fields = {
+                alt: describer.fields(text, p.text, warning, confidence=c, alt_check=result)
+                for alt, (text, c, result) in checked.items()
+            }
+            fields.setdefault(None, next(iter(fields.values())))  # the rows that check none
+            outcomes[url] = fields
+        return _rows(claim.items, outcomes, spec["mode"], check)
 
 
 @dataclasses.dataclass
@@ -494,8 +527,13 @@ class _Prepared:
 
     sha: str
     caption: str | None = None
+    confidence: float | None = None  # the caption's, with a text tower
     text: dict[str, Any] | None = None  # reading.text_value's
     image: Image.Image | None = None
+    # author alt checked (None: none) -> (caption, confidence, alt_check), from the model
+    checked: dict[str | None, tuple[str, float | None, Any]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def _consumer(huey: Huey, workers: int) -> Any:

@@ -1,5 +1,6 @@
 """Batch results as a web page people read: the report's rows by page, each image shown
-beside its verdict, the author's alt, the suggested one and the text read in it.
+beside its verdict, the author's alt, the suggested one and the text read in it (and, for a
+model with CLIP's text tower, the caption's confidence and the author's alt's check).
 
 The JSON, JSON Lines and CSV reports are for programs and spreadsheets; this one is for the
 people who fix the alt text (content editors), who need to see the picture to judge a
@@ -24,16 +25,23 @@ from captioner.errors import OcrError, OcrTimeout, OcrUnavailable
 from captioner.jobs.rows import ROBOTS, verdict_counts
 from captioner.lang import lang_to_mark
 
-__all__ = ["VERDICT_LABELS", "WARNING_LABELS", "write_html"]
+__all__ = ["CHECK_LABELS", "STATUS_LABELS", "VERDICT_LABELS", "WARNING_LABELS", "write_html"]
 
 # What each verdict (pages.VERDICTS) means, in the report's words.
 VERDICT_LABELS = {
     "missing": "No alt attribute",
     "meaningless": "Alt says nothing (a file name or a word such as “image”)",
     "empty_link": "Empty alt, and the image is all its link or button holds",
+    "suspect_alt": "Alt text that may not match the image (AltCap's caption suggested)",
     "ok": "Has alt text",
     "decorative": "Decorative (empty alt)",
 }
+# What a status other than done, failed and skipped means (rows.STATUSES), in words.
+STATUS_LABELS = {
+    "low_confidence": "Not confident: a suggestion to check, left out of patched pages",
+}
+# What the alt check's verdicts (trust.ALT_VERDICTS) mean, in words.
+CHECK_LABELS = {"matches": "Matches", "suspect": "May not match"}
 # What a row's warnings (its text not read: captioner.errors' OCR codes) mean, in words.
 WARNING_LABELS = {
     OcrError.code: "the text in it could not be read",
@@ -104,6 +112,10 @@ def write_html(
         pages=pages,
         labels=VERDICT_LABELS,
         warning_labels=WARNING_LABELS,
+        status_labels=STATUS_LABELS,
+        check_labels=CHECK_LABELS,
+        # the confidence and alt check columns: only for a model with CLIP's text tower
+        scored=any(row.get("confidence") is not None for row in images),
         no_page=NO_PAGE,
         web=_is_web_url,
         robots=ROBOTS,

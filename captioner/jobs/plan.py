@@ -9,6 +9,11 @@ pages:
            ──caption_rows──▶ rows done (caption, text, alt) or failed
            ──patched_pages──▶ HTML with alt filled in
 
+Author alts that say something are captioned too when the run checks them (``check_alts``,
+models with CLIP's text tower: a caption per image with such an alt, the same cost as one
+without), so that those that do not match their image get the verdict ``suspect_alt``
+(``captioner.jobs.rows``).
+
 Rows are images, except one row (``image_url`` None) for each page or sitemap that was not
 read: ``failed`` with its error, or ``skipped`` with ``robots_disallowed`` where the site's
 robots.txt keeps crawlers out (politeness, not a failure). The summaries count pages apart
@@ -34,7 +39,7 @@ from captioner.describe import AltRule
 from captioner.errors import AltCapError, InvalidSettings
 from captioner.images import load_image
 from captioner.jobs.reading import Describer, cancel
-from captioner.jobs.rows import PENDING, make_row
+from captioner.jobs.rows import DESCRIBED, PENDING, checked_alt, finished, make_row
 
 __all__ = [
     "DEFAULT_MAX_IMAGES",
@@ -43,6 +48,7 @@ __all__ = [
     "PageResult",
     "Plan",
     "Source",
+    "alt_groups",
     "caption_rows",
     "page_urls",
     "patchable",
@@ -146,11 +152,13 @@ def plan(
     max_images: int = DEFAULT_MAX_IMAGES,
     progress: Progress | None = None,
     counted: Callable[[int], None] | None = None,
+    check_alts: bool = False,
 ) -> Plan:
     """Crawl the source's pages and decide, row by row, what needs a caption.
 
-    Rows of images that need one are ``pending``; others are ``skipped``; a page that
-    cannot be fetched is one ``failed`` row without an image (``skipped`` with
+    Rows of images that need one are ``pending``, and with ``check_alts`` those whose
+    author alt says something (``rows.checked_alt``), to check it; others are ``skipped``;
+    a page that cannot be fetched is one ``failed`` row without an image (``skipped`` with
     ``robots_disallowed`` where robots.txt keeps crawlers out). One image on several pages
     is one caption but a row per page. Past ``max_images`` distinct images to caption,
     new ones are ``skipped`` with ``error_code`` ``max_images``. ``counted``, if given, is
@@ -165,7 +173,8 @@ def plan(
 
     def add(page_url: str | None, image_url: str, alt: str | None, verdict: str | None) -> None:
         fields = dict(page_url=page_url, image_url=image_url, author_alt=alt, verdict=verdict)
-        if not needs_caption(verdict, mode):
+        checks = check_alts and checked_alt(fields) is not None
+        if not (needs_caption(verdict, mode) or checks):
             result.rows.append(make_row(**fields, status="skipped"))
         elif image_url in wanted or len(wanted) < max_images:
             wanted.add(image_url)
@@ -229,17 +238,23 @@ def caption_rows(
     progress: Progress | None = None,
     max_alt_chars: int = MAX_ALT_CHARS,
     describer: Describer | None = None,
+    mode: str = "missing",
+    check_alts: bool = False,
+    include_low_confidence: bool = False,
 ) -> dict[str, str]:
     """Download, read and caption every distinct image of the ``pending`` rows, and finish
-    those rows in place: ``done`` with caption, text and alt (``reading.Describer``),
-    ``skipped`` with ``no_caption`` when there is nothing to say, or ``failed`` with the
-    download or decode error. A text that could not be read is a warning of the row.
+    those rows in place: ``done`` (or ``low_confidence``) with caption, text and alt
+    (``reading.Describer``), ``skipped`` with ``no_caption`` when there is nothing to say,
+    or ``failed`` with the download or decode error. A text that could not be read is a
+    warning of the row. With ``check_alts`` each author alt that says something is checked
+    in the same pass (``rows.finished``, as ``mode`` planned the rows).
 
     Images are fetched with the service's SSRF-safe ``fetch_image`` a few at a time, the
     next batch while the model captions this one, and captioned in batches of
     ``batch_size``; their text is read meanwhile, on the describer's threads. Without a
     ``describer`` no text is read and alt is the caption, at most ``max_alt_chars``.
-    Returns image URL -> alt of those done, what ``patch_html`` takes.
+    Returns image URL -> alt of those done (and ``low_confidence`` with
+    ``include_low_confidence``), what ``patch_html`` takes.
     """
     if batch_size < 1:
         raise InvalidSettings("batch_size must be >= 1")
@@ -249,6 +264,7 @@ def caption_rows(
     for row in rows:
         if row["status"] == PENDING:
             by_url.setdefault(row["image_url"], []).append(row)
+    patchable_statuses = DESCRIBED if include_low_confidence else {"done"}
     alts: dict[str, str] = {}
     urls = list(by_url)
     max_pixels = getattr(captioner, "max_pixels", 40_000_000)
@@ -266,39 +282,76 @@ def caption_rows(
             good = []
             for url, outcome in zip(chunk, loaded, strict=True):
                 if isinstance(outcome, AltCapError):
-                    _finish(by_url[url], status="failed", error=outcome)
+                    _finish(by_url[url], mode, status="failed", error=outcome)
                 else:
                     good.append((url, outcome))
             if good:
+                # one caption per image and author alt to check (rarely more than one)
+                units = [
+                    (url, image, alt, group)
+                    for url, image in good
+                    for alt, group in alt_groups(by_url[url], check_alts)
+                ]
                 reading = [describer.submit(im) for _, im in good]  # beside the model
+                checked = [alt for _, _, alt, _ in units]
                 try:
-                    pixels = captioner.preprocess([im for _, im in good])
-                    results = captioner.caption_pixels(pixels, settings)
+                    pixels = captioner.preprocess([im for _, im, _, _ in units])
+                    if any(alt is not None for alt in checked):
+                        results = captioner.caption_pixels(pixels, settings, alts=checked)
+                    else:
+                        results = captioner.caption_pixels(pixels, settings)
                 except AltCapError as exc:  # the whole batch shares the failure
                     cancel(reading)
                     for url, _ in good:
-                        _finish(by_url[url], status="failed", error=exc)
+                        _finish(by_url[url], mode, status="failed", error=exc)
                 except BaseException:
                     cancel(reading)
                     raise
                 else:
-                    for (url, _), result, future in zip(good, results, reading, strict=True):
-                        text, warning = describer.collect(future)
-                        outcome = describer.fields(result.text, text, warning)
-                        _finish(by_url[url], **outcome)
-                        if outcome["status"] == "done":
-                            alts[url] = outcome["alt"]
+                    texts = {
+                        url: describer.collect(future)
+                        for (url, _), future in zip(good, reading, strict=True)
+                    }
+                    for (url, _, _, group), result in zip(units, results, strict=True):
+                        text, warning = texts[url]
+                        outcome = describer.fields(
+                            result.text,
+                            text,
+                            warning,
+                            confidence=getattr(result, "confidence", None),
+                            alt_check=getattr(result, "alt_check", None),
+                        )
+                        _finish(group, mode, **outcome)
+                        if outcome["status"] in patchable_statuses:
+                            alts.setdefault(url, outcome["alt"])
             if progress:
                 progress(len(chunk))
     return alts
 
 
-def _finish(rows: Iterable[dict[str, Any]], **outcome: Any) -> None:
-    error = outcome.pop("error", None)
+def alt_groups(
+    rows: Sequence[dict[str, Any]], check_alts: bool
+) -> list[tuple[str | None, list[dict[str, Any]]]]:
+    """One image's pending rows by the author alt its caption checks (None: none), so that
+    it is captioned once per distinct alt to check: the rows that check none go with the
+    first. Without ``check_alts``, one group of them all."""
+    groups: dict[str | None, list[dict[str, Any]]] = {}
     for row in rows:
-        row.update(outcome)
-        if error is not None:
-            row["error_code"], row["error_message"] = error.code, error.message
+        groups.setdefault(checked_alt(row) if check_alts else None, []).append(row)
+    unchecked = groups.pop(None, [])
+    if not groups:
+        return [(None, unchecked)]
+    first = next(iter(groups))
+    groups[first] = [*groups[first], *unchecked]
+    return list(groups.items())
+
+
+def _finish(rows: Iterable[dict[str, Any]], mode: str, **outcome: Any) -> None:
+    error = outcome.pop("error", None)
+    if error is not None:
+        outcome.update(error_code=error.code, error_message=error.message)
+    for row in rows:
+        row.update(finished(row, outcome, mode))
 
 
 # --- patched pages ------------------------------------------------------------------

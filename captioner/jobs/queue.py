@@ -71,6 +71,7 @@ from captioner.jobs.chunks import (
     HTML_NOT_KEPT,
 )
 from captioner.jobs.request import (
+    JOB_SWITCHES,
     IdempotencyConflict,
     JobActive,
     JobNotFound,
@@ -81,7 +82,7 @@ from captioner.jobs.request import (
     _sha,
     _translating,
 )
-from captioner.jobs.rows import page_counts, upgraded
+from captioner.jobs.rows import DESCRIBED, page_counts, upgraded
 from captioner.jobs.store import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -260,7 +261,8 @@ class JobQueue:
             "source": shown,
             "mode": spec["mode"],
             "decoding": spec["decoding"],
-            "read_text": spec.get("read_text", True),  # jobs stored before it read text
+            # read_text, check_alts, include_low_confidence (jobs stored before: the defaults)
+            **{name: spec.get(name, default) for name, default in JOB_SWITCHES.items()},
             "webhook": spec.get("webhook"),
             "counts": {
                 "total": total,
@@ -309,9 +311,10 @@ class JobQueue:
         self, job_id: str, n: int, scope: str | None = None, language: str | None = None
     ) -> str:
         """Page ``n`` (1-based, as in ``pages``) with the job's suggested alt filled in;
-        ``language``: the captions' language tag (see ``pages.patch_html``)."""
-
-        self.get(job_id, scope)
+        ``language``: the captions' language tag (see ``pages.patch_html``). Images whose
+        row is ``low_confidence`` keep their alt unless the job asked for them
+        (``include_low_confidence``)."""
+        job = self.get(job_id, scope)
         # n comes from the URL: past any page number, it must not reach the store (an
         # integer SQLite cannot bind is an OverflowError, a 500)
         page = self.store.page_html(job_id, n) if 1 <= n <= MAX_PAGE_NUMBER else None
@@ -320,10 +323,12 @@ class JobQueue:
             if kept and kept[0]["error"].get("code") == HTML_NOT_KEPT:
                 raise PageNotFound(f"job {job_id} page {n}: {kept[0]['error']['message']}")
             raise PageNotFound(f"job {job_id} has no fetched page {n}")
+        # low_confidence alts only when the job asked for them (include_low_confidence)
+        statuses = DESCRIBED if job["spec"].get("include_low_confidence") else {"done"}
         alts = {
             row["image_url"]: row["alt"]
             for row in map(upgraded, self.store.rows(job_id))
-            if row.get("status") == "done" and row.get("page_url") == page["url"]
+            if row.get("status") in statuses and row.get("page_url") == page["url"]
         }
         return patch_html(page["html"], page["final_url"] or page["url"], alts, language)
 

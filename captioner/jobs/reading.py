@@ -32,6 +32,7 @@ from captioner.jobs.rows import described
 from captioner.read import Reading, TextPool, open_pool
 from captioner.serve.cache import text_value
 from captioner.serve.settings import Settings
+from captioner.trust import MIN_CONFIDENCE, is_confident
 
 __all__ = ["Describer", "Text", "cancel"]
 
@@ -43,12 +44,14 @@ Text = tuple[dict[str, Any] | None, str | None]  # ({"text", "mostly_text"}, Non
 @dataclass
 class Describer:
     """How a batch's rows get their text and alt: a reader pool (None: no text is read),
-    why there is none when text was asked for, the alt rule and the captions' language."""
+    why there is none when text was asked for, the alt rule, the captions' language and the
+    confidence below which a caption is not said (``trust.is_confident``)."""
 
     pool: TextPool | None = None
     warning: str | None = None  # every row's, when the engine could not be opened
     rule: AltRule = field(default_factory=AltRule)
     language: str | None = "en"
+    min_confidence: float = MIN_CONFIDENCE  # ALTCAP_MIN_CONFIDENCE
 
     @classmethod
     def open(
@@ -59,9 +62,9 @@ class Describer:
         read_text: bool = True,
         langs: str | None = None,
     ) -> Describer:
-        """From the service's settings (``ALTCAP_OCR*``, ``ALTCAP_MAX_ALT_CHARS``); text is
-        read when ``ALTCAP_OCR`` is on and ``read_text``; ``langs`` replaces
-        ``ALTCAP_OCR_LANGS``."""
+        """From the service's settings (``ALTCAP_OCR*``, ``ALTCAP_MAX_ALT_CHARS``,
+        ``ALTCAP_MIN_CONFIDENCE``); text is read when ``ALTCAP_OCR`` is on and
+        ``read_text``; ``langs`` replaces ``ALTCAP_OCR_LANGS``."""
         pool, warning = open_pool(
             settings.ocr == "on" and read_text,
             settings.ocr_langs if langs is None else langs,
@@ -69,7 +72,7 @@ class Describer:
             threads=settings.ocr_threads,
             timeout_s=settings.ocr_timeout_s,
         )
-        return cls(pool, warning, settings.alt_rule(), language)
+        return cls(pool, warning, settings.alt_rule(), language, settings.min_confidence)
 
     @property
     def reads(self) -> bool:
@@ -108,10 +111,23 @@ class Describer:
         )
 
     def fields(
-        self, caption: str, text: Mapping[str, Any] | None, warning: str | None = None
+        self,
+        caption: str,
+        text: Mapping[str, Any] | None,
+        warning: str | None = None,
+        *,
+        confidence: float | None = None,
+        alt_check: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A row's fields (``rows.described``) from its caption and its image's text."""
-        return described(self.describe(caption, text), [warning] if warning else [])
+        """A row's fields (``rows.described``) from its caption, its image's text and, with
+        a text tower, the caption's ``confidence`` and the author's ``alt_check``."""
+        return described(
+            self.describe(caption, text),
+            [warning] if warning else [],
+            confidence=confidence,
+            confident=is_confident(confidence, self.min_confidence),
+            alt_check=alt_check,
+        )
 
     def close(self) -> None:
         if self.pool is not None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from captioner.errors import AltCapError
-from captioner.jobs.rows import RESULT_FIELDS
+from captioner.jobs.rows import CSV_FIELDS, RESULT_FIELDS, csv_values
 
 __all__ = [
     "FORMATS",
@@ -63,6 +63,10 @@ def _project(row: Mapping[str, Any]) -> dict[str, Any]:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):  # confident: as in the JSON reports
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):  # ours (a score may be negative), never a formula
+        return str(value)
     if isinstance(value, (list, tuple)):  # warnings: codes, one cell, space-separated
         value = " ".join(map(str, value))
     text = str(value)
@@ -79,12 +83,14 @@ def write_rows(
 ) -> None:
     """Write ``rows`` (only the ``RESULT_FIELDS``, in that order) to ``out``.
 
-    ``json`` is one array document, ``jsonl`` one object per line, ``csv`` a header row and
-    quoted cells (``None`` is an empty cell, ``warnings`` its codes separated by spaces, an
-    image's ``text`` keeps its line breaks inside the quotes). Rows are streamed: a job's
-    results need not fit in one string. ``html`` is a page to read, by page; ``language``
-    (the captions' language tag) marks its suggestions where they are not English, and
-    ``patched`` (page URL -> the address of its patched copy) links each page to it.
+    ``json`` is one array document, ``jsonl`` one object per line, ``csv`` a header row
+    (``CSV_FIELDS``: ``alt_check`` as ``alt_check_score`` and ``alt_check_verdict``) and
+    quoted cells (``None`` is an empty cell, ``confident`` true or false, ``warnings`` its
+    codes separated by spaces, an image's ``text`` keeps its line breaks inside the
+    quotes). Rows are streamed: a job's results need not fit in one string. ``html`` is a
+    page to read, by page; ``language`` (the captions' language tag) marks its suggestions
+    where they are not English, and ``patched`` (page URL -> the address of its patched
+    copy) links each page to it.
     """
     _check(fmt)
     if fmt == "html":
@@ -93,9 +99,9 @@ def write_rows(
         write_html(rows, out, language=language, patched=patched)
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
-        writer.writerow(RESULT_FIELDS)
+        writer.writerow(CSV_FIELDS)
         for row in rows:
-            writer.writerow([_cell(row.get(name)) for name in RESULT_FIELDS])
+            writer.writerow([_cell(value) for value in csv_values(row)])
     elif fmt == "jsonl":
         for row in rows:
             out.write(json.dumps(_project(row), ensure_ascii=False) + "\n")

@@ -20,6 +20,7 @@ from captioner.serve.settings import Settings
 
 __all__ = [
     "JOB_FIELDS",
+    "JOB_SWITCHES",
     "MAX_IDEMPOTENCY_KEY",
     "IdempotencyConflict",
     "InvalidJob",
@@ -52,8 +53,14 @@ JOB_FIELDS = frozenset(
         "max_pages",
         "max_images",
         "read_text",
+        "check_alts",
+        "include_low_confidence",
     }
 )
+# The job's switches: name -> default. check_alts: author alts that say something are
+# checked against their images (models with CLIP's text tower; a caption per such image);
+# include_low_confidence: patched pages also get alts from captions that are not confident.
+JOB_SWITCHES = {"read_text": True, "check_alts": True, "include_low_confidence": False}
 
 
 class InvalidJob(AltCapError):
@@ -194,9 +201,10 @@ def parse_job(
             raise InvalidJob("decoding must be an object")
         decoding = DecodingSettings.from_dict(raw)
     webhook = body.get("webhook")
-    read_text = body.get("read_text", True)
-    if not isinstance(read_text, bool):
-        raise InvalidJob("read_text must be true or false")
+    switches = {name: body.get(name, default) for name, default in JOB_SWITCHES.items()}
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise InvalidJob(f"{name} must be true or false")
     return {
         "source": source,
         "mode": mode,
@@ -204,7 +212,8 @@ def parse_job(
         "webhook": _check_url(webhook, "webhook") if webhook is not None else None,
         "max_pages": _limit(body, "max_pages", settings.job_max_pages),
         "max_images": _limit(body, "max_images", settings.job_max_images),
-        "read_text": read_text,  # off: alt is the caption (ALTCAP_OCR=off turns it off for all)
+        # read_text off: alt is the caption (ALTCAP_OCR=off turns it off for all)
+        **switches,
     }
 
 

@@ -1,6 +1,14 @@
 """The rows of a batch result: one per image (or per page that was not read), the same
 fields in the CLI's reports, the jobs API's results and the HTML report; and the counts of
 them that the summaries show. ``captioner.jobs.reports`` writes them out.
+
+Trust (``captioner.trust``, models with CLIP's text tower): a row whose suggested alt rests
+on a caption that is not confident is ``low_confidence``, not ``done`` (its alt stays, as a
+suggestion for a person to check; patched pages leave it out unless asked). An author's alt
+that says something (verdict ``ok``) is checked against its image when the run asks for it
+(``check_alts``): one that fails gets the verdict ``suspect_alt`` and AltCap's caption as a
+suggestion (never patched in: the page keeps the author's alt); one that matches keeps its
+verdict, and in mode ``missing`` stays ``skipped`` (nothing to do), with the check's result.
 """
 
 from __future__ import annotations
@@ -9,17 +17,23 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from captioner.crawl.pages import VERDICTS, RobotsDisallowed
+from captioner.crawl.pages import SUSPECT_ALT, VERDICTS, RobotsDisallowed, needs_caption
 from captioner.errors import AltCapError
+from captioner.trust import ALT_VERDICTS, withholds
 
 __all__ = [
+    "CSV_FIELDS",
+    "DESCRIBED",
     "NO_CAPTION",
     "NO_CAPTION_MESSAGE",
     "PENDING",
     "RESULT_FIELDS",
     "ROBOTS",
     "STATUSES",
+    "checked_alt",
+    "csv_values",
     "described",
+    "finished",
     "make_row",
     "page_counts",
     "upgraded",
@@ -30,17 +44,32 @@ RESULT_FIELDS = (
     "page_url",  # the page the image is on; None for image URLs given directly
     "image_url",  # absolute URL of the image; None for a row about a page that failed
     "author_alt",  # the author's alt as written; None when the attribute is absent
-    "verdict",  # missing | meaningless | empty_link | decorative | ok; None for bare image URLs
-    "status",  # done | failed | skipped
+    "verdict",  # pages.VERDICTS (suspect_alt: the alt check's); None for bare image URLs
+    "status",  # STATUSES
     "caption",  # the model's words (bounded as alt) when done
     "text",  # what the image says, lines joined by "\n"; "" none; None when not read
     "alt",  # the suggested alt text when done: caption, text or both (captioner.describe)
     "alt_from",  # caption | text | caption_and_text (describe.ALT_FROM) when done
+    # CLIP's view of the caption (None without a text tower, and when not captioned):
+    "confidence",  # the caption's confidence in [0, 1] (docs/confidence.md)
+    "confident",  # confidence >= ALTCAP_MIN_CONFIDENCE: true | false
+    "alt_check",  # the author's alt checked: {"score", "verdict": matches | suspect}; or None
     "warnings",  # codes of what went wrong without failing the row (ocr_timeout...); a list
     "error_code",  # stable code (captioner.errors) when failed, or why it was skipped
     "error_message",
 )
-STATUSES = ("done", "failed", "skipped")
+# done: a suggested alt; low_confidence: one resting on a caption that is not confident, for
+# a person to check (never patched in unless asked); failed: with its error; skipped: no
+# caption needed (its verdict says why), or an error_code says why not (max_images...).
+STATUSES = ("done", "low_confidence", "failed", "skipped")
+DESCRIBED = frozenset({"done", "low_confidence"})  # the rows with a suggested alt
+# CSV has no objects: an object field is one column per key, named field_key.
+FLATTENED = {"alt_check": ("score", "verdict")}
+CSV_FIELDS = tuple(
+    f"{name}_{key}" if name in FLATTENED else name
+    for name in RESULT_FIELDS
+    for key in FLATTENED.get(name, (None,))
+)
 PENDING = "pending"  # a row waiting for its caption; never in a finished report
 ROBOTS = RobotsDisallowed.code  # a page's error code when robots.txt keeps crawlers out
 # A caption that cleaned to nothing (see alttext.clean_caption): the image is skipped, not
@@ -60,6 +89,9 @@ def make_row(
     text: str | None = None,
     alt: str | None = None,
     alt_from: str | None = None,
+    confidence: float | None = None,
+    confident: bool | None = None,
+    alt_check: Mapping[str, Any] | None = None,
     warnings: Iterable[str] = (),
     error: AltCapError | None = None,
     error_code: str | None = None,
@@ -78,24 +110,44 @@ def make_row(
         "text": text,
         "alt": alt,
         "alt_from": alt_from,
+        "confidence": confidence,
+        "confident": confident,
+        "alt_check": dict(alt_check) if alt_check is not None else None,
         "warnings": list(warnings),
         "error_code": error_code,
         "error_message": error_message,
     }
 
 
-def described(description: Mapping[str, Any], warnings: Iterable[str] = ()) -> dict[str, Any]:
+def described(
+    description: Mapping[str, Any],
+    warnings: Iterable[str] = (),
+    *,
+    confidence: float | None = None,
+    confident: bool | None = None,
+    alt_check: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The fields of a row whose image was described (``describe.describe``'s answer).
 
-    ``done`` with its caption, text and alt; or, when there is no alt (a caption that
-    cleaned to nothing and no text), ``skipped`` with ``error_code`` ``no_caption``.
-    ``warnings`` are codes of what failed without failing the row (the text not read).
+    ``done`` with its caption, text and alt, or ``low_confidence`` when that alt rests on a
+    caption that is not ``confident`` (``trust.withholds``); or, when there is no alt (a
+    caption that cleaned to nothing and no text), ``skipped`` with ``error_code``
+    ``no_caption``. ``warnings`` are codes of what failed without failing the row (the text
+    not read); ``confidence``, ``confident`` and ``alt_check`` are the caption's (None:
+    no text tower).
     """
-    fields = {"text": description.get("text"), "warnings": list(warnings)}
+    fields = {
+        "text": description.get("text"),
+        "warnings": list(warnings),
+        "confidence": confidence,
+        "confident": confident,
+        "alt_check": dict(alt_check) if alt_check is not None else None,
+    }
     if description["alt"]:
+        withheld = withholds(confident, description["alt_from"])
         return {
             **fields,
-            "status": "done",
+            "status": "low_confidence" if withheld else "done",
             "caption": description["caption"],
             "alt": description["alt"],
             "alt_from": description["alt_from"],
@@ -108,6 +160,47 @@ def described(description: Mapping[str, Any], warnings: Iterable[str] = ()) -> d
     }
 
 
+def checked_alt(row: Mapping[str, Any]) -> str | None:
+    """The author's alt a row's image is checked against: one that says something (verdict
+    ``ok``); None for the others (no alt, an empty or meaningless one)."""
+    alt = row.get("author_alt")
+    ok = row.get("verdict") == "ok" and isinstance(alt, str) and alt.strip()
+    return alt if ok else None
+
+
+def finished(row: Mapping[str, Any], outcome: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """A pending row with its image's outcome (``described``'s fields, or a failure's).
+
+    The outcome's ``alt_check`` is the row's only if it checked the row's own alt
+    (``checked_alt``: one image may be on several pages, with other alts). A suspect alt
+    makes the verdict ``suspect_alt``, the caption its suggestion; an alt that matches, on a
+    row captioned only for the check (``mode`` would not caption it), leaves it ``skipped``:
+    the author's alt stays, and there is nothing to suggest.
+    """
+    out = {**row, **outcome}
+    check = outcome.get("alt_check") if checked_alt(row) is not None else None
+    out["alt_check"] = check
+    if check is None or out.get("status") not in DESCRIBED:
+        return out
+    if check["verdict"] == ALT_VERDICTS[1]:
+        out["verdict"] = SUSPECT_ALT
+    elif not needs_caption(row.get("verdict"), mode):
+        out.update(status="skipped", alt=None, alt_from=None)
+    return out
+
+
+def csv_values(row: Mapping[str, Any]) -> list[Any]:
+    """A row's values in ``CSV_FIELDS`` order: object fields (``FLATTENED``) one per key."""
+    values: list[Any] = []
+    for name in RESULT_FIELDS:
+        value = row.get(name)
+        if name in FLATTENED:
+            values += [value.get(key) if value else None for key in FLATTENED[name]]
+        else:
+            values.append(value)
+    return values
+
+
 def upgraded(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row stored before the text in images was read, in today's fields: its ``alt`` was
     the author's (now ``author_alt``), its ``caption`` the suggested alt (now ``alt``)."""
@@ -115,7 +208,7 @@ def upgraded(row: Mapping[str, Any]) -> dict[str, Any]:
         return dict(row)
     old = dict(row)
     old["author_alt"] = old.pop("alt", None)
-    done = old.get("status") == "done"
+    done = old.get("status") == "done"  # no low_confidence then
     return {
         **make_row(page_url=None, image_url=None, status=""),
         **old,

@@ -19,7 +19,7 @@ from captioner.cli.main import main
 from captioner.cli.progress import ProgressLines
 from captioner.describe import describe
 from captioner.jobs.plan import patched_name
-from captioner.jobs.rows import page_counts
+from captioner.jobs.rows import CSV_FIELDS, page_counts
 
 ALT_ATTR = re.compile(r"""\s+alt\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)""", re.IGNORECASE)
 METADATA_URL = "http://169.254.169.254/latest/logo.png"
@@ -33,10 +33,34 @@ FIELDS = [
     "text",
     "alt",
     "alt_from",
+    "confidence",
+    "confident",
+    "alt_check",
     "warnings",
     "error_code",
     "error_message",
 ]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny random model without CLIP's text tower: these tests are of the plumbing, where
+    a random text tower's confidences are noise (every caption would be low_confidence).
+    Confidence and alt checks: test_trust_cli.py, with the trained demo model."""
+    from captioner.model.checkpoints import save_pretrained
+    from captioner.model.tiny import tiny_tokenizer_and_model
+
+    tokenizer, model = tiny_tokenizer_and_model("mlp", seed=0, text_tower=False)
+    return save_pretrained(model, tokenizer, tmp_path_factory.mktemp("tiny-no-text-tower"))
+
+
+@pytest.fixture(scope="module")
+def tiny_captioner(tiny_dir):
+    from captioner import Captioner
+
+    captioner = Captioner.from_pretrained(str(tiny_dir), device="cpu")
+    assert not captioner.can_score
+    return captioner
 
 
 @pytest.fixture(scope="module")
@@ -140,14 +164,16 @@ def test_sitemap_to_csv_report_and_patched_pages(
 
     def done(page, path, alt, verdict):  # a plain picture: no text in it, alt is the caption
         c = caption_of(path)
-        return [page, site.url(path), alt, verdict, "done", c, "", c, "caption", "", None, None]
+        scores = [None] * 4  # confidence, confident, alt_check_*: no text tower
+        return [page, site.url(path), alt, verdict, "done", c, "", c, "caption", *scores, "",
+                None, None]  # fmt: skip
 
     def skipped(page, path, alt, verdict):
-        return [page, site.url(path), alt, verdict, "skipped", *[None] * 7]
+        return [page, site.url(path), alt, verdict, "skipped", *[None] * 11]
 
     def failed(page, image, code, message, verdict="missing"):
         verdict = verdict if image else None
-        return [page, image, None, verdict, "failed", *[None] * 5, code, message]
+        return [page, image, None, verdict, "failed", *[None] * 9, code, message]
 
     red = "A red square on a white wall"
     expected = [
@@ -179,7 +205,7 @@ def test_sitemap_to_csv_report_and_patched_pages(
         skipped(post, "img/good.png", red, "ok"),
         done(post, "img/missing.png", None, "missing"),  # captioned once, reported per page
         done(post, "assets/dog.png", "spacer", "meaningless"),
-        [secret, None, None, None, "skipped", *[None] * 5, "robots_disallowed",
+        [secret, None, None, None, "skipped", *[None] * 9, "robots_disallowed",
          f"robots.txt disallows {secret}"],  # politeness, not a failure
         done(latin, "latin/caf.png", None, "missing"),
         failed(notes, None, "not_html",
@@ -189,7 +215,7 @@ def test_sitemap_to_csv_report_and_patched_pages(
     ]  # fmt: skip
     with out.open(newline="", encoding="utf-8") as f:
         table = list(csv.reader(f))
-    assert table[0] == FIELDS
+    assert table[0] == list(CSV_FIELDS)
     assert table[1:] == [[neutral(v) for v in row] for row in expected]
 
     # Patched copies of the pages that could be fetched, named <n>-<slug>.html.
@@ -237,14 +263,14 @@ def test_image_list_to_json(site, tiny_dir, caption_of, tmp_path) -> None:
     rows = json.loads(out.read_text())
     good, cat = caption_of("img/good.png"), caption_of("assets/cat.png")
     assert [list(r.values()) for r in rows] == [
-        [None, site.url("img/good.png"), None, None, "done", good, "", good, "caption", [], None,
-         None],
-        [None, site.url("assets/cat.png"), None, None, "done", cat, "", cat, "caption", [], None,
-         None],
-        [None, site.url("nope.png"), None, None, "failed", None, None, None, None, [],
-         "fetch_failed", "the image server answered HTTP 404"],
-        [None, "ftp://example.com/a.png", None, None, "failed", None, None, None, None, [],
-         "invalid_url", "only http and https URLs can be fetched"],
+        [None, site.url("img/good.png"), None, None, "done", good, "", good, "caption",
+         None, None, None, [], None, None],
+        [None, site.url("assets/cat.png"), None, None, "done", cat, "", cat, "caption",
+         None, None, None, [], None, None],
+        [None, site.url("nope.png"), None, None, "failed", None, None, None, None,
+         None, None, None, [], "fetch_failed", "the image server answered HTTP 404"],
+        [None, "ftp://example.com/a.png", None, None, "failed", None, None, None, None,
+         None, None, None, [], "invalid_url", "only http and https URLs can be fetched"],
     ]  # fmt: skip
     assert all(list(r) == FIELDS for r in rows)
 

@@ -566,7 +566,8 @@ def test_store_pages_keep_their_html(store: JobStore) -> None:
 
 def test_an_image_job_captions_every_image_once_in_order(make_queue, site, tiny_captioner) -> None:
     base, _ = site
-    queue = make_queue(CaptionerBackend(tiny_captioner), workers=2)
+    # every caption said: the random tiny model's confidences are noise (test_jobs_trust.py)
+    queue = make_queue(CaptionerBackend(tiny_captioner), workers=2, MIN_CONFIDENCE=0.0)
     urls = [f"{base}/{i}.png" for i in range(10)]
     urls += [f"{base}/missing.png", f"{base}/not-an-image.png", f"{base}/3.png"]
     spec = parse_job({"images": urls, "decoding": FAST}, queue.settings)
@@ -582,6 +583,7 @@ def test_an_image_job_captions_every_image_once_in_order(make_queue, site, tiny_
     assert (rows[10]["error_code"], rows[11]["error_code"]) == ("fetch_failed", "unsupported_image")
     direct = tiny_captioner.caption([png_bytes((0, 40, 60))], max_tokens=4)[0].text
     assert rows[0]["caption"] == direct  # the same model, the same caption
+    assert all(isinstance(r["confidence"], float) and r["confident"] for r in rows[:10])
 
 
 def test_a_page_job_reports_every_image_and_patches_pages(make_queue, site) -> None:

@@ -12,9 +12,18 @@ from bs4 import BeautifulSoup
 
 from captioner.crawl.pages import VERDICTS
 from captioner.errors import OcrError, OcrTimeout, OcrUnavailable
-from captioner.jobs.html_report import NO_PAGE, VERDICT_LABELS, WARNING_LABELS
+from captioner.jobs.html_report import NO_PAGE, STATUS_LABELS, VERDICT_LABELS, WARNING_LABELS
 from captioner.jobs.reports import UnknownFormat, content_type, format_for_path, write_rows
-from captioner.jobs.rows import RESULT_FIELDS, make_row
+from captioner.jobs.rows import (
+    CSV_FIELDS,
+    DESCRIBED,
+    RESULT_FIELDS,
+    STATUSES,
+    checked_alt,
+    described,
+    finished,
+    make_row,
+)
 
 DOG = 'A "dog", running\nin a park.'
 ROWS = [
@@ -65,7 +74,7 @@ def test_jsonl_is_one_object_per_line() -> None:
 
 def test_csv_has_a_header_and_round_trips_quotes_commas_and_newlines() -> None:
     table = list(csv.reader(io.StringIO(render("csv"), newline="")))
-    assert table[0] == list(RESULT_FIELDS)
+    assert table[0] == list(CSV_FIELDS)
     assert table[1] == [
         "https://example.com/a",
         "https://example.com/a.png",
@@ -76,12 +85,112 @@ def test_csv_has_a_header_and_round_trips_quotes_commas_and_newlines() -> None:
         "",
         'A "dog", running\nin a park.',
         "caption",
+        "",  # confidence, confident, alt_check_score, alt_check_verdict: no text tower
+        "",
+        "",
+        "",
         "",
         "",
         "",
     ]
-    assert table[3] == ["https://example.com/c", "", "", "", "skipped"] + [""] * 7
+    assert table[3] == ["https://example.com/c", "", "", "", "skipped"] + [""] * 11
     assert len(table) == 4
+
+
+def scored_rows() -> list[dict]:
+    """Rows of a model with a text tower: a confident caption, one that is not, a suspect
+    author alt and one that matches."""
+    cap = "A red circle on a white background."
+    described = {"caption": cap, "alt": cap, "alt_from": "caption", "text": None}
+    page, image = "https://example.com/p", "https://example.com/{}.png"
+    return [
+        make_row(
+            page_url=page,
+            image_url=image.format(1),
+            verdict="missing",
+            status="done",
+            confidence=0.97,
+            confident=True,
+            **described,
+        ),
+        make_row(
+            page_url=page,
+            image_url=image.format(2),
+            verdict="missing",
+            status="low_confidence",
+            confidence=0.31,
+            confident=False,
+            **described,
+        ),
+        make_row(
+            page_url=page,
+            image_url=image.format(3),
+            author_alt="A blue star on a white background.",
+            verdict="suspect_alt",
+            status="done",
+            confidence=0.97,
+            confident=True,
+            alt_check={"score": -2.5, "verdict": "suspect"},
+            **described,
+        ),
+        make_row(
+            page_url=page,
+            image_url=image.format(4),
+            author_alt=cap,
+            verdict="ok",
+            status="skipped",
+            caption=cap,
+            confidence=0.97,
+            confident=True,
+            alt_check={"score": 1.0, "verdict": "matches"},
+        ),
+    ]
+
+
+def test_scores_in_every_format() -> None:
+    """confidence and confident are columns everywhere; alt_check an object in JSON, two
+    columns in CSV (alt_check_score, alt_check_verdict); confident true/false in CSV too."""
+    rows = scored_rows()
+    data = json.loads(render("json", rows))
+    assert [(r["confidence"], r["confident"], r["alt_check"]) for r in data] == [
+        (0.97, True, None),
+        (0.31, False, None),
+        (0.97, True, {"score": -2.5, "verdict": "suspect"}),
+        (0.97, True, {"score": 1.0, "verdict": "matches"}),
+    ]
+    table = list(csv.DictReader(io.StringIO(render("csv", rows), newline="")))
+    assert [
+        (r["status"], r["confident"], r["alt_check_score"], r["alt_check_verdict"]) for r in table
+    ] == [
+        ("done", "true", "", ""),
+        ("low_confidence", "false", "", ""),
+        ("done", "true", "-2.5", "suspect"),
+        ("skipped", "true", "1.0", "matches"),
+    ]
+    assert "alt_check" not in table[0]
+
+
+def test_html_report_shows_confidence_alt_checks_and_low_confidence() -> None:
+    soup = html_report(scored_rows())
+    heads = [th.get_text() for th in soup.thead.find_all("th")]
+    assert heads[-3:] == ["Confidence", "Alt check", "Status"]
+    cells = [[td.get_text() for td in tr.find_all("td")] for tr in soup.tbody.find_all("tr")]
+    assert [c[-3:] for c in cells] == [
+        ["0.97", "", "Described"],
+        ["0.31 (low)", "", STATUS_LABELS["low_confidence"]],
+        ["0.97", "May not match (-2.50)", "Described"],
+        ["0.97", "Matches (1.00)", "Skipped"],
+    ]
+    assert cells[2][1] == VERDICT_LABELS["suspect_alt"]
+    summary = " ".join(soup.find(id="summary").get_text().split())
+    assert summary.startswith(
+        "4 images: 2 with a suggested alt text, 1 with a low-confidence suggestion to check,"
+        " 0 failed, 1 skipped."
+    )
+    verdicts = [li.get_text() for li in soup.find(id="verdicts").find_all("li")]
+    assert verdicts[1] == f"{VERDICT_LABELS['suspect_alt']}: 1"  # after missing: more urgent
+    # a model without a text tower: no such columns
+    assert "Confidence" not in [th.get_text() for th in html_report().thead.find_all("th")]
 
 
 def test_csv_keeps_the_lines_of_a_text_and_lists_the_warnings() -> None:
@@ -314,3 +423,46 @@ def test_html_report_says_why_a_text_was_not_read() -> None:
     cells = [td.get_text() for td in html_report([row]).tbody.find_all("td")]
     assert cells[3:] == ["A sign.", "", "Described; reading the text in it took too long"]
     assert set(WARNING_LABELS) == {OcrError.code, OcrTimeout.code, OcrUnavailable.code}
+
+
+def test_a_caption_that_is_not_confident_is_low_confidence_unless_the_alt_is_text() -> None:
+    cap = {"caption": "A cat.", "text": None, "alt": "A cat.", "alt_from": "caption"}
+    assert described(cap, confidence=0.9, confident=True)["status"] == "done"
+    assert described(cap, confidence=0.2, confident=False)["status"] == "low_confidence"
+    assert described(cap)["status"] == "done"  # no text tower: nothing to doubt
+    text = {**cap, "text": "SALE", "alt": "SALE", "alt_from": "text"}
+    assert described(text, confidence=0.2, confident=False)["status"] == "done"
+    assert set(DESCRIBED) == {"done", "low_confidence"} and set(DESCRIBED) < set(STATUSES)
+
+
+def test_an_author_alt_check_decides_the_verdict_row_by_row() -> None:
+    cap = {"caption": "A cat.", "text": None, "alt": "A cat.", "alt_from": "caption"}
+    suspect = {"score": 0.1, "verdict": "suspect"}
+    matches = {"score": 0.9, "verdict": "matches"}
+    ok = make_row(page_url="p", image_url="i", author_alt="A dog.", verdict="ok", status="")
+    missing = make_row(page_url="q", image_url="i", verdict="missing", status="")
+    row = finished(ok, described(cap, confidence=0.9, confident=True, alt_check=suspect), "missing")
+    assert (row["verdict"], row["status"], row["alt"]) == ("suspect_alt", "done", "A cat.")
+    row = finished(ok, described(cap, confidence=0.9, confident=True, alt_check=matches), "missing")
+    assert (row["verdict"], row["status"], row["alt"], row["alt_check"]) == (
+        "ok",
+        "skipped",  # captioned for the check only: the author's alt stays, nothing to suggest
+        None,
+        matches,
+    )
+    row = finished(ok, described(cap, confidence=0.9, confident=True, alt_check=matches), "all")
+    assert (row["verdict"], row["status"], row["alt"]) == ("ok", "done", "A cat.")
+    # the same image on another page, without an alt: the check is not its own
+    row = finished(
+        missing, described(cap, confidence=0.9, confident=True, alt_check=suspect), "missing"
+    )
+    assert (row["verdict"], row["status"], row["alt_check"]) == ("missing", "done", None)
+    assert checked_alt(ok) == "A dog." and checked_alt(missing) is None
+    assert VERDICTS.index("suspect_alt") < VERDICTS.index("ok")  # more urgent than ok
+
+
+def test_a_job_counts_low_confidence_rows_as_done() -> None:
+    from captioner.jobs.store.base import _counts
+
+    rows = dict(enumerate([{"status": s} for s in ("done", "low_confidence", "failed", "skipped")]))
+    assert _counts(rows) == (2, 1, 1)

@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from captioner.jobs.rows import DESCRIBED
+
 __all__ = [
     "ACTIVE_STATES",
     "DUPLICATE",
@@ -94,8 +96,11 @@ def holder(spec: Mapping[str, Any]) -> str:
 
 
 def _counts(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, int, int]:
+    """(done, failed, skipped) of a job's rows: a job's ``counts``. ``done`` counts every
+    image with a suggestion, ``low_confidence`` ones too (its rows tell them apart)."""
     statuses = [row.get("status") for row in rows.values()]
-    return statuses.count("done"), statuses.count("failed"), statuses.count("skipped")
+    described = sum(status in DESCRIBED for status in statuses)
+    return described, statuses.count("failed"), statuses.count("skipped")
 
 
 def _dumps(value: Any) -> str:
