@@ -1,17 +1,24 @@
-"""Confidence on held-out synthetic shapes: does CLIP's score tell right captions from wrong?
+"""Trust figures on held-out synthetic shapes with the trained demo model (issue 23).
 
-With the trained demo model (``make-tiny --trained``, ``captioner.train.demo``), on shapes
-drawn with another seed than training's:
+With the demo model (``make-tiny --trained``, ``captioner.train.demo``), on shapes drawn with
+another seed than training's:
 
-- caption accuracy: the greedy caption names the right colour and shape (and is exactly the
-  canonical caption);
-- AUROC of the confidence of the right caption against captions with a swapped colour, a
-  swapped shape, or both (every wrong description of each image);
-- AUROC of the confidence of the model's own captions, right against wrong (when it writes
-  wrong ones at all).
+- (a) confidence: caption accuracy, the AUROC of the confidence of the right caption against
+  captions with a swapped colour, shape or both, and of the model's own captions, right
+  against wrong (bar: >= 0.9);
+- (b) the author's-alt check (``Captioner.caption(images, alts=...)``): the share of swapped
+  alts (another colour AND another shape: all 15 for each image) flagged ``suspect`` (bar:
+  >= 90%), and of right alts (the canonical caption and the short "A red circle.") (bar:
+  <= 5%);
+- (c) reranking against beam search: exact-caption accuracy of beam search (beam_size 5) and
+  of its 5 best beams reranked by CLIP (``candidates=5``), with the images reranking fixes
+  and breaks, for each ``clip_weight`` of a sweep; on the plain held-out draws and on harder
+  ones (the shape turned by up to 45 degrees; the shape shrunk to 80% at a random place),
+  which the model never saw. The sweep runs on ``--select-seed`` draws too (where the default
+  clip_weight was chosen), the table reports ``--seed`` draws.
 
     python bench/confidence.py                 # trains the demo model first (~1 min)
-    python bench/confidence.py --model DIR     # an existing one
+    python bench/confidence.py --model DIR --json bench/results/confidence-cpu.json
 """
 
 from __future__ import annotations
@@ -23,15 +30,21 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from captioner.config import DecodingSettings
 from captioner.pipeline import Captioner
-from captioner.train.demo import PAIRS, draw_pairs, swap_cosines, train_tiny
-from captioner.train.synthetic import shape_caption
+from captioner.train.demo import DRAW_SIZE, PAIRS, swap_cosines, train_tiny
+from captioner.train.synthetic import COLOURS, SHAPES, draw_shape, shape_caption
+
+CLIP_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)  # the reranking sweep (0: the language model alone)
+CANDIDATES = 5  # reranked candidates: beam search's 5 best beams
 
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -40,16 +53,131 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
 
 
+def plain(colour: str, shape: str, rng: random.Random) -> Image.Image:
+    return draw_shape(colour, shape, image_size=DRAW_SIZE, rng=rng)
+
+
+def turned(colour: str, shape: str, rng: random.Random) -> Image.Image:
+    """The shape turned by up to 45 degrees either way (training never turns one)."""
+    image = plain(colour, shape, rng)
+    return image.rotate(rng.uniform(-45, 45), fillcolor=image.getpixel((0, 0)))
+
+
+def shrunk(colour: str, shape: str, rng: random.Random) -> Image.Image:
+    """The drawing shrunk to 80% and placed at random (training's shapes are large, central)."""
+    image = plain(colour, shape, rng)
+    side = int(DRAW_SIZE * 0.8)
+    canvas = Image.new("RGB", image.size, image.getpixel((0, 0)))
+    at = (rng.randint(0, DRAW_SIZE - side), rng.randint(0, DRAW_SIZE - side))
+    canvas.paste(image.resize((side, side), Image.BILINEAR), at)
+    return canvas
+
+
+DRAWS: dict[str, Callable[[str, str, random.Random], Image.Image]] = {
+    "plain": plain,
+    "turned": turned,
+    "shrunk": shrunk,
+}
+
+
+def draw(how: str, rounds: int, seed: int) -> tuple[list[Image.Image], list[tuple[str, str]]]:
+    """``rounds`` drawings of each of the 24 pairs, and the pairs, in order."""
+    rng = random.Random(seed)
+    pairs = PAIRS * rounds
+    return [DRAWS[how](c, s, rng) for c, s in pairs], pairs
+
+
+def exact(results, pairs) -> list[bool]:
+    """Whether each caption is exactly the canonical one of its pair."""
+    want = [shape_caption(c, s).capitalize() for c, s in pairs]
+    return [r.text == w for r, w in zip(results, want, strict=True)]
+
+
+def confidence_figures(cap: Captioner, images, pairs) -> dict:
+    """(a): accuracy of the greedy caption, and AUROCs of the confidence."""
+    pixels = cap.preprocess(images)
+    results = cap.caption_pixels(pixels)
+    ok = exact(results, pairs)
+    named = [
+        c in r.text.lower().split() and s in r.text.lower().replace(".", " ").split()
+        for r, (c, s) in zip(results, pairs, strict=True)
+    ]
+    right, wrong = swap_cosines(cap.model, pixels, pairs)
+    conf = cap.confidence
+    out = {
+        "exact_caption_accuracy": sum(ok) / len(ok),
+        "colour_and_shape_accuracy": sum(named) / len(named),
+        "auroc_right_vs_swapped": auroc(conf(right), conf(wrong)),
+        "confidence_right_mean": float(conf(right).mean()),
+        "confidence_swapped_mean": float(conf(wrong).mean()),
+    }
+    own, good = torch.tensor([r.confidence for r in results]), torch.tensor(named)
+    if 0 < int(good.sum()) < len(good):
+        out["auroc_own_captions_right_vs_wrong"] = auroc(own[good], own[~good])
+    return out
+
+
+def alt_figures(cap: Captioner, images, pairs) -> dict:
+    """(b): the alt check on right alts and on swapped ones (another colour and shape)."""
+    right_alts = [shape_caption(c, s, v).capitalize() for v in (0, 1) for c, s in pairs]
+    swapped = [
+        (i, shape_caption(c2, s2).capitalize())
+        for i, (c, s) in enumerate(pairs)
+        for c2 in COLOURS
+        for s2 in SHAPES
+        if c2 != c and s2 != s
+    ]
+    right = cap.caption(images * 2, alts=right_alts)
+    wrong = cap.caption([images[i] for i, _ in swapped], alts=[a for _, a in swapped])
+    flagged = [r.alt_check["verdict"] == "suspect" for r in wrong]
+    false_flags = [r.alt_check["verdict"] == "suspect" for r in right]
+    n = len(pairs)  # right alts: the canonical captions, then the short ones
+    return {
+        "right_canonical_flagged_suspect": sum(false_flags[:n]) / n,
+        "right_short_flagged_suspect": sum(false_flags[n:]) / n,
+        "swapped_alts": len(wrong),
+        "swapped_flagged_suspect": sum(flagged) / len(flagged),
+        "right_alts": len(right),
+        "right_flagged_suspect": sum(false_flags) / len(false_flags),
+        "score_right_mean": sum(r.alt_check["score"] for r in right) / len(right),
+        "score_swapped_mean": sum(r.alt_check["score"] for r in wrong) / len(wrong),
+    }
+
+
+def rerank_figures(cap: Captioner, images, pairs) -> dict:
+    """(c): beam search (beam_size 5) against its 5 best beams reranked, per clip_weight."""
+    pixels = cap.preprocess(images)
+    beam = exact(cap.caption_pixels(pixels, DecodingSettings(method="beam", beam_size=5)), pairs)
+    out: dict = {"images": len(pairs), "beam5_accuracy": sum(beam) / len(beam), "rerank": {}}
+    for w in CLIP_WEIGHTS:
+        s = DecodingSettings(method="beam", beam_size=5, candidates=CANDIDATES, clip_weight=w)
+        results = cap.caption_pixels(pixels, s)
+        ok = exact(results, pairs)
+        listed = [
+            any(c["caption"] == shape_caption(*p).capitalize() for c in r.candidates)
+            for r, p in zip(results, pairs, strict=True)
+        ]
+        out["rerank"][str(w)] = {
+            "accuracy": sum(ok) / len(ok),
+            "beam_wrong": len(beam) - sum(beam),
+            "fixed": sum(o and not b for o, b in zip(ok, beam, strict=True)),
+            "broken": sum(b and not o for o, b in zip(ok, beam, strict=True)),
+            "right_caption_among_candidates": sum(listed) / len(listed),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="a model directory (default: train one)")
     p.add_argument("--rounds", type=int, default=5, help="held-out images per colour/shape")
     p.add_argument("--seed", type=int, default=1, help="held-out drawing seed (training: 0)")
+    p.add_argument("--select-seed", type=int, default=2, help="draws the clip_weight was chosen on")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    result: dict = {}
+    result: dict = {"seed": args.seed, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
@@ -57,37 +185,50 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = train_tiny(Path(tmp) / "demo")
             result["train_s"] = round(time.perf_counter() - t, 1)
         cap = Captioner.from_pretrained(str(model_dir), device="cpu", dtype="float32")
-        rng = random.Random(args.seed)
-        pairs = PAIRS * args.rounds
-        pixels = torch.cat(
-            [draw_pairs(PAIRS, cap.config.image_size, rng) for _ in range(args.rounds)]
-        )
-        results = cap.caption_pixels(pixels)
-    want = [shape_caption(c, s).capitalize() for c, s in pairs]
-    exact = [r.text == w for r, w in zip(results, want, strict=True)]
-    named = [
-        c in r.text.lower().split() and s in r.text.lower().replace(".", " ").split()
-        for r, (c, s) in zip(results, pairs, strict=True)
-    ]
-    right, wrong = swap_cosines(cap.model, pixels, pairs)
-    conf = cap.confidence
-    result.update(
-        images=len(pairs),
-        exact_caption_accuracy=sum(exact) / len(exact),
-        colour_and_shape_accuracy=sum(named) / len(named),
-        auroc_right_vs_swapped=auroc(conf(right), conf(wrong)),
-        confidence_right_mean=float(conf(right).mean()),
-        confidence_swapped_mean=float(conf(wrong).mean()),
-        calibration={"center": cap.config.confidence_center, "slope": cap.config.confidence_slope},
-    )
-    own = torch.tensor([r.confidence for r in results])
-    ok = torch.tensor(named)
-    if 0 < int(ok.sum()) < len(ok):
-        result["auroc_own_captions_right_vs_wrong"] = auroc(own[ok], own[~ok])
+        result["calibration"] = {
+            "center": cap.config.confidence_center,
+            "slope": cap.config.confidence_slope,
+        }
+        images, pairs = draw("plain", args.rounds, args.seed)
+        result["confidence"] = confidence_figures(cap, images, pairs)
+        result["alt_check"] = alt_figures(cap, images, pairs)
+        result["rerank"] = {h: rerank_figures(cap, *draw(h, args.rounds, args.seed)) for h in DRAWS}
+        result["rerank_selection"] = {
+            h: rerank_figures(cap, *draw(h, args.rounds, args.select_seed)) for h in DRAWS
+        }
     print(json.dumps(result, indent=2))
+    print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def table(result: dict) -> str:
+    """The figures as a plain-text table."""
+    conf, alt = result["confidence"], result["alt_check"]
+    lines = [
+        f"(a) confidence, {result['rounds'] * 24} held-out images (seed {result['seed']})",
+        f"    exact-caption accuracy (greedy)        {conf['exact_caption_accuracy']:.3f}",
+        f"    AUROC right vs swapped captions        {conf['auroc_right_vs_swapped']:.3f}",
+        "(b) alt check",
+        f"    swapped alts flagged suspect           {alt['swapped_flagged_suspect']:.3f}"
+        f"  ({alt['swapped_alts']} alts)",
+        f"    right alts flagged suspect             {alt['right_flagged_suspect']:.3f}"
+        f"  ({alt['right_alts']} alts)",
+        f'      of them canonical / short ("A red circle.")  '
+        f"{alt['right_canonical_flagged_suspect']:.3f} / {alt['right_short_flagged_suspect']:.3f}",
+        "(c) exact-caption accuracy: beam 5 | rerank 5 by clip_weight (fixed/broken of beam's)",
+        "    draws    beam5  " + "  ".join(f"w={w:<11}" for w in CLIP_WEIGHTS),
+    ]
+    for part in ("rerank", "rerank_selection"):
+        for how, r in result[part].items():
+            cells = "  ".join(
+                f"{v['accuracy']:.3f} +{v['fixed']}/-{v['broken']:<3}" for v in r["rerank"].values()
+            )
+            name = how + ("*" if part == "rerank_selection" else "")
+            lines.append(f"    {name:<8} {r['beam5_accuracy']:.3f}  {cells}")
+    lines.append("    (* the --select-seed draws, where the default clip_weight was chosen)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,13 @@ values); every caption is forced to 20 new tokens. One run measures, in the same
 in float32 and bfloat16, plus single-image latency percentiles and how far bfloat16
 captions drift from float32 ones. Prints a Markdown table (and JSON with --json).
 
+With ``--confidence``, the same model with CLIP ViT-B/32's text tower scores every caption
+(what the confidence costs); with ``--rerank``, beam search (beam_size 5) against its 5 best
+beams reranked by CLIP (``candidates=5``), both with the text tower, at batch 32.
+
     python bench/decode.py                  # CPU
     python bench/decode.py --device cuda    # GPU: adds large batches
+    python bench/decode.py --dtypes bfloat16 --batches 32 --skip-baselines --confidence --rerank
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -165,6 +171,56 @@ def bench_confidence(plain: Captioner, scored: Captioner, dtype: str, batch: int
     }
 
 
+RERANK_BATCH = 32  # images per batch for --rerank (the issue's figure)
+BEAM = DecodingSettings(
+    method="beam",
+    beam_size=5,
+    max_tokens=NEW_TOKENS,
+    min_tokens=NEW_TOKENS,
+    stop_token=None,
+    stop_at_eos=False,
+)
+
+
+def bench_rerank(scored: Captioner, dtype: str, batch: int) -> list[dict]:
+    """Beam search (beam_size 5, its best beam scored) against its 5 best beams all scored
+    by the text tower and reranked, interleaved: captions/s and the time reranking adds."""
+    px = pixels(batch, scored.device, scored.dtype)
+    rerank = replace(BEAM, candidates=5)
+    runs: dict[str, list[float]] = {"beam": [], "rerank": []}
+    text_ms: dict[str, list[float]] = {"beam": [], "rerank": []}
+    candidates = []
+    scored.caption_pixels(px, BEAM), scored.caption_pixels(px, rerank)  # warm-up
+    for _ in range(5):
+        for name, settings in (("beam", BEAM), ("rerank", rerank)):
+            t = time.perf_counter()
+            result = scored.caption_pixels(px, settings)
+            sync(scored.device)
+            runs[name].append(time.perf_counter() - t)
+            text_ms[name].append(result[0].timings["confidence_ms"])
+            if name == "rerank":
+                candidates.append(sum(len(r.candidates) for r in result) / len(result))
+    beam_s, rerank_s = statistics.median(runs["beam"]), statistics.median(runs["rerank"])
+    return [
+        {
+            "method": "AltCap beam 5 + confidence",
+            "dtype": dtype,
+            "batch": batch,
+            "captions_s": batch / beam_s,
+            "confidence_ms": statistics.median(text_ms["beam"]),
+        },
+        {
+            "method": "AltCap beam 5 + rerank 5",
+            "dtype": dtype,
+            "batch": batch,
+            "captions_s": batch / rerank_s,
+            "confidence_ms": statistics.median(text_ms["rerank"]),
+            "candidates_per_image": statistics.mean(candidates),
+            "wall_added_pct": 100 * (rerank_s - beam_s) / beam_s,  # against beam 5 + confidence
+        },
+    ]
+
+
 def timed_once(fn, device: torch.device) -> float:
     sync(device)
     t = time.perf_counter()
@@ -232,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time AltCap with CLIP's text tower scoring every caption (its added cost)",
     )
+    p.add_argument(
+        "--rerank",
+        action="store_true",
+        help=f"also time beam 5 against beam 5 + CLIP reranking of 5 (batch {RERANK_BATCH})",
+    )
     args = p.parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     device = torch.device(args.device)
@@ -286,13 +347,16 @@ def main(argv: list[str] | None = None) -> int:
                 row["p90_ms"] = ms[int(0.9 * (len(ms) - 1))]
             rows.append(row)
             print(row, flush=True)
-        if args.confidence:  # the same model plus the text tower: what confidence adds
+        if args.confidence or args.rerank:  # the same model plus the text tower
             scored = Captioner(
                 full_size_model(text_tower=True), IdTokenizer(), device=device, dtype=dtype
             )
-            for b in batches:
+            for b in batches if args.confidence else []:  # what confidence adds
                 rows.append(bench_confidence(cap, scored, name, b))
                 print(rows[-1], flush=True)
+            for row in bench_rerank(scored, name, RERANK_BATCH) if args.rerank else []:
+                rows.append(row)
+                print(row, flush=True)
             del scored
     if not gpu:
         info["probe_end"] = machine_probe()
@@ -325,8 +389,12 @@ def markdown(rows: list[dict]) -> str:
         key = (r["dtype"], r["batch"])
         xg = f"{r['captions_s'] / gen[key]:.2f}" if key in gen and r["method"] == "AltCap" else "–"
         lat = f"{r['p50_ms']:.0f} / {r['p90_ms']:.0f}" if "p50_ms" in r else ""
-        if "added_pct" in r:  # the confidence rows: what scoring every caption adds
+        if "added_pct" in r:  # the confidence / rerank rows: what scoring adds
             lat = f"+{r['confidence_ms']:.0f} ms (+{r['added_pct']:.1f}%)"
+        elif "wall_added_pct" in r:  # rerank: its text-tower pass, its time against beam 5
+            lat = f"text tower {r['confidence_ms']:.0f} ms; +{r['wall_added_pct']:.1f}% vs beam 5"
+        elif "confidence_ms" in r:  # beam 5 with its text-tower pass
+            lat = f"text tower {r['confidence_ms']:.0f} ms"
         lines.append(
             f"| {r['method']} | {r['dtype']} | {r['batch']} | {r['captions_s']:.2f} "
             f"| {xn} | {xg} | {lat} |"

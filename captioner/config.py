@@ -18,6 +18,8 @@ DECODING_METHODS: tuple[str, ...] = get_args(DecodingMethod)
 MAX_BEAM_SIZE = 32  # beams per image: the batch grows by this factor
 MAX_TEMPERATURE = 10  # above this, sampling is noise
 MAX_NEW_TOKENS = 256  # new tokens per caption (max_tokens, and min_tokens under it)
+MAX_CANDIDATES = 8  # captions per image to rerank: each is decoded and goes through CLIP
+MAX_CLIP_WEIGHT = 100  # reranking: past this CLIP alone decides, the LM only breaks ties
 
 
 @dataclass
@@ -119,6 +121,14 @@ class DecodingSettings:
     min_tokens: int = 0  # never stop before this many new tokens (benchmarks force a length)
     stop_token: str | None = "."  # stop once this text is generated; None: never
     stop_at_eos: bool = True  # stop at the tokenizer's end-of-text token
+    # Reranking (docs/confidence.md): decode ``candidates`` captions per image (beam search's
+    # best, or nucleus samples; greedy writes one) and keep the best by
+    # ``logprob + clip_weight * log(confidence)``: the language model's mean log-probability
+    # per token plus CLIP's calibrated log-probability that the caption is right, both nats.
+    candidates: int = 1  # captions per image; 1: no reranking (beam: at most beam_size)
+    # CLIP's weight in the reranking score (0: the LM alone); 0.1: the best of a sweep on the
+    # demo model's held-out shapes (bench/confidence.py, docs/confidence.md)
+    clip_weight: float = 0.1
 
     def validate(self) -> DecodingSettings:
         if self.method not in DECODING_METHODS:
@@ -135,6 +145,20 @@ class DecodingSettings:
             raise InvalidSettings(f"max_tokens must be between 1 and {MAX_NEW_TOKENS}")
         if not 0 <= self.min_tokens <= self.max_tokens:
             raise InvalidSettings("min_tokens must be between 0 and max_tokens")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise InvalidSettings(f"candidates must be between 1 and {MAX_CANDIDATES}")
+        if self.candidates > 1 and self.method == "greedy":
+            raise InvalidSettings(
+                "greedy decoding writes one caption per image: for candidates > 1 use "
+                "method beam (its best beams) or nucleus (samples)"
+            )
+        if self.method == "beam" and self.candidates > self.beam_size:
+            raise InvalidSettings(
+                f"beam search keeps beam_size ({self.beam_size}) captions per image: "
+                f"candidates ({self.candidates}) must be at most beam_size"
+            )
+        if not 0.0 <= self.clip_weight <= MAX_CLIP_WEIGHT:
+            raise InvalidSettings(f"clip_weight must be between 0 and {MAX_CLIP_WEIGHT}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +173,9 @@ class DecodingSettings:
                 d.pop(k)
         if self.method == "greedy":
             d.pop("temperature")
+        if self.candidates == 1:  # no reranking: the keys of the settings that existed before
+            for k in ("candidates", "clip_weight"):
+                d.pop(k)
         return d
 
     @classmethod

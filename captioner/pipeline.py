@@ -20,10 +20,10 @@ from captioner.model.checkpoints import load_pretrained
 from captioner.model.modeling import ClipCapModel
 from captioner.model.pretrained import DEFAULT_MODEL, resolve
 from captioner.model.processing import preprocess
-from captioner.model.scoring import clip_token_ids, cosine
+from captioner.model.scoring import clip_token_ids, cosine, rerank_scores
 from captioner.model.scoring import confidence as confidence_of
 from captioner.runtime import cpu_kernel
-from captioner.runtime.decoding import generate
+from captioner.runtime.decoding import Candidate, generate, generate_candidates
 from captioner.runtime.device import pick_device, pick_dtype
 from captioner.runtime.graphs import GraphedGreedy
 from captioner.runtime.lm import CachedGPT2
@@ -55,6 +55,10 @@ class CaptionResult:
     alt_similarity: float | None = None
     generic_similarity: float | None = None
     alt_check: dict[str, Any] | None = None
+    # With ``candidates`` > 1: every distinct caption decoded for the image, best first by
+    # the reranking score; each {"caption", "score", "logprob", "similarity", "confidence"}
+    # (the last two only with a text tower). The first is this result's caption.
+    candidates: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -68,6 +72,8 @@ class CaptionResult:
             d["confidence"] = self.confidence
         if self.alt_check is not None:
             d["alt_check"] = dict(self.alt_check)
+        if self.candidates is not None:
+            d["candidates"] = [dict(c) for c in self.candidates]
         return d
 
 
@@ -280,6 +286,11 @@ class Captioner:
         With a text tower, every caption gets its ``confidence``, and every image with an
         author's alt in ``alts`` (one per image, None for none) its ``alt_check``, from one
         text-tower pass over the captions, the alts and ``trust.GENERIC_TEXTS``.
+
+        With ``settings.candidates`` k > 1, each image gets up to k distinct captions (beam's
+        best or nucleus samples; the same text twice counts once), all scored in that same
+        pass, and the result is the best by ``scoring.rerank_scores`` (without a text tower:
+        by log-probability); ``CaptionResult.candidates`` lists them all, best first.
         """
         if alts is not None and len(alts) != len(pixel_values):
             raise InvalidSettings(f"{len(alts)} alts for {len(pixel_values)} images")
@@ -290,53 +301,109 @@ class Captioner:
         prefix = self.model.prefix(embeds.to(self.dtype))
         sync()
         t1 = time.perf_counter()
-        ids = generate(self.lm, prefix, settings, self.stop_rule(settings), self.graphed)
+        stop = self.stop_rule(settings)
+        if settings.candidates == 1:  # one caption, decoded as ever (no log-probabilities)
+            ids = generate(self.lm, prefix, settings, stop, self.graphed)
+            found = [[Candidate(row, 0.0)] for row in ids]
+        else:
+            found = generate_candidates(self.lm, prefix, settings, stop)
         t2 = time.perf_counter()
-        raws = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-        texts = [clean_caption(raw) for raw in raws]
+        raws = [
+            [self.tokenizer.decode(c.ids, skip_special_tokens=True) for c in cs] for cs in found
+        ]
+        texts = [[clean_caption(raw) for raw in rs] for rs in raws]
+        if settings.candidates > 1:  # the same text twice is one candidate: its likelier one
+            keep = [_first_of_each(ts) for ts in texts]
+            found, raws, texts = (
+                [[x[j] for j in js] for x, js in zip(xs, keep, strict=True)]
+                for xs in (found, raws, texts)
+            )
         timings = {"encode_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3}
-        checks: dict[int, dict[str, float]] = {}
-        similarity = conf = None
+        sims: list[torch.Tensor | None] = [None] * len(found)
+        alt_cos: dict[int, dict[str, float]] = {}
         if self.can_score:  # what CLIP makes of each caption (and alt): one text-tower pass
-            similarity, checks = self._scores(embeds, texts, alts)
-            conf = self.confidence(similarity)
+            sims, alt_cos = self._scores(embeds, texts, alts)
             sync()
             timings["confidence_ms"] = (time.perf_counter() - t2) * 1e3
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         timings = {k: round(v, 3) for k, v in timings.items()}
         out = []
-        for i, (row, raw, text) in enumerate(zip(ids, raws, texts, strict=True)):
-            r = CaptionResult(text, raw, len(row), dict(timings), len(ids))
-            if similarity is not None:
-                r.similarity = round(float(similarity[i]), 4)
-                r.confidence = round(float(conf[i]), 4)
-            if i in checks:
-                r.alt_similarity = round(checks[i]["alt"], 4)
-                r.generic_similarity = round(checks[i]["generic"], 4)
+        for i, (cands, rs, ts) in enumerate(zip(found, raws, texts, strict=True)):
+            sim = sims[i]
+            conf = None if sim is None else self.confidence(sim)
+            order, score = [0], None
+            if settings.candidates > 1:
+                logprobs = torch.tensor([c.logprob for c in cands])
+                score = rerank_scores(logprobs, sim, self.config, settings.clip_weight)
+                order = sorted(range(len(cands)), key=lambda j: -float(score[j]))  # stable
+            best = order[0]
+            r = CaptionResult(ts[best], rs[best], len(cands[best].ids), dict(timings), len(found))
+            if sim is not None:
+                r.similarity = round(float(sim[best]), 4)
+                r.confidence = round(float(conf[best]), 4)
+            if score is not None:
+                r.candidates = [
+                    _candidate(ts[j], score[j], cands[j].logprob, sim, conf, j) for j in order
+                ]
+            if i in alt_cos:
+                r.alt_similarity = round(alt_cos[i]["alt"], 4)
+                r.generic_similarity = round(alt_cos[i]["generic"], 4)
                 r.alt_check = alt_check(
-                    checks[i]["alt"],
-                    checks[i]["caption"],
-                    checks[i]["generic"],
+                    alt_cos[i]["alt"],
+                    float(sim[best]),
+                    alt_cos[i]["generic"],
                     self.alt_match_score,
                 )
             out.append(r)
         return out
 
     def _scores(
-        self, embeds: torch.Tensor, captions: list[str], alts: Sequence[str | None] | None
-    ) -> tuple[torch.Tensor, dict[int, dict[str, float]]]:
-        """(B,) caption cosines, and {image index: cosines of its alt, caption and the best
-        generic text} for the images with an alt; all texts in one text-tower pass."""
+        self,
+        embeds: torch.Tensor,
+        captions: list[list[str]],
+        alts: Sequence[str | None] | None,
+    ) -> tuple[list[torch.Tensor], dict[int, dict[str, float]]]:
+        """The cosines of each image's captions (a (k_i,) tensor per image), and {image index:
+        cosines of its alt and of the best generic text} for the images with an alt; all texts
+        in one text-tower pass."""
         asked = [(i, a) for i, a in enumerate(alts or []) if isinstance(a, str) and a.strip()]
         generic = list(GENERIC_TEXTS) if asked else []
-        texts = captions + [a for _, a in asked] + generic
-        text_embeds = self.embed_texts(texts)  # (B + A + G, D)
-        b, a = len(captions), len(asked)
-        caption_cos = cosine(embeds, text_embeds[:b]).cpu()  # (B,)
+        flat = [t for ts in captions for t in ts]
+        texts = flat + [a for _, a in asked] + generic
+        text_embeds = self.embed_texts(texts)  # (C + A + G, D)
+        c, a = len(flat), len(asked)
+        owner = torch.tensor([i for i, ts in enumerate(captions) for _ in ts], dtype=torch.long)
+        caption_cos = cosine(embeds[owner.to(embeds.device)], text_embeds[:c]).cpu()  # (C,)
+        per_image = list(caption_cos.split([len(ts) for ts in captions]))
         checks = {}
         for j, (i, _) in enumerate(asked):
             image = embeds[i : i + 1]  # (1, D)
-            alt_cos = float(cosine(image, text_embeds[b + j : b + j + 1])[0])
-            generic_cos = float(cosine(image, text_embeds[b + a :]).max())
-            checks[i] = {"alt": alt_cos, "caption": float(caption_cos[i]), "generic": generic_cos}
-        return caption_cos, checks
+            alt_cos = float(cosine(image, text_embeds[c + j : c + j + 1])[0])
+            generic_cos = float(cosine(image, text_embeds[c + a :]).max())
+            checks[i] = {"alt": alt_cos, "generic": generic_cos}
+        return per_image, checks
+
+
+def _first_of_each(texts: list[str]) -> list[int]:
+    """The index of each distinct text's first occurrence, in order."""
+    first: dict[str, int] = {}
+    for j, t in enumerate(texts):
+        first.setdefault(t, j)
+    return list(first.values())
+
+
+def _candidate(
+    text: str,
+    score: torch.Tensor,
+    logprob: float,
+    sim: torch.Tensor | None,
+    conf: torch.Tensor | None,
+    j: int,
+) -> dict[str, Any]:
+    """One entry of ``CaptionResult.candidates`` (similarity and confidence: with a text tower)."""
+    d: dict[str, Any] = {"caption": text, "score": round(float(score), 4)}
+    d["logprob"] = round(logprob, 4)
+    if sim is not None and conf is not None:
+        d["similarity"] = round(float(sim[j]), 4)
+        d["confidence"] = round(float(conf[j]), 4)
+    return d

@@ -221,3 +221,144 @@ def test_a_model_without_text_tower_captions_without_confidence(tmp_path):
     assert "confidence_ms" not in r.timings
     with pytest.raises(ModelError):
         cap.score([png_bytes()], ["a cat."])
+
+
+# --- candidates and reranking (the trained demo model: real captions, real scores) ----------
+
+
+def held_out_shapes(seed: int = 1, rotate: bool = False) -> list[Image.Image]:
+    """One held-out drawing of each of the 24 colour/shape pairs; ``rotate``: turned by up to
+    45 degrees, a harder draw on which the model sometimes writes the wrong caption."""
+    import random
+
+    from captioner.train.demo import PAIRS
+    from captioner.train.synthetic import draw_shape
+
+    rng = random.Random(seed)
+    images = [draw_shape(c, s, rng=rng) for c, s in PAIRS]
+    if rotate:
+        images = [im.rotate(rng.uniform(-45, 45), fillcolor=im.getpixel((0, 0))) for im in images]
+    return images
+
+
+def test_candidates_are_sorted_and_the_first_is_the_caption(demo_captioner):
+    from captioner.model.scoring import log_confidence
+
+    images = held_out_shapes(rotate=True)[:8]
+    results = demo_captioner.caption(images, method="beam", candidates=5, clip_weight=1.0)
+    for r in results:
+        cands = r.candidates
+        assert 1 < len(cands) <= 5 and len({c["caption"] for c in cands}) == len(cands)
+        scores = [c["score"] for c in cands]
+        assert scores == sorted(scores, reverse=True)
+        first = cands[0]
+        assert (first["caption"], first["similarity"], first["confidence"]) == (
+            r.text,
+            r.similarity,
+            r.confidence,
+        )
+        assert r.to_dict()["candidates"] == cands
+        for c in cands:  # the documented mix, on the candidate's own numbers
+            assert set(c) == {"caption", "score", "logprob", "similarity", "confidence"}
+            assert c["logprob"] < 0 and 0 <= c["confidence"] < 1
+            clip = float(log_confidence(torch.tensor(c["similarity"]), demo_captioner.config))
+            assert c["score"] == pytest.approx(c["logprob"] + clip, abs=2e-3)  # clip_weight 1
+    # the confidence of each candidate is that of its caption scored alone
+    sims = demo_captioner.score(images, [[c["caption"] for c in r.candidates[:2]] for r in results])
+    got = torch.tensor([[c["similarity"] for c in r.candidates[:2]] for r in results])
+    torch.testing.assert_close(sims, got, atol=1e-4, rtol=0)
+
+
+def test_reranking_follows_clip_weight(demo_captioner):
+    """clip_weight 0: the language model's best (beam search's own caption); a large weight:
+    a caption CLIP is most confident of (log-confidence saturates: among captions CLIP is
+    near-sure of, the language model still decides); on hard draws the two differ."""
+    images = held_out_shapes(rotate=True)
+    beam = [r.text for r in demo_captioner.caption(images, method="beam")]
+    lm_only = demo_captioner.caption(images, method="beam", candidates=5, clip_weight=0.0)
+    assert [r.text for r in lm_only] == beam
+    for r in lm_only:
+        assert r.candidates[0]["logprob"] == max(c["logprob"] for c in r.candidates)
+    clip = demo_captioner.caption(images, method="beam", candidates=5, clip_weight=100.0)
+    for r in clip:
+        most = max(c["confidence"] for c in r.candidates)
+        assert r.candidates[0]["confidence"] >= most - 0.02
+    assert sum(a.text != b.text for a, b in zip(lm_only, clip, strict=True)) >= 1
+
+
+def test_one_candidate_is_the_caption_as_before(demo_captioner):
+    """candidates = 1 (the default) decodes as before: the demo model's right captions, no
+    candidates field, the settings' keys (cache keys) unchanged."""
+    from captioner.train.demo import PAIRS
+    from captioner.train.synthetic import shape_caption
+
+    images = held_out_shapes()
+    want = [shape_caption(c, s).capitalize() for c, s in PAIRS]
+    for method in ("greedy", "beam"):
+        results = demo_captioner.caption(images, method=method)
+        assert sum(r.text == w for r, w in zip(results, want, strict=True)) >= 23
+        assert all(r.candidates is None and "candidates" not in r.to_dict() for r in results)
+        keys = set(DecodingSettings(method=method).to_dict())
+        assert not keys & {"candidates", "clip_weight"}
+    s = DecodingSettings(method="beam", candidates=2).to_dict()
+    assert (s["candidates"], s["clip_weight"]) == (2, DecodingSettings().clip_weight)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        DecodingSettings(method="beam", candidates=4),
+        DecodingSettings(method="nucleus", temperature=2.0, seed=5, candidates=4),
+    ],
+    ids=lambda s: s.method,
+)
+def test_a_batch_gives_each_image_its_candidates_alone(demo_captioner, settings):
+    images = held_out_shapes(rotate=True)[:6]
+    batched = demo_captioner.caption(images, settings, batch_size=6)
+    assert any(len(r.candidates) > 1 for r in batched)
+    for image, r in zip(images, batched, strict=True):
+        alone = demo_captioner.caption(image, settings)[0]
+        assert [c["caption"] for c in alone.candidates] == [c["caption"] for c in r.candidates]
+        for a, b in zip(alone.candidates, r.candidates, strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-3)
+
+
+def test_alts_are_checked_against_the_picked_caption(demo_captioner):
+    images = held_out_shapes()[:2]  # a red circle, a red square
+    alts = ["A red circle on a white background.", "A purple star on a white background."]
+    for r in demo_captioner.caption(images, method="beam", candidates=3, alts=alts):
+        assert r.alt_check is not None and r.similarity == r.candidates[0]["similarity"]
+    plain = demo_captioner.caption(images, alts=alts)
+    assert [r.alt_check["verdict"] for r in plain] == ["matches", "suspect"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"method": "greedy", "candidates": 2}, "greedy"),
+        ({"method": "beam", "beam_size": 3, "candidates": 4}, "beam_size"),
+        ({"method": "nucleus", "candidates": 0}, "between 1 and 8"),
+        ({"method": "nucleus", "candidates": 9}, "between 1 and 8"),
+        ({"method": "beam", "candidates": 2, "clip_weight": -1.0}, "clip_weight"),
+    ],
+)
+def test_bad_candidate_settings_are_refused(demo_captioner, overrides, words):
+    with pytest.raises(InvalidSettings, match=words):
+        demo_captioner.caption(held_out_shapes()[0], **overrides)
+    with pytest.raises(InvalidSettings, match=words):
+        DecodingSettings.from_dict(overrides)
+
+
+def test_without_a_text_tower_candidates_rank_by_logprob(tmp_path):
+    from captioner.model.checkpoints import save_pretrained
+    from captioner.model.tiny import tiny_tokenizer_and_model
+
+    tok, model = tiny_tokenizer_and_model("mlp", text_tower=False)
+    cap = Captioner.from_pretrained(str(save_pretrained(model, tok, tmp_path / "m")), device="cpu")
+    s = DecodingSettings(method="nucleus", temperature=3.0, seed=2, max_tokens=6, candidates=5)
+    r = cap.caption(png_bytes(), s)[0]
+    assert r.confidence is None and r.text == r.candidates[0]["caption"]
+    assert all(set(c) == {"caption", "score", "logprob"} for c in r.candidates)
+    assert all(c["score"] == c["logprob"] for c in r.candidates)
+    logprobs = [c["logprob"] for c in r.candidates]
+    assert len(logprobs) > 1 and logprobs == sorted(logprobs, reverse=True)

@@ -66,6 +66,33 @@ def confidence(cosines: torch.Tensor, config: ClipCapConfig) -> torch.Tensor:
     return torch.sigmoid(config.confidence_slope * (cosines.float() - config.confidence_center))
 
 
+def log_confidence(cosines: torch.Tensor, config: ClipCapConfig) -> torch.Tensor:
+    """``log(confidence)`` of each cosine, computed stably (never -inf for a finite cosine)."""
+    return F.logsigmoid(config.confidence_slope * (cosines.float() - config.confidence_center))
+
+
+def rerank_scores(
+    logprobs: torch.Tensor,
+    cosines: torch.Tensor | None,
+    config: ClipCapConfig,
+    clip_weight: float,
+) -> torch.Tensor:
+    """The reranking score of candidate captions: higher is better.
+
+    ``score = logprob + clip_weight * log(confidence)``: the language model's mean
+    log-probability per token plus CLIP's calibrated log-probability that the caption is right
+    (``confidence`` above), both in nats. Using the calibrated confidence rather than the raw
+    cosine puts CLIP on the same footing in every model (cosines of ViT-B/32 sit in 0.1-0.35,
+    the demo model's near 0.7), and log-sigmoid saturates: among captions CLIP believes, the
+    language model decides; a caption CLIP doubts pays about ``slope * (center - cosine)``.
+    Without a text tower (``cosines`` None) the score is the log-probability alone.
+    """
+    logprobs = logprobs.float()
+    if cosines is None:
+        return logprobs
+    return logprobs + clip_weight * log_confidence(cosines, config)
+
+
 def fit_confidence(
     right: torch.Tensor, wrong: torch.Tensor, steps: int = 100
 ) -> tuple[float, float]:

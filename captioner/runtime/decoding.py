@@ -3,9 +3,17 @@
 Every function takes a batch of prefixes (B, P, C) and returns, per image, the generated token
 ids (without the prompt). A batch gives the same tokens as the images one at a time: rows never
 interact, and sampling draws each row's noise from its own generator.
+
+``generate`` writes one caption per image. ``generate_candidates`` writes
+``settings.candidates`` (k) per image for reranking, each with the language model's mean
+log-probability per generated token: beam search's k best beams, or k nucleus samples (image
+i's sample j draws from its own generator, seeded from ``seed`` and j, so that sample 0 is the
+caption that ``generate`` writes and a batch changes nothing).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -34,10 +42,52 @@ def generate(
     return sample(lm, prefix, settings, stop)
 
 
-def _row_generators(n: int, seed: int | None, device: torch.device) -> list[torch.Generator]:
-    """One generator per row: the same seed gives an image the same caption whatever batch it
-    is in; without a seed every row draws its own, so two unseeded rows never share noise."""
-    seeds = [seed] * n if seed is not None else torch.randint(0, 2**62, (n,)).tolist()
+@dataclass(frozen=True)
+class Candidate:
+    """One caption of an image: its token ids and how likely the language model finds it."""
+
+    ids: list[int]  # generated tokens, the stop/EOS token included if hit
+    # mean log-probability per generated token (nats), at the decoding temperature: beam
+    # search's own score (ClipCap's summed log-probability over length)
+    logprob: float
+
+
+def generate_candidates(
+    lm: CachedGPT2, prefix: torch.Tensor, settings: DecodingSettings, stop: StopRule
+) -> list[list[Candidate]]:
+    """``settings.candidates`` captions for each row of ``prefix`` (B, P, C), best first.
+
+    Beam search: its best beams by its own score (a beam cut at ``max_tokens`` counts, as in
+    ClipCap), the first being ``generate``'s caption. Nucleus: that many samples, sorted by
+    log-probability. Greedy writes one caption, with its log-probability.
+    """
+    if settings.method == "beam":
+        return beam_candidates(lm, prefix, settings, stop)
+    k = settings.candidates
+    rows = prefix.repeat_interleave(k, dim=0) if k > 1 else prefix  # (B*k, P, C)
+    ids, logprobs = _sample(lm, rows, settings, stop, samples=k, track=True)
+    out = []
+    for i in range(prefix.shape[0]):
+        mine = [Candidate(ids[i * k + j], logprobs[i * k + j]) for j in range(k)]
+        out.append(sorted(mine, key=lambda c: -c.logprob))  # stable: ties keep sample order
+    return out
+
+
+# Seeds of an image's samples after the first: far apart in the 64-bit seed space, so that the
+# samples of one request never draw the same noise (the golden ratio's 64-bit fraction).
+_SAMPLE_SEED_STEP = 0x9E3779B97F4A7C15
+
+
+def _row_generators(
+    n: int, seed: int | None, device: torch.device, samples: int = 1
+) -> list[torch.Generator]:
+    """One generator per row (``samples`` consecutive rows per image): the same seed gives an
+    image the same caption whatever batch it is in; without a seed every row draws its own,
+    so two unseeded rows never share noise."""
+    if seed is None:
+        seeds = torch.randint(0, 2**62, (n,)).tolist()
+    else:  # sample 0: ``seed`` itself, so one sample is the caption a plain request writes
+        seeds = [(seed + (r % samples) * _SAMPLE_SEED_STEP) % 2**64 for r in range(n)]
     return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
@@ -54,12 +104,25 @@ def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(mask, float("-inf"))
 
 
-@torch.inference_mode()
 def sample(
     lm: CachedGPT2, prefix: torch.Tensor, settings: DecodingSettings, stop: StopRule
 ) -> list[list[int]]:
-    """Greedy (argmax) or nucleus sampling.
+    """Greedy (argmax) or nucleus sampling: one caption per row."""
+    return _sample(lm, prefix, settings, stop)[0]
 
+
+@torch.inference_mode()
+def _sample(
+    lm: CachedGPT2,
+    prefix: torch.Tensor,
+    settings: DecodingSettings,
+    stop: StopRule,
+    samples: int = 1,
+    track: bool = False,
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy or nucleus sampling: each row's ids, and (``track``) its mean log-probability.
+
+    ``samples``: consecutive rows that are one image's samples (their generators differ).
     Finished rows keep running (a cache copy costs more than a step) until at most half of
     the batch is still writing; then the batch is compacted to the live rows.
     """
@@ -67,13 +130,15 @@ def sample(
     nucleus = settings.method == "nucleus"
     cache = lm.new_cache(b, p + settings.max_tokens)
     hidden = lm.forward(prefix, cache)
-    gens = _row_generators(b, settings.seed, prefix.device) if nucleus else []
+    gens = _row_generators(b, settings.seed, prefix.device, samples) if nucleus else []
     out: list[list[int]] = [[] for _ in range(b)]
+    logp_sums = [0.0] * b  # summed log-probabilities of each row's tokens (``track``)
     rows = list(range(b))  # original index of each batch row; -1 once it is finished
     for step in range(settings.max_tokens):
+        logits = None
         if nucleus:
-            logits = nucleus_filter(lm.logits(hidden) / settings.temperature, settings.top_p)
-            probs = torch.softmax(logits, dim=-1)
+            logits = lm.logits(hidden) / settings.temperature  # (rows, V)
+            probs = torch.softmax(nucleus_filter(logits, settings.top_p), dim=-1)
             # Exponential race: argmax(p / E) with E ~ Exp(1) is an exact categorical draw;
             # each row's noise comes from its own generator, so batching changes nothing.
             noise = torch.ones_like(probs)
@@ -83,10 +148,17 @@ def sample(
             next_ids = torch.argmax(probs / noise, dim=-1)
         else:
             next_ids = lm.greedy(hidden)
+        if track:  # the token's log-probability, before the nucleus cut (the model's own)
+            if logits is None:  # greedy: the model's distribution (temperature is sampling's)
+                logits = lm.logits(hidden)
+            token_logp = torch.log_softmax(logits.float(), dim=-1)
+            token_logp = token_logp.gather(1, next_ids.unsqueeze(1))[:, 0].tolist()
         done = stop.hits(next_ids, step).tolist()
         for j, (r, tok) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
             if r >= 0:
                 out[r].append(tok)
+                if track:
+                    logp_sums[r] += token_logp[j]
                 if done[j]:
                     rows[j] = -1
         live = [j for j, r in enumerate(rows) if r >= 0]
@@ -98,14 +170,47 @@ def sample(
             next_ids = next_ids[keep]
             rows = [rows[j] for j in live]
         hidden = lm.forward(lm.embed_tokens(next_ids).unsqueeze(1), cache)
+    return out, [s / max(len(ids), 1) for s, ids in zip(logp_sums, out, strict=True)]
+
+
+def beam_search(
+    lm: CachedGPT2, prefix: torch.Tensor, settings: DecodingSettings, stop: StopRule
+) -> list[list[int]]:
+    """Beam search with ClipCap's scoring: the best beam of each row."""
+    tokens, final, lengths = _beams(lm, prefix, settings, stop)
+    best = final.argsort(dim=-1, descending=True)[:, 0]  # (B,)
+    out = []
+    for i, j in enumerate(best.tolist()):
+        n = int(lengths[i, j].item())
+        out.append(tokens[i, j, :n].tolist())
+    return out
+
+
+def beam_candidates(
+    lm: CachedGPT2, prefix: torch.Tensor, settings: DecodingSettings, stop: StopRule
+) -> list[list[Candidate]]:
+    """The ``settings.candidates`` best beams of each row, best first, with their scores."""
+    tokens, final, lengths = _beams(lm, prefix, settings, stop)
+    order = final.argsort(dim=-1, descending=True)[:, : settings.candidates]  # (B, k)
+    out = []
+    for i, picks in enumerate(order.tolist()):
+        out.append(
+            [
+                Candidate(tokens[i, j, : int(lengths[i, j].item())].tolist(), float(final[i, j]))
+                for j in picks
+            ]
+        )
     return out
 
 
 @torch.inference_mode()
-def beam_search(
+def _beams(
     lm: CachedGPT2, prefix: torch.Tensor, settings: DecodingSettings, stop: StopRule
-) -> list[list[int]]:
-    """Beam search with ClipCap's scoring, batched over images.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Beam search with ClipCap's scoring, batched over images: every row's beams.
+
+    Returns ``(tokens, score, lengths)``: (B, K, T) token ids (a beam's first ``length`` are
+    its own), (B, K) scores (summed log-probability / length) and (B, K) lengths.
 
     As the reference: a candidate's score is its summed log-probability divided by its
     generated length; a finished beam stays frozen (it may only extend with a zero-cost
@@ -158,13 +263,7 @@ def beam_search(
             new_tokens,
         )
         cache = cache.select((base + src).reshape(-1))
-    final = scores / lengths
-    best = final.argsort(dim=-1, descending=True)[:, 0]  # (B,)
-    out = []
-    for i, j in enumerate(best.tolist()):
-        n = int(lengths[i, j].item())
-        out.append(tokens[i, j, :n].tolist())
-    return out
+    return tokens, scores / lengths, lengths
 
 
 def _beam_logprobs(lm: CachedGPT2, hidden: torch.Tensor, temperature: float) -> torch.Tensor:

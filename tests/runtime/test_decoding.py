@@ -7,7 +7,7 @@ import torch
 
 from captioner.config import DecodingSettings
 from captioner.model.tiny import tiny_tokenizer_and_model
-from captioner.runtime.decoding import generate, nucleus_filter
+from captioner.runtime.decoding import generate, generate_candidates, nucleus_filter
 from captioner.runtime.lm import CachedGPT2
 from captioner.runtime.reference import reference_beam, reference_greedy
 from captioner.runtime.stopping import StopRule
@@ -149,3 +149,76 @@ def test_unseeded_rows_draw_their_own_noise(setup):
     assert len({tuple(o) for o in out}) > 1
     seeded = generate(lm, same, DecodingSettings(**{**s.__dict__, "seed": 4}), StopRule(None, None))
     assert len({tuple(o) for o in seeded}) == 1
+
+
+# --- candidates (reranking): k captions per image, each with its mean log-probability --------
+
+
+@torch.no_grad()
+def _mean_logprob(model, prefix: torch.Tensor, ids: list[int], temperature: float = 1.0) -> float:
+    """The mean log-probability per token of ``ids`` after ``prefix`` (1, P, C), from one
+    uncached forward over the whole sequence (the reference's way)."""
+    wte = model.lm.transformer.wte
+    x = torch.cat((prefix, wte(torch.tensor([ids[:-1]]))), dim=1) if len(ids) > 1 else prefix
+    logits = model.lm(inputs_embeds=x).logits[0, prefix.shape[1] - 1 :] / temperature
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return float(logp[torch.arange(len(ids)), torch.tensor(ids)].mean())
+
+
+def test_beam_candidates_are_the_reference_beams(setup):
+    """Beam search's k best beams, best first, are the reference's, with ClipCap's score (the
+    mean log-probability per token); the first is generate's caption."""
+    model, lm, prefix, stop_id, *_ = setup
+    s = DecodingSettings(method="beam", beam_size=5, max_tokens=15, candidates=3)
+    rule = StopRule(stop_id, None)
+    got = generate_candidates(lm, prefix, s, rule)
+    assert [c[0].ids for c in got] == generate(lm, prefix, s, rule)
+    for i, cands in enumerate(got):
+        beams = reference_beam(model.lm, prefix[i : i + 1], stop_id, 5, 15)
+        assert [c.ids for c in cands] == beams[:3]
+        logprobs = [c.logprob for c in cands]
+        assert logprobs == sorted(logprobs, reverse=True)
+        for c in cands:
+            assert c.logprob == pytest.approx(
+                _mean_logprob(model, prefix[i : i + 1], c.ids), abs=1e-6
+            )
+
+
+def test_nucleus_candidates_are_seeded_samples_with_their_logprobs(setup):
+    """k samples per image: sample 0 is the caption a plain request writes, the others differ
+    (their own noise), sorted by mean log-probability, which is the model's own."""
+    model, lm, prefix, *_ = setup
+    rule = StopRule(None, None)
+    s = DecodingSettings(
+        method="nucleus", top_p=1.0, temperature=2.0, seed=3, max_tokens=6, candidates=4
+    )
+    got = generate_candidates(lm, prefix, s, rule)
+    plain = generate(lm, prefix, DecodingSettings(**{**s.__dict__, "candidates": 1}), rule)
+    for i, cands in enumerate(got):
+        assert len(cands) == 4 and plain[i] in [c.ids for c in cands]
+        assert len({tuple(c.ids) for c in cands}) > 1
+        logprobs = [c.logprob for c in cands]
+        assert logprobs == sorted(logprobs, reverse=True)
+        for c in cands:
+            want = _mean_logprob(model, prefix[i : i + 1], c.ids, temperature=2.0)
+            assert c.logprob == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        DecodingSettings(method="beam", beam_size=4, max_tokens=10, candidates=4),
+        DecodingSettings(
+            method="nucleus", top_p=0.9, temperature=2.0, seed=7, max_tokens=10, candidates=3
+        ),
+    ],
+    ids=lambda s: s.method,
+)
+def test_candidates_of_a_batch_equal_each_image_alone(setup, settings):
+    _, lm, prefix, stop_id, _row, _pos = setup
+    rule = StopRule(stop_id, None)
+    batched = generate_candidates(lm, prefix, settings, rule)
+    single = [generate_candidates(lm, prefix[i : i + 1], settings, rule)[0] for i in range(N)]
+    assert [[c.ids for c in cs] for cs in batched] == [[c.ids for c in cs] for cs in single]
+    for a, b in zip(batched, single, strict=True):
+        assert [c.logprob for c in a] == pytest.approx([c.logprob for c in b], abs=1e-9)
