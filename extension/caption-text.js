@@ -168,6 +168,31 @@
     return altFrom === "text" || altFrom === "caption_and_text";
   }
 
+  /** Whether a described image's alt is withheld (captioner/trust.py withholds()): the
+   * server does not believe its caption (`confident === false`) and the alt rests on it
+   * (alt_from "caption" or "caption_and_text"). Nothing is written for it, so a screen-reader
+   * user hears nothing invented; an alt of the image's own text (alt_from "text") is kept.
+   * A server without CLIP's text tower, or one that is not AltCap, sends no `confident`:
+   * nothing is withheld then. */
+  function withholds(described) {
+    return Boolean(described) && described.confident === false && described.alt_from !== "text";
+  }
+
+  // The aria-description an author's alt gets when the server's alt check says "suspect"
+  // (issue 23, opt-in): AltCap's own words, fixed, English; AltCap's caption after them,
+  // unless the server does not believe its caption either.
+  const MISMATCH_NOTE = "AltCap: the description may not match";
+
+  /** What to add (as aria-description) beside an author's alt the server's check found
+   * `suspect`: "AltCap: the description may not match; appears to be: <caption>"; without
+   * the caption when it is not confident or says nothing. "" for any other verdict. */
+  function mismatchNote(checked) {
+    if (!checked || checked.verdict !== "suspect") return "";
+    const caption = altText(checked.caption);
+    if (!caption || checked.confident === false) return MISMATCH_NOTE + ".";
+    return `${MISMATCH_NOTE}; appears to be: ${caption}`;
+  }
+
   /** The mark before an alt, by what it says: `prefixes.textPrefix` ("Appears to say: ") for
    * an image's own text, `prefixes.prefix` ("Appears to be: ") for a caption, alone or with
    * the text after it (that alt names the text itself: "... Appears to say: ..."). */
@@ -186,6 +211,9 @@
     cleanResult,
     cleanAnswer,
     holdsText,
+    withholds,
+    MISMATCH_NOTE,
+    mismatchNote,
     prefixFor,
   });
 })(globalThis);

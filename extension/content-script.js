@@ -21,11 +21,22 @@
  *
  * Messages it sends (chrome.runtime.sendMessage, to the service worker):
  *   {type: "hello"} -> {consented, enabled, auto, showing, prefix, textPrefix, words, stopwords}
- *   {type: "describe", images: [{id, url, data?}]}
- *     -> {results: [{id, caption, alt, alt_from, text?, language?} | {id, error}]}
- *   {type: "counts", found, described, failed}
+ *   {type: "describe", images: [{id, url, data?, alt?}]}
+ *     -> {results: [{id, caption, alt, alt_from, text?, confident?, alt_check?, language?} |
+ *         {id, error}]}
+ *   {type: "counts", found, described, failed, unsure}
  * Messages it answers (from the service worker, same extension only):
- *   ping, status, describe-now {quiet?}, describe-target {srcUrl}, toggle {showing?}, restore
+ *   ping, status, describe-now {quiet?}, describe-target {srcUrl}, toggle {showing?}, restore,
+ *   check-alt {on}
+ *
+ * Trust (issue 23). An answer that says `confident: false` for an alt that rests on the
+ * caption (caption-text.js withholds()) is not written: the image keeps what it had, and is
+ * counted as "unsure" (the popup's "No confident description"). With the opt-in check on
+ * (config.checkAlt), an image in view whose author's alt says something is sent with that alt
+ * (`alt`, batched with the rest, after them); a "suspect" verdict adds an aria-description
+ * (caption-text.js mismatchNote()), marked data-altcap-note, which goes when the descriptions
+ * are hidden, the check is switched off or the image or its alt changes. The author's alt is
+ * never touched.
  */
 (function () {
   "use strict";
@@ -57,7 +68,10 @@
     server_unreachable: "the AltCap server did not answer",
     server_timeout: "the AltCap server did not answer",
   };
-  const PRIORITY = { focused: 0, visible: 1, other: 2 };
+  // check: an author's alt to check (the opt-in), sent after every image that needs a caption
+  const PRIORITY = { focused: 0, visible: 1, other: 2, check: 3 };
+  const NOTE = "aria-description"; // where a suspect alt's note goes: read after the alt
+  const NOTE_MARK = "data-altcap-note"; // on an element whose aria-description is AltCap's
   const SELECTOR = 'img, input[type="image" i], [role~="img" i]'; // ARIA images: role="img"
   const WATCHED = ["src", "srcset", "sizes", "alt", "aria-label", "aria-labelledby", "aria-hidden", "role", "title"];
   const OBSERVE = { childList: true, subtree: true, attributes: true, attributeFilter: WATCHED };
@@ -79,6 +93,7 @@
     auto: false,
     prefix: "Appears to be: ",
     textPrefix: "Appears to say: ",
+    checkAlt: false, // the opt-in check of authors' alts (settings.js checkAlt)
   };
   let started = false; // observers attached
   let showing = true; // captions written (the popup's toggle hides them)
@@ -104,11 +119,21 @@
 
   const state = new WeakMap(); // element -> {status, url, rewrites, textOnly}
   const written = new WeakMap(); // element -> the alt text (or aria-label) we wrote
-  const queue = new Map(); // id -> {id, el, url, data?, priority, order}
-  // url -> {caption, alt, alt_from, language?}, for this page's lifetime (survives toggling)
+  // id -> {id, el, url, data?, priority, order} (+ check: true, alt: an author's alt to check)
+  const queue = new Map();
+  // url -> {caption, alt, alt_from, confident?, language?}, for this page's lifetime (survives
+  // toggling)
   const captions = new Map();
   const visible = new Set(); // elements near the viewport (IntersectionObserver)
-  const counts = { found: 0, described: 0, failed: 0 };
+  // unsure: no confident description (the answer's alt was withheld)
+  const counts = { found: 0, described: 0, failed: 0, unsure: 0 };
+  // The opt-in check of authors' alts: element -> {key, status: "queued" | "sent" | "done" |
+  // "failed"}; key (url + alt) -> {verdict, caption, confident?} for this page's lifetime;
+  // element -> the aria-description we added.
+  const checks = new WeakMap();
+  const checked = new Map();
+  const noted = new WeakMap();
+  let checksUnavailable = false; // the server answered without checking: ask no more
 
   function guard(fn) {
     return function guarded(...args) {
@@ -142,17 +167,17 @@
     return s;
   }
 
-  // status: null | "queued" | "sent" | "described" | "failed" | "given-up"
+  // status: null | "queued" | "sent" | "described" | "unsure" | "failed" | "given-up"
+  // ("unsure": answered, its alt withheld: the server does not believe the caption)
   function setStatus(el, status) {
     const s = info(el);
-    const active = (st) => st === "queued" || st === "sent" || st === "described" || st === "failed";
+    const counted = { described: "described", failed: "failed", unsure: "unsure" };
+    const active = (st) => st === "queued" || st === "sent" || st in counted;
     if (active(s.status)) counts.found--;
-    if (s.status === "described") counts.described--;
-    if (s.status === "failed") counts.failed--;
+    if (s.status in counted) counts[counted[s.status]]--;
     s.status = status;
     if (active(status)) counts.found++;
-    if (status === "described") counts.described++;
-    if (status === "failed") counts.failed++;
+    if (status in counted) counts[counted[status]]++;
     reportCountsSoon();
   }
 
@@ -184,9 +209,12 @@
       for (const item of queue.values()) if (item.el === el) item.priority = Math.min(item.priority, priority);
       return;
     }
-    if (s.status === "described" || s.status === "failed" || s.status === "given-up") return;
+    if (s.status === "described" || s.status === "unsure" || s.status === "failed" || s.status === "given-up") return;
     const verdict = D.assess(el, window);
-    if (verdict.action !== "describe") return; // "wait": the load listener looks again
+    if (verdict.action !== "describe") {
+      if (verdict.reason === "author-alt") considerCheck(el, priority);
+      return; // "wait": the load listener looks again
+    }
     s.textOnly = verdict.textOnly === true;
     const cached = captions.get(verdict.url); // a banner answered by a caption: not sent again
     if (cached) {
@@ -198,6 +226,109 @@
     const id = "i" + nextId++;
     queue.set(id, { id, el, url: verdict.url, priority, order: nextId });
     scheduleFlush(priority === PRIORITY.focused ? 0 : FLUSH_DELAY_MS);
+  }
+
+  // --- checking authors' alts (the opt-in) ----------------------------------------------------
+
+  function checkKey(url, alt) {
+    return `${url}\n${alt}`;
+  }
+
+  /** With the check on, queue an image whose author's alt says something for checking: once
+   * per image address and alt, and only when it is in view (or focused), so a long page costs
+   * only what the user looks at. A check already answered is noted again (after a toggle). */
+  function considerCheck(el, priority = PRIORITY.other) {
+    if (!config.checkAlt || checksUnavailable || !started || !showing) return;
+    if (!visible.has(el) && priority !== PRIORITY.focused) return;
+    const verdict = D.assessCheck(el, window);
+    if (verdict.action !== "check") return;
+    const key = checkKey(verdict.url, verdict.alt);
+    const c = checks.get(el);
+    if (c && c.key === key) {
+      if (c.status === "done") note(el, checked.get(key));
+      return; // queued, sent, or failed: tried again on "describe now"
+    }
+    forgetCheck(el);
+    const known = checked.get(key);
+    if (known) {
+      checks.set(el, { key, status: "done" });
+      note(el, known);
+      return;
+    }
+    checks.set(el, { key, status: "queued" });
+    const id = "c" + nextId++;
+    const alt = globalThis.AltCapCaptionText.tidyText(verdict.alt);
+    queue.set(id, { id, el, url: verdict.url, alt, key, check: true, priority: PRIORITY.check, order: nextId });
+    scheduleFlush(FLUSH_DELAY_MS);
+  }
+
+  /** Whether a check item is still the element's current one (same image, same alt). */
+  function checkCurrent(item, status) {
+    const c = checks.get(item.el);
+    return Boolean(c) && c.key === item.key && c.status === status;
+  }
+
+  /** A check's answer: kept (per image and alt), its note added when "suspect". An answer
+   * without alt_check (a server that cannot check, or one that is not AltCap) stops the
+   * checks on this page. */
+  function onChecked(item, r) {
+    if (r.alt_check) {
+      const answer = { verdict: r.alt_check.verdict, caption: r.caption };
+      if (typeof r.confident === "boolean") answer.confident = r.confident;
+      checked.set(item.key, answer);
+    } else {
+      checked.set(item.key, { verdict: null });
+      checksUnavailable = true;
+    }
+    if (!checkCurrent(item, "sent")) return; // the image or its alt changed meanwhile
+    checks.get(item.el).status = "done";
+    note(item.el, checked.get(item.key));
+  }
+
+  /** Add the note for a checked alt (only for "suspect"), unless the page wrote an
+   * aria-description of its own. */
+  function note(el, answer) {
+    const text = globalThis.AltCapCaptionText.mismatchNote(answer);
+    if (!text || !config.checkAlt || !started || !showing || !el.isConnected) return;
+    const current = el.getAttribute(NOTE);
+    if (current !== null && current !== noted.get(el)) return; // the page's own
+    noted.set(el, text);
+    el.setAttribute(NOTE, text);
+    el.setAttribute(NOTE_MARK, "");
+  }
+
+  /** Take our note away, leaving an aria-description the page wrote since. */
+  function unnote(el) {
+    if (!noted.has(el)) return;
+    if (el.getAttribute(NOTE) === noted.get(el)) el.removeAttribute(NOTE);
+    el.removeAttribute(NOTE_MARK);
+    noted.delete(el);
+  }
+
+  function unnoteAll() {
+    for (const el of deepQueryAll("[" + NOTE_MARK + "]")) unnote(el);
+  }
+
+  /** The image or its alt changed: its check (and note) no longer applies. */
+  function forgetCheck(el) {
+    unnote(el);
+    checks.delete(el);
+    for (const [id, item] of queue) if (item.el === el && item.check) queue.delete(id);
+  }
+
+  /** The check switched on or off in the options (the service worker tells every frame). */
+  function setCheckAlt(on) {
+    config.checkAlt = on;
+    if (on) {
+      for (const el of visible) if (D.isCandidate(el)) consider(el, PRIORITY.visible);
+      return;
+    }
+    unnoteAll();
+    for (const [id, item] of queue) {
+      if (!item.check) continue;
+      queue.delete(id);
+      checks.delete(item.el);
+    }
   }
 
   /** `node` (a document, element or shadow root) and every shadow root inside it,
@@ -388,6 +519,16 @@
       setStatus(el, null);
       return false;
     }
+    if (globalThis.AltCapCaptionText.withholds(described)) {
+      // The server does not believe the caption this alt rests on: nothing is written (and
+      // what we wrote before goes), so that nothing invented is read out.
+      if (written.has(el)) {
+        written.delete(el);
+        D.restoreOriginal(el);
+      }
+      setStatus(el, "unsure");
+      return false;
+    }
     const text = spoken(described);
     written.set(el, text); // before the write, so the observer knows the change is ours
     D.applyCaption(el, text, described.language);
@@ -407,6 +548,7 @@
   function hideCaptions() {
     showing = false;
     restoreAll();
+    unnoteAll();
     reportCountsSoon();
   }
 
@@ -417,7 +559,7 @@
       const s = state.get(el);
       if (s && s.status === "described") {
         const described = captions.get(s.url);
-        if (!described || !write(el, s.url, described)) setStatus(el, null);
+        if (!described || (!write(el, s.url, described) && s.status !== "unsure")) setStatus(el, null);
       }
       consider(el);
     }
@@ -434,6 +576,7 @@
   }
 
   function priorityOf(item) {
+    if (item.check) return PRIORITY.check;
     const focused = document.activeElement;
     // The focused element, or an image inside it (through shadow roots: focus inside one is
     // reported on its host).
@@ -452,7 +595,8 @@
       .map(({ item }) => item);
     for (const item of items) {
       queue.delete(item.id);
-      setStatus(item.el, "sent");
+      if (item.check) checks.get(item.el).status = "sent";
+      else setStatus(item.el, "sent");
     }
     return items;
   }
@@ -476,16 +620,21 @@
   }
 
   async function describeBatch(batch) {
-    const images = batch.map((item) =>
-      item.data ? { id: item.id, url: item.url, data: item.data } : { id: item.id, url: item.url },
-    );
+    const images = batch.map((item) => {
+      const image = { id: item.id, url: item.url };
+      if (item.data) image.data = item.data;
+      if (item.check) image.alt = item.alt; // the author's alt, to check (the opt-in)
+      return image;
+    });
     const answer = await send({ type: "describe", images });
     const results = answer && Array.isArray(answer.results) ? answer.results : null;
     const byId = new Map((results || []).map((r) => [r && r.id, r]));
     const asked = [];
     for (const item of batch) {
       const r = byId.get(item.id);
-      if (r && typeof r.alt === "string" && r.alt) {
+      if (item.check && r && typeof r.alt === "string" && r.alt) {
+        onChecked(item, r);
+      } else if (r && typeof r.alt === "string" && r.alt) {
         const described = answerOf(r);
         captions.set(item.url, described);
         write(item.el, item.url, described);
@@ -510,17 +659,23 @@
   async function sendBytes(item, code) {
     const data = await P.imageData(item, code);
     const s = info(item.el);
-    if (s.status !== "sent" || s.url !== item.url) return; // the page moved on meanwhile
+    const current = item.check ? checkCurrent(item, "sent") : s.status === "sent" && s.url === item.url;
+    if (!current) return; // the page moved on meanwhile
     if (!data) {
       fail(item);
       return;
     }
-    setStatus(item.el, "queued");
+    if (item.check) checks.get(item.el).status = "queued";
+    else setStatus(item.el, "queued");
     queue.set(item.id, { ...item, data, snapshot: P.isSnapshot(data) });
     scheduleFlush(0);
   }
 
   function fail(item) {
+    if (item.check) {
+      if (checkCurrent(item, "sent")) checks.get(item.el).status = "failed"; // tried again later
+      return;
+    }
     if (info(item.el).status !== "described") setStatus(item.el, "failed");
   }
 
@@ -567,11 +722,17 @@
     return `${n} ${word}${n === 1 ? "" : "s"}`;
   }
 
-  function announceSummaryIfIdle() {
-    if (!summaryPending || queue.size || inFlight) return;
-    summaryPending = false;
+  /** ", 2 with no confident description, 1 could not be described" (the parts that apply). */
+  function summaryTail() {
+    const unsure = counts.unsure ? `, ${counts.unsure} with no confident description` : "";
     const failed = counts.failed ? `, ${counts.failed} could not be described` : "";
-    announce(`AltCap: ${plural(counts.described, "image")} described${failed}.`);
+    return unsure + failed;
+  }
+
+  function announceSummaryIfIdle() {
+    if (!summaryPending || [...queue.values()].some((item) => !item.check) || inFlight) return;
+    summaryPending = false;
+    announce(`AltCap: ${plural(counts.described, "image")} described${summaryTail()}.`);
   }
 
   // --- events -------------------------------------------------------------------------------
@@ -601,6 +762,7 @@
     const ours = written.get(el);
     if (name === D.textAttribute(el)) {
       if (ours !== undefined && el.getAttribute(name) === ours) return; // our own write
+      forgetCheck(el); // a check of the author's alt was of the old one
       if (ours !== undefined) {
         // The page replaced the alt we wrote: the author's text wins.
         written.delete(el);
@@ -620,6 +782,7 @@
         written.delete(el);
         D.restoreOriginal(el);
       }
+      forgetCheck(el);
       if (s.status !== "given-up") setStatus(el, null);
       for (const [id, item] of queue) if (item.el === el) queue.delete(id);
       consider(el); // usually "wait": the load event brings it back
@@ -687,7 +850,10 @@
     scanTimer = 0;
     document.removeEventListener("load", onLoad, true);
     document.removeEventListener("focusin", onFocus, true);
-    for (const item of queue.values()) setStatus(item.el, null);
+    for (const item of queue.values()) {
+      if (item.check) checks.delete(item.el);
+      else setStatus(item.el, null);
+    }
     queue.clear();
     visible.clear();
   }
@@ -702,6 +868,7 @@
       found: counts.found,
       described: counts.described,
       failed: counts.failed,
+      unsure: counts.unsure,
     };
   }
 
@@ -721,9 +888,11 @@
     for (const el of deepQueryAll(SELECTOR)) {
       const s = state.get(el);
       if (s && s.status === "failed") setStatus(el, null);
+      const c = checks.get(el);
+      if (c && c.status === "failed") checks.delete(el);
       consider(el, visible.has(el) ? PRIORITY.visible : PRIORITY.other);
     }
-    const waiting = queue.size;
+    const waiting = [...queue.values()].filter((item) => !item.check).length; // checks go unsaid
     summaryPending = !quiet;
     if (quiet) return { ok: true, ...status() };
     if (waiting) announce(`AltCap: describing ${plural(waiting, "image")}.`);
@@ -731,7 +900,7 @@
       summaryPending = false;
       announce(
         counts.found
-          ? `AltCap: ${plural(counts.described, "image")} described.`
+          ? `AltCap: ${plural(counts.described, "image")} described${summaryTail()}.`
           : "AltCap: no images without a description on this page.",
       );
     }
@@ -777,15 +946,21 @@
       return { ok: false, error };
     }
     if (el) write(el, url, described, true);
+    if (globalThis.AltCapCaptionText.withholds(described)) {
+      // Asked or not, nothing invented is read out.
+      announce("AltCap has no confident description of this image.");
+      return { ok: false, error: { code: "not_confident", message: "no confident description" } };
+    }
     announce(spoken(described), described.language);
     return { ok: true, caption: described.caption, alt: described.alt };
   }
 
   /** What is kept of a caption answer, cleaned by caption-text.js: {caption, alt, alt_from,
-   * language?} (alt: the words to write, the caption unless the server's alt says more;
+   * confident?, language?} (alt: the words to write, the caption unless the server's alt says more;
    * language: a tag the server gave, checked by the service worker). */
   function answerOf(r) {
     const described = { caption: r.caption, alt: r.alt, alt_from: r.alt_from };
+    if (typeof r.confident === "boolean") described.confident = r.confident; // false: withheld
     if (typeof r.language === "string" && r.language) described.language = r.language;
     return described;
   }
@@ -846,6 +1021,10 @@
           restorePage();
           sendResponse(status());
           return false;
+        case "check-alt":
+          setCheckAlt(message.on === true);
+          sendResponse(status());
+          return false;
         default:
           return false;
       }
@@ -867,7 +1046,7 @@
   if (typeof globalThis.addEventListener === "function") {
     globalThis.addEventListener(
       "pagehide",
-      guard(() => send({ type: "counts", found: 0, described: 0, failed: 0 })),
+      guard(() => send({ type: "counts", found: 0, described: 0, failed: 0, unsure: 0 })),
     );
     globalThis.addEventListener(
       "pageshow",

@@ -416,6 +416,36 @@
     const { verdict, reason } = nameVerdict(el);
     if (verdict === "decorative" || verdict === "ok") return result("skip", reason);
 
+    const shown = rendered(el, win, aria);
+    if (shown.action !== "describe") return shown;
+    if (isBannerShape(shown.width, shown.height)) {
+      return { ...result("describe", verdict, shown.url), textOnly: true };
+    }
+    return result("describe", verdict, shown.url);
+  }
+
+  /** Whether an image whose author's alt says something is one to check against that alt
+   * (issue 23, the opt-in check): action "check" with `url` and `alt` (the author's alt, as
+   * written) for an <img> or <input type=image> whose alt says something, loaded, shown at
+   * 16 x 16 CSS px or more and no thin banner (a caption of a strip says nothing); "wait"
+   * while it loads; "skip" otherwise (reason says why). Its alt is never changed. */
+  function assessCheck(el, win) {
+    if (!el || typeof el.getAttribute !== "function" || !isImageElement(el)) {
+      return result("skip", "not-an-image");
+    }
+    if (el.hasAttribute(MARK)) return result("skip", "already-described");
+    if (nameVerdict(el).reason !== "author-alt") return result("skip", "no-author-alt");
+    if (hiddenFromAssistiveTech(el)) return result("skip", "aria-hidden"); // read by no one
+    const shown = rendered(el, win, false);
+    if (shown.action !== "describe") return shown;
+    if (isBannerShape(shown.width, shown.height)) return result("skip", "banner");
+    return { ...result("check", "author-alt", shown.url), alt: attr(el, "alt") };
+  }
+
+  /** assess()'s rules on the image itself: loaded, an address AltCap may send, not a
+   * tracking pixel, visible and no smaller than MIN_SIDE; {action: "describe", url, width,
+   * height} (CSS px) when it passes, else a "wait" or "skip" result. */
+  function rendered(el, win, aria) {
     const isImg = tagOf(el) === "IMG";
     if (isImg && !el.complete) return result("wait", "loading");
     const url = imageUrl(el);
@@ -439,8 +469,7 @@
     const h = Number(box && box.height) || 0;
     // Also catches display:none (0 x 0); the content script looks again when it shows up.
     if (w < MIN_SIDE || h < MIN_SIDE) return result("skip", "too-small");
-    if (isBannerShape(w, h)) return { ...result("describe", verdict, url), textOnly: true };
-    return result("describe", verdict, url);
+    return { ...result("describe", "", url), width: w, height: h };
   }
 
   function needsDescription(el, win) {
@@ -556,6 +585,7 @@
     classifyAlt,
     fileName,
     assess,
+    assessCheck,
     needsDescription,
     imageUrl,
     urlKind,

@@ -15,6 +15,7 @@ export const MAX_URL_LENGTH = 8192; // http(s) and blob: URLs
 // data: URLs and canvas snapshots: ~10 MB of image as base64, under the server's 20 MiB body.
 export const MAX_DATA_LENGTH = 14 * 1024 * 1024;
 export const MAX_COUNT = 1_000_000;
+export const MAX_ALT_LENGTH = 2000; // an author's alt sent for checking (network.js keeps 1000)
 
 const FROM_CONTENT = new Set(["hello", "describe", "counts"]);
 const TAB_TYPES = ["describe-tab", "tab-status", "tab-toggle", "tab-restore"]; // {type, tabId}
@@ -24,7 +25,7 @@ export const KNOWN_TYPES = new Set([...FROM_CONTENT, ...FROM_EXTENSION_PAGE]);
 const ALLOWED_KEYS = {
   hello: ["type"],
   describe: ["type", "images"],
-  counts: ["type", "found", "described", "failed"],
+  counts: ["type", "found", "described", "failed", "unsure"],
   ...Object.fromEntries(TAB_TYPES.map((type) => [type, ["type", "tabId"]])),
   "check-server": ["type"],
   sync: ["type"],
@@ -68,12 +69,13 @@ function fromContentScript(sender, extensionOrigin) {
   );
 }
 
-/** One image of a "describe" message: {id, url[, data]} -> a clean copy, or an error string. */
+/** One image of a "describe" message: {id, url[, data][, alt]} -> a clean copy, or an error
+ * string. `alt`: the author's alt, sent only for the opt-in check (settings.checkAlt). */
 export function validateImage(image) {
-  if (!isPlainObject(image) || !onlyKeys(image, ["id", "url", "data"])) {
-    return "each image must be {id, url} or {id, url, data}";
+  if (!isPlainObject(image) || !onlyKeys(image, ["id", "url", "data", "alt"])) {
+    return "each image must be {id, url}, {id, url, data} or either with alt";
   }
-  const { id, url, data } = image;
+  const { id, url, data, alt } = image;
   if (typeof id !== "string" || id.length === 0 || id.length > MAX_ID_LENGTH) {
     return "image id must be a short string";
   }
@@ -87,8 +89,12 @@ export function validateImage(image) {
     }
     if (data.length > MAX_DATA_LENGTH) return "image data is too large";
   }
+  if (alt !== undefined && (typeof alt !== "string" || !alt.trim() || alt.length > MAX_ALT_LENGTH)) {
+    return "image alt must be a short string that says something";
+  }
   const clean = { id, url };
   if (data !== undefined) clean.data = data;
+  if (alt !== undefined) clean.alt = alt;
   return clean;
 }
 
@@ -121,9 +127,9 @@ export function validate(message, sender, ids) {
     case "sync":
       return { ok: true, message: { type } };
     case "counts": {
-      const { found, described, failed } = message;
-      if (![found, described, failed].every(isCount)) return fail("counts must be integers >= 0");
-      return { ok: true, message: { type, found, described, failed } };
+      const { found, described, failed, unsure = 0 } = message; // unsure: no confident description
+      if (![found, described, failed, unsure].every(isCount)) return fail("counts must be integers >= 0");
+      return { ok: true, message: { type, found, described, failed, unsure } };
     }
     case "describe-tab":
     case "tab-status":

@@ -163,11 +163,14 @@ export function languageName(tag) {
 // say: " before an image's own text, "Appears to be: " before a caption, with text or not).
 export const ALT_FROM = Object.freeze(["caption", "text", "caption_and_text"]);
 export const MAX_WARNINGS = 8; // codes kept from one result ("ocr_timeout"...)
+// The verdicts of the server's check of an author's alt (captioner/trust.py ALT_VERDICTS).
+export const ALT_VERDICTS = Object.freeze(["matches", "suspect"]);
+export const MAX_AUTHOR_ALT_CHARS = 1000; // an author's alt sent for checking, at most
 const WARNING_CODE = /^[a-z][a-z0-9_]{0,63}$/;
 
 /**
- * One server result -> {caption, alt, alt_from, text?, warnings?, cached, language?} |
- * {error: {code, message}}.
+ * One server result -> {caption, alt, alt_from, text?, warnings?, confidence?, confident?,
+ * alt_check?, cached, language?} | {error: {code, message}}.
  *
  * `alt` is what to write: the server's alt when it sends one that says something (an image
  * of text: its text; a picture with text: the caption and the text), else the caption (a
@@ -175,6 +178,12 @@ const WARNING_CODE = /^[a-z][a-z0-9_]{0,63}$/;
  * ("caption" when unknown). `text` (what the image says, lines joined by "\n") and
  * `warnings` are passed on when the server sent them. `language`: the answer's, for all its
  * captions (passed on when it is a valid tag).
+ *
+ * Trust (issue 23): `confidence` (a number in [0, 1]) and `confident` (a boolean) are passed
+ * on when the server sent them as such (a model with CLIP's text tower); `confident: false`
+ * makes the content script withhold an alt that rests on the caption (caption-text.js
+ * withholds()). `alt_check` ({score, verdict}: the server's check of the author's alt sent
+ * with the image) is passed on when its score is a number and its verdict a known one.
  */
 export function readResult(r, language) {
   const said = (v) => (typeof v === "string" ? v.trim() : "");
@@ -188,6 +197,12 @@ export function readResult(r, language) {
     if (Array.isArray(r.warnings)) {
       const warnings = r.warnings.filter((w) => typeof w === "string" && WARNING_CODE.test(w));
       if (warnings.length) answer.warnings = warnings.slice(0, MAX_WARNINGS);
+    }
+    if (typeof r.confidence === "number" && r.confidence >= 0 && r.confidence <= 1) answer.confidence = r.confidence;
+    if (typeof r.confident === "boolean") answer.confident = r.confident;
+    const check = r.alt_check;
+    if (check && typeof check === "object" && Number.isFinite(check.score) && ALT_VERDICTS.includes(check.verdict)) {
+      answer.alt_check = { score: check.score, verdict: check.verdict };
     }
     answer.cached = r.cached === true;
     if (typeof language === "string" && LANGUAGE_TAG.test(language)) answer.language = language;
@@ -210,8 +225,8 @@ async function fetchWithTimeout(fetchImpl, url, init, timeoutMs) {
 }
 
 /**
- * POST /v1/captions with up to 32 payloads ({url} or {data}); returns one readResult() per
- * payload, in order. Retries 429/502/503/504 and network failures (at most maxRetries times,
+ * POST /v1/captions with up to 32 payloads ({url} or {data}, either with an author's `alt` to
+ * check); returns one readResult() per payload, in order. Retries 429/502/503/504 and network failures (at most maxRetries times,
  * honouring Retry-After); throws CaptionError when the whole request fails.
  */
 export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
@@ -332,8 +347,22 @@ export class CaptionClient {
     while (this.cache.size > this.cacheSize) this.cache.delete(this.cache.keys().next().value);
   }
 
-  /** What to do with one image: {error} | {key, payload}. */
+  /** What to do with one image: {error} | {key, payload}. An image with an author's `alt`
+   * (the opt-in check, settings.checkAlt) carries it in its payload, whatever the image is
+   * sent as, and is cached apart from the same image without one (another answer). */
   plan(image, settings, where) {
+    const { url, alt } = image;
+    if (alt !== undefined && !settings.checkAlt) {
+      return fail("alt_check_off", "checking authors' alt text is off in AltCap's options");
+    }
+    const planned = this.planImage(image, settings, where);
+    if (planned.error || alt === undefined) return planned;
+    const checked = String(alt).slice(0, MAX_AUTHOR_ALT_CHARS);
+    const key = planned.key && url.length + checked.length <= 8192 ? `${planned.key}\nalt:${checked}` : null;
+    return { key, payload: { ...planned.payload, alt: checked } };
+  }
+
+  planImage(image, settings, where) {
     const { url, data } = image;
     const key = url.length <= 4096 ? `${where}\n${settings.serverUrl}\n${url}` : null;
     const kind = urlKind(url);
@@ -355,8 +384,9 @@ export class CaptionClient {
     return { key, payload: { url } };
   }
 
-  /** images: [{id, url, data?}]; settings: {serverUrl, apiKey, allowBytes}; scope separates
-   * private windows' captions, partition the pages' ("top-level origin, frame origin"). */
+  /** images: [{id, url, data?, alt?}]; settings: {serverUrl, apiKey, allowBytes, checkAlt};
+   * scope separates private windows' captions, partition the pages' ("top-level origin,
+   * frame origin"). */
   async describe(images, settings, { scope = "normal", partition = "" } = {}) {
     if (!settings.allowBytes) this.forgetBytes();
     const where = `${scope}\n${partition}`;
@@ -431,7 +461,10 @@ export class CaptionClient {
 
   /** POST jobs' payloads in chunks; fills `results`. A server-wide failure pauses requests. */
   async send(jobs, settings, results) {
-    const sizeOf = (job) => (job.plan.payload.data || job.plan.payload.url || "").length + 16;
+    const sizeOf = (job) => {
+      const { data, url, alt } = job.plan.payload;
+      return (data || url || "").length + (alt || "").length + 16;
+    };
     for (const part of chunk(jobs, MAX_IMAGES_PER_REQUEST, MAX_BODY_CHARS, sizeOf)) {
       if (this.now() < this.pausedUntil && this.pauseError) {
         for (const job of part) results.set(job, { error: { ...this.pauseError } });

@@ -1,4 +1,5 @@
-// Options page: server, API key, prefix, mode, site lists, privacy switches and the consent.
+// Options page: server, API key, prefix, mode, site lists, privacy switches, the opt-in check
+// of authors' alt text and the consent.
 //
 // Browsers grant host permissions only from a user gesture, and Firefox only when
 // chrome.permissions.request() is called before anything is awaited in the click handler.
@@ -71,6 +72,7 @@ function readForm() {
       sitesNever: never.hosts,
       allowBytes: $("allow-bytes").checked,
       allowIncognito: $("allow-incognito").checked,
+      checkAlt: $("check-alt").checked,
     },
   };
 }
@@ -103,6 +105,7 @@ function fill(settings) {
   $("sites-never").value = settings.sitesNever.join("\n");
   $("allow-bytes").checked = settings.allowBytes;
   $("allow-incognito").checked = settings.allowIncognito;
+  $("check-alt").checked = settings.checkAlt;
   renderConsent(settings);
 }
 

@@ -214,6 +214,7 @@ chrome.storage.onChanged.addListener((changes, area) => {
   // The consent is this browser's (storage.local); the preferences roam (storage.sync).
   const keys = area === "local" ? ["consented", "consentedServer"] : ["serverUrl", "mode", "sitesAlways", "sitesNever"];
   if ((area === "local" || area === "sync") && keys.some((k) => k in changes)) syncRegistration();
+  if (area === "sync" && changes.checkAlt) tellFrames({ type: "check-alt", on: changes.checkAlt.newValue === true });
 });
 chrome.permissions.onAdded.addListener(() => syncRegistration());
 chrome.permissions.onRemoved.addListener(() => syncRegistration());
@@ -276,6 +277,13 @@ async function toFrames(tabId, message) {
   return Promise.all(frameIds.map((frameId) => toFrame(tabId, frameId, message)));
 }
 
+/** A setting the content scripts follow live (the opt-in alt check) changed: every frame of
+ * every tab that runs one is told; switched off, the notes it added go at once. */
+async function tellFrames(message) {
+  const tabIds = await withTabs((state) => state.tabIds());
+  await Promise.all(tabIds.map((tabId) => toFrames(tabId, message)));
+}
+
 const NO_PAGE = () => ({ ok: false, ...errorReply("no_content_script", "AltCap is not running on this page") });
 
 /** The popup's numbers for a tab: every frame's counts added up. */
@@ -320,6 +328,7 @@ async function hello(sender) {
     showing: !hidden, // a frame that loads after "hide" starts hidden too
     prefix: settings.prefix,
     textPrefix: settings.textPrefix,
+    checkAlt: settings.checkAlt, // send authors' alts of images in view for checking (opt-in)
     ...(await meaninglessWords()), // words, stopwords
   };
 }

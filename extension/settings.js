@@ -22,6 +22,9 @@ export const DEFAULTS = Object.freeze({
   sitesNever: Object.freeze([]), // hosts AltCap never describes by itself
   allowBytes: false, // may the extension send image bytes (data:, blob:, intranet images)?
   allowIncognito: false, // describe in private windows (when the browser lets AltCap run there)
+  // Opt-in (issue 23): send the alt text authors wrote, of images in view, for the server to
+  // check against the image; a "suspect" one gets an aria-description beside it.
+  checkAlt: false,
   consented: false, // nothing reaches the server before the user agrees on the options page
 });
 
@@ -193,6 +196,7 @@ export function normalizeSettings(raw) {
     sitesNever: hostArray(s.sitesNever),
     allowBytes: s.allowBytes === true,
     allowIncognito: s.allowIncognito === true,
+    checkAlt: s.checkAlt === true,
     consented: s.consented === true,
   };
 }

@@ -7,7 +7,8 @@
 // A content script runs in every frame AltCap may access (the top frame is frameId 0), and
 // each one counts only its own document's images: the badge and the popup show the sums.
 
-const ZERO = Object.freeze({ found: 0, described: 0, failed: 0 });
+// unsure: images that got no confident description (the server did not believe its caption)
+const ZERO = Object.freeze({ found: 0, described: 0, failed: 0, unsure: 0 });
 
 function cleanCounts(counts) {
   const out = {};
@@ -82,6 +83,11 @@ export class TabFrames {
     if (!entry) return;
     entry.hidden = false;
     for (const frameId of entry.frames.keys()) entry.frames.set(frameId, { ...ZERO });
+  }
+
+  /** The tabs with frames that run the content script (a setting change reaches them). */
+  tabIds() {
+    return [...this.tabs.keys()].filter((tabId) => this.tabs.get(tabId).frames.size > 0);
   }
 
   closeTab(tabId) {

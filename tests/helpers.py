@@ -109,9 +109,10 @@ def serve_app(app) -> Iterator[str]:
         app.extensions["altcap"].close()
 
 
-def tiny_service_app(model_dir: Path, data_dir: Path):
+def tiny_service_app(model_dir: Path, data_dir: Path, **settings):
     """The real Flask app serving the tiny model, with the cache off (every request runs the
-    model) and private networks allowed (test pages and images live on 127.0.0.1).
+    model) and private networks allowed (test pages and images live on 127.0.0.1), and any
+    other ``settings`` by name (``MIN_CONFIDENCE=0.999``).
 
     A developer's exported ALTCAP_* settings are kept out while the app reads its settings."""
     import pytest
@@ -129,6 +130,7 @@ def tiny_service_app(model_dir: Path, data_dir: Path):
                 "DATA_DIR": data_dir,
                 "CACHE_URL": "off",
                 "ALLOW_PRIVATE_NETWORKS": True,
+                **settings,
             }
         )
 

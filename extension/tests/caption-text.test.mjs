@@ -222,3 +222,33 @@ test("a picture with text keeps 'Appears to be'; an alt with nothing readable fa
   await sleep(150);
   assert.equal(photo.getAttribute("alt"), PREFIX + "A dog on a couch.");
 });
+
+test("withholds: an alt that rests on a caption the server does not believe (trust.py withholds)", () => {
+  // issue 23: confident === false and alt_from !== "text" -> nothing is written.
+  assert.equal(T.withholds({ alt: "A dog.", alt_from: "caption", confident: false }), true);
+  assert.equal(T.withholds({ alt: "A shop. Appears to say: Sale", alt_from: "caption_and_text", confident: false }), true);
+  assert.equal(T.withholds({ alt: "SALE", alt_from: "text", confident: false }), false); // the image's own text
+  assert.equal(T.withholds({ alt: "A dog.", alt_from: "caption", confident: true }), false);
+  // No confidence at all (no text tower, or not AltCap): written as before.
+  assert.equal(T.withholds({ alt: "A dog.", alt_from: "caption" }), false);
+  assert.equal(T.withholds({ alt: "A dog.", alt_from: "caption", confident: "false" }), false);
+  assert.equal(T.withholds(null), false);
+  // cleanResult keeps the fields the worker passed on.
+  const cleaned = T.cleanResult({ id: "i1", caption: "A dog.", alt: "A dog.", alt_from: "caption", confidence: 0.2, confident: false });
+  assert.equal(cleaned.confident, false);
+  assert.equal(T.withholds(cleaned), true);
+});
+
+test("mismatchNote: what a suspect author's alt gets beside it, and only that", () => {
+  const caption = "A red circle on a white background.";
+  assert.equal(T.mismatchNote({ verdict: "suspect", caption }), `AltCap: the description may not match; appears to be: ${caption}`);
+  assert.equal(T.mismatchNote({ verdict: "suspect", caption, confident: true }), `AltCap: the description may not match; appears to be: ${caption}`);
+  // A caption the server does not believe either is not offered; the doubt still is.
+  assert.equal(T.mismatchNote({ verdict: "suspect", caption, confident: false }), "AltCap: the description may not match.");
+  assert.equal(T.mismatchNote({ verdict: "suspect", caption: "\u202e\u200b" }), "AltCap: the description may not match.");
+  // The caption goes through the same rule as any (no bidi controls, bounded).
+  assert.equal(T.mismatchNote({ verdict: "suspect", caption: "A \u202edog." }), "AltCap: the description may not match; appears to be: A dog.");
+  for (const other of [{ verdict: "matches", caption }, { verdict: null }, { verdict: "SUSPECT", caption }, null, undefined]) {
+    assert.equal(T.mismatchNote(other), "", JSON.stringify(other));
+  }
+});

@@ -127,10 +127,10 @@ test("describes missing and meaningless alts only, in one batch", async () => {
   assert.equal(author.getAttribute("alt"), "The team in Lisbon");
 
   const status = await p.message({ type: "status" });
-  assert.deepEqual({ ...status }, { running: true, showing: true, consented: true, found: 2, described: 2, failed: 0 });
+  assert.deepEqual({ ...status }, { running: true, showing: true, consented: true, found: 2, described: 2, failed: 0, unsure: 0 });
   await sleep(450);
   const counts = p.sent.filter((m) => m.type === "counts").at(-1);
-  assert.deepEqual({ ...counts }, { type: "counts", found: 2, described: 2, failed: 0 });
+  assert.deepEqual({ ...counts }, { type: "counts", found: 2, described: 2, failed: 0, unsure: 0 });
 });
 
 test("the stopwords in hello reach detection: alt=\"the picture\" says nothing", async () => {
@@ -908,4 +908,202 @@ test("a failed \"Describe this image\" says so without the server's words or add
   await sleep(200);
   const live = p.document.elements.find((e) => e.hasAttribute("data-altcap-live"));
   assert.equal(live.textContent, "AltCap could not describe this image: the AltCap server did not answer.");
+});
+
+// --- trust (issue 23) -------------------------------------------------------------------------
+
+test("a description the server does not believe is not written, and counted as no confident description", async () => {
+  // confident === false and alt_from !== "text": nothing invented reaches a screen reader.
+  const answers = {
+    "dog.jpg": { caption: "A dog on a sofa.", alt: "A dog on a sofa.", alt_from: "caption", confidence: 0.12, confident: false },
+    "shop.jpg": { caption: "A shop.", text: "Sale", alt: "A shop. Appears to say: Sale", alt_from: "caption_and_text", confident: false },
+    "sale.png": { caption: "a sign", text: "SALE", alt: "SALE", alt_from: "text", confidence: 0.1, confident: false },
+    "cat.jpg": { caption: "A cat.", alt: "A cat.", alt_from: "caption", confidence: 0.93, confident: true },
+    "old.jpg": { caption: "An owl." }, // a server without a text tower, or not AltCap
+  };
+  const worker = (message) => ({
+    results: message.images.map((image) => ({ id: image.id, ...answers[image.url.split("/").pop()] })),
+  });
+  const at = (name, attrs = {}) => img({ src: `https://example.com/${name}`, ...attrs });
+  const dog = at("dog.jpg");
+  const shop = at("shop.jpg", { alt: "photo" }); // meaningless: as good as none
+  const sale = at("sale.png");
+  const cat = at("cat.jpg");
+  const old = at("old.jpg");
+  const p = page({ elements: [dog, shop, sale, cat, old], worker });
+  await until(() => old.hasAttribute("alt"));
+  await sleep(20);
+
+  assert.equal(dog.hasAttribute("alt"), false);
+  assert.equal(dog.hasAttribute("data-altcap"), false);
+  assert.equal(shop.getAttribute("alt"), "photo"); // the page's own, untouched
+  assert.equal(shop.hasAttribute("data-altcap"), false);
+  assert.equal(sale.getAttribute("alt"), "Appears to say: SALE"); // the image's own text is kept
+  assert.equal(cat.getAttribute("alt"), "Appears to be: A cat.");
+  assert.equal(old.getAttribute("alt"), "Appears to be: An owl.");
+  let status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.unsure, status.failed], [5, 3, 2, 0]);
+  await sleep(450);
+  assert.deepEqual({ ...p.sent.filter((m) => m.type === "counts").at(-1) }, { type: "counts", found: 5, described: 3, failed: 0, unsure: 2 });
+
+  // Hidden and shown again, and "describe now": still nothing written, nothing sent again.
+  await p.message({ type: "toggle" });
+  await p.message({ type: "toggle" });
+  assert.equal(dog.hasAttribute("alt"), false);
+  assert.equal(cat.getAttribute("alt"), "Appears to be: A cat.");
+  await p.message({ type: "describe-now" });
+  await sleep(200);
+  assert.equal(describes(p.sent).length, 1);
+  status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.unsure, status.failed], [5, 3, 2, 0]);
+  const live = p.document.elements.find((e) => e.hasAttribute("data-altcap-live"));
+  assert.equal(live.textContent, "AltCap: 3 images described, 2 with no confident description.");
+
+  // "Describe this image": the user asks, and is told there is nothing AltCap believes.
+  const answer = await p.message({ type: "describe-target", srcUrl: "https://example.com/dog.jpg" });
+  assert.equal(answer.ok, false);
+  assert.equal(dog.hasAttribute("alt"), false);
+  await sleep(200);
+  assert.equal(live.textContent, "AltCap has no confident description of this image.");
+  assert.equal(describes(p.sent).length, 1); // from the page's cache
+
+  // Put back: nothing counted any more.
+  await p.message({ type: "restore" });
+  status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.unsure], [0, 0, 0]);
+});
+
+/** A worker that checks authors' alts as the server does: "suspect" for an alt about a star,
+ * "matches" otherwise; every image's caption is a red circle. */
+function checker(extra = {}) {
+  return (message) => ({
+    results: message.images.map((image) => {
+      const caption = "A red circle on a white background.";
+      const r = { id: image.id, caption, alt: caption, alt_from: "caption", confidence: 0.9, confident: true, ...extra };
+      if (image.alt !== undefined && !("alt_check" in extra)) {
+        r.alt_check = image.alt.includes("star") ? { score: -0.3, verdict: "suspect" } : { score: 1.1, verdict: "matches" };
+      }
+      return r;
+    }),
+  });
+}
+
+const NOTE = "AltCap: the description may not match; appears to be: A red circle on a white background.";
+
+test("the opt-in check: off by default, no author's alt leaves the page", async () => {
+  const star = img({ src: "https://example.com/star.png", alt: "A blue star on a white background." });
+  const p = page({ elements: [star], worker: checker() });
+  await sleep(80);
+  p.observers.intersection[0].callback([{ target: star, isIntersecting: true }]);
+  await sleep(120);
+  assert.equal(describes(p.sent).length, 0);
+  assert.equal(star.hasAttribute("aria-description"), false);
+});
+
+test("the opt-in check: images in view are sent with their alt; a suspect one gets a note, its alt kept", async () => {
+  const star = img({ src: "https://example.com/shape1.png", alt: "A blue star on a white background." });
+  const right = img({ src: "https://example.com/shape2.png", alt: "A red circle on a white background." });
+  const below = img({ src: "https://example.com/shape3.png", alt: "A green star." }); // never in view
+  const none = img({ src: "https://example.com/shape4.png" }); // no alt: described as ever
+  const p = page({ elements: [star, right, below, none], worker: checker(), hello: { checkAlt: true } });
+  await until(() => none.hasAttribute("alt"));
+  assert.equal(describes(p.sent)[0].images.length, 1); // nothing is checked before it is in view
+  const io = p.observers.intersection[0];
+  io.callback([{ target: star, isIntersecting: true }, { target: right, isIntersecting: true }, { target: below, isIntersecting: false }]);
+  await until(() => star.hasAttribute("aria-description"));
+
+  const sent = describes(p.sent);
+  assert.equal(sent.length, 2);
+  assert.deepEqual(
+    Array.from(sent[1].images, (i) => [i.url, i.alt]),
+    [
+      ["https://example.com/shape1.png", "A blue star on a white background."],
+      ["https://example.com/shape2.png", "A red circle on a white background."],
+    ],
+  ); // one batch
+  assert.equal(star.getAttribute("aria-description"), NOTE);
+  assert.equal(star.getAttribute("alt"), "A blue star on a white background."); // never touched
+  assert.equal(star.hasAttribute("data-altcap"), false);
+  assert.equal(right.hasAttribute("aria-description"), false); // "matches": nothing
+  assert.equal(below.hasAttribute("aria-description"), false);
+  const status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.unsure, status.failed], [1, 1, 0, 0]); // checks are not counted
+
+  // In view again, hidden and shown: from the page's cache, never sent twice.
+  io.callback([{ target: star, isIntersecting: true }]);
+  await p.message({ type: "toggle" });
+  assert.equal(star.hasAttribute("aria-description"), false); // hidden with AltCap's descriptions
+  assert.equal(star.hasAttribute("data-altcap-note"), false);
+  assert.equal(star.getAttribute("alt"), "A blue star on a white background.");
+  await p.message({ type: "toggle" });
+  assert.equal(star.getAttribute("aria-description"), NOTE);
+  await sleep(100);
+  assert.equal(describes(p.sent).length, 2);
+
+  // The author fixes the alt: the note goes, and the new alt is checked.
+  star.setAttribute("alt", "A red circle.");
+  p.observers.mutation[0].callback([{ type: "attributes", target: star, attributeName: "alt" }]);
+  assert.equal(star.hasAttribute("aria-description"), false);
+  await until(() => describes(p.sent).length === 3);
+  assert.deepEqual(Array.from(describes(p.sent)[2].images, (i) => i.alt), ["A red circle."]);
+  await sleep(50);
+  assert.equal(star.hasAttribute("aria-description"), false);
+
+  // Switched off in the options (the worker tells the frame): the notes go, nothing is sent.
+  right.setAttribute("alt", "A yellow star.");
+  p.observers.mutation[0].callback([{ type: "attributes", target: right, attributeName: "alt" }]);
+  await until(() => right.hasAttribute("aria-description"));
+  await p.message({ type: "check-alt", on: false });
+  assert.equal(right.hasAttribute("aria-description"), false);
+  io.callback([{ target: below, isIntersecting: true }]);
+  await sleep(120);
+  assert.equal(describes(p.sent).length, 4);
+  // And on again: what was answered comes back without a request; what is in view now is sent.
+  await p.message({ type: "check-alt", on: true });
+  assert.equal(right.getAttribute("aria-description"), "AltCap: the description may not match; appears to be: A red circle on a white background.");
+  await until(() => below.hasAttribute("aria-description"));
+  assert.equal(describes(p.sent).length, 5);
+  assert.deepEqual(Array.from(describes(p.sent)[4].images, (i) => i.alt), ["A green star."]);
+
+  // Put back (the site switched off): every note goes.
+  await p.message({ type: "restore" });
+  for (const el of [star, right, below]) assert.equal(el.hasAttribute("aria-description"), false);
+});
+
+test("the opt-in check: a page's own aria-description is kept; a server that cannot check is asked no more", async () => {
+  const own = img({ src: "https://example.com/a.png", alt: "A blue star.", "aria-description": "Our logo" });
+  const other = img({ src: "https://example.com/b.png", alt: "A green star." });
+  const p = page({ elements: [own, other], worker: checker(), hello: { checkAlt: true } });
+  await sleep(60);
+  p.observers.intersection[0].callback([{ target: own, isIntersecting: true }]);
+  await until(() => describes(p.sent).length === 1);
+  await sleep(50);
+  assert.equal(own.getAttribute("aria-description"), "Our logo");
+  await p.message({ type: "toggle" });
+  assert.equal(own.getAttribute("aria-description"), "Our logo"); // not ours to take away
+
+  // A server without the text tower (or not AltCap) answers with no alt_check: no more checks.
+  const q = page({
+    elements: [img({ src: "https://example.com/c.png", alt: "A blue star." }), other],
+    worker: checker({ warnings: ["alt_check_unavailable"], alt_check: undefined }),
+    hello: { checkAlt: true },
+  });
+  await sleep(60);
+  const [c] = q.document.elements;
+  q.observers.intersection[0].callback([{ target: c, isIntersecting: true }]);
+  await until(() => describes(q.sent).length === 1);
+  await sleep(50);
+  assert.equal(c.hasAttribute("aria-description"), false);
+  q.observers.intersection[0].callback([{ target: other, isIntersecting: true }]);
+  await sleep(120);
+  assert.equal(describes(q.sent).length, 1);
+});
+
+test("the opt-in check: a suspect alt beside a caption the server does not believe gets the doubt alone", async () => {
+  const star = img({ src: "https://example.com/s.png", alt: "A blue star." });
+  const p = page({ elements: [star], worker: checker({ confident: false, alt_check: { score: -1, verdict: "suspect" } }), hello: { checkAlt: true } });
+  await sleep(60);
+  p.observers.intersection[0].callback([{ target: star, isIntersecting: true }]);
+  await until(() => star.hasAttribute("aria-description"));
+  assert.equal(star.getAttribute("aria-description"), "AltCap: the description may not match.");
 });

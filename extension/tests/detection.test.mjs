@@ -369,3 +369,29 @@ test("urlKind", () => {
   assert.equal(D.urlKind("javascript:alert(1)"), "");
   assert.equal(D.urlKind("/relative.png"), "");
 });
+
+test("assessCheck: images whose author's alt says something, as AltCap would send them (the opt-in check)", () => {
+  const check = (el) => {
+    const v = D.assessCheck(el);
+    return v.action === "check" ? `check:${v.alt}` : `${v.action}:${v.reason}`;
+  };
+  const src = "https://example.com/team.jpg";
+  assert.equal(check(img({ src, alt: "The team in Lisbon" })), "check:The team in Lisbon");
+  assert.equal(D.assessCheck(img({ src, alt: "The team in Lisbon" })).url, src);
+  assert.equal(check(img({ src, alt: "The team" }, { complete: false })), "wait:loading");
+  // Nothing to check: no alt, one that says nothing, decorative, hidden from assistive tech.
+  assert.equal(check(img({ src })), "skip:no-author-alt");
+  assert.equal(check(img({ src, alt: "IMG_0042.jpg" })), "skip:no-author-alt");
+  assert.equal(check(img({ src, alt: "" })), "skip:no-author-alt");
+  assert.equal(check(img({ src, alt: "The team", "aria-hidden": "true" })), "skip:aria-hidden");
+  // AltCap's own description is never checked; an ARIA image has no alt to check.
+  assert.equal(check(img({ src, alt: "Appears to be: A dog.", "data-altcap": "__none__" })), "skip:already-described");
+  assert.equal(check(ariaImage({ "aria-label": "A harbour" })), "skip:not-an-image");
+  // The size rules of describing: tiny renders, tracking pixels; a thin banner's caption
+  // says nothing, so its alt is not checked against one.
+  assert.equal(check(img({ src, alt: "Team" }, { rect: { width: 12, height: 12 } })), "skip:too-small");
+  assert.equal(check(img({ src, alt: "Team" }, { natural: [1, 1] })), "skip:tracking-pixel");
+  assert.equal(check(img({ src, alt: "Free shipping" }, { rect: { width: 728, height: 90 } })), "skip:banner");
+  // assess() itself still leaves them alone.
+  assert.equal(D.assess(img({ src, alt: "The team in Lisbon" })).reason, "author-alt");
+});

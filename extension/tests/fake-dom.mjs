@@ -69,7 +69,8 @@ export class FakeElement {
 /** What the fake trees answer to the selectors the extension uses. */
 function select(elements, selector) {
   if (selector === "*") return [...elements];
-  if (selector.startsWith("[data-altcap")) return elements.filter((e) => e.hasAttribute("data-altcap"));
+  const attribute = /^\[([a-z-]+)\]$/.exec(selector); // "[data-altcap]", "[data-altcap-note]"
+  if (attribute) return elements.filter((e) => e.hasAttribute(attribute[1]));
   const roleImg = selector.includes('[role~="img" i]'); // the content script's SELECTOR
   return elements.filter(
     (e) =>

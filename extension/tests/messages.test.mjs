@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { MAX_IMAGES_PER_MESSAGE, MAX_URL_LENGTH, validate, validateImage } from "../messages.js";
+import { MAX_ALT_LENGTH, MAX_IMAGES_PER_MESSAGE, MAX_URL_LENGTH, validate, validateImage } from "../messages.js";
 
 const IDS = { runtimeId: "abcdefghijklmnop", extensionOrigin: "chrome-extension://abcdefghijklmnop/" };
 const CONTENT = { id: IDS.runtimeId, tab: { id: 7, incognito: false }, frameId: 0, url: "https://news.example/article" };
@@ -73,8 +73,22 @@ test("validateImage refuses bad shapes, schemes and sizes", () => {
   assert.deepEqual(validateImage({ id: "a", url: "data:image/png;base64," + "A".repeat(20000) }).id, "a"); // long data: URL ok
 });
 
+test("an author's alt may ride with an image (the opt-in check): a string that says something", () => {
+  const alt = "The team in Lisbon";
+  assert.deepEqual(validateImage({ id: "a", url: "https://x/a.jpg", alt }), { id: "a", url: "https://x/a.jpg", alt });
+  const data = "data:image/png;base64,AAAA";
+  assert.deepEqual(validateImage({ id: "a", url: "blob:x", data, alt }), { id: "a", url: "blob:x", data, alt });
+  for (const bad of ["", "   ", 42, null, ["x"], "x".repeat(MAX_ALT_LENGTH + 1)]) {
+    assert.equal(typeof validateImage({ id: "a", url: "https://x/a.jpg", alt: bad }), "string", String(bad).slice(0, 10));
+  }
+});
+
 test("counts and describe-tab need integers", () => {
   assert.equal(ok({ type: "counts", found: 3, described: 2, failed: 1 }).ok, true);
+  // unsure (no confident description) is counted too; a content script of before sends none
+  assert.deepEqual(ok({ type: "counts", found: 3, described: 1, failed: 1, unsure: 1 }).message, { type: "counts", found: 3, described: 1, failed: 1, unsure: 1 });
+  assert.equal(ok({ type: "counts", found: 3, described: 2, failed: 1 }).message.unsure, 0);
+  assert.equal(ok({ type: "counts", found: 3, described: 2, failed: 1, unsure: -1 }).ok, false);
   assert.equal(ok({ type: "counts", found: -1, described: 0, failed: 0 }).ok, false);
   assert.equal(ok({ type: "counts", found: 1.5, described: 0, failed: 0 }).ok, false);
   assert.equal(ok({ type: "counts", found: "3", described: 0, failed: 0 }).ok, false);

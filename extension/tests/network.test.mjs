@@ -495,3 +495,90 @@ test("languageName: the server's language tag in words, anything else nothing", 
   assert.equal(languageName("pt-BR"), "Brazilian Portuguese (pt-BR)");
   for (const bad of [undefined, "", "English", 'en"><b>', 7]) assert.equal(languageName(bad), "");
 });
+
+test("readResult: the caption's confidence, whether it is confident, and the check of an author's alt", () => {
+  // issue 23: passed on as the server sends them, when they have the documented types.
+  const r = readResult({
+    caption: "A red circle.",
+    alt: "A red circle.",
+    alt_from: "caption",
+    confidence: 0.31,
+    confident: false,
+    alt_check: { score: -0.42, verdict: "suspect", extra: "dropped" },
+  });
+  assert.deepEqual(r, {
+    caption: "A red circle.",
+    alt: "A red circle.",
+    alt_from: "caption",
+    confidence: 0.31,
+    confident: false,
+    alt_check: { score: -0.42, verdict: "suspect" },
+    cached: false,
+  });
+  assert.deepEqual(readResult({ caption: "A", alt_check: { score: 1.2, verdict: "matches" } }).alt_check, { score: 1.2, verdict: "matches" });
+  // A server that is not AltCap, or a model without a text tower: none of them.
+  const plain = readResult({ caption: "A cat." });
+  for (const key of ["confidence", "confident", "alt_check"]) assert.equal(key in plain, false, key);
+  // Odd values are dropped, never guessed at.
+  for (const odd of [
+    { confidence: 1.5, confident: "false", alt_check: { score: "1", verdict: "matches" } },
+    { confidence: "0.2", confident: 0, alt_check: { score: 0.3, verdict: "maybe" } },
+    { confidence: null, confident: null, alt_check: "suspect" },
+    { confidence: NaN, alt_check: { score: NaN, verdict: "suspect" } },
+  ]) {
+    const read = readResult({ caption: "A cat.", ...odd });
+    for (const key of ["confidence", "confident", "alt_check"]) assert.equal(key in read, false, `${key} ${JSON.stringify(odd)}`);
+  }
+});
+
+test("client: an author's alt goes with its image only with checkAlt on, cached apart from the caption", async () => {
+  const server = fakeServer(({ body }) =>
+    json(200, {
+      results: body.images.map((image) => ({
+        caption: "A red circle.",
+        alt: "A red circle.",
+        alt_from: "caption",
+        confidence: 0.9,
+        confident: true,
+        ...(image.alt ? { alt_check: { score: image.alt.includes("star") ? -0.5 : 0.9, verdict: image.alt.includes("star") ? "suspect" : "matches" } } : {}),
+      })),
+    }),
+  );
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const url = "https://example.com/shape.png";
+  const star = "A blue star.";
+  // Off: refused before anything is sent.
+  const [off] = await client.describe([{ id: "a", url, alt: star }], SETTINGS);
+  assert.equal(off.error.code, "alt_check_off");
+  assert.equal(server.calls.length, 0);
+
+  const on = { ...SETTINGS, checkAlt: true };
+  const [a, b, c] = await client.describe([{ id: "a", url, alt: star }, { id: "b", url, alt: "A red circle." }, { id: "c", url }], on);
+  assert.deepEqual(server.calls[0].body, { images: [{ url, alt: star }, { url, alt: "A red circle." }, { url }] }); // one request
+  assert.deepEqual([a.alt_check.verdict, b.alt_check.verdict, "alt_check" in c], ["suspect", "matches", false]);
+  assert.equal(a.confident, true);
+  // Each kept apart: the same image with the same alt comes from the cache, with its check.
+  const [again] = await client.describe([{ id: "d", url, alt: star }], on);
+  assert.deepEqual([again.cached, again.alt_check.verdict, server.calls.length], [true, "suspect", 1]);
+  const [plain] = await client.describe([{ id: "e", url }], on);
+  assert.deepEqual([plain.cached, "alt_check" in plain], [true, false]);
+  // A very long alt is cut before it leaves.
+  await client.describe([{ id: "f", url, alt: "x".repeat(5000) }], on);
+  assert.equal(server.calls.at(-1).body.images[0].alt.length, 1000);
+});
+
+test("client: an image with an author's alt follows the bytes rules of any image", async () => {
+  const server = fakeServer(captionAll);
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const alt = "The team in Lisbon";
+  // Without allowBytes nothing but its address (and alt) leaves; a data: URL not at all.
+  const [data] = await client.describe([{ id: "a", url: "data:image/png;base64,AAAA", alt }], { ...SETTINGS, checkAlt: true });
+  assert.equal(data.error.code, "bytes_not_allowed");
+  // With allowBytes, an intranet image's bytes are asked of the content script, as for a caption.
+  const bytes = { ...SETTINGS, checkAlt: true, allowBytes: true };
+  const [intranet] = await client.describe([{ id: "b", url: "http://intranet/team.jpg", alt }], bytes);
+  assert.equal(intranet.error.code, "needs_bytes");
+  assert.equal(server.calls.length, 0);
+  await client.describe([{ id: "b", url: "http://intranet/team.jpg", data: "data:image/png;base64,AAAA", alt }], bytes);
+  assert.deepEqual(server.calls[0].body, { images: [{ data: "data:image/png;base64,AAAA", alt }] });
+});

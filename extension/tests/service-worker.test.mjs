@@ -114,8 +114,8 @@ function frameAnswer(frameId, message) {
   if (!frame) throw new Error("Could not establish connection. Receiving end does not exist.");
   if (message.type === "toggle") frame.showing = message.showing;
   if (message.type === "restore") Object.assign(frame, { showing: true, found: 0, described: 0, failed: 0 });
-  const { showing, found, described, failed } = frame;
-  return { running: true, showing, consented: true, found, described, failed };
+  const { showing, found, described, failed, unsure = 0 } = frame;
+  return { running: true, showing, consented: true, found, described, failed, unsure };
 }
 
 globalThis.chrome = chrome;
@@ -325,15 +325,15 @@ test("the badge adds up the frames of a tab; a frame that loads again counts fro
   await send({ type: "hello" }, frame(0));
   await send({ type: "hello" }, frame(3, "https://widgets.example/embed"));
   await send({ type: "counts", found: 2, described: 2, failed: 0 }, frame(0));
-  await send({ type: "counts", found: 4, described: 3, failed: 1 }, frame(3));
-  assert.equal(badgeOf(7), "5");
+  await send({ type: "counts", found: 4, described: 2, failed: 1, unsure: 1 }, frame(3));
+  assert.equal(badgeOf(7), "4"); // described only: an image with no confident description has none
   await send({ type: "counts", found: 2, described: 1, failed: 0 }, frame(0)); // replaces, not adds
-  assert.equal(badgeOf(7), "4");
+  assert.equal(badgeOf(7), "3");
   await send({ type: "hello" }, frame(3)); // the iframe navigated
   assert.equal(badgeOf(7), "1");
   // Saved for a worker that is stopped and started again.
   const saved = chrome.storage.session.data.tabFrames;
-  assert.deepEqual(saved[7].frames[0], { found: 2, described: 1, failed: 0 });
+  assert.deepEqual(saved[7].frames[0], { found: 2, described: 1, failed: 0, unsure: 0 });
   chrome.tabs.onRemoved.fire(7);
   await sleep(10);
   assert.equal(chrome.storage.session.data.tabFrames[7], undefined);
@@ -343,12 +343,12 @@ test("popup status sums every frame; frames that stopped answering are dropped",
   await consent();
   await resetTab7();
   tab7.set(0, { showing: true, found: 2, described: 2, failed: 0 });
-  tab7.set(4, { showing: true, found: 3, described: 1, failed: 2 });
+  tab7.set(4, { showing: true, found: 4, described: 1, failed: 2, unsure: 1 });
   for (const frameId of [0, 4, 9]) await send({ type: "hello" }, frame(frameId));
   const status = await send({ type: "tab-status", tabId: 7 }, POPUP);
   assert.deepEqual(
     { ...status },
-    { ok: true, running: true, showing: true, consented: true, frames: 2, found: 5, described: 3, failed: 2 },
+    { ok: true, running: true, showing: true, consented: true, frames: 2, found: 6, described: 3, failed: 2, unsure: 1 },
   );
   log.tabMessages.length = 0;
   await send({ type: "tab-status", tabId: 7 }, POPUP);
@@ -461,3 +461,45 @@ test("consent kept in storage.local: withdrawing it there unregisters the conten
   assert.equal(chrome.scripting.scripts.length, 0);
   granted = [];
 });
+
+test("the opt-in check of authors' alts: no alt leaves while it is off; switching it tells every frame", async () => {
+  // issue 23: an author's alt is page content; it reaches the server only with checkAlt on.
+  await consent();
+  await resetTab7();
+  assert.equal((await send({ type: "hello" })).checkAlt, false); // off by default
+  log.server.length = 0;
+  const image = { id: "c1", url: "https://example.com/team.jpg", alt: "The team in Lisbon" };
+  let answer = await send({ type: "describe", images: [image] });
+  assert.equal(answer.results[0].error.code, "alt_check_off");
+  assert.equal(log.server.length, 0);
+
+  chrome.storage.sync.data.checkAlt = true;
+  try {
+    assert.equal((await send({ type: "hello" })).checkAlt, true);
+    answer = await send({ type: "describe", images: [image] });
+    assert.equal(answer.results[0].caption, "A cat on a sofa.");
+    assert.deepEqual(JSON.parse(log.server.at(-1).init.body).images, [{ url: image.url, alt: image.alt }]);
+
+    // Switched off in the options: every frame of every tab running AltCap hears it at once.
+    tab7.set(0, { showing: true, found: 0, described: 0, failed: 0 });
+    tab7.set(3, { showing: true, found: 0, described: 0, failed: 0 });
+    for (const frameId of [0, 3]) await send({ type: "hello" }, frame(frameId));
+    log.tabMessages.length = 0;
+    chrome.storage.onChanged.fire({ checkAlt: { oldValue: true, newValue: false } }, "sync");
+    await until(() => log.tabMessages.filter((m) => m.tabId === 7).length === 2);
+    const told = log.tabMessages.filter((m) => m.tabId === 7);
+    assert.deepEqual(told.map((m) => [m.options.frameId, m.message]), [[0, { type: "check-alt", on: false }], [3, { type: "check-alt", on: false }]]);
+    // Other settings tell the frames nothing.
+    log.tabMessages.length = 0;
+    chrome.storage.onChanged.fire({ prefix: { newValue: "AI: " } }, "sync");
+    await sleep(20);
+    assert.deepEqual(log.tabMessages.filter((m) => m.message.type === "check-alt"), []);
+  } finally {
+    delete chrome.storage.sync.data.checkAlt;
+  }
+});
+
+async function until(condition, timeoutMs = 2000) {
+  const end = Date.now() + timeoutMs;
+  while (!condition() && Date.now() < end) await sleep(5);
+}

@@ -28,6 +28,7 @@ test("defaults are the documented ones", () => {
   assert.equal(DEFAULTS.textPrefix, "Appears to say: "); // before an image's own text
   assert.equal(DEFAULTS.mode, "auto");
   assert.equal(DEFAULTS.allowBytes, false);
+  assert.equal(DEFAULTS.checkAlt, false); // authors' alts are sent for checking only when asked
   assert.equal(DEFAULTS.consented, false);
   assert.deepEqual(normalizeSettings({}), { ...DEFAULTS, sitesAlways: [], sitesNever: [] });
 });
@@ -118,6 +119,11 @@ test("normalizeSettings drops what it cannot trust", () => {
   assert.equal(normalizeSettings({ prefix: "x".repeat(500) }).prefix.length, 80);
   assert.equal(normalizeSettings({ textPrefix: "x".repeat(500) }).textPrefix.length, 80);
   assert.equal(normalizeSettings({ textPrefix: "" }).textPrefix, ""); // no mark: the user's choice
+});
+
+test("checkAlt: on only when stored as true", () => {
+  assert.equal(normalizeSettings({ checkAlt: true }).checkAlt, true);
+  for (const odd of [false, "true", 1, null, undefined, {}]) assert.equal(normalizeSettings({ checkAlt: odd }).checkAlt, false, String(odd));
 });
 
 test("withSite moves a host between the lists", () => {

@@ -3,10 +3,8 @@ and the test site (both on 127.0.0.1), and the copy of the extension they instal
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from extension_site import (
@@ -21,45 +19,21 @@ from extension_site import (
     TEST_PAGE,
     Service,
     copy_extension,
-    sha256_of_data,
+    log_requests,
 )
-from flask import request
 from helpers import png_bytes, serve_app, serve_directory, tiny_service_app
 
 
 @pytest.fixture(scope="module")
 def service(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The real service on 127.0.0.1 and a free port, with a log of every request."""
-    app = tiny_service_app(tiny_dir, tmp_path_factory.mktemp("ext-data"))
-    svc = Service("")  # its URL once it serves
+    """The real service on 127.0.0.1 and a free port, with a log of every request.
 
-    @app.before_request
-    def log_request() -> None:
-        with svc.lock:
-            svc.requests.append(
-                (request.method, request.path, request.headers.get("User-Agent", ""))
-            )
-        if request.method == "POST" and request.path == "/v1/captions":
-            body = json.loads(request.get_data(cache=True) or b"{}")  # the view reads it again
-            with svc.lock:
-                svc.sent_urls += [i["url"] for i in body.get("images", []) if "url" in i]
-                data = [i["data"] for i in body.get("images", []) if "data" in i]
-                svc.sent_data += [d[:32] for d in data]
-                svc.sent_sha256 += [sha256_of_data(d) for d in data]
-
-    @app.after_request
-    def log_captions(response: Any) -> Any:
-        if request.method == "POST" and request.path == "/v1/captions":
-            body = json.loads(request.get_data(cache=True) or b"{}")
-            answer = response.get_json(silent=True) or {}
-            pairs = zip(body.get("images", []), answer.get("results", []), strict=False)
-            with svc.lock:
-                for image, result in pairs:
-                    if "url" in image and isinstance(result.get("caption"), str):
-                        svc.captions[image["url"]] = result["caption"]
-                        svc.results[image["url"]] = result
-        return response
-
+    Every caption is believed (``MIN_CONFIDENCE`` 0): the tiny model's random weights score
+    its captions as low as they deserve, and the extension writes nothing the server does not
+    believe. These tests are about where descriptions go; test_extension_trust.py tests when
+    they are believed, with the trained demo model."""
+    app = tiny_service_app(tiny_dir, tmp_path_factory.mktemp("ext-data"), MIN_CONFIDENCE=0.0)
+    svc = log_requests(app)  # its URL once it serves
     with serve_app(app) as url:
         svc.url = url
         yield svc

@@ -210,6 +210,7 @@ class Service:
     sent_urls: list[str] = field(default_factory=list)  # every image URL POSTed, in order
     sent_data: list[str] = field(default_factory=list)  # every image POSTed as data (its head)
     sent_sha256: list[str] = field(default_factory=list)  # and the SHA-256 of its bytes
+    sent_alts: list[tuple[str, str]] = field(default_factory=list)  # (image URL, author's alt)
 
     def reset(self) -> None:
         with self.lock:
@@ -219,6 +220,7 @@ class Service:
             self.sent_urls.clear()
             self.sent_data.clear()
             self.sent_sha256.clear()
+            self.sent_alts.clear()
 
     def from_browser(self, agent: str = "Chrom") -> list[tuple[str, str, str]]:
         """Requests whose User-Agent names the browser (``Firefox`` for Firefox)."""
@@ -231,6 +233,45 @@ class Service:
     def wait_for_result(self, url: str) -> dict[str, Any]:
         """The whole result the server sent for the image at ``url`` (caption, text, alt...)."""
         return wait_until(lambda: self.results.get(url), f"no result for {url}")
+
+
+def log_requests(app: Any) -> Service:
+    """A Service (its ``url`` set once it serves) that logs every request ``app`` (the real
+    Flask app) gets: what was asked for and what each image was answered."""
+    from flask import request
+
+    svc = Service("")
+
+    @app.before_request
+    def log_request() -> None:
+        with svc.lock:
+            svc.requests.append(
+                (request.method, request.path, request.headers.get("User-Agent", ""))
+            )
+        if request.method == "POST" and request.path == "/v1/captions":
+            body = json.loads(request.get_data(cache=True) or b"{}")  # the view reads it again
+            images = body.get("images", [])
+            with svc.lock:
+                svc.sent_urls += [i["url"] for i in images if "url" in i]
+                data = [i["data"] for i in images if "data" in i]
+                svc.sent_data += [d[:32] for d in data]
+                svc.sent_sha256 += [sha256_of_data(d) for d in data]
+                svc.sent_alts += [(i.get("url", ""), i["alt"]) for i in images if "alt" in i]
+
+    @app.after_request
+    def log_captions(response: Any) -> Any:
+        if request.method == "POST" and request.path == "/v1/captions":
+            body = json.loads(request.get_data(cache=True) or b"{}")
+            answer = response.get_json(silent=True) or {}
+            pairs = zip(body.get("images", []), answer.get("results", []), strict=False)
+            with svc.lock:
+                for image, result in pairs:
+                    if "url" in image and isinstance(result.get("caption"), str):
+                        svc.captions[image["url"]] = result["caption"]
+                        svc.results[image["url"]] = result
+        return response
+
+    return svc
 
 
 def sha256_of_data(data: str) -> str:
