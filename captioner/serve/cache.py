@@ -108,19 +108,59 @@ def cache_key(model_id: str, settings: Mapping[str, object], image_sha256: str) 
     return sha256_hex(text.encode("utf-8"))
 
 
-def caption_value(text: str, tokens: int) -> dict[str, Any]:
-    """What is stored under a ``cache_key``: the service and batch jobs share entries."""
-    return {"caption": text, "tokens": tokens}
+def caption_value(
+    text: str,
+    tokens: int,
+    confidence: float | None = None,
+    candidates: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What is stored under a ``cache_key``: the service and batch jobs share entries.
+
+    ``confidence`` (models with CLIP's text tower) and ``candidates`` (``decoding.candidates``
+    above 1) are stored only when there are some, so an entry keeps the shape older ones
+    have where it has nothing more to say."""
+    value: dict[str, Any] = {"caption": text, "tokens": tokens}
+    if confidence is not None:
+        value["confidence"] = confidence
+    if candidates:
+        value["candidates"] = candidates
+    return value
 
 
-def get_caption(cache: Cache, key: str) -> dict[str, Any] | None:
+def get_caption(
+    cache: Cache, key: str, *, scored: bool = False, candidates: bool = False
+) -> dict[str, Any] | None:
     """The caption result under ``key``, or None when there is none or the stored value does
-    not have the shape ``caption_value`` gives (an entry from elsewhere is never served)."""
+    not have the shape ``caption_value`` gives (an entry from elsewhere is never served).
+
+    ``scored``: the model scores its captions, so an entry without a ``confidence`` (written
+    before confidences were, or by a model without a text tower) is a miss, recomputed and
+    overwritten rather than served without one. ``candidates``: the request asks for them,
+    so an entry without them is a miss too.
+    """
     value = cache.get(key)
     if value is None or not isinstance(value.get("caption"), str):
         return None
     tokens = value.get("tokens")
-    return value if isinstance(tokens, int) and not isinstance(tokens, bool) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        return None
+    confidence = value.get("confidence")
+    if confidence is None and scored:
+        return None
+    if confidence is not None and not _is_fraction(confidence):
+        return None
+    listed = value.get("candidates")
+    if listed is None and candidates:
+        return None
+    if listed is not None and not (
+        isinstance(listed, list) and listed and all(isinstance(c, dict) for c in listed)
+    ):
+        return None
+    return value
+
+
+def _is_fraction(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def text_key(image_sha256: str, engine_id: str) -> str:

@@ -31,13 +31,26 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from captioner.serve.engine import Engine
+from captioner.trust import ALT_VERDICTS
 
-__all__ = ["MULTIPROC_ENV", "TEXT_READ_OUTCOMES", "Metrics", "multiprocess_dir"]
+__all__ = [
+    "ALT_CHECK_OUTCOMES",
+    "CONFIDENCE_OUTCOMES",
+    "MULTIPROC_ENV",
+    "TEXT_READ_OUTCOMES",
+    "Metrics",
+    "multiprocess_dir",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when it is imported
 # How reading an image's text ended: a reading with text, a reading without, the cache's
 # reading, or no reading (the warning codes ocr_timeout, ocr_failed, ocr_unavailable).
 TEXT_READ_OUTCOMES = ("text", "none", "cached", "timeout", "failed", "unavailable")
+# A caption's confidence: at or above ALTCAP_MIN_CONFIDENCE, below it, or none (a model
+# without CLIP's text tower).
+CONFIDENCE_OUTCOMES = ("confident", "not_confident", "unscored")
+# An author's alt sent with an image: trust's verdicts, or unchecked (no text tower).
+ALT_CHECK_OUTCOMES = (*ALT_VERDICTS, "unavailable")
 
 
 def multiprocess_dir() -> str | None:
@@ -121,6 +134,22 @@ class Metrics:
         )
         for outcome in TEXT_READ_OUTCOMES:  # every outcome scraped from the start, as 0
             self.text_reads.labels(outcome)
+        self.confidence = Counter(
+            "altcap_confidence",
+            "Captions answered, by confidence outcome (" + ", ".join(CONFIDENCE_OUTCOMES) + ")",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in CONFIDENCE_OUTCOMES:
+            self.confidence.labels(outcome)
+        self.alt_checks = Counter(
+            "altcap_alt_checks",
+            "Authors' alts sent with an image, by verdict (" + ", ".join(ALT_CHECK_OUTCOMES) + ")",
+            ["verdict"],
+            registry=r,
+        )
+        for verdict in ALT_CHECK_OUTCOMES:
+            self.alt_checks.labels(verdict)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """The engine's ``on_batch`` hook (runs in its worker thread: keep it quick)."""

@@ -8,16 +8,26 @@ scheme) are this deployment's. Blueprints registered elsewhere add their own pat
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from captioner.config import DECODING_METHODS, MAX_BEAM_SIZE, MAX_NEW_TOKENS, MAX_TEMPERATURE
+from captioner.config import (
+    DECODING_METHODS,
+    MAX_BEAM_SIZE,
+    MAX_CANDIDATES,
+    MAX_CLIP_WEIGHT,
+    MAX_NEW_TOKENS,
+    MAX_TEMPERATURE,
+    DecodingSettings,
+)
 from captioner.crawl import urls
 from captioner.describe import ALT_FROM
-from captioner.serve.parsing import MAX_SEED, MAX_STOP_TOKEN
-from captioner.serve.service import TEXT_WARNING_OUTCOMES
+from captioner.serve.parsing import MAX_AUTHOR_ALT_CHARS, MAX_SEED, MAX_STOP_TOKEN
+from captioner.serve.service import CANDIDATE_FIELDS, RESULT_WARNINGS
 from captioner.serve.settings import Settings
+from captioner.trust import ALT_VERDICTS
 
-__all__ = ["build_openapi", "json_content", "schema_ref"]
+__all__ = ["DECODING_PROPERTIES", "build_openapi", "decoding_schema", "json_content", "schema_ref"]
 
 MODEL_DESCRIPTION = (
     "The model's public name: a registry name or Hub repo id as configured; for a local model "
@@ -31,6 +41,49 @@ LANGUAGE_DESCRIPTION = (
     "goes into where the page around it is in another language. Absent only from an answer "
     "given from the cache before the model has loaded, when the model is a name or Hub id."
 )
+# One schema per DecodingSettings field, its limits the dataclass's own constants;
+# ``decoding_schema`` documents the fields the dataclass has (a field without an entry here
+# fails the build of the document, and so the tests).
+DECODING_PROPERTIES: dict[str, dict[str, Any]] = {
+    "method": {"type": "string", "enum": list(DECODING_METHODS)},
+    "beam_size": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM_SIZE},
+    "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+    "temperature": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": MAX_TEMPERATURE,
+    },
+    "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_NEW_TOKENS},
+    "min_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_NEW_TOKENS},
+    "stop_token": {"type": "string", "maxLength": MAX_STOP_TOKEN, "nullable": True},
+    "stop_at_eos": {"type": "boolean"},
+    "candidates": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_CANDIDATES,
+        "description": "Above 1: decode this many candidate captions per image (beam's "
+        "best, at most beam_size; or nucleus samples; not greedy), answer the best by the "
+        "language model's and CLIP's scores, and list them all in each result's candidates "
+        "(docs/confidence.md)",
+    },
+    "clip_weight": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": MAX_CLIP_WEIGHT,
+        "description": "With candidates above 1: CLIP's weight in the reranking score "
+        "(0: the language model alone)",
+    },
+}
+AUTHOR_ALT = {
+    "type": "string",
+    "maxLength": MAX_AUTHOR_ALT_CHARS,
+    "description": "The alt text the image already has (its author's), to check against the "
+    "image: the result gains alt_check (a model with CLIP's text tower) or the warning "
+    "alt_check_unavailable. Empty: nothing to check. Such an image is captioned again, never "
+    "answered from the caption cache",
+}
 READ_TEXT_DESCRIPTION = (
     "Read the text in the images (OCR), for `text` and an `alt` that says it; false: captions "
     "only (as with ALTCAP_OCR=off on the server)."
@@ -59,10 +112,52 @@ RESULT_PROPERTIES: dict[str, Any] = {  # one image's description (captioner/desc
     },
     "warnings": {
         "type": "array",
-        "items": {"type": "string", "enum": list(TEXT_WARNING_OUTCOMES)},
+        "items": {"type": "string", "enum": list(RESULT_WARNINGS)},
         "minItems": 1,
-        "description": "Why the text is missing (the caption is answered all the same); "
-        "absent when there is nothing to say",
+        "description": "Why the text is missing, or why an author's alt was not checked "
+        "(the caption is answered all the same); absent when there is nothing to say",
+    },
+    "confidence": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "description": "How well CLIP finds the caption matches the image, in [0, 1] "
+        "(docs/confidence.md). Absent with a model without CLIP's text tower",
+    },
+    "confident": {
+        "type": "boolean",
+        "description": "confidence >= ALTCAP_MIN_CONFIDENCE. false: the caption is not to be "
+        "said; an alt made from it (alt_from caption or caption_and_text) is to be withheld, "
+        "shown only as a suggestion for a person to check. Absent when confidence is",
+    },
+    "alt_check": {
+        "type": "object",
+        "required": ["score", "verdict"],
+        "properties": {
+            "score": {
+                "type": "number",
+                "description": "The author's alt on this image's own scale: 0 = no better "
+                "than 'an image.', 1 = as good as AltCap's caption",
+            },
+            "verdict": {"type": "string", "enum": list(ALT_VERDICTS)},
+        },
+        "description": "The author's alt checked against the image (when one was sent and "
+        "the model has CLIP's text tower); suspect: flag it for a person, never replace it",
+    },
+    "candidates": {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "required": ["caption", "score"],
+            "properties": {
+                name: {"type": "string" if name == "caption" else "number"}
+                for name in CANDIDATE_FIELDS
+            },
+        },
+        "description": "With decoding.candidates above 1: every candidate caption, best "
+        "first, with its score (the mix that ranks them), the language model's log-probability "
+        "and, with a text tower, CLIP's similarity and confidence",
     },
 }
 
@@ -77,30 +172,25 @@ def schema_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def decoding_schema() -> dict[str, Any]:
+    """The ``decoding`` object: one property per ``DecodingSettings`` field
+    (``DECODING_PROPERTIES``), so a new field is documented once it exists."""
+    names = [f.name for f in dataclasses.fields(DecodingSettings)]
+    missing = [n for n in names if n not in DECODING_PROPERTIES]
+    if missing:  # a programming error: say which field needs its schema
+        raise KeyError(f"DECODING_PROPERTIES has no schema for {', '.join(missing)}")
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {name: DECODING_PROPERTIES[name] for name in names},
+    }
+
+
 def build_openapi(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3 description of this service, with this deployment's limits in it."""
     error = {"description": "An error (see the code)", "content": json_content(schema_ref("Error"))}
     html = {"text/html": {"schema": {"type": "string"}}}
-    decoding = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "method": {"type": "string", "enum": list(DECODING_METHODS)},
-            "beam_size": {"type": "integer", "minimum": 1, "maximum": MAX_BEAM_SIZE},
-            "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
-            "temperature": {
-                "type": "number",
-                "minimum": 0,
-                "exclusiveMinimum": True,
-                "maximum": MAX_TEMPERATURE,
-            },
-            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "nullable": True},
-            "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_NEW_TOKENS},
-            "min_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_NEW_TOKENS},
-            "stop_token": {"type": "string", "maxLength": MAX_STOP_TOKEN, "nullable": True},
-            "stop_at_eos": {"type": "boolean"},
-        },
-    }
+    decoding = decoding_schema()
     schemas = {
         "Error": {
             "type": "object",
@@ -122,7 +212,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "type": "object",
                     "required": ["url"],
                     "additionalProperties": False,
-                    "properties": {"url": {"type": "string", "format": "uri"}},
+                    "properties": {"url": {"type": "string", "format": "uri"}, "alt": AUTHOR_ALT},
                 },
                 {
                     "type": "object",
@@ -133,7 +223,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                             "type": "string",
                             "format": "byte",
                             "description": "Base64 image bytes (a data: URL also works)",
-                        }
+                        },
+                        "alt": AUTHOR_ALT,
                     },
                 },
             ]
@@ -221,6 +312,16 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                                         "items": {"type": "string", "format": "binary"},
                                     },
                                     "url": {"type": "array", "items": {"type": "string"}},
+                                    "alt": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "string",
+                                            "maxLength": MAX_AUTHOR_ALT_CHARS,
+                                        },
+                                        "description": "Authors' alts to check: none, or one "
+                                        "per image in the images' order (uploads, then URLs), "
+                                        "an empty one for an image without",
+                                    },
                                     "decoding": {
                                         "type": "string",
                                         "description": "Decoding settings as JSON text",
@@ -363,6 +464,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                                 "properties": {
                                     "image": {"type": "string", "format": "binary"},
                                     "url": {"type": "string"},
+                                    "alt": {"type": "string", "maxLength": MAX_AUTHOR_ALT_CHARS},
                                     "api_key": {"type": "string"},
                                 },
                             }

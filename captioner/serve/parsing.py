@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # only the types: the views hand over werkzeug's parsed multi
     from werkzeug.datastructures import FileStorage, MultiDict
 
 __all__ = [
+    "MAX_AUTHOR_ALT_CHARS",
     "MAX_SEED",
     "MAX_STOP_TOKEN",
     "READ_TEXT_WORDS",
@@ -28,6 +29,7 @@ __all__ = [
     "decode_base64",
     "empty_upload",
     "load_json",
+    "parse_alt",
     "parse_decoding",
     "parse_form",
     "parse_json",
@@ -37,6 +39,9 @@ __all__ = [
 
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; stay in the signed range
 MAX_STOP_TOKEN = 64  # characters: a stop "token" is a short piece of text
+# characters of an author's alt to check: more than any alt worth reading aloud (CLIP's text
+# tower reads only its first 77 tokens anyway), a bound on what one image makes us tokenise
+MAX_AUTHOR_ALT_CHARS = 2000
 # read_text as a form field or query parameter (JSON takes true or false): word -> value
 READ_TEXT_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -52,6 +57,8 @@ _DECODING_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "min_tokens": ((int,), "an integer"),
     "stop_token": ((str, type(None)), "a string or null"),
     "stop_at_eos": ((bool,), "true or false"),
+    "candidates": ((int,), "an integer"),  # k > 1: k candidates, reranked (issue 23)
+    "clip_weight": (_NUMBER, "a number"),
 }
 
 
@@ -74,6 +81,19 @@ def parse_decoding(value: object) -> DecodingSettings:
     if isinstance(stop, str) and len(stop) > MAX_STOP_TOKEN:
         raise InvalidSettings(f"stop_token must be at most {MAX_STOP_TOKEN} characters")
     return DecodingSettings.from_dict(value)
+
+
+def parse_alt(value: object, where: str) -> str | None:
+    """An author's alt to check against its image (``where`` names it in the error).
+
+    A string of at most ``MAX_AUTHOR_ALT_CHARS``; one of only whitespace (an empty alt marks
+    a decorative image: nothing to check) gives None, no alt. Anything else is a 400.
+    """
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{where} must be a string")
+    if len(value) > MAX_AUTHOR_ALT_CHARS:
+        raise InvalidRequest(f"{where} must be at most {MAX_AUTHOR_ALT_CHARS} characters")
+    return value if value.strip() else None
 
 
 def parse_read_text(value: object) -> bool:
@@ -145,7 +165,8 @@ def unencodable_string(value: Any) -> str | None:
 
 def parse_json(body: Any, max_images: int) -> Job:
     """``{"images": [{"url"} | {"data"}, ...], "decoding": {...}, "read_text": bool}``,
-    already parsed (``load_json``); the job has no deadline yet.
+    already parsed (``load_json``); the job has no deadline yet. An image object may also
+    carry the author's ``alt`` (``parse_alt``), to be checked against the image.
 
     Bad base64 in one image is that image's error, not the request's: the others still
     get their captions.
@@ -164,15 +185,20 @@ def parse_json(body: Any, max_images: int) -> Job:
         raise InvalidRequest("read_text must be true or false")
     items = []
     for i, raw in enumerate(raw_items):
-        if not isinstance(raw, dict) or len(raw) != 1 or not set(raw) <= {"url", "data"}:
-            raise InvalidRequest(f"images[{i}] must be an object with one field: url or data")
-        ((kind, value),) = raw.items()
+        sources = set(raw) - {"alt"} if isinstance(raw, dict) else set()
+        if not isinstance(raw, dict) or len(sources) != 1 or not sources <= {"url", "data"}:
+            raise InvalidRequest(
+                f"images[{i}] must be an object with one field, url or data (and an alt)"
+            )
+        (kind,) = sources
+        value = raw[kind]
         if not isinstance(value, str):
             raise InvalidRequest(f"images[{i}].{kind} must be a string")
+        alt = parse_alt(raw["alt"], f"images[{i}].alt") if "alt" in raw else None
         if kind == "url":
-            items.append(Item({"kind": "url", "url": value}, url=value))
+            items.append(Item({"kind": "url", "url": value}, url=value, alt=alt))
             continue
-        item = Item({"kind": "data"})
+        item = Item({"kind": "data"}, alt=alt)
         try:
             item.data = decode_base64(value)
         except InvalidRequest as exc:
@@ -185,7 +211,11 @@ def parse_form(
     files: MultiDict[str, FileStorage], form: MultiDict[str, str], max_images: int
 ) -> Job:
     """Multipart uploads (``image``, several allowed) and ``url`` fields, in that order, a
-    ``decoding`` field (JSON text) and a ``read_text`` field (``parse_read_text``)."""
+    ``decoding`` field (JSON text) and a ``read_text`` field (``parse_read_text``).
+
+    ``alt`` fields, if any, are the authors' alts: one per image, in the images' order
+    (uploads, then URLs); an empty one stands for an image without.
+    """
     items = [upload_item(f) for f in files.getlist("image") if not empty_upload(f)]
     items += [
         Item({"kind": "url", "url": u.strip()}, url=u.strip())
@@ -193,6 +223,14 @@ def parse_form(
         if u.strip()
     ]
     check_count(len(items), max_images)
+    alts = form.getlist("alt")
+    if alts and len(alts) != len(items):
+        raise InvalidRequest(
+            f"{len(alts)} alt fields for {len(items)} images: send one per image, in order"
+            " (uploads, then URLs), an empty one for an image without"
+        )
+    for i, (item, alt) in enumerate(zip(items, alts, strict=False)):
+        item.alt = parse_alt(alt, f"alt[{i}]")
     decoding_text = form.get("decoding", "").strip()
     decoding = None
     if decoding_text:

@@ -10,6 +10,13 @@ handed to the app's reader pool as soon as it is decoded, so its text is read wh
 engine computes the batch its caption is in; its outcome is collected after the caption.
 A reading that fails, times out or cannot happen (no Tesseract) costs the image its text,
 never its caption: the result then carries the warning's code and an alt from the caption.
+
+What CLIP's text tower makes of it (issue 23; the rules are ``captioner.trust``'s): with a
+model that has one, every result carries the caption's ``confidence`` and whether it is
+``confident`` (``ALTCAP_MIN_CONFIDENCE``), kept with the caption in the cache; an image sent
+with its author's ``alt`` gets an ``alt_check``. That check needs the image's embedding, so
+such an image is never answered from the caption cache (its caption is stored all the same),
+and without a text tower it gets the warning ``alt_check_unavailable`` instead.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 
 from PIL import Image
 
-from captioner import images
+from captioner import images, trust
 from captioner.config import DecodingSettings
 from captioner.crawl import fetch
 from captioner.describe import describe
@@ -47,6 +54,8 @@ from captioner.serve.metrics import Metrics
 from captioner.serve.settings import Settings
 
 __all__ = [
+    "ALT_CHECK_UNAVAILABLE",
+    "RESULT_WARNINGS",
     "Admission",
     "InvalidRequest",
     "Item",
@@ -68,6 +77,12 @@ TEXT_WARNING_OUTCOMES = {
     OcrError.code: "failed",
     OcrUnavailable.code: "unavailable",
 }
+# An author's alt was sent and the model cannot check it (no CLIP text tower).
+ALT_CHECK_UNAVAILABLE = "alt_check_unavailable"
+# Every code a result's ``warnings`` may hold: the OpenAPI enum and the page's words.
+RESULT_WARNINGS = (*TEXT_WARNING_OUTCOMES, ALT_CHECK_UNAVAILABLE)
+# The fields of one rendered candidate (decoding.candidates > 1), as CaptionResult gives them.
+CANDIDATE_FIELDS = ("caption", "score", "logprob", "similarity", "confidence")
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -196,12 +211,15 @@ class Item:
     source: dict[str, Any]  # echoed to the client: {"kind": "url", "url": ...} and the like
     url: str | None = None
     data: bytes | None = None
+    alt: str | None = None  # the author's alt, to check against the image (parsing.parse_alt)
     sha: str | None = None  # SHA-256 of the image bytes, once known
     memo_checked: bool = False  # the URL memo was already consulted
     image: Image.Image | None = None  # decoded, waiting for the model and/or the reader
-    # {"caption", "tokens"} (caption_value) until the end of run_job, then
-    # {"caption", "text"?, "alt", "alt_from", "tokens"} (describe)
+    # {"caption", "tokens", "confidence"?, "candidates"?} (caption_value) until the end of
+    # run_job, then {"caption", "text"?, "alt", "alt_from", "confidence"?, "confident"?,
+    # "alt_check"?, "candidates"?, "tokens"} (render_result)
     result: dict[str, Any] | None = None
+    alt_check: dict[str, Any] | None = None  # {"score", "verdict"}: trust.alt_check's
     cached: bool = False  # the caption came from the cache
     reading: Future[Reading] | None = None  # the text being read
     text: dict[str, Any] | None = None  # {"text", "mostly_text"} (text_value), once known
@@ -278,6 +296,25 @@ def _reader(st: ServiceState, job: Job) -> TextPool | None:
     return st.reader if job.read_text else None
 
 
+def scores_captions(st: ServiceState) -> bool | None:
+    """Whether the loaded model has CLIP's text tower (confidences, alt checks); None
+    before it has loaded (or with an engine that has no model of its own, in tests)."""
+    captioner = st.engine.captioner
+    return None if captioner is None else bool(getattr(captioner, "can_score", False))
+
+
+def wants_candidates(decoding: DecodingSettings) -> bool:
+    """Whether results are to list their candidates (``decoding.candidates`` above 1)."""
+    return getattr(decoding, "candidates", 1) > 1
+
+
+def _checks_alt(st: ServiceState, item: Item) -> bool:
+    """Whether ``item``'s author alt is to be checked by the model (which needs the image's
+    embedding, so the caption cache cannot answer): there is one, and the model can, or
+    may once loaded."""
+    return item.alt is not None and scores_captions(st) is not False
+
+
 def _run_job(st: ServiceState, job: Job) -> None:
     settings = job.decoding.to_dict()
     todo = [item for item in job.items if item.error is None and item.result is None]
@@ -294,8 +331,10 @@ def _run_job(st: ServiceState, job: Job) -> None:
         remaining = job.remaining()
         if remaining <= 0:
             raise DeadlineExceeded("the request ran out of time before captioning")
+        alts = [item.alt for item in waiting]
+        extra = {"alts": alts} if any(a is not None for a in alts) else {}
         outcomes = st.engine.caption_images(
-            [item.image for item in waiting], job.decoding, timeout_s=remaining
+            [item.image for item in waiting], job.decoding, timeout_s=remaining, **extra
         )
         for item, outcome in zip(waiting, outcomes, strict=True):
             if isinstance(outcome, AltCapError):
@@ -303,7 +342,13 @@ def _run_job(st: ServiceState, job: Job) -> None:
                     raise outcome
                 item.error = outcome
                 continue
-            item.result = caption_value(outcome.text, outcome.tokens)
+            item.result = caption_value(
+                outcome.text,
+                outcome.tokens,
+                outcome.confidence,
+                render_candidates(getattr(outcome, "candidates", None)),
+            )
+            item.alt_check = outcome.alt_check
             st.cache.set(cache_key(st.model.cache_id, settings, str(item.sha)), item.result)
 
     reader = _reader(st, job)
@@ -327,9 +372,50 @@ def _run_job(st: ServiceState, job: Job) -> None:
                 language=language,
                 rule=rule,
             )
-            item.result = {**described, "tokens": item.result["tokens"]}
+            item.result = render_result(st, item, described)
         outcome = "error" if item.error else "cached" if item.cached else "captioned"
         st.metrics.images.labels(outcome).inc()
+
+
+def render_result(st: ServiceState, item: Item, described: dict[str, Any]) -> dict[str, Any]:
+    """One image's answer: ``describe``'s fields, then what CLIP's text tower made of it.
+
+    ``confidence`` and ``confident`` (``trust.is_confident``) are there when the caption was
+    scored; ``confident: false`` with an alt that rests on the caption
+    (``trust.withholds``) tells a client to write nothing. ``alt_check`` is there when an
+    author's alt was checked; one that could not be gets the ``alt_check_unavailable``
+    warning. Both outcomes are counted (``altcap_confidence``, ``altcap_alt_checks``).
+    """
+    stored = item.result or {}
+    out = dict(described)
+    confidence = stored.get("confidence")
+    confident = trust.is_confident(confidence, st.settings.min_confidence)
+    if confident is None:
+        st.metrics.confidence.labels("unscored").inc()
+    else:
+        out["confidence"] = round(float(confidence), 4)
+        out["confident"] = confident
+        st.metrics.confidence.labels("confident" if confident else "not_confident").inc()
+    if item.alt is not None:
+        if item.alt_check is not None:
+            out["alt_check"] = dict(item.alt_check)
+            st.metrics.alt_checks.labels(item.alt_check["verdict"]).inc()
+        else:
+            item.warnings.append(ALT_CHECK_UNAVAILABLE)
+            st.metrics.alt_checks.labels("unavailable").inc()
+    if stored.get("candidates"):
+        out["candidates"] = [dict(c) for c in stored["candidates"]]
+    out["tokens"] = stored["tokens"]
+    return out
+
+
+def render_candidates(candidates: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """A ``CaptionResult``'s candidates as answered and cached: best first, each with the
+    ``CANDIDATE_FIELDS`` it has (a model without a text tower has no similarity or
+    confidence: those are left out, not null)."""
+    if not candidates:
+        return None
+    return [{k: c[k] for k in CANDIDATE_FIELDS if c.get(k) is not None} for c in candidates]
 
 
 def _collect_text(st: ServiceState, job: Job, reader: TextPool, item: Item) -> None:
@@ -368,35 +454,36 @@ def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -
     with the item."""
     try:
         model = st.model.cache_id
+        check = _checks_alt(st, item)  # needs the image's embedding: no caption from the cache
         lookup_url_memo(st, item)
-        if item.sha is not None and _from_cache(
-            st, job, item, cache_key(model, settings, item.sha)
+        if (
+            item.sha is not None
+            and not check
+            and _from_cache(st, job, item, cache_key(model, settings, item.sha))
         ):
             return
         if item.data is None and item.url is not None:
             remaining = job.remaining()
             if remaining <= 0:
                 raise DeadlineExceeded("the request ran out of time before the download")
-            limits = st.settings.fetch_limits()
-            if remaining < limits.total_timeout:
-                limits = replace(
-                    limits,
-                    total_timeout=remaining,
-                    connect_timeout=min(limits.connect_timeout, remaining),
-                    read_timeout=min(limits.read_timeout, remaining),
-                )
-            item.data = fetch.fetch_image(item.url, limits).data
+            item.data = fetch.fetch_image(item.url, _fetch_limits(st, remaining)).data
         data = item.data or b""
         known = item.sha
         item.sha = sha256_hex(data)
         if item.url is not None and st.settings.url_ttl_s > 0:
             st.cache.set_url_hash(item.url, item.sha, st.settings.url_ttl_s)
-        if item.sha != known and _from_cache(st, job, item, cache_key(model, settings, item.sha)):
+        if (
+            item.sha != known
+            and not check
+            and _from_cache(st, job, item, cache_key(model, settings, item.sha))
+        ):
             return
         item.image = images.load_image(data, max_pixels=st.settings.max_image_pixels)
         item.data = None  # the decoded image is all that is needed from here on
         reader = _reader(st, job)
-        if reader is not None:  # read while the engine captions
+        if reader is not None and check:  # captioned again; its reading may be cached
+            item.text = _cached_text(st, reader, item)
+        if reader is not None and item.text is None:  # read while the engine captions
             item.reading = reader.submit(item.image)
     except AltCapError as exc:
         if item.cached and item.result is not None:
@@ -409,23 +496,48 @@ def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -
             item.error = exc
 
 
+def _fetch_limits(st: ServiceState, remaining_s: float) -> fetch.FetchLimits:
+    """The service's download limits, shortened to the ``remaining_s`` of the request."""
+    limits = st.settings.fetch_limits()
+    if remaining_s < limits.total_timeout:
+        limits = replace(
+            limits,
+            total_timeout=remaining_s,
+            connect_timeout=min(limits.connect_timeout, remaining_s),
+            read_timeout=min(limits.read_timeout, remaining_s),
+        )
+    return limits
+
+
 def _from_cache(st: ServiceState, job: Job, item: Item, key: str) -> bool:
     """Whether the cache answers ``item`` whole: its caption, and its text when wanted.
 
     A cached caption whose text is wanted and not cached stays in ``item.result``: the
     image is then still fetched and decoded, for the reader only.
     """
-    value = get_caption(st.cache, key)
+    value = get_caption(
+        st.cache,
+        key,
+        scored=scores_captions(st) is True,
+        candidates=wants_candidates(job.decoding),
+    )
     st.metrics.cache_lookup("caption", value is not None)
     item.result, item.cached, item.text = value, value is not None, None
     if value is None:
         return False
     reader = _reader(st, job)
     if reader is not None:
-        item.text = get_text(st.cache, text_key(str(item.sha), reader.engine_id))
-        st.metrics.cache_lookup("text", item.text is not None)
+        item.text = _cached_text(st, reader, item)
         if item.text is None:
             return False
-        st.metrics.text_reads.labels("cached").inc()
     item.data = None
     return True
+
+
+def _cached_text(st: ServiceState, reader: TextPool, item: Item) -> dict[str, Any] | None:
+    """``item``'s reading by ``reader`` from the cache (counted), or None."""
+    text = get_text(st.cache, text_key(str(item.sha), reader.engine_id))
+    st.metrics.cache_lookup("text", text is not None)
+    if text is not None:
+        st.metrics.text_reads.labels("cached").inc()
+    return text

@@ -50,6 +50,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from captioner import trust
 from captioner.config import DecodingSettings
 from captioner.errors import AltCapError
 from captioner.jobs.rows import NO_CAPTION_MESSAGE
@@ -197,9 +198,14 @@ def captions_get() -> Response:
 
 def _etag(st: ServiceState, job: Job, sha: str) -> str:
     """The validator of a GET answer: the caption's cache key, with what read the text (or
-    that none did) among its settings, so a new reader or ``read_text`` is a new answer."""
+    that none did) and the confidence needed to be ``confident`` among its settings, so a
+    new reader, ``read_text`` or ``ALTCAP_MIN_CONFIDENCE`` is a new answer."""
     reader = st.reader.engine_id if st.reader is not None and job.read_text else ""
-    settings = {**job.decoding.to_dict(), "text_engine": reader}
+    settings = {
+        **job.decoding.to_dict(),
+        "text_engine": reader,
+        "min_confidence": st.settings.min_confidence,
+    }
     return cache_key(st.model.cache_id, settings, sha)
 
 
@@ -315,10 +321,12 @@ def caption_form() -> tuple[str, int]:
         item = Item({"kind": "url", "url": url}, url=url)
     else:
         raise InvalidRequest("choose an image file or paste an image URL")
+    alt = request.form.get("alt")
+    item.alt = None if alt is None else parsing.parse_alt(alt, "alt")
     run_job(st, new_job(Job([item])))
     if item.error is not None:
         raise item.error
-    return render_page(result=item.to_json(), url=url), 200
+    return render_page(result=item.to_json(), url=url, alt=item.alt or ""), 200
 
 
 # what the page says for an empty caption (batch reports give the same reason)
@@ -333,16 +341,30 @@ PAGE_WORDS: dict[str, Any] = {
         "text": "Made from the text in the image: the image is mostly text.",
         "caption_and_text": "Made from the model's caption and the text in the image.",
     },
-    "warnings": {  # service.TEXT_WARNING_OUTCOMES
+    "warnings": {  # service.RESULT_WARNINGS
         "ocr_timeout": "The text in the image was not read: reading it took too long.",
         "ocr_failed": "The text in the image was not read: reading it failed.",
         "ocr_unavailable": "The text in the image was not read: this server cannot read text.",
+        "alt_check_unavailable": "Your alt text was not checked: this model cannot compare "
+        "text with images.",
+    },
+    # the caption's confidence, as "<confidence>: 96%"; the warning when it is not confident
+    "confidence": "AltCap's confidence in this description",
+    "not_confident": "AltCap is not sure this description is right; check it before using it.",
+    "alt_check": {  # trust.ALT_VERDICTS
+        "matches": "Your alt text appears to match the image.",
+        "suspect": "Your alt text may not match the image. Check it; AltCap's description "
+        "is above.",
     },
 }
 
 
 def render_page(
-    *, result: dict[str, Any] | None = None, error: dict[str, str] | None = None, url: str = ""
+    *,
+    result: dict[str, Any] | None = None,
+    error: dict[str, str] | None = None,
+    url: str = "",
+    alt: str = "",
 ) -> str:
     st = state()
     return render_template(
@@ -350,6 +372,11 @@ def render_page(
         result=result,
         error=error,
         url=url,
+        alt=alt,
+        # the caption is shown under a plain-words warning where a client would write nothing
+        withheld=result is not None
+        and trust.withholds(result.get("confident"), str(result.get("alt_from", ""))),
+        max_alt_chars=parsing.MAX_AUTHOR_ALT_CHARS,
         keys_required=bool(st.settings.api_keys),
         model=st.model.name,
         language=lang_to_mark("en", captions_language(st)),  # the page itself is English
@@ -370,7 +397,12 @@ def error_response(
     """The one error shape: JSON for the API, the page re-rendered for the no-JS form."""
     body = {"code": code, "message": message}
     if request.endpoint in HTML_ENDPOINTS:
-        response = make_response(render_page(error=body, url=_form_value("url")), status)
+        page = render_page(
+            error=body,
+            url=_form_value("url"),
+            alt=_form_value("alt")[: parsing.MAX_AUTHOR_ALT_CHARS],
+        )
+        response = make_response(page, status)
     else:
         response = jsonify({"error": body})
         response.status_code = status

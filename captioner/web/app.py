@@ -101,6 +101,7 @@ def default_loader(settings: Settings, model: ModelIdentity | None = None) -> Ca
             dtype=settings.dtype,
             max_pixels=settings.max_image_pixels,
         )
+        captioner.alt_match_score = settings.alt_match_score  # trust.alt_check's threshold
         now = model_identity(settings.model) if model is not None else None
         if now is not None and now != model:
             raise ModelChanged(

@@ -190,6 +190,35 @@ def test_get_caption_serves_only_caption_results(cache: Cache) -> None:
         assert get_caption(cache, key) is None
 
 
+def test_get_caption_keeps_confidence_and_candidates_with_the_caption(cache: Cache) -> None:
+    """An entry carries its confidence (and candidates): one written without (by older code)
+    is a miss for a model that scores, so it is recomputed, and still served to one that
+    cannot; a request for candidates never gets an entry without them."""
+    key = cache_key("m", {}, SHA_A)
+    scored = caption_value("A dog.", 3, 0.75)
+    assert scored == {"caption": "A dog.", "tokens": 3, "confidence": 0.75}
+    cache.set(key, scored)
+    assert get_caption(cache, key, scored=True) == scored
+    assert get_caption(cache, key) == scored
+
+    cache.set(key, caption_value("A dog.", 3))  # an entry from before confidences
+    assert get_caption(cache, key, scored=True) is None
+    assert get_caption(cache, key) == {"caption": "A dog.", "tokens": 3}
+
+    for wrong in ("high", 1.5, -0.1, True):
+        cache.set(key, {"caption": "A dog.", "tokens": 3, "confidence": wrong})
+        assert get_caption(cache, key) is None, wrong
+
+    listed = [{"caption": "A dog.", "score": -0.1}, {"caption": "A cat.", "score": -0.9}]
+    cache.set(key, caption_value("A dog.", 3, 0.75, listed))
+    assert get_caption(cache, key, scored=True, candidates=True)["candidates"] == listed
+    cache.set(key, scored)
+    assert get_caption(cache, key, scored=True, candidates=True) is None
+    for wrong in ([], "A dog.", ["A dog."]):
+        cache.set(key, {**scored, "candidates": wrong})
+        assert get_caption(cache, key) is None, wrong
+
+
 def test_text_key_is_pinned_and_apart_from_caption_keys() -> None:
     # The service and batch jobs share readings under these keys: change them on purpose
     # (bump TEXT_KEY_VERSION) and update this value.

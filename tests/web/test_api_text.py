@@ -24,7 +24,7 @@ from test_api import RED, ROUTES, FakeEngine, ImageServer, b64, error_of, metric
 from captioner.describe import ALT_FROM
 from captioner.serve.cache import get_text, text_key
 from captioner.serve.metrics import TEXT_READ_OUTCOMES
-from captioner.serve.service import TEXT_WARNING_OUTCOMES
+from captioner.serve.service import RESULT_WARNINGS
 from captioner.web.api import PAGE_WORDS
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -374,7 +374,7 @@ def test_the_page_shows_the_alt_and_what_it_was_made_of(fixed: FlaskClient) -> N
 
 def test_the_pages_words_cover_every_alt_and_warning() -> None:
     assert set(PAGE_WORDS["alt_from"]) == set(ALT_FROM)
-    assert set(PAGE_WORDS["warnings"]) == set(TEXT_WARNING_OUTCOMES)
+    assert set(PAGE_WORDS["warnings"]) == set(RESULT_WARNINGS)
 
 
 def test_the_page_script_renders_text_results(client: FlaskClient) -> None:

@@ -46,6 +46,10 @@
       return;
     }
     const parts = [paragraph("Suggested alt text (machine-generated):")];
+    // The server's trust.withholds: not confident, and the alt rests on the caption.
+    if (r.confident === false && from !== "text") {
+      parts.push(paragraph(words.not_confident || "", "not-confident", "warning"));
+    }
     if (from === "caption") {
       parts.push(paragraph(r.caption, "caption", "caption", lang));
     } else {
@@ -67,7 +71,16 @@
       add(words.text || "Text", r.text || "", "text", "text", "");
       parts.push(list);
     }
+    if (typeof r.confidence === "number") {
+      const percent = Math.round(r.confidence * 100);
+      parts.push(paragraph((words.confidence || "Confidence") + ": " + percent + "%", "confidence", "hint"));
+    }
     if (r.text === "" && words.no_text) parts.push(paragraph(words.no_text, "no-text", "hint"));
+    if (r.alt_check) {
+      const verdict = r.alt_check.verdict;
+      const cls = verdict === "matches" ? "hint" : "warning";
+      parts.push(paragraph((words.alt_check || {})[verdict] || verdict, "alt-check", cls));
+    }
     for (const code of r.warnings || []) {
       parts.push(paragraph((words.warnings || {})[code] || code, "", "hint warning"));
     }
@@ -87,6 +100,7 @@
     data.delete("api_key");
     if (key) headers["Authorization"] = "Bearer " + key;
     const file = data.get("image");
+    if (!String(data.get("alt") || "").trim()) data.delete("alt"); // nothing to check
     if (file && file.size > 0) {
       data.delete("url"); // the file wins, as on the server's form path
     } else {
