@@ -210,6 +210,8 @@ def table(result: dict) -> str:
         f"(a) confidence, {result['rounds'] * 24} held-out images (seed {result['seed']})",
         f"    exact-caption accuracy (greedy)        {conf['exact_caption_accuracy']:.3f}",
         f"    AUROC right vs swapped captions        {conf['auroc_right_vs_swapped']:.3f}",
+        f"    AUROC own captions, right vs wrong     "
+        f"{conf.get('auroc_own_captions_right_vs_wrong', float('nan')):.3f}",
         "(b) alt check",
         f"    swapped alts flagged suspect           {alt['swapped_flagged_suspect']:.3f}"
         f"  ({alt['swapped_alts']} alts)",
