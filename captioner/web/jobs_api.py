@@ -26,11 +26,12 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import Counter
 
 from captioner.crawl.pages import MODES, VERDICTS, declared_encoding
+from captioner.describe import ALT_FROM
 from captioner.errors import AltCapError
 from captioner.jobs import reports, rows
 from captioner.jobs.budget import JobBudget
 from captioner.jobs.queue import JobQueue
-from captioner.jobs.request import InvalidJob, parse_job
+from captioner.jobs.request import JOB_SWITCHES, InvalidJob, parse_job
 from captioner.serve.openapi import json_content, schema_ref
 from captioner.serve.parsing import parse_decoding
 from captioner.serve.service import (
@@ -40,6 +41,7 @@ from captioner.serve.service import (
     check_model_limits,
 )
 from captioner.serve.settings import Settings
+from captioner.trust import ALT_VERDICTS
 from captioner.web import api, hooks
 
 __all__ = ["JobsState", "init_app", "jobs", "openapi_part"]
@@ -210,6 +212,14 @@ def init_app(app: Flask, queue: JobQueue) -> None:
 # --- OpenAPI -----------------------------------------------------------------------------------
 
 
+SWITCH_HELP = {  # request.JOB_SWITCHES, in words
+    "read_text": "Read the text in the images (docs/ocr.md)",
+    "check_alts": "Check authors' alts against their images, with a model that can score: one"
+    " caption per image with alt (docs/batch.md)",
+    "include_low_confidence": "Patched pages also get suggestions that are not confident",
+}
+
+
 def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
     """Add the jobs endpoints to the service's OpenAPI document."""
     ref = schema_ref
@@ -240,6 +250,10 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
             "webhook": url,
             "max_pages": {"type": "integer", "minimum": 1, "maximum": settings.job_max_pages},
             "max_images": {"type": "integer", "minimum": 1, "maximum": settings.job_max_images},
+            **{
+                name: {"type": "boolean", "default": default, "description": SWITCH_HELP[name]}
+                for name, default in JOB_SWITCHES.items()
+            },
         },
     }
     nullable_time = {"type": "string", "format": "date-time", "nullable": True}
@@ -309,6 +323,19 @@ def openapi_part(doc: dict[str, Any], settings: Settings) -> None:
         "properties": {
             **{name: nullable for name in rows.RESULT_FIELDS},
             "status": {"type": "string", "enum": list(rows.STATUSES)},
+            "verdict": {"type": "string", "nullable": True, "enum": [*VERDICTS, None]},
+            "alt_from": {"type": "string", "nullable": True, "enum": [*ALT_FROM, None]},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+            "confident": {"type": "boolean", "nullable": True},
+            "alt_check": {
+                "type": "object",
+                "nullable": True,
+                "properties": {
+                    "score": {"type": "number"},
+                    "verdict": {"type": "string", "enum": list(ALT_VERDICTS)},
+                },
+            },
+            "warnings": {"type": "array", "items": {"type": "string"}},
         },
     }
     job_id = {
