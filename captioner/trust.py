@@ -21,7 +21,10 @@ image, between a generic text that describes nothing ("an image.") and AltCap's 
 0 is "no better than saying *an image*", 1 is "as good as what AltCap would write", above 1
 better still. ``cos(generic)`` is the best of ``GENERIC_TEXTS``. The verdict is ``matches``
 at ``score >= match_score`` (``ALTCAP_ALT_MATCH_SCORE``, default 0.5: at least half way
-from saying nothing to AltCap's own description), else ``suspect``. A suspect alt is flagged
+from saying nothing to AltCap's own description), and also whenever CLIP scores the alt at
+least as high as AltCap's own caption (on an image where the model finds "an image." as
+apt as its caption the scale has no room, and an alt it likes as much as its own words is
+no reason to doubt the author); else ``suspect``. A suspect alt is flagged
 for a person to look at — with AltCap's caption as a suggestion — never replaced: a score is
 blind to context (Kreiss et al. 2022), and the author may know what the image is for.
 """
@@ -59,7 +62,8 @@ def alt_check(
     """``{"score", "verdict"}`` for an author's alt (see the module docstring)."""
     spread = max(caption_similarity - generic_similarity, MIN_SPREAD)
     score = (alt_similarity - generic_similarity) / spread
-    verdict = ALT_VERDICTS[0] if score >= match_score else ALT_VERDICTS[1]
+    matches = score >= match_score or alt_similarity >= caption_similarity
+    verdict = ALT_VERDICTS[0] if matches else ALT_VERDICTS[1]
     return {"score": round(score, 3), "verdict": verdict}
 
 

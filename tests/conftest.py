@@ -42,7 +42,12 @@ def demo_dir() -> Path:
     from captioner.train.demo import train_tiny
 
     root = Path(__file__).resolve().parent.parent
-    sources = ["captioner/train/demo.py", "captioner/train/synthetic.py", "captioner/model/tiny.py"]
+    sources = [
+        "captioner/train/demo.py",
+        "captioner/train/synthetic.py",
+        "captioner/model/tiny.py",
+        "captioner/model/scoring.py",
+    ]
     key = hashlib.sha256(b"".join((root / f).read_bytes() for f in sources)).hexdigest()[:12]
     out = root / ".cache" / f"test-demo-model-{key}"
     if not is_model_dir(out):

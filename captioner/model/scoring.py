@@ -41,7 +41,10 @@ def clip_token_ids(
     if eos is None:
         raise ValueError("the CLIP tokenizer has no end-of-text token")
     rows = []
-    for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
+    # Lower-cased, as CLIP's own tokenizer does to every text: a tokenizer that does not
+    # (the tiny models') would otherwise score "A red circle." and "a red circle." apart.
+    lowered = [t.lower() for t in texts]
+    for ids in tokenizer(lowered, add_special_tokens=True)["input_ids"]:
         if not ids or ids[-1] != eos:
             ids = [*ids, eos]
         if len(ids) > max_length:
