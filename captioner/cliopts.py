@@ -28,8 +28,9 @@ _DEFAULT = DecodingSettings()
 
 
 def add_decoding_arguments(parser: Any) -> None:
-    """Add ``--decoding --beam-size --top-p --temperature --seed --max-tokens`` to ``parser``
-    (a parser or an argument group); ``decoding_from_args`` reads them back."""
+    """Add ``--decoding --beam-size --top-p --temperature --seed --max-tokens --candidates
+    --clip-weight`` to ``parser`` (a parser or an argument group); ``decoding_from_args``
+    reads them back."""
     parser.add_argument(
         "--decoding",
         choices=list(get_args(DecodingMethod)),
@@ -52,6 +53,19 @@ def add_decoding_arguments(parser: Any) -> None:
         default=_DEFAULT.max_tokens,
         help="new tokens at most (%(default)s)",
     )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=_DEFAULT.candidates,
+        help="captions written per image (beam's best k or k samples), the best kept by"
+        " log-probability and CLIP's confidence; --json lists them all (%(default)s)",
+    )
+    parser.add_argument(
+        "--clip-weight",
+        type=float,
+        default=_DEFAULT.clip_weight,
+        help="CLIP's weight in picking among --candidates (%(default)s; docs/confidence.md)",
+    )
 
 
 def decoding_from_args(args: argparse.Namespace) -> DecodingSettings:
@@ -64,6 +78,8 @@ def decoding_from_args(args: argparse.Namespace) -> DecodingSettings:
         temperature=args.temperature,
         seed=args.seed,
         max_tokens=args.max_tokens,
+        candidates=args.candidates,
+        clip_weight=args.clip_weight,
     ).validate()
 
 

@@ -29,10 +29,11 @@ from captioner.jobs.reading import Describer, cancel
 from captioner.model.identity import model_identity
 from captioner.serve.settings import Settings
 from captioner.train.data import IMAGE_EXTENSIONS
-from captioner.trust import is_confident
+from captioner.trust import is_confident, withholds
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+UNSURE = "(not confident) "  # before a plain-output alt that trust.withholds
 
 
 def _caption(args: argparse.Namespace) -> int:
@@ -82,8 +83,11 @@ def _caption(args: argparse.Namespace) -> int:
                     if warning:
                         line["warnings"] = [warning]
                     print(json.dumps({**line, "model": model, "language": language}))
-                else:
-                    print(f"{path}\t{described['alt']}" if named else described["alt"])
+                else:  # an alt resting on a caption the model does not believe: marked
+                    confident = is_confident(r.confidence, service.min_confidence)
+                    unsure = UNSURE if withholds(confident, described["alt_from"]) else ""
+                    alt = unsure + described["alt"]
+                    print(f"{path}\t{alt}" if named else alt)
     finally:
         describer.close()
     return EXIT_FAILED if failed else 0
