@@ -190,11 +190,11 @@ def test_caption_text_a_long_caption_is_cut_at_a_word():
     assert bound_text("a dog", 5) == "a dog"
 
 
-class _Result:
-    """What an engine or a captioner backend answers for one image."""
+def _Result(text: str):
+    """What an engine or a captioner backend answers for one image (no text tower)."""
+    from captioner.pipeline import CaptionResult
 
-    def __init__(self, text: str) -> None:
-        self.text, self.raw, self.tokens = text, text, 256
+    return CaptionResult(text, text, 256)
 
 
 class _FakeEngine:

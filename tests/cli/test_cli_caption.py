@@ -68,11 +68,20 @@ def test_caption_reads_the_text_in_images(tiny_dir, tmp_path, capsys, monkeypatc
     assert shop["alt"].endswith(f"Appears to say: {SIGN_TEXT}")
     assert "warnings" not in sale and sale["model"] and sale["language"] == "en"
 
+    monkeypatch.setenv("ALTCAP_MIN_CONFIDENCE", "0")  # the tiny text tower's are noise
     assert main(["caption", *images, *common]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{images[0]}\t{SALE_TEXT}",
         f"{images[1]}\t{shop['alt']}",
     ]
+    # an alt resting on a caption the model does not believe is marked; the text's is not
+    monkeypatch.setenv("ALTCAP_MIN_CONFIDENCE", "1")
+    assert main(["caption", *images, *common]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{images[0]}\t{SALE_TEXT}",
+        f"{images[1]}\t(not confident) {shop['alt']}",
+    ]
+    monkeypatch.delenv("ALTCAP_MIN_CONFIDENCE")
 
     assert main(["caption", images[1], *common, "--json", "--no-read-text"]) == 0
     line = json.loads(capsys.readouterr().out)

@@ -174,6 +174,7 @@ def test_tab_reaches_the_form_in_order_with_names_and_visible_focus(page: Page) 
     controls = [
         page.get_by_label("Image file"),
         page.get_by_role("textbox", name="Or the address (URL) of an image"),
+        page.get_by_role("textbox", name="Alt text you already have (optional)"),
         page.get_by_role("button", name="Describe the image"),
     ]
     for control in controls:
@@ -193,6 +194,7 @@ def test_the_form_submits_from_the_keyboard(
     page.keyboard.press("Tab")  # the file input
     page.keyboard.press("Tab")  # the URL field
     page.keyboard.type(image_url)
+    page.keyboard.press("Tab")  # the author's alt (optional)
     page.keyboard.press("Tab")
     expect(page.get_by_role("button", name="Describe the image")).to_be_focused()
     page.keyboard.press(key)

@@ -260,7 +260,9 @@ def test_checkpoints_keep_the_newest_k(store, tiny_dir, tmp_path, monkeypatch):
 
 
 def _tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def test_save_final_never_leaves_the_run_without_a_final_dir(tiny_dir, tmp_path, monkeypatch):
