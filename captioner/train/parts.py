@@ -89,6 +89,13 @@ def build_model(
             image_std=base.config.image_std,
             vision_config=dict(base.config.vision_config),
             text_config=dict(base.config.text_config),
+            # CLIP's text tower rides along untouched (frozen, like the vision tower), and
+            # with it the confidence rule, which is about CLIP's cosines alone
+            clip_text_config=dict(base.config.clip_text_config),
+            text_encoder=base.config.text_encoder,
+            clip_logit_scale=base.config.clip_logit_scale,
+            confidence_center=base.config.confidence_center,
+            confidence_slope=base.config.confidence_slope,
         )
         vision, lm, origin = base.vision, base.lm, f"init from {opts.init}"
         info = EncoderInfo.from_config(config)
@@ -132,7 +139,10 @@ def build_model(
         origin += ", mapper kept"
     else:
         mapper = build_mapper(config)
-    return ClipCapModel(config, vision, mapper, lm), tokenizer, origin
+    text = base.clip_text if base is not None else None
+    clip_tokenizer = base.clip_tokenizer if base is not None else None
+    model = ClipCapModel(config, vision, mapper, lm, clip_text=text, clip_tokenizer=clip_tokenizer)
+    return model, tokenizer, origin
 
 
 def _kept_mapper(base: ClipCapModel, config: ClipCapConfig) -> nn.Module:
@@ -152,8 +162,10 @@ def _kept_mapper(base: ClipCapModel, config: ClipCapConfig) -> nn.Module:
 
 
 def set_trainable(model: ClipCapModel, finetune_lm: bool) -> None:
-    """The mapper always trains, the vision tower never does, GPT-2 as the regime says."""
+    """The mapper always trains, CLIP's towers never do, GPT-2 as the regime says."""
     model.vision.requires_grad_(False)
+    if model.clip_text is not None:
+        model.clip_text.requires_grad_(False)
     model.mapper.requires_grad_(True)
     model.lm.requires_grad_(finetune_lm)
 
@@ -162,5 +174,7 @@ def train_mode(model: ClipCapModel, finetune_lm: bool) -> None:
     """As the reference ClipCapPrefix: a frozen GPT-2 stays in eval mode (no dropout)."""
     model.train()
     model.vision.eval()
+    if model.clip_text is not None:
+        model.clip_text.eval()
     if not finetune_lm:
         model.lm.eval()

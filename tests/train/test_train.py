@@ -184,6 +184,9 @@ def test_transformer_regime_keeps_gpt2_frozen(tiny_transformer_dir, tmp_path, fi
     final = T.train(opts)
     init, trained = weights(tiny_transformer_dir), weights(final)
     assert same(init, trained, "vision.")
+    # CLIP's text tower and the confidence rule ride along untouched (--init keeps them)
+    assert same(init, trained, "clip_text.") and any(k.startswith("clip_text.") for k in trained)
+    assert load_pretrained(final)[0].has_text_tower
     assert same(init, trained, "lm.") is (not finetune)
     assert not same(init, trained, "mapper.")
     losses = [r["loss"] for r in read_log(out) if "loss" in r]
