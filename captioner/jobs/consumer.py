@@ -458,10 +458,10 @@ class JobConsumer:
                 with self.host_slots.hold(url):
                     data = fetch.fetch_image(url, limits).data
                 got = _Prepared(sha256_hex(data))
-                hit = get_caption(self.cache, cache_key(model, settings, got.sha))
-                confidence = hit.get("confidence") if hit is not None else None
-                if hit is not None and checks[url] == [None] and (confidence or not scores):
-                    got.caption, got.confidence = hit["caption"], confidence
+                key = cache_key(model, settings, got.sha)
+                hit = get_caption(self.cache, key, scored=scores)  # scored: one with a confidence
+                if hit is not None and checks[url] == [None]:
+                    got.caption, got.confidence = hit["caption"], hit.get("confidence")
                 if engine is not None:
                     got.text = get_text(self.cache, text_key(got.sha, engine))
                 if got.caption is None or (engine is not None and got.text is None):
@@ -496,9 +496,7 @@ class JobConsumer:
                     p.checked[alt] = (result.text, confidence, getattr(result, "alt_check", None))
                     if p.caption is None:
                         p.caption, p.confidence = result.text, confidence
-                        value = caption_value(result.text, result.tokens)
-                        if confidence is not None:
-                            value["confidence"] = confidence
+                        value = caption_value(result.text, result.tokens, confidence)
                         self.cache.set(cache_key(model, settings, p.sha), value)
         except BaseException:
             cancel(reading.values())

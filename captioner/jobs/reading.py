@@ -29,7 +29,7 @@ from PIL import Image
 
 from captioner.describe import AltRule, describe
 from captioner.jobs.rows import described
-from captioner.read import Reading, TextPool, open_pool
+from captioner.read import Reading, TextPool
 from captioner.serve.cache import text_value
 from captioner.serve.settings import Settings
 from captioner.trust import MIN_CONFIDENCE, is_confident
@@ -65,13 +65,7 @@ class Describer:
         """From the service's settings (``ALTCAP_OCR*``, ``ALTCAP_MAX_ALT_CHARS``,
         ``ALTCAP_MIN_CONFIDENCE``); text is read when ``ALTCAP_OCR`` is on and
         ``read_text``; ``langs`` replaces ``ALTCAP_OCR_LANGS``."""
-        pool, warning = open_pool(
-            settings.ocr == "on" and read_text,
-            settings.ocr_langs if langs is None else langs,
-            language or "en",
-            threads=settings.ocr_threads,
-            timeout_s=settings.ocr_timeout_s,
-        )
+        pool, warning = settings.text_pool(language, read_text=read_text, langs=langs)
         return cls(pool, warning, settings.alt_rule(), language, settings.min_confidence)
 
     @property

@@ -80,8 +80,7 @@ class Reading:
     @property
     def confidence(self) -> float:
         """Mean word confidence of what was kept, 0-100 (0 when nothing was)."""
-        n = sum(len(line.words) for line in self.lines)
-        return sum(line.confidence * len(line.words) for line in self.lines) / n if n else 0.0
+        return _mean_confidence(self.lines)
 
 
 class TextReader:
@@ -188,9 +187,7 @@ class TextReader:
                 raise OcrTimeout("reading the text ran out of time")
             raise OcrError("Tesseract could not recognise the image")
         lines = _lines(api.GetTSVText(0), scale, size)
-        n = sum(len(line.words) for line in lines)
-        conf = sum(line.confidence * len(line.words) for line in lines) / n if n else 0.0
-        return lines, conf
+        return lines, _mean_confidence(lines)
 
 
 def _prepare(image: Image.Image) -> tuple[Image.Image, float]:
@@ -280,6 +277,12 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
     change = np.flatnonzero(np.diff(padded))
     return list(zip(change[::2].tolist(), change[1::2].tolist(), strict=True))
+
+
+def _mean_confidence(lines: tuple[Line, ...] | list[Line]) -> float:
+    """Mean word confidence of ``lines``, 0-100, each word counted once (0 for none)."""
+    n = sum(len(line.words) for line in lines)
+    return sum(line.confidence * len(line.words) for line in lines) / n if n else 0.0
 
 
 def _weight(lines: list[Line]) -> float:

@@ -38,7 +38,7 @@ from captioner.crawl import fetch
 from captioner.describe import describe
 from captioner.errors import AltCapError, InvalidSettings, OcrError, OcrTimeout, OcrUnavailable
 from captioner.model.identity import ModelIdentity
-from captioner.read import Reading, TextPool, open_pool
+from captioner.read import Reading, TextPool
 from captioner.serve.cache import (
     Cache,
     cache_key,
@@ -192,13 +192,7 @@ def open_text_pool(settings: Settings, model: ModelIdentity) -> tuple[TextPool |
     is "en", ClipCap's, which is also what a registry name or Hub id serves. It only matters
     when ``ALTCAP_OCR_LANGS`` is empty.
     """
-    return open_pool(
-        settings.ocr == "on",
-        settings.ocr_langs,
-        model.language or "en",
-        threads=settings.ocr_threads,
-        timeout_s=settings.ocr_timeout_s,
-    )
+    return settings.text_pool(model.language)
 
 
 # --- one image on its way through a request ----------------------------------------------

@@ -20,13 +20,16 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from captioner.alttext import MAX_ALT_CHARS
 from captioner.crawl.urls import FetchLimits
 from captioner.describe import MAX_TEXT_CHARS, AltRule
 from captioner.errors import ConfigError
 from captioner.trust import MATCH_SCORE, MIN_CONFIDENCE
+
+if TYPE_CHECKING:  # types only: reading text loads numpy and PIL
+    from captioner.read import TextPool
 
 __all__ = ["ENV_PREFIX", "ConfigError", "SettingDoc", "Settings", "markdown_table"]
 
@@ -518,6 +521,23 @@ class Settings:
         if self.cache_url.lower().startswith(("redis://", "rediss://")):
             return self.cache_url
         return "memory://"
+
+    def text_pool(
+        self, language: str | None, *, read_text: bool = True, langs: str | None = None
+    ) -> tuple[TextPool | None, str | None]:
+        """``read.open_pool`` as the ``ALTCAP_OCR*`` settings ask (the service, jobs and the
+        CLI): ``(TextPool, None)``, ``(None, "ocr_unavailable")``, or ``(None, None)`` when
+        ``ALTCAP_OCR`` is off or not ``read_text``. ``langs`` replaces ``ALTCAP_OCR_LANGS``;
+        ``language`` (None: "en") is the captions'."""
+        from captioner.read import open_pool  # numpy and PIL: only where text is read
+
+        return open_pool(
+            self.ocr == "on" and read_text,
+            self.ocr_langs if langs is None else langs,
+            language or "en",
+            threads=self.ocr_threads,
+            timeout_s=self.ocr_timeout_s,
+        )
 
     def alt_rule(self) -> AltRule:
         """How results' alt is made from caption and text (``captioner.describe``)."""
