@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -22,14 +23,14 @@ from captioner.model.pretrained import DEFAULT_MODEL, resolve
 from captioner.model.processing import preprocess
 from captioner.model.scoring import clip_token_ids, cosine, rerank_scores
 from captioner.model.scoring import confidence as confidence_of
-from captioner.runtime import cpu_kernel
+from captioner.runtime import cpu_kernel, int8
 from captioner.runtime.decoding import Candidate, generate, generate_candidates
 from captioner.runtime.device import pick_device, pick_dtype
 from captioner.runtime.graphs import GraphedGreedy
 from captioner.runtime.lm import CachedGPT2
 from captioner.runtime.packed import can_pack, pack_linears
 from captioner.runtime.stopping import StopRule
-from captioner.runtime.text import LeanText
+from captioner.runtime.text import PROBE_TEXTS, LeanText
 from captioner.runtime.vision import LeanVision
 from captioner.trust import GENERIC_TEXTS, MATCH_SCORE, alt_check
 
@@ -106,14 +107,11 @@ class Captioner:
             pack_linears(self.model.vision)
         if self.kernel:  # a few rows per image: the batch-invariant kernel (cpu_kernel.py)
             pack_linears(self.model.mapper, kernel=True)
+        self.tokenizer = tokenizer
+        self.text_precision = "" if self.model.clip_text is None else str(self.dtype)[6:]
         self._encode_text = self.model.encode_texts
         if self.packed and self.model.clip_text is not None:  # CPU: a leaner forward (text.py)
-            try:
-                self._encode_text = LeanText(self.model.clip_text)
-            except ValueError as exc:  # a CLIP variant it does not cover: the module's own
-                log.info("CLIP's text tower runs its own forward: %s", exc)
-            pack_linears(self.model.clip_text)
-        self.tokenizer = tokenizer
+            self._encode_text = self._lean_text()
         self.lm = CachedGPT2(self.model.lm, pack=self.packed, kernel=self.kernel)
         cuda = self.device.type == "cuda"
         self.graphed = GraphedGreedy(self.lm) if cuda else None
@@ -123,6 +121,36 @@ class Captioner:
         self.max_pixels = max_pixels
         self.default_settings = DecodingSettings()
         self.alt_match_score = MATCH_SCORE  # ALTCAP_ALT_MATCH_SCORE (trust.alt_check)
+
+    def _lean_text(self):
+        """CLIP's text tower on the CPU: LeanText, with int8 linear layers where they run
+        (runtime/int8.py) and agree with the exact ones on ``PROBE_TEXTS``, else packed."""
+        text = self.model.clip_text
+        try:
+            lean = LeanText(text)
+        except ValueError as exc:  # a CLIP variant it does not cover: the module's own
+            log.info("CLIP's text tower runs its own forward: %s", exc)
+            pack_linears(text)
+            return self.model.encode_texts
+        if int8.available(self.device):
+            max_length = int(text.config.max_position_embeddings)
+            ids, _ = clip_token_ids(self.model.clip_tokenizer, PROBE_TEXTS, max_length)
+            quantized = copy.deepcopy(text).float()  # float32 around the int8 products
+            int8.quantize_linears(quantized)
+            quantized_lean = LeanText(quantized)
+            agreement = int8.agreement(lean(ids), quantized_lean(ids))
+            if agreement >= int8.MIN_AGREEMENT:
+                self.model.clip_text, self.text_precision = quantized, "int8"
+                return quantized_lean
+            log.warning(
+                "CLIP's text tower stays in %s: with int8 layers its embeddings of probe "
+                "texts move to a cosine of %.4f (below %s)",
+                self.text_precision,
+                agreement,
+                int8.MIN_AGREEMENT,
+            )
+        pack_linears(text)
+        return lean
 
     @classmethod
     def from_pretrained(
@@ -322,9 +350,10 @@ class Captioner:
         sims: list[torch.Tensor | None] = [None] * len(found)
         alt_cos: dict[int, dict[str, float]] = {}
         if self.can_score:  # what CLIP makes of each caption (and alt): one text-tower pass
+            t3 = time.perf_counter()
             sims, alt_cos = self._scores(embeds, texts, alts)
             sync()
-            timings["confidence_ms"] = (time.perf_counter() - t2) * 1e3
+            timings["confidence_ms"] = (time.perf_counter() - t3) * 1e3
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         timings = {k: round(v, 3) for k, v in timings.items()}
         out = []
