@@ -1,5 +1,6 @@
 """The image encoder of the ``embed`` step: a CLIP vision tower with the preprocessing it was
-trained with, from an AltCap model or a CLIP vision model (Hub id or directory)."""
+trained with, from an AltCap model or a CLIP vision model (Hub id or directory); and CLIP's
+text tower of an AltCap model, for the model a run trains (``parts``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from captioner.config import ClipCapConfig
 from captioner.errors import CheckpointMismatch, ModelError
-from captioner.model.checkpoints import WEIGHTS_NAME, load_config
+from captioner.model.checkpoints import (
+    CLIP_TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    ClipTextTower,
+    load_clip_tokenizer,
+    load_config,
+)
 from captioner.model.pretrained import DEFAULT_MODEL, resolve
 from captioner.model.processing import CLIP_MEAN, CLIP_STD, preprocess
 from captioner.runtime.device import pick_device, pick_dtype
@@ -80,27 +88,49 @@ def load_encoder(
 
 
 def _load_model_vision(name: str | None):
-    from safetensors import SafetensorError, safe_open
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     model_dir = resolve(name or DEFAULT_MODEL)
     config = load_config(model_dir)
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**config.vision_config))
-    path = Path(model_dir) / WEIGHTS_NAME
-    try:  # only the vision tower's tensors: GPT-2 is not needed to embed
+    _load_tower(vision, Path(model_dir), "vision.", "vision tower")
+    info = EncoderInfo.from_config(config)
+    return vision, dataclasses.replace(info, weights_sha=weights_sha(vision))
+
+
+def load_model_text_tower(name: str) -> tuple[ClipTextTower | None, ClipCapConfig]:
+    """CLIP's text tower, tokenizer and logit scale of an AltCap model (a name, directory or
+    Hub id), and its config; ``None`` for a model without a text tower. GPT-2 stays unread."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    model_dir = resolve(name)
+    config = load_config(model_dir)
+    if not config.has_text_tower:
+        return None, config
+    text = CLIPTextModelWithProjection(CLIPTextConfig(**config.clip_text_config))
+    _load_tower(text, Path(model_dir), "clip_text.", "CLIP text tower")
+    tokenizer = load_clip_tokenizer(Path(model_dir) / CLIP_TOKENIZER_DIR)
+    return ClipTextTower(text.eval(), tokenizer, config.clip_logit_scale), config
+
+
+def _load_tower(tower: torch.nn.Module, model_dir: Path, prefix: str, what: str) -> None:
+    """Load the tensors under ``prefix`` of a model directory's weights into ``tower``, and
+    only those: the other parts (GPT-2) are not read."""
+    from safetensors import SafetensorError, safe_open
+
+    path = model_dir / WEIGHTS_NAME
+    try:
         with safe_open(str(path), framework="pt") as f:
-            names = [k for k in f.keys() if k.startswith("vision.")]  # noqa: SIM118
-            state = {k.removeprefix("vision."): f.get_tensor(k) for k in names}
+            names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118
+            state = {k.removeprefix(prefix): f.get_tensor(k) for k in names}
     except (OSError, SafetensorError) as e:
         raise ModelError(f"cannot read {path}: {e}") from None
     try:
-        vision.load_state_dict(state, strict=True)
+        tower.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointMismatch(
-            f"the vision tower in {path} does not fit its config: {first_line(e)}"
+            f"the {what} in {path} does not fit its config: {first_line(e)}"
         ) from None
-    info = EncoderInfo.from_config(config)
-    return vision, dataclasses.replace(info, weights_sha=weights_sha(vision))
 
 
 def _load_clip_vision(source: str, hint: str):

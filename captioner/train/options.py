@@ -81,7 +81,8 @@ class TrainOptions:
     )
     image_encoder: str | None = _opt(
         None,
-        "CLIP vision model: Hub id or directory, or an AltCap model directory (its vision tower)",
+        "CLIP model: Hub id or directory (a whole CLIP model also gives its text tower, for "
+        "confidence scores), or an AltCap model directory (its vision and text towers)",
         "parts",
         shown="the one that made the embeddings",
         metavar="ID|DIR",

@@ -70,7 +70,13 @@ from captioner.train.collapse import PROBE_IMAGES, one_caption_for_all, train_wa
 from captioner.train.dataset import IGNORE, Collate, ResumableSampler, caption_set, split_by_image
 from captioner.train.distributed import init_distributed
 from captioner.train.options import TrainOptions, options_from_args
-from captioner.train.parts import build_model, set_trainable, train_mode
+from captioner.train.parts import (
+    build_model,
+    detach_text_tower,
+    set_trainable,
+    train_mode,
+    with_text_tower,
+)
 from captioner.train.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -306,7 +312,11 @@ class Trainer:
             self.origin = self.meta["origin"]
         else:
             self.meta, state = None, None
-            model, self.tokenizer, self.origin = build_model(opts, self.store.encoder)
+            model, self.tokenizer, self.origin = build_model(
+                opts, self.store.encoder, main=self.dist.main
+            )
+        # CLIP's text tower has no part in the loss: it waits on the CPU to be saved along
+        self.text_tower = detach_text_tower(model)
         self.finetune_lm = (
             opts.finetune_lm if opts.finetune_lm is not None else model.config.mapping_type == "mlp"
         )
@@ -536,7 +546,7 @@ class Trainer:
         final = self.out / FINAL
         if main:
             self.model.config.source = self._source()
-            final = save_final(self.out, self.model, self.tokenizer)
+            final = save_final(self.out, self._to_save(), self.tokenizer)
             self._log({"step": self.step, "done": True, "final": str(final)})
             print(f"saved the trained model to {final}", file=sys.stderr)
         self._barrier()
@@ -620,8 +630,12 @@ class Trainer:
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             self.model.config.source = self._source()
-            save_checkpoint(self.out, self.model, self.tokenizer, state, meta, self.opts.keep)
+            save_checkpoint(self.out, self._to_save(), self.tokenizer, state, meta, self.opts.keep)
         self._barrier()
+
+    def _to_save(self) -> ClipCapModel:
+        """The model as saved: the trained one with CLIP's text tower back, if it has one."""
+        return with_text_tower(self.model, self.text_tower)
 
     def _barrier(self) -> None:
         if self.dist.on:

@@ -22,9 +22,10 @@ from safetensors.torch import load_file
 
 from captioner import Captioner
 from captioner.cli.main import main
+from captioner.config import ClipCapConfig
 from captioner.errors import InvalidSettings, ModelError
 from captioner.model.checkpoints import load_pretrained, save_pretrained
-from captioner.model.tiny import make_tiny
+from captioner.model.tiny import make_tiny, save_clip_model
 from captioner.train import options as O
 from captioner.train import train as T
 from captioner.train.checkpoint import (
@@ -207,8 +208,13 @@ def test_keep_mapper_starts_from_the_init_mapper(store, tiny_dir, tmp_path):
         build_model(options(store, tmp_path, tiny_dir, keep_mapper=True, prefix_length=6), info)
 
 
-def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_path):
-    """--image-encoder / --language-model: Hugging Face directories (or Hub ids)."""
+def no_text_tower_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "no confidence scores" in r.getMessage()]
+
+
+def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_path, caplog):
+    """--image-encoder / --language-model: Hugging Face directories (or Hub ids). A CLIP
+    vision model alone trains a model without a text tower, and says so once."""
     model, tok = load_pretrained(tiny_dir)
     model.vision.save_pretrained(tmp_path / "clip")
     model.lm.save_pretrained(tmp_path / "gpt2")
@@ -220,11 +226,21 @@ def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_p
         str(tmp_path / "gpt2"),
     )
     final = T.train(opts)
-    cfg = load_pretrained(final)[0].config
+    trained = load_pretrained(final)[0]
+    cfg = trained.config
     assert cfg.image_encoder == str(tmp_path / "clip") and cfg.mapping_type == "transformer"
     assert cfg.language_model == str(tmp_path / "gpt2") and cfg.prefix_length == 10
     assert cfg.language == "en"  # nothing said: English, as ClipCap's
     assert same(weights(tiny_dir), weights(final), "lm.")  # transformer regime: frozen
+    # no text tower in a vision model: none in the trained one, and one warning says so
+    assert not trained.has_text_tower and cfg.text_encoder == ""
+    assert not any(k.startswith("clip_text.") for k in weights(final))
+    assert not (final / "clip_tokenizer").exists()
+    (warning,) = no_text_tower_warnings(caplog)
+    assert f"{tmp_path / 'clip'} is a CLIP vision model alone" in warning
+    assert "openai/clip-vit-base-patch32" in warning and "\n" not in warning
+    cap = Captioner.from_pretrained(str(final), device="cpu")
+    assert not cap.can_score and cap.caption(png_bytes())[0].confidence is None
 
     # a language model that cannot be loaded: one typed line that says what to give
     opts.language_model = str(tmp_path / "nonexistent-gpt2")
@@ -232,6 +248,98 @@ def test_parts_from_an_image_encoder_and_a_language_model(store, tiny_dir, tmp_p
         build_model(opts, EmbeddingStore.open(store).encoder)
     assert e.value.code == "model_unavailable" and "\n" not in e.value.message
     assert "cannot load the language model" in e.value.message
+
+
+@pytest.fixture(scope="module")
+def clip_parts(tiny_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """tiny_dir's parts as Hugging Face directories: a whole CLIP model (both towers and the
+    tokenizer, as openai/clip-vit-base-patch32 on the Hub) and a GPT-2 with its tokenizer."""
+    model, tok = load_pretrained(tiny_dir)
+    root = tmp_path_factory.mktemp("parts")
+    clip = save_clip_model(model, root / "clip")
+    model.lm.save_pretrained(root / "gpt2")
+    tok.save_pretrained(root / "gpt2")
+    return clip, root / "gpt2"
+
+
+def test_a_whole_clip_model_as_the_image_encoder_keeps_its_text_tower(
+    store, tiny_dir, clip_parts, tmp_path, monkeypatch, caplog
+):
+    """The text tower rides along frozen, on the CPU (never in the model that trains), into
+    every checkpoint and the final model: a run resumed from a checkpoint keeps it too, and
+    the trained model scores its captions."""
+    clip, gpt2 = clip_parts
+    out = tmp_path / "run"
+    opts = options(store, out, tiny_dir, max_steps=4, save_every=2)
+    opts.init, opts.image_encoder, opts.language_model = None, str(clip), str(gpt2)
+    trainer = T.Trainer(opts)
+    trainer.setup()
+    assert trainer.model.clip_text is None  # not moved to the training device, not in DDP
+    assert trainer.text_tower is not None and trainer.text_tower.model.device.type == "cpu"
+    assert not no_text_tower_warnings(caplog)
+
+    real_step, calls = T.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.setattr(T, "train_step", real_step)
+    (checkpoint,) = checkpoint_dirs(out)
+    assert load_pretrained(checkpoint)[0].has_text_tower
+    opts.resume = True
+    final = T.train(opts)
+
+    tiny, trained = weights(tiny_dir), weights(final)
+    assert same(tiny, trained, "clip_text.") and same(tiny, trained, "vision.")
+    model = load_pretrained(final)[0]
+    cfg, tiny_cfg = model.config, load_pretrained(tiny_dir)[0].config
+    assert model.has_text_tower and (final / "clip_tokenizer").is_dir()
+    assert cfg.text_encoder == str(clip)  # named after its source, as convert-clipcap does
+    assert cfg.clip_text_config["projection_dim"] == cfg.clip_dim
+    assert cfg.clip_logit_scale == pytest.approx(tiny_cfg.clip_logit_scale)
+    default = ClipCapConfig()  # the default confidence rule: nothing calibrated it yet
+    assert (cfg.confidence_center, cfg.confidence_slope) == (
+        default.confidence_center,
+        default.confidence_slope,
+    )
+    cap = Captioner.from_pretrained(str(final), device="cpu")
+    assert cap.can_score
+    result = cap.caption(png_bytes())[0]
+    assert result.text and result.confidence is not None and 0.0 <= result.confidence <= 1.0
+
+
+def test_a_clip_model_without_its_tokenizer_trains_without_a_text_tower(
+    store, tiny_dir, clip_parts, tmp_path, caplog
+):
+    """CLIP weights whose tokenizer is not there (a CLIPModel saved alone) still train, as a
+    vision model, and the warning says why the model will have no confidence scores
+    (transformers 5 loads such a tokenizer as an empty one, which would score nonsense)."""
+    clip, gpt2 = clip_parts
+    bare = tmp_path / "clip"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(clip / name, bare / name)
+    opts = options(store, tmp_path / "run", tiny_dir)
+    opts.init, opts.image_encoder, opts.language_model = None, str(bare), str(gpt2)
+    model, _, _ = build_model(opts, EmbeddingStore.open(store).encoder)
+    assert not model.has_text_tower and not model.config.has_text_tower
+    (warning,) = no_text_tower_warnings(caplog)
+    # transformers 5 makes an empty tokenizer (refused here), transformers 4 raises
+    assert warning.startswith(
+        (
+            f"{bare} has CLIP's weights but no tokenizer files",
+            f"cannot load the CLIP text tower of '{bare}'",
+        )
+    )
+    caplog.clear()
+    build_model(opts, EmbeddingStore.open(store).encoder, main=False)  # torchrun's other ranks
+    assert not no_text_tower_warnings(caplog)
 
 
 # --- checkpoints and resume ------------------------------------------------------------
@@ -503,6 +611,9 @@ def test_a_model_directory_given_as_a_part_loads_as_that_part(store, tiny_dir, t
     cfg = load_pretrained(out / FINAL)[0].config
     assert cfg.image_encoder == "tiny-random-clip-vision"  # where that tower came from
     assert cfg.language_model == "tiny-random-gpt2"
+    # its CLIP text tower and confidence rule come with its vision tower, as with --init
+    assert same(init, trained, "clip_text.") and cfg.text_encoder == "tiny-random-clip-text"
+    assert "no confidence scores" not in r.stderr
 
 
 def test_a_part_of_another_kind_is_refused_in_one_line(store, tiny_dir, tmp_path, capsys):
