@@ -12,9 +12,15 @@
  * holds both to the same output. Lengths are in code points (Python's len(), [...s].length
  * here), never UTF-16 units, so a surrogate pair is never split. Keep the two in step.
  *
+ * The one place where a server's words are capped: the service worker applies the same rule
+ * as each answer arrives (network.js readResult() imports this file), so that an answer of
+ * megabytes is neither cached nor handed to a page; the content script applies it again to
+ * whatever it is handed.
+ *
  * A classic script (no import/export), injected after detection.js and before
  * content-script.js; it only defines globalThis.AltCapCaptionText (in the extension's
- * isolated world). Wrapped in a function so that injecting it twice redeclares nothing.
+ * isolated world, and in the worker's global scope). Wrapped in a function so that injecting
+ * it twice redeclares nothing.
  */
 (function (root) {
   "use strict";

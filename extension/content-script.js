@@ -20,11 +20,12 @@
  * counts its own images, and the service worker adds the frames up.
  *
  * Messages it sends (chrome.runtime.sendMessage, to the service worker):
- *   {type: "hello"} -> {consented, enabled, auto, showing, prefix, textPrefix, words, stopwords}
+ *   {type: "hello"} -> {consented, enabled, auto, showing, prefix, textPrefix, checkAlt, readText,
+ *     words, stopwords}
  *   {type: "describe", images: [{id, url, data?, alt?}]}
  *     -> {results: [{id, caption, alt, alt_from, text?, confident?, alt_check?, language?} |
  *         {id, error}]}
- *   {type: "counts", found, described, failed, unsure}
+ *   {type: "counts", found, described, failed, unsure, suspect}
  * Messages it answers (from the service worker, same extension only):
  *   ping, status, describe-now {quiet?}, describe-target {srcUrl}, toggle {showing?}, restore,
  *   check-alt {on}
@@ -36,7 +37,14 @@
  * (`alt`, batched with the rest, after them); a "suspect" verdict adds an aria-description
  * (caption-text.js mismatchNote()), marked data-altcap-note, which goes when the descriptions
  * are hidden, the check is switched off or the image or its alt changes. The author's alt is
- * never touched.
+ * never touched. The images that carry such a note are counted ("suspect": the popup's
+ * "Descriptions that may not match") and said in the spoken summary.
+ *
+ * Thin banners (detection.js textOnly) are sent only to read their text: with "Read text in
+ * images" off (config.readText false) they are not sent at all, and one whose request fails
+ * is not counted as "Could not describe" (a banner without text is no failure to describe a
+ * picture): it is counted nowhere, as a banner answered by a caption alone, and tried again
+ * on the next "describe now".
  */
 (function () {
   "use strict";
@@ -94,6 +102,7 @@
     prefix: "Appears to be: ",
     textPrefix: "Appears to say: ",
     checkAlt: false, // the opt-in check of authors' alts (settings.js checkAlt)
+    readText: true, // the server reads the text in images (settings.js readText)
   };
   let started = false; // observers attached
   let showing = true; // captions written (the popup's toggle hides them)
@@ -125,8 +134,9 @@
   // toggling)
   const captions = new Map();
   const visible = new Set(); // elements near the viewport (IntersectionObserver)
-  // unsure: no confident description (the answer's alt was withheld)
-  const counts = { found: 0, described: 0, failed: 0, unsure: 0 };
+  // unsure: no confident description (the answer's alt was withheld); suspect: images whose
+  // author's alt carries AltCap's note that it may not match (the opt-in check)
+  const counts = { found: 0, described: 0, failed: 0, unsure: 0, suspect: 0 };
   // The opt-in check of authors' alts: element -> {key, status: "queued" | "sent" | "done" |
   // "failed"}; key (url + alt) -> {verdict, caption, confident?} for this page's lifetime;
   // element -> the aria-description we added.
@@ -167,8 +177,10 @@
     return s;
   }
 
-  // status: null | "queued" | "sent" | "described" | "unsure" | "failed" | "given-up"
-  // ("unsure": answered, its alt withheld: the server does not believe the caption)
+  // status: null | "queued" | "sent" | "described" | "unsure" | "failed" | "banner-failed" |
+  // "given-up" ("unsure": answered, its alt withheld: the server does not believe the caption;
+  // "banner-failed": a thin banner whose request failed, counted nowhere, tried again on
+  // "describe now")
   function setStatus(el, status) {
     const s = info(el);
     const counted = { described: "described", failed: "failed", unsure: "unsure" };
@@ -209,13 +221,15 @@
       for (const item of queue.values()) if (item.el === el) item.priority = Math.min(item.priority, priority);
       return;
     }
-    if (s.status === "described" || s.status === "unsure" || s.status === "failed" || s.status === "given-up") return;
+    if (["described", "unsure", "failed", "banner-failed", "given-up"].includes(s.status)) return;
     const verdict = D.assess(el, window);
     if (verdict.action !== "describe") {
       if (verdict.reason === "author-alt") considerCheck(el, priority);
       return; // "wait": the load listener looks again
     }
     s.textOnly = verdict.textOnly === true;
+    // A banner is written only with its own text: with text reading off, nothing to ask for.
+    if (s.textOnly && config.readText === false) return;
     const cached = captions.get(verdict.url); // a banner answered by a caption: not sent again
     if (cached) {
       write(el, verdict.url, cached);
@@ -292,6 +306,10 @@
     if (!text || !config.checkAlt || !started || !showing || !el.isConnected) return;
     const current = el.getAttribute(NOTE);
     if (current !== null && current !== noted.get(el)) return; // the page's own
+    if (!noted.has(el)) {
+      counts.suspect++;
+      reportCountsSoon();
+    }
     noted.set(el, text);
     el.setAttribute(NOTE, text);
     el.setAttribute(NOTE_MARK, "");
@@ -303,6 +321,8 @@
     if (el.getAttribute(NOTE) === noted.get(el)) el.removeAttribute(NOTE);
     el.removeAttribute(NOTE_MARK);
     noted.delete(el);
+    counts.suspect--;
+    reportCountsSoon();
   }
 
   function unnoteAll() {
@@ -676,7 +696,8 @@
       if (checkCurrent(item, "sent")) checks.get(item.el).status = "failed"; // tried again later
       return;
     }
-    if (info(item.el).status !== "described") setStatus(item.el, "failed");
+    const s = info(item.el);
+    if (s.status !== "described") setStatus(item.el, s.textOnly ? "banner-failed" : "failed");
   }
 
   // --- announcements (screen readers) -------------------------------------------------------
@@ -729,10 +750,29 @@
     return unsure + failed;
   }
 
+  /** "1 description may not match" when the opt-in check noted any; "" otherwise. */
+  function suspectPart() {
+    if (!config.checkAlt || !counts.suspect) return "";
+    return counts.suspect === 1 ? "1 description may not match" : `${counts.suspect} descriptions may not match`;
+  }
+
+  /** What "describe now" ends with: "AltCap: 3 images described, 1 with no confident
+   * description, 1 description may not match." (the parts that apply). */
+  function summary() {
+    const suspect = suspectPart();
+    if (!counts.found) {
+      const none = "AltCap: no images without a description on this page";
+      return suspect ? `${none}; ${suspect}.` : `${none}.`;
+    }
+    return `AltCap: ${plural(counts.described, "image")} described${summaryTail()}${suspect ? ", " + suspect : ""}.`;
+  }
+
+  /** The summary, once nothing is queued or in flight: the checks of authors' alts in view
+   * included, so that the ones that may not match are counted in it. */
   function announceSummaryIfIdle() {
-    if (!summaryPending || [...queue.values()].some((item) => !item.check) || inFlight) return;
+    if (!summaryPending || queue.size || inFlight) return;
     summaryPending = false;
-    announce(`AltCap: ${plural(counts.described, "image")} described${summaryTail()}.`);
+    announce(summary());
   }
 
   // --- events -------------------------------------------------------------------------------
@@ -869,6 +909,7 @@
       described: counts.described,
       failed: counts.failed,
       unsure: counts.unsure,
+      suspect: counts.suspect,
     };
   }
 
@@ -887,7 +928,7 @@
     // Try the failures again: the server may be back.
     for (const el of deepQueryAll(SELECTOR)) {
       const s = state.get(el);
-      if (s && s.status === "failed") setStatus(el, null);
+      if (s && (s.status === "failed" || s.status === "banner-failed")) setStatus(el, null);
       const c = checks.get(el);
       if (c && c.status === "failed") checks.delete(el);
       consider(el, visible.has(el) ? PRIORITY.visible : PRIORITY.other);
@@ -896,14 +937,7 @@
     summaryPending = !quiet;
     if (quiet) return { ok: true, ...status() };
     if (waiting) announce(`AltCap: describing ${plural(waiting, "image")}.`);
-    else if (!inFlight) {
-      summaryPending = false;
-      announce(
-        counts.found
-          ? `AltCap: ${plural(counts.described, "image")} described${summaryTail()}.`
-          : "AltCap: no images without a description on this page.",
-      );
-    }
+    else announceSummaryIfIdle(); // now, or once the checks in view are answered
     return { ok: true, ...status() };
   }
 
@@ -1046,7 +1080,7 @@
   if (typeof globalThis.addEventListener === "function") {
     globalThis.addEventListener(
       "pagehide",
-      guard(() => send({ type: "counts", found: 0, described: 0, failed: 0, unsure: 0 })),
+      guard(() => send({ type: "counts", found: 0, described: 0, failed: 0, unsure: 0, suspect: 0 })),
     );
     globalThis.addEventListener(
       "pageshow",

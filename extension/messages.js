@@ -25,7 +25,7 @@ export const KNOWN_TYPES = new Set([...FROM_CONTENT, ...FROM_EXTENSION_PAGE]);
 const ALLOWED_KEYS = {
   hello: ["type"],
   describe: ["type", "images"],
-  counts: ["type", "found", "described", "failed", "unsure"],
+  counts: ["type", "found", "described", "failed", "unsure", "suspect"],
   ...Object.fromEntries(TAB_TYPES.map((type) => [type, ["type", "tabId"]])),
   "check-server": ["type"],
   sync: ["type"],
@@ -127,9 +127,11 @@ export function validate(message, sender, ids) {
     case "sync":
       return { ok: true, message: { type } };
     case "counts": {
-      const { found, described, failed, unsure = 0 } = message; // unsure: no confident description
-      if (![found, described, failed, unsure].every(isCount)) return fail("counts must be integers >= 0");
-      return { ok: true, message: { type, found, described, failed, unsure } };
+      // unsure: no confident description; suspect: authors' alts noted as possibly not
+      // matching (a content script of before sends neither)
+      const { found, described, failed, unsure = 0, suspect = 0 } = message;
+      if (![found, described, failed, unsure, suspect].every(isCount)) return fail("counts must be integers >= 0");
+      return { ok: true, message: { type, found, described, failed, unsure, suspect } };
     }
     case "describe-tab":
     case "tab-status":

@@ -11,6 +11,17 @@
 // them as the page itself may (same-origin, or shared through CORS), or not at all; and the
 // caption cache is kept per page (top-level page and frame), so that a caption made for one
 // site never reaches another.
+//
+// The server is whatever address the user typed: its words are capped as soon as they arrive
+// (readResult(), through caption-text.js, the content script's own rule: at most
+// MAX_ALT_CHARS characters, cut at a word with "…"), so that an answer of megabytes is
+// neither kept in the cache nor handed to a page.
+
+// A classic script that defines globalThis.AltCapCaptionText (the content script loads it
+// too): the one place where the length of a server's words is capped.
+import "./caption-text.js";
+
+const T = globalThis.AltCapCaptionText;
 
 export const MAX_IMAGES_PER_REQUEST = 32; // the server's ALTCAP_MAX_IMAGES_PER_REQUEST default
 export const MAX_BODY_CHARS = 12 * 1024 * 1024; // request bodies stay under the 20 MiB default
@@ -140,10 +151,12 @@ export function captionsEndpoint(serverUrl) {
 
 function errorFromBody(body, status) {
   const e = body && typeof body === "object" && body.error && typeof body.error === "object" ? body.error : {};
-  const code = typeof e.code === "string" && e.code ? e.code : `http_${status}`;
-  const message = typeof e.message === "string" && e.message ? e.message : `the server answered HTTP ${status}`;
-  return { code, message };
+  const code = typeof e.code === "string" && ERROR_CODE.test(e.code) ? e.code : `http_${status}`;
+  const message = typeof e.message === "string" && e.message.trim() ? T.altText(e.message) : "";
+  return { code, message: message || `the server answered HTTP ${status}` };
 }
+
+const ERROR_CODE = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/; // a server's error code, as passed on
 
 // A BCP 47 tag as HTML's lang takes it ("en", "pt-BR"): the server's `language`.
 const LANGUAGE_TAG = /^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$/;
@@ -166,11 +179,19 @@ export const MAX_WARNINGS = 8; // codes kept from one result ("ocr_timeout"...)
 // The verdicts of the server's check of an author's alt (captioner/trust.py ALT_VERDICTS).
 export const ALT_VERDICTS = Object.freeze(["matches", "suspect"]);
 export const MAX_AUTHOR_ALT_CHARS = 1000; // an author's alt sent for checking, at most
+// code points of a server's `caption`, `alt`, `text` and error message kept: what AltCap
+// writes into a page (caption-text.js MAX_ALT_CHARS, alttext.py's default)
+export const MAX_SERVER_CHARS = T.MAX_ALT_CHARS;
 const WARNING_CODE = /^[a-z][a-z0-9_]{0,63}$/;
 
 /**
  * One server result -> {caption, alt, alt_from, text?, warnings?, confidence?, confident?,
  * alt_check?, cached, language?} | {error: {code, message}}.
+ *
+ * `caption` and `alt` go through caption-text.js altText() (no bidi controls or invisible
+ * characters, at most MAX_SERVER_CHARS, cut at a word with "…"), `text` through boundText()
+ * (its lines kept): a server that sends megabytes gets no further than this. A caption and
+ * an alt with nothing readable left are none.
  *
  * `alt` is what to write: the server's alt when it sends one that says something (an image
  * of text: its text; a picture with text: the caption and the text), else the caption (a
@@ -186,14 +207,14 @@ const WARNING_CODE = /^[a-z][a-z0-9_]{0,63}$/;
  * with the image) is passed on when its score is a number and its verdict a known one.
  */
 export function readResult(r, language) {
-  const said = (v) => (typeof v === "string" ? v.trim() : "");
+  const said = (v) => (typeof v === "string" ? T.altText(v) : "");
   const caption = r && typeof r === "object" ? said(r.caption) : "";
   const alt = r && typeof r === "object" ? said(r.alt) : "";
   if (caption || alt) {
     const answer = alt
       ? { caption, alt, alt_from: ALT_FROM.includes(r.alt_from) ? r.alt_from : "caption" }
       : { caption, alt: caption, alt_from: "caption" };
-    if (typeof r.text === "string") answer.text = r.text;
+    if (typeof r.text === "string") answer.text = T.boundText(r.text, MAX_SERVER_CHARS);
     if (Array.isArray(r.warnings)) {
       const warnings = r.warnings.filter((w) => typeof w === "string" && WARNING_CODE.test(w));
       if (warnings.length) answer.warnings = warnings.slice(0, MAX_WARNINGS);
@@ -224,12 +245,21 @@ async function fetchWithTimeout(fetchImpl, url, init, timeoutMs) {
   }
 }
 
+/** The JSON body of POST /v1/captions: `{"images": payloads}`, and `"read_text": false` when
+ * the user switched "Read text in images" off (the server then reads no text: captions
+ * only). Nothing is added when it is on, the server's default, so a server from before
+ * `read_text` existed still understands the request. */
+export function requestBody(payloads, { readText = true } = {}) {
+  return JSON.stringify(readText === false ? { images: payloads, read_text: false } : { images: payloads });
+}
+
 /**
  * POST /v1/captions with up to 32 payloads ({url} or {data}, either with an author's `alt` to
- * check); returns one readResult() per payload, in order. Retries 429/502/503/504 and network failures (at most maxRetries times,
- * honouring Retry-After); throws CaptionError when the whole request fails.
+ * check); returns one readResult() per payload, in order. Retries 429/502/503/504 and network
+ * failures (at most maxRetries times, honouring Retry-After); throws CaptionError when the
+ * whole request fails. `readText: false` asks the server to read no text (requestBody()).
  */
-export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
+export async function postCaptions(payloads, { serverUrl, apiKey, readText = true }, deps = {}) {
   const fetchImpl = deps.fetch || globalThis.fetch;
   const sleep = deps.sleep || ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
   const now = deps.now || Date.now;
@@ -242,7 +272,7 @@ export async function postCaptions(payloads, { serverUrl, apiKey }, deps = {}) {
   const init = {
     method: "POST",
     headers,
-    body: JSON.stringify({ images: payloads }),
+    body: requestBody(payloads, { readText }),
     credentials: "omit", // the user's cookies are none of the server's business
     cache: "no-store",
     // A redirect (a 307 keeps the method and body) would send the images elsewhere, to an
@@ -364,7 +394,9 @@ export class CaptionClient {
 
   planImage(image, settings, where) {
     const { url, data } = image;
-    const key = url.length <= 4096 ? `${where}\n${settings.serverUrl}\n${url}` : null;
+    // Answers without the text read ("Read text in images" off) are other answers.
+    const server = settings.readText === false ? `${settings.serverUrl}\nno_text` : settings.serverUrl;
+    const key = url.length <= 4096 ? `${where}\n${server}\n${url}` : null;
     const kind = urlKind(url);
     const bytesOff = fail(
       "bytes_not_allowed",
@@ -384,7 +416,8 @@ export class CaptionClient {
     return { key, payload: { url } };
   }
 
-  /** images: [{id, url, data?, alt?}]; settings: {serverUrl, apiKey, allowBytes, checkAlt};
+  /** images: [{id, url, data?, alt?}]; settings: {serverUrl, apiKey, allowBytes, checkAlt,
+   * readText};
    * scope separates private windows' captions, partition the pages' ("top-level origin,
    * frame origin"). */
   async describe(images, settings, { scope = "normal", partition = "" } = {}) {

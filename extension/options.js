@@ -1,5 +1,5 @@
-// Options page: server, API key, prefix, mode, site lists, privacy switches, the opt-in check
-// of authors' alt text and the consent.
+// Options page: server, API key, prefixes, reading text in images, mode, site lists, privacy
+// switches, the opt-in check of authors' alt text and the consent.
 //
 // Browsers grant host permissions only from a user gesture, and Firefox only when
 // chrome.permissions.request() is called before anything is awaited in the click handler.
@@ -73,6 +73,7 @@ function readForm() {
       allowBytes: $("allow-bytes").checked,
       allowIncognito: $("allow-incognito").checked,
       checkAlt: $("check-alt").checked,
+      readText: $("read-text").checked,
     },
   };
 }
@@ -106,6 +107,7 @@ function fill(settings) {
   $("allow-bytes").checked = settings.allowBytes;
   $("allow-incognito").checked = settings.allowIncognito;
   $("check-alt").checked = settings.checkAlt;
+  $("read-text").checked = settings.readText;
   renderConsent(settings);
 }
 

@@ -43,7 +43,11 @@ async function pageStatus() {
 
 async function render() {
   const st = await pageStatus();
-  for (const key of ["found", "described", "unsure", "failed"]) $(key).textContent = st ? String(st[key]) : "–";
+  for (const key of ["found", "described", "unsure", "failed", "suspect"]) {
+    $(key).textContent = st ? String(st[key] ?? 0) : "–";
+  }
+  // Authors' alts noted as possibly not matching: counted only with the opt-in check on.
+  $("suspect-row").hidden = !settings.checkAlt;
   let text;
   if (!settings.consented) text = "AltCap sends nothing until you agree to its privacy notice in the options.";
   else if (!st) text = host ? "AltCap has not looked at this page yet." : "AltCap cannot describe images on this page.";

@@ -329,6 +329,7 @@ async function hello(sender) {
     prefix: settings.prefix,
     textPrefix: settings.textPrefix,
     checkAlt: settings.checkAlt, // send authors' alts of images in view for checking (opt-in)
+    readText: settings.readText, // off: the server reads no text, so thin banners are not sent
     ...(await meaninglessWords()), // words, stopwords
   };
 }

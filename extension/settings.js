@@ -25,6 +25,10 @@ export const DEFAULTS = Object.freeze({
   // Opt-in (issue 23): send the alt text authors wrote, of images in view, for the server to
   // check against the image; a "suspect" one gets an aria-description beside it.
   checkAlt: false,
+  // Ask the server to read the text in images (OCR: an image of text gets "Appears to say:");
+  // off, requests carry "read_text": false and get captions only, and thin banners, written
+  // only with their text, are not sent.
+  readText: true,
   consented: false, // nothing reaches the server before the user agrees on the options page
 });
 
@@ -197,6 +201,7 @@ export function normalizeSettings(raw) {
     allowBytes: s.allowBytes === true,
     allowIncognito: s.allowIncognito === true,
     checkAlt: s.checkAlt === true,
+    readText: s.readText !== false,
     consented: s.consented === true,
   };
 }

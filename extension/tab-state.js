@@ -7,8 +7,9 @@
 // A content script runs in every frame AltCap may access (the top frame is frameId 0), and
 // each one counts only its own document's images: the badge and the popup show the sums.
 
-// unsure: images that got no confident description (the server did not believe its caption)
-const ZERO = Object.freeze({ found: 0, described: 0, failed: 0, unsure: 0 });
+// unsure: images that got no confident description (the server did not believe its caption);
+// suspect: images whose author's alt AltCap noted as possibly not matching (the opt-in check)
+const ZERO = Object.freeze({ found: 0, described: 0, failed: 0, unsure: 0, suspect: 0 });
 
 function cleanCounts(counts) {
   const out = {};

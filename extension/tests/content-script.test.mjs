@@ -127,10 +127,10 @@ test("describes missing and meaningless alts only, in one batch", async () => {
   assert.equal(author.getAttribute("alt"), "The team in Lisbon");
 
   const status = await p.message({ type: "status" });
-  assert.deepEqual({ ...status }, { running: true, showing: true, consented: true, found: 2, described: 2, failed: 0, unsure: 0 });
+  assert.deepEqual({ ...status }, { running: true, showing: true, consented: true, found: 2, described: 2, failed: 0, unsure: 0, suspect: 0 });
   await sleep(450);
   const counts = p.sent.filter((m) => m.type === "counts").at(-1);
-  assert.deepEqual({ ...counts }, { type: "counts", found: 2, described: 2, failed: 0, unsure: 0 });
+  assert.deepEqual({ ...counts }, { type: "counts", found: 2, described: 2, failed: 0, unsure: 0, suspect: 0 });
 });
 
 test("the stopwords in hello reach detection: alt=\"the picture\" says nothing", async () => {
@@ -944,7 +944,7 @@ test("a description the server does not believe is not written, and counted as n
   let status = await p.message({ type: "status" });
   assert.deepEqual([status.found, status.described, status.unsure, status.failed], [5, 3, 2, 0]);
   await sleep(450);
-  assert.deepEqual({ ...p.sent.filter((m) => m.type === "counts").at(-1) }, { type: "counts", found: 5, described: 3, failed: 0, unsure: 2 });
+  assert.deepEqual({ ...p.sent.filter((m) => m.type === "counts").at(-1) }, { type: "counts", found: 5, described: 3, failed: 0, unsure: 2, suspect: 0 });
 
   // Hidden and shown again, and "describe now": still nothing written, nothing sent again.
   await p.message({ type: "toggle" });
@@ -1106,4 +1106,121 @@ test("the opt-in check: a suspect alt beside a caption the server does not belie
   p.observers.intersection[0].callback([{ target: star, isIntersecting: true }]);
   await until(() => star.hasAttribute("aria-description"));
   assert.equal(star.getAttribute("aria-description"), "AltCap: the description may not match.");
+});
+
+test("the opt-in check: the alts noted as possibly not matching are counted and said in the summary", async () => {
+  const star = img({ src: "https://example.com/s1.png", alt: "A blue star." });
+  const star2 = img({ src: "https://example.com/s2.png", alt: "A green star." });
+  const right = img({ src: "https://example.com/r.png", alt: "A red circle." });
+  const none = img({ src: "https://example.com/n.png" });
+  const p = page({ elements: [star, star2, right, none], worker: checker(), hello: { checkAlt: true } });
+  await until(() => none.hasAttribute("alt"));
+  const io = p.observers.intersection[0];
+  io.callback([star, star2, right].map((target) => ({ target, isIntersecting: true })));
+  await until(() => star.hasAttribute("aria-description") && star2.hasAttribute("aria-description"));
+  let status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.suspect], [1, 1, 2]);
+  await sleep(450);
+  assert.deepEqual({ ...p.sent.filter((m) => m.type === "counts").at(-1) }, { type: "counts", found: 1, described: 1, failed: 0, unsure: 0, suspect: 2 });
+
+  await p.message({ type: "describe-now" });
+  await sleep(200);
+  const live = () => p.document.elements.find((e) => e.hasAttribute("data-altcap-live")).textContent;
+  assert.equal(live(), "AltCap: 1 image described, 2 descriptions may not match.");
+
+  // The author fixes one: its note goes, and so does its count.
+  star2.setAttribute("alt", "A red circle on a white background.");
+  p.observers.mutation[0].callback([{ type: "attributes", target: star2, attributeName: "alt" }]);
+  assert.equal((await p.message({ type: "status" })).suspect, 1);
+  await until(() => describes(p.sent).length === 3);
+  await sleep(30);
+  assert.equal((await p.message({ type: "status" })).suspect, 1);
+
+  // Hidden with AltCap's descriptions: no note, none counted; shown again: back.
+  await p.message({ type: "toggle" });
+  assert.equal((await p.message({ type: "status" })).suspect, 0);
+  await p.message({ type: "toggle" });
+  assert.equal((await p.message({ type: "status" })).suspect, 1);
+  // Switched off: nothing counted, nothing said.
+  await p.message({ type: "check-alt", on: false });
+  assert.equal((await p.message({ type: "status" })).suspect, 0);
+  await p.message({ type: "describe-now" });
+  await sleep(200);
+  assert.equal(live(), "AltCap: 1 image described.");
+});
+
+test("the opt-in check: the summary waits for the checks in view, and says them on a page with nothing to describe", async () => {
+  const star = img({ src: "https://example.com/s.png", alt: "A blue star." });
+  let release;
+  const gate = new Promise((resolve) => (release = resolve));
+  const slow = checker();
+  const p = page({ elements: [star], worker: async (m) => (await gate, slow(m)), hello: { checkAlt: true } });
+  await sleep(30);
+  p.observers.intersection[0].callback([{ target: star, isIntersecting: true }]); // its check is queued
+  const answer = p.message({ type: "describe-now" }); // nothing to describe, one check to wait for
+  await sleep(200);
+  const region = p.document.elements.find((e) => e.hasAttribute("data-altcap-live"));
+  assert.ok(!region || !/no images/.test(region.textContent), region && region.textContent); // not before the check
+  release();
+  await answer;
+  await until(() => star.hasAttribute("aria-description"));
+  await sleep(200);
+  const live = p.document.elements.find((e) => e.hasAttribute("data-altcap-live"));
+  assert.equal(live.textContent, "AltCap: no images without a description on this page; 1 description may not match.");
+});
+
+test("a thin banner whose request fails is not counted as could not describe; tried again when asked", async () => {
+  const BANNER = { rect: { width: 728, height: 90 } };
+  const banner = img({ src: "https://example.com/banner.png" }, BANNER);
+  const photo = img({ src: "https://example.com/photo.jpg" });
+  let down = true;
+  const worker = (message) => ({
+    results: message.images.map((image) =>
+      down
+        ? { id: image.id, error: { code: "server_unreachable", message: "cannot reach the AltCap server" } }
+        : image.url.endsWith("banner.png")
+          ? { id: image.id, caption: "a sign", text: "FREE SHIPPING", alt: "FREE SHIPPING", alt_from: "text" }
+          : { id: image.id, caption: "A cat.", alt: "A cat.", alt_from: "caption" },
+    ),
+  });
+  const p = page({ elements: [banner, photo], worker, auto: false });
+  await p.message({ type: "describe-now" });
+  await until(async () => (await p.message({ type: "status" })).failed === 1);
+  await sleep(50);
+  assert.equal(describes(p.sent)[0].images.length, 2); // both were sent
+  let status = await p.message({ type: "status" });
+  // The photo could not be described; the banner, maybe text and maybe not, is counted nowhere.
+  assert.deepEqual([status.found, status.described, status.failed], [1, 0, 1]);
+  const live = () => p.document.elements.find((e) => e.hasAttribute("data-altcap-live")).textContent;
+  await sleep(200);
+  assert.equal(live(), "AltCap: 0 images described, 1 could not be described.");
+  // Seen again, it is not sent again by itself ...
+  p.observers.intersection[0].callback([{ target: banner, isIntersecting: true }]);
+  await sleep(100);
+  assert.equal(describes(p.sent).length, 1);
+
+  // ... but on the next "describe now", with the server back, both are.
+  down = false;
+  await p.message({ type: "describe-now" });
+  await until(() => banner.hasAttribute("alt"));
+  assert.equal(banner.getAttribute("alt"), "Appears to say: FREE SHIPPING");
+  assert.equal(describes(p.sent).length, 2);
+  status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.failed], [2, 2, 0]);
+});
+
+test("with reading text off, thin banners are not sent (they are written only with their text)", async () => {
+  const banner = img({ src: "https://example.com/banner.png" }, { rect: { width: 728, height: 90 } });
+  const photo = img({ src: "https://example.com/photo.jpg" });
+  const p = page({ elements: [banner, photo], worker: captionEach, hello: { readText: false } });
+  await until(() => photo.hasAttribute("alt"));
+  await p.message({ type: "describe-now", quiet: true });
+  await sleep(100);
+  assert.deepEqual(describes(p.sent).flatMap((m) => Array.from(m.images, (i) => i.url)), ["https://example.com/photo.jpg"]);
+  assert.equal(banner.hasAttribute("alt"), false);
+  const status = await p.message({ type: "status" });
+  assert.deepEqual([status.found, status.described, status.failed], [1, 1, 0]);
+  // "Describe this image" is the user asking: sent and written, banner or not.
+  await p.message({ type: "describe-target", srcUrl: "https://example.com/banner.png" });
+  assert.equal(banner.getAttribute("alt"), "Appears to be: A picture of banner.png.");
 });

@@ -86,9 +86,12 @@ test("an author's alt may ride with an image (the opt-in check): a string that s
 test("counts and describe-tab need integers", () => {
   assert.equal(ok({ type: "counts", found: 3, described: 2, failed: 1 }).ok, true);
   // unsure (no confident description) is counted too; a content script of before sends none
-  assert.deepEqual(ok({ type: "counts", found: 3, described: 1, failed: 1, unsure: 1 }).message, { type: "counts", found: 3, described: 1, failed: 1, unsure: 1 });
+  assert.deepEqual(ok({ type: "counts", found: 3, described: 1, failed: 1, unsure: 1 }).message, { type: "counts", found: 3, described: 1, failed: 1, unsure: 1, suspect: 0 });
   assert.equal(ok({ type: "counts", found: 3, described: 2, failed: 1 }).message.unsure, 0);
   assert.equal(ok({ type: "counts", found: 3, described: 2, failed: 1, unsure: -1 }).ok, false);
+  // suspect (authors' alts noted as possibly not matching, the opt-in check) likewise
+  assert.deepEqual(ok({ type: "counts", found: 0, described: 0, failed: 0, unsure: 0, suspect: 2 }).message, { type: "counts", found: 0, described: 0, failed: 0, unsure: 0, suspect: 2 });
+  assert.equal(ok({ type: "counts", found: 0, described: 0, failed: 0, suspect: 0.5 }).ok, false);
   assert.equal(ok({ type: "counts", found: -1, described: 0, failed: 0 }).ok, false);
   assert.equal(ok({ type: "counts", found: 1.5, described: 0, failed: 0 }).ok, false);
   assert.equal(ok({ type: "counts", found: "3", described: 0, failed: 0 }).ok, false);

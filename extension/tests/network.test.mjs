@@ -12,7 +12,9 @@ import {
   languageName,
   parseRetryAfter,
   postCaptions,
+  MAX_SERVER_CHARS,
   readResult,
+  requestBody,
   retryDelay,
 } from "../network.js";
 
@@ -190,6 +192,92 @@ test("client: the cache keeps the alt, what it was made of and the text with the
   assert.deepEqual(await client.describe([{ id: "b", url }], SETTINGS), [{ id: "b", ...described, cached: true }]);
   assert.equal(server.calls.length, 1);
   assert.deepEqual(server.calls[0].body, { images: [{ url }] }); // text reading: the server's default
+});
+
+// --- what a server may send: capped in the worker ---------------------------------------------
+
+test("readResult: a server's caption, alt, text and error message are capped as they arrive", () => {
+  // A server that is not AltCap's own code may answer megabytes: the worker keeps (caches,
+  // hands to a page) at most MAX_SERVER_CHARS code points of each, cut at a word with "…".
+  assert.equal(MAX_SERVER_CHARS, 250); // what docs/extension.md says
+  const words = "a red circle on a white background ".repeat(30_000); // ~1 MB
+  const r = readResult({ caption: words, alt: "SALE " + words, alt_from: "caption_and_text", text: "SALE\n" + words });
+  for (const field of ["caption", "alt", "text"]) {
+    const value = r[field];
+    assert.ok([...value].length <= MAX_SERVER_CHARS, `${field}: ${[...value].length}`);
+    assert.ok([...value].length > MAX_SERVER_CHARS / 2, field); // cut at a word, not to nothing
+    assert.ok(value.endsWith("\u2026"), field);
+    const head = value.slice(0, -1);
+    assert.ok(words.includes(head.replace(/^SALE\s/, "")), `${field} is cut between two words: ${head.slice(-20)}`);
+    assert.match(head, /(circle|red|on|a|white|background)$/, field);
+  }
+  assert.ok(r.text.startsWith("SALE\n")); // its lines kept
+  assert.equal(r.alt_from, "caption_and_text");
+  // One word of a megabyte: cut between two characters.
+  const long = readResult({ caption: "x".repeat(1_000_000) });
+  assert.equal([...long.caption].length, MAX_SERVER_CHARS);
+  assert.equal(long.alt, long.caption);
+  // What does not leave room for anything readable is no caption (as in the content script).
+  assert.equal(readResult({ caption: "\u202e\u200b".repeat(1000) }).error.code, "bad_response");
+  // A server's error message (never announced, but passed on) is capped too.
+  const error = readResult({ error: { code: "fetch_failed", message: "no ".repeat(500_000) } }).error;
+  assert.equal(error.code, "fetch_failed");
+  assert.ok([...error.message].length <= MAX_SERVER_CHARS);
+});
+
+test("client: an answer of megabytes is cached capped", async () => {
+  const huge = "A dog on a couch. ".repeat(60_000);
+  const server = fakeServer(({ body }) =>
+    json(200, { results: body.images.map(() => ({ caption: huge, text: huge, alt: huge, alt_from: "caption", cached: false })) }),
+  );
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const url = "https://example.com/dog.jpg";
+  const [first] = await client.describe([{ id: "a", url }], SETTINGS);
+  const [again] = await client.describe([{ id: "b", url }], SETTINGS);
+  assert.equal(server.calls.length, 1);
+  for (const r of [first, again]) {
+    for (const field of ["caption", "alt", "text"]) assert.ok([...r[field]].length <= MAX_SERVER_CHARS, field);
+  }
+  const kept = [...client.cache.values()].map((entry) => JSON.stringify(entry.answer).length);
+  assert.ok(Math.max(...kept) < 4 * MAX_SERVER_CHARS, String(kept));
+});
+
+// --- "Read text in images" -------------------------------------------------------------------
+
+test("requestBody: read_text false only when reading text is off", () => {
+  const images = [{ url: "https://example.com/a.png" }];
+  assert.deepEqual(JSON.parse(requestBody(images)), { images });
+  assert.deepEqual(JSON.parse(requestBody(images, { readText: true })), { images });
+  assert.deepEqual(JSON.parse(requestBody(images, { readText: false })), { images, read_text: false });
+});
+
+test("client: with reading text off, requests say read_text false and answers are cached apart", async () => {
+  const server = fakeServer(({ body }) =>
+    json(200, {
+      results: body.images.map(() =>
+        body.read_text === false
+          ? { caption: "a sign", alt: "a sign", alt_from: "caption", cached: false }
+          : { caption: "a sign", text: "EXIT", alt: "EXIT", alt_from: "text", cached: false },
+      ),
+    }),
+  );
+  const client = new CaptionClient({ fetch: server.fetch, ...noSleep });
+  const url = "https://example.com/exit.png";
+  const [on] = await client.describe([{ id: "a", url }], SETTINGS);
+  assert.equal(on.alt_from, "text");
+  const off = { ...SETTINGS, readText: false };
+  const [read] = await client.describe([{ id: "b", url }], off);
+  assert.equal(server.calls.length, 2); // not the answer that read the text
+  assert.deepEqual(server.calls[1].body, { images: [{ url }], read_text: false });
+  assert.deepEqual([read.alt, read.alt_from, "text" in read], ["a sign", "caption", false]);
+  // Each is cached for its own setting.
+  assert.equal((await client.describe([{ id: "c", url }], off))[0].alt, "a sign");
+  assert.equal((await client.describe([{ id: "d", url }], SETTINGS))[0].alt, "EXIT");
+  assert.equal(server.calls.length, 2);
+  // postCaptions itself: the body says it, and nothing else changes.
+  const direct = fakeServer(captionAll);
+  await postCaptions([{ url }], { ...SERVER, readText: false }, { fetch: direct.fetch, ...noSleep });
+  assert.deepEqual(direct.calls[0].body, { images: [{ url }], read_text: false });
 });
 
 test("429 and 503: wait as Retry-After says, then succeed", async () => {

@@ -114,8 +114,8 @@ function frameAnswer(frameId, message) {
   if (!frame) throw new Error("Could not establish connection. Receiving end does not exist.");
   if (message.type === "toggle") frame.showing = message.showing;
   if (message.type === "restore") Object.assign(frame, { showing: true, found: 0, described: 0, failed: 0 });
-  const { showing, found, described, failed, unsure = 0 } = frame;
-  return { running: true, showing, consented: true, found, described, failed, unsure };
+  const { showing, found, described, failed, unsure = 0, suspect = 0 } = frame;
+  return { running: true, showing, consented: true, found, described, failed, unsure, suspect };
 }
 
 globalThis.chrome = chrome;
@@ -333,7 +333,7 @@ test("the badge adds up the frames of a tab; a frame that loads again counts fro
   assert.equal(badgeOf(7), "1");
   // Saved for a worker that is stopped and started again.
   const saved = chrome.storage.session.data.tabFrames;
-  assert.deepEqual(saved[7].frames[0], { found: 2, described: 1, failed: 0, unsure: 0 });
+  assert.deepEqual(saved[7].frames[0], { found: 2, described: 1, failed: 0, unsure: 0, suspect: 0 });
   chrome.tabs.onRemoved.fire(7);
   await sleep(10);
   assert.equal(chrome.storage.session.data.tabFrames[7], undefined);
@@ -343,12 +343,12 @@ test("popup status sums every frame; frames that stopped answering are dropped",
   await consent();
   await resetTab7();
   tab7.set(0, { showing: true, found: 2, described: 2, failed: 0 });
-  tab7.set(4, { showing: true, found: 4, described: 1, failed: 2, unsure: 1 });
+  tab7.set(4, { showing: true, found: 4, described: 1, failed: 2, unsure: 1, suspect: 2 });
   for (const frameId of [0, 4, 9]) await send({ type: "hello" }, frame(frameId));
   const status = await send({ type: "tab-status", tabId: 7 }, POPUP);
   assert.deepEqual(
     { ...status },
-    { ok: true, running: true, showing: true, consented: true, frames: 2, found: 6, described: 3, failed: 2, unsure: 1 },
+    { ok: true, running: true, showing: true, consented: true, frames: 2, found: 6, described: 3, failed: 2, unsure: 1, suspect: 2 },
   );
   log.tabMessages.length = 0;
   await send({ type: "tab-status", tabId: 7 }, POPUP);
@@ -503,3 +503,26 @@ async function until(condition, timeoutMs = 2000) {
   const end = Date.now() + timeoutMs;
   while (!condition() && Date.now() < end) await sleep(5);
 }
+
+test("Read text in images: on by default; off, hello says so and every request asks for no text", async () => {
+  await consent();
+  assert.equal((await send({ type: "hello" })).readText, true);
+  log.server.length = 0;
+  await send({ type: "describe", images: [{ id: "r1", url: "https://example.com/read-on.jpg" }] });
+  assert.deepEqual(JSON.parse(log.server.at(-1).init.body), { images: [{ url: "https://example.com/read-on.jpg" }] });
+
+  chrome.storage.sync.data.readText = false;
+  try {
+    // The content script leaves thin banners alone then (they are written only with their text).
+    assert.equal((await send({ type: "hello" })).readText, false);
+    // The same image again: not the cached answer (that one had its text read), asked anew.
+    await send({ type: "describe", images: [{ id: "r2", url: "https://example.com/read-on.jpg" }] });
+    assert.equal(log.server.length, 2);
+    assert.deepEqual(JSON.parse(log.server.at(-1).init.body), {
+      images: [{ url: "https://example.com/read-on.jpg" }],
+      read_text: false,
+    });
+  } finally {
+    delete chrome.storage.sync.data.readText;
+  }
+});

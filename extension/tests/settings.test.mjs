@@ -29,6 +29,7 @@ test("defaults are the documented ones", () => {
   assert.equal(DEFAULTS.mode, "auto");
   assert.equal(DEFAULTS.allowBytes, false);
   assert.equal(DEFAULTS.checkAlt, false); // authors' alts are sent for checking only when asked
+  assert.equal(DEFAULTS.readText, true); // the server reads the text in images unless told not to
   assert.equal(DEFAULTS.consented, false);
   assert.deepEqual(normalizeSettings({}), { ...DEFAULTS, sitesAlways: [], sitesNever: [] });
 });
@@ -119,6 +120,13 @@ test("normalizeSettings drops what it cannot trust", () => {
   assert.equal(normalizeSettings({ prefix: "x".repeat(500) }).prefix.length, 80);
   assert.equal(normalizeSettings({ textPrefix: "x".repeat(500) }).textPrefix.length, 80);
   assert.equal(normalizeSettings({ textPrefix: "" }).textPrefix, ""); // no mark: the user's choice
+});
+
+test("readText: off only when stored as false", () => {
+  assert.equal(normalizeSettings({ readText: false }).readText, false);
+  for (const value of [true, undefined, "false", 0, null]) {
+    assert.equal(normalizeSettings({ readText: value }).readText, true, String(value));
+  }
 });
 
 test("checkAlt: on only when stored as true", () => {

@@ -15,7 +15,10 @@ confidence:
   wrote "A blue star on a white background." keeps that alt and gets the aria-description
   "AltCap: the description may not match; appears to be: A red circle on a white
   background." (its accessible description, in Chromium); one whose alt is right gets none.
-  Hiding AltCap's descriptions takes the note away.
+  Hiding AltCap's descriptions takes the note away. In Chromium the popup counts it under
+  "Descriptions that may not match" (a row shown only with the option on), and "Describe
+  images on this page now" ends with "AltCap: no images without a description on this page;
+  1 description may not match." in the page's live region.
 
 Firefox runs the same pages through the event-page background, the settings stored at
 install (``test_extension_firefox.store_consent``).
@@ -33,7 +36,7 @@ from typing import Any
 
 import pytest
 from extension_site import TIMEOUT_MS, Service, copy_extension, log_requests, wait_until
-from helpers import serve_app, serve_directory, tiny_service_app
+from helpers import assert_accessible, serve_app, serve_directory, tiny_service_app
 
 try:
     from playwright.sync_api import Page, expect
@@ -48,6 +51,7 @@ WRONG_ALT = "A blue star on a white background."
 PREFIX = "Appears to be: "
 NOTE = f"AltCap: the description may not match; appears to be: {CAPTION}"
 CHECK_LABEL = "Tell me when a description may not match the image"
+SUSPECT_COUNT = "Descriptions that may not match"  # the popup's row, with the option on only
 
 DESCRIBE_PAGE = """<!doctype html>
 <html lang="en">
@@ -130,6 +134,7 @@ def agree(browser: Browser, server: str, check_alts: bool = False) -> None:
     options = browser.open_page(browser.url("options.html"))
     expect(options.get_by_label("AltCap server address")).to_have_value(re.compile("^http"))
     expect(options.get_by_label(CHECK_LABEL)).not_to_be_checked()  # off by default
+    expect(options.get_by_label("Read text in images")).to_be_checked()  # on by default
     options.get_by_label("AltCap server address").fill(server)
     if check_alts:
         options.get_by_label(CHECK_LABEL).check()
@@ -174,7 +179,7 @@ def popup_counts(browser: Browser, url: str) -> Page:
 
 
 def expect_counts(popup: Page, **wanted: int) -> None:
-    """The popup's counts (#found, #described, #unsure, #failed) become ``wanted``."""
+    """The popup's counts (#found, #described, #unsure, #failed, #suspect) become ``wanted``."""
     for counter, n in wanted.items():
         expect(popup.locator(f"#{counter}")).to_have_text(str(n), timeout=TIMEOUT_MS)
 
@@ -204,13 +209,25 @@ def test_chromium_describes_what_the_model_believes_and_flags_a_wrong_alt(
     assert right.get_attribute("aria-description") is None
     assert right.get_attribute("alt") == CAPTION
     check_popup = popup_counts(browser, f"{shapes_site}/check.html")
-    expect_counts(check_popup, found=0, described=0, unsure=0, failed=0)  # checks: not counted
+    # Checks are not images described; the one flagged is counted on its own row.
+    expect_counts(check_popup, found=0, described=0, unsure=0, failed=0, suspect=1)
+    expect(check_popup.get_by_text(SUSPECT_COUNT)).to_be_visible()
+    assert_accessible(check_popup, "popup, with an author's alt flagged")
+    # Asked to describe the page, AltCap says what it found: nothing to describe, one alt
+    # that may not match (the spoken summary, in the page's polite live region).
+    check_popup.get_by_role("button", name="Describe images on this page now").click()
+    live = checks.locator("[data-altcap-live]")
+    expect(live).to_have_text(
+        "AltCap: no images without a description on this page; 1 description may not match.",
+        timeout=TIMEOUT_MS,
+    )
 
     # Hidden with AltCap's descriptions, and back: the author's alt stays all along.
     check_popup.get_by_role("button", name="Hide AltCap's descriptions here").click()
     expect(wrong).not_to_have_attribute("aria-description", NOTE, timeout=TIMEOUT_MS)
     assert wrong.get_attribute("aria-description") is None
     assert wrong.get_attribute("alt") == WRONG_ALT
+    expect_counts(check_popup, suspect=0)  # no note on the page, none counted
     check_popup.get_by_role("button", name="Show AltCap's descriptions here").click()
     expect(wrong).to_have_attribute("aria-description", NOTE, timeout=TIMEOUT_MS)
 
@@ -237,6 +254,7 @@ def test_chromium_writes_nothing_the_model_does_not_believe(
     popup = popup_counts(browser, f"{shapes_site}/describe.html")
     expect(popup.get_by_text("No confident description")).to_be_visible()
     expect_counts(popup, found=1, described=0, unsure=1, failed=0)
+    expect(popup.get_by_text(SUSPECT_COUNT)).to_be_hidden()  # the check is off: no such count
     # The answer has come back (counted), and nothing was written.
     assert page.locator("#circle").get_attribute("alt") is None
     assert page.locator("#circle").get_attribute("data-altcap") is None
