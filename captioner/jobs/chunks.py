@@ -87,7 +87,7 @@ def build_plan(found: Any, chunk_size: int, spec: Mapping[str, Any] | None = Non
         pages=pages,
         total=len(found.rows),
         limited=_limited(found, spec),
-        verdicts=verdict_counts(found.rows),
+        verdicts=verdict_counts(found.rows),  # the scan's: suspect alts move as chunks end
     )
 
 

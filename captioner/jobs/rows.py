@@ -38,6 +38,7 @@ __all__ = [
     "page_counts",
     "upgraded",
     "verdict_counts",
+    "with_suspect_alts",
 ]
 
 RESULT_FIELDS = (
@@ -233,4 +234,22 @@ def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Report rows by verdict, in ``VERDICTS`` order, verdicts no row has left out (rows of
     bare image URLs and failed pages have none): the CLI's summary and a job's status."""
     counts = Counter(row.get("verdict") for row in rows)
+    return {v: counts[v] for v in VERDICTS if counts[v]}
+
+
+def with_suspect_alts(verdicts: Mapping[str, int], suspect: int) -> dict[str, int]:
+    """A job's verdict counts as planned, with the rows the alt check found suspect since.
+
+    The page scan gives no row ``suspect_alt``: an alt that says something is ``ok`` when
+    the job is planned, and becomes ``suspect_alt`` (``finished``) when its image is
+    captioned. The stores count those rows as their chunks complete (``suspect``); they
+    move from ``ok`` to ``suspect_alt`` here, in ``VERDICTS`` order. Without any (a job
+    stored before they were counted too) the counts are as stored.
+    """
+    moved = min(suspect, verdicts.get("ok", 0))
+    if moved <= 0:
+        return dict(verdicts)
+    counts = Counter(verdicts)
+    counts["ok"] -= moved
+    counts[SUSPECT_ALT] += moved
     return {v: counts[v] for v in VERDICTS if counts[v]}

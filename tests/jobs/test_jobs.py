@@ -504,8 +504,10 @@ def test_an_older_sqlite_store_gains_the_columns_added_since(tmp_path: Path) -> 
     old_schema = jobstore._SCHEMA.replace("    plan_attempts INTEGER NOT NULL DEFAULT 0,\n", "")
     old_schema = re.sub(r"    verdicts TEXT,[^\n]*\n", "", old_schema)
     old_schema = re.sub(r"    (paused_until REAL|paid INTEGER)[^\n]*\n", "", old_schema)
+    old_schema = re.sub(r"    suspect_alts INTEGER[^\n]*\n", "", old_schema)
     assert "plan_attempts" not in old_schema and "verdicts" not in old_schema
     assert "paused_until" not in old_schema and "paid" not in old_schema
+    assert "suspect_alts" not in old_schema
     with sqlite3.connect(path) as conn:
         conn.executescript(old_schema)
         conn.execute(  # a job planned before verdicts were counted
@@ -518,9 +520,15 @@ def test_an_older_sqlite_store_gains_the_columns_added_since(tmp_path: Path) -> 
         job_id = _job(store)
         assert store.claim_plan(job_id, "a", 10) == 1
         plan = _plan(1)
-        plan.verdicts = {"missing": 3, "empty_link": 1}
+        plan.verdicts = {"missing": 3, "empty_link": 1, "ok": 1}
         store.commit_plan(job_id, plan)
-        assert store.get(job_id)["verdicts"] == {"missing": 3, "empty_link": 1}
+        assert store.get(job_id)["verdicts"] == {"missing": 3, "empty_link": 1, "ok": 1}
+        # a job planned before suspect alts were counted keeps its counts as stored
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE altcap_jobs SET verdicts = '{\"ok\": 2}' WHERE id = 'old'")
+        conn.commit()
+        conn.close()
+        assert store.get("old")["verdicts"] == {"ok": 2}
         claim = store.claim_chunk(job_id, "a", 10)  # chunks gained paid, jobs paused_until
         assert claim is not None and not claim.paid and store.mark_paid(job_id, claim.n, "a")
         store.pause(job_id, 10)
@@ -537,6 +545,30 @@ def test_store_keeps_the_verdict_counts(store: JobStore) -> None:
     plan.verdicts = {"missing": 2, "meaningless": 1, "empty_link": 1, "ok": 4}
     store.commit_plan(job_id, plan)
     assert store.get(job_id)["verdicts"] == plan.verdicts
+
+
+def test_store_moves_the_rows_found_suspect_from_ok_to_suspect_alt(store: JobStore) -> None:
+    """The scan counts an alt that says something as ok; a chunk whose rows the alt check
+    found suspect moves them to suspect_alt as it is written, once (a duplicate changes
+    nothing), so the counts a job shows are those of its rows."""
+    job_id = _job(store)
+    store.claim_plan(job_id, "a", 10)
+    plan = _plan(2)
+    plan.verdicts = {"missing": 1, "ok": 3, "decorative": 1}
+    store.commit_plan(job_id, plan)
+    suspect = {**_row(1), "verdict": "suspect_alt"}
+    ok = {**_row(2), "verdict": "ok"}
+    assert store.complete_chunk(job_id, 0, {1: suspect}) == RECORDED
+    assert store.get(job_id)["verdicts"] == {
+        "missing": 1,
+        "suspect_alt": 1,
+        "ok": 2,
+        "decorative": 1,
+    }
+    assert list(store.get(job_id)["verdicts"]) == ["missing", "suspect_alt", "ok", "decorative"]
+    assert store.complete_chunk(job_id, 0, {1: suspect}) == DUPLICATE
+    assert store.complete_chunk(job_id, 1, {2: ok}) == FINISHED
+    assert store.get(job_id)["verdicts"]["suspect_alt"] == 1
 
 
 def test_store_pages_keep_their_html(store: JobStore) -> None:

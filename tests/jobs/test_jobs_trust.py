@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from bs4 import BeautifulSoup
+from redis_server import RedisServer
 from testsite import RIGHT_ALT, SWAPPED_ALT, serve_site
 
 from captioner.jobs.backends import CaptionerBackend
 from captioner.jobs.consumer import start_consumer
 from captioner.jobs.queue import JobQueue
 from captioner.jobs.request import InvalidJob, parse_job
+from captioner.jobs.rows import verdict_counts
 from captioner.serve.cache import open_cache
 from captioner.serve.settings import Settings
 
@@ -28,6 +31,12 @@ SQUARE = "A green square on a white background."
 def site(tmp_path_factory):
     with serve_site(tmp_path_factory.mktemp("site")) as site:
         yield site
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture
@@ -112,6 +121,28 @@ def test_a_job_withholds_captions_that_are_not_confident(queue_of, site) -> None
     body = {"pages": [site.url("shapes.html")], "include_low_confidence": True}
     status, _ = run(queue, body)
     assert alts_of(queue.patched_page(status["id"], 1))[2] == SQUARE
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_jobs_verdict_counts_move_a_suspect_alt_out_of_ok(
+    queue_of, site, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The page scan counts the swapped alt as ok; once its image is captioned and the alt
+    found suspect, the job's verdicts (GET /v1/jobs/<id>, the webhook) count it as
+    suspect_alt, as its rows and reports do, in either store."""
+    overrides: dict[str, Any] = {}
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        redis.Redis.from_url(server.url).flushdb()
+        overrides["QUEUE_URL"] = server.url
+    queue = queue_of(**overrides)
+    status, rows = run(queue, {"pages": [site.url("shapes.html")]})
+    assert [r["verdict"] for r in rows] == ["ok", "suspect_alt", "missing"]
+    assert status["verdicts"] == {"missing": 1, "suspect_alt": 1, "ok": 1}
+    assert status["verdicts"] == verdict_counts(rows)
+
+    status, rows = run(queue, {"pages": [site.url("shapes.html")], "check_alts": False})
+    assert status["verdicts"] == {"missing": 1, "ok": 2} == verdict_counts(rows)
 
 
 @pytest.mark.parametrize("name", ["check_alts", "include_low_confidence"])

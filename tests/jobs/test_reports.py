@@ -23,6 +23,8 @@ from captioner.jobs.rows import (
     described,
     finished,
     make_row,
+    verdict_counts,
+    with_suspect_alts,
 )
 
 DOG = 'A "dog", running\nin a park.'
@@ -459,6 +461,22 @@ def test_an_author_alt_check_decides_the_verdict_row_by_row() -> None:
     assert (row["verdict"], row["status"], row["alt_check"]) == ("missing", "done", None)
     assert checked_alt(ok) == "A dog." and checked_alt(missing) is None
     assert VERDICTS.index("suspect_alt") < VERDICTS.index("ok")  # more urgent than ok
+
+
+def test_a_jobs_verdict_counts_take_the_suspect_alts_out_of_ok() -> None:
+    verdicts = ["missing", "ok", "ok", "missing", "decorative", "ok"]
+    rows = [make_row(page_url="p", image_url="i", verdict=v, status="") for v in verdicts]
+    planned = verdict_counts(rows)  # as the page scan counts them: no suspect_alt
+    assert with_suspect_alts(planned, 0) == planned
+    rows[2]["verdict"] = "suspect_alt"  # the alt check's, when its image is captioned
+    moved = with_suspect_alts(planned, 1)
+    assert moved == verdict_counts(rows)
+    assert moved == {"missing": 2, "suspect_alt": 1, "ok": 2, "decorative": 1}
+    assert list(moved) == ["missing", "suspect_alt", "ok", "decorative"]  # VERDICTS order
+    assert with_suspect_alts(planned, 3) == {"missing": 2, "suspect_alt": 3, "decorative": 1}
+    assert with_suspect_alts(planned, 9)["suspect_alt"] == 3  # never more than were ok
+    assert with_suspect_alts({}, 2) == {}  # image URLs: no verdicts
+    assert planned == {"missing": 2, "ok": 3, "decorative": 1}  # not changed in place
 
 
 def test_a_job_counts_low_confidence_rows_as_done() -> None:

@@ -35,7 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from captioner.jobs.rows import DESCRIBED
+from captioner.crawl.pages import SUSPECT_ALT
+from captioner.jobs.rows import DESCRIBED, with_suspect_alts
 
 __all__ = [
     "ACTIVE_STATES",
@@ -75,7 +76,9 @@ class Plan:
     pages: list[dict[str, Any]] = field(default_factory=list)  # {n, url, final_url, html, error}
     total: int = 0  # rows the report will have
     limited: bool = False  # a page or image limit cut the job short
-    verdicts: dict[str, int] = field(default_factory=dict)  # rows by verdict (pages found)
+    # rows by verdict, as the page scan found them: the stores add the rows whose alt the
+    # check finds suspect as their chunks complete (``_suspect_alts``)
+    verdicts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,12 @@ def _counts(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, int, int]:
     statuses = [row.get("status") for row in rows.values()]
     described = sum(status in DESCRIBED for status in statuses)
     return described, statuses.count("failed"), statuses.count("skipped")
+
+
+def _suspect_alts(rows: Mapping[int, Mapping[str, Any]]) -> int:
+    """Rows of a chunk whose author alt the check found suspect: planned ``ok``, they are
+    ``suspect_alt`` in the job's ``verdicts`` once written (``rows.with_suspect_alts``)."""
+    return sum(row.get("verdict") == SUSPECT_ALT for row in rows.values())
 
 
 def _dumps(value: Any) -> str:
@@ -258,7 +267,10 @@ def _record(raw: Mapping[str, Any]) -> dict[str, Any]:
         "chunks": count("chunks"),
         "chunks_done": count("chunks_done"),
         "limited": bool(count("limited")),
-        "verdicts": json.loads(raw.get("verdicts") or "{}"),
+        # as planned, with the suspect alts found since (0 in a job stored before they were)
+        "verdicts": with_suspect_alts(
+            json.loads(raw.get("verdicts") or "{}"), count("suspect_alts")
+        ),
         "error": error,
         "webhook_state": raw.get("webhook_state") or None,
         "paused_until": num("paused_until"),

@@ -17,6 +17,7 @@ from captioner.jobs.store.base import (
     _counts,
     _dumps,
     _record,
+    _suspect_alts,
     holder,
 )
 
@@ -178,18 +179,19 @@ end
 return 1
 """
 
-# ARGV: p, id, n, done, failed, skipped, then seq/row pairs.
+# ARGV: p, id, n, done, failed, skipped, suspect alts, then seq/row pairs.
 _COMPLETE = """
 local p, id, n = ARGV[1], ARGV[2], ARGV[3]
 local jk = p .. id
 if redis.call('HEXISTS', jk .. ':chunks', n) == 0 then return 'duplicate' end
 if redis.call('SADD', jk .. ':done', n) == 0 then return 'duplicate' end
-for i = 7, #ARGV, 2 do redis.call('HSETNX', jk .. ':rows', ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSETNX', jk .. ':rows', ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', jk .. ':open', n)
 redis.call('HDEL', jk .. ':owner', n)
 redis.call('HINCRBY', jk, 'done', ARGV[4])
 redis.call('HINCRBY', jk, 'failed', ARGV[5])
 redis.call('HINCRBY', jk, 'skipped', ARGV[6])
+if ARGV[7] ~= '0' then redis.call('HINCRBY', jk, 'suspect_alts', ARGV[7]) end
 local chunks_done = redis.call('HINCRBY', jk, 'chunks_done', 1)
 local t = now()
 redis.call('HSET', jk, 'activity', t)
@@ -348,7 +350,8 @@ return {#ids, gone}
 class RedisJobStore(JobStore):
     """Jobs in Redis, shared by consumers on any number of machines.
 
-    Keys, under ``altcap:jobs:``: ``<id>`` (a hash: state, counts, timestamps), and for each
+    Keys, under ``altcap:jobs:``: ``<id>`` (a hash: state, counts, verdict counts as planned
+    and ``suspect_alts`` found since, timestamps), and for each
     job ``<id>:chunks`` (items), ``<id>:open`` (a sorted set of unfinished chunks scored by
     lease expiry, 0 when pending), ``<id>:owner``, ``<id>:attempts``, ``<id>:done`` (chunk
     marks), ``<id>:paid`` (chunks charged to the rate limit), ``<id>:rows`` (seq -> row),
@@ -460,7 +463,7 @@ class RedisJobStore(JobStore):
         self._pause(args=[self.prefix, job_id, wait_s])
 
     def complete_chunk(self, job_id: str, n: int, rows: Mapping[int, Mapping[str, Any]]) -> str:
-        args: list[Any] = [self.prefix, job_id, n, *_counts(rows)]
+        args: list[Any] = [self.prefix, job_id, n, *_counts(rows), _suspect_alts(rows)]
         for seq, row in rows.items():
             args += [seq, _dumps(row)]
         return self._text(self._complete(args=args))

@@ -30,6 +30,7 @@ from captioner.jobs.store.base import (
     _counts,
     _dumps,
     _record,
+    _suspect_alts,
     holder,
 )
 
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS altcap_jobs (
     chunks INTEGER NOT NULL DEFAULT 0,
     chunks_done INTEGER NOT NULL DEFAULT 0,
     limited INTEGER NOT NULL DEFAULT 0,
-    verdicts TEXT,                      -- JSON {verdict: rows}, once planned
+    verdicts TEXT,                      -- JSON {verdict: rows}, once planned (the scan's)
+    suspect_alts INTEGER NOT NULL DEFAULT 0,  -- rows written since whose alt is suspect
     error_code TEXT,
     error_message TEXT,
     activity REAL NOT NULL,             -- last claim, heartbeat or completion
@@ -100,8 +102,8 @@ CREATE TABLE IF NOT EXISTS altcap_job_pages (
 
 _JOB_COLUMNS = (
     "id, spec, fingerprint, state, created, started, finished, planned, total, done, failed,"
-    " skipped, chunks, chunks_done, limited, verdicts, error_code, error_message, webhook_state,"
-    " paused_until"
+    " skipped, chunks, chunks_done, limited, verdicts, suspect_alts, error_code, error_message,"
+    " webhook_state, paused_until"
 )
 
 
@@ -138,6 +140,7 @@ class SQLiteJobStore(JobStore):
                 "plan_attempts": "INTEGER NOT NULL DEFAULT 0",
                 "verdicts": "TEXT",
                 "paused_until": "REAL",
+                "suspect_alts": "INTEGER NOT NULL DEFAULT 0",
             },
             "altcap_job_chunks": {"paid": "INTEGER NOT NULL DEFAULT 0"},
         }
@@ -416,8 +419,9 @@ class SQLiteJobStore(JobStore):
             done, failed, skipped = _counts(rows)
             conn.execute(
                 "UPDATE altcap_jobs SET done = done + ?, failed = failed + ?,"
-                " skipped = skipped + ?, chunks_done = chunks_done + 1, activity = ? WHERE id = ?",
-                (done, failed, skipped, now, job_id),
+                " skipped = skipped + ?, suspect_alts = suspect_alts + ?,"
+                " chunks_done = chunks_done + 1, activity = ? WHERE id = ?",
+                (done, failed, skipped, _suspect_alts(rows), now, job_id),
             )
             state, planned, chunks, chunks_done = conn.execute(
                 "SELECT state, planned, chunks, chunks_done FROM altcap_jobs WHERE id = ?",
