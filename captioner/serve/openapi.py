@@ -355,6 +355,15 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "description": "true or false (also 1 or 0). " + READ_TEXT_DESCRIPTION,
                         "schema": {"type": "boolean", "default": True},
                     },
+                    {
+                        "name": "alt",
+                        "in": "query",
+                        "required": False,
+                        "description": AUTHOR_ALT["description"] + " (the ETag names it: "
+                        "an answer is revalidated only for the same alt); one alt parameter at "
+                        "most",
+                        "schema": {"type": "string", "maxLength": MAX_AUTHOR_ALT_CHARS},
+                    },
                 ],
                 "responses": {
                     "200": captions_ok,

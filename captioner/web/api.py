@@ -168,13 +168,16 @@ def captions_post() -> Response:
 
 @api.get("/captions")
 def captions_get() -> Response:
-    """One image by URL; cacheable by browsers and proxies (ETag, Cache-Control)."""
+    """One image by URL; cacheable by browsers and proxies (ETag, Cache-Control).
+
+    ``alt``: the author's alt to check, as in POST (``parsing.parse_alt``); at most one.
+    """
     st = state()
     url = request.args.get("url", "").strip()
     if not url:
         raise InvalidRequest("the url query parameter is required")
     read_text = parsing.parse_read_text(request.args.get("read_text"))
-    item = Item({"kind": "url", "url": url}, url=url)
+    item = Item({"kind": "url", "url": url}, url=url, alt=_query_alt())
     job = new_job(Job([item], DecodingSettings(), read_text=read_text))
     lookup_url_memo(st, item)
     if item.sha is not None:  # answer a revalidation without downloading or captioning
@@ -196,16 +199,28 @@ def captions_get() -> Response:
     return response
 
 
+def _query_alt() -> str | None:
+    """The ``alt`` query parameter of a GET: one, checked as POST's (``parsing.parse_alt``)."""
+    alts = request.args.getlist("alt")
+    if len(alts) > 1:
+        raise InvalidRequest(f"{len(alts)} alt parameters for one image: send one, or none")
+    return parsing.parse_alt(alts[0], "alt") if alts else None
+
+
 def _etag(st: ServiceState, job: Job, sha: str) -> str:
     """The validator of a GET answer: the caption's cache key, with what read the text (or
-    that none did) and the confidence needed to be ``confident`` among its settings, so a
-    new reader, ``read_text`` or ``ALTCAP_MIN_CONFIDENCE`` is a new answer."""
+    that none did), the confidence needed to be ``confident`` and the author's alt checked
+    (when there is one) among its settings, so a new reader, ``read_text``,
+    ``ALTCAP_MIN_CONFIDENCE`` or another alt (or none) is a new answer."""
     reader = st.reader.engine_id if st.reader is not None and job.read_text else ""
     settings = {
         **job.decoding.to_dict(),
         "text_engine": reader,
         "min_confidence": st.settings.min_confidence,
     }
+    (item,) = job.items  # a GET is one image
+    if item.alt is not None:  # an answer with an alt_check: only for the same alt
+        settings["author_alt"] = item.alt
     return cache_key(st.model.cache_id, settings, sha)
 
 
