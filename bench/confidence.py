@@ -17,7 +17,7 @@ another seed than training's:
   which the model never saw. The sweep runs on ``--select-seed`` draws too (where the default
   clip_weight was chosen), the table reports ``--seed`` draws.
 
-    python bench/confidence.py                 # trains the demo model first (~1 min)
+    python bench/confidence.py                 # trains the demo model first (~1.5 min)
     python bench/confidence.py --model DIR --json bench/results/confidence-cpu.json
 """
 
@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from captioner.config import DecodingSettings
 from captioner.pipeline import Captioner
 from captioner.train.demo import DRAW_SIZE, PAIRS, swap_cosines, train_tiny
-from captioner.train.synthetic import COLOURS, SHAPES, draw_shape, shape_caption
+from captioner.train.synthetic import COLOURS, SHAPES, draw_shape, shape_caption, shrink, turn
+from captioner.trust import is_confident
 
 CLIP_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0)  # the reranking sweep (0: the language model alone)
 CANDIDATES = 5  # reranked candidates: beam search's 5 best beams
@@ -58,19 +59,14 @@ def plain(colour: str, shape: str, rng: random.Random) -> Image.Image:
 
 
 def turned(colour: str, shape: str, rng: random.Random) -> Image.Image:
-    """The shape turned by up to 45 degrees either way (training never turns one)."""
-    image = plain(colour, shape, rng)
-    return image.rotate(rng.uniform(-45, 45), fillcolor=image.getpixel((0, 0)))
+    """The shape turned by up to 45 degrees either way (the captions never saw one)."""
+    return turn(plain(colour, shape, rng), rng)
 
 
 def shrunk(colour: str, shape: str, rng: random.Random) -> Image.Image:
-    """The drawing shrunk to 80% and placed at random (training's shapes are large, central)."""
-    image = plain(colour, shape, rng)
-    side = int(DRAW_SIZE * 0.8)
-    canvas = Image.new("RGB", image.size, image.getpixel((0, 0)))
-    at = (rng.randint(0, DRAW_SIZE - side), rng.randint(0, DRAW_SIZE - side))
-    canvas.paste(image.resize((side, side), Image.BILINEAR), at)
-    return canvas
+    """The drawing shrunk to 80% and placed at random (the captions' shapes are large,
+    central)."""
+    return shrink(plain(colour, shape, rng), rng)
 
 
 DRAWS: dict[str, Callable[[str, str, random.Random], Image.Image]] = {
@@ -114,6 +110,29 @@ def confidence_figures(cap: Captioner, images, pairs) -> dict:
     own, good = torch.tensor([r.confidence for r in results]), torch.tensor(named)
     if 0 < int(good.sum()) < len(good):
         out["auroc_own_captions_right_vs_wrong"] = auroc(own[good], own[~good])
+    return out
+
+
+def hard_figures(cap: Captioner, seed: int, rounds: int) -> dict:
+    """(a) on the harder draws (turned, shrunk), where the captioner errs: whether the
+    confidence of its own greedy captions tells the right ones from the wrong ones, and how
+    many wrong ones abstaining (``confident`` false) withholds."""
+    images, pairs = [], []
+    for how in ("turned", "shrunk"):
+        drawn, p = draw(how, rounds, seed)
+        images, pairs = images + drawn, pairs + p
+    results = cap.caption(images)
+    ok = torch.tensor(exact(results, pairs))
+    conf = torch.tensor([r.confidence for r in results])
+    confident = torch.tensor([is_confident(r.confidence) for r in results])  # the default
+    out = {
+        "images": len(pairs),
+        "exact_caption_accuracy": float(ok.double().mean()),
+        "wrong_withheld": float((~confident[~ok]).double().mean()) if (~ok).any() else None,
+        "right_withheld": float((~confident[ok]).double().mean()),
+    }
+    if 0 < int(ok.sum()) < len(ok):
+        out["auroc_own_captions_right_vs_wrong"] = auroc(conf[ok], conf[~ok])
     return out
 
 
@@ -191,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         images, pairs = draw("plain", args.rounds, args.seed)
         result["confidence"] = confidence_figures(cap, images, pairs)
+        result["confidence_hard_draws"] = hard_figures(cap, args.seed, args.rounds)
         result["alt_check"] = alt_figures(cap, images, pairs)
         result["rerank"] = {h: rerank_figures(cap, *draw(h, args.rounds, args.seed)) for h in DRAWS}
         result["rerank_selection"] = {
@@ -205,13 +225,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(result: dict) -> str:
     """The figures as a plain-text table."""
-    conf, alt = result["confidence"], result["alt_check"]
+    conf, alt, hard = result["confidence"], result["alt_check"], result["confidence_hard_draws"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [
         f"(a) confidence, {result['rounds'] * 24} held-out images (seed {result['seed']})",
         f"    exact-caption accuracy (greedy)        {conf['exact_caption_accuracy']:.3f}",
         f"    AUROC right vs swapped captions        {conf['auroc_right_vs_swapped']:.3f}",
         f"    AUROC own captions, right vs wrong     "
         f"{conf.get('auroc_own_captions_right_vs_wrong', float('nan')):.3f}",
+        f"    on turned + shrunk draws ({hard['images']}): greedy accuracy "
+        f"{hard['exact_caption_accuracy']:.3f}, AUROC own right vs wrong "
+        f"{hard.get('auroc_own_captions_right_vs_wrong', float('nan')):.3f}",
+        f"      not confident: {fmt(hard['wrong_withheld'])} of wrong captions, "
+        f"{hard['right_withheld']:.3f} of right ones",
         "(b) alt check",
         f"    swapped alts flagged suspect           {alt['swapped_flagged_suspect']:.3f}"
         f"  ({alt['swapped_alts']} alts)",

@@ -126,9 +126,10 @@ class DecodingSettings:
     # ``logprob + clip_weight * log(confidence)``: the language model's mean log-probability
     # per token plus CLIP's calibrated log-probability that the caption is right, both nats.
     candidates: int = 1  # captions per image; 1: no reranking (beam: at most beam_size)
-    # CLIP's weight in the reranking score (0: the LM alone); 0.1: the best of a sweep on the
-    # demo model's held-out shapes (bench/confidence.py, docs/confidence.md)
-    clip_weight: float = 0.1
+    # CLIP's weight in the reranking score (0: the LM alone); 0.3: the largest weight of a
+    # sweep that broke no caption on the demo model's selection draws (bench/confidence.py,
+    # docs/confidence.md); measure your own model with ``evaluate --candidates``
+    clip_weight: float = 0.3
 
     def validate(self) -> DecodingSettings:
         if self.method not in DECODING_METHODS:

@@ -35,7 +35,7 @@ def tiny_transformer_dir(tmp_path_factory) -> Path:
 def demo_dir() -> Path:
     """The trained demo model (``make-tiny --trained``: real captions of synthetic shapes,
     real confidences), trained once and kept under .cache/ for as long as the code that
-    makes it is unchanged (about 40 s; the key is a hash of that code)."""
+    makes it is unchanged (about 90 s; the key is a hash of that code)."""
     import hashlib
 
     from captioner.model.checkpoints import is_model_dir

@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--trained",
         action="store_true",
-        help="train it on synthetic shapes, about a minute: real captions and confidences",
+        help="train it on synthetic shapes, about 1.5 minutes: real captions and confidences",
     )
     t.set_defaults(func=_make_tiny)
 

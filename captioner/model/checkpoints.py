@@ -402,5 +402,17 @@ def load_clip_towers(
     vision.vision_model, vision.visual_projection = clip.vision_model, clip.visual_projection
     text.text_model, text.text_projection = clip.text_model, clip.text_projection
     tokenizer = AutoTokenizer.from_pretrained(source)
+    if not tokenizer_spells(tokenizer):  # its scores would be nonsense: refused
+        raise ModelError(
+            f"{source} has CLIP's weights but no tokenizer files (vocab.json and merges.txt, "
+            "or tokenizer.json): save the CLIP model with its tokenizer"
+        )
     scale = float(clip.logit_scale.detach().exp())
     return vision.eval(), ClipTextTower(text.eval(), tokenizer, scale)
+
+
+def tokenizer_spells(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a tokenizer spells plain words without its unknown token: where a CLIP model's
+    tokenizer files are missing, transformers 5 makes an empty one (two special tokens)."""
+    ids = tokenizer("a photo of a cat", add_special_tokens=False)["input_ids"]
+    return tokenizer.unk_token_id is None or tokenizer.unk_token_id not in ids

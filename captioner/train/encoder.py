@@ -174,6 +174,3 @@ def _read_preprocessing(path: Path, model_size: int) -> tuple[int, list[float], 
             f"{model_size}); AltCap resizes the shortest side to the crop size"
         )
     return crop, mean, std
-
-
-# --- decoding images in DataLoader workers ----------------------------------------------

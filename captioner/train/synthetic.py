@@ -91,6 +91,21 @@ def draw_shape(
     return img
 
 
+def turn(image: Image.Image, rng: random.Random, max_degrees: float = 45.0) -> Image.Image:
+    """The drawing turned by up to ``max_degrees`` either way (``draw_shape`` never turns)."""
+    return image.rotate(rng.uniform(-max_degrees, max_degrees), fillcolor=image.getpixel((0, 0)))
+
+
+def shrink(image: Image.Image, rng: random.Random, scale: float = 0.8) -> Image.Image:
+    """The drawing shrunk to ``scale`` and placed at random (``draw_shape``'s are large and
+    central)."""
+    side = int(image.width * scale)
+    canvas = Image.new("RGB", image.size, image.getpixel((0, 0)))
+    at = (rng.randint(0, image.width - side), rng.randint(0, image.height - side))
+    canvas.paste(image.resize((side, side), Image.BILINEAR), at)
+    return canvas
+
+
 def _angles(n: int, start: float) -> list[float]:
     return [start + 2 * math.pi * i / n for i in range(n)]
 

@@ -82,6 +82,26 @@ def test_convert_takes_the_text_tower_from_the_clip_model(tmp_path):
     torch.testing.assert_close(model.encode_images(pixels), original.encode_images(pixels))
 
 
+def test_clip_weights_without_their_tokenizer_are_refused(tmp_path):
+    """A CLIPModel saved without its tokenizer files: transformers 5 loads an empty tokenizer
+    that would give every text the same few ids; the converter refuses it in one line."""
+    import shutil
+
+    from captioner.errors import ModelError
+
+    _, _, _, original = write_reference_parts(tmp_path / "ref", "mlp", seed=5)
+    clip_dir = save_clip_model(original, tmp_path / "clip")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(clip_dir / name, bare / name)
+    with pytest.raises((ModelError, OSError)) as refused:  # OSError: transformers 4's own
+        load_clip_towers(bare)
+    if isinstance(refused.value, ModelError):
+        assert "no tokenizer files" in refused.value.message
+        assert str(bare) in refused.value.message
+
+
 def test_confidence_rule():
     cfg = ClipCapConfig()  # the CLIPScore tangent: 0.5 at cosine 0.2
     cos = torch.tensor([-1.0, 0.1, 0.2, 0.3, 1.0])
