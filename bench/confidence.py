@@ -8,8 +8,8 @@ another seed than training's:
   against wrong (bar: >= 0.9);
 - (b) the author's-alt check (``Captioner.caption(images, alts=...)``): the share of swapped
   alts (another colour AND another shape: all 15 for each image) flagged ``suspect`` (bar:
-  >= 90%), and of right alts (the canonical caption and the short "A red circle.") (bar:
-  <= 5%);
+  >= 90%), and of right alts (the canonical caption, the short "A red circle." and the bare
+  "red circle") (bar: <= 5%);
 - (c) reranking against beam search: exact-caption accuracy of beam search (beam_size 5) and
   of its 5 best beams reranked by CLIP (``candidates=5``), with the images reranking fixes
   and breaks, for each ``clip_weight`` of a sweep; on the plain held-out draws and on harder
@@ -139,6 +139,7 @@ def hard_figures(cap: Captioner, seed: int, rounds: int) -> dict:
 def alt_figures(cap: Captioner, images, pairs) -> dict:
     """(b): the alt check on right alts and on swapped ones (another colour and shape)."""
     right_alts = [shape_caption(c, s, v).capitalize() for v in (0, 1) for c, s in pairs]
+    right_alts += [f"{c} {s}" for c, s in pairs]  # the bare name: "red circle"
     swapped = [
         (i, shape_caption(c2, s2).capitalize())
         for i, (c, s) in enumerate(pairs)
@@ -146,14 +147,15 @@ def alt_figures(cap: Captioner, images, pairs) -> dict:
         for s2 in SHAPES
         if c2 != c and s2 != s
     ]
-    right = cap.caption(images * 2, alts=right_alts)
+    right = cap.caption(images * 3, alts=right_alts)
     wrong = cap.caption([images[i] for i, _ in swapped], alts=[a for _, a in swapped])
     flagged = [r.alt_check["verdict"] == "suspect" for r in wrong]
     false_flags = [r.alt_check["verdict"] == "suspect" for r in right]
-    n = len(pairs)  # right alts: the canonical captions, then the short ones
+    n = len(pairs)  # right alts: the canonical captions, the short ones, the bare names
     return {
         "right_canonical_flagged_suspect": sum(false_flags[:n]) / n,
-        "right_short_flagged_suspect": sum(false_flags[n:]) / n,
+        "right_short_flagged_suspect": sum(false_flags[n : 2 * n]) / n,
+        "right_bare_flagged_suspect": sum(false_flags[2 * n :]) / n,
         "swapped_alts": len(wrong),
         "swapped_flagged_suspect": sum(flagged) / len(flagged),
         "right_alts": len(right),
@@ -243,8 +245,9 @@ def table(result: dict) -> str:
         f"  ({alt['swapped_alts']} alts)",
         f"    right alts flagged suspect             {alt['right_flagged_suspect']:.3f}"
         f"  ({alt['right_alts']} alts)",
-        f'      of them canonical / short ("A red circle.")  '
-        f"{alt['right_canonical_flagged_suspect']:.3f} / {alt['right_short_flagged_suspect']:.3f}",
+        f'      of them canonical / short ("A red circle.") / bare ("red circle")  '
+        f"{alt['right_canonical_flagged_suspect']:.3f} / {alt['right_short_flagged_suspect']:.3f}"
+        f" / {alt.get('right_bare_flagged_suspect', float('nan')):.3f}",
         "(c) exact-caption accuracy: beam 5 | rerank 5 by clip_weight (fixed/broken of beam's)",
         "    draws    beam5  " + "  ".join(f"w={w:<11}" for w in CLIP_WEIGHTS),
     ]

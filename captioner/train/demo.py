@@ -51,6 +51,8 @@ PREFIX_STEPS = 600  # caption steps of PREFIX_BATCH images
 PREFIX_BATCH = 48
 IMAGES_PER_PAIR = 32  # training images drawn per colour/shape pair (different jitter)
 CAPTION_VARIANTS = 2  # templates the text tower sees: the canonical one and "a red circle."
+# ... and the bare name, as people write short alts: "red circle"
+BARE = "{c} {s}"
 
 
 @contextmanager
@@ -130,10 +132,9 @@ def train_clip(model: ClipCapModel, images: torch.Tensor, seed: int) -> None:
     """Stage 1: CLIP's two towers, InfoNCE on batches of all 24 pairs (one image each)."""
     tokenizer = model.clip_tokenizer
     max_length = int(model.clip_text.config.max_position_embeddings)
-    texts = [  # (variant, pair) -> ids: tokenised once
-        clip_token_ids(tokenizer, [shape_caption(c, s, v) for c, s in PAIRS], max_length)
-        for v in range(CAPTION_VARIANTS)
-    ]
+    phrasings = [[shape_caption(c, s, v) for c, s in PAIRS] for v in range(CAPTION_VARIANTS)]
+    phrasings.append([BARE.format(c=c, s=s) for c, s in PAIRS])
+    texts = [clip_token_ids(tokenizer, p, max_length) for p in phrasings]  # tokenised once
     towers = [model.vision, model.clip_text]
     for t in towers:
         t.train().requires_grad_(True)
@@ -146,7 +147,7 @@ def train_clip(model: ClipCapModel, images: torch.Tensor, seed: int) -> None:
     for step in range(CLIP_STEPS):
         pick = torch.randint(0, images.shape[0], (len(PAIRS),), generator=g)
         pixels = images[pick, target]  # (24, 3, S, S): pair i from a random drawing
-        ids, mask = texts[step % CAPTION_VARIANTS]
+        ids, mask = texts[step % len(texts)]
         img = F.normalize(model.vision(pixel_values=pixels).image_embeds, dim=-1)  # (24, D)
         txt = F.normalize(model.clip_text(input_ids=ids, attention_mask=mask).text_embeds, dim=-1)
         logits = log_scale.exp().clamp(max=100.0) * img @ txt.T  # (24, 24)
