@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # AltCap as a user installs it: build the wheel from a clean copy of this checkout, install it
-# into a fresh virtualenv outside the checkout, and run `altcap` from there (`make test-wheel`,
-# part of `make test`). Fails on the first check that does not hold.
+# into a fresh virtualenv outside the checkout, and run `altcap` and the service (gunicorn with
+# the packaged config) from there (`make test-wheel`, part of `make test`). Fails on the first
+# check that does not hold.
 #
 #   PYTHON       the interpreter for the new virtualenv (default python3)
 #   TORCH_SPEC   installed first, as in the Makefile (default torch==2.13.0, the local CPU wheel;
@@ -90,6 +91,31 @@ lib = cpu_kernel.build()  # compiles here on any x86-64 gcc, whatever this CPU
 assert lib.parent == kernels, lib
 print(f"check_wheel: kernels {lib}")
 '
+step "gunicorn -c python:captioner.web.gunicorn_conf serves the tiny model, stops on SIGTERM"
+ALTCAP_MODEL=$work/tiny ALTCAP_DATA_DIR=$work/data ALTCAP_THREADS=4 "$vpy" -c '
+import json, re, signal, subprocess, sys, time, urllib.request
+cmd = [sys.executable, "-m", "gunicorn", "-c", "python:captioner.web.gunicorn_conf",
+       "--bind", "127.0.0.1:0", "captioner.web.app:create_app()"]
+with open("gunicorn.log", "wb") as log:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+def log():
+    return open("gunicorn.log", errors="replace").read()
+try:
+    deadline, port, ready = time.monotonic() + 120, None, False
+    while not ready and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        port = port or (m := re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log())) and m[1]
+        ready = bool(port and re.search(r"\[INFO\] model .* loaded", log()))
+    assert ready, "gunicorn did not load the model:\n" + log()
+    for path, want in (("/healthz", {"status": "ok"}), ("/readyz", None)):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+            assert r.status == 200 and (want is None or json.load(r) == want), path
+finally:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(60)
+assert code == 0 and "Traceback" not in log(), log()
+'
+
 find "$site" -type f | sort | diff "$work/site-before" - ||
     { echo "running altcap wrote into site-packages (above)" >&2 && exit 1; }
 

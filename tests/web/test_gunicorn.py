@@ -1,4 +1,8 @@
-"""The service under real gunicorn: gunicorn.conf.py, two forked workers, a clean SIGTERM.
+"""The service under real gunicorn: its configuration, two forked workers, a clean SIGTERM.
+
+The configuration is ``captioner/web/gunicorn_conf.py``, read as a checkout reads it (the root
+``gunicorn.conf.py``, which imports it) and as an installed package does
+(``-c python:captioner.web.gunicorn_conf``, from a directory with no checkout in it).
 
 The Flask test client cannot see what only a pre-forking server does: the app built once
 per worker after the fork, the model loaded in each worker and never in the master, the
@@ -12,43 +16,91 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
+import runpy
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from gunicorn_server import GRACEFUL_TIMEOUT_S, LOADED, ROOT, Gunicorn
+from gunicorn.config import Config
+from gunicorn_server import (
+    GRACEFUL_TIMEOUT_S,
+    LISTENING,
+    LOADED,
+    READY_TIMEOUT_S,
+    ROOT,
+    Gunicorn,
+)
 from helpers import png_bytes
+
+from captioner.web import gunicorn_conf
 
 WORKERS = 2
 METRICS_DIR = re.compile(r"\[INFO\] workers' metrics in (\S+)")
 IMAGES_TOTAL = re.compile(r"^altcap_images_total\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
-def print_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """gunicorn's view of gunicorn.conf.py (reads the config only: no app, no model)."""
+# The command an installed AltCap runs (docs/deployment.md), from any directory.
+PACKAGED_CONFIG = "python:captioner.web.gunicorn_conf"
+PACKAGED_APP = "captioner.web.app:create_app()"
+
+
+def gunicorn_env(**env: str) -> dict[str, str]:
+    """This process's environment without the settings a test must not inherit."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ALTCAP_")}
-    base.pop("PORT", None)
-    base.pop("GUNICORN_CMD_ARGS", None)
-    cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
-    cmd += ["--print-config", *args, "app:create_app()"]
-    return subprocess.run(
-        cmd, cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=60
-    )
+    for name in ("PORT", "GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR"):
+        base.pop(name, None)
+    return {**base, **env}
+
+
+def package_only(tmp: Path) -> dict[str, str]:
+    """A ``PYTHONPATH`` under which the checkout's ``captioner`` package can be imported and
+    nothing else of the checkout (no app.py, gunicorn.conf.py or tests/), as after ``pip
+    install``; the commands run in ``tmp``, not in the checkout."""
+    site = tmp / "site"
+    site.mkdir()
+    (site / "captioner").symlink_to(ROOT / "captioner", target_is_directory=True)
+    return {"PYTHONPATH": str(site)}
+
+
+@pytest.fixture(params=["checkout", "installed"])
+def print_config(request, tmp_path) -> Callable[..., subprocess.CompletedProcess]:
+    """gunicorn's view of the configuration (reads it only: no app, no model), as a checkout
+    names it (gunicorn.conf.py, from the root) or as an installed package does."""
+    if request.param == "checkout":
+        config, app, cwd, paths = "gunicorn.conf.py", "app:create_app()", ROOT, {}
+    else:
+        config, app, cwd, paths = PACKAGED_CONFIG, PACKAGED_APP, tmp_path, package_only(tmp_path)
+
+    def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "gunicorn", "-c", config, "--print-config", *args, app]
+        return subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=gunicorn_env(**paths, **env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
 
 
 def config_values(out: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines())}
 
 
-def test_config_defaults_and_environment():
+def test_config_defaults_and_environment(print_config):
     defaults = config_values(print_config({}).stdout)
     assert defaults["bind"] == "['127.0.0.1:8000']"  # loopback unless told otherwise
     assert defaults["workers"] == "1"
@@ -63,20 +115,36 @@ def test_config_defaults_and_environment():
     assert explicit["bind"] == "['127.0.0.1:9000']"  # the command line wins
 
 
-def test_bad_worker_count_stops_gunicorn_with_a_clear_message():
+def test_bad_worker_count_stops_gunicorn_with_a_clear_message(print_config):
     result = print_config({"ALTCAP_WORKERS": "two"})
     assert result.returncode != 0
     assert "ALTCAP_WORKERS='two' is not valid: expected a positive integer" in result.stderr
 
 
+HOOKS = ("on_starting", "pre_fork", "post_fork", "post_worker_init", "worker_exit")
+HOOKS += ("child_exit", "on_exit")
+
+
+def test_the_checkout_config_is_the_packaged_one():
+    """gunicorn.conf.py only imports captioner/web/gunicorn_conf.py: every setting and hook
+    gunicorn takes from it is the packaged module's own object, and it adds none."""
+    settings = Config().settings
+    packaged = {k: v for k, v in vars(gunicorn_conf).items() if k in settings}
+    checkout = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert {k for k in checkout if k in settings} == packaged.keys()
+    assert all(checkout[k] is v for k, v in packaged.items())
+    assert {"bind", "workers", "threads", "timeout", "preload_app", *HOOKS} <= packaged.keys()
+
+
 QUIT_WHILE_SUBMITTING = """
-import runpy, signal
+import signal
 from gunicorn.workers.gthread import ThreadWorker
 from concurrent.futures import ThreadPoolExecutor
+from captioner.web.gunicorn_conf import post_worker_init
 
 worker = ThreadWorker.__new__(ThreadWorker)  # just what the handlers touch
 worker.tpool, worker.alive = ThreadPoolExecutor(2), True
-runpy.run_path("gunicorn.conf.py")["post_worker_init"](worker)
+post_worker_init(worker)
 with worker.tpool._shutdown_lock:  # the main thread inside tpool.submit() as a signal lands
     for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
         signal.getsignal(sig)(sig, None)
@@ -87,7 +155,7 @@ print("returned", worker.alive)
 def test_a_stop_signal_during_a_submit_does_not_hang_the_worker():
     """gthread's own quit handler shuts the thread pool down inside the signal handler and
     waits for the pool's lock, which the interrupted submit() holds: a worker hung for good
-    (python/cpython#121649). gunicorn.conf.py's handlers only clear ``alive`` (SIGTERM's
+    (python/cpython#121649). The configuration's handlers only clear ``alive`` (SIGTERM's
     graceful shutdown is then tested for real by test_sigterm_stops_cleanly)."""
     result = subprocess.run(
         [sys.executable, "-c", QUIT_WHILE_SUBMITTING],
@@ -105,6 +173,72 @@ def test_procfile_runs_gunicorn_with_this_config():
     assert "gunicorn -c gunicorn.conf.py" in line
     assert "--bind 0.0.0.0:$PORT" in line
     assert '"app:create_app()"' in line
+
+
+def test_the_deployment_docs_give_both_commands():
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    assert 'gunicorn -c gunicorn.conf.py --bind 0.0.0.0:$PORT "app:create_app()"' in docs
+    assert f'gunicorn -c {PACKAGED_CONFIG} --bind 0.0.0.0:8000 "{PACKAGED_APP}"' in docs
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_an_installed_package_serves_with_its_packaged_config(tiny_dir, tmp_path):
+    """As after ``pip install``: in a directory with no checkout, with only the ``captioner``
+    package importable, ``gunicorn -c python:captioner.web.gunicorn_conf`` runs the packaged
+    settings and hooks (on_starting's metrics directory, post_fork's logging, on_exit's
+    clean-up) and the app answers /healthz, then /readyz once its model has loaded."""
+    env = gunicorn_env(
+        **package_only(tmp_path),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        ALTCAP_MODEL=str(tiny_dir),
+        ALTCAP_DEVICE="cpu",
+        ALTCAP_DATA_DIR=str(tmp_path / "data"),
+        ALTCAP_THREADS="4",
+    )
+    probe = (
+        "import importlib.util as u; print([u.find_spec(m) for m in ('app', 'gunicorn_server')])"
+    )
+    seen = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert seen.stdout.strip() == "[None, None]", seen  # nothing of the checkout but the package
+    cmd = [sys.executable, "-m", "gunicorn", "-c", PACKAGED_CONFIG, "--bind", "127.0.0.1:0"]
+    log_path = tmp_path / "error.log"
+    with (tmp_path / "access.log").open("wb") as out, log_path.open("wb") as err:
+        proc = subprocess.Popen([*cmd, PACKAGED_APP], cwd=tmp_path, env=env, stdout=out, stderr=err)
+    try:
+        port, ready, deadline = 0, False, time.monotonic() + READY_TIMEOUT_S
+        while not ready and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            log = log_path.read_text(errors="replace")
+            if not port and (m := LISTENING.search(log)):
+                port = int(m.group(1))
+                status, body = get(port, "/healthz")
+                assert (status, json.loads(body)) == (200, {"status": "ok"}), log
+            ready = bool(port and LOADED.search(log))  # post_fork sent it to gunicorn's log
+        log = log_path.read_text(errors="replace")
+        assert ready, f"gunicorn exited with {proc.poll()} or was not ready in time:\n{log}"
+        assert get(port, "/readyz")[0] == 200, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(GRACEFUL_TIMEOUT_S + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+    log = log_path.read_text(errors="replace")
+    assert code == 0 and "Traceback" not in log, log
+    assert not Path(METRICS_DIR.search(log).group(1)).exists()  # made and removed by the hooks
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +403,7 @@ def test_metrics_add_up_every_worker(server):
         list(pool.map(caption, range(12)))
     after = [images_answered(server) for _ in range(8)]
     assert after == [before.pop() + 12] * 8
-    # both workers write their values to the directory gunicorn.conf.py made for them
+    # both workers write their values to the directory on_starting made for them
     files = os.listdir(METRICS_DIR.search(server.log()).group(1))
     workers = set(re.findall(r"Booting worker with pid: (\d+)", server.log()))
     assert {f"counter_{pid}.db" for pid in workers} <= set(files), files
