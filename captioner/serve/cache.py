@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from captioner.errors import ConfigError
+from captioner.trust import ALT_VERDICTS
 
 if TYPE_CHECKING:  # the type only: the cache itself needs no OCR engine
     from captioner.read import Reading
@@ -52,6 +53,7 @@ __all__ = [
     "NullCache",
     "RedisCache",
     "SQLiteCache",
+    "alt_check_settings",
     "cache_key",
     "caption_value",
     "get_caption",
@@ -113,22 +115,39 @@ def caption_value(
     tokens: int,
     confidence: float | None = None,
     candidates: list[dict[str, Any]] | None = None,
+    alt_check: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What is stored under a ``cache_key``: the service and batch jobs share entries.
 
-    ``confidence`` (models with CLIP's text tower) and ``candidates`` (``decoding.candidates``
-    above 1) are stored only when there are some, so an entry keeps the shape older ones
-    have where it has nothing more to say."""
+    ``confidence`` (models with CLIP's text tower), ``candidates`` (``decoding.candidates``
+    above 1) and ``alt_check`` (under an ``alt_check_settings`` key only) are stored only
+    when there are some, so an entry keeps the shape older ones have where it has nothing
+    more to say."""
     value: dict[str, Any] = {"caption": text, "tokens": tokens}
     if confidence is not None:
         value["confidence"] = confidence
     if candidates:
         value["candidates"] = candidates
+    if alt_check is not None:
+        value["alt_check"] = dict(alt_check)
     return value
 
 
+def alt_check_settings(settings: Mapping[str, Any], alt: str, match_score: float) -> dict[str, Any]:
+    """The settings of the key of an answer checked against an author's ``alt``: the
+    decoding settings, the alt, and the score the verdict's rule needs
+    (``ALTCAP_ALT_MATCH_SCORE``). Another alt or another rule is another entry; an image
+    checked against the same alt again (a page visited again) is answered from the cache."""
+    return {**settings, "author_alt": alt, "alt_match_score": match_score}
+
+
 def get_caption(
-    cache: Cache, key: str, *, scored: bool = False, candidates: bool = False
+    cache: Cache,
+    key: str,
+    *,
+    scored: bool = False,
+    candidates: bool = False,
+    alt_checked: bool = False,
 ) -> dict[str, Any] | None:
     """The caption result under ``key``, or None when there is none or the stored value does
     not have the shape ``caption_value`` gives (an entry from elsewhere is never served).
@@ -136,7 +155,8 @@ def get_caption(
     ``scored``: the model scores its captions, so an entry without a ``confidence`` (written
     before confidences were, or by a model without a text tower) is a miss, recomputed and
     overwritten rather than served without one. ``candidates``: the request asks for them,
-    so an entry without them is a miss too.
+    so an entry without them is a miss too. ``alt_checked``: the request checks an author's
+    alt (an ``alt_check_settings`` key), so the entry must hold a well-formed ``alt_check``.
     """
     value = cache.get(key)
     if value is None or not isinstance(value.get("caption"), str):
@@ -156,7 +176,17 @@ def get_caption(
         isinstance(listed, list) and listed and all(isinstance(c, dict) for c in listed)
     ):
         return None
+    if alt_checked and not _is_alt_check(value.get("alt_check")):
+        return None
     return value
+
+
+def _is_alt_check(value: object) -> bool:
+    """Whether ``value`` is ``trust.alt_check``'s answer: ``{"score", "verdict"}``."""
+    if not isinstance(value, dict) or value.get("verdict") not in ALT_VERDICTS:
+        return False
+    score = value.get("score")
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
 
 
 def _is_fraction(value: object) -> bool:

@@ -15,8 +15,9 @@ What CLIP's text tower makes of it (issue 23; the rules are ``captioner.trust``'
 model that has one, every result carries the caption's ``confidence`` and whether it is
 ``confident`` (``ALTCAP_MIN_CONFIDENCE``), kept with the caption in the cache; an image sent
 with its author's ``alt`` gets an ``alt_check``. That check needs the image's embedding, so
-such an image is never answered from the caption cache (its caption is stored all the same),
-and without a text tower it gets the warning ``alt_check_unavailable`` instead.
+such an image is answered from the cache only when it was checked against the same alt
+before (a page visited again; ``cache.alt_check_settings``); its caption is stored for plain
+requests too. Without a text tower it gets the warning ``alt_check_unavailable`` instead.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from captioner.model.identity import ModelIdentity
 from captioner.read import Reading, TextPool
 from captioner.serve.cache import (
     Cache,
+    alt_check_settings,
     cache_key,
     caption_value,
     get_caption,
@@ -303,10 +305,18 @@ def wants_candidates(decoding: DecodingSettings) -> bool:
 
 
 def _checks_alt(st: ServiceState, item: Item) -> bool:
-    """Whether ``item``'s author alt is to be checked by the model (which needs the image's
-    embedding, so the caption cache cannot answer): there is one, and the model can, or
-    may once loaded."""
+    """Whether ``item``'s author alt is to be checked by the model: there is one, and the
+    model can, or may once loaded. The check needs the image's embedding, so only an answer
+    cached with the same alt (``_result_key``) can stand for it."""
     return item.alt is not None and scores_captions(st) is not False
+
+
+def _result_key(st: ServiceState, settings: dict[str, Any], item: Item, sha: str) -> str:
+    """The cache key of ``item``'s answer: its caption's, or, when its author's alt is to be
+    checked, that of the caption checked against that alt (``cache.alt_check_settings``)."""
+    if _checks_alt(st, item):
+        settings = alt_check_settings(settings, str(item.alt), st.settings.alt_match_score)
+    return cache_key(st.model.cache_id, settings, sha)
 
 
 def _run_job(st: ServiceState, job: Job) -> None:
@@ -343,7 +353,11 @@ def _run_job(st: ServiceState, job: Job) -> None:
                 render_candidates(getattr(outcome, "candidates", None)),
             )
             item.alt_check = outcome.alt_check
-            st.cache.set(cache_key(st.model.cache_id, settings, str(item.sha)), item.result)
+            sha = str(item.sha)
+            st.cache.set(cache_key(st.model.cache_id, settings, sha), item.result)
+            if item.alt_check is not None:  # and checked against its alt: for the next visit
+                checked = {**item.result, "alt_check": dict(item.alt_check)}
+                st.cache.set(_result_key(st, settings, item, sha), checked)
 
     reader = _reader(st, job)
     for item in todo:
@@ -447,13 +461,10 @@ def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -
     """Cache lookups, download, decoding and the start of reading for one item; errors stay
     with the item."""
     try:
-        model = st.model.cache_id
-        check = _checks_alt(st, item)  # needs the image's embedding: no caption from the cache
+        check = _checks_alt(st, item)  # only an answer cached with the same alt will do
         lookup_url_memo(st, item)
-        if (
-            item.sha is not None
-            and not check
-            and _from_cache(st, job, item, cache_key(model, settings, item.sha))
+        if item.sha is not None and _from_cache(
+            st, job, item, _result_key(st, settings, item, item.sha)
         ):
             return
         if item.data is None and item.url is not None:
@@ -466,10 +477,8 @@ def _prepare(st: ServiceState, job: Job, settings: dict[str, Any], item: Item) -
         item.sha = sha256_hex(data)
         if item.url is not None and st.settings.url_ttl_s > 0:
             st.cache.set_url_hash(item.url, item.sha, st.settings.url_ttl_s)
-        if (
-            item.sha != known
-            and not check
-            and _from_cache(st, job, item, cache_key(model, settings, item.sha))
+        if item.sha != known and _from_cache(
+            st, job, item, _result_key(st, settings, item, item.sha)
         ):
             return
         item.image = images.load_image(data, max_pixels=st.settings.max_image_pixels)
@@ -509,16 +518,20 @@ def _from_cache(st: ServiceState, job: Job, item: Item, key: str) -> bool:
     A cached caption whose text is wanted and not cached stays in ``item.result``: the
     image is then still fetched and decoded, for the reader only.
     """
+    checked = _checks_alt(st, item)
     value = get_caption(
         st.cache,
         key,
         scored=scores_captions(st) is True,
         candidates=wants_candidates(job.decoding),
+        alt_checked=checked,
     )
     st.metrics.cache_lookup("caption", value is not None)
     item.result, item.cached, item.text = value, value is not None, None
     if value is None:
         return False
+    if checked:
+        item.alt_check = dict(value["alt_check"])
     reader = _reader(st, job)
     if reader is not None:
         item.text = _cached_text(st, reader, item)

@@ -211,14 +211,49 @@ def test_an_authors_alt_of_another_shape_is_suspect(client: FlaskClient) -> None
     assert metric(client, "altcap_alt_checks_total", verdict="matches") == 1
 
 
-def test_an_image_with_an_alt_is_captioned_again_and_its_caption_kept(client) -> None:
-    """The check needs the image's embedding: no answer from the cache, but the caption it
-    computes is stored for the requests without an alt."""
-    (checked,) = post(client, circle(alt=BLUE_STAR))
+def test_an_alt_checked_before_is_answered_from_the_cache(make_app, tmp_path) -> None:
+    """The check needs the image's embedding: a plain cached caption cannot answer it, but
+    the same image checked against the same alt again (a page visited again) is answered
+    from the cache, verdict included; another alt, or another rule for the verdict, is
+    checked again. The caption computed for a check is stored for plain requests too."""
+    client = make_app().test_client()
     (plain,) = post(client, circle())
+    (checked,) = post(client, circle(alt=BLUE_STAR))
     (again,) = post(client, circle(alt=BLUE_STAR))
-    assert (checked["cached"], plain["cached"], again["cached"]) == (False, True, False)
+    (other,) = post(client, circle(alt=RED_CIRCLE))
+    assert [r["cached"] for r in (plain, checked, again, other)] == [False, False, True, False]
     assert again["alt_check"] == checked["alt_check"]
+    assert again["alt_check"]["verdict"] == "suspect"
+    assert other["alt_check"]["verdict"] == "matches"
+    assert metric(client, "altcap_alt_checks_total", verdict="suspect") == 2  # cached counts
+
+    shared = tmp_path / "shared"  # two apps on one cache, the second with another rule
+    first = make_app(DATA_DIR=shared).test_client()
+    (checked,) = post(first, circle(alt=RED_CIRCLE))
+    (plain,) = post(first, circle())
+    assert (checked["cached"], plain["cached"]) == (False, True)
+    stricter = make_app(DATA_DIR=shared, ALT_MATCH_SCORE=0.99).test_client()
+    (again,) = post(stricter, circle(alt=RED_CIRCLE))
+    (plain,) = post(stricter, circle())
+    assert (again["cached"], plain["cached"]) == (False, True)
+
+
+def test_a_cached_answer_with_a_broken_alt_check_is_checked_again(make_app) -> None:
+    """An entry under an alt's key without a well-formed ``alt_check`` is a miss."""
+    from captioner.serve.cache import alt_check_settings
+
+    app = make_app()
+    client, st = app.test_client(), app.extensions["altcap"]
+    settings = DecodingSettings().to_dict()
+    key = cache_key(
+        st.model.cache_id,
+        alt_check_settings(settings, BLUE_STAR, st.settings.alt_match_score),
+        sha256_hex(CIRCLE),
+    )
+    st.cache.set(key, {**caption_value(RED_CIRCLE, 8, 0.9), "alt_check": {"verdict": "maybe"}})
+    (result,) = post(client, circle(alt=BLUE_STAR))
+    assert result["cached"] is False and result["alt_check"]["verdict"] == "suspect"
+    assert st.cache.get(key)["alt_check"] == result["alt_check"]  # the entry overwritten
 
 
 def test_an_empty_alt_is_no_alt(client: FlaskClient) -> None:
