@@ -36,21 +36,11 @@ def demo_dir() -> Path:
     """The trained demo model (``make-tiny --trained``: real captions of synthetic shapes,
     real confidences), trained once and kept under .cache/ for as long as the code that
     makes it is unchanged (about 90 s; the key is a hash of that code)."""
-    import hashlib
-
-    from captioner.model.checkpoints import is_model_dir
-    from captioner.train.demo import train_tiny
+    from captioner.train.demo import code_key, is_current, train_tiny
 
     root = Path(__file__).resolve().parent.parent
-    sources = [
-        "captioner/train/demo.py",
-        "captioner/train/synthetic.py",
-        "captioner/model/tiny.py",
-        "captioner/model/scoring.py",
-    ]
-    key = hashlib.sha256(b"".join((root / f).read_bytes() for f in sources)).hexdigest()[:12]
-    out = root / ".cache" / f"test-demo-model-{key}"
-    if not is_model_dir(out):
+    out = root / ".cache" / f"test-demo-model-{code_key()}"
+    if not is_current(out, seed=0):
         train_tiny(out, seed=0)
     return out
 

@@ -139,10 +139,15 @@ def _make_tiny(args: argparse.Namespace) -> int:
     if args.trained:
         if args.mapping is not None:
             raise InvalidSettings("--mapping does not apply with --trained (an MLP mapper)")
-        from captioner.train.demo import train_tiny  # torch, training: not for --help
+        from captioner.train import demo  # torch, training: not for --help
 
-        print(train_tiny(args.out_dir, seed=args.seed))
+        if args.keep_current and demo.is_current(args.out_dir, args.seed):
+            print(args.out_dir)  # this code's demo model is there already
+            return 0
+        print(demo.train_tiny(args.out_dir, seed=args.seed))
         return 0
+    if args.keep_current:
+        raise InvalidSettings("--keep-current applies only with --trained")
     from captioner.model.tiny import make_tiny  # torch: not for --help
 
     print(make_tiny(args.out_dir, args.mapping or "mlp", seed=args.seed))
@@ -195,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trained",
         action="store_true",
         help="train it on synthetic shapes, about 1.5 minutes: real captions and confidences",
+    )
+    t.add_argument(
+        "--keep-current",
+        action="store_true",
+        help="with --trained: keep OUT_DIR if it holds the demo model this code makes",
     )
     t.set_defaults(func=_make_tiny)
 

@@ -22,6 +22,8 @@ algorithms on: the same seed gives the same weights on any machine with the same
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -44,6 +46,14 @@ from captioner.train.synthetic import COLOURS, SHAPES, draw_shape, shape_caption
 
 log = logging.getLogger(__name__)
 
+# The code that decides what the demo model is (paths from the package's parent): another
+# version of these files makes another model (``code_key``, ``is_current``).
+SOURCES = (
+    "captioner/train/demo.py",
+    "captioner/train/synthetic.py",
+    "captioner/model/tiny.py",
+    "captioner/model/scoring.py",
+)
 PAIRS = [(c, s) for c in COLOURS for s in SHAPES]  # 24 classes: one of each in every batch
 DRAW_SIZE = 64  # synthetic images are drawn at this size, then preprocessed as any input
 CLIP_STEPS = 9000  # contrastive steps of one batch of all 24 pairs
@@ -93,10 +103,33 @@ def demo_model(seed: int = 0) -> ClipCapModel:
     config.text_config.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     config.image_encoder = config.text_encoder = "tiny CLIP trained on synthetic shapes"
     config.language_model = "tiny GPT-2 trained on synthetic shapes"
-    config.source = f"make-tiny --trained (synthetic shapes, seed {seed})"
+    config.source = made_by(seed)
     model = ClipCapModel.from_config(config)
     model.clip_tokenizer = tokenizer
     return model
+
+
+def code_key() -> str:
+    """A short hash of ``SOURCES``: the same key, the same demo model for a seed."""
+    root = Path(__file__).resolve().parents[2]
+    return hashlib.sha256(b"".join((root / f).read_bytes() for f in SOURCES)).hexdigest()[:12]
+
+
+def made_by(seed: int) -> str:
+    """The ``source`` in config.json of the demo model this code makes with ``seed``."""
+    return f"make-tiny --trained (synthetic shapes, seed {seed}, code {code_key()})"
+
+
+def is_current(out_dir: str | os.PathLike, seed: int = 0) -> bool:
+    """Whether ``out_dir`` holds the demo model that this code makes with ``seed`` (so
+    ``make-tiny --trained --keep-current`` need not train it again)."""
+    path = Path(out_dir)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    weights = (path / "model.safetensors").is_file()
+    return weights and isinstance(config, dict) and config.get("source") == made_by(seed)
 
 
 def train_tiny(out_dir: str | os.PathLike, *, seed: int = 0, threads: int = 1) -> Path:

@@ -201,3 +201,28 @@ def test_make_tiny_trained_trains_the_demo_model(tmp_path, monkeypatch, capsys) 
     assert capsys.readouterr().err.startswith("error: invalid_settings: --mapping")
     assert len(calls) == 1
     assert build_parser().parse_args(["make-tiny", "x"]).trained is False
+
+
+def test_keep_current_trains_only_what_is_missing_or_stale(tmp_path, monkeypatch, capsys):
+    """``--keep-current`` (``make run-tiny``) keeps a directory that holds the demo model
+    this code makes with that seed, and trains anything else: nothing there, another seed,
+    a model made by other code."""
+    from captioner.train import demo
+
+    calls = []
+    monkeypatch.setattr(demo, "train_tiny", lambda out, *, seed=0: calls.append(seed) or out)
+    out = tmp_path / "demo"
+    keep = ["make-tiny", str(out), "--trained", "--keep-current"]
+    assert main(keep) == 0 and calls == [0]  # nothing there yet
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"")
+    config = {"source": demo.made_by(0)}
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(keep) == 0 and calls == [0]  # current: kept
+    assert capsys.readouterr().out.splitlines()[-1] == str(out)
+    assert main([*keep, "--seed", "1"]) == 0 and calls == [0, 1]  # another seed
+    config["source"] = config["source"].replace(demo.code_key(), "0" * 12)
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(keep) == 0 and calls == [0, 1, 0]  # made by other code
+    assert main(["make-tiny", str(out), "--keep-current"]) == 1  # only with --trained
+    assert "--keep-current applies only with --trained" in capsys.readouterr().err
