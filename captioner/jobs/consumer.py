@@ -48,6 +48,7 @@ from captioner.model.identity import ModelIdentity, model_identity
 from captioner.serve.cache import (
     Cache,
     NullCache,
+    alt_check_settings,
     cache_key,
     caption_value,
     get_caption,
@@ -434,9 +435,11 @@ class JobConsumer:
         where it has them, and go into it otherwise.
 
         With ``check_alts`` (a model with a text tower) an image is captioned once per
-        author alt it checks (``plan.alt_groups``), never from the cache: the check is made
-        in the captioning's pass. A cached caption without a confidence, from before the
-        model could score, is made again."""
+        author alt it checks (``plan.alt_groups``): the check is made in the captioning's
+        pass, and kept in the cache under a key that names the alt
+        (``cache.alt_check_settings``), so a site scanned again is not captioned again. A
+        cached caption without a confidence, from before the model could score, is made
+        again."""
         spec = job["spec"]
         decoding = DecodingSettings.from_dict(spec["decoding"])
         settings = decoding.to_dict()
@@ -447,24 +450,38 @@ class JobConsumer:
         engine = describer.pool.engine_id if describer.pool is not None else None
         scores = bool(getattr(self.backend, "can_score", False))
         check = scores and spec.get("check_alts", True)
+        match_score = self.settings.alt_match_score
         checks = {
             item["url"]: [alt for alt, _ in batch.alt_groups([t for _, t in item["rows"]], check)]
             for item in claim.items
         }
 
+        def alt_key(sha: str, alt: str) -> str:
+            return cache_key(model, alt_check_settings(settings, alt, match_score), sha)
+
         def prepare(url: str) -> _Prepared | AltCapError:
-            """The image's cached caption and reading, and the decoded image if one is missing."""
+            """The image's cached caption, alt checks and reading, and the decoded image if
+            any is missing."""
             try:
                 with self.host_slots.hold(url):
                     data = fetch.fetch_image(url, limits).data
                 got = _Prepared(sha256_hex(data))
                 key = cache_key(model, settings, got.sha)
                 hit = get_caption(self.cache, key, scored=scores)  # scored: one with a confidence
-                if hit is not None and checks[url] == [None]:
+                if hit is not None:
                     got.caption, got.confidence = hit["caption"], hit.get("confidence")
+                for alt in checks[url]:
+                    if alt is None:
+                        continue
+                    done = get_caption(self.cache, alt_key(got.sha, alt), alt_checked=True)
+                    if done is not None:
+                        confidence = done.get("confidence")
+                        got.checked[alt] = (done["caption"], confidence, done["alt_check"])
+                        if got.caption is None:  # the same caption, whatever alt it checked
+                            got.caption, got.confidence = done["caption"], confidence
                 if engine is not None:
                     got.text = get_text(self.cache, text_key(got.sha, engine))
-                if got.caption is None or (engine is not None and got.text is None):
+                if got.missing(checks[url]) or (engine is not None and got.text is None):
                     got.image = load_image(data, max_pixels=self.backend.max_pixels)
                 return got
             except AltCapError as exc:
@@ -481,7 +498,7 @@ class JobConsumer:
         outcomes: dict[str, Mapping[str | None, Mapping[str, Any]] | AltCapError] = {
             url: p for url, p in prepared.items() if isinstance(p, AltCapError)
         }
-        todo = [(url, p, a) for url, p in good.items() if p.caption is None for a in checks[url]]
+        todo = [(url, p, a) for url, p in good.items() for a in p.missing(checks[url])]
         try:
             if todo:
                 images = [p.image for _, p, _ in todo]
@@ -493,11 +510,17 @@ class JobConsumer:
                         outcomes[url] = result
                         continue
                     confidence = getattr(result, "confidence", None)
-                    p.checked[alt] = (result.text, confidence, getattr(result, "alt_check", None))
+                    alt_check = getattr(result, "alt_check", None)
+                    p.checked[alt] = (result.text, confidence, alt_check)
                     if p.caption is None:
                         p.caption, p.confidence = result.text, confidence
                         value = caption_value(result.text, result.tokens, confidence)
                         self.cache.set(cache_key(model, settings, p.sha), value)
+                    if alt is not None and alt_check is not None:  # for the next scan
+                        value = caption_value(
+                            result.text, result.tokens, confidence, alt_check=alt_check
+                        )
+                        self.cache.set(alt_key(p.sha, alt), value)
         except BaseException:
             cancel(reading.values())
             raise
@@ -509,7 +532,9 @@ class JobConsumer:
                     self.cache.set(text_key(p.sha, engine), p.text)
             if url in outcomes:
                 continue
-            checked = p.checked or {None: (str(p.caption), p.confidence, None)}
+            checked = dict(p.checked)
+            if not checked or (None in checks[url] and p.caption is not None):
+                checked.setdefault(None, (str(p.caption), p.confidence, None))
             fields = {
                 alt: describer.fields(text, p.text, warning, confidence=c, alt_check=result)
                 for alt, (text, c, result) in checked.items()
@@ -529,9 +554,19 @@ class _Prepared:
     text: dict[str, Any] | None = None  # reading.text_value's
     image: Image.Image | None = None
     # author alt checked (None: none) -> (caption, confidence, alt_check), from the model
+    # or the cache
     checked: dict[str | None, tuple[str, float | None, Any]] = dataclasses.field(
         default_factory=dict
     )
+
+    def missing(self, alts: list[str | None]) -> list[str | None]:
+        """Which of ``alts`` (None: the rows that check none) the model still has to
+        caption this image for: the alts not checked yet, and None without a caption."""
+        return [
+            a
+            for a in alts
+            if (a is None and self.caption is None) or (a is not None and a not in self.checked)
+        ]
 
 
 def _consumer(huey: Huey, workers: int) -> Any:

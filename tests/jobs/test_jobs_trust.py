@@ -107,6 +107,33 @@ def test_a_job_checks_author_alts_and_flags_the_swapped_one(queue_of, site) -> N
     assert rows[2]["confidence"] == square["confidence"]  # from the cache, with its confidence
 
 
+def test_a_site_scanned_again_is_answered_from_the_cache(tmp_path, demo_captioner, site):
+    """The alt checks of a scan are cached under keys that name each alt: a second scan of
+    the same page captions nothing and gives the same rows; a new alt is checked anew."""
+    captioned: list[int] = []
+
+    class Counting(CaptionerBackend):
+        def caption(self, images, *args, **kwargs):
+            captioned.append(len(images))
+            return super().caption(images, *args, **kwargs)
+
+    base = {"ALLOW_PRIVATE_NETWORKS": True, "CRAWL_DELAY_S": 0, "MODEL": "demo", "OCR": "off"}
+    settings = Settings.load({}, {**base, "DATA_DIR": tmp_path / "data"})
+    queue = JobQueue(settings)
+    cache = open_cache(settings.cache_url, settings.data_dir)
+    start_consumer(queue, Counting(demo_captioner), workers=1, cache=cache)
+    try:
+        _, first = run(queue, {"pages": [site.url("shapes.html")]})
+        assert sum(captioned) == 3  # the square, and the circle once per author alt
+        _, again = run(queue, {"pages": [site.url("shapes.html")]})
+        assert sum(captioned) == 3  # nothing captioned again
+        fields = ("verdict", "status", "alt", "alt_check", "confidence", "author_alt")
+        assert [[r[f] for f in fields] for r in again] == [[r[f] for f in fields] for r in first]
+        assert [r["verdict"] for r in again] == ["ok", "suspect_alt", "missing"]
+    finally:
+        queue.close(timeout=5)
+
+
 def test_a_job_withholds_captions_that_are_not_confident(queue_of, site) -> None:
     queue = queue_of(MIN_CONFIDENCE=0.999)  # above every caption's confidence
     status, rows = run(queue, {"pages": [site.url("shapes.html")]})
