@@ -27,6 +27,10 @@ export const MAX_IMAGES_PER_REQUEST = 32; // the server's ALTCAP_MAX_IMAGES_PER_
 export const MAX_BODY_CHARS = 12 * 1024 * 1024; // request bodies stay under the 20 MiB default
 export const MAX_RETRIES = 3; // retries after the first try, on 429/502/503/504 and network errors
 export const MAX_RETRY_WAIT_MS = 30_000; // a longer Retry-After: give up now, pause that long
+// The most of a server's answer read: 32 results with 8 candidates each and long texts stay
+// under 1 MiB; beyond this the answer is dropped unread, so a server that sends gigabytes
+// costs the worker no more memory than this.
+export const MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
 export const BACKOFF_BASE_MS = 500; // 0.5 s, 1 s, 2 s (+ up to 25% jitter)
 export const REQUEST_TIMEOUT_MS = 60_000;
 export const UNREACHABLE_PAUSE_MS = 15_000; // after the server could not be reached at all
@@ -305,12 +309,12 @@ export async function postCaptions(payloads, { serverUrl, apiKey, readText = tru
         await sleep(delay);
         continue;
       }
-      const body = await response.json().catch(() => null);
+      const body = await readJson(response);
       const { code, message } = errorFromBody(body, response.status);
       throw new CaptionError(code, message, { retryAfterMs: delay });
     }
 
-    const body = await response.json().catch(() => null);
+    const body = await readJson(response);
     if (!response.ok) {
       const { code, message } = errorFromBody(body, response.status);
       throw new CaptionError(code, message);
@@ -320,6 +324,52 @@ export async function postCaptions(payloads, { serverUrl, apiKey, readText = tru
       throw new CaptionError("bad_response", "the AltCap server sent an answer this extension cannot read");
     }
     return results.map((r) => readResult(r, body.language));
+  }
+}
+
+/**
+ * A response's JSON body, read up to `maxBytes` (MAX_RESPONSE_BYTES); null when it is not
+ * JSON. A larger body (by its Content-Length, or as it streams in) is not read further: the
+ * stream is cancelled and CaptionError("bad_response") thrown.
+ */
+export async function readJson(response, maxBytes = MAX_RESPONSE_BYTES) {
+  const tooLarge = () =>
+    new CaptionError("bad_response", `the AltCap server sent an answer of more than ${maxBytes / 1048576} MiB`);
+  const declared = Number(response.headers && response.headers.get("Content-Length"));
+  const stream = response.body;
+  if (declared > maxBytes) {
+    if (stream) await stream.cancel().catch(() => {});
+    throw tooLarge();
+  }
+  if (!stream || typeof stream.getReader !== "function") return response.json().catch(() => null);
+  const reader = stream.getReader();
+  const parts = [];
+  let size = 0;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch {
+      return null; // the connection broke off: no answer, as a body that is not JSON
+    }
+    if (chunk.done) break;
+    size += chunk.value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge();
+    }
+    parts.push(chunk.value);
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.byteLength;
+  }
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return null;
   }
 }
 

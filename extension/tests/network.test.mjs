@@ -6,6 +6,8 @@ import { test } from "node:test";
 
 import {
   CaptionClient,
+  CaptionError,
+  MAX_RESPONSE_BYTES,
   MAX_RETRIES,
   chunk,
   isIntranetUrl,
@@ -13,6 +15,7 @@ import {
   parseRetryAfter,
   postCaptions,
   MAX_SERVER_CHARS,
+  readJson,
   readResult,
   requestBody,
   retryDelay,
@@ -119,6 +122,65 @@ test("postCaptions sends the documented request and reads the results", async ()
   // wherever it points, and "Check the server" would report that other server ready.
   assert.equal(call.init.redirect, "error");
   assert.deepEqual(call.body, { images: [{ url: "https://example.com/cat.jpg" }, { data: "AAAA" }] });
+});
+
+test("an answer larger than MAX_RESPONSE_BYTES is dropped unread, however it comes", { timeout: 20_000 }, async () => {
+  const chunkBytes = 64 * 1024;
+  let pulled = 0;
+  let cancelled = false;
+  // 8 MiB of spaces, then a well-formed answer: valid JSON, twice the limit
+  const answer = new TextEncoder().encode(JSON.stringify({ results: [{ caption: "A cat." }] }));
+  const endless = () =>
+    new Response(
+      new ReadableStream({
+        pull(controller) {
+          pulled += 1;
+          if (pulled > (2 * MAX_RESPONSE_BYTES) / chunkBytes) {
+            controller.enqueue(answer);
+            controller.close();
+          } else {
+            controller.enqueue(new Uint8Array(chunkBytes).fill(0x20));
+          }
+        },
+        cancel() {
+          cancelled = true;
+        },
+      }),
+      { status: 200, headers: { "Content-Type": "application/json" } },
+    );
+  const server = fakeServer(endless);
+  await assert.rejects(
+    postCaptions([{ url: "https://example.com/a.png" }], SERVER, { fetch: server.fetch, ...noSleep }),
+    (err) => err instanceof CaptionError && err.code === "bad_response" && /more than 4 MiB/.test(err.message),
+  );
+  assert.equal(cancelled, true);
+  assert.ok(pulled * chunkBytes <= MAX_RESPONSE_BYTES + 3 * chunkBytes, `read ${pulled} chunks`);
+  // A declared length over the limit is refused before reading anything.
+  let read = false;
+  const declared = new Response(
+    new ReadableStream({
+      pull(controller) {
+        read = true;
+        controller.close();
+      },
+    }),
+    { status: 200, headers: { "Content-Length": String(MAX_RESPONSE_BYTES + 1) } },
+  );
+  await assert.rejects(readJson(declared), (err) => err.code === "bad_response");
+  assert.equal(read, false);
+  // Under the limit: the JSON as before; a body that is not JSON, or breaks off: null.
+  assert.deepEqual(await readJson(json(200, { results: [] })), { results: [] });
+  assert.equal(await readJson(new Response("<html>")), null);
+  const broken = new Response(
+    new ReadableStream({
+      pull(controller) {
+        controller.error(new TypeError("network error"));
+      },
+    }),
+  );
+  assert.equal(await readJson(broken), null);
+  assert.deepEqual(await readJson(json(200, { a: "é".repeat(10) }), 64), { a: "é".repeat(10) });
+  await assert.rejects(readJson(json(200, { a: "x".repeat(100) }), 64), (err) => err.code === "bad_response");
 });
 
 // --- issue 22: the text in images ------------------------------------------------------------
