@@ -225,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def table(result: dict) -> str:
     """The figures as a plain-text table."""
     conf, alt, hard = result["confidence"], result["alt_check"], result["confidence_hard_draws"]
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [
         f"(a) confidence, {result['rounds'] * 24} held-out images (seed {result['seed']})",
         f"    exact-caption accuracy (greedy)        {conf['exact_caption_accuracy']:.3f}",
@@ -238,7 +241,7 @@ def table(result: dict) -> str:
         f"    on turned + shrunk draws ({hard['images']}): greedy accuracy "
         f"{hard['exact_caption_accuracy']:.3f}, AUROC own right vs wrong "
         f"{hard.get('auroc_own_captions_right_vs_wrong', float('nan')):.3f}",
-        f"      not confident: {fmt(hard['wrong_withheld'])} of wrong captions, "
+        f"      not confident: {_share(hard['wrong_withheld'])} of wrong captions, "
         f"{hard['right_withheld']:.3f} of right ones",
         "(b) alt check",
         f"    swapped alts flagged suspect           {alt['swapped_flagged_suspect']:.3f}"

@@ -126,30 +126,27 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        self.text_reads = Counter(
+        self.text_reads = _counter_of(
+            r,
             "altcap_text_reads",
-            "Images whose text was wanted, by outcome (" + ", ".join(TEXT_READ_OUTCOMES) + ")",
-            ["outcome"],
-            registry=r,
+            "Images whose text was wanted, by outcome",
+            "outcome",
+            TEXT_READ_OUTCOMES,
         )
-        for outcome in TEXT_READ_OUTCOMES:  # every outcome scraped from the start, as 0
-            self.text_reads.labels(outcome)
-        self.confidence = Counter(
+        self.confidence = _counter_of(
+            r,
             "altcap_confidence",
-            "Captions answered, by confidence outcome (" + ", ".join(CONFIDENCE_OUTCOMES) + ")",
-            ["outcome"],
-            registry=r,
+            "Captions answered, by confidence outcome",
+            "outcome",
+            CONFIDENCE_OUTCOMES,
         )
-        for outcome in CONFIDENCE_OUTCOMES:
-            self.confidence.labels(outcome)
-        self.alt_checks = Counter(
+        self.alt_checks = _counter_of(
+            r,
             "altcap_alt_checks",
-            "Authors' alts sent with an image, by verdict (" + ", ".join(ALT_CHECK_OUTCOMES) + ")",
-            ["verdict"],
-            registry=r,
+            "Authors' alts sent with an image, by verdict",
+            "verdict",
+            ALT_CHECK_OUTCOMES,
         )
-        for verdict in ALT_CHECK_OUTCOMES:
-            self.alt_checks.labels(verdict)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """The engine's ``on_batch`` hook (runs in its worker thread: keep it quick)."""
@@ -190,3 +187,14 @@ def _queue_depth(engine: Engine) -> float:
     stats = engine.stats()
     depth = stats["queue_depth"] if isinstance(stats, dict) else stats.queue_depth
     return float(depth)
+
+
+def _counter_of(
+    registry: CollectorRegistry, name: str, what: str, label: str, values: tuple[str, ...]
+) -> Counter:
+    """A counter by ``label`` whose every value is scraped from the start, as 0 (a rate of
+    something that has not happened yet is then 0, not missing); its help lists them."""
+    counter = Counter(name, f"{what} ({', '.join(values)})", [label], registry=registry)
+    for value in values:
+        counter.labels(value)
+    return counter

@@ -346,17 +346,17 @@ def _run_job(st: ServiceState, job: Job) -> None:
                     raise outcome
                 item.error = outcome
                 continue
+            candidates = render_candidates(getattr(outcome, "candidates", None))
             item.result = caption_value(
-                outcome.text,
-                outcome.tokens,
-                outcome.confidence,
-                render_candidates(getattr(outcome, "candidates", None)),
+                outcome.text, outcome.tokens, outcome.confidence, candidates
             )
             item.alt_check = outcome.alt_check
             sha = str(item.sha)
             st.cache.set(cache_key(st.model.cache_id, settings, sha), item.result)
             if item.alt_check is not None:  # and checked against its alt: for the next visit
-                checked = {**item.result, "alt_check": dict(item.alt_check)}
+                checked = caption_value(
+                    outcome.text, outcome.tokens, outcome.confidence, candidates, item.alt_check
+                )
                 st.cache.set(_result_key(st, settings, item, sha), checked)
 
     reader = _reader(st, job)
